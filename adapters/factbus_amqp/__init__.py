@@ -1,0 +1,1 @@
+"""factbus amqp adapter (in progress)."""

@@ -1,0 +1,1 @@
+"""factbus kafka adapter (in progress)."""

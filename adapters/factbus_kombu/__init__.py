@@ -1,0 +1,1 @@
+"""factbus kombu adapter (in progress)."""

@@ -1,0 +1,1 @@
+"""factbus postgres adapter (in progress)."""

@@ -1,0 +1,71 @@
+"""factbus: share immutable, content-addressed facts over any message broker.
+
+Facts are hashed from their content (Jinaga-compatible), deduplicated, and
+handed to handlers only after their predecessors (causal order).
+"""
+
+from factbus.bus import Bus
+from factbus.config import Settings
+from factbus.dispatcher import HandlerFailed, Middleware, RetryPolicy
+from factbus.envelope import CodecLimits, decode, encode, topological
+from factbus.errors import (
+    ConfigError,
+    EnvelopeError,
+    FactbusError,
+    HashMismatch,
+    InvalidFact,
+    InvalidValue,
+    MalformedEnvelope,
+    MissingDriver,
+    OversizedEnvelope,
+    PredecessorCycle,
+    PublishError,
+    TooDeep,
+    TransportError,
+    UnknownVersion,
+)
+from factbus.fact import Fact, FactRef
+from factbus.logging import configure_logging
+from factbus.pipeline import PipelineStats
+from factbus.store import Store, open_store
+from factbus.transport import Capabilities, Delivery, Message, Transport, open_transport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bus",
+    "Capabilities",
+    "CodecLimits",
+    "ConfigError",
+    "Delivery",
+    "EnvelopeError",
+    "Fact",
+    "FactRef",
+    "FactbusError",
+    "HandlerFailed",
+    "HashMismatch",
+    "InvalidFact",
+    "InvalidValue",
+    "MalformedEnvelope",
+    "Message",
+    "Middleware",
+    "MissingDriver",
+    "OversizedEnvelope",
+    "PipelineStats",
+    "PredecessorCycle",
+    "PublishError",
+    "RetryPolicy",
+    "Settings",
+    "Store",
+    "TooDeep",
+    "Transport",
+    "TransportError",
+    "UnknownVersion",
+    "__version__",
+    "configure_logging",
+    "decode",
+    "encode",
+    "open_store",
+    "open_transport",
+    "topological",
+]

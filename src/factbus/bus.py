@@ -1,0 +1,328 @@
+"""The Bus: what a service embeds to publish facts and handle them in causal order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import structlog
+
+from factbus.config import Settings, redact
+from factbus.dispatcher import Dispatcher, Handler, Middleware, RetryPolicy
+from factbus.envelope import (
+    HEADER_PRODUCER,
+    HEADER_PUBLISHED_AT,
+    CodecLimits,
+    encode,
+    topological,
+)
+from factbus.fact import Fact, FactRef
+from factbus.logging import configure_logging
+
+from factbus.pipeline import Pipeline, PipelineStats, RefCache
+from factbus.store import Store, StoreBatch, open_store
+from factbus.transport import Message, Subscription, Transport, open_transport
+
+log = structlog.get_logger("factbus.bus")
+
+H = TypeVar("H", bound=Handler)
+
+IDLE_TICK = 0.05  # seconds a consumer waits for messages before it counts as idle
+
+
+class Bus:
+    """Publish facts and handle them once each, never before their predecessors.
+
+    ``async with Bus(...) as bus:`` connects the transport, opens the store,
+    recovers what a crash left, subscribes and starts consuming in the
+    background. Register handlers (``@bus.handler("Type")``) before entering.
+
+    Settings come from the arguments, then ``FACTBUS_*`` variables, then the TOML
+    file named by ``config`` (or ``FACTBUS_CONFIG``); see :class:`Settings`.
+    A ``Transport`` or ``Store`` object may be given instead of a URL.
+    """
+
+    def __init__(
+        self,
+        transport: str | Transport | None = None,
+        store: str | Store | None = None,
+        *,
+        topic: str | None = None,
+        node: str | None = None,
+        group: str | None = None,
+        consume: bool | None = None,
+        middleware: Sequence[Middleware] = (),
+        config: str | None = None,
+        settings: Settings | None = None,
+        **options: Any,
+    ) -> None:
+        given = {
+            "transport": transport if isinstance(transport, str) else None,
+            "store": store if isinstance(store, str) else None,
+            "topic": topic,
+            "node": node,
+            "group": group,
+            "consume": consume,
+            **options,
+        }
+        if settings is None:
+            settings = Settings.load(config, **given)
+        self.settings = settings
+        if not structlog.is_configured():
+            configure_logging(settings.log_level)
+        self.transport: Transport = (
+            transport if transport is not None and not isinstance(transport, str)
+            else open_transport(settings.transport)
+        )
+        self.store: Store = (
+            store if store is not None and not isinstance(store, str)
+            else open_store(settings.store_url)
+        )
+        self.dispatcher = Dispatcher(
+            RetryPolicy(settings.retry_attempts, settings.retry_backoff, settings.retry_backoff_max),
+            settings.handler_timeout,
+            middleware,
+        )
+        self._store_lock = asyncio.Lock()
+        self.pipeline = Pipeline(
+            topic=settings.topic,
+            transport=self.transport,
+            store=self.store,
+            dispatcher=self.dispatcher,
+            limits=CodecLimits(settings.max_envelope_bytes, settings.max_depth),
+            handled_cache=settings.handled_cache,
+            shared_store=bool(getattr(self.store, "shared", False)),
+            store_lock=self._store_lock,
+        )
+        self._published = RefCache(settings.handled_cache)
+        self._subscription: Subscription | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._started = False
+        self._stopping = asyncio.Event()
+        self._idle_ticks = 0
+        self._idle = asyncio.Condition()
+        self._log = log.bind(node=settings.node_name, topic=settings.topic)
+
+    # -- handlers -----------------------------------------------------------
+
+    def handler(
+        self, fact_type: str, *, transactional: bool = False, thread: bool = False
+    ) -> Callable[[H], H]:
+        """Register the decorated callable for facts of ``fact_type``.
+
+        Sync or async; called with the :class:`Fact`. ``transactional=True``
+        also passes the store transaction's connection: what the handler writes
+        through it commits together with the fact's handled mark (exactly-once
+        effect). ``thread=True`` runs a sync handler in a worker thread.
+        """
+
+        def register(func: H) -> H:
+            self.dispatcher.register(fact_type, func, transactional=transactional, thread=thread)
+            return func
+
+        return register
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, open the store, recover, subscribe and start consuming. Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        self._stopping.clear()
+        settings = self.settings
+        self._log.info(
+            "bus starting",
+            transport=redact(settings.transport),
+            store=redact(settings.store_url),
+            group=settings.subscription_group,
+        )
+        await self.transport.connect()
+        await self.store.open()
+        if settings.consume:
+            await self.pipeline.recover()
+            self._subscription = await self.transport.subscribe(
+                settings.topic, settings.subscription_group
+            )
+            self._consumer = asyncio.create_task(self._consume(), name="factbus-consumer")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the step in progress."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Start (if needed) and consume until :meth:`stop` or cancellation, then close."""
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Finish the step in progress, close the subscription, transport and store."""
+        if not self._started:
+            return
+        self._started = False
+        self._stopping.set()
+        if self._subscription is not None:
+            await self._subscription.aclose()
+        if self._consumer is not None:
+            try:
+                await self._consumer
+            except asyncio.CancelledError:
+                pass
+            self._consumer = None
+        await self._flush_published()
+        await self.transport.aclose()
+        await self.store.aclose()
+        self._log.info("bus closed", **self.stats.as_dict())
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(self, *facts: Fact, ancestors: bool = True) -> list[FactRef]:
+        """Publish each fact in an envelope of its own; return their refs.
+
+        With ``ancestors`` (the default) each envelope also carries those of the
+        fact's ancestors, given as :class:`Fact` objects, that this node has not
+        published before; ``ancestors=False`` ships exactly the facts given.
+        Returns once the broker confirmed every envelope.
+
+        :raises PublishError: the broker did not confirm (some may have arrived).
+        """
+        if not self._started:
+            await self.transport.connect()
+            await self.store.open()
+        shipped: set[FactRef] = set()
+        if ancestors:
+            known = await self._known_published(facts)
+            shipped.update(known)
+        headers = {
+            HEADER_PRODUCER: self.settings.node_name,
+            HEADER_PUBLISHED_AT: f"{time.time():.6f}",
+        }
+        messages: list[Message] = []
+        refs: list[FactRef] = []
+        for fact in facts:
+            chain: list[Fact] = []
+            if ancestors:
+                chain = [a for a in _ancestors(fact) if a.ref not in shipped]
+                shipped.update(a.ref for a in chain)
+                chain = topological(chain)
+            chain.append(fact)
+            shipped.add(fact.ref)
+            refs.append(fact.ref)
+            messages.append(Message(encode(chain), fact.hash, fact.hash, headers))
+        await self.transport.publish(self.settings.topic, messages)
+        self._published.add_all(shipped)
+        self.pipeline.pending_published.extend(shipped)
+        if not self._store_lock.locked():
+            await self._flush_published()
+        return refs
+
+    async def _known_published(self, facts: Sequence[Fact]) -> set[FactRef]:
+        candidates = {a.ref for fact in facts for a in _ancestors(fact)}
+        unknown = {ref for ref in candidates if ref not in self._published}
+        known = candidates - unknown
+        if unknown:
+            known |= await self.store.published(unknown)
+        return known
+
+    async def _flush_published(self) -> None:
+        pending = self.pipeline.pending_published
+        if not pending:
+            return
+        async with self._store_lock:
+            batch = StoreBatch(published=list(pending))
+            pending.clear()
+            async with self.store.transaction() as tx:
+                await tx.record(batch)
+
+    # -- consuming ----------------------------------------------------------
+
+    @property
+    def stats(self) -> PipelineStats:
+        return self.pipeline.stats
+
+    async def _consume(self) -> None:
+        subscription = self._subscription
+        assert subscription is not None
+        batch_size = self.settings.batch_size
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                batch = await subscription.next_batch(batch_size, timeout=IDLE_TICK)
+            except Exception:
+                self._log.exception("receiving failed; retrying")
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                failures += 1
+                continue
+            if not batch:
+                async with self._idle:
+                    self._idle_ticks += 1
+                    self._idle.notify_all()
+                continue
+            try:
+                await self.pipeline.step(batch)
+                failures = 0
+            except Exception:
+                failures += 1
+                self._log.exception("pipeline step failed; deliveries go back to the broker")
+                for delivery in batch:
+                    try:
+                        await delivery.nack(requeue=True)
+                    except Exception:  # already settled, or the connection is gone
+                        pass
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Return when every fact received so far is handled or parked.
+
+        Waits until the consumer has found nothing new for a full idle period
+        that began after this call.
+
+        :raises TimeoutError: not drained within ``timeout`` seconds.
+        """
+        if self._consumer is None:
+            return
+        async with asyncio.timeout(timeout):
+            async with self._idle:
+                start = self._idle_ticks
+                await self._idle.wait_for(lambda: self._idle_ticks >= start + 2)
+            if self._consumer.done():
+                self._consumer.result()
+
+    def __repr__(self) -> str:
+        return (
+            f"Bus(transport={redact(self.settings.transport)!r}, "
+            f"store={redact(self.settings.store_url)!r}, node={self.settings.node_name!r})"
+        )
+
+
+def _ancestors(fact: Fact) -> list[Fact]:
+    """Every ancestor reachable through predecessors given as Fact objects."""
+    seen: dict[FactRef, Fact] = {}
+    stack = list(fact.ancestors_given)
+    while stack:
+        current = stack.pop()
+        if current.ref in seen:
+            continue
+        seen[current.ref] = current
+        stack.extend(current.ancestors_given)
+    return list(seen.values())
+
+

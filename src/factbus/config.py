@@ -1,0 +1,122 @@
+"""Settings: from code, ``FACTBUS_*`` environment variables, or a TOML file.
+
+Precedence: explicit arguments, then environment, then the TOML file, then defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from factbus.errors import ConfigError
+
+ENV_PREFIX = "FACTBUS_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a :class:`~factbus.Bus` can be told. Each field ``name`` can be
+    set with the environment variable ``FACTBUS_<NAME>``."""
+
+    transport: str = "memory://"
+    """Transport URL: ``memory://ns``, ``amqp://...``, ``kafka://host:9092``, ``kombu+redis://...``."""
+    store: str = ""
+    """Store URL; empty means ``sqlite:///.factbus/<node>.db`` (the embedded default)."""
+    topic: str = "facts"
+    node: str = ""
+    """This node's stable name; empty means the host name. Fan-out mode subscribes
+    with it as the group, so it must not change across restarts."""
+    group: str = ""
+    """Non-empty: group mode (workers share the work and must share a store)."""
+    consume: bool = True
+    """False for a publish-only bus."""
+    batch_size: int = 512
+    """Deliveries taken per pipeline step (one store transaction each)."""
+    max_envelope_bytes: int = 1024 * 1024
+    max_depth: int = 32
+    retry_attempts: int = 3
+    """Attempts per handler before the fact is dead-lettered."""
+    retry_backoff: float = 0.05
+    """Seconds before the second attempt; doubled each time, at most ``retry_backoff_max``."""
+    retry_backoff_max: float = 2.0
+    handler_timeout: float = 0.0
+    """Seconds an async handler may take per attempt; 0 means no limit."""
+    handled_cache: int = 65536
+    """Handled identities kept in memory to spare store look-ups (bounded)."""
+    log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+        if self.retry_attempts < 1:
+            raise ConfigError("retry_attempts must be at least 1")
+        if not self.topic:
+            raise ConfigError("topic must not be empty")
+
+    @property
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///.factbus/{self.node_name}.db"
+
+    @property
+    def subscription_group(self) -> str:
+        """The broker group this bus consumes with: the group, or the node (fan-out)."""
+        return self.group or self.node_name
+
+    @classmethod
+    def load(cls, toml_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``toml_path`` (section ``[factbus]`` or top level), then
+        ``FACTBUS_*`` variables, then ``overrides`` (``None`` values are ignored)."""
+        values: dict[str, Any] = {}
+        path = toml_path or os.environ.get(ENV_PREFIX + "CONFIG")
+        if path:
+            with Path(path).open("rb") as handle:
+                data = tomllib.load(handle)
+            values.update(data.get("factbus", data))
+        names = {f.name: f for f in fields(cls)}
+        for name, spec in names.items():
+            raw = os.environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = _coerce(name, raw, spec.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - set(names)
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return replace(cls(), **values)
+
+
+def _coerce(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+    return raw
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and reprs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -1,0 +1,187 @@
+"""Routes each ready fact to the handlers registered for its type.
+
+Per handler, each attempt runs through the user's middleware chain (outermost
+first), then the handler; a failed attempt is retried with exponential backoff
+and, when all attempts fail, :class:`HandlerFailed` says why. Async handlers
+can be given a timeout per attempt. Sync handlers run on the event-loop thread
+(fast; they must not block for long); ``thread=True`` runs one in a worker
+thread instead.
+
+Transactional handlers receive the store transaction's connection as second
+argument; each attempt runs in a savepoint, so a failed attempt leaves no rows
+behind and a successful one commits with the handled mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from factbus.errors import FactbusError
+from factbus.fact import Fact
+from factbus.store.base import StoreTransaction
+
+Handler = Callable[..., Any]
+Next = Callable[[Fact], Awaitable[None]]
+
+
+class Middleware(Protocol):
+    """Wraps each handler attempt: call ``call_next(fact)`` to go on; raise to fail it."""
+
+    async def __call__(self, fact: Fact, call_next: Next) -> None: ...
+
+
+class HandlerFailed(FactbusError):
+    """A handler that failed on every attempt; the fact is dead-lettered."""
+
+    def __init__(self, fact: Fact, handler: str, attempts: int, error: BaseException) -> None:
+        reason = f"handler {handler} failed {attempts}x on {fact.ref}: {type(error).__name__}: {error}"
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Attempts per handler and the waits between them."""
+
+    attempts: int = 3
+    backoff: float = 0.05
+    backoff_max: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.backoff * (2 ** (attempt - 1)), self.backoff_max))
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """One registered handler."""
+
+    fact_type: str
+    func: Handler
+    name: str
+    is_async: bool
+    transactional: bool
+    thread: bool
+
+
+class Dispatcher:
+    """Handler registry and invocation (see the module docstring for the contract)."""
+
+    def __init__(
+        self,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout or None
+        self.middleware: list[Middleware] = list(middleware)
+        self._handlers: dict[str, list[HandlerSpec]] = defaultdict(list)
+
+    def register(
+        self,
+        fact_type: str,
+        func: Handler,
+        *,
+        transactional: bool = False,
+        thread: bool = False,
+    ) -> HandlerSpec:
+        is_async = inspect.iscoroutinefunction(func)
+        if thread and is_async:
+            raise ValueError(f"{func!r}: thread=True is for sync handlers")
+        spec = HandlerSpec(
+            fact_type,
+            func,
+            getattr(func, "__qualname__", repr(func)),
+            is_async,
+            transactional,
+            thread,
+        )
+        self._handlers[fact_type].append(spec)
+        return spec
+
+    def handlers_for(self, fact_type: str) -> list[HandlerSpec]:
+        return self._handlers.get(fact_type, [])
+
+    @property
+    def types(self) -> set[str]:
+        return {t for t, specs in self._handlers.items() if specs}
+
+    async def dispatch(self, fact: Fact, tx: StoreTransaction) -> None:
+        """Run every handler of ``fact.type`` on ``fact``, in registration order.
+
+        :raises HandlerFailed: a handler failed on every attempt (handlers after
+            it are not run).
+        """
+        specs = self._handlers.get(fact.type)
+        if not specs:
+            return
+        for spec in specs:
+            if not self.middleware and not spec.transactional and not spec.thread and not spec.is_async:
+                try:
+                    spec.func(fact)  # fast path: a plain sync handler, first attempt
+                    continue
+                except Exception as error:
+                    await self._retry(spec, fact, tx, error)
+                    continue
+            await self._attempts(spec, fact, tx)
+
+    async def _retry(self, spec: HandlerSpec, fact: Fact, tx: StoreTransaction, error: Exception) -> None:
+        if self.retry.attempts <= 1:
+            raise HandlerFailed(fact, spec.name, 1, error) from error
+        await asyncio.sleep(self.retry.delay(1))
+        await self._attempts(spec, fact, tx, first=2)
+
+    async def _attempts(self, spec: HandlerSpec, fact: Fact, tx: StoreTransaction, first: int = 1) -> None:
+        attempt = first
+        while True:
+            try:
+                await self._chain(spec, tx)(fact)
+                return
+            except Exception as error:
+                if attempt >= self.retry.attempts:
+                    raise HandlerFailed(fact, spec.name, attempt, error) from error
+                await asyncio.sleep(self.retry.delay(attempt))
+                attempt += 1
+
+    def _chain(self, spec: HandlerSpec, tx: StoreTransaction) -> Next:
+        async def invoke(fact: Fact) -> None:
+            if spec.transactional:
+                async with tx.savepoint():
+                    await self._call(spec, fact, tx.connection)
+            else:
+                await self._call(spec, fact)
+
+        call: Next = invoke
+        for middleware in reversed(self.middleware):
+            call = _bind(middleware, call)
+        return call
+
+    async def _call(self, spec: HandlerSpec, fact: Fact, *extra: Any) -> None:
+        if spec.is_async:
+            if self.timeout:
+                async with asyncio.timeout(self.timeout):
+                    await spec.func(fact, *extra)
+            else:
+                await spec.func(fact, *extra)
+        elif spec.thread:
+            if self.timeout:
+                async with asyncio.timeout(self.timeout):
+                    await asyncio.to_thread(spec.func, fact, *extra)
+            else:
+                await asyncio.to_thread(spec.func, fact, *extra)
+        else:
+            spec.func(fact, *extra)
+
+
+def _bind(middleware: Middleware, call_next: Next) -> Next:
+    async def step(fact: Fact) -> None:
+        await middleware(fact, call_next)
+
+    return step

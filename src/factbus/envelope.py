@@ -1,0 +1,222 @@
+"""The envelope codec: facts <-> one broker message body (DESIGN.md §2).
+
+Wire format, version 1 (orjson, compact)::
+
+    {"v": 1, "facts": [{"type": ..., "hash": ..., "fields": {...},
+                        "predecessors": {role: {"hash": ..., "type": ...} | [...]}}, ...]}
+
+Facts are in topological order (predecessors first); the last fact is the
+*head*, whose hash is the broker message id. Receivers recompute every hash.
+Metadata that is not part of identity travels in broker headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+import orjson
+
+from factbus.canonical import DEFAULT_MAX_DEPTH
+from factbus.errors import (
+    HashMismatch,
+    InvalidFact,
+    InvalidValue,
+    MalformedEnvelope,
+    NestingTooDeep,
+    OversizedEnvelope,
+    PredecessorCycle,
+    TooDeep,
+    UnknownVersion,
+)
+from factbus.fact import Fact, FactRef
+
+VERSION: Final = 1
+DEFAULT_MAX_BYTES: Final = 1024 * 1024
+
+# Header names (broker headers, never hashed).
+HEADER_PRODUCER: Final = "x-factbus-producer"
+HEADER_PUBLISHED_AT: Final = "x-factbus-published-at"
+HEADER_TRACE: Final = "x-factbus-trace-id"
+HEADER_DEAD_LETTER_REASON: Final = "x-factbus-dead-letter-reason"
+HEADER_DEAD_LETTER_TOPIC: Final = "x-factbus-dead-letter-topic"
+
+
+@dataclass(frozen=True, slots=True)
+class CodecLimits:
+    """What a receiver accepts; larger or deeper envelopes are rejected."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_depth: int = DEFAULT_MAX_DEPTH
+
+
+def topological(facts: Iterable[Fact]) -> list[Fact]:
+    """The facts, each once, predecessors before successors (stable otherwise).
+
+    Only order among the given facts is arranged; predecessors that are not
+    given are ignored.
+    """
+    unique: dict[FactRef, Fact] = {}
+    for fact in facts:
+        unique.setdefault(fact.ref, fact)
+    ordered: list[Fact] = []
+    placed: set[FactRef] = set()
+
+    def visit(fact: Fact) -> None:
+        # Iterative DFS: deep chains must not hit Python's recursion limit.
+        stack: list[tuple[Fact, Iterable[FactRef]]] = [(fact, iter(list(fact.predecessor_refs())))]
+        placed.add(fact.ref)
+        while stack:
+            current, pending = stack[-1]
+            for ref in pending:
+                pred = unique.get(ref)
+                if pred is not None and ref not in placed:
+                    placed.add(ref)
+                    stack.append((pred, iter(list(pred.predecessor_refs()))))
+                    break
+            else:
+                stack.pop()
+                ordered.append(current)
+
+    for fact in unique.values():
+        if fact.ref not in placed:
+            visit(fact)
+    return ordered
+
+
+def encode(facts: Sequence[Fact]) -> bytes:
+    """One envelope body carrying ``facts``, which must already be topologically ordered."""
+    return orjson.dumps(
+        {"v": VERSION, "facts": [fact.to_wire() for fact in facts]},
+        default=_default,
+    )
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, MappingProxyType):
+        return dict(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
+    """Parse and verify an envelope; return its facts in topological order.
+
+    :raises OversizedEnvelope, MalformedEnvelope, UnknownVersion, TooDeep,
+        InvalidValue, PredecessorCycle, HashMismatch: with a precise message.
+    """
+    if len(body) > limits.max_bytes:
+        raise OversizedEnvelope(f"{len(body)} bytes exceeds the limit of {limits.max_bytes}")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "recursion" in str(exc):
+            raise TooDeep(f"JSON nesting exceeds the parser's limit: {exc}") from None
+        raise MalformedEnvelope(f"not valid JSON: {exc}") from None
+    if type(doc) is not dict:
+        raise MalformedEnvelope(f"top level must be an object, not {type(doc).__name__}")
+    version = doc.get("v")
+    if version != VERSION or type(version) is not int:
+        raise UnknownVersion(f"version {version!r} is not supported (this node reads {VERSION})")
+    wire_facts = doc.get("facts")
+    if type(wire_facts) is not list or not wire_facts:
+        raise MalformedEnvelope('"facts" must be a non-empty list')
+    claims = [_claim(i, wire) for i, wire in enumerate(wire_facts)]
+    _check_order(claims)
+    facts: list[Fact] = []
+    for i, (wire, claimed, preds) in enumerate(claims):
+        try:
+            fact = Fact(claimed.type, wire.get("fields"), preds, max_depth=limits.max_depth)
+        except NestingTooDeep as exc:
+            raise TooDeep(f"facts[{i}] ({claimed.type}): {exc}") from None
+        except InvalidFact as exc:
+            raise InvalidValue(f"facts[{i}] ({claimed.type}): {exc}") from None
+        if fact.hash != claimed.hash:
+            raise HashMismatch(
+                f"facts[{i}] ({claimed.type}) claims hash {claimed.hash[:16]}... "
+                f"but its content hashes to {fact.hash[:16]}..."
+            )
+        facts.append(fact)
+    return facts
+
+
+_Claim = tuple[dict[str, Any], FactRef, dict[str, FactRef | list[FactRef]]]
+
+
+def _claim(index: int, wire: Any) -> _Claim:
+    if type(wire) is not dict:
+        raise MalformedEnvelope(f"facts[{index}] must be an object")
+    fact_type, fact_hash = wire.get("type"), wire.get("hash")
+    if type(fact_type) is not str or not fact_type:
+        raise MalformedEnvelope(f"facts[{index}].type must be a non-empty string")
+    if type(fact_hash) is not str or len(fact_hash) != 88:
+        raise MalformedEnvelope(f"facts[{index}].hash must be an 88-character string")
+    fields = wire.get("fields", {})
+    if type(fields) is not dict:
+        raise MalformedEnvelope(f"facts[{index}].fields must be an object")
+    wire_preds = wire.get("predecessors", {})
+    if type(wire_preds) is not dict:
+        raise MalformedEnvelope(f"facts[{index}].predecessors must be an object")
+    preds: dict[str, FactRef | list[FactRef]] = {}
+    for role, value in wire_preds.items():
+        if type(value) is list:
+            preds[role] = [_ref(index, role, item) for item in value]
+        else:
+            preds[role] = _ref(index, role, value)
+    return wire, FactRef(fact_type, fact_hash), preds
+
+
+def _ref(index: int, role: str, value: Any) -> FactRef:
+    if type(value) is not dict:
+        raise MalformedEnvelope(f"facts[{index}].predecessors.{role} must be a reference object")
+    ref_type, ref_hash = value.get("type"), value.get("hash")
+    if type(ref_type) is not str or type(ref_hash) is not str or len(ref_hash) != 88 or not ref_type:
+        raise MalformedEnvelope(
+            f"facts[{index}].predecessors.{role} needs a type and an 88-character hash"
+        )
+    return FactRef(ref_type, ref_hash)
+
+
+def _check_order(claims: list[_Claim]) -> None:
+    """Refuse cycles among the envelope's facts and successors placed before predecessors."""
+    position = {claimed: i for i, (_, claimed, _) in enumerate(claims)}
+    if len(position) < len(claims):
+        return  # the same fact twice: harmless, dedup handles it
+    for i, (_, claimed, preds) in enumerate(claims):
+        for value in preds.values():
+            for ref in value if isinstance(value, list) else (value,):
+                j = position.get(ref)
+                if j is None:
+                    continue
+                if j == i:
+                    raise PredecessorCycle(f"facts[{i}] ({claimed}) names itself as predecessor")
+                if j > i:
+                    # Either a cycle or a misordered envelope; both are refused.
+                    if _reaches(claims, position, j, i):
+                        raise PredecessorCycle(
+                            f"facts[{i}] ({claimed}) and facts[{j}] ({claims[j][1]}) "
+                            "are each other's ancestors"
+                        )
+                    raise MalformedEnvelope(
+                        f"facts[{i}] ({claimed}) comes before its predecessor facts[{j}]; "
+                        "envelopes must be in topological order"
+                    )
+
+
+def _reaches(claims: list[_Claim], position: dict[FactRef, int], start: int, goal: int) -> bool:
+    seen: set[int] = set()
+    stack = [start]
+    while stack:
+        i = stack.pop()
+        if i == goal:
+            return True
+        if i in seen:
+            continue
+        seen.add(i)
+        for value in claims[i][2].values():
+            for ref in value if isinstance(value, list) else (value,):
+                j = position.get(ref)
+                if j is not None:
+                    stack.append(j)
+    return False

@@ -1,0 +1,182 @@
+"""Facts: immutable records identified by the hash of their content."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from factbus.canonical import (
+    DEFAULT_MAX_DEPTH,
+    canonical_bytes,
+    check_role,
+    digest,
+    freeze,
+    role_needs_python_writer,
+)
+from factbus.errors import InvalidFact
+
+
+class FactRef(NamedTuple):
+    """The identity of a fact: its type and its hash (the type is not hashed)."""
+
+    type: str
+    hash: str
+
+    def __str__(self) -> str:
+        return f"{self.type}#{self.hash[:12]}"
+
+
+PredecessorValue = FactRef | tuple[FactRef, ...]
+PredecessorInput = "Fact | FactRef | Sequence[Fact | FactRef]"
+
+
+def _utf16(text: str) -> bytes:
+    return text.encode("utf-16-be", "surrogatepass")
+
+
+def _ref_sort_key(ref: FactRef) -> tuple[bytes, bytes]:
+    # jinaga.js sorts a predecessor list by hash, then type, with JavaScript's `<`.
+    return (_utf16(ref.hash), _utf16(ref.type))
+
+
+class Fact:
+    """An immutable fact: ``type``, ``fields`` and ``predecessors``.
+
+    The hash is computed once, at construction, from the canonical form in
+    DESIGN.md §1 and is byte-compatible with jinaga.js. Predecessors may be
+    given as :class:`Fact` or :class:`FactRef` (one, or a list per role); a
+    ``Fact`` given as predecessor is remembered so that publishing this fact
+    can ship it too.
+
+    :raises InvalidFact: empty type, NaN/Infinity, lone surrogates, non-string
+        keys, integers outside ±(2^53-1), nesting deeper than ``max_depth``.
+    """
+
+    __slots__ = ("_ancestors", "_canonical", "_fields", "_hash", "_predecessors", "_type")
+
+    _type: str
+    _fields: Mapping[str, Any]
+    _predecessors: Mapping[str, PredecessorValue]
+    _hash: str
+    _canonical: bytes
+    _ancestors: tuple[Fact, ...]
+
+    def __init__(
+        self,
+        type: str,  # noqa: A002 - the domain's word
+        fields: Mapping[str, Any] | None = None,
+        predecessors: Mapping[str, Any] | None = None,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        if type.__class__ is not str or not type:
+            raise InvalidFact("type", f"must be a non-empty string, not {type!r}")
+        frozen = freeze(fields if fields is not None else {}, path="fields", max_depth=max_depth)
+        python_writer = frozen.needs_python_writer
+        preds: dict[str, PredecessorValue] = {}
+        ancestors: list[Fact] = []
+        for role, given in (predecessors or {}).items():
+            check_role(role)
+            python_writer = python_writer or role_needs_python_writer(role)
+            if isinstance(given, Fact | FactRef):
+                preds[role] = _as_ref(given, role, ancestors)
+            elif isinstance(given, Sequence) and not isinstance(given, str):
+                refs = [_as_ref(item, role, ancestors) for item in given]
+                refs.sort(key=_ref_sort_key)
+                preds[role] = tuple(refs)
+            else:
+                raise InvalidFact(
+                    f"predecessors.{role}", f"must be a Fact, a FactRef or a list of them, not {given!r}"
+                )
+        self._type = type
+        self._fields = frozen.value
+        self._predecessors = MappingProxyType(preds)
+        self._ancestors = tuple(ancestors)
+        self._canonical = canonical_bytes(
+            {"fields": self._fields, "predecessors": _wire_predecessors(preds)}, python_writer
+        )
+        self._hash = digest(self._canonical)
+
+    @property
+    def type(self) -> str:
+        return self._type
+
+    @property
+    def fields(self) -> Mapping[str, Any]:
+        """Read-only; nested objects are read-only mappings and lists are tuples."""
+        return self._fields
+
+    @property
+    def predecessors(self) -> Mapping[str, PredecessorValue]:
+        """Role -> :class:`FactRef`, or a tuple of them sorted as they are hashed."""
+        return self._predecessors
+
+    @property
+    def hash(self) -> str:
+        return self._hash
+
+    @property
+    def ref(self) -> FactRef:
+        return FactRef(self._type, self._hash)
+
+    @property
+    def canonical(self) -> bytes:
+        """The exact bytes the hash is computed from."""
+        return self._canonical
+
+    @property
+    def ancestors_given(self) -> tuple[Fact, ...]:
+        """Predecessors that were given as :class:`Fact` objects (not refs)."""
+        return self._ancestors
+
+    def predecessor_refs(self) -> Iterator[FactRef]:
+        """Every predecessor reference, each role's in hash order."""
+        for value in self._predecessors.values():
+            if isinstance(value, FactRef):
+                yield value
+            else:
+                yield from value
+
+    def to_wire(self) -> dict[str, Any]:
+        """The fact as carried in an envelope: type, hash, fields, predecessors."""
+        return {
+            "type": self._type,
+            "hash": self._hash,
+            "fields": self._fields,
+            "predecessors": _wire_predecessors(self._predecessors),
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Fact):
+            return self._hash == other._hash and self._type == other._type
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self._type, self._hash))
+
+    def __repr__(self) -> str:
+        return f"Fact({self._type!r}, hash={self._hash[:12]}..., fields={dict(self._fields)!r})"
+
+
+def _as_ref(given: Any, role: str, ancestors: list[Fact]) -> FactRef:
+    if isinstance(given, Fact):
+        ancestors.append(given)
+        return given.ref
+    if isinstance(given, FactRef):
+        if type(given.type) is not str or not given.type:
+            raise InvalidFact(f"predecessors.{role}", "a FactRef needs a non-empty type")
+        if type(given.hash) is not str or len(given.hash) != 88:
+            raise InvalidFact(f"predecessors.{role}", f"{given.hash!r} is not an 88-character hash")
+        return given
+    raise InvalidFact(f"predecessors.{role}", f"must be a Fact or a FactRef, not {given!r}")
+
+
+def _wire_predecessors(preds: Mapping[str, PredecessorValue]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for role, value in preds.items():
+        if isinstance(value, FactRef):
+            out[role] = {"hash": value.hash, "type": value.type}
+        else:
+            out[role] = [{"hash": ref.hash, "type": ref.type} for ref in value]
+    return out

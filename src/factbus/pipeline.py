@@ -1,0 +1,273 @@
+"""The receive pipeline: verify -> dedup -> causal buffer -> dispatch -> record -> ack.
+
+One :meth:`Pipeline.step` takes a batch of deliveries and, in one store
+transaction, settles every fact in them: each is handled (its handlers ran and
+it is recorded as handled), recognised as a duplicate, parked (durably, with the
+predecessors it misses), or dead-lettered (its handlers failed; its dependants
+stay parked). Only then are the deliveries acked. A crash at any instant
+therefore loses nothing: unacked deliveries come again and dedup absorbs what
+was already recorded (DESIGN.md §4).
+
+Causal order: a fact is dispatched only when each of its predecessors is
+handled on this node. Parked facts live in the store, not in memory; the only
+facts in memory are those of the current step, so memory is bounded by the
+batch size and the envelope size limit whatever number of facts wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from factbus.dispatcher import Dispatcher, HandlerFailed
+from factbus.envelope import (
+    HEADER_DEAD_LETTER_REASON,
+    CodecLimits,
+    decode,
+    encode,
+)
+from factbus.errors import EnvelopeError
+from factbus.fact import Fact, FactRef
+from factbus.store.base import FactState, ParkedFact, Store, StoreBatch
+from factbus.transport.base import Delivery, Transport
+
+log = structlog.get_logger("factbus.pipeline")
+
+
+@dataclass
+class PipelineStats:
+    """Counters since the bus started (plain ints: cheap to update per fact)."""
+
+    messages: int = 0
+    """Deliveries taken from the transport."""
+    facts_received: int = 0
+    handled: int = 0
+    duplicates: int = 0
+    parked: int = 0
+    """Facts parked (cumulative); see :attr:`waiting` for those still waiting."""
+    released: int = 0
+    """Parked facts later handed on because their predecessors arrived."""
+    rejected: int = 0
+    """Envelopes dead-lettered as malformed, tampered, oversized, ..."""
+    failed: int = 0
+    """Facts dead-lettered because a handler failed on every attempt."""
+    waiting: int = 0
+    """Facts parked in the store right now."""
+    steps: int = 0
+    last_step_at: float = field(default=0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "last_step_at"}
+
+
+class RefCache:
+    """A bounded FIFO of identities (handled, published): spares store look-ups."""
+
+    __slots__ = ("_capacity", "_refs")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._refs: dict[FactRef, None] = {}
+
+    def __contains__(self, ref: FactRef) -> bool:
+        return ref in self._refs
+
+    def add_all(self, refs: Iterable[FactRef]) -> None:
+        store = self._refs
+        for ref in refs:
+            store[ref] = None
+        excess = len(store) - self._capacity
+        if excess > 0:
+            for ref in list(store)[:excess]:
+                del store[ref]
+
+
+class Pipeline:
+    """Settles batches of deliveries for one bus (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        transport: Transport,
+        store: Store,
+        dispatcher: Dispatcher,
+        limits: CodecLimits,
+        handled_cache: int = 65536,
+        shared_store: bool = False,
+        store_lock: asyncio.Lock | None = None,
+    ) -> None:
+        self.topic = topic
+        self.transport = transport
+        self.store = store
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.stats = PipelineStats()
+        self._cache = RefCache(handled_cache)
+        self._store_lock = store_lock or asyncio.Lock()
+        self.pending_published: list[FactRef] = []
+        """Published refs not yet written; recorded with the next transaction."""
+        # With a store of its own, the node knows whether anything is parked and
+        # skips the wait-list query when nothing is; a shared store may be
+        # parked into by other workers at any time.
+        self._shared_store = shared_store
+
+    async def recover(self) -> None:
+        """After a restart: learn how many facts wait, and hand on those left ready
+        by a crash between a predecessor's commit and their own."""
+        counts = await self.store.counts()
+        self.stats.waiting = counts["parked"]
+        ready = await self.store.ready_parked()
+        if ready:
+            log.info("recovering ready parked facts", count=len(ready))
+            await self._settle([], ready, from_store={f.ref for f in ready})
+
+    async def step(self, deliveries: Sequence[Delivery]) -> None:
+        """Settle ``deliveries`` and ack them (see the module docstring)."""
+        stats = self.stats
+        stats.messages += len(deliveries)
+        facts: list[Fact] = []
+        accepted: list[Delivery] = []
+        for delivery in deliveries:
+            try:
+                decoded = decode(delivery.body, self.limits)
+            except EnvelopeError as error:
+                await self._reject(delivery, error)
+                continue
+            facts.extend(decoded)
+            accepted.append(delivery)
+        stats.facts_received += len(facts)
+        await self._settle(accepted, facts, from_store=set())
+
+    async def _reject(self, delivery: Delivery, error: EnvelopeError) -> None:
+        self.stats.rejected += 1
+        log.warning("envelope rejected", topic=self.topic, reason=error.reason)
+        await self.transport.dead_letter(self.topic, delivery.body, dict(delivery.headers), error.reason)
+        await delivery.ack()
+
+    async def _settle(
+        self, deliveries: Sequence[Delivery], facts: list[Fact], *, from_store: set[FactRef]
+    ) -> None:
+        stats = self.stats
+        known = await self._states(facts)
+        handled_before = self._handled_predicate(known)
+
+        # Decide: duplicate, ready, or parked. `ready` stays topologically ordered:
+        # a fact enters it only after every predecessor is handled or already in it.
+        ready: list[Fact] = []
+        ready_refs: set[FactRef] = set()
+        new_parked: dict[FactRef, ParkedFact] = {}
+        local_waiting: dict[FactRef, list[FactRef]] = {}
+        for fact in facts:
+            ref = fact.ref
+            if ref in ready_refs or ref in new_parked or (ref in known and ref not in from_store):
+                stats.duplicates += 1
+                continue
+            missing = [p for p in fact.predecessor_refs() if p not in ready_refs and not handled_before(p)]
+            if missing:
+                new_parked[ref] = ParkedFact(fact, frozenset(missing))
+                for pred in missing:
+                    local_waiting.setdefault(pred, []).append(ref)
+            else:
+                ready.append(fact)
+                ready_refs.add(ref)
+
+        # Release: facts waiting (in this batch or in the store) on what became ready.
+        frontier = [f.ref for f in ready]
+        while frontier:
+            candidates: list[ParkedFact] = [
+                new_parked[w] for r in frontier for w in local_waiting.get(r, ()) if w in new_parked
+            ]
+            if self._shared_store or self.stats.waiting > 0:
+                stored = await self.store.waiting_on(frontier)
+                candidates.extend(p for p in stored if p.fact.ref not in ready_refs)
+            frontier = []
+            for parked in candidates:
+                ref = parked.fact.ref
+                if ref in ready_refs:
+                    continue
+                if all(m in ready_refs or handled_before(m) for m in parked.missing):
+                    ready.append(parked.fact)
+                    ready_refs.add(ref)
+                    frontier.append(ref)
+                    if new_parked.pop(ref, None) is None:
+                        from_store.add(ref)
+                    stats.released += 1
+
+        # Dispatch in causal order and record, in one transaction.
+        handled: list[Fact] = []
+        blocked: set[FactRef] = set()
+        dead: list[tuple[Fact, str]] = []
+        async with self._store_lock, self.store.transaction() as tx:
+            for fact in ready:
+                if blocked:
+                    stuck = frozenset(p for p in fact.predecessor_refs() if p in blocked)
+                    if stuck:
+                        blocked.add(fact.ref)
+                        if fact.ref not in from_store:
+                            new_parked[fact.ref] = ParkedFact(fact, stuck)
+                        continue
+                try:
+                    await self.dispatcher.dispatch(fact, tx)
+                except HandlerFailed as failure:
+                    blocked.add(fact.ref)
+                    dead.append((fact, failure.reason))
+                    continue
+                handled.append(fact)
+            for fact, reason in dead:
+                await self._dead_letter_fact(fact, reason)
+            published = self.pending_published[:]
+            await tx.record(
+                StoreBatch(handled=handled, parked=list(new_parked.values()), published=published)
+            )
+        del self.pending_published[: len(published)]
+
+        self._cache.add_all(f.ref for f in handled)
+        stats.handled += len(handled)
+        stats.failed += len(dead)
+        stats.parked += len(new_parked)
+        released_from_store = sum(1 for f in handled if f.ref in from_store)
+        stats.waiting += len(new_parked) - released_from_store
+        stats.steps += 1
+        stats.last_step_at = time.monotonic()
+        for delivery in deliveries:
+            await delivery.ack()
+
+    async def _states(self, facts: Collection[Fact]) -> dict[FactRef, FactState]:
+        cache = self._cache
+        wanted: set[FactRef] = set()
+        known: dict[FactRef, FactState] = {}
+        for fact in facts:
+            ref = fact.ref
+            if ref in cache:
+                known[ref] = FactState.HANDLED
+            else:
+                wanted.add(ref)
+            for pred in fact.predecessor_refs():
+                if pred in cache:
+                    known[pred] = FactState.HANDLED
+                else:
+                    wanted.add(pred)
+        if wanted:
+            known.update(await self.store.states(wanted))
+        return known
+
+    @staticmethod
+    def _handled_predicate(known: dict[FactRef, FactState]) -> Any:
+        handled = FactState.HANDLED
+
+        def handled_before(ref: FactRef) -> bool:
+            return known.get(ref) is handled
+
+        return handled_before
+
+    async def _dead_letter_fact(self, fact: Fact, reason: str) -> None:
+        log.error("fact dead-lettered", topic=self.topic, fact=str(fact.ref), reason=reason)
+        await self.transport.dead_letter(
+            self.topic, encode([fact]), {HEADER_DEAD_LETTER_REASON: reason}, reason
+        )

@@ -1,0 +1,142 @@
+"""The store contract: what a node remembers (DESIGN.md §3).
+
+A store records which fact identities were handled (permanent dedup), parks
+facts that wait for predecessors (durably, with what each misses), and
+remembers which facts this node has published (so ancestors ship once).
+Every write happens inside a :class:`StoreTransaction`, which is also the
+transaction a transactional handler writes its own rows in: the handled mark
+and the handler's effect commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Protocol
+
+import orjson
+
+from factbus.fact import Fact, FactRef
+
+
+class FactState(IntEnum):
+    """What a store knows of a fact identity."""
+
+    HANDLED = 1
+    PARKED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedFact:
+    """A fact waiting for predecessors; ``missing`` are those not handled yet."""
+
+    fact: Fact
+    missing: frozenset[FactRef]
+
+
+@dataclass(slots=True)
+class StoreBatch:
+    """Everything one pipeline step writes, applied atomically by :meth:`StoreTransaction.record`.
+
+    ``handled``: facts whose handlers succeeded (or that have no handler); they
+    are stored, marked handled, unparked, and removed from every wait list.
+    ``parked``: facts to park with the predecessors they miss.
+    ``published``: identities this node has published.
+    """
+
+    handled: list[Fact] = field(default_factory=list)
+    parked: list[ParkedFact] = field(default_factory=list)
+    published: list[FactRef] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.handled or self.parked or self.published)
+
+
+class StoreTransaction(Protocol):
+    """One open transaction on a store."""
+
+    @property
+    def connection(self) -> Any:
+        """The driver connection the transaction runs on (``sqlite3.Connection``,
+        ``asyncpg.Connection``; ``None`` for the memory store). Transactional
+        handlers write through it."""
+        ...
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A nested scope: if the body raises, its writes are undone and the
+        exception propagates; the outer transaction goes on."""
+        ...
+
+    async def record(self, batch: StoreBatch) -> None:
+        """Apply ``batch`` within this transaction."""
+
+
+class Store(Protocol):
+    """A node's memory of facts. One store per node (fan-out) or one shared by a
+    group (PostgreSQL). Methods may be called from one task at a time."""
+
+    async def open(self) -> None:
+        """Create the schema if needed and connect. Idempotent."""
+
+    async def aclose(self) -> None:
+        """Close connections. Idempotent."""
+
+    async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
+        """The state of each of ``refs`` that the store knows (unknown ones are absent)."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]:
+        """Open a transaction; it commits when the block exits normally and rolls
+        back when it raises."""
+        ...
+
+    async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
+        """Parked facts that wait for any of ``refs``, each once, ``missing`` as stored."""
+        ...
+
+    async def ready_parked(self) -> list[Fact]:
+        """Parked facts that no longer miss anything (left so by a crash between
+        handling a predecessor and handling them); recovery hands them on."""
+        ...
+
+    async def parked(self, limit: int = 1000) -> list[ParkedFact]:
+        """Up to ``limit`` parked facts, oldest first, with what each misses."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """``{"handled": n, "parked": m, "published": k}``."""
+        ...
+
+    async def published(self, refs: Collection[FactRef]) -> set[FactRef]:
+        """Those of ``refs`` that this node has published."""
+        ...
+
+    async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
+        """The content of known facts among ``refs`` (handled or parked)."""
+        ...
+
+
+def fact_to_bytes(fact: Fact) -> bytes:
+    """A fact's stored form: its envelope wire object."""
+    return orjson.dumps(fact.to_wire(), default=dict)
+
+
+def fact_from_bytes(body: bytes | memoryview) -> Fact:
+    """Rebuild a stored fact (its hash is recomputed and checked)."""
+    wire = orjson.loads(bytes(body))
+    preds: dict[str, Any] = {}
+    for role, value in wire["predecessors"].items():
+        if isinstance(value, list):
+            preds[role] = [FactRef(v["type"], v["hash"]) for v in value]
+        else:
+            preds[role] = FactRef(value["type"], value["hash"])
+    fact = Fact(wire["type"], wire["fields"], preds)
+    if fact.hash != wire["hash"]:
+        raise ValueError(f"stored fact {wire['type']} is corrupt: hash mismatch")
+    return fact
+
+
+def batch_refs(facts: Sequence[Fact]) -> list[FactRef]:
+    return [fact.ref for fact in facts]

@@ -1,0 +1,117 @@
+"""``memory://``: a store that lives in the process, for tests and throwaway nodes.
+
+It passes the same store suite as SQLite but forgets everything when the
+process ends. Transactions are applied at commit; a savepoint is a no-op scope
+(the memory store has no handler tables to roll back).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from typing import Any
+
+from factbus.fact import Fact, FactRef
+from factbus.store.base import FactState, ParkedFact, StoreBatch
+
+
+class MemoryTransaction:
+    """Collects batches; :class:`MemoryStore` applies them when the block exits cleanly."""
+
+    def __init__(self) -> None:
+        self.batches: list[StoreBatch] = []
+
+    @property
+    def connection(self) -> Any:
+        return None
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        yield
+
+    async def record(self, batch: StoreBatch) -> None:
+        self.batches.append(batch)
+
+
+class MemoryStore:
+    """Dictionaries: handled facts, parked facts and their wait lists, published refs."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._facts: dict[FactRef, Fact] = {}
+        self._state: dict[FactRef, FactState] = {}
+        self._missing: dict[FactRef, set[FactRef]] = {}  # parked ref -> what it still misses
+        self._waiting: dict[FactRef, set[FactRef]] = collections.defaultdict(set)  # missing -> parked
+        self._published: set[FactRef] = set()
+
+    async def open(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
+        state = self._state
+        return {ref: state[ref] for ref in refs if ref in state}
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[MemoryTransaction]:
+        tx = MemoryTransaction()
+        yield tx
+        for batch in tx.batches:
+            self._apply(batch)
+
+    def _apply(self, batch: StoreBatch) -> None:
+        for parked in batch.parked:
+            ref = parked.fact.ref
+            if self._state.get(ref) is FactState.HANDLED:
+                continue
+            self._facts[ref] = parked.fact
+            self._state[ref] = FactState.PARKED
+            self._missing[ref] = set(parked.missing)
+            for missing in parked.missing:
+                self._waiting[missing].add(ref)
+        for fact in batch.handled:
+            ref = fact.ref
+            self._facts[ref] = fact
+            self._state[ref] = FactState.HANDLED
+            for missing in self._missing.pop(ref, ()):
+                waiters = self._waiting.get(missing)
+                if waiters is not None:
+                    waiters.discard(ref)
+            for waiter in self._waiting.pop(ref, ()):
+                still = self._missing.get(waiter)
+                if still is not None:
+                    still.discard(ref)
+        self._published.update(batch.published)
+
+    async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
+        out: dict[FactRef, ParkedFact] = {}
+        for ref in refs:
+            for waiter in self._waiting.get(ref, ()):
+                if waiter not in out:
+                    out[waiter] = ParkedFact(self._facts[waiter], frozenset(self._missing[waiter]))
+        return list(out.values())
+
+    async def ready_parked(self) -> list[Fact]:
+        return [self._facts[ref] for ref, missing in self._missing.items() if not missing]
+
+    async def parked(self, limit: int = 1000) -> list[ParkedFact]:
+        return [
+            ParkedFact(self._facts[ref], frozenset(missing))
+            for ref, missing in list(self._missing.items())[:limit]
+        ]
+
+    async def counts(self) -> dict[str, int]:
+        return {
+            "handled": len(self._state) - len(self._missing),
+            "parked": len(self._missing),
+            "published": len(self._published),
+        }
+
+    async def published(self, refs: Collection[FactRef]) -> set[FactRef]:
+        return {ref for ref in refs if ref in self._published}
+
+    async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
+        return {ref: self._facts[ref] for ref in refs if ref in self._facts}

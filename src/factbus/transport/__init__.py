@@ -1,0 +1,84 @@
+"""Transports: the broker adapters and how a URL picks one.
+
+Adapters register under the entry-point group ``factbus.transports`` with the
+URL scheme as name (``kombu+redis://`` looks up ``kombu``), so a third party
+adds one without touching the core. Each adapter class takes the URL as its
+only constructor argument and reads its options from the URL's query string.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+from urllib.parse import urlsplit
+
+from factbus.errors import ConfigError, MissingDriver
+from factbus.transport.base import (
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Message,
+    Subscription,
+    Transport,
+    TransportBase,
+    dead_letter_topic,
+)
+
+__all__ = [
+    "Capabilities",
+    "DeadLetter",
+    "Delivery",
+    "Message",
+    "Subscription",
+    "Transport",
+    "TransportBase",
+    "dead_letter_topic",
+    "open_transport",
+    "transport_class",
+]
+
+# Used when factbus runs from a source tree without installed entry points.
+_BUILTIN = {
+    "memory": ("factbus.transport.memory:MemoryTransport", None),
+    "amqp": ("factbus_amqp:AmqpTransport", "amqp"),
+    "amqps": ("factbus_amqp:AmqpTransport", "amqp"),
+    "kafka": ("factbus_kafka:KafkaTransport", "kafka"),
+    "kombu": ("factbus_kombu:KombuTransport", "kombu"),
+}
+
+
+def _scheme(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if not scheme:
+        raise ConfigError(f"transport URL {url!r} has no scheme (e.g. memory://, kafka://)")
+    return scheme.split("+", 1)[0]
+
+
+def transport_class(url: str) -> type[Any]:
+    """The adapter class registered for ``url``'s scheme.
+
+    :raises ConfigError: no adapter is registered for the scheme.
+    :raises MissingDriver: the adapter's driver is not installed (says which extra).
+    """
+    scheme = _scheme(url)
+    found = [ep for ep in entry_points(group="factbus.transports") if ep.name == scheme]
+    target, extra = _BUILTIN.get(scheme, (None, None))
+    if found:
+        target = found[0].value
+    if target is None:
+        known = sorted({ep.name for ep in entry_points(group="factbus.transports")} | set(_BUILTIN))
+        raise ConfigError(f"no transport for {scheme}:// (known: {', '.join(known)})")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MissingDriver(scheme, extra or scheme, exc) from exc
+    cls: type[Any] = getattr(module, attr)
+    return cls
+
+
+def open_transport(url: str) -> Transport:
+    """A new, not yet connected transport for ``url``."""
+    transport: Transport = transport_class(url)(url)
+    return transport

@@ -1,0 +1,202 @@
+"""The transport contract: what every broker adapter implements (DESIGN.md §3).
+
+A transport moves opaque message bodies; it knows nothing of facts. The pipeline
+above it verifies, deduplicates and orders. Every adapter exposes one class that
+implements :class:`Transport` and declares its :class:`Capabilities`; the
+conformance suite in :mod:`factbus.testing` checks the contract against a real
+broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a transport guarantees; conformance tests are gated on these flags."""
+
+    persistent: bool
+    """Messages survive a broker restart (durable queues/logs, persistent messages)."""
+    ordered: bool
+    """One publisher's messages to one topic reach one subscriber in publish order
+    (per key where the broker partitions)."""
+    consumer_groups: bool
+    """Subscribers sharing a group name share the work; other groups each get everything."""
+    replays_history: bool
+    """A group that subscribes late still receives messages published before it existed."""
+    redelivers_nacked: bool = True
+    """``nack(requeue=True)`` makes the message come again."""
+    survives_broker_restart: bool = False
+    """Publishers and subscribers reconnect by themselves after the broker restarts."""
+    native_dead_letter: bool = False
+    """Dead letters go to a broker-native destination (DLX, DLT) rather than a plain topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One outgoing message: an envelope body plus metadata that is never hashed."""
+
+    body: bytes
+    message_id: str
+    """The head fact's hash: brokers that deduplicate by id help for free."""
+    key: str | None = None
+    """Partition / routing key hint (the head fact's type or a causal root)."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Delivery(Protocol):
+    """One received message. Exactly one of ack/nack must be called, once.
+
+    ``ack`` and ``nack`` are cheap and may be called from the consuming task
+    only. After ``aclose`` of its subscription, unacknowledged deliveries are
+    redelivered to a subscriber of the same group.
+    """
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def redelivered(self) -> bool:
+        """True when the broker knows this message was delivered before."""
+        ...
+
+    async def ack(self) -> None:
+        """Settle the message: it will not come again to this group."""
+
+    async def nack(self, requeue: bool = True) -> None:
+        """Give the message back: with ``requeue`` it comes again (possibly to
+        another subscriber of the group), otherwise it is dropped by the broker
+        (callers dead-letter it first)."""
+
+
+class Subscription(Protocol):
+    """A live subscription of one group to one topic.
+
+    Iterating yields deliveries one at a time; :meth:`next_batch` is the fast
+    path the pipeline uses. Only one task may consume a subscription.
+    """
+
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+    async def next_batch(self, max_messages: int, timeout: float | None = None) -> list[Delivery]:
+        """Wait until at least one delivery is available (or ``timeout`` seconds pass:
+        then return ``[]``), then return up to ``max_messages`` of those already
+        received, without waiting for more.
+
+        :raises TransportError: the subscription failed and could not recover.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Stop receiving. Unacknowledged deliveries go back to the group.
+        Idempotent; safe to call concurrently with :meth:`next_batch`, which then
+        returns ``[]``."""
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A connection to one broker (or one in-memory namespace).
+
+    Concurrency: ``publish`` may be called from many tasks at once. Ordering:
+    messages from one ``publish`` call to one topic are delivered in list order
+    where ``capabilities.ordered``. Failure: a ``publish`` that returns normally
+    was confirmed by the broker (durably, where ``capabilities.persistent``).
+    """
+
+    capabilities: Capabilities
+
+    async def connect(self) -> None:
+        """Open connections. Idempotent.
+
+        :raises TransportError: the broker cannot be reached.
+        """
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        """Send ``messages`` to ``topic`` and return once the broker confirmed all.
+
+        Confirmations are batched, not one round-trip per message.
+
+        :raises PublishError: a message was refused or not confirmed in time;
+            some of the batch may have been delivered (at-least-once).
+        """
+
+    async def subscribe(self, topic: str, group: str) -> Subscription:
+        """Subscribe ``group`` to ``topic`` and return once the subscription is set
+        up: every message published after this returns reaches the group.
+
+        Subscribers with the same group share messages; each group gets every
+        message (where ``capabilities.consumer_groups``).
+        """
+        ...
+
+    async def dead_letter(self, topic: str, body: bytes, headers: Mapping[str, str], reason: str) -> None:
+        """Move a message that cannot be processed to the dead-letter destination of
+        ``topic``, with ``reason`` in header ``x-factbus-dead-letter-reason``.
+        Returns once the broker confirmed it (callers ack the original after)."""
+
+    async def read_dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
+        """Return up to ``limit`` dead letters of ``topic`` without removing them
+        (oldest first)."""
+        ...
+
+    async def purge_dead_letters(self, topic: str) -> int:
+        """Remove every dead letter of ``topic``; return how many were removed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Flush pending publishes, close subscriptions and connections. Idempotent."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message in a dead-letter destination."""
+
+    body: bytes
+    headers: Mapping[str, str]
+
+    @property
+    def reason(self) -> str:
+        return self.headers.get("x-factbus-dead-letter-reason", "unknown")
+
+
+def dead_letter_topic(topic: str) -> str:
+    """The name of ``topic``'s dead-letter destination, on every transport."""
+    return f"{topic}.dead-letter"
+
+
+class TransportBase:
+    """Optional base class: ``async with`` on top of ``connect``/``aclose``."""
+
+    async def connect(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,231 @@
+"""``memory://<namespace>``: an in-process broker, a real adapter (not a mock).
+
+Buses in one process that use the same namespace talk to each other. Each
+(topic, group) pair is a queue: every group gets every message published after
+it first subscribed; subscribers in one group compete for its messages.
+Unacknowledged messages go back to their queue when a subscription closes;
+``nack(requeue=True)`` puts a message back at the head of its queue. Nothing
+survives the process (``persistent=False``); dead letters are kept per
+namespace for the process's lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+from factbus.errors import ConfigError, TransportError
+from factbus.transport.base import Capabilities, DeadLetter, Message, TransportBase
+
+_CAPABILITIES = Capabilities(
+    persistent=False,
+    ordered=True,
+    consumer_groups=True,
+    replays_history=False,
+    redelivers_nacked=True,
+    survives_broker_restart=False,
+)
+
+
+@dataclass(slots=True)
+class _Stored:
+    body: bytes
+    headers: Mapping[str, str]
+    delivered: bool = False
+
+
+@dataclass
+class _Queue:
+    """One group's queue on one topic, shared by the group's subscribers."""
+
+    items: collections.deque[_Stored] = field(default_factory=collections.deque)
+    readable: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class _Namespace:
+    """All topics of one ``memory://name``; shared by every transport on that name."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, dict[str, _Queue]] = collections.defaultdict(dict)
+        self.dead_letters: dict[str, list[DeadLetter]] = collections.defaultdict(list)
+
+    def queue(self, topic: str, group: str) -> _Queue:
+        groups = self.queues[topic]
+        queue = groups.get(group)
+        if queue is None:
+            queue = groups[group] = _Queue()
+        return queue
+
+    def put(self, topic: str, stored: Sequence[_Stored]) -> None:
+        for queue in self.queues.get(topic, {}).values():
+            queue.items.extend(_Stored(s.body, s.headers) for s in stored)
+            queue.readable.set()
+
+
+class MemoryDelivery:
+    """A delivery from a memory queue."""
+
+    __slots__ = ("_owner", "_settled", "_stored")
+
+    def __init__(self, stored: _Stored, owner: MemorySubscription) -> None:
+        self._stored = stored
+        self._owner = owner
+        self._settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self._stored.body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._stored.headers
+
+    @property
+    def redelivered(self) -> bool:
+        return self._stored.delivered
+
+    async def ack(self) -> None:
+        self._settle()
+
+    async def nack(self, requeue: bool = True) -> None:
+        self._settle()
+        if requeue:
+            self._owner.requeue(self._stored)
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise TransportError("delivery already acked or nacked")
+        self._settled = True
+        self._owner.unacked.pop(id(self), None)
+
+
+class MemorySubscription:
+    """One subscriber of a group's queue."""
+
+    def __init__(self, queue: _Queue) -> None:
+        self._queue = queue
+        self._closed = False
+        self.unacked: dict[int, MemoryDelivery] = {}
+
+    def requeue(self, stored: _Stored) -> None:
+        stored.delivered = True
+        self._queue.items.appendleft(stored)
+        self._queue.readable.set()
+
+    def __aiter__(self) -> AsyncIterator[MemoryDelivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[MemoryDelivery]:
+        while not self._closed:
+            for delivery in await self.next_batch(1):
+                yield delivery
+
+    async def next_batch(self, max_messages: int, timeout: float | None = None) -> list[MemoryDelivery]:
+        queue = self._queue
+        while not queue.items:
+            if self._closed:
+                return []
+            queue.readable.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await queue.readable.wait()
+            except TimeoutError:
+                return []
+        if self._closed:
+            return []
+        batch: list[MemoryDelivery] = []
+        items = queue.items
+        for _ in range(min(max_messages, len(items))):
+            delivery = MemoryDelivery(items.popleft(), self)
+            self.unacked[id(delivery)] = delivery
+            batch.append(delivery)
+        if items:
+            queue.readable.set()  # let a sibling subscriber in the group take the rest
+        return batch
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        pending = list(self.unacked.values())
+        self.unacked.clear()
+        for delivery in reversed(pending):
+            delivery._settled = True
+            self.requeue(delivery._stored)
+        self._queue.readable.set()  # wake a next_batch waiting on this queue
+
+
+class MemoryTransport(TransportBase):
+    """The in-process transport for ``memory://<namespace>`` (default namespace ``default``)."""
+
+    _namespaces: ClassVar[dict[str, _Namespace]] = {}
+    _ids = itertools.count()
+
+    capabilities = _CAPABILITIES
+
+    def __init__(self, url: str = "memory://") -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise ConfigError(f"MemoryTransport needs a memory:// URL, not {parts.scheme}://")
+        self.namespace = (parts.netloc + parts.path).strip("/") or "default"
+        self._subscriptions: list[MemorySubscription] = []
+        self._closed = False
+
+    def _space(self) -> _Namespace:
+        space = MemoryTransport._namespaces.get(self.namespace)
+        if space is None:
+            space = MemoryTransport._namespaces[self.namespace] = _Namespace()
+        return space
+
+    @classmethod
+    def reset(cls, namespace: str | None = None) -> None:
+        """Forget every queue (of one namespace, or all): for tests."""
+        if namespace is None:
+            cls._namespaces.clear()
+        else:
+            cls._namespaces.pop(namespace, None)
+
+    async def connect(self) -> None:
+        self._closed = False
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        if self._closed:
+            raise TransportError("transport is closed")
+        self._space().put(topic, [_Stored(m.body, dict(m.headers)) for m in messages])
+
+    async def subscribe(self, topic: str, group: str) -> MemorySubscription:
+        if self._closed:
+            raise TransportError("transport is closed")
+        subscription = MemorySubscription(self._space().queue(topic, group))
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def dead_letter(
+        self, topic: str, body: bytes, headers: Mapping[str, str], reason: str
+    ) -> None:
+        letter_headers = {**headers, "x-factbus-dead-letter-reason": reason,
+                          "x-factbus-dead-letter-topic": topic}
+        self._space().dead_letters[topic].append(DeadLetter(body, letter_headers))
+
+    async def read_dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
+        return list(self._space().dead_letters.get(topic, [])[:limit])
+
+    async def purge_dead_letters(self, topic: str) -> int:
+        letters = self._space().dead_letters.pop(topic, [])
+        return len(letters)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for subscription in self._subscriptions:
+            await subscription.aclose()
+        self._subscriptions.clear()
+
+    def __repr__(self) -> str:
+        return f"MemoryTransport('memory://{self.namespace}')"
