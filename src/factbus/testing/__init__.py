@@ -1,0 +1,8 @@
+"""Test kits shipped with factbus, for its own tests and for third-party adapters.
+
+- :mod:`factbus.testing.conformance`: the transport conformance suite
+  (:class:`TransportConformance`); needs pytest and pytest-asyncio.
+- :mod:`factbus.testing.store_suite`: the store suite (:class:`StoreConformance`).
+- :mod:`factbus.testing.scenario`: fact graphs, hostile delivery orders and a
+  causal checker.
+"""

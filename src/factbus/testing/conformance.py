@@ -1,0 +1,410 @@
+"""The transport conformance suite: every adapter, the memory one included, passes it.
+
+Use it from pytest by subclassing :class:`TransportConformance` and naming the
+broker URL (and, if you can, a command that restarts the broker)::
+
+    class TestMyBroker(TransportConformance):
+        url = "mybroker://127.0.0.1:1234"
+        restart_command = ("bash", "scripts/brokers.sh", "restart", "mybroker")
+
+Tests that a transport's declared :class:`~factbus.transport.Capabilities` rule
+out are skipped with the reason; nothing else is. Each test uses fresh topic
+and group names, so the suite can run against a broker that has other data.
+Requires pytest with an asyncio plugin (pytest-asyncio in auto mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import subprocess
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pytest
+
+from factbus.transport import Capabilities, Delivery, Message, Subscription, Transport, open_transport
+
+
+@dataclass
+class ConformanceContext:
+    """What each conformance test gets: fresh names, transports, and timings."""
+
+    url: str
+    restart_command: Sequence[str] | None = None
+    timeout: float = 30.0
+    """Seconds a test waits for expected messages before it fails."""
+    _transports: list[Transport] = field(default_factory=list)
+
+    async def transport(self) -> Transport:
+        """A new, connected transport; closed when the test ends."""
+        transport = open_transport(self.url)
+        await transport.connect()
+        self._transports.append(transport)
+        return transport
+
+    @property
+    def capabilities(self) -> Capabilities:
+        cls = type(open_transport(self.url))
+        caps: Capabilities = cls.capabilities
+        return caps
+
+    @staticmethod
+    def name(prefix: str) -> str:
+        return f"conf-{prefix}-{uuid.uuid4().hex[:10]}"
+
+    async def restart_broker(self) -> None:
+        if not self.restart_command:
+            pytest.skip("no restart command given for this broker")
+        proc = await asyncio.create_subprocess_exec(*self.restart_command)
+        if await proc.wait() != 0:
+            raise RuntimeError(f"{' '.join(self.restart_command)} failed")
+
+    async def aclose(self) -> None:
+        for transport in reversed(self._transports):
+            with contextlib.suppress(Exception):
+                await transport.aclose()
+
+
+def messages(count: int, prefix: str = "m", headers: dict[str, str] | None = None) -> list[Message]:
+    """``count`` distinct messages with bodies ``prefix-0``, ``prefix-1``, ..."""
+    return [
+        Message(f"{prefix}-{i}".encode(), f"{prefix}-{i}", None, dict(headers or {}))
+        for i in range(count)
+    ]
+
+
+async def collect(
+    subscription: Subscription,
+    expected: int,
+    timeout: float,
+    *,
+    ack: bool = True,
+) -> list[Delivery]:
+    """Receive until ``expected`` deliveries arrived (or ``timeout``); ack each."""
+    received: list[Delivery] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(received) < expected:
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        batch = await subscription.next_batch(expected - len(received), timeout=min(left, 1.0))
+        for delivery in batch:
+            if ack:
+                await delivery.ack()
+            received.append(delivery)
+    return received
+
+
+async def settle_quietly(subscription: Subscription, quiet: float) -> list[Delivery]:
+    """Receive and ack whatever else arrives until ``quiet`` seconds pass with nothing."""
+    extra: list[Delivery] = []
+    while True:
+        batch = await subscription.next_batch(1000, timeout=quiet)
+        if not batch:
+            return extra
+        for delivery in batch:
+            await delivery.ack()
+        extra.extend(batch)
+
+
+def bodies(deliveries: Sequence[Delivery]) -> list[bytes]:
+    return [d.body for d in deliveries]
+
+
+class TransportConformance:
+    """Subclass it, set ``url`` (and optionally ``restart_command``); pytest runs the suite."""
+
+    url: ClassVar[str] = "memory://"
+    restart_command: ClassVar[Sequence[str] | None] = None
+    timeout: ClassVar[float] = 30.0
+
+    @pytest.fixture
+    async def ctx(self) -> AsyncIterator[ConformanceContext]:
+        context = ConformanceContext(self.url, self.restart_command, self.timeout)
+        try:
+            yield context
+        finally:
+            await context.aclose()
+
+    @staticmethod
+    def need(ctx: ConformanceContext, flag: str) -> None:
+        if not getattr(ctx.capabilities, flag):
+            pytest.skip(f"transport does not declare {flag}")
+
+    # -- basics ---------------------------------------------------------------
+
+    async def test_publish_subscribe_keeps_body_and_headers(self, ctx: ConformanceContext) -> None:
+        transport = await ctx.transport()
+        topic, group = ctx.name("t"), ctx.name("g")
+        subscription = await transport.subscribe(topic, group)
+        sent = messages(20, headers={"x-trace": "abc", "x-unicode": "été"})
+        await transport.publish(topic, sent)
+        received = await collect(subscription, 20, ctx.timeout)
+        assert sorted(bodies(received)) == sorted(m.body for m in sent)
+        for delivery in received:
+            assert delivery.headers.get("x-trace") == "abc"
+            assert delivery.headers.get("x-unicode") == "été"
+
+    async def test_binary_bodies_arrive_byte_for_byte(self, ctx: ConformanceContext) -> None:
+        transport = await ctx.transport()
+        topic, group = ctx.name("t"), ctx.name("g")
+        subscription = await transport.subscribe(topic, group)
+        payloads = [bytes(range(256)), b"", b"\x00" * 1000, random.randbytes(200_000)]
+        await transport.publish(
+            topic, [Message(p, f"id-{i}") for i, p in enumerate(payloads)]
+        )
+        received = await collect(subscription, len(payloads), ctx.timeout)
+        assert sorted(bodies(received)) == sorted(payloads)
+
+    async def test_order_within_one_publish_call(self, ctx: ConformanceContext) -> None:
+        self.need(ctx, "ordered")
+        transport = await ctx.transport()
+        topic, group = ctx.name("t"), ctx.name("g")
+        subscription = await transport.subscribe(topic, group)
+        sent = messages(500)
+        await transport.publish(topic, sent)
+        received = await collect(subscription, 500, ctx.timeout)
+        assert bodies(received) == [m.body for m in sent]
+
+    async def test_many_concurrent_publishers_and_subscribers(self, ctx: ConformanceContext) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        consumer = await ctx.transport()
+        subscriptions = [await consumer.subscribe(topic, group) for _ in range(3)]
+        publishers = [await ctx.transport() for _ in range(4)]
+        per_publisher = 250
+
+        async def publish(index: int, transport: Transport) -> None:
+            batch = messages(per_publisher, prefix=f"p{index}")
+            for start in range(0, per_publisher, 50):
+                await transport.publish(topic, batch[start : start + 50])
+
+        received: list[bytes] = []
+        expected = len(publishers) * per_publisher
+        done = asyncio.Event()
+
+        async def consume(subscription: Subscription) -> None:
+            while not done.is_set():
+                for delivery in await subscription.next_batch(100, timeout=0.2):
+                    await delivery.ack()
+                    received.append(delivery.body)
+                if len(set(received)) >= expected:
+                    done.set()
+
+        consumers = [asyncio.create_task(consume(s)) for s in subscriptions]
+        await asyncio.gather(*(publish(i, t) for i, t in enumerate(publishers)))
+        try:
+            await asyncio.wait_for(done.wait(), ctx.timeout)
+        finally:
+            done.set()
+            await asyncio.gather(*consumers)
+        want = {m.body for i in range(len(publishers)) for m in messages(per_publisher, f"p{i}")}
+        assert set(received) == want
+
+    async def test_many_topics_are_isolated(self, ctx: ConformanceContext) -> None:
+        transport = await ctx.transport()
+        topics = [ctx.name(f"t{i}") for i in range(8)]
+        group = ctx.name("g")
+        subscriptions = [await transport.subscribe(topic, group) for topic in topics]
+        await asyncio.gather(
+            *(transport.publish(topic, messages(30, prefix=topic)) for topic in topics)
+        )
+        for topic, subscription in zip(topics, subscriptions, strict=True):
+            received = await collect(subscription, 30, ctx.timeout)
+            assert sorted(bodies(received)) == sorted(m.body for m in messages(30, prefix=topic))
+            assert await settle_quietly(subscription, 0.5) == []
+
+    # -- acknowledgement --------------------------------------------------------
+
+    async def test_nack_requeue_redelivers(self, ctx: ConformanceContext) -> None:
+        self.need(ctx, "redelivers_nacked")
+        transport = await ctx.transport()
+        topic, group = ctx.name("t"), ctx.name("g")
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(5))
+        first = await collect(subscription, 5, ctx.timeout, ack=False)
+        assert len(first) == 5
+        nacked = first[2]
+        for delivery in first:
+            if delivery is nacked:
+                await delivery.nack(requeue=True)
+            else:
+                await delivery.ack()
+        again = await collect(subscription, 1, ctx.timeout)
+        assert bodies(again) == [nacked.body]
+        assert await settle_quietly(subscription, 0.5) == []
+
+    async def test_nothing_lost_when_subscribers_close_and_reopen(self, ctx: ConformanceContext) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        publisher = await ctx.transport()
+        consumer = await ctx.transport()
+        subscription = await consumer.subscribe(topic, group)
+        sent = messages(300)
+        await publisher.publish(topic, sent)
+        seen: set[bytes] = set()
+        # Take some, ack only half of those, and close mid-stream.
+        first = await collect(subscription, 100, ctx.timeout, ack=False)
+        for i, delivery in enumerate(first):
+            if i % 2 == 0:
+                await delivery.ack()
+                seen.add(delivery.body)
+        await subscription.aclose()
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        while len(seen) < len(sent):
+            batch = await collect(reopened, len(sent) - len(seen), ctx.timeout)
+            if not batch:
+                break
+            seen.update(bodies(batch))
+        assert seen == {m.body for m in sent}
+
+    async def test_close_is_idempotent_and_concurrent(self, ctx: ConformanceContext) -> None:
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(ctx.name("t"), ctx.name("g"))
+        waiting = asyncio.create_task(subscription.next_batch(10, timeout=ctx.timeout))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(subscription.aclose(), subscription.aclose())
+        assert await asyncio.wait_for(waiting, 10) == []
+        await asyncio.gather(transport.aclose(), transport.aclose())
+
+    async def test_publisher_close_flushes_everything(self, ctx: ConformanceContext) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        consumer = await ctx.transport()
+        subscription = await consumer.subscribe(topic, group)
+        publisher = open_transport(ctx.url)
+        await publisher.connect()
+        sent = messages(1000)
+        await asyncio.gather(*(publisher.publish(topic, sent[i : i + 100]) for i in range(0, 1000, 100)))
+        await publisher.aclose()
+        received = await collect(subscription, 1000, ctx.timeout)
+        assert {d.body for d in received} == {m.body for m in sent}
+
+    # -- groups -----------------------------------------------------------------
+
+    async def test_fan_out_every_group_gets_everything(self, ctx: ConformanceContext) -> None:
+        self.need(ctx, "consumer_groups")
+        transport = await ctx.transport()
+        topic = ctx.name("t")
+        subscriptions = [await transport.subscribe(topic, ctx.name(f"g{i}")) for i in range(3)]
+        sent = messages(100)
+        await transport.publish(topic, sent)
+        for subscription in subscriptions:
+            received = await collect(subscription, 100, ctx.timeout)
+            assert sorted(bodies(received)) == sorted(m.body for m in sent)
+
+    async def test_shared_group_splits_the_work(self, ctx: ConformanceContext) -> None:
+        self.need(ctx, "consumer_groups")
+        topic, group = ctx.name("t"), ctx.name("g")
+        members = [await (await ctx.transport()).subscribe(topic, group) for _ in range(2)]
+        publisher = await ctx.transport()
+        sent = messages(400)
+        counts: Counter[bytes] = Counter()
+        done = asyncio.Event()
+
+        async def consume(subscription: Subscription) -> None:
+            while not done.is_set():
+                for delivery in await subscription.next_batch(50, timeout=0.2):
+                    await delivery.ack()
+                    counts[delivery.body] += 1
+                if len(counts) >= len(sent):
+                    done.set()
+
+        tasks = [asyncio.create_task(consume(m)) for m in members]
+        await publisher.publish(topic, sent)
+        try:
+            await asyncio.wait_for(done.wait(), ctx.timeout)
+            await asyncio.sleep(1.0)  # give a wrongly duplicated delivery time to show up
+        finally:
+            done.set()
+            await asyncio.gather(*tasks)
+        assert set(counts) == {m.body for m in sent}
+        assert max(counts.values()) == 1, "a message went to two members of one group"
+
+    async def test_late_group_reads_history(self, ctx: ConformanceContext) -> None:
+        self.need(ctx, "replays_history")
+        transport = await ctx.transport()
+        topic = ctx.name("t")
+        sent = messages(50)
+        await transport.publish(topic, sent)
+        late = await transport.subscribe(topic, ctx.name("late"))
+        received = await collect(late, 50, ctx.timeout)
+        assert sorted(bodies(received)) == sorted(m.body for m in sent)
+
+    # -- dead letters -------------------------------------------------------------
+
+    async def test_dead_letters_keep_body_and_reason(self, ctx: ConformanceContext) -> None:
+        transport = await ctx.transport()
+        topic = ctx.name("t")
+        await transport.dead_letter(topic, b"not json", {"x-a": "1"}, "malformed: not valid JSON")
+        await transport.dead_letter(topic, b"\x00\x01", {}, "hash-mismatch: tampered")
+        letters: list[Any] = []
+        for _ in range(50):
+            letters = await transport.read_dead_letters(topic, 10)
+            if len(letters) >= 2:
+                break
+            await asyncio.sleep(0.2)
+        assert [letter.body for letter in letters] == [b"not json", b"\x00\x01"]
+        assert [letter.reason for letter in letters] == [
+            "malformed: not valid JSON",
+            "hash-mismatch: tampered",
+        ]
+        assert letters[0].headers.get("x-a") == "1"
+        assert await transport.purge_dead_letters(topic) == 2
+        assert await transport.read_dead_letters(topic, 10) == []
+
+    # -- broker restart -----------------------------------------------------------
+
+    async def test_recovers_after_broker_restart(self, ctx: ConformanceContext) -> None:
+        self.need(ctx, "survives_broker_restart")
+        if not self.restart_command:
+            pytest.skip("no restart command for this broker")
+        topic, group = ctx.name("t"), ctx.name("g")
+        publisher = await ctx.transport()
+        consumer = await ctx.transport()
+        subscription = await consumer.subscribe(topic, group)
+        before, after = messages(100, "before"), messages(100, "after")
+        await publisher.publish(topic, before)
+        seen = set(bodies(await collect(subscription, 50, ctx.timeout)))
+        await ctx.restart_broker()
+        await _publish_with_retry(publisher, topic, after, ctx.timeout * 2)
+        want = {m.body for m in before + after}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ctx.timeout * 2
+        while not want <= seen and loop.time() < deadline:
+            batch = await subscription.next_batch(200, timeout=1.0)
+            for delivery in batch:
+                with contextlib.suppress(Exception):
+                    await delivery.ack()
+                seen.add(delivery.body)
+        assert want - seen == set()
+
+    # -- the whole pipeline ---------------------------------------------------------
+
+    async def test_pipeline_three_nodes_converge(self, ctx: ConformanceContext, tmp_path: Any) -> None:
+        from factbus.testing.scenario import run_convergence
+
+        report = await run_convergence(ctx.url, nodes=3, facts=300, store_dir=tmp_path, timeout=ctx.timeout * 2)
+        assert report.lost == 0
+        assert report.duplicated == 0
+        assert report.out_of_order == 0
+        assert report.converged
+
+
+async def _publish_with_retry(
+    transport: Transport, topic: str, batch: list[Message], timeout: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await transport.publish(topic, batch)
+            return
+        except Exception:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
