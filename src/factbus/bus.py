@@ -31,6 +31,7 @@ log = structlog.get_logger("factbus.bus")
 H = TypeVar("H", bound=Handler)
 
 IDLE_TICK = 0.05  # seconds a consumer waits for messages before it counts as idle
+SWEEP_INTERVAL = 2.0  # seconds between sweeps of a shared store's parked facts, when idle
 
 
 class Bus:
@@ -263,6 +264,7 @@ class Bus:
         assert subscription is not None
         batch_size = self.settings.batch_size
         failures = 0
+        last_sweep = time.monotonic()
         while not self._stopping.is_set():
             try:
                 batch = await subscription.next_batch(batch_size, timeout=IDLE_TICK)
@@ -272,6 +274,12 @@ class Bus:
                 failures += 1
                 continue
             if not batch:
+                if self.pipeline.shared_store and time.monotonic() - last_sweep > SWEEP_INTERVAL:
+                    last_sweep = time.monotonic()
+                    try:
+                        await self.pipeline.sweep()
+                    except Exception:
+                        self._log.exception("sweep of parked facts failed")
                 async with self._idle:
                     self._idle_ticks += 1
                     self._idle.notify_all()

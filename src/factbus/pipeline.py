@@ -115,17 +115,14 @@ class Pipeline:
         # With a store of its own, the node knows whether anything is parked and
         # skips the wait-list query when nothing is; a shared store may be
         # parked into by other workers at any time.
-        self._shared_store = shared_store
+        self.shared_store = shared_store
 
     async def recover(self) -> None:
         """After a restart: learn how many facts wait, and hand on those left ready
         by a crash between a predecessor's commit and their own."""
         counts = await self.store.counts()
         self.stats.waiting = counts["parked"]
-        ready = await self.store.ready_parked()
-        if ready:
-            log.info("recovering ready parked facts", count=len(ready))
-            await self._settle([], ready, from_store={f.ref for f in ready})
+        await self.sweep()
 
     async def step(self, deliveries: Sequence[Delivery]) -> None:
         """Settle ``deliveries`` and ack them (see the module docstring)."""
@@ -183,7 +180,7 @@ class Pipeline:
             candidates: list[ParkedFact] = [
                 new_parked[w] for r in frontier for w in local_waiting.get(r, ()) if w in new_parked
             ]
-            if self._shared_store or self.stats.waiting > 0:
+            if self.shared_store or self.stats.waiting > 0:
                 stored = await self.store.waiting_on(frontier)
                 candidates.extend(p for p in stored if p.fact.ref not in ready_refs)
             frontier = []
@@ -204,7 +201,14 @@ class Pipeline:
         blocked: set[FactRef] = set()
         dead: list[tuple[Fact, str]] = []
         async with self._store_lock, self.store.transaction() as tx:
+            if self.shared_store and ready:
+                # Another worker may be handling some of these right now: take only
+                # what this transaction could claim; the rest counts as blocked.
+                claimed = await tx.claim([f.ref for f in ready])
+                blocked.update(f.ref for f in ready if f.ref not in claimed)
             for fact in ready:
+                if fact.ref in blocked:
+                    continue
                 if blocked:
                     stuck = frozenset(p for p in fact.predecessor_refs() if p in blocked)
                     if stuck:
@@ -237,6 +241,37 @@ class Pipeline:
         stats.last_step_at = time.monotonic()
         for delivery in deliveries:
             await delivery.ack()
+        if self.shared_store:
+            await self._follow_up(handled, list(new_parked.values()))
+
+    async def _follow_up(self, handled: list[Fact], parked: list[ParkedFact]) -> None:
+        """Close the race between workers sharing a store.
+
+        A worker that parks a fact and a worker that handles its predecessor may
+        each commit before seeing the other's write. After committing, each
+        looks again: the handler for facts now waiting on what it handled, the
+        parker for predecessors now handled. Whichever looks last finds the
+        fact ready; claims keep a fact from being handled twice.
+        """
+        again: dict[FactRef, Fact] = {}
+        if handled:
+            for waiting in await self.store.waiting_on([f.ref for f in handled]):
+                again[waiting.fact.ref] = waiting.fact
+        if parked:
+            preds = {m for p in parked for m in p.missing}
+            states = await self.store.states(preds)
+            for p in parked:
+                if all(states.get(m) is FactState.HANDLED for m in p.missing):
+                    again[p.fact.ref] = p.fact
+        if again:
+            await self._settle([], list(again.values()), from_store=set(again))
+
+    async def sweep(self) -> None:
+        """Hand on parked facts that no longer miss anything (a shared store's
+        safety net for a worker that died between claim and commit)."""
+        ready = await self.store.ready_parked()
+        if ready:
+            await self._settle([], ready, from_store={f.ref for f in ready})
 
     async def _states(self, facts: Collection[Fact]) -> dict[FactRef, FactState]:
         cache = self._cache

@@ -72,6 +72,15 @@ class StoreTransaction(Protocol):
     async def record(self, batch: StoreBatch) -> None:
         """Apply ``batch`` within this transaction."""
 
+    async def claim(self, refs: Sequence[FactRef]) -> set[FactRef]:
+        """Claim ``refs`` for handling in this transaction; return those claimed.
+
+        A store shared by several workers returns only refs that no other open
+        transaction holds and that are not handled yet; the claims last until
+        this transaction ends. A store of one node returns every ref.
+        """
+        ...
+
 
 class Store(Protocol):
     """A node's memory of facts. One store per node (fan-out) or one shared by a

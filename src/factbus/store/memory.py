@@ -8,7 +8,7 @@ process ends. Transactions are applied at commit; a savepoint is a no-op scope
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +29,9 @@ class MemoryTransaction:
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         yield
+
+    async def claim(self, refs: Sequence[FactRef]) -> set[FactRef]:
+        return set(refs)  # one node per store: nothing to contend with
 
     async def record(self, batch: StoreBatch) -> None:
         self.batches.append(batch)

@@ -11,7 +11,7 @@ crash (``kill -9``); only a power loss can drop the last commits.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator
+from collections.abc import AsyncIterator, Collection, Sequence, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
@@ -108,6 +108,9 @@ class SqliteTransaction:
             self._db.execute(f"RELEASE {name}")
             raise
         self._db.execute(f"RELEASE {name}")
+
+    async def claim(self, refs: Sequence[FactRef]) -> set[FactRef]:
+        return set(refs)  # one node per store: nothing to contend with
 
     async def record(self, batch: StoreBatch) -> None:
         self._store._apply(self._db, batch)

@@ -1,0 +1,7 @@
+"""``python -m factbus``."""
+
+import sys
+
+from factbus.cli import main
+
+sys.exit(main())

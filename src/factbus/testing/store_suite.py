@@ -1,0 +1,161 @@
+"""The store suite: every :class:`~factbus.store.Store` passes it.
+
+Subclass :class:`StoreConformance` and override the ``store`` fixture to yield
+an opened store on an empty database::
+
+    class TestMyStore(StoreConformance):
+        @pytest.fixture
+        async def store(self):
+            s = MyStore(url); await s.open(); yield s; await s.aclose()
+
+``reopen`` (optional) must return a new store object on the same database;
+persistence tests skip without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from factbus.fact import Fact, FactRef
+from factbus.store.base import FactState, ParkedFact, Store, StoreBatch
+
+
+def _chain(n: int, tag: str = "s") -> list[Fact]:
+    facts: list[Fact] = []
+    for i in range(n):
+        preds = {"prior": facts[-1]} if facts else {}
+        facts.append(Fact("Suite.Link", {"i": i, "tag": tag}, preds))
+    return facts
+
+
+async def _record(store: Store, batch: StoreBatch) -> None:
+    async with store.transaction() as tx:
+        await tx.record(batch)
+
+
+class StoreConformance:
+    """The shared store tests; see the module docstring."""
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[Store]:
+        raise NotImplementedError("override the store fixture")
+        yield  # pragma: no cover
+
+    @pytest.fixture
+    def reopen(self) -> Callable[[], Awaitable[Store]] | None:
+        return None
+
+    async def test_unknown_facts_have_no_state(self, store: Store) -> None:
+        facts = _chain(3)
+        assert await store.states([f.ref for f in facts]) == {}
+        assert (await store.counts())["handled"] == 0
+
+    async def test_handled_is_permanent_and_keyed_by_type_and_hash(self, store: Store) -> None:
+        a, b = _chain(2)
+        await _record(store, StoreBatch(handled=[a]))
+        states = await store.states([a.ref, b.ref, FactRef("Other.Type", a.hash)])
+        assert states == {a.ref: FactState.HANDLED}
+        await _record(store, StoreBatch(handled=[a]))  # recording twice is harmless
+        assert (await store.counts())["handled"] == 1
+
+    async def test_parked_fact_is_listed_with_what_it_misses(self, store: Store) -> None:
+        a, b, c = _chain(3)
+        await _record(store, StoreBatch(parked=[ParkedFact(c, frozenset({b.ref}))]))
+        assert await store.states([c.ref]) == {c.ref: FactState.PARKED}
+        [parked] = await store.parked()
+        assert parked.fact == c and parked.fact.hash == c.hash
+        assert parked.missing == {b.ref}
+        assert (await store.counts())["parked"] == 1
+        waiting = await store.waiting_on([b.ref])
+        assert [p.fact for p in waiting] == [c]
+        assert await store.waiting_on([a.ref]) == []
+
+    async def test_handling_a_predecessor_shrinks_the_wait_list(self, store: Store) -> None:
+        a, b = _chain(2)
+        other = Fact("Suite.Other", {"x": 1})
+        joined = Fact("Suite.Join", {}, {"left": b, "right": other})
+        await _record(store, StoreBatch(parked=[ParkedFact(joined, frozenset({b.ref, other.ref}))]))
+        await _record(store, StoreBatch(handled=[b]))
+        [still] = await store.waiting_on([other.ref])
+        assert still.missing == {other.ref}
+        assert await store.ready_parked() == []
+        await _record(store, StoreBatch(handled=[other]))
+        assert await store.ready_parked() == [joined]
+
+    async def test_handling_a_parked_fact_unparks_it(self, store: Store) -> None:
+        a, b = _chain(2)
+        await _record(store, StoreBatch(parked=[ParkedFact(b, frozenset({a.ref}))]))
+        await _record(store, StoreBatch(handled=[a, b]))
+        assert await store.states([a.ref, b.ref]) == {
+            a.ref: FactState.HANDLED,
+            b.ref: FactState.HANDLED,
+        }
+        assert await store.parked() == []
+        assert await store.waiting_on([a.ref]) == []
+        assert (await store.counts())["parked"] == 0
+
+    async def test_parking_a_handled_fact_keeps_it_handled(self, store: Store) -> None:
+        a, b = _chain(2)
+        await _record(store, StoreBatch(handled=[b]))
+        await _record(store, StoreBatch(parked=[ParkedFact(b, frozenset({a.ref}))]))
+        assert await store.states([b.ref]) == {b.ref: FactState.HANDLED}
+
+    async def test_failed_transaction_writes_nothing(self, store: Store) -> None:
+        a, b = _chain(2)
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.record(StoreBatch(handled=[a], parked=[ParkedFact(b, frozenset())]))
+                raise RuntimeError("handler blew up")
+        assert await store.states([a.ref, b.ref]) == {}
+
+    async def test_published_refs_are_remembered(self, store: Store) -> None:
+        a, b = _chain(2)
+        await _record(store, StoreBatch(published=[a.ref]))
+        assert await store.published([a.ref, b.ref]) == {a.ref}
+        assert (await store.counts())["published"] == 1
+
+    async def test_load_returns_content_with_its_hash(self, store: Store) -> None:
+        fact = Fact("Suite.Rich", {"n": 1.5, "s": "été", "l": [1, {"k": None}], "b": True})
+        await _record(store, StoreBatch(handled=[fact]))
+        loaded = await store.load([fact.ref])
+        assert loaded[fact.ref].hash == fact.hash
+        assert loaded[fact.ref].fields["l"][1]["k"] is None
+
+    async def test_many_refs_in_one_query(self, store: Store) -> None:
+        facts = [Fact("Suite.Many", {"i": i}) for i in range(2500)]
+        await _record(store, StoreBatch(handled=facts[:2000]))
+        states = await store.states([f.ref for f in facts])
+        assert len(states) == 2000
+        assert all(f.ref not in states for f in facts[2000:])
+
+    async def test_parked_list_is_oldest_first_and_limited(self, store: Store) -> None:
+        root = Fact("Suite.Root", {})
+        kids = [Fact("Suite.Kid", {"i": i}, {"root": root}) for i in range(5)]
+        for kid in kids:
+            await _record(store, StoreBatch(parked=[ParkedFact(kid, frozenset({root.ref}))]))
+        assert [p.fact for p in await store.parked(limit=3)] == kids[:3]
+        assert {p.fact for p in await store.waiting_on([root.ref])} == set(kids)
+
+    async def test_state_survives_reopen(
+        self, store: Store, reopen: Callable[[], Awaitable[Store]] | None
+    ) -> None:
+        if reopen is None:
+            pytest.skip("this store does not persist")
+        a, b, c = _chain(3)
+        await _record(
+            store,
+            StoreBatch(handled=[a], parked=[ParkedFact(c, frozenset({b.ref}))], published=[a.ref]),
+        )
+        await store.aclose()
+        again = await reopen()
+        try:
+            assert await again.states([a.ref, c.ref]) == {
+                a.ref: FactState.HANDLED,
+                c.ref: FactState.PARKED,
+            }
+            assert [p.missing for p in await again.waiting_on([b.ref])] == [{b.ref}]
+            assert await again.published([a.ref]) == {a.ref}
+        finally:
+            await again.aclose()

@@ -1,0 +1,53 @@
+"""The memory and SQLite stores pass the shared store suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from factbus.store import Store, open_store
+from factbus.store.memory import MemoryStore
+from factbus.store.sqlite import SqliteStore
+from factbus.testing.store_suite import StoreConformance
+
+
+class TestMemoryStore(StoreConformance):
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[Store]:
+        store = MemoryStore()
+        await store.open()
+        yield store
+        await store.aclose()
+
+
+class TestSqliteStore(StoreConformance):
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
+        store = SqliteStore(f"sqlite:///{tmp_path}/node.db")
+        await store.open()
+        yield store
+        await store.aclose()
+
+    @pytest.fixture
+    def reopen(self, tmp_path: Path) -> Callable[[], Awaitable[Store]]:
+        async def again() -> Store:
+            store = SqliteStore(f"sqlite:///{tmp_path}/node.db")
+            await store.open()
+            return store
+
+        return again
+
+
+def test_sqlite_urls_map_to_paths() -> None:
+    assert SqliteStore("sqlite:///rel/x.db").path == "rel/x.db"
+    assert SqliteStore("sqlite:////abs/x.db").path == "/abs/x.db"
+    assert SqliteStore("sqlite:///:memory:").path == ":memory:"
+
+
+def test_open_store_picks_by_scheme() -> None:
+    assert isinstance(open_store("memory://"), MemoryStore)
+    assert isinstance(open_store("sqlite:///x.db"), SqliteStore)
+    with pytest.raises(ValueError, match="no store for"):
+        open_store("mongodb://x")
