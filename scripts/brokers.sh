@@ -18,7 +18,7 @@
 #   FACTBUS_KAFKA_VERSION   org.apache.kafka:kafka_2.13 version     default 4.3.1
 #   FACTBUS_KAFKA_HEAP      Kafka JVM heap options                  default "-Xms256m -Xmx1g"
 #   FACTBUS_PG_BIN          PostgreSQL server binaries              default /usr/lib/postgresql/15/bin
-#   FACTBUS_RABBITMQ_MANAGEMENT=1  also enable the management plugin (HTTP API on 127.0.0.1:15672)
+#   FACTBUS_RABBITMQ_MANAGEMENT  1 (default): management plugin, HTTP API on 127.0.0.1:15672; 0: off
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,7 +29,7 @@ KAFKA_VERSION="${FACTBUS_KAFKA_VERSION:-4.3.1}"
 KAFKA_HEAP="${FACTBUS_KAFKA_HEAP:--Xms256m -Xmx1g}"
 PG_BIN="${FACTBUS_PG_BIN:-/usr/lib/postgresql/15/bin}"
 PG_MAJOR=15
-RABBITMQ_MANAGEMENT="${FACTBUS_RABBITMQ_MANAGEMENT:-0}"
+RABBITMQ_MANAGEMENT="${FACTBUS_RABBITMQ_MANAGEMENT:-1}"
 
 ALL_BROKERS=(rabbitmq redis postgres kafka)
 
@@ -74,7 +74,19 @@ PY=""
 probe() { "$PY" "$HELPERS/probe.py" "$@" 2>/dev/null; }
 probe_verbose() { "$PY" "$HELPERS/probe.py" "$@"; }
 
-pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# alive = exists and is not a zombie (killed processes may wait a while to be reaped by init)
+pid_alive() {
+    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+    local st; st="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null || true)"
+    [ "$st" != Z ]
+}
+# pid_is <pid> <regex>: the pid is alive and its command line matches (guards against stale
+# pid files whose pid was reused after a reboot or after everything was killed)
+pid_is() {
+    pid_alive "${1:-}" || return 1
+    local cmd; cmd="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
+    [[ "$cmd" =~ $2 ]]
+}
 pidfile_pid() { [ -s "$1" ] && head -n1 "$1" | tr -dc '0-9'; }
 
 # write $2 (content) to file $1 only when it differs; returns 0 if the file changed
@@ -171,11 +183,17 @@ wait_pid_gone() { # pid seconds
 rabbitmq_pkgs() { [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || echo rabbitmq-server; }
 rabbitmq_up() { probe amqp 127.0.0.1 5672; }
 rabbitmq_pid() { pidfile_pid "$RABBITMQ_PIDFILE"; }
-rabbitmq_alive() { pid_alive "$(rabbitmq_pid)"; }
+rabbitmq_alive() { pid_is "$(rabbitmq_pid)" 'beam'; }
 
 rabbitmq_configure() {
     mkdir -p /etc/rabbitmq /var/log/rabbitmq /var/lib/rabbitmq
     chown rabbitmq:rabbitmq /var/log/rabbitmq /var/lib/rabbitmq
+    # Erlang refuses a cookie readable by others; server and CLI both use the rabbitmq user's
+    # HOME (/var/lib/rabbitmq), since the Debian wrappers su to rabbitmq when run as root
+    if [ -e /var/lib/rabbitmq/.erlang.cookie ]; then
+        chown rabbitmq:rabbitmq /var/lib/rabbitmq/.erlang.cookie
+        chmod 400 /var/lib/rabbitmq/.erlang.cookie
+    fi
     # Fixed node name: independent of the machine's hostname (which may be odd or not resolve).
     # The CLI tools read the same file, so plain `rabbitmqctl status` works too.
     write_if_changed /etc/rabbitmq/rabbitmq-env.conf "# managed by factbus scripts/brokers.sh
@@ -220,7 +238,8 @@ rabbitmq_wait() { wait_until rabbitmq "$TIMEOUT" rabbitmq_up rabbitmq_alive "$RA
 
 rabbitmq_stop() {
     local pid; pid="$(rabbitmq_pid || true)"
-    if ! pid_alive "$pid" && ! port_open 5672; then log "rabbitmq: not running"; return 0; fi
+    pid_is "$pid" beam || pid=""
+    if [ -z "$pid" ] && ! port_open 5672; then log "rabbitmq: not running"; return 0; fi
     log "rabbitmq: rabbitmqctl shutdown"
     if ! timeout 90 /usr/sbin/rabbitmqctl -q shutdown >/dev/null 2>&1; then
         if pid_alive "$pid"; then
@@ -234,7 +253,7 @@ rabbitmq_stop() {
 
 rabbitmq_kill9() {
     local pid; pid="$(rabbitmq_pid || true)"
-    if pid_alive "$pid"; then
+    if pid_is "$pid" beam; then
         log "rabbitmq: kill -9 $pid"
         kill -KILL "$pid"
         wait_pid_gone "$pid" 30 || die "rabbitmq: $pid survived kill -9"
@@ -249,7 +268,7 @@ rabbitmq_info() { echo "amqp://guest:guest@127.0.0.1:5672/ node=$RABBITMQ_NODE p
 
 redis_pkgs() { command -v redis-server >/dev/null && command -v redis-cli >/dev/null || echo redis-server redis-tools; }
 redis_up() { probe redis 127.0.0.1 6379; }
-redis_alive() { pid_alive "$(pidfile_pid "$REDIS_PIDFILE")"; }
+redis_alive() { pid_is "$(pidfile_pid "$REDIS_PIDFILE")" 'redis-server'; }
 
 redis_launch() {
     mkdir -p "$REDIS_DIR"
@@ -274,7 +293,7 @@ redis_stop() {
 
 redis_kill9() {
     local pid; pid="$(pidfile_pid "$REDIS_PIDFILE" || true)"
-    if pid_alive "$pid"; then
+    if pid_is "$pid" redis-server; then
         log "redis: kill -9 $pid"; kill -KILL "$pid"; wait_pid_gone "$pid" 30 || die "redis: $pid survived kill -9"
         rm -f "$REDIS_PIDFILE"
     else
@@ -291,7 +310,7 @@ PG_URL="postgresql://factbus:factbus@127.0.0.1:5432/factbus"
 pg_pkgs() { [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/psql" ] || echo "postgresql-$PG_MAJOR postgresql-client-$PG_MAJOR"; }
 pg_as_postgres() { (cd / && runuser -u postgres -- "$@"); }
 pg_pid() { pidfile_pid "$PG_DATA/postmaster.pid"; }
-pg_alive() { pid_alive "$(pg_pid)"; }
+pg_alive() { pid_is "$(pg_pid)" 'postgres|postmaster'; }
 pg_ready() { [ -x "$PG_BIN/pg_isready" ] && "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p 5432 -t 2; }
 postgres_up() {
     [ -x "$PG_BIN/psql" ] || return 1
@@ -326,9 +345,38 @@ log_connections = off" || true
     chown postgres:postgres "$PG_DATA/factbus.conf"
 }
 
+# pids of processes whose working directory is the data dir (postmaster and backends chdir there)
+pg_dir_users() {
+    local p
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/cwd" 2>/dev/null)" = "$PG_DATA" ] && echo "${p#/proc/}"
+    done
+    return 0
+}
+
 postgres_launch() {
     pg_init
     if pg_alive; then log "postgres: postmaster $(pg_pid) exists, waiting for it"; return 0; fi
+    if [ -f "$PG_DATA/postmaster.pid" ]; then
+        # left by a killed postmaster. Postgres itself refuses to start while that pid still
+        # exists (e.g. an unreaped zombie), so once no process uses the data dir any more
+        # (orphaned backends exit when they notice the postmaster died) the file is removed.
+        local deadline=$((SECONDS + 20)) users
+        while users="$(pg_dir_users)"; [ -n "$users" ]; do
+            [ "$SECONDS" -lt "$deadline" ] \
+                || die "postgres: processes $(echo "$users" | tr '\n' ' ')still use $PG_DATA but no postmaster runs"
+            sleep 0.3
+        done
+        log "postgres: removing stale postmaster.pid (pid $(pg_pid || echo ?) is gone)"
+        rm -f "$PG_DATA/postmaster.pid"
+    fi
+    local sock_lock="$PG_SOCKDIR/.s.PGSQL.5432.lock" lock_pid
+    if [ -f "$sock_lock" ]; then
+        lock_pid="$(pidfile_pid "$sock_lock" || true)"
+        if ! pid_is "$lock_pid" 'postgres|postmaster'; then
+            rm -f "$sock_lock" "$PG_SOCKDIR/.s.PGSQL.5432"
+        fi
+    fi
     log "postgres: pg_ctl start (data $PG_DATA)"
     pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -W start >/dev/null \
         || { tail_log "$PG_LOG"; die "postgres: pg_ctl start failed"; }
@@ -371,7 +419,7 @@ postgres_stop() {
 postgres_kill9() {
     local pid children
     pid="$(pg_pid || true)"
-    if ! pid_alive "$pid"; then log "postgres: no postmaster to kill"; return 0; fi
+    if ! pid_is "$pid" 'postgres|postmaster'; then log "postgres: no postmaster to kill"; return 0; fi
     children="$(ps -o pid= --ppid "$pid" | tr -s ' \n' ' ' || true)"
     log "postgres: kill -9 postmaster $pid"
     kill -KILL "$pid"
@@ -405,10 +453,7 @@ kafka_pkgs() {
     if [ ! -f "$KAFKA_LIBS/.complete" ]; then command -v mvn >/dev/null || echo maven; fi
 }
 kafka_pid() { pidfile_pid "$KAFKA_PIDFILE"; }
-kafka_alive() {
-    local pid; pid="$(kafka_pid)" || return 1
-    pid_alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka'
-}
+kafka_alive() { pid_is "$(kafka_pid)" 'kafka\.Kafka'; }
 kafka_up() { probe kafka 127.0.0.1 9092; }
 
 kafka_resolve() {
@@ -430,15 +475,18 @@ kafka_resolve() {
     [ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ] || die "kafka: kafka_2.13-$KAFKA_VERSION.jar missing after mvn"
     touch "$tmp/.complete"
     rm -rf "$KAFKA_LIBS"; mv "$tmp" "$KAFKA_LIBS"
-    log "kafka: $(ls "$KAFKA_LIBS" | grep -c '\.jar$') jars in $KAFKA_LIBS ($(since "$t0"))"
+    local jars=("$KAFKA_LIBS"/*.jar)
+    log "kafka: ${#jars[@]} jars in $KAFKA_LIBS ($(since "$t0"))"
 }
 
-kafka_java() { # args...
-    "$JAVA" $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
-        -Djava.awt.headless=true -Dfactbus.broker=kafka \
-        -Dlog4j2.configurationFile="file:$KAFKA_DIR/log4j2.properties" \
-        -Dkafka.logs.dir="$KAFKA_DIR" \
-        -cp "$KAFKA_LIBS/*" "$@"
+# java command line (without main class) for the Kafka server and its tools
+kafka_java_cmd() {
+    local heap
+    read -r -a heap <<<"$KAFKA_HEAP"
+    KAFKA_JAVA_CMD=("$JAVA" "${heap[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
+        -Djava.awt.headless=true -Dfactbus.broker=kafka
+        "-Dlog4j2.configurationFile=file:$KAFKA_DIR/log4j2.properties" "-Dkafka.logs.dir=$KAFKA_DIR"
+        -cp "$KAFKA_LIBS/*")
 }
 
 kafka_launch() {
@@ -460,16 +508,17 @@ kafka_launch() {
         fi
         cid="$(cat "$KAFKA_DIR/cluster.id")"
         log "kafka: formatting KRaft storage $KAFKA_DATA (cluster id $cid, --standalone)"
-        kafka_java kafka.tools.StorageTool format -t "$cid" -c "$KAFKA_DIR/server.properties" --standalone \
+        kafka_java_cmd
+        "${KAFKA_JAVA_CMD[@]}" kafka.tools.StorageTool format -t "$cid" -c "$KAFKA_DIR/server.properties" --standalone \
             >>"$KAFKA_DIR/format.log" 2>&1 || { tail_log "$KAFKA_DIR/format.log"; die "kafka: storage format failed"; }
     fi
     log "kafka: starting Kafka $KAFKA_VERSION (KRaft broker+controller) on 127.0.0.1:9092/9093"
     printf '\n===== %s factbus brokers.sh: starting kafka %s =====\n' "$(date -Is)" "$KAFKA_VERSION" >>"$KAFKA_LOG"
+    kafka_java_cmd
+    # new session, detached from our stdio; the pid file is written by the process that execs java
+    # shellcheck disable=SC2016
     (cd "$KAFKA_DIR" && exec setsid nohup "$BASH" -c 'echo $$ >"$0"; exec "$@"' "$KAFKA_PIDFILE" \
-        "$JAVA" $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
-        -Djava.awt.headless=true -Dfactbus.broker=kafka \
-        -Dlog4j2.configurationFile="file:$KAFKA_DIR/log4j2.properties" -Dkafka.logs.dir="$KAFKA_DIR" \
-        -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
+        "${KAFKA_JAVA_CMD[@]}" kafka.Kafka "$KAFKA_DIR/server.properties" \
         >>"$KAFKA_LOG" 2>&1 </dev/null &)
 }
 
@@ -596,7 +645,7 @@ cmd_start() {
             *)
                 isolated "${n}_wait"
                 if [ "$ISO_RC" = 0 ]; then
-                    log "$n: up ($(since "${T0[$n]}") since launch)"
+                    log "$n: up, $(since "${T0[$n]}") after launch"
                 else
                     failed+=("$n")
                 fi ;;
@@ -615,7 +664,7 @@ cmd_stop() {
     for n in "${NAMES[@]}"; do
         local t0; t0="$(now)"
         isolated "${n}_stop"
-        if [ "$ISO_RC" = 0 ]; then log "$n: stopped ($(since "$t0"))"; else failed+=("$n"); fi
+        if [ "$ISO_RC" = 0 ]; then log "$n: down ($(since "$t0"))"; else failed+=("$n"); fi
     done
     [ "${#failed[@]}" = 0 ] || die "could not stop: ${failed[*]}"
 }
