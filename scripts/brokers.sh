@@ -107,7 +107,7 @@ tail_log() { # file [lines]
 
 # apt-get install with no service auto-start; 'apt-get update' once per run
 APT_LOG="$STATE_DIR/apt.log"
-APT_STAMP=""
+APT_UPDATED=0
 apt_install() {
     need_root "apt-get install"
     mkdir -p "$STATE_DIR"
@@ -118,10 +118,10 @@ apt_install() {
         chmod 755 /usr/sbin/policy-rc.d
         created_policy=1
     fi
-    if [ -z "$APT_STAMP" ] || [ ! -e "$APT_STAMP" ]; then
+    if [ "$APT_UPDATED" = 0 ]; then
         log "apt-get update (log: $APT_LOG)"
         apt-get -o DPkg::Lock::Timeout=300 update >>"$APT_LOG" 2>&1 || rc=$?
-        if [ "$rc" = 0 ]; then APT_STAMP="$(mktemp)"; fi
+        if [ "$rc" = 0 ]; then APT_UPDATED=1; fi
     fi
     if [ "$rc" = 0 ]; then
         log "apt-get install $* (log: $APT_LOG)"
@@ -135,10 +135,11 @@ apt_install() {
     fi
 }
 
-# wait_until <broker> <timeout> <check-fn> <alive-fn> <logfile>
-#   check-fn: succeeds when the broker answers; alive-fn: fails when the server process is gone
+# wait_until <broker> <timeout> <check-fn> <alive-fn> <logfile> [why-fn]
+#   check-fn: succeeds when the broker answers; alive-fn: fails when the server process is gone;
+#   why-fn: prints why the check fails (run once on timeout)
 wait_until() {
-    local name="$1" timeout="$2" check="$3" alive="$4" logf="$5"
+    local name="$1" timeout="$2" check="$3" alive="$4" logf="$5" why="${6:-}"
     local deadline=$((SECONDS + timeout)) dead_since=""
     while :; do
         if "$check"; then return 0; fi
@@ -154,6 +155,7 @@ wait_until() {
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             tail_log "$logf"
+            if [ -n "$why" ]; then "$why" 2>&1 | sed 's/^/[brokers] last check: /' >&2 || true; fi
             die "$name did not come up within ${timeout}s (log: $logf)"
         fi
         sleep 0.5
@@ -234,7 +236,8 @@ rabbitmq_launch() {
         || { tail_log "$STATE_DIR/rabbitmq-launch.log"; die "rabbitmq: rabbitmq-server -detached failed"; }
 }
 
-rabbitmq_wait() { wait_until rabbitmq "$TIMEOUT" rabbitmq_up rabbitmq_alive "$RABBITMQ_LOG"; }
+rabbitmq_why() { probe_verbose amqp 127.0.0.1 5672; }
+rabbitmq_wait() { wait_until rabbitmq "$TIMEOUT" rabbitmq_up rabbitmq_alive "$RABBITMQ_LOG" rabbitmq_why; }
 
 rabbitmq_stop() {
     local pid; pid="$(rabbitmq_pid || true)"
@@ -282,7 +285,8 @@ redis_launch() {
         || { tail_log "$REDIS_LOG"; die "redis: redis-server failed to start"; }
 }
 
-redis_wait() { wait_until redis "$TIMEOUT" redis_up redis_alive "$REDIS_LOG"; }
+redis_why() { probe_verbose redis 127.0.0.1 6379; }
+redis_wait() { wait_until redis "$TIMEOUT" redis_up redis_alive "$REDIS_LOG" redis_why; }
 
 redis_stop() {
     if ! port_open 6379; then log "redis: not running"; return 0; fi
@@ -397,8 +401,9 @@ SELECT 'CREATE DATABASE factbus OWNER factbus' WHERE NOT EXISTS (SELECT FROM pg_
 SQL
 }
 
+pg_why() { "$PG_BIN/pg_isready" -h 127.0.0.1 -p 5432; }
 postgres_wait() {
-    wait_until postgres "$TIMEOUT" pg_ready pg_alive "$PG_LOG"
+    wait_until postgres "$TIMEOUT" pg_ready pg_alive "$PG_LOG" pg_why
     if ! postgres_up; then
         log "postgres: creating role/database factbus"
         pg_provision || die "postgres: could not create role/database factbus"
@@ -522,7 +527,8 @@ kafka_launch() {
         >>"$KAFKA_LOG" 2>&1 </dev/null &)
 }
 
-kafka_wait() { wait_until kafka "$TIMEOUT" kafka_up kafka_alive "$KAFKA_LOG"; }
+kafka_why() { probe_verbose kafka 127.0.0.1 9092; }
+kafka_wait() { wait_until kafka "$TIMEOUT" kafka_up kafka_alive "$KAFKA_LOG" kafka_why; }
 
 kafka_stop() {
     local pid; pid="$(kafka_pid || true)"
