@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -21,7 +22,6 @@ from factbus.envelope import (
 )
 from factbus.fact import Fact, FactRef
 from factbus.logging import configure_logging
-
 from factbus.pipeline import Pipeline, PipelineStats, RefCache
 from factbus.store import Store, StoreBatch, open_store
 from factbus.transport import Message, Subscription, Transport, open_transport
@@ -75,15 +75,19 @@ class Bus:
         if not structlog.is_configured():
             configure_logging(settings.log_level)
         self.transport: Transport = (
-            transport if transport is not None and not isinstance(transport, str)
+            transport
+            if transport is not None and not isinstance(transport, str)
             else open_transport(settings.transport)
         )
         self.store: Store = (
-            store if store is not None and not isinstance(store, str)
+            store
+            if store is not None and not isinstance(store, str)
             else open_store(settings.store_url)
         )
         self.dispatcher = Dispatcher(
-            RetryPolicy(settings.retry_attempts, settings.retry_backoff, settings.retry_backoff_max),
+            RetryPolicy(
+                settings.retry_attempts, settings.retry_backoff, settings.retry_backoff_max
+            ),
             settings.handler_timeout,
             middleware,
         )
@@ -183,10 +187,8 @@ class Bus:
         if self._subscription is not None:
             await self._subscription.aclose()
         if self._consumer is not None:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._consumer
-            except asyncio.CancelledError:
-                pass
             self._consumer = None
         await self._flush_published()
         await self.transport.aclose()
@@ -291,10 +293,8 @@ class Bus:
                 failures += 1
                 self._log.exception("pipeline step failed; deliveries go back to the broker")
                 for delivery in batch:
-                    try:
+                    with contextlib.suppress(Exception):  # already settled, or connection gone
                         await delivery.nack(requeue=True)
-                    except Exception:  # already settled, or the connection is gone
-                        pass
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
     async def drain(self, timeout: float = 30.0) -> None:
@@ -332,5 +332,3 @@ def _ancestors(fact: Fact) -> list[Fact]:
         seen[current.ref] = current
         stack.extend(current.ancestors_given)
     return list(seen.values())
-
-

@@ -36,7 +36,9 @@ _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ASTRAL = re.compile(r"[\U00010000-\U0010ffff]")
 
-FrozenValue = Any  # str | bool | int | float | None | tuple[FrozenValue, ...] | Mapping[str, FrozenValue]
+FrozenValue = (
+    Any  # str | bool | int | float | None | tuple[FrozenValue, ...] | Mapping[str, FrozenValue]
+)
 
 
 class Frozen:

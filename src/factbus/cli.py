@@ -30,9 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings also come from FACTBUS_* environment variables (see README).",
     )
     parser.add_argument("--version", action="version", version=f"factbus {__version__}")
-    parser.add_argument(
-        "--log-level", default=None, help="debug, info, warning (default), error"
-    )
+    parser.add_argument("--log-level", default=None, help="debug, info, warning (default), error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         try:

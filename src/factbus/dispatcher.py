@@ -39,7 +39,9 @@ class HandlerFailed(FactbusError):
     """A handler that failed on every attempt; the fact is dead-lettered."""
 
     def __init__(self, fact: Fact, handler: str, attempts: int, error: BaseException) -> None:
-        reason = f"handler {handler} failed {attempts}x on {fact.ref}: {type(error).__name__}: {error}"
+        reason = (
+            f"handler {handler} failed {attempts}x on {fact.ref}: {type(error).__name__}: {error}"
+        )
         super().__init__(reason)
         self.reason = reason
         self.error = error
@@ -123,7 +125,12 @@ class Dispatcher:
         if not specs:
             return
         for spec in specs:
-            if not self.middleware and not spec.transactional and not spec.thread and not spec.is_async:
+            if (
+                not self.middleware
+                and not spec.transactional
+                and not spec.thread
+                and not spec.is_async
+            ):
                 try:
                     spec.func(fact)  # fast path: a plain sync handler, first attempt
                     continue
@@ -132,13 +139,17 @@ class Dispatcher:
                     continue
             await self._attempts(spec, fact, tx)
 
-    async def _retry(self, spec: HandlerSpec, fact: Fact, tx: StoreTransaction, error: Exception) -> None:
+    async def _retry(
+        self, spec: HandlerSpec, fact: Fact, tx: StoreTransaction, error: Exception
+    ) -> None:
         if self.retry.attempts <= 1:
             raise HandlerFailed(fact, spec.name, 1, error) from error
         await asyncio.sleep(self.retry.delay(1))
         await self._attempts(spec, fact, tx, first=2)
 
-    async def _attempts(self, spec: HandlerSpec, fact: Fact, tx: StoreTransaction, first: int = 1) -> None:
+    async def _attempts(
+        self, spec: HandlerSpec, fact: Fact, tx: StoreTransaction, first: int = 1
+    ) -> None:
         attempt = first
         while True:
             try:

@@ -111,7 +111,7 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        if "recursion" in str(exc):
+        if "depth limit" in str(exc) or "recursion" in str(exc):
             raise TooDeep(f"JSON nesting exceeds the parser's limit: {exc}") from None
         raise MalformedEnvelope(f"not valid JSON: {exc}") from None
     if type(doc) is not dict:
@@ -171,7 +171,12 @@ def _ref(index: int, role: str, value: Any) -> FactRef:
     if type(value) is not dict:
         raise MalformedEnvelope(f"facts[{index}].predecessors.{role} must be a reference object")
     ref_type, ref_hash = value.get("type"), value.get("hash")
-    if type(ref_type) is not str or type(ref_hash) is not str or len(ref_hash) != 88 or not ref_type:
+    if (
+        type(ref_type) is not str
+        or type(ref_hash) is not str
+        or len(ref_hash) != 88
+        or not ref_type
+    ):
         raise MalformedEnvelope(
             f"facts[{index}].predecessors.{role} needs a type and an 88-character hash"
         )

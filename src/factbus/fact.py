@@ -64,7 +64,7 @@ class Fact:
 
     def __init__(
         self,
-        type: str,  # noqa: A002 - the domain's word
+        type: str,
         fields: Mapping[str, Any] | None = None,
         predecessors: Mapping[str, Any] | None = None,
         *,
@@ -87,7 +87,8 @@ class Fact:
                 preds[role] = tuple(refs)
             else:
                 raise InvalidFact(
-                    f"predecessors.{role}", f"must be a Fact, a FactRef or a list of them, not {given!r}"
+                    f"predecessors.{role}",
+                    f"must be a Fact, a FactRef or a list of them, not {given!r}",
                 )
         self._type = type
         self._fields = frozen.value

@@ -144,7 +144,9 @@ class Pipeline:
     async def _reject(self, delivery: Delivery, error: EnvelopeError) -> None:
         self.stats.rejected += 1
         log.warning("envelope rejected", topic=self.topic, reason=error.reason)
-        await self.transport.dead_letter(self.topic, delivery.body, dict(delivery.headers), error.reason)
+        await self.transport.dead_letter(
+            self.topic, delivery.body, dict(delivery.headers), error.reason
+        )
         await delivery.ack()
 
     async def _settle(
@@ -165,7 +167,9 @@ class Pipeline:
             if ref in ready_refs or ref in new_parked or (ref in known and ref not in from_store):
                 stats.duplicates += 1
                 continue
-            missing = [p for p in fact.predecessor_refs() if p not in ready_refs and not handled_before(p)]
+            missing = [
+                p for p in fact.predecessor_refs() if p not in ready_refs and not handled_before(p)
+            ]
             if missing:
                 new_parked[ref] = ParkedFact(fact, frozenset(missing))
                 for pred in missing:

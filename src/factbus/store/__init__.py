@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-
 from urllib.parse import urlsplit
 
 from factbus.errors import ConfigError, MissingDriver
@@ -52,7 +51,9 @@ def open_store(url: str) -> Store:
     if found:
         target = found[0].value
     if target is None:
-        raise ConfigError(f"no store for {scheme or url!r} (use memory://, sqlite:///path.db, postgresql://...)")
+        raise ConfigError(
+            f"no store for {scheme or url!r} (use memory://, sqlite:///path.db, postgresql://...)"
+        )
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -60,5 +61,3 @@ def open_store(url: str) -> Store:
         raise MissingDriver(scheme, extra or scheme, exc) from exc
     store: Store = getattr(module, attr)(url)
     return store
-
-

@@ -45,7 +45,9 @@ class MemoryStore:
         self._facts: dict[FactRef, Fact] = {}
         self._state: dict[FactRef, FactState] = {}
         self._missing: dict[FactRef, set[FactRef]] = {}  # parked ref -> what it still misses
-        self._waiting: dict[FactRef, set[FactRef]] = collections.defaultdict(set)  # missing -> parked
+        self._waiting: dict[FactRef, set[FactRef]] = collections.defaultdict(
+            set
+        )  # missing -> parked
         self._published: set[FactRef] = set()
 
     async def open(self) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -27,7 +26,14 @@ from typing import Any, ClassVar
 
 import pytest
 
-from factbus.transport import Capabilities, Delivery, Message, Subscription, Transport, open_transport
+from factbus.transport import (
+    Capabilities,
+    Delivery,
+    Message,
+    Subscription,
+    Transport,
+    open_transport,
+)
 
 
 @dataclass
@@ -156,9 +162,7 @@ class TransportConformance:
         topic, group = ctx.name("t"), ctx.name("g")
         subscription = await transport.subscribe(topic, group)
         payloads = [bytes(range(256)), b"", b"\x00" * 1000, random.randbytes(200_000)]
-        await transport.publish(
-            topic, [Message(p, f"id-{i}") for i, p in enumerate(payloads)]
-        )
+        await transport.publish(topic, [Message(p, f"id-{i}") for i, p in enumerate(payloads)])
         received = await collect(subscription, len(payloads), ctx.timeout)
         assert sorted(bodies(received)) == sorted(payloads)
 
@@ -172,7 +176,9 @@ class TransportConformance:
         received = await collect(subscription, 500, ctx.timeout)
         assert bodies(received) == [m.body for m in sent]
 
-    async def test_many_concurrent_publishers_and_subscribers(self, ctx: ConformanceContext) -> None:
+    async def test_many_concurrent_publishers_and_subscribers(
+        self, ctx: ConformanceContext
+    ) -> None:
         topic, group = ctx.name("t"), ctx.name("g")
         consumer = await ctx.transport()
         subscriptions = [await consumer.subscribe(topic, group) for _ in range(3)]
@@ -239,7 +245,9 @@ class TransportConformance:
         assert bodies(again) == [nacked.body]
         assert await settle_quietly(subscription, 0.5) == []
 
-    async def test_nothing_lost_when_subscribers_close_and_reopen(self, ctx: ConformanceContext) -> None:
+    async def test_nothing_lost_when_subscribers_close_and_reopen(
+        self, ctx: ConformanceContext
+    ) -> None:
         topic, group = ctx.name("t"), ctx.name("g")
         publisher = await ctx.transport()
         consumer = await ctx.transport()
@@ -278,7 +286,9 @@ class TransportConformance:
         publisher = open_transport(ctx.url)
         await publisher.connect()
         sent = messages(1000)
-        await asyncio.gather(*(publisher.publish(topic, sent[i : i + 100]) for i in range(0, 1000, 100)))
+        await asyncio.gather(
+            *(publisher.publish(topic, sent[i : i + 100]) for i in range(0, 1000, 100))
+        )
         await publisher.aclose()
         received = await collect(subscription, 1000, ctx.timeout)
         assert {d.body for d in received} == {m.body for m in sent}
@@ -384,10 +394,14 @@ class TransportConformance:
 
     # -- the whole pipeline ---------------------------------------------------------
 
-    async def test_pipeline_three_nodes_converge(self, ctx: ConformanceContext, tmp_path: Any) -> None:
+    async def test_pipeline_three_nodes_converge(
+        self, ctx: ConformanceContext, tmp_path: Any
+    ) -> None:
         from factbus.testing.scenario import run_convergence
 
-        report = await run_convergence(ctx.url, nodes=3, facts=300, store_dir=tmp_path, timeout=ctx.timeout * 2)
+        report = await run_convergence(
+            ctx.url, nodes=3, facts=300, store_dir=tmp_path, timeout=ctx.timeout * 2
+        )
         assert report.lost == 0
         assert report.duplicated == 0
         assert report.out_of_order == 0
@@ -407,4 +421,3 @@ async def _publish_with_retry(
             if loop.time() > deadline:
                 raise
             await asyncio.sleep(0.5)
-

@@ -23,7 +23,9 @@ from factbus.fact import Fact, FactRef
 Shape = Literal["independent", "chains", "fan-in", "mixed"]
 
 
-def random_dag(count: int, *, seed: int = 0, shape: Shape = "mixed", payload: int = 0) -> list[Fact]:
+def random_dag(
+    count: int, *, seed: int = 0, shape: Shape = "mixed", payload: int = 0
+) -> list[Fact]:
     """``count`` facts in topological order.
 
     ``independent``: no predecessors. ``chains``: each fact follows the one
@@ -41,7 +43,9 @@ def random_dag(count: int, *, seed: int = 0, shape: Shape = "mixed", payload: in
         if pad:
             fields["pad"] = pad
         preds: dict[str, Fact | list[Fact]] = {}
-        kind = shape if shape != "mixed" else rng.choice(["independent", "chains", "fan-in", "fan-in"])
+        kind = (
+            shape if shape != "mixed" else rng.choice(["independent", "chains", "fan-in", "fan-in"])
+        )
         if facts and kind == "chains":
             lane = i % 8
             if lane < len(chain_heads):
@@ -169,7 +173,7 @@ async def run_convergence(
             await publisher.publish(*order[start : start + 100], ancestors=False)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not all(checker.complete(n) for n in names) and loop.time() < deadline:
+        while not all(checker.complete(n) for n in names) and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         for bus in buses:
             await bus.drain(timeout=timeout)

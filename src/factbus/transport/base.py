@@ -136,7 +136,9 @@ class Transport(Protocol):
         """
         ...
 
-    async def dead_letter(self, topic: str, body: bytes, headers: Mapping[str, str], reason: str) -> None:
+    async def dead_letter(
+        self, topic: str, body: bytes, headers: Mapping[str, str], reason: str
+    ) -> None:
         """Move a message that cannot be processed to the dead-letter destination of
         ``topic``, with ``reason`` in header ``x-factbus-dead-letter-reason``.
         Returns once the broker confirmed it (callers ack the original after)."""

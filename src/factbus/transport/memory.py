@@ -125,7 +125,9 @@ class MemorySubscription:
             for delivery in await self.next_batch(1):
                 yield delivery
 
-    async def next_batch(self, max_messages: int, timeout: float | None = None) -> list[MemoryDelivery]:
+    async def next_batch(
+        self, max_messages: int, timeout: float | None = None
+    ) -> list[MemoryDelivery]:
         queue = self._queue
         while not queue.items:
             if self._closed:
@@ -208,8 +210,11 @@ class MemoryTransport(TransportBase):
     async def dead_letter(
         self, topic: str, body: bytes, headers: Mapping[str, str], reason: str
     ) -> None:
-        letter_headers = {**headers, "x-factbus-dead-letter-reason": reason,
-                          "x-factbus-dead-letter-topic": topic}
+        letter_headers = {
+            **headers,
+            "x-factbus-dead-letter-reason": reason,
+            "x-factbus-dead-letter-topic": topic,
+        }
         self._space().dead_letters[topic].append(DeadLetter(body, letter_headers))
 
     async def read_dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:

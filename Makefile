@@ -1,0 +1,52 @@
+# factbus: `make demo` and `make test` set up everything they need from scratch.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+JS     := tests/js/node_modules/.installed
+
+.PHONY: demo test lint typecheck unit brokers brokers-stop bench clean help
+
+help:
+	@echo "make demo     - set up a virtualenv and run 'factbus demo' (memory transport, SQLite stores)"
+	@echo "make test     - set up, start the brokers, and run lint, mypy and every test"
+	@echo "make brokers  - install (if missing) and start RabbitMQ, Kafka, Redis, PostgreSQL on loopback"
+	@echo "make bench    - run the benchmark matrix (see benchmarks/RESULTS.md)"
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(JS): tests/js/package.json tests/js/package-lock.json
+	cd tests/js && npm ci --no-audit --no-fund --silent
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/factbus demo
+
+brokers:
+	bash scripts/brokers.sh start
+
+brokers-stop:
+	bash scripts/brokers.sh stop
+
+lint: $(STAMP)
+	$(BIN)/ruff check src adapters tests benchmarks
+	$(BIN)/ruff format --check src adapters tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) $(JS)
+	$(BIN)/pytest tests/unit tests/conformance/test_memory_transport.py -q
+
+test: $(STAMP) $(JS) brokers lint typecheck
+	eval "$$(bash scripts/brokers.sh env)" && $(BIN)/pytest -q
+
+bench: $(STAMP) brokers
+	eval "$$(bash scripts/brokers.sh env)" && $(BIN)/python benchmarks/run_matrix.py
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules .factbus .mypy_cache .ruff_cache .pytest_cache

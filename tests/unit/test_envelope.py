@@ -1,0 +1,142 @@
+"""The envelope codec: round trips, topological order, and one error class per rejection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from factbus import (
+    CodecLimits,
+    Fact,
+    HashMismatch,
+    InvalidValue,
+    MalformedEnvelope,
+    OversizedEnvelope,
+    PredecessorCycle,
+    TooDeep,
+    UnknownVersion,
+    decode,
+    encode,
+    topological,
+)
+from factbus.testing.scenario import random_dag
+
+
+def chain(n: int) -> list[Fact]:
+    facts: list[Fact] = []
+    for i in range(n):
+        facts.append(Fact("C", {"i": i}, {"prior": facts[-1]} if facts else {}))
+    return facts
+
+
+def test_round_trip_keeps_every_fact_and_hash() -> None:
+    facts = random_dag(200, seed=3)
+    assert [f.ref for f in decode(encode(facts))] == [f.ref for f in facts]
+
+
+def test_rich_values_round_trip() -> None:
+    fact = Fact("R", {"f": 1.25, "u": "été 😀", "n": None, "l": [True, {"k": [1, 2.5e-9]}]})
+    [back] = decode(encode([fact]))
+    assert back.hash == fact.hash and back.fields["l"][1]["k"] == (1, 2.5e-9)
+
+
+def test_topological_puts_predecessors_first_and_dedups() -> None:
+    a, b, c = chain(3)
+    assert topological([c, a, b, c, a]) == [a, b, c]
+    long = chain(5000)  # deep chains must not hit the recursion limit
+    assert topological(list(reversed(long))) == long
+
+
+def doc(facts: list[Fact]) -> dict[str, Any]:
+    loaded: dict[str, Any] = orjson.loads(encode(facts))
+    return loaded
+
+
+def test_tampered_field_is_a_hash_mismatch() -> None:
+    d = doc(chain(2))
+    d["facts"][1]["fields"]["i"] = 99
+    with pytest.raises(HashMismatch, match=r"facts\[1\] \(C\) claims hash"):
+        decode(orjson.dumps(d))
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "text"),
+    [
+        (b"{not json", MalformedEnvelope, "not valid JSON"),
+        (b"[]", MalformedEnvelope, "top level must be an object"),
+        (b'{"v": 2, "facts": []}', UnknownVersion, "version 2"),
+        (b'{"facts": []}', UnknownVersion, "version None"),
+        (b'{"v": 1, "facts": []}', MalformedEnvelope, "non-empty list"),
+        (b'{"v": 1, "facts": [1]}', MalformedEnvelope, r"facts\[0\] must be an object"),
+        (b'{"v": 1, "facts": [{"type": "T", "hash": "x"}]}', MalformedEnvelope, "88-character"),
+        (b'{"v": 1, "facts": [{"type": "", "hash": "x"}]}', MalformedEnvelope, "type"),
+        (b"[" * 2000 + b"]" * 2000, TooDeep, "nesting"),
+    ],
+)
+def test_malformed_envelopes(body: bytes, error: type[Exception], text: str) -> None:
+    with pytest.raises(error, match=text):
+        decode(body)
+
+
+def test_oversized_envelope() -> None:
+    body = encode([Fact("Big", {"pad": "x" * 5000})])
+    with pytest.raises(OversizedEnvelope, match="exceeds the limit of 1000"):
+        decode(body, CodecLimits(max_bytes=1000))
+
+
+def test_too_deep_value() -> None:
+    value: Any = 1
+    for _ in range(10):
+        value = [value]
+    body = encode([Fact("Deep", {"v": value})])
+    with pytest.raises(TooDeep, match="deeper than the limit of 5"):
+        decode(body, CodecLimits(max_depth=5))
+
+
+def test_invalid_values_that_json_can_carry() -> None:
+    fact = Fact("T", {"n": 1})
+    d = doc([fact])
+    d["facts"][0]["fields"]["n"] = 2**60
+    with pytest.raises(InvalidValue, match="safe range"):
+        decode(orjson.dumps(d))
+
+
+def test_lone_surrogate_is_refused() -> None:
+    fact = Fact("T", {"s": "ok"})
+    body = encode([fact]).replace(b'"ok"', b'"\\ud800"')
+    with pytest.raises((InvalidValue, MalformedEnvelope)):
+        decode(body)
+
+
+def test_cycle_and_misordered_envelopes() -> None:
+    a, b = chain(2)
+    d = doc([a, b])
+    # make a claim b as predecessor: a cycle among claimed identities
+    d["facts"][0]["predecessors"] = {"next": {"type": "C", "hash": b.hash}}
+    with pytest.raises(PredecessorCycle, match="each other's ancestors"):
+        decode(orjson.dumps(d))
+    misordered = {"v": 1, "facts": list(reversed(doc([a, b])["facts"]))}
+    with pytest.raises(MalformedEnvelope, match="topological order"):
+        decode(orjson.dumps(misordered))
+    selfish = doc([a])
+    selfish["facts"][0]["predecessors"] = {"me": {"type": "C", "hash": a.hash}}
+    with pytest.raises(PredecessorCycle, match="names itself"):
+        decode(orjson.dumps(selfish))
+
+
+def test_every_rejection_has_its_own_code() -> None:
+    codes = {
+        e.code
+        for e in (
+            MalformedEnvelope,
+            UnknownVersion,
+            OversizedEnvelope,
+            TooDeep,
+            InvalidValue,
+            HashMismatch,
+            PredecessorCycle,
+        )
+    }
+    assert len(codes) == 7

@@ -1,0 +1,266 @@
+"""Fact hashes: the DESIGN.md vectors, JavaScript number formatting, refusals,
+and a byte-for-byte cross-check against the real jinaga.js (tests/js)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from factbus import Fact, FactRef, InvalidFact
+from factbus.canonical import js_number
+
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
+
+AIRLINE = "uXcsBceLFAkZdRD71Ztvc+QwASayHA0Zg7wC2mc3zl28N1hKTbGBfBA2OnEHAWo+0yYVeUnABMn9MCRH8cRHWg=="
+DAY = "cQaErYsizavFrTIGjD1C0g3shMG/uq+hVUXzs/kCzcvev9gPrVDom3pbrszUsmeRelNv8bRdIvOb6AbaYrVC7w=="
+FLIGHT = "PyXT7pCvBq7Vw63kEZGgbIVJxqA7jhoO+QbmeM3YC9laayG0gjln58khyOd4D/cmxXzocPaIuwXGWusVJxqEjQ=="
+
+
+def skylane() -> tuple[Fact, Fact, Fact]:
+    airline = Fact("Skylane.Airline", {"identifier": "value"})
+    day = Fact("Skylane.Airline.Day", {"date": "2021-07-04T00:00:00.000Z"}, {"airline": airline})
+    flight = Fact("Skylane.Flight", {"flightNumber": 4247}, {"airlineDay": day})
+    return airline, day, flight
+
+
+def test_design_vectors() -> None:
+    airline, day, flight = skylane()
+    assert (airline.hash, day.hash, flight.hash) == (AIRLINE, DAY, FLIGHT)
+    assert len(flight.hash) == 88
+
+
+def test_float_that_is_an_integer_hashes_like_the_integer() -> None:
+    _, day, flight = skylane()
+    assert Fact("Skylane.Flight", {"flightNumber": 4247.0}, {"airlineDay": day}).hash == flight.hash
+
+
+def test_predecessor_as_ref_equals_predecessor_as_fact() -> None:
+    airline, day, _ = skylane()
+    by_ref = Fact(
+        "Skylane.Airline.Day", {"date": "2021-07-04T00:00:00.000Z"}, {"airline": airline.ref}
+    )
+    assert by_ref.hash == day.hash
+    assert by_ref.ancestors_given == ()
+    assert day.ancestors_given == (airline,)
+
+
+def test_identity_is_type_and_hash() -> None:
+    a = Fact("A", {"x": 1})
+    b = Fact("B", {"x": 1})
+    assert a.hash == b.hash  # the type is not hashed
+    assert a.ref != b.ref and a != b
+    assert a.ref == FactRef("A", a.hash) and a == Fact("A", {"x": 1})
+
+
+def test_field_and_list_order() -> None:
+    a = Fact("T", {"a": 1, "b": 2})
+    assert a.hash == Fact("T", {"b": 2, "a": 1}).hash
+    assert Fact("T", {"l": [1, 2]}).hash != Fact("T", {"l": [2, 1]}).hash
+
+
+def test_predecessor_lists_are_sorted_and_empty_lists_count() -> None:
+    x, y = Fact("P", {"i": 1}), Fact("P", {"i": 2})
+    assert Fact("T", {}, {"p": [x, y]}).hash == Fact("T", {}, {"p": [y, x]}).hash
+    assert Fact("T", {}, {"p": []}).hash != Fact("T", {}).hash
+    assert Fact("T", {}, {"p": [x]}).hash != Fact("T", {}, {"p": x}).hash
+
+
+def test_canonical_form_is_jinaga_shaped() -> None:
+    airline, day, _ = skylane()
+    assert day.canonical == (
+        b'{"fields":{"date":"2021-07-04T00:00:00.000Z"},"predecessors":{"airline":'
+        b'{"hash":"' + AIRLINE.encode() + b'","type":"Skylane.Airline"}}}'
+    )
+    assert airline.canonical == b'{"fields":{"identifier":"value"},"predecessors":{}}'
+
+
+def test_keys_are_written_unescaped_per_design() -> None:
+    fact = Fact("T", {'a"b': 1, "c\\d": 'x"y'})
+    assert fact.canonical == b'{"fields":{"a"b":1,"c\\d":"x\\"y"},"predecessors":{}}'
+
+
+def test_facts_are_immutable() -> None:
+    fact = Fact("T", {"nested": {"l": [1, 2]}})
+    with pytest.raises(TypeError):
+        fact.fields["x"] = 1  # type: ignore[index]
+    with pytest.raises(TypeError):
+        fact.fields["nested"]["y"] = 2
+    assert fact.fields["nested"]["l"] == (1, 2)
+    with pytest.raises(AttributeError):
+        fact.type = "U"  # type: ignore[misc]
+
+
+def test_caller_mutation_does_not_change_the_fact() -> None:
+    fields: dict[str, Any] = {"l": [1]}
+    fact = Fact("T", fields)
+    before = fact.hash
+    fields["l"].append(2)
+    assert fact.fields["l"] == (1,)
+    assert Fact("T", {"l": [1]}).hash == before
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.0, "0"),
+        (-0.0, "0"),
+        (1.0, "1"),
+        (4247.0, "4247"),
+        (0.1, "0.1"),
+        (-1.5, "-1.5"),
+        (1e21, "1e+21"),
+        (1e20, "100000000000000000000"),
+        (123456789012345680000.0, "123456789012345680000"),
+        (1.5e300, "1.5e+300"),
+        (1e-6, "0.000001"),
+        (1e-7, "1e-7"),
+        (1.2345e-7, "1.2345e-7"),
+        (0.000123, "0.000123"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (2**53 + 0.0, "9007199254740992"),
+        (0.30000000000000004, "0.30000000000000004"),
+        (100.5, "100.5"),
+        (-2.5e-10, "-2.5e-10"),
+    ],
+)
+def test_js_number(value: float, text: str) -> None:
+    assert js_number(value) == text
+
+
+@pytest.mark.parametrize(
+    ("fields", "where", "why"),
+    [
+        ({"x": math.nan}, "fields.x", "not a finite number"),
+        ({"x": [1, math.inf]}, "fields.x[1]", "not a finite number"),
+        ({"x": -math.inf}, "fields.x", "not a finite number"),
+        ({"s": "a\ud800b"}, "fields.s", "lone surrogate"),
+        ({"n": {1: "a"}}, "fields.n", "not a string"),
+        ({"big": 2**53}, "fields.big", "safe range"),
+        ({"small": -(2**53)}, "fields.small", "safe range"),
+        ({"b": b"bytes"}, "fields.b", "type bytes"),
+        (
+            {"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+            "fields.deep",
+            "deeper",
+        ),
+    ],
+)
+def test_refusals_name_field_and_reason(fields: dict[str, Any], where: str, why: str) -> None:
+    with pytest.raises(InvalidFact) as caught:
+        Fact("T", fields)
+    assert caught.value.field.startswith(where)
+    assert why in caught.value.reason
+
+
+def test_empty_type_and_bad_predecessors_are_refused() -> None:
+    with pytest.raises(InvalidFact, match="type"):
+        Fact("", {})
+    with pytest.raises(InvalidFact, match=r"predecessors\.p"):
+        Fact("T", {}, {"p": "not a fact"})
+    with pytest.raises(InvalidFact, match="88-character"):
+        Fact("T", {}, {"p": FactRef("T", "short")})
+
+
+def test_safe_integer_bounds_are_accepted() -> None:
+    Fact("T", {"max": 2**53 - 1, "min": -(2**53 - 1)})
+
+
+# -- cross-check against jinaga.js ------------------------------------------------
+
+_keys = st.text(
+    alphabet=st.characters(
+        blacklist_categories=("Cs",), blacklist_characters='"\\', min_codepoint=0x20
+    ),
+    max_size=8,
+)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=4),
+    max_leaves=12,
+)
+_fields = st.dictionaries(_keys, _values, max_size=6)
+
+
+@st.composite
+def _facts(draw: st.DrawFn) -> Fact:
+    parents = [Fact("P", {"i": i}) for i in range(draw(st.integers(0, 3)))]
+    preds: dict[str, Any] = {}
+    if parents:
+        preds["one"] = parents[0]
+        preds["many"] = draw(st.permutations(parents))
+    return Fact(draw(st.sampled_from(["T", "Ünï.Côdé", "A.B"])), draw(_fields), preds)
+
+
+def _node_hashes(facts: list[Fact]) -> list[str]:
+    if not (JS_DIR / "node_modules" / "jinaga").exists() or shutil.which("node") is None:
+        message = "jinaga.js is not installed: run `make test` (npm install in tests/js)"
+        if os.environ.get("FACTBUS_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    wire = [_jinaga_record(fact) for fact in facts]
+    done = subprocess.run(
+        ["node", str(JS_DIR / "hash.js")],
+        input=json.dumps(wire, ensure_ascii=False).encode(),
+        capture_output=True,
+        check=True,
+        cwd=JS_DIR,
+    )
+    return done.stdout.decode().split()
+
+
+def _jinaga_record(fact: Fact) -> dict[str, Any]:
+    wire = fact.to_wire()
+    return {
+        "type": fact.type,
+        "fields": _plain(wire["fields"]),
+        "predecessors": wire["predecessors"],
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_facts(), min_size=1, max_size=40))
+def test_hashes_match_jinaga_js(facts: list[Fact]) -> None:
+    assert _node_hashes(facts) == [fact.hash for fact in facts]
+
+
+def test_float_edge_cases_match_jinaga_js() -> None:
+    floats = [0.1, 1e21, 1e-7, 123e-20, 5e-324, 2.5, -0.0, 1e16, 1.7976931348623157e308]
+    floats += [
+        struct.unpack("<d", struct.pack("<Q", bits))[0] for bits in range(1, 2**64, 2**58 + 12345)
+    ]
+    floats = [f for f in floats if math.isfinite(f)]
+    facts = [Fact("F", {"x": f, "l": [f, -f]}) for f in floats]
+    assert _node_hashes(facts) == [fact.hash for fact in facts]
+
+
+def test_astral_keys_sort_like_javascript() -> None:
+    # U+1F600 is D83D DE00 in UTF-16: JavaScript sorts it before U+FFFD; code points sort after.
+    fact = Fact("T", {"\U0001f600": 1, "\ufffd": 2, "a": 3})
+    assert fact.canonical.decode().index("\ufffd") > fact.canonical.decode().index("\U0001f600")
+    assert _node_hashes([fact]) == [fact.hash]
