@@ -1,1 +1,23 @@
-"""factbus kafka adapter (in progress)."""
+"""factbus's Kafka transport on confluent-kafka: ``kafka://host:port[,host:port]?options``.
+
+Importing this package without confluent-kafka installed raises
+:class:`~factbus.errors.MissingDriver` (``pip install 'factbus[kafka]'``).
+See :mod:`factbus_kafka.transport` (topology, publishing, reconnection),
+:mod:`factbus_kafka.subscription` (acknowledgement, nack) and
+:mod:`factbus_kafka.config` (every URL option) and docs/adapters/kafka.md.
+"""
+
+from __future__ import annotations
+
+from factbus_kafka import _driver as _driver  # raises MissingDriver first
+from factbus_kafka.config import KafkaConfig
+from factbus_kafka.subscription import KafkaDelivery, KafkaSubscription
+from factbus_kafka.transport import HEADER_MESSAGE_ID, KafkaTransport
+
+__all__ = [
+    "HEADER_MESSAGE_ID",
+    "KafkaConfig",
+    "KafkaDelivery",
+    "KafkaSubscription",
+    "KafkaTransport",
+]

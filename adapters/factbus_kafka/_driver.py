@@ -1,0 +1,54 @@
+"""The confluent-kafka driver, imported in one place so that a missing install
+says exactly what to ``pip install`` (:class:`~factbus.errors.MissingDriver`)."""
+
+from __future__ import annotations
+
+from factbus.errors import MissingDriver
+
+try:
+    from confluent_kafka import (
+        Consumer,
+        KafkaError,
+        KafkaException,
+        Message,
+        Producer,
+        TopicPartition,
+    )
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._listoffsets import OffsetSpec
+    from confluent_kafka.cimpl import NewTopic
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise MissingDriver("kafka", "kafka", exc) from exc
+
+HeaderList = list[tuple[str, str | bytes | None]]
+"""The header shape confluent-kafka takes and returns."""
+
+
+def decode_headers(raw: object) -> dict[str, str]:
+    """Kafka record headers as ``{name: text}`` (UTF-8, undecodable bytes replaced;
+    a null value becomes ``""``; the last of repeated names wins)."""
+    if not raw:
+        return {}
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    decoded: dict[str, str] = {}
+    for name, value in pairs:  # type: ignore[attr-defined]
+        if isinstance(value, bytes):
+            decoded[name] = value.decode("utf-8", "replace")
+        else:
+            decoded[name] = value or ""
+    return decoded
+
+
+__all__ = [
+    "AdminClient",
+    "Consumer",
+    "HeaderList",
+    "KafkaError",
+    "KafkaException",
+    "Message",
+    "NewTopic",
+    "OffsetSpec",
+    "Producer",
+    "TopicPartition",
+    "decode_headers",
+]

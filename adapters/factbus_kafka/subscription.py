@@ -1,0 +1,456 @@
+"""One Kafka consumer-group member per subscription, owned by one thread.
+
+librdkafka's consumer is not safe to share between threads, and it must be
+polled continuously to take part in rebalances (a member that stops polling
+holds up every join of its group). So each :class:`KafkaSubscription` runs a
+dedicated thread that alone touches its ``Consumer``: it calls
+``consume(num_messages=fetch_batch)``, serves rebalance callbacks, stores
+acknowledged offsets, seeks for nacks, pauses when the buffer is full and
+finally commits and closes. Batches reach the event loop with one
+``call_soon_threadsafe`` each; ``next_batch`` hands out what is buffered.
+
+Acknowledgement: Kafka commits a position, not single messages. Each assigned
+partition keeps its unsettled deliveries in offset order; an ack marks one and
+moves the partition's watermark past every leading acked delivery, and only
+that watermark (``offset + 1``) is stored, so an out-of-order ack never skips a
+message that is still unsettled. Stored offsets are committed every
+``commit_interval`` (librdkafka's auto commit of stored offsets), synchronously
+when partitions are revoked, and when the subscription closes.
+
+``nack(requeue=True)``: Kafka cannot requeue one message. The adapter seeks the
+partition back to the nacked offset; when the records come again, only the
+nacked ones are delivered again (``redelivered=True``) and the others, already
+delivered, are skipped. The watermark cannot pass a nacked message until its
+redelivery is acked, so after a crash it comes again anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from factbus.errors import TransportError
+from factbus_kafka._driver import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+    decode_headers,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping
+
+    from factbus_kafka.config import KafkaConfig
+
+log = structlog.get_logger("factbus.kafka")
+
+_PENDING, _ACKED, _NACKED = 0, 1, 2
+_SEEK_ATTEMPTS = 50
+
+
+class _Partition:
+    """One assigned partition during one assignment (a new object per assignment)."""
+
+    __slots__ = ("alive", "nacked", "next_offset", "number", "unsettled")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.alive = True
+        self.unsettled: collections.deque[KafkaDelivery] = collections.deque()
+        """Received deliveries not yet passed by the watermark, in offset order."""
+        self.next_offset = -1
+        """One past the highest offset received in this assignment."""
+        self.nacked: dict[int, KafkaDelivery] = {}
+        """Nacked deliveries waiting for their record to come again after the seek."""
+
+
+class KafkaDelivery:
+    """One received Kafka record. ``ack``/``nack`` only touch local state (no I/O)."""
+
+    __slots__ = ("_headers", "_message", "_owner", "_partition", "_redelivered", "_state", "offset")
+
+    def __init__(self, message: Message, owner: KafkaSubscription, partition: _Partition) -> None:
+        self._message = message
+        self._owner = owner
+        self._partition = partition
+        self._state = _PENDING
+        self._redelivered = False
+        self._headers: dict[str, str] | None = None
+        self.offset: int = message.offset() or 0
+
+    @property
+    def body(self) -> bytes:
+        return self._message.value() or b""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = decode_headers(self._message.headers())
+        return headers
+
+    @property
+    def redelivered(self) -> bool:
+        """True only for a record delivered again after ``nack(requeue=True)`` in this
+        subscription (Kafka keeps no delivery count)."""
+        return self._redelivered
+
+    @property
+    def partition(self) -> int:
+        return self._partition.number
+
+    async def ack(self) -> None:
+        self._owner._settle(self, _ACKED)
+
+    async def nack(self, requeue: bool = True) -> None:
+        self._owner._settle(self, _NACKED if requeue else _ACKED)
+
+    def _again(self, message: Message) -> None:
+        self._message = message
+        self._state = _PENDING
+        self._redelivered = True
+        self._headers = None
+
+
+class KafkaSubscription:
+    """A group member of one topic (see the module docstring).
+
+    Concurrency: one task consumes (``next_batch``/iteration, ``ack``/``nack``);
+    ``aclose`` may run concurrently with ``next_batch``. The consumer itself is
+    used by the subscription's thread only.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        topic: str,
+        group: str,
+        *,
+        on_close: Callable[[KafkaSubscription], None] | None = None,
+        logger: Any = None,
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self._config = config
+        self._on_close = on_close
+        self._loop = asyncio.get_running_loop()
+        settings = config.consumer_settings(group)
+        settings["error_cb"] = self._on_client_error
+        if logger is not None:
+            settings["logger"] = logger
+        try:
+            self._consumer = Consumer(settings)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise TransportError(f"cannot create a Kafka consumer: {exc}") from exc
+        # Loop-side state.
+        self._buffer: collections.deque[KafkaDelivery] = collections.deque()
+        self._readable = asyncio.Event()
+        self._partitions: dict[int, _Partition] = {}
+        self._joined: asyncio.Future[None] = self._loop.create_future()
+        self._finished: asyncio.Future[None] = self._loop.create_future()
+        self._closed = False
+        self._failure: BaseException | None = None
+        # Shared with the thread, under _lock.
+        self._lock = threading.Lock()
+        self._to_store: dict[int, int] = {}
+        self._seeks: dict[int, int] = {}
+        # Thread-side state.
+        self._stop = threading.Event()
+        self._owned: set[int] = set()
+        self._seek_attempts: dict[int, int] = {}
+        self._thread = threading.Thread(
+            target=self._run, name=f"factbus-kafka-{topic}-{group}", daemon=True
+        )
+
+    # -- life cycle (event loop) ---------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the consumer thread and wait (at most ``join_timeout``) for the first
+        partition assignment.
+
+        :raises TransportError: the consumer failed before it joined.
+        """
+        self._thread.start()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._joined), self._config.join_timeout)
+        except TimeoutError:
+            log.warning(
+                "no partition assignment yet; continuing",
+                topic=self.topic,
+                group=self.group,
+                waited=self._config.join_timeout,
+            )
+
+    def __aiter__(self) -> AsyncIterator[KafkaDelivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[KafkaDelivery]:
+        while not self._closed:
+            for delivery in await self.next_batch(self._config.fetch_batch):
+                yield delivery
+
+    async def next_batch(
+        self,
+        max_messages: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - the Subscription protocol's
+    ) -> list[KafkaDelivery]:
+        """Wait until a delivery is buffered (or ``timeout`` passes: ``[]``), then
+        return up to ``max_messages`` buffered deliveries without waiting for more.
+
+        :raises TransportError: the consumer failed and cannot recover.
+        """
+        buffer = self._buffer
+        while not buffer:
+            if self._closed:
+                return []
+            if self._failure is not None:
+                raise TransportError(f"kafka consumer failed: {self._failure}") from self._failure
+            self._readable.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._readable.wait()
+            except TimeoutError:
+                return []
+            buffer = self._buffer
+        if self._closed:
+            return []
+        count = min(max_messages, len(buffer))
+        popleft = buffer.popleft
+        return [popleft() for _ in range(count)]
+
+    async def aclose(self) -> None:
+        """Stop consuming: store and commit what was acked, leave the group. Buffered and
+        unacked deliveries go back to the group. Idempotent and concurrency-safe."""
+        if not self._closed:
+            self._closed = True
+            self._buffer = collections.deque()
+            self._readable.set()
+            self._stop.set()
+            if not self._thread.is_alive() and not self._finished.done():
+                self._finished.set_result(None)
+            if self._on_close is not None:
+                self._on_close(self)
+        await asyncio.shield(self._finished)
+
+    # -- acknowledgement (event loop) ----------------------------------------------
+
+    def _settle(self, delivery: KafkaDelivery, state: int) -> None:
+        if delivery._state != _PENDING:
+            raise TransportError("delivery already acked or nacked")
+        delivery._state = state
+        partition = delivery._partition
+        if not partition.alive or self._closed:
+            return  # the partition went to another member; it redelivers from the last commit
+        if state == _NACKED:
+            offset = delivery.offset
+            partition.nacked[offset] = delivery
+            with self._lock:
+                current = self._seeks.get(partition.number)
+                if current is None or offset < current:
+                    self._seeks[partition.number] = offset
+            return
+        unsettled = partition.unsettled
+        if unsettled[0]._state != _ACKED:
+            return
+        last = unsettled.popleft()
+        while unsettled and unsettled[0]._state == _ACKED:
+            last = unsettled.popleft()
+        with self._lock:
+            self._to_store[partition.number] = last.offset + 1
+
+    # -- events from the thread (event loop) ---------------------------------------
+
+    def _receive(self, messages: list[Message]) -> None:
+        if self._closed:
+            return
+        partitions = self._partitions
+        buffer = self._buffer
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_message_error(error)
+                continue
+            number = message.partition() or 0
+            partition = partitions.get(number)
+            if partition is None:  # not announced by on_assign: track it anyway
+                partition = partitions[number] = _Partition(number)
+            offset = message.offset() or 0
+            if offset < partition.next_offset:
+                # Re-read after a seek: deliver again only what was nacked.
+                again = partition.nacked.pop(offset, None)
+                if again is not None:
+                    again._again(message)
+                    buffer.append(again)
+                continue
+            delivery = KafkaDelivery(message, self, partition)
+            partition.unsettled.append(delivery)
+            partition.next_offset = offset + 1
+            buffer.append(delivery)
+        if buffer:
+            self._readable.set()
+
+    def _assigned(self, numbers: list[int]) -> None:
+        for number in numbers:
+            old = self._partitions.get(number)
+            if old is not None:
+                old.alive = False
+            self._partitions[number] = _Partition(number)
+        if not self._joined.done():
+            self._joined.set_result(None)
+
+    def _revoked(self, numbers: list[int]) -> None:
+        gone = set()
+        for number in numbers:
+            partition = self._partitions.pop(number, None)
+            if partition is not None:
+                partition.alive = False
+                gone.add(number)
+        if gone and self._buffer:
+            self._buffer = collections.deque(
+                d for d in self._buffer if d._partition.number not in gone
+            )
+
+    def _failed(self, error: BaseException) -> None:
+        self._failure = error
+        self._readable.set()
+        if not self._joined.done():
+            self._joined.set_exception(TransportError(f"kafka consumer failed: {error}"))
+            self._joined.exception()  # retrieved: start() may have stopped waiting
+
+    def _ended(self) -> None:
+        if not self._finished.done():
+            self._finished.set_result(None)
+
+    def _on_message_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._failed(KafkaException(error))
+        else:
+            log.warning(
+                "kafka consumer error", topic=self.topic, group=self.group, error=str(error)
+            )
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        """From the thread: run ``callback`` on the event loop (dropped once it closed)."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # -- the consumer thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        config = self._config
+        buffer_limit = config.max_buffered
+        paused = False
+        try:
+            consumer.subscribe(
+                [self.topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            while not self._stop.is_set():
+                self._apply(consumer)
+                if len(self._buffer) >= buffer_limit:
+                    consumer.pause(consumer.assignment())
+                    paused = True
+                elif paused and len(self._buffer) <= buffer_limit // 2:
+                    consumer.resume(consumer.assignment())
+                    paused = False
+                messages = consumer.consume(config.fetch_batch, config.poll_interval)
+                if messages:
+                    self._call(self._receive, messages)
+        except BaseException as exc:  # surfaced by next_batch
+            self._call(self._failed, exc)
+        finally:
+            self._shut_down(consumer)
+            self._call(self._ended)
+
+    def _shut_down(self, consumer: Consumer) -> None:
+        try:
+            self._apply(consumer)
+            self._commit(consumer)
+            consumer.close()
+        except Exception as exc:
+            log.warning("closing the kafka consumer failed", topic=self.topic, error=str(exc))
+
+    def _apply(self, consumer: Consumer) -> None:
+        """Store acknowledged offsets and perform requested seeks (thread only)."""
+        with self._lock:
+            stores, self._to_store = self._to_store, {}
+            seeks, self._seeks = self._seeks, {}
+        owned = self._owned
+        if stores:
+            offsets = [
+                TopicPartition(self.topic, number, offset)
+                for number, offset in stores.items()
+                if number in owned
+            ]
+            if offsets:
+                try:
+                    consumer.store_offsets(offsets=offsets)
+                except KafkaException as exc:
+                    log.warning("storing kafka offsets failed", topic=self.topic, error=str(exc))
+        for number, offset in seeks.items():
+            if number not in owned:
+                continue
+            try:
+                consumer.seek(TopicPartition(self.topic, number, offset))
+                self._seek_attempts.pop(number, None)
+            except KafkaException as exc:
+                attempts = self._seek_attempts.get(number, 0) + 1
+                self._seek_attempts[number] = attempts
+                if attempts >= _SEEK_ATTEMPTS:
+                    log.error(
+                        "kafka seek failed; nacked message comes again after a "
+                        "rebalance or restart",
+                        topic=self.topic,
+                        error=str(exc),
+                    )
+                    continue
+                with self._lock:  # retry on the next turn
+                    current = self._seeks.get(number)
+                    if current is None or offset < current:
+                        self._seeks[number] = offset
+
+    def _commit(self, consumer: Consumer) -> None:
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not (isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET):
+                log.warning("committing kafka offsets failed", topic=self.topic, error=str(exc))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in partitions]
+        self._owned.update(numbers)
+        self._call(self._assigned, numbers)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in partitions]
+        # Commit what was acked before another member takes these partitions.
+        self._apply(consumer)
+        if numbers:
+            self._commit(consumer)
+        self._owned.difference_update(numbers)
+        self._call(self._revoked, numbers)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in partitions]
+        self._owned.difference_update(numbers)
+        self._call(self._revoked, numbers)
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._call(self._failed, KafkaException(error))
+        else:
+            log.debug("kafka consumer connection event", topic=self.topic, error=str(error))
+
+    def __repr__(self) -> str:
+        return f"KafkaSubscription(topic={self.topic!r}, group={self.group!r})"

@@ -1,0 +1,509 @@
+"""``kafka://``: the Kafka transport on confluent-kafka (librdkafka).
+
+Topology: each factbus topic is a Kafka topic created on demand (before the first
+publish or subscribe) with ``partitions`` partitions; its dead letters go to the
+topic ``<topic>.dead-letter`` (one partition). A subscription group is a Kafka
+consumer group (``group.id``): fan-out gives each node a group of its own, group
+mode shares one. A new group starts at the earliest offset, so it reads the
+topic's history.
+
+Publishing: one idempotent producer per transport (``acks=all``); ``publish``
+hands every message to librdkafka, then awaits all delivery reports together.
+A background thread polls the producer and resolves each call's future once its
+last report arrived: one wake-up per call, whatever its size. Messages with a key
+are partitioned by key; the key-less messages of one call all go to one partition
+(chosen round-robin per call), so they keep their order. Kafka has no message id:
+it travels in header ``x-factbus-message-id``.
+
+Reconnection: librdkafka reconnects by itself and retries unconfirmed messages
+until ``publish_timeout``; consumers rejoin their group and resume from the last
+committed offset. A producer that hits a fatal error is replaced on the next
+publish. See :mod:`factbus_kafka.config` for every URL option and
+:mod:`factbus_kafka.subscription` for acknowledgement and nack semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from factbus.envelope import HEADER_DEAD_LETTER_REASON, HEADER_DEAD_LETTER_TOPIC
+from factbus.errors import PublishError, TransportError
+from factbus.transport.base import (
+    Capabilities,
+    DeadLetter,
+    Message,
+    TransportBase,
+    dead_letter_topic,
+)
+from factbus_kafka._driver import (
+    AdminClient,
+    Consumer,
+    HeaderList,
+    KafkaError,
+    KafkaException,
+    NewTopic,
+    OffsetSpec,
+    Producer,
+    TopicPartition,
+    decode_headers,
+)
+from factbus_kafka._driver import Message as KafkaMessage
+from factbus_kafka.config import KafkaConfig, redacted_url
+from factbus_kafka.subscription import KafkaSubscription
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+HEADER_MESSAGE_ID: Final = "x-factbus-message-id"
+
+log = structlog.get_logger("factbus.kafka")
+# librdkafka's own log lines (connection state, retries) go to stdlib logging here.
+librdkafka_log = logging.getLogger("factbus.kafka.librdkafka")
+
+_CAPABILITIES = Capabilities(
+    persistent=True,
+    ordered=True,
+    consumer_groups=True,
+    replays_history=True,
+    redelivers_nacked=True,
+    survives_broker_restart=True,
+    native_dead_letter=False,
+)
+
+
+class _Confirmations:
+    """The delivery reports of one ``publish`` call, counted on the poller thread."""
+
+    __slots__ = ("error", "failed", "future", "loop", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.remaining = count
+        self.failed = 0
+        self.error: KafkaError | None = None
+
+    def report(self, error: KafkaError | None, message: KafkaMessage) -> None:
+        """librdkafka's delivery callback (poller thread)."""
+        if error is not None:
+            self.failed += 1
+            if self.error is None:
+                self.error = error
+        self.remaining -= 1
+        if self.remaining == 0:
+            with contextlib.suppress(RuntimeError):  # the event loop is gone
+                self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if self.future.done():
+            return
+        if self.error is None:
+            self.future.set_result(None)
+        else:
+            self.future.set_exception(
+                PublishError(f"kafka refused {self.failed} message(s): {self.error.str()}")
+            )
+
+
+class _ProducerThread:
+    """An idempotent producer and the thread that polls it for delivery reports."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        settings = config.producer_settings()
+        settings["error_cb"] = self._on_error
+        settings["logger"] = librdkafka_log
+        try:
+            self.producer = Producer(settings)
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise TransportError(f"cannot create a Kafka producer: {exc}") from exc
+        self.fatal: KafkaError | None = None
+        self._flush_timeout = config.publish_timeout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="factbus-kafka-producer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        producer = self.producer
+        while not self._stop.is_set():
+            producer.poll(0.1)
+        # Deliver what is queued (or let it expire): every pending publish gets its report.
+        producer.flush(self._flush_timeout)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.fatal = error
+            log.error("kafka producer failed; it is replaced on the next publish", error=str(error))
+        else:
+            log.debug("kafka producer connection event", error=str(error))
+
+    def stop(self) -> None:
+        """Ask the poller to flush (bounded by ``publish_timeout``) and end."""
+        self._stop.set()
+
+    async def aclose(self) -> None:
+        """Flush (bounded by ``publish_timeout``) and stop the poller."""
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join)
+
+
+class KafkaTransport(TransportBase):
+    """The transport for ``kafka://host:port[,host:port...]?options``.
+
+    Concurrency: ``publish``, ``subscribe`` and the dead-letter methods may be called
+    from many tasks at once. Ordering: per partition; one call's key-less messages
+    share a partition. Failure: ``publish`` returns once every message has an
+    ``acks=all`` delivery report; see the module docstring for the rest.
+    """
+
+    capabilities = _CAPABILITIES
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.config = KafkaConfig.from_url(url)
+        self._producer: _ProducerThread | None = None
+        self._admin: AdminClient | None = None
+        self._topics: dict[str, asyncio.Future[int]] = {}
+        self._subscriptions: set[KafkaSubscription] = set()
+        self._round_robin = itertools.count()
+        self._closed = False
+        self._connecting: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"KafkaTransport({redacted_url(self._url)!r})"
+
+    # -- connection -----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Create the admin client and producer and check that a broker answers.
+        Idempotent; also reopens a closed transport.
+
+        :raises TransportError: no broker answered within ``request_timeout``.
+        """
+        if self._producer is not None and not self._closed:
+            return
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._producer is not None and not self._closed:
+                return
+            settings = self.config.admin()
+            settings["logger"] = librdkafka_log
+            try:
+                admin = AdminClient(settings)
+            except (KafkaException, ValueError, TypeError) as exc:
+                raise TransportError(f"cannot create a Kafka admin client: {exc}") from exc
+            try:
+                await asyncio.to_thread(admin.list_topics, timeout=self.config.request_timeout)
+            except KafkaException as exc:
+                raise TransportError(
+                    f"no Kafka broker answered at {', '.join(self.config.brokers)}: {exc}"
+                ) from exc
+            self._admin = admin
+            self._producer = _ProducerThread(self.config)
+            self._closed = False
+
+    async def _ready(self) -> tuple[AdminClient, _ProducerThread]:
+        if self._closed:
+            raise TransportError("transport is closed")
+        if self._producer is None or self._admin is None:
+            await self.connect()
+        producer, admin = self._producer, self._admin
+        assert producer is not None
+        assert admin is not None
+        if producer.fatal is not None:
+            # An idempotent producer can hit a fatal error (e.g. fenced sequence numbers):
+            # replace it; messages it had not confirmed were already reported as failed.
+            producer.stop()
+            producer = self._producer = _ProducerThread(self.config)
+        return admin, producer
+
+    async def aclose(self) -> None:
+        """Close every subscription (committing acked offsets), flush pending
+        publishes (bounded by ``publish_timeout``) and stop the producer. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        subscriptions = list(self._subscriptions)
+        self._subscriptions.clear()
+        await asyncio.gather(*(s.aclose() for s in subscriptions), return_exceptions=True)
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.aclose()
+        for future in self._topics.values():
+            future.cancel()
+        self._topics.clear()
+        self._admin = None
+
+    # -- topics ---------------------------------------------------------------------
+
+    async def _ensure_topic(self, admin: AdminClient, topic: str, partitions: int) -> int:
+        """Create ``topic`` unless it exists; return its partition count (cached)."""
+        future = self._topics.get(topic)
+        if future is None:
+            future = asyncio.ensure_future(self._create_topic(admin, topic, partitions))
+            self._topics[topic] = future
+        try:
+            return await asyncio.shield(future)
+        except BaseException:
+            if future.done() and self._topics.get(topic) is future:
+                del self._topics[topic]
+            raise
+
+    async def _create_topic(self, admin: AdminClient, topic: str, partitions: int) -> int:
+        config = self.config
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    topic, num_partitions=partitions, replication_factor=config.replication_factor
+                )
+            ],
+            request_timeout=config.request_timeout,
+            operation_timeout=config.request_timeout,
+        )
+        try:
+            await asyncio.wrap_future(futures[topic])
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not (
+                isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS
+            ):
+                raise TransportError(f"cannot create Kafka topic {topic!r}: {exc}") from exc
+        return await asyncio.to_thread(self._wait_for_leaders, admin, topic)
+
+    def _wait_for_leaders(self, admin: AdminClient, topic: str) -> int:
+        """Block until the metadata shows every partition of ``topic`` with a leader."""
+        deadline = time.monotonic() + self.config.request_timeout
+        problem = "no metadata"
+        while time.monotonic() < deadline:
+            try:
+                metadata = admin.list_topics(topic, timeout=min(5.0, self.config.request_timeout))
+            except KafkaException as exc:
+                problem = str(exc)
+            else:
+                found = metadata.topics.get(topic)
+                if found is not None and found.error is None and found.partitions:
+                    if all(p.leader >= 0 for p in found.partitions.values()):
+                        return len(found.partitions)
+                    problem = "partitions without leader"
+                elif found is not None and found.error is not None:
+                    problem = str(found.error)
+            time.sleep(0.05)
+        raise TransportError(f"Kafka topic {topic!r} is not ready: {problem}")
+
+    # -- publishing -----------------------------------------------------------------
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        """Produce ``messages`` to ``topic`` (created if missing) and await all their
+        delivery reports at once.
+
+        :raises PublishError: a delivery report failed (after librdkafka's retries,
+            bounded by ``publish_timeout``) or a message was refused locally (too
+            large); others of the batch may have been delivered.
+        :raises TransportError: the topic could not be created.
+        """
+        if not messages:
+            return
+        admin, producer = await self._ready()
+        count = await self._ensure_topic(admin, topic, self.config.partitions)
+        await self._produce(producer, topic, messages, next(self._round_robin) % count)
+
+    async def _produce(
+        self, thread: _ProducerThread, topic: str, messages: Sequence[Message], keyless: int
+    ) -> None:
+        confirmations = _Confirmations(asyncio.get_running_loop(), len(messages))
+        report = confirmations.report
+        produce = thread.producer.produce
+        for message in messages:
+            headers: HeaderList = [
+                *message.headers.items(),
+                (HEADER_MESSAGE_ID, message.message_id),
+            ]
+            key = message.key
+            while True:
+                try:
+                    produce(
+                        topic,
+                        message.body,
+                        key,
+                        keyless if key is None else -1,
+                        on_delivery=report,
+                        headers=headers,
+                    )
+                    break
+                except BufferError:
+                    await asyncio.sleep(0.005)  # local queue full: the poller drains it
+                except (KafkaException, ValueError, TypeError) as exc:
+                    raise PublishError(f"kafka refused a message for {topic!r}: {exc}") from exc
+        timeout = self.config.publish_timeout + self.config.request_timeout
+        try:
+            await asyncio.wait_for(confirmations.future, timeout)
+        except TimeoutError:
+            raise PublishError(
+                f"kafka did not confirm {confirmations.remaining} message(s) to {topic!r} "
+                f"within {timeout:.0f}s"
+            ) from None
+
+    # -- subscribing ----------------------------------------------------------------
+
+    async def subscribe(self, topic: str, group: str) -> KafkaSubscription:
+        """Join Kafka consumer group ``group`` on ``topic`` (created if missing); return
+        once the first partition assignment arrived (at most ``join_timeout``).
+
+        A new group starts at the earliest offset (it reads the topic's history);
+        an existing one at its committed offsets.
+
+        :raises TransportError: the topic or the consumer could not be set up.
+        """
+        admin, _ = await self._ready()
+        await self._ensure_topic(admin, topic, self.config.partitions)
+        subscription = KafkaSubscription(
+            self.config, topic, group, on_close=self._subscriptions.discard, logger=librdkafka_log
+        )
+        self._subscriptions.add(subscription)
+        try:
+            await subscription.start()
+        except BaseException:
+            await subscription.aclose()
+            raise
+        return subscription
+
+    # -- dead letters ---------------------------------------------------------------
+
+    async def dead_letter(
+        self, topic: str, body: bytes, headers: Mapping[str, str], reason: str
+    ) -> None:
+        """Produce ``body`` to ``<topic>.dead-letter`` with ``reason`` in header
+        ``x-factbus-dead-letter-reason``; return once confirmed.
+
+        :raises PublishError: the broker did not confirm it.
+        """
+        admin, producer = await self._ready()
+        target = dead_letter_topic(topic)
+        await self._ensure_topic(admin, target, 1)
+        letter_headers = {
+            **headers,
+            HEADER_DEAD_LETTER_REASON: reason,
+            HEADER_DEAD_LETTER_TOPIC: topic,
+        }
+        message_id = headers.get(HEADER_MESSAGE_ID) or uuid.uuid4().hex
+        letter_headers.pop(HEADER_MESSAGE_ID, None)
+        await self._produce(producer, target, [Message(body, message_id, None, letter_headers)], 0)
+
+    async def read_dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters of ``topic``, oldest first, read from the log
+        start with a throwaway consumer that never commits (nothing is removed).
+
+        :raises TransportError: the topic could not be read within ``request_timeout``.
+        """
+        if limit <= 0:
+            return []
+        await self._ready()
+        return await asyncio.to_thread(self._read_letters, dead_letter_topic(topic), limit)
+
+    def _read_letters(self, topic: str, limit: int) -> list[DeadLetter]:
+        config = self.config
+        settings = config.reader_settings()
+        settings["logger"] = librdkafka_log
+        reader = Consumer(settings)
+        try:
+            metadata = reader.list_topics(topic, timeout=config.request_timeout)
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                return []
+            ends: dict[int, int] = {}
+            starts: list[TopicPartition] = []
+            for number in found.partitions:
+                low, high = reader.get_watermark_offsets(
+                    TopicPartition(topic, number), timeout=config.request_timeout
+                )
+                if high > low:
+                    ends[number] = high
+                    starts.append(TopicPartition(topic, number, low))
+            if not starts:
+                return []
+            reader.assign(starts)
+            taken: dict[int, int] = dict.fromkeys(ends, 0)
+            records: list[KafkaMessage] = []
+            deadline = time.monotonic() + config.request_timeout
+            while ends:
+                if time.monotonic() > deadline:
+                    raise TransportError(f"reading dead letters of {topic!r} timed out")
+                batch = reader.consume(min(limit, 1000), 0.2)
+                for record in batch:
+                    if record.error() is not None:
+                        continue
+                    number, offset = record.partition() or 0, record.offset() or 0
+                    end = ends.get(number)
+                    if end is None or offset >= end:
+                        continue
+                    records.append(record)
+                    taken[number] += 1
+                    if offset + 1 >= end or taken[number] >= limit:
+                        del ends[number]
+                if not batch and ends:
+                    # Gaps (control records) may hide the last offset: ask the position.
+                    for tp in reader.position([TopicPartition(topic, n) for n in ends]):
+                        if tp.offset >= ends[tp.partition]:
+                            del ends[tp.partition]
+        except KafkaException as exc:
+            raise TransportError(f"cannot read dead letters of {topic!r}: {exc}") from exc
+        finally:
+            reader.close()
+        records.sort(key=lambda r: (r.timestamp()[1], r.partition() or 0, r.offset() or 0))
+        return [
+            DeadLetter(record.value() or b"", decode_headers(record.headers()))
+            for record in records[:limit]
+        ]
+
+    async def purge_dead_letters(self, topic: str) -> int:
+        """Delete every record of ``<topic>.dead-letter`` (up to its high watermark,
+        with ``delete_records``); return how many were removed.
+
+        :raises TransportError: the broker refused.
+        """
+        admin, _ = await self._ready()
+        target = dead_letter_topic(topic)
+        metadata = await asyncio.to_thread(
+            admin.list_topics, target, timeout=self.config.request_timeout
+        )
+        found = metadata.topics.get(target)
+        if found is None or found.error is not None or not found.partitions:
+            return 0
+        partitions = [TopicPartition(target, n) for n in found.partitions]
+        try:
+            lows = await self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+            highs = await self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+            doomed = [
+                TopicPartition(target, n, highs[n]) for n in highs if highs[n] > lows.get(n, 0)
+            ]
+            if not doomed:
+                return 0
+            futures = admin.delete_records(
+                doomed,
+                request_timeout=self.config.request_timeout,
+                operation_timeout=self.config.request_timeout,
+            )
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
+        except KafkaException as exc:
+            raise TransportError(f"cannot purge dead letters of {topic!r}: {exc}") from exc
+        return sum(tp.offset - lows.get(tp.partition, 0) for tp in doomed)
+
+    async def _offsets(
+        self, admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec
+    ) -> dict[int, int]:
+        futures = admin.list_offsets(
+            dict.fromkeys(partitions, spec), request_timeout=self.config.request_timeout
+        )
+        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
+        return {tp.partition: result.offset for tp, result in zip(futures, results, strict=True)}

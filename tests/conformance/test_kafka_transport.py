@@ -1,0 +1,380 @@
+"""The Kafka transport (confluent-kafka) against a real broker: the conformance suite
+plus what only Kafka has (URL options, offsets, partitions, dead-letter topics)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conftest import broker_url
+from factbus.errors import ConfigError, MissingDriver, PublishError, TransportError
+from factbus.testing.conformance import (
+    ConformanceContext,
+    TransportConformance,
+    _publish_with_retry,
+    bodies,
+    collect,
+    messages,
+    settle_quietly,
+)
+from factbus.transport import Message, open_transport
+from factbus_kafka import HEADER_MESSAGE_ID, KafkaConfig, KafkaTransport
+from factbus_kafka.config import redacted_url
+
+BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
+
+# Short heartbeats make group joins and rebalances quick in tests.
+TEST_OPTIONS = "session_timeout=6&heartbeat_interval=0.5&commit_interval=0.5"
+
+
+def kafka_url(options: str = TEST_OPTIONS) -> str:
+    url = broker_url("kafka")
+    if not options:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{options}"
+
+
+class TestKafkaTransport(TransportConformance):
+    restart_command = ("bash", str(BROKERS_SH), "restart", "kafka")
+    timeout = 30.0
+
+    @pytest.fixture
+    async def ctx(self) -> AsyncIterator[ConformanceContext]:
+        context = ConformanceContext(kafka_url(), self.restart_command, self.timeout)
+        try:
+            yield context
+        finally:
+            await context.aclose()
+
+    # -- Kafka specifics ------------------------------------------------------------
+
+    async def test_out_of_order_acks_never_skip_an_unacked_message(
+        self, ctx: ConformanceContext
+    ) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(10))  # key-less: one partition, in order
+        first = await collect(subscription, 10, ctx.timeout, ack=False)
+        assert len(first) == 10
+        for delivery in reversed(first):  # acks in reverse order, all but m-3
+            if delivery.body != b"m-3":
+                await delivery.ack()
+        await subscription.aclose()
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        again = await collect(reopened, 7, ctx.timeout)
+        # The committed position stopped at m-3: it and everything after come again.
+        assert bodies(again) == [f"m-{i}".encode() for i in range(3, 10)]
+        assert await settle_quietly(reopened, 1.0) == []
+
+    async def test_nack_redelivers_only_the_nacked_and_commits_after(
+        self, ctx: ConformanceContext
+    ) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(10))
+        first = await collect(subscription, 10, ctx.timeout, ack=False)
+        for delivery in first:
+            if delivery.body in (b"m-2", b"m-6"):
+                await delivery.nack(requeue=True)
+            else:
+                await delivery.ack()
+        again = await collect(subscription, 2, ctx.timeout)
+        assert bodies(again) == [b"m-2", b"m-6"]
+        assert all(d.redelivered for d in again)
+        assert await settle_quietly(subscription, 1.0) == []
+        await subscription.aclose()
+        # Everything was acked in the end: a new member of the group gets nothing.
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        assert await settle_quietly(reopened, 2.0) == []
+
+    async def test_nacked_message_survives_a_close(self, ctx: ConformanceContext) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(5))
+        first = await collect(subscription, 5, ctx.timeout, ack=False)
+        for delivery in first:
+            await (delivery.nack() if delivery.body == b"m-1" else delivery.ack())
+        await subscription.aclose()  # before the nacked message came back
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        again = await collect(reopened, 4, ctx.timeout)
+        assert bodies(again)[0] == b"m-1"
+
+    async def test_message_id_travels_in_a_header(self, ctx: ConformanceContext) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, [Message(b"body", "the-head-hash", "k", {"x-a": "1"})])
+        [delivery] = await collect(subscription, 1, ctx.timeout)
+        assert delivery.headers[HEADER_MESSAGE_ID] == "the-head-hash"
+        assert delivery.headers["x-a"] == "1"
+        assert delivery.redelivered is False
+
+    async def test_keyless_batch_shares_a_partition_and_keys_route_stably(
+        self, ctx: ConformanceContext
+    ) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        keyed = [Message(f"k-{i}".encode(), f"k-{i}", f"key-{i % 4}") for i in range(40)]
+        await transport.publish(topic, messages(60))
+        await transport.publish(topic, keyed)
+        received = await collect(subscription, 100, ctx.timeout)
+        assert len(received) == 100
+        partition_of = {d.body: d.partition for d in received}  # type: ignore[attr-defined]
+        assert len({partition_of[m.body] for m in messages(60)}) == 1
+        for key in range(4):
+            assert len({partition_of[m.body] for m in keyed[key::4]}) == 1
+        # Per key (and per key-less batch), the order is the publish order.
+        assert [d.body for d in received if d.body.startswith(b"m-")] == [
+            m.body for m in messages(60)
+        ]
+        for key in range(4):
+            got = [d.body for d in received if d.body in {m.body for m in keyed[key::4]}]
+            assert got == [m.body for m in keyed[key::4]]
+
+    async def test_topics_are_created_with_the_configured_partitions(
+        self, ctx: ConformanceContext
+    ) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        transport = open_transport(kafka_url(f"{TEST_OPTIONS}&partitions=3"))
+        await transport.connect()
+        try:
+            topic = ctx.name("t")
+            await transport.publish(topic, messages(1))
+            await transport.dead_letter(topic, b"x", {}, "test")
+        finally:
+            await transport.aclose()
+        admin = AdminClient({"bootstrap.servers": kafka_url("").split("://", 1)[1]})
+        metadata = await asyncio.to_thread(admin.list_topics, timeout=10)
+        assert len(metadata.topics[topic].partitions) == 3
+        assert len(metadata.topics[f"{topic}.dead-letter"].partitions) == 1
+
+    async def test_slow_consumer_pauses_fetching_without_loss(
+        self, ctx: ConformanceContext
+    ) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        publisher = await ctx.transport()
+        consumer = open_transport(kafka_url(f"{TEST_OPTIONS}&max_buffered=20&fetch_batch=7"))
+        await consumer.connect()
+        try:
+            subscription = await consumer.subscribe(topic, group)
+            sent = messages(300)
+            await publisher.publish(topic, sent)
+            received = []
+            while len(received) < len(sent):
+                batch = await subscription.next_batch(5, timeout=ctx.timeout)
+                assert batch, "stalled"
+                for delivery in batch:
+                    await delivery.ack()
+                received.extend(batch)
+                await asyncio.sleep(0.002)
+            assert bodies(received) == [m.body for m in sent]
+        finally:
+            await consumer.aclose()
+
+    async def test_dead_letters_oldest_first_limited_and_purged(
+        self, ctx: ConformanceContext
+    ) -> None:
+        transport = await ctx.transport()
+        topic = ctx.name("t")
+        assert await transport.read_dead_letters(topic, 10) == []
+        assert await transport.purge_dead_letters(topic) == 0
+        for i in range(5):
+            await transport.dead_letter(topic, f"bad-{i}".encode(), {"x-i": str(i)}, f"r{i}")
+        letters = await transport.read_dead_letters(topic, 3)
+        assert [letter.body for letter in letters] == [b"bad-0", b"bad-1", b"bad-2"]
+        assert [letter.reason for letter in letters] == ["r0", "r1", "r2"]
+        assert letters[1].headers["x-i"] == "1"
+        assert letters[1].headers["x-factbus-dead-letter-topic"] == topic
+        assert len(await transport.read_dead_letters(topic, 100)) == 5
+        assert await transport.purge_dead_letters(topic) == 5
+        assert await transport.read_dead_letters(topic, 10) == []
+        await transport.dead_letter(topic, b"later", {}, "again")
+        assert [letter.body for letter in await transport.read_dead_letters(topic, 10)] == [
+            b"later"
+        ]
+        assert await transport.purge_dead_letters(topic) == 1
+
+    async def test_oversized_message_raises_publish_error(self, ctx: ConformanceContext) -> None:
+        transport = await ctx.transport()
+        with pytest.raises(PublishError):
+            await transport.publish(ctx.name("t"), [Message(b"x" * 2_000_000, "big")])
+
+    @pytest.mark.faults
+    async def test_recovers_after_broker_kill9(self, ctx: ConformanceContext) -> None:
+        topic, group = ctx.name("t"), ctx.name("g")
+        publisher = await ctx.transport()
+        consumer = await ctx.transport()
+        subscription = await consumer.subscribe(topic, group)
+        before, after = messages(100, "before"), messages(100, "after")
+        await publisher.publish(topic, before)
+        seen = set(bodies(await collect(subscription, 50, ctx.timeout)))
+        proc = await asyncio.create_subprocess_exec("bash", str(BROKERS_SH), "kill9", "kafka")
+        assert await proc.wait() == 0
+        await _publish_with_retry(publisher, topic, after, ctx.timeout * 2)
+        want = {m.body for m in before + after}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ctx.timeout * 2
+        while not want <= seen and loop.time() < deadline:
+            for delivery in await subscription.next_batch(200, timeout=1.0):
+                await delivery.ack()
+                seen.add(delivery.body)
+        assert want - seen == set()
+
+
+# -- configuration (no broker needed) --------------------------------------------------
+
+
+def test_defaults_and_several_brokers() -> None:
+    config = KafkaConfig.from_url("kafka://k1:9092,k2:9093")
+    assert config.brokers == ("k1:9092", "k2:9093")
+    assert (config.partitions, config.replication_factor) == (6, 1)
+    producer = config.producer_settings()
+    assert producer["bootstrap.servers"] == "k1:9092,k2:9093"
+    assert producer["enable.idempotence"] is True
+    assert producer["acks"] == "all"
+    assert producer["message.timeout.ms"] == 30000
+    consumer = config.consumer_settings("node-1")
+    assert consumer["group.id"] == "node-1"
+    assert consumer["auto.offset.reset"] == "earliest"
+    assert consumer["enable.auto.offset.store"] is False
+    assert consumer["enable.auto.commit"] is True
+
+
+def test_options_are_parsed() -> None:
+    config = KafkaConfig.from_url(
+        "kafka://k:9092?partitions=12&replication_factor=3&publish_timeout=5"
+        "&session_timeout=6&heartbeat_interval=0.5&group_protocol=consumer&client_id=svc"
+    )
+    assert (config.partitions, config.replication_factor) == (12, 3)
+    assert config.producer_settings()["message.timeout.ms"] == 5000
+    consumer = config.consumer_settings("g")
+    assert consumer["group.protocol"] == "consumer"
+    assert consumer["client.id"] == "svc"
+    # The KIP-848 protocol takes session and heartbeat settings from the broker.
+    assert "session.timeout.ms" not in consumer
+    classic = KafkaConfig.from_url("kafka://k:9092?session_timeout=6&heartbeat_interval=0.5")
+    assert classic.consumer_settings("g")["session.timeout.ms"] == 6000
+    assert classic.consumer_settings("g")["heartbeat.interval.ms"] == 500
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("amqp://k:9092", "kafka://"),
+        ("kafka://", "no broker"),
+        ("kafka://k:9092?partitionz=3", "unknown kafka option 'partitionz'"),
+        ("kafka://k:9092?partitions=many", "not a valid int"),
+        ("kafka://k:9092?partitions=0", "at least 1"),
+        ("kafka://k:9092?publish_timeout=-1", "positive"),
+        ("kafka://k:9092?group_protocol=eager", "group_protocol"),
+        ("kafka://user:pw@k:9092", "security_protocol"),
+    ],
+)
+def test_bad_urls_are_refused(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        KafkaConfig.from_url(url)
+
+
+def test_tls_and_sasl_options_map_to_librdkafka() -> None:
+    # The local broker speaks PLAINTEXT only: this checks the mapping, not a handshake.
+    config = KafkaConfig.from_url(
+        "kafka://k1:9093,k2:9093?security_protocol=sasl_ssl&sasl_mechanism=SCRAM-SHA-512"
+        "&sasl_username=svc&sasl_password=s3cret&ssl_ca_location=/etc/ca.pem"
+        "&ssl_certificate_location=/etc/c.pem&ssl_key_location=/etc/k.pem&ssl_key_password=kp"
+    )
+    for settings in (
+        config.producer_settings(),
+        config.consumer_settings("g"),
+        config.admin(),
+        config.reader_settings(),
+    ):
+        assert settings["security.protocol"] == "sasl_ssl"
+        assert settings["sasl.mechanism"] == "SCRAM-SHA-512"
+        assert settings["sasl.username"] == "svc"
+        assert settings["sasl.password"] == "s3cret"
+        assert settings["ssl.ca.location"] == "/etc/ca.pem"
+        assert settings["ssl.certificate.location"] == "/etc/c.pem"
+        assert settings["ssl.key.location"] == "/etc/k.pem"
+        assert settings["ssl.key.password"] == "kp"
+
+
+def test_credentials_in_the_url_user_info() -> None:
+    config = KafkaConfig.from_url(
+        "kafka://svc:p%40ss@k1:9093,k2:9093?security_protocol=sasl_plaintext&sasl_mechanism=PLAIN"
+    )
+    settings = config.admin()
+    assert (settings["sasl.username"], settings["sasl.password"]) == ("svc", "p@ss")
+    assert config.brokers == ("k1:9093", "k2:9093")
+
+
+def test_rdkafka_options_pass_through_verbatim_and_win() -> None:
+    config = KafkaConfig.from_url(
+        "kafka://k:9092?rdkafka.socket.keepalive.enable=true&rdkafka.client.id=override"
+        "&producer.linger.ms=20&producer.compression.type=lz4&consumer.fetch.min.bytes=1024"
+        "&consumer.auto.offset.reset=latest"
+    )
+    producer, consumer = config.producer_settings(), config.consumer_settings("g")
+    assert producer["socket.keepalive.enable"] == "true"
+    assert consumer["socket.keepalive.enable"] == "true"
+    assert producer["client.id"] == consumer["client.id"] == "override"
+    assert producer["linger.ms"] == "20"
+    assert producer["compression.type"] == "lz4"
+    assert "linger.ms" not in consumer
+    assert consumer["fetch.min.bytes"] == "1024"
+    assert consumer["auto.offset.reset"] == "latest"
+    assert "fetch.min.bytes" not in producer
+
+
+def test_secrets_never_show() -> None:
+    url = (
+        "kafka://svc:hunter2@k1:9093,k2:9093?security_protocol=sasl_ssl&sasl_password=hunter3"
+        "&ssl_key_password=hunter4&rdkafka.sasl.oauthbearer.client.secret=hunter5"
+        "&rdkafka.ssl.key.pem=hunter6&partitions=3"
+    )
+    transport = KafkaTransport(url)
+    for text in (repr(transport), repr(transport.config), redacted_url(url)):
+        for secret in ("hunter2", "hunter3", "hunter4", "hunter5", "hunter6"):
+            assert secret not in text
+    assert "svc:***@k1:9093,k2:9093" in repr(transport)
+    assert "partitions=3" in repr(transport)
+
+
+def test_open_transport_picks_this_adapter() -> None:
+    transport = open_transport("kafka://127.0.0.1:9092")
+    assert isinstance(transport, KafkaTransport)
+    assert transport.capabilities.persistent
+    assert transport.capabilities.replays_history
+
+
+async def test_unreachable_broker_fails_connect() -> None:
+    transport = KafkaTransport("kafka://127.0.0.1:1?request_timeout=1")
+    with pytest.raises(TransportError, match="no Kafka broker answered"):
+        await transport.connect()
+    await transport.aclose()
+
+
+def test_missing_driver_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['confluent_kafka'] = None\n"
+        "from factbus.errors import MissingDriver\n"
+        "try:\n"
+        "    import factbus_kafka\n"
+        "except MissingDriver as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'factbus[kafka]'" in result.stdout
+    assert issubclass(MissingDriver, ImportError)
