@@ -42,13 +42,14 @@ FrozenValue = (
 
 
 class Frozen:
-    """Result of :func:`freeze`: an immutable copy and which writer it needs."""
+    """Result of :func:`freeze`: an immutable copy and what its writer must handle."""
 
-    __slots__ = ("needs_python_writer", "value")
+    __slots__ = ("has_float", "needs_python_writer", "value")
 
-    def __init__(self, value: FrozenValue, needs_python_writer: bool) -> None:
+    def __init__(self, value: FrozenValue, needs_python_writer: bool, has_float: bool) -> None:
         self.value = value
         self.needs_python_writer = needs_python_writer
+        self.has_float = has_float
 
 
 def freeze(value: Any, *, path: str, max_depth: int = DEFAULT_MAX_DEPTH) -> Frozen:
@@ -61,7 +62,7 @@ def freeze(value: Any, *, path: str, max_depth: int = DEFAULT_MAX_DEPTH) -> Froz
         an integer outside JavaScript's safe range, an unsupported type, or
         nesting deeper than ``max_depth``.
     """
-    flags = [False]
+    flags = [False, False]  # [a key needs the Python writer, a float is present]
     try:
         frozen = _freeze(value, 0, max_depth, flags)
     except _Refused as refused:
@@ -70,7 +71,7 @@ def freeze(value: Any, *, path: str, max_depth: int = DEFAULT_MAX_DEPTH) -> Froz
         )
         error = NestingTooDeep if refused.too_deep else InvalidFact
         raise error(where, refused.reason) from None
-    return Frozen(frozen, flags[0])
+    return Frozen(frozen, flags[0], flags[1])
 
 
 class _Refused(Exception):
@@ -98,7 +99,7 @@ def _freeze(value: Any, depth: int, max_depth: int, flags: list[bool]) -> Frozen
     if kind is float:
         if value != value or value in (math.inf, -math.inf):
             raise _Refused(f"{value} is not a finite number")
-        flags[0] = True
+        flags[1] = True
         return value
     if depth >= max_depth:
         raise _Refused(f"nesting is deeper than the limit of {max_depth}", too_deep=True)
@@ -107,7 +108,7 @@ def _freeze(value: Any, depth: int, max_depth: int, flags: list[bool]) -> Frozen
         for key, item in value.items():
             if type(key) is not str:
                 raise _Refused(f"object key {key!r} is not a string")
-            if not key.isascii() or _NEEDS_ESCAPE.search(key):
+            if not key.isascii() or not key.isprintable() or '"' in key or "\\" in key:
                 _check_key(key, flags)
             try:
                 out[key] = _freeze(item, depth + 1, max_depth, flags)
@@ -158,11 +159,39 @@ def _orjson_default(obj: Any) -> Any:
     raise TypeError
 
 
-def canonical_bytes(hashed: Mapping[str, Any], needs_python_writer: bool) -> bytes:
-    """The exact bytes jinaga.js hashes for ``hashed`` (a frozen value)."""
-    if not needs_python_writer:
-        return orjson.dumps(hashed, default=_orjson_default, option=orjson.OPT_SORT_KEYS)
-    return _write(hashed).encode("utf-8")
+def canonical_bytes(
+    fields: Mapping[str, Any],
+    predecessors: Mapping[str, Any],
+    needs_python_writer: bool,
+    has_float: bool = True,
+) -> bytes:
+    """The exact bytes jinaga.js hashes: ``{"fields": ..., "predecessors": ...}``.
+
+    ``fields`` is a frozen value; ``predecessors`` the wire form of the
+    references. orjson writes everything but floats as JavaScript does; floats
+    are handed to it pre-formatted (``orjson.Fragment``). Keys that need
+    escaping or UTF-16 ordering take the Python writer.
+    """
+    if needs_python_writer:
+        return _write({"fields": fields, "predecessors": predecessors}).encode("utf-8")
+    if has_float:
+        fields = _fragment_floats(fields)
+    return orjson.dumps(
+        {"fields": fields, "predecessors": predecessors},
+        default=_orjson_default,
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def _fragment_floats(value: Any) -> Any:
+    kind = type(value)
+    if kind is float:
+        return orjson.Fragment(js_number(value).encode("ascii"))
+    if kind is tuple or kind is list:
+        return [_fragment_floats(item) for item in value]
+    if kind is MappingProxyType or kind is dict:
+        return {key: _fragment_floats(item) for key, item in value.items()}
+    return value
 
 
 def _utf16_key(key: str) -> bytes:
@@ -199,6 +228,10 @@ def js_number(value: float) -> str:
     if value == 0:
         return "0"  # also -0.0, as JSON.stringify writes it
     text = repr(value)
+    if "e" not in text:
+        # Python leaves the exponent out only for 1e-4 <= |x| < 1e16, where
+        # JavaScript does too; it differs only by a trailing ".0".
+        return text[:-2] if text.endswith(".0") else text
     sign = ""
     if text[0] == "-":
         sign, text = "-", text[1:]

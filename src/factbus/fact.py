@@ -53,7 +53,7 @@ class Fact:
         keys, integers outside ±(2^53-1), nesting deeper than ``max_depth``.
     """
 
-    __slots__ = ("_ancestors", "_canonical", "_fields", "_hash", "_predecessors", "_type")
+    __slots__ = ("_ancestors", "_canonical", "_fields", "_hash", "_predecessors", "_ref", "_type")
 
     _type: str
     _fields: Mapping[str, Any]
@@ -61,6 +61,7 @@ class Fact:
     _hash: str
     _canonical: bytes
     _ancestors: tuple[Fact, ...]
+    _ref: FactRef
 
     def __init__(
         self,
@@ -95,9 +96,10 @@ class Fact:
         self._predecessors = MappingProxyType(preds)
         self._ancestors = tuple(ancestors)
         self._canonical = canonical_bytes(
-            {"fields": self._fields, "predecessors": _wire_predecessors(preds)}, python_writer
+            self._fields, _wire_predecessors(preds), python_writer, frozen.has_float
         )
         self._hash = digest(self._canonical)
+        self._ref = FactRef(type, self._hash)
 
     @property
     def type(self) -> str:
@@ -119,7 +121,7 @@ class Fact:
 
     @property
     def ref(self) -> FactRef:
-        return FactRef(self._type, self._hash)
+        return self._ref
 
     @property
     def canonical(self) -> bytes:

@@ -28,7 +28,8 @@ from factbus.store.base import (
 )
 
 SCHEMA_VERSION: Final = 1
-_CHUNK: Final = 400  # pairs per IN (...) query; SQLite allows 32766 parameters
+_CHUNK: Final = 500  # hashes per IN (...) query; SQLite allows 32766 parameters
+_STATES: Final = {1: FactState.HANDLED, 2: FactState.PARKED}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,12 +77,15 @@ def _chunks(refs: Iterable[FactRef]) -> Iterator[list[FactRef]]:
         yield chunk
 
 
-def _in_pairs(column_hash: str, column_type: str, count: int) -> str:
-    return f"({column_hash}, {column_type}) IN (VALUES {','.join(['(?,?)'] * count)})"
+def _in_hashes(column: str, count: int) -> str:
+    # Hashes are all but unique, so the look-up goes by hash through the primary
+    # key and the type is checked in Python: a row-value IN (VALUES ...) over
+    # (hash, type) pairs makes SQLite scan instead.
+    return f"{column} IN ({','.join('?' * count)})"
 
 
-def _flat(refs: list[FactRef]) -> list[str]:
-    return [part for ref in refs for part in (ref.hash, ref.type)]
+def _hashes(refs: list[FactRef]) -> list[str]:
+    return [ref.hash for ref in refs]
 
 
 class SqliteTransaction:
@@ -156,14 +160,17 @@ class SqliteStore:
 
     async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
         out: dict[FactRef, FactState] = {}
-        for chunk in _chunks(refs):
+        wanted = refs if isinstance(refs, set | frozenset | dict) else set(refs)
+        for chunk in _chunks(wanted):
             rows = self.db.execute(
                 "SELECT hash, type, state FROM factbus_facts WHERE "
-                + _in_pairs("hash", "type", len(chunk)),
-                _flat(chunk),
+                + _in_hashes("hash", len(chunk)),
+                _hashes(chunk),
             )
             for fact_hash, fact_type, state in rows:
-                out[FactRef(fact_type, fact_hash)] = FactState(state)
+                ref = FactRef(fact_type, fact_hash)
+                if ref in wanted:
+                    out[ref] = _STATES[state]
         return out
 
     @asynccontextmanager
@@ -221,13 +228,16 @@ class SqliteStore:
     async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
         waiters: list[FactRef] = []
         seen: set[FactRef] = set()
-        for chunk in _chunks(refs):
+        wanted = set(refs)
+        for chunk in _chunks(wanted):
             rows = self.db.execute(
-                "SELECT hash, type FROM factbus_waiting WHERE "
-                + _in_pairs("missing_hash", "missing_type", len(chunk)),
-                _flat(chunk),
+                "SELECT missing_hash, missing_type, hash, type FROM factbus_waiting WHERE "
+                + _in_hashes("missing_hash", len(chunk)),
+                _hashes(chunk),
             )
-            for fact_hash, fact_type in rows:
+            for missing_hash, missing_type, fact_hash, fact_type in rows:
+                if FactRef(missing_type, missing_hash) not in wanted:
+                    continue
                 ref = FactRef(fact_type, fact_hash)
                 if ref not in seen:
                     seen.add(ref)
@@ -238,19 +248,21 @@ class SqliteStore:
         bodies: dict[FactRef, bytes] = {}
         missing: dict[FactRef, set[FactRef]] = {ref: set() for ref in refs}
         for chunk in _chunks(refs):
-            flat = _flat(chunk)
+            hashes = _hashes(chunk)
             for fact_hash, fact_type, body in self.db.execute(
                 "SELECT hash, type, body FROM factbus_facts WHERE state = 2 AND "
-                + _in_pairs("hash", "type", len(chunk)),
-                flat,
+                + _in_hashes("hash", len(chunk)),
+                hashes,
             ):
                 bodies[FactRef(fact_type, fact_hash)] = body
             for m_hash, m_type, fact_hash, fact_type in self.db.execute(
                 "SELECT missing_hash, missing_type, hash, type FROM factbus_waiting WHERE "
-                + _in_pairs("hash", "type", len(chunk)),
-                flat,
+                + _in_hashes("hash", len(chunk)),
+                hashes,
             ):
-                missing[FactRef(fact_type, fact_hash)].add(FactRef(m_type, m_hash))
+                waiter = missing.get(FactRef(fact_type, fact_hash))
+                if waiter is not None:
+                    waiter.add(FactRef(m_type, m_hash))
         return [
             ParkedFact(fact_from_bytes(bodies[ref]), frozenset(missing[ref]))
             for ref in refs
@@ -283,25 +295,28 @@ class SqliteStore:
 
     async def published(self, refs: Collection[FactRef]) -> set[FactRef]:
         out: set[FactRef] = set()
-        for chunk in _chunks(refs):
+        wanted = set(refs)
+        for chunk in _chunks(wanted):
             rows = self.db.execute(
-                "SELECT hash, type FROM factbus_published WHERE "
-                + _in_pairs("hash", "type", len(chunk)),
-                _flat(chunk),
+                "SELECT hash, type FROM factbus_published WHERE " + _in_hashes("hash", len(chunk)),
+                _hashes(chunk),
             )
-            out.update(FactRef(t, h) for h, t in rows)
+            out.update(ref for h, t in rows if (ref := FactRef(t, h)) in wanted)
         return out
 
     async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
         out: dict[FactRef, Fact] = {}
-        for chunk in _chunks(refs):
+        wanted = set(refs)
+        for chunk in _chunks(wanted):
             rows = self.db.execute(
-                "SELECT body FROM factbus_facts WHERE " + _in_pairs("hash", "type", len(chunk)),
-                _flat(chunk),
+                "SELECT hash, type, body FROM factbus_facts WHERE "
+                + _in_hashes("hash", len(chunk)),
+                _hashes(chunk),
             )
-            for (body,) in rows:
-                fact = fact_from_bytes(body)
-                out[fact.ref] = fact
+            for fact_hash, fact_type, body in rows:
+                if FactRef(fact_type, fact_hash) in wanted:
+                    fact = fact_from_bytes(body)
+                    out[fact.ref] = fact
         return out
 
     def __repr__(self) -> str:

@@ -1,0 +1,89 @@
+"""Baselines: the raw broker client moving the same envelope bodies, for comparison.
+
+One producer and one consumer, the same message count, the same broker as the
+factbus run: confluent-kafka for ``kafka://``, aio-pika with publisher
+confirms for ``amqp://``, kombu for ``kombu+<transport>://`` and a bare
+``asyncio.Queue`` hand-off for ``memory://``. Each baseline uses the client the
+way its documentation shows (no factbus code on the hot path), with the same
+durability the factbus adapter asks for (persistent messages, confirms, acks).
+
+Contract of a :class:`Baseline`: ``setup`` creates a fresh destination and
+readies the consumer; ``consume`` is started before ``produce`` and returns
+the time the last message arrived; ``produce`` may run in another process on
+another instance made with the same URL and destination (except ``memory://``,
+which is in-process by nature); ``teardown`` removes what ``setup`` created.
+Times are ``time.perf_counter()`` values (CLOCK_MONOTONIC on Linux: comparable
+across processes of one machine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from factbus.errors import ConfigError
+
+
+class Baseline(Protocol):
+    """A raw client's producer and consumer on one destination (see the module docstring)."""
+
+    client: str
+    """What moves the messages, e.g. ``confluent-kafka 2.4 (acks=all)``."""
+    in_process_only: bool
+    """True when producer and consumer must share one process (``memory://``)."""
+    received: int
+    """Messages consumed so far (read from any thread for progress)."""
+
+    async def setup(self) -> None:
+        """Create the destination and ready the consumer (subscribed, assigned)."""
+
+    async def produce(
+        self, bodies: Sequence[bytes], keys: Sequence[str], chunks: Sequence[range]
+    ) -> tuple[float, float]:
+        """Publish ``bodies[i]`` (id/key ``keys[i]``) for every ``i`` of ``chunks``,
+        in order, and return (start, end) once the broker confirmed every one."""
+        ...
+
+    async def consume(self, count: int, timeout: float) -> float:
+        """Receive (and ack) ``count`` messages; return when the last arrived.
+
+        :raises TimeoutError: fewer arrived within ``timeout`` seconds.
+        """
+        ...
+
+    async def teardown(self) -> None:
+        """Close clients and delete the destination. Idempotent; never raises."""
+
+    async def forget(self, topic: str, groups: Sequence[str]) -> None:
+        """Delete what a factbus run left on the broker for ``topic`` (its
+        groups' queues, dead letters). Best effort; never raises."""
+
+
+def baseline_for(url: str, destination: str) -> Baseline:
+    """The baseline for ``url``'s transport, on a new ``destination`` (topic/queue name).
+
+    :raises ConfigError: no baseline for this transport.
+    :raises MissingDriver: the raw client is not installed.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from factbus.bench.baseline.memory import MemoryBaseline
+
+        return MemoryBaseline(url, destination)
+    if scheme == "kafka":
+        from factbus.bench.baseline.kafka import KafkaBaseline
+
+        return KafkaBaseline(url, destination)
+    if scheme in ("amqp", "amqps"):
+        from factbus.bench.baseline.amqp import AmqpBaseline
+
+        return AmqpBaseline(url, destination)
+    if scheme.startswith("kombu+"):
+        from factbus.bench.baseline.kombu import KombuBaseline
+
+        return KombuBaseline(url, destination)
+    raise ConfigError(f"no raw-client baseline for {scheme}:// transports")
+
+
+__all__ = ["Baseline", "baseline_for"]

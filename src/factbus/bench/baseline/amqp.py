@@ -1,0 +1,142 @@
+"""``amqp://`` baseline: aio-pika with publisher confirms.
+
+Same topology and durability as the factbus adapter: a durable topic exchange
+and a durable queue bound with ``#``, persistent messages carrying the id as
+``message_id`` and routing key. The producer (its own connection) publishes on
+a confirm-mode channel and awaits each chunk's confirms together
+(``asyncio.gather`` of ``exchange.publish``: aio-pika's documented way to batch
+confirms); the consumer (another connection, ``prefetch`` from the URL, as the
+adapter) iterates ``queue.iterator()`` and acks each message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from importlib.metadata import version
+from typing import Any
+
+from factbus.errors import MissingDriver, TransportError
+
+try:
+    import aio_pika
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise MissingDriver("amqp", "amqp") from error
+
+
+class AmqpBaseline:
+    """See the module docstring."""
+
+    in_process_only = False
+
+    def __init__(self, url: str, destination: str) -> None:
+        from factbus_amqp.config import AmqpConfig
+
+        self.config = AmqpConfig.from_url(url)
+        self.exchange = destination
+        self.queue = f"{destination}.raw"
+        self.received = 0
+        self.client = f"aio-pika {version('aio-pika')} (publisher confirms)"
+        self._connection: Any = None
+        self._channel: Any = None
+
+    async def _connect(self) -> Any:
+        config = self.config
+        return await aio_pika.connect(
+            host=config.host,
+            port=config.port,
+            login=config.username,
+            password=config.password,
+            virtualhost=config.vhost,
+            ssl=config.tls,
+        )
+
+    async def setup(self) -> None:
+        self._connection = await self._connect()
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self.config.prefetch)
+        exchange = await self._channel.declare_exchange(
+            self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await self._channel.declare_queue(self.queue, durable=True)
+        await queue.bind(exchange, "#")
+
+    async def produce(
+        self, bodies: Sequence[bytes], keys: Sequence[str], chunks: Sequence[range]
+    ) -> tuple[float, float]:
+        connection = await self._connect()
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(self.exchange)
+            persistent = aio_pika.DeliveryMode.PERSISTENT
+            start = time.perf_counter()
+            for chunk in chunks:
+                await asyncio.gather(
+                    *(
+                        exchange.publish(
+                            aio_pika.Message(
+                                bodies[i], message_id=keys[i], delivery_mode=persistent
+                            ),
+                            routing_key=keys[i],
+                        )
+                        for i in chunk
+                    )
+                )
+            return start, time.perf_counter()
+        finally:
+            await connection.close()
+
+    async def consume(self, count: int, timeout: float) -> float:
+        if self._channel is None:
+            raise TransportError("setup() first")
+        queue = await self._channel.get_queue(self.queue)
+        last = time.perf_counter()
+        async with asyncio.timeout(timeout), queue.iterator() as messages:
+            async for message in messages:
+                message.body  # noqa: B018 - touch the bytes like a real consumer
+                await message.ack()
+                self.received += 1
+                if self.received >= count:
+                    last = time.perf_counter()
+                    break
+        return last
+
+    async def teardown(self) -> None:
+        channel = self._channel
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(self.queue)
+                await channel.exchange_delete(self.exchange)
+        await self._close()
+
+    async def _close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def forget(self, topic: str, groups: Sequence[str]) -> None:
+        dead = f"{topic}.dead-letter"
+        try:
+            connection = await self._connect()
+        except Exception:
+            return
+        try:
+            for group in groups:
+                await _quietly(connection, "queue_delete", f"{topic}.{group}")
+            await _quietly(connection, "queue_delete", dead)
+            await _quietly(connection, "exchange_delete", topic)
+            await _quietly(connection, "exchange_delete", dead)
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+
+async def _quietly(connection: Any, operation: str, name: str) -> None:
+    # A failed delete closes its channel: one channel per operation.
+    with contextlib.suppress(Exception):
+        channel = await connection.channel()
+        await getattr(channel, operation)(name)
+        await channel.close()

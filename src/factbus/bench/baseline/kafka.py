@@ -1,0 +1,150 @@
+"""``kafka://`` baseline: confluent-kafka's ``Producer`` and ``Consumer``.
+
+Same topic layout and client settings as the factbus adapter, taken from the
+same URL (:class:`factbus_kafka.config.KafkaConfig`): ``partitions`` partitions,
+an idempotent producer with ``acks=all``, a consumer group starting at the
+earliest offset. The producer produces every message keyed by its id (the
+fact hash, as the Bus does), serves delivery reports with ``poll(0)`` after
+each chunk and ``flush()`` at the end, counting failed reports; the consumer
+calls ``consume(num_messages=1000)`` in a loop with offsets stored on receipt
+and committed automatically (the client's defaults). Both run in a thread:
+the client is blocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from factbus.errors import MissingDriver, PublishError, TransportError
+
+try:
+    import confluent_kafka
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise MissingDriver("kafka", "kafka") from error
+
+
+class KafkaBaseline:
+    """See the module docstring."""
+
+    in_process_only = False
+
+    def __init__(self, url: str, destination: str) -> None:
+        from factbus_kafka.config import KafkaConfig
+
+        self.config = KafkaConfig.from_url(url)
+        self.topic = destination
+        self.group = f"{destination}.raw"
+        self.received = 0
+        self.client = f"confluent-kafka {confluent_kafka.version()[0]} (acks=all, idempotent)"
+        self._consumer: Any = None
+
+    def _admin(self) -> Any:
+        return AdminClient(self.config.admin())
+
+    async def setup(self) -> None:
+        await asyncio.to_thread(self._setup)
+
+    def _setup(self) -> None:
+        futures = self._admin().create_topics(
+            [NewTopic(self.topic, self.config.partitions, self.config.replication_factor)],
+            request_timeout=self.config.request_timeout,
+        )
+        for future in futures.values():
+            future.result(timeout=self.config.request_timeout)
+        settings = self.config.consumer_settings(self.group)
+        settings["enable.auto.offset.store"] = True  # the client's default
+        consumer = Consumer(settings)
+        assigned: set[int] = set()
+
+        def on_assign(_consumer: Any, partitions: list[Any]) -> None:
+            assigned.update(p.partition for p in partitions)
+
+        consumer.subscribe([self.topic], on_assign=on_assign)
+        deadline = time.monotonic() + max(30.0, self.config.join_timeout)
+        while len(assigned) < self.config.partitions:
+            if time.monotonic() > deadline:
+                consumer.close()
+                raise TransportError(f"raw consumer got no assignment for {self.topic}")
+            for message in consumer.consume(num_messages=100, timeout=0.1):
+                if message.error() is None:
+                    self.received += 1  # cannot happen on a new topic, but count it
+        self._consumer = consumer
+
+    async def produce(
+        self, bodies: Sequence[bytes], keys: Sequence[str], chunks: Sequence[range]
+    ) -> tuple[float, float]:
+        return await asyncio.to_thread(self._produce, bodies, keys, chunks)
+
+    def _produce(
+        self, bodies: Sequence[bytes], keys: Sequence[str], chunks: Sequence[range]
+    ) -> tuple[float, float]:
+        producer = Producer(self.config.producer_settings())
+        failed: list[str] = []
+
+        def report(error: Any, _message: Any) -> None:
+            if error is not None:
+                failed.append(str(error))
+
+        topic = self.topic
+        start = time.perf_counter()
+        for chunk in chunks:
+            for i in chunk:
+                while True:
+                    try:
+                        producer.produce(topic, bodies[i], keys[i], on_delivery=report)
+                        break
+                    except BufferError:
+                        producer.poll(0.01)  # local queue full: serve reports, retry
+            producer.poll(0)
+        left = producer.flush(self.config.publish_timeout)
+        end = time.perf_counter()
+        if left or failed:
+            raise PublishError(f"raw producer: {left} unconfirmed, {len(failed)} failed")
+        return start, end
+
+    async def consume(self, count: int, timeout: float) -> float:
+        return await asyncio.to_thread(self._consume, count, timeout)
+
+    def _consume(self, count: int, timeout: float) -> float:
+        consumer = self._consumer
+        if consumer is None:
+            raise TransportError("setup() first")
+        deadline = time.monotonic() + timeout
+        last = time.perf_counter()
+        while self.received < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"raw consumer got {self.received} of {count}")
+            messages = consumer.consume(num_messages=1000, timeout=0.1)
+            for message in messages:
+                if message.error() is None:
+                    message.value()
+                    self.received += 1
+            if messages:
+                last = time.perf_counter()
+        return last
+
+    async def teardown(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(consumer.close)
+        await self._delete([self.topic])
+
+    async def forget(self, topic: str, groups: Sequence[str]) -> None:
+        await self._delete([topic, f"{topic}.dead-letter"])
+
+    async def _delete(self, topics: list[str]) -> None:
+        def delete() -> None:
+            futures = self._admin().delete_topics(topics, request_timeout=10)
+            for future in futures.values():
+                with contextlib.suppress(Exception):
+                    future.result(timeout=10)
+
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(delete)
