@@ -6,6 +6,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+import orjson
+
 from factbus.canonical import (
     DEFAULT_MAX_DEPTH,
     canonical_bytes,
@@ -53,7 +55,16 @@ class Fact:
         keys, integers outside ±(2^53-1), nesting deeper than ``max_depth``.
     """
 
-    __slots__ = ("_ancestors", "_canonical", "_fields", "_hash", "_predecessors", "_ref", "_type")
+    __slots__ = (
+        "_ancestors",
+        "_canonical",
+        "_fields",
+        "_hash",
+        "_predecessors",
+        "_ref",
+        "_type",
+        "_wire_bytes",
+    )
 
     _type: str
     _fields: Mapping[str, Any]
@@ -100,6 +111,7 @@ class Fact:
         )
         self._hash = digest(self._canonical)
         self._ref = FactRef(type, self._hash)
+        self._wire_bytes: bytes | None = None
 
     @property
     def type(self) -> str:
@@ -141,6 +153,12 @@ class Fact:
             else:
                 yield from value
 
+    def wire_bytes(self) -> bytes:
+        """:meth:`to_wire` as compact JSON (computed once): how envelopes and stores carry it."""
+        if self._wire_bytes is None:
+            self._wire_bytes = orjson.dumps(self.to_wire(), default=_plain_mapping)
+        return self._wire_bytes
+
     def to_wire(self) -> dict[str, Any]:
         """The fact as carried in an envelope: type, hash, fields, predecessors."""
         return {
@@ -160,6 +178,12 @@ class Fact:
 
     def __repr__(self) -> str:
         return f"Fact({self._type!r}, hash={self._hash[:12]}..., fields={dict(self._fields)!r})"
+
+
+def _plain_mapping(obj: Any) -> Any:
+    if isinstance(obj, MappingProxyType):
+        return dict(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
 def _as_ref(given: Any, role: str, ancestors: list[Fact]) -> FactRef:

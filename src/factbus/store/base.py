@@ -129,7 +129,7 @@ class Store(Protocol):
 
 def fact_to_bytes(fact: Fact) -> bytes:
     """A fact's stored form: its envelope wire object."""
-    return orjson.dumps(fact.to_wire(), default=dict)
+    return fact.wire_bytes()
 
 
 def fact_from_bytes(body: bytes | memoryview) -> Fact:

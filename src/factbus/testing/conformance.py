@@ -55,8 +55,9 @@ class ConformanceContext:
 
     @property
     def capabilities(self) -> Capabilities:
-        cls = type(open_transport(self.url))
-        caps: Capabilities = cls.capabilities
+        """The capabilities a transport for ``url`` declares (an adapter may
+        set them per instance, e.g. per kombu transport)."""
+        caps: Capabilities = open_transport(self.url).capabilities
         return caps
 
     @staticmethod

@@ -1,0 +1,281 @@
+"""Publishers for a benchmark: concurrent tasks in this process, or processes.
+
+Either kind publishes a workload's messages with ``P`` publishers, each on a
+:class:`~factbus.Bus` of its own (publish-only, ``memory://`` store), chunks
+of ``publish_batch`` messages dealt round-robin; each publish call is stamped
+(``time.perf_counter()`` just before the call) and a fact's publish time is
+the stamp of its first copy. With a ``rate`` the chunks are paced so that all
+publishers together send ``rate`` messages per second.
+
+Publisher processes are started with ``spawn``; each rebuilds the workload
+from its :class:`~factbus.bench.workload.WorkloadSpec` (deterministic), so
+only small commands and the stamps cross the pipe. Processes also run the
+baseline's producer, so that factbus and the raw client are measured with
+the same process layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from factbus.bench.workload import Workload, WorkloadSpec, build_workload
+from factbus.bus import Bus
+
+
+@dataclass(frozen=True, slots=True)
+class PublishJob:
+    """One phase's publishing."""
+
+    spec: WorkloadSpec
+    publish_batch: int
+    rate: float | None = None
+    """Messages per second for all publishers together; ``None``: as fast as possible."""
+    start_at: float = 0.0
+    """``perf_counter()`` time to begin at (all publishers together)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReport:
+    """What one publisher did: its first and last instants, and per-fact stamps."""
+
+    start: float
+    end: float
+    messages: int
+    stamps: array[float]
+    """``stamps[n]``: when fact ``n`` was first published by this publisher (0: not)."""
+
+
+def merge_stamps(reports: Sequence[PublishReport], facts: int) -> array[float]:
+    """Each fact's earliest publish stamp over every publisher."""
+    merged = array("d", bytes(8 * facts))
+    for report in reports:
+        for n, stamp in enumerate(report.stamps):
+            if stamp and (not merged[n] or stamp < merged[n]):
+                merged[n] = stamp
+    return merged
+
+
+async def publish_share(
+    bus: Bus, workload: Workload, job: PublishJob, publisher: int, publishers: int
+) -> PublishReport:
+    """Publish ``publisher``'s share of ``workload`` on ``bus`` (see the module docstring)."""
+    stamps = array("d", bytes(8 * workload.unique))
+    order, numbers = workload.order, workload.numbers
+    chunks = workload.chunks(job.publish_batch, publisher, publishers)
+    delay = job.start_at - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    start = time.perf_counter()
+    rate = job.rate
+    sent = 0
+    for chunk in chunks:
+        if rate:
+            wait = start + chunk.start / rate - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        now = time.perf_counter()
+        for i in chunk:
+            n = numbers[i]
+            if not stamps[n]:
+                stamps[n] = now
+        await bus.publish(*(order[i] for i in chunk), ancestors=False)
+        sent += len(chunk)
+    return PublishReport(start, time.perf_counter(), sent, stamps)
+
+
+class Publishers(Protocol):
+    """``P`` publishers (tasks or processes) on one transport and topic."""
+
+    mode: str
+
+    async def start(self) -> None: ...
+
+    async def prepare(self, spec: WorkloadSpec) -> None:
+        """Build ``spec``'s workload where it will be published (not timed)."""
+
+    async def publish(self, job: PublishJob) -> list[PublishReport]: ...
+
+    async def baseline(
+        self, spec: WorkloadSpec, destination: str, publish_batch: int, produce: Any
+    ) -> tuple[float, float]:
+        """Run the raw producer once (one producer) on ``spec``'s bodies.
+        ``produce`` is the in-process baseline's ``produce``, used by tasks."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def _publisher_bus(transport: str, topic: str, index: int) -> Bus:
+    return Bus(transport, "memory://", topic=topic, node=f"{topic}-pub{index}", consume=False)
+
+
+class PublisherTasks:
+    """Publishers as tasks of this process's event loop."""
+
+    mode = "task"
+
+    def __init__(self, count: int, transport: str, topic: str) -> None:
+        self._buses = [_publisher_bus(transport, topic, i) for i in range(count)]
+        self._workloads: dict[WorkloadSpec, Workload] = {}
+
+    def workload(self, spec: WorkloadSpec) -> Workload:
+        if spec not in self._workloads:
+            self._workloads[spec] = build_workload(spec)
+        return self._workloads[spec]
+
+    async def start(self) -> None:
+        for bus in self._buses:
+            await bus.start()
+
+    async def prepare(self, spec: WorkloadSpec) -> None:
+        self.workload(spec)
+
+    async def publish(self, job: PublishJob) -> list[PublishReport]:
+        workload = self.workload(job.spec)
+        count = len(self._buses)
+        return list(
+            await asyncio.gather(
+                *(publish_share(bus, workload, job, i, count) for i, bus in enumerate(self._buses))
+            )
+        )
+
+    async def baseline(
+        self, spec: WorkloadSpec, destination: str, publish_batch: int, produce: Any
+    ) -> tuple[float, float]:
+        workload = self.workload(spec)
+        start, end = await produce(workload.bodies, workload.keys, workload.chunks(publish_batch))
+        return float(start), float(end)
+
+    async def aclose(self) -> None:
+        for bus in self._buses:
+            await bus.aclose()
+        self._workloads.clear()
+
+
+class PublisherProcesses:
+    """Publishers as processes (``spawn``), one bus each; see the module docstring."""
+
+    mode = "process"
+
+    def __init__(self, count: int, transport: str, topic: str) -> None:
+        self._count = count
+        self._transport = transport
+        self._topic = topic
+        self._children: list[tuple[Any, Connection]] = []
+
+    async def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        for index in range(self._count):
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_child_main,
+                args=(child, index, self._count, self._transport, self._topic),
+                name=f"factbus-bench-publisher-{index}",
+                daemon=True,
+            )
+            process.start()
+            child.close()
+            self._children.append((process, parent))
+        await self._replies()
+
+    async def _send_all(self, command: str, payload: Any) -> list[Any]:
+        for _, conn in self._children:
+            conn.send((command, payload))
+        return await self._replies()
+
+    async def _replies(self, children: Sequence[tuple[Any, Connection]] | None = None) -> list[Any]:
+        replies = await asyncio.gather(
+            *(asyncio.to_thread(_receive, conn) for _, conn in (children or self._children))
+        )
+        errors = [payload for status, payload in replies if status == "error"]
+        if errors:
+            raise RuntimeError(f"publisher process failed: {errors[0]}")
+        return [payload for _, payload in replies]
+
+    async def prepare(self, spec: WorkloadSpec) -> None:
+        await self._send_all("prepare", spec)
+
+    async def publish(self, job: PublishJob) -> list[PublishReport]:
+        return await self._send_all("publish", job)
+
+    async def baseline(
+        self, spec: WorkloadSpec, destination: str, publish_batch: int, produce: Any
+    ) -> tuple[float, float]:
+        first = self._children[:1]
+        first[0][1].send(("baseline", (spec, destination, publish_batch)))
+        (times,) = await self._replies(first)
+        return float(times[0]), float(times[1])
+
+    async def aclose(self) -> None:
+        children, self._children = self._children, []
+        for process, conn in children:
+            with contextlib.suppress(OSError):
+                conn.send(("stop", None))
+        for process, conn in children:
+            await asyncio.to_thread(process.join, 30)
+            if process.is_alive():
+                process.kill()
+            conn.close()
+
+
+def _receive(conn: Connection) -> tuple[str, Any]:
+    try:
+        reply: tuple[str, Any] = conn.recv()
+    except EOFError:
+        return ("error", "publisher process exited")
+    return reply
+
+
+def _child_main(conn: Connection, index: int, count: int, transport: str, topic: str) -> None:
+    asyncio.run(_child(conn, index, count, transport, topic))
+
+
+async def _child(conn: Connection, index: int, count: int, transport: str, topic: str) -> None:
+    bus = _publisher_bus(transport, topic, index)
+    workloads: dict[WorkloadSpec, Workload] = {}
+    try:
+        await bus.start()
+        conn.send(("ok", None))
+        while True:
+            command, payload = await asyncio.to_thread(conn.recv)
+            if command == "stop":
+                break
+            try:
+                if command == "prepare":
+                    if payload not in workloads:
+                        workloads[payload] = build_workload(payload)
+                    conn.send(("ok", None))
+                elif command == "publish":
+                    job: PublishJob = payload
+                    if job.spec not in workloads:
+                        workloads[job.spec] = build_workload(job.spec)
+                    report = await publish_share(bus, workloads[job.spec], job, index, count)
+                    conn.send(("ok", report))
+                elif command == "baseline":
+                    from factbus.bench.baseline import baseline_for
+
+                    spec, destination, publish_batch = payload
+                    workload = workloads.get(spec) or build_workload(spec)
+                    producer = baseline_for(transport, destination)
+                    times = await producer.produce(
+                        workload.bodies, workload.keys, workload.chunks(publish_batch)
+                    )
+                    conn.send(("ok", times))
+                else:
+                    conn.send(("error", f"unknown command {command!r}"))
+            except Exception as error:
+                conn.send(("error", f"{type(error).__name__}: {error}"))
+    except Exception as error:
+        with contextlib.suppress(OSError):
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+    finally:
+        await bus.aclose()
+        conn.close()
