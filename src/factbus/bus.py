@@ -184,12 +184,15 @@ class Bus:
             return
         self._started = False
         self._stopping.set()
-        if self._subscription is not None:
-            await self._subscription.aclose()
+        # Let the step in flight finish and ack before the subscription closes
+        # (the consumer notices `_stopping` within one idle tick).
         if self._consumer is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._consumer
             self._consumer = None
+        if self._subscription is not None:
+            await self._subscription.aclose()
+            self._subscription = None
         await self._flush_published()
         await self.transport.aclose()
         await self.store.aclose()
