@@ -1,0 +1,667 @@
+"""``amqp://`` / ``amqps://``: the RabbitMQ (AMQP 0-9-1) transport, on aio-pika.
+
+Topology (see :mod:`factbus_amqp.connection`): each topic is a durable topic
+exchange of the same name; each group is a durable queue ``<topic>.<group>``
+bound to it with ``#``, so every group gets every message and the subscribers
+of one group share its queue. Messages are persistent (delivery mode 2), carry
+``Message.message_id`` as the AMQP message id, ``Message.key`` as the routing
+key and ``Message.headers`` as headers.
+
+Publishing: one confirm-mode channel per transport. A ``publish`` call sends
+all its messages, then awaits all their confirms together. Messages the broker
+could not route (no group has subscribed to the topic yet) raise
+``PublishError`` unless ``unroutable=drop``. Messages cut off by a lost
+connection are sent again once it is back, within ``publish_timeout``.
+
+Consuming: one channel per subscription with ``basic.qos(prefetch)``; the
+broker pushes deliveries into a buffer that :meth:`AmqpSubscription.next_batch`
+drains without waiting for more. Acks are coalesced: the acks (and nacks) made
+while the consuming task runs are sent together when it next yields, a run of
+consecutive acks as one ``basic.ack(multiple=True)``.
+
+Dead letters: exchange (fanout) and queue ``<topic>.dead-letter``; node queues
+dead-letter there natively (``x-dead-letter-exchange``), so a delivery nacked
+without requeue lands there too, with reason ``broker: rejected``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiormq
+import structlog
+from aiormq import spec
+
+from factbus.config import redact
+from factbus.errors import ConfigError, PublishError, TransportError
+from factbus.transport.base import (
+    Capabilities,
+    DeadLetter,
+    Message,
+    TransportBase,
+    dead_letter_topic,
+)
+from factbus_amqp.config import AmqpConfig
+from factbus_amqp.connection import (
+    CONNECTION_ERRORS,
+    TOPOLOGY_ERRORS,
+    ConsumerCallback,
+    Live,
+    RecoveringConnection,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+
+    from pamqp.common import FieldTable
+
+log = structlog.get_logger("factbus.amqp")
+
+T = TypeVar("T")
+
+HEADER_REASON = "x-factbus-dead-letter-reason"
+HEADER_TOPIC = "x-factbus-dead-letter-topic"
+PERSISTENT = 2
+
+_CAPABILITIES = Capabilities(
+    persistent=True,
+    ordered=True,
+    consumer_groups=True,
+    replays_history=False,
+    redelivers_nacked=True,
+    survives_broker_restart=True,
+    native_dead_letter=True,
+)
+
+
+class AmqpDelivery:
+    """A message pushed by the broker to one subscription's channel."""
+
+    __slots__ = ("_channel", "_headers", "_message", "_redelivered", "_settled", "_tag")
+
+    def __init__(
+        self,
+        message: aiormq.abc.DeliveredMessage,
+        channel: _ConsumerChannel,
+        tag: int,
+        redelivered: bool,
+    ) -> None:
+        self._message = message
+        self._channel = channel
+        self._tag = tag
+        self._redelivered = redelivered
+        self._headers: dict[str, str] | None = None
+        self._settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        if self._headers is None:
+            self._headers = text_headers(self._message.header.properties.headers)
+        return self._headers
+
+    @property
+    def redelivered(self) -> bool:
+        return self._redelivered
+
+    async def ack(self) -> None:
+        """Settle the message. Sent with the other acks of this step when the
+        consuming task next yields; a no-op if the channel was lost meanwhile
+        (then the broker delivers the message again)."""
+        self._settle()
+        self._channel.settle(self._tag, None)
+
+    async def nack(self, requeue: bool = True) -> None:
+        """Give the message back (``requeue``) or dead-letter it natively (not
+        ``requeue``: it lands in ``<topic>.dead-letter`` with reason ``broker:
+        rejected``). Sent in order with this step's acks."""
+        self._settle()
+        self._channel.settle(self._tag, requeue)
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise TransportError("delivery already acked or nacked")
+        self._settled = True
+
+
+class _ConsumerChannel:
+    """One channel incarnation of a subscription: its deliveries and their settling.
+
+    Settlements are queued and sent by one task, in order, so a coalesced
+    ``ack(multiple=True)`` never covers a tag that is still unsettled or that a
+    nack queued earlier: it only acks the run of oldest unsettled tags that were
+    all acked.
+    """
+
+    __slots__ = ("_flush", "_intents", "alive", "owner", "raw", "unsettled")
+
+    def __init__(self, owner: AmqpSubscription, raw: aiormq.abc.AbstractChannel) -> None:
+        self.owner = owner
+        self.raw = raw
+        self.alive = True
+        self.unsettled: dict[int, None] = {}
+        """Delivery tags received and not yet settled on the wire, oldest first."""
+        self._intents: list[tuple[int, bool | None]] = []
+        self._flush: asyncio.Task[None] | None = None
+
+    async def on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
+        if not self.alive:
+            return  # the broker requeued it when this channel closed
+        frame = message.delivery
+        assert isinstance(frame, spec.Basic.Deliver)
+        tag = frame.delivery_tag
+        assert tag is not None
+        self.unsettled[tag] = None
+        self.owner.receive(AmqpDelivery(message, self, tag, bool(frame.redelivered)))
+
+    def settle(self, tag: int, requeue: bool | None) -> None:
+        """Queue an ack (``requeue is None``) or a nack of ``tag``."""
+        if not self.alive:
+            return
+        self._intents.append((tag, requeue))
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().create_task(self._send())
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) until every queued settlement is on its way."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                while self._flush is not None:
+                    await asyncio.shield(self._flush)
+
+    async def _send(self) -> None:
+        raw = self.raw
+        unsettled = self.unsettled
+        try:
+            while self._intents and self.alive:
+                intents, self._intents = self._intents, []
+                acked: set[int] = set()
+                for tag, requeue in intents:
+                    if requeue is None:
+                        acked.add(tag)
+                    elif tag in unsettled:
+                        del unsettled[tag]
+                        await raw.basic_nack(tag, requeue=requeue, wait=False)
+                run: list[int] = []
+                for tag in unsettled:
+                    if tag not in acked:
+                        break
+                    run.append(tag)
+                for tag in run:
+                    del unsettled[tag]
+                if run:
+                    await raw.basic_ack(run[-1], multiple=len(run) > 1, wait=False)
+                for tag in sorted(acked.difference(run)):
+                    if tag in unsettled:
+                        del unsettled[tag]
+                        await raw.basic_ack(tag, wait=False)
+        except Exception as error:  # the channel is gone: the broker delivers them again
+            log.debug("amqp acks not sent", error=repr(error))
+        finally:
+            if not self.alive:
+                self._intents.clear()
+            self._flush = None
+
+
+class AmqpSubscription:
+    """One group's subscription to one topic: a consumer on the group's queue.
+
+    Only one task may consume it. While the connection is being restored,
+    ``next_batch`` simply finds nothing; deliveries buffered from a lost
+    channel are dropped (the broker delivers them again).
+    """
+
+    def __init__(self, transport: AmqpTransport, topic: str, group: str) -> None:
+        self._transport = transport
+        self._topic = topic
+        self._group = group
+        self._buffer: deque[AmqpDelivery] = deque()
+        self._readable = asyncio.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._channel: _ConsumerChannel | None = None
+
+    # -- what RecoveringConnection calls (the Consumer protocol) ---------------------
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def group(self) -> str:
+        return self._group
+
+    @property
+    def active(self) -> bool:
+        return not self._closed
+
+    def attached(self, channel: aiormq.abc.AbstractChannel) -> ConsumerCallback:
+        self.detached()
+        state = self._channel = _ConsumerChannel(self, channel)
+        return state.on_message
+
+    def detached(self) -> None:
+        state, self._channel = self._channel, None
+        if state is not None:
+            state.alive = False
+            self._buffer.clear()
+
+    def failed(self, error: BaseException) -> None:
+        self._error = error
+        self._readable.set()
+
+    def receive(self, delivery: AmqpDelivery) -> None:
+        self._buffer.append(delivery)
+        self._readable.set()
+
+    # -- Subscription ------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[AmqpDelivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[AmqpDelivery]:
+        while not self._closed:
+            for delivery in await self.next_batch(1):
+                yield delivery
+
+    async def next_batch(
+        self,
+        max_messages: int,
+        timeout: float | None = None,
+    ) -> list[AmqpDelivery]:
+        """Wait for a delivery (up to ``timeout`` seconds, then return ``[]``), then
+        return up to ``max_messages`` of those buffered, without waiting for more.
+
+        :raises TransportError: the subscription's queue cannot be restored after a
+            reconnection (it conflicts with what the broker has).
+        """
+        buffer = self._buffer
+        while not buffer:
+            if self._closed:
+                return []
+            if self._error is not None:
+                raise TransportError(
+                    f"subscription to {self._topic!r} as {self._group!r} failed: {self._error}"
+                )
+            self._readable.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._readable.wait()
+            except TimeoutError:
+                return []
+        if self._closed:
+            return []
+        if max_messages >= len(buffer):
+            batch = list(buffer)
+            buffer.clear()
+            return batch
+        return [buffer.popleft() for _ in range(max(max_messages, 0))]
+
+    async def aclose(self) -> None:
+        """Stop consuming: queued acks are sent, then the channel closes and the
+        broker requeues every unacknowledged delivery. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._readable.set()
+        state = self._channel
+        if state is not None:
+            await state.drain(self._transport.config.connect_timeout)
+        link = self._transport.link
+        if link is not None:
+            await link.remove_consumer(self)
+        self.detached()
+        self._transport.forget(self)
+
+    def __repr__(self) -> str:
+        return f"AmqpSubscription(topic={self._topic!r}, group={self._group!r})"
+
+
+class AmqpTransport(TransportBase):
+    """The transport for ``amqp://`` and ``amqps://`` URLs (options: :mod:`factbus_amqp.config`).
+
+    Concurrency: ``publish`` and ``dead_letter`` may run from many tasks at once;
+    they share one confirm-mode channel. Failure: every broker operation waits
+    for a lost connection to come back for up to ``publish_timeout`` seconds.
+    """
+
+    capabilities = _CAPABILITIES
+
+    def __init__(self, url: str) -> None:
+        self.config = AmqpConfig.from_url(url)
+        self._url = url
+        self.link: RecoveringConnection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._subscriptions: set[AmqpSubscription] = set()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+
+    # -- life cycle ----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection. Idempotent.
+
+        :raises TransportError: the broker cannot be reached or refused the login.
+        """
+        async with self._connect_lock:
+            if self.link is not None and self.link.is_open:
+                return
+            link = RecoveringConnection(self.config)
+            await link.open()
+            self.link = link
+            self._closed = False
+
+    async def aclose(self) -> None:
+        """Wait for publishes in flight (up to ``publish_timeout``), close every
+        subscription, then the connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.publish_timeout):
+                await self._idle.wait()
+        for subscription in list(self._subscriptions):
+            await subscription.aclose()
+        link, self.link = self.link, None
+        if link is not None:
+            await link.aclose()
+
+    def forget(self, subscription: AmqpSubscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    async def _link(self) -> RecoveringConnection:
+        if self._closed:
+            raise TransportError("the amqp transport is closed")
+        if self.link is None:
+            await self.connect()
+        assert self.link is not None
+        return self.link
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        """Send ``messages`` to ``topic``'s exchange; return when all are confirmed.
+
+        All messages are written, then all confirms awaited together. Messages
+        cut off by a lost connection are sent again on the next one (so some may
+        arrive twice); the whole call takes at most ``publish_timeout`` seconds.
+
+        :raises PublishError: a message was unroutable (``unroutable=error`` and no
+            queue is bound yet), refused by the broker (nack), or not confirmed in time.
+        """
+        if not messages:
+            return
+        try:
+            link = await self._link()
+        except TransportError as error:
+            raise PublishError(str(error)) from None
+        mandatory = self.config.unroutable == "error"
+        routed = [
+            (m.body, _routing_key(m.key), _properties(m.message_id, m.headers)) for m in messages
+        ]
+
+        async def declare(live: Live) -> None:
+            await link.declare_topic(live, topic)
+
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await self._confirmed(link, topic, topic, routed, declare, mandatory)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+    async def _confirmed(
+        self,
+        link: RecoveringConnection,
+        topic: str,
+        exchange: str,
+        routed: list[tuple[bytes, str, spec.Basic.Properties]],
+        declare: Callable[[Live], Awaitable[None]],
+        mandatory: bool,
+    ) -> None:
+        """Publish ``routed`` to ``exchange`` and await every confirm, sending again
+        what a lost connection cut off until ``publish_timeout`` runs out."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.publish_timeout
+        deadline = loop.time() + timeout
+        pending = routed
+        last_error: BaseException | None = None
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    try:
+                        live = await link.live()
+                    except TransportError as error:  # closed meanwhile
+                        raise PublishError(str(error)) from None
+                    try:
+                        await declare(live)
+                        channel = await link.publish_channel(live)
+                        results = await asyncio.gather(
+                            *(
+                                channel.basic_publish(
+                                    body,
+                                    exchange=exchange,
+                                    routing_key=key,
+                                    properties=properties,
+                                    mandatory=mandatory,
+                                    wait=False,
+                                )
+                                for body, key, properties in pending
+                            ),
+                            return_exceptions=True,
+                        )
+                    except TOPOLOGY_ERRORS as error:
+                        raise PublishError(f"cannot publish to {exchange!r}: {error}") from None
+                    except CONNECTION_ERRORS as error:
+                        results = [error] * len(pending)
+            except TimeoutError:
+                raise PublishError(
+                    f"{len(pending)} of {len(routed)} messages to {exchange!r} not confirmed "
+                    f"within publish_timeout={timeout}s"
+                    + (f" (last error: {link.scrub(last_error)})" if last_error else "")
+                ) from None
+            failed: list[tuple[bytes, str, spec.Basic.Properties]] = []
+            for item, result in zip(pending, results, strict=True):
+                if not isinstance(result, BaseException):
+                    if isinstance(result, spec.Basic.Ack):
+                        continue
+                    raise PublishError(f"the broker refused message {item[2].message_id!r}")
+                if isinstance(result, aiormq.exceptions.PublishError):
+                    raise PublishError(
+                        f"message {item[2].message_id!r} to {topic!r} is unroutable: no group "
+                        "has subscribed to this topic yet (use unroutable=drop to discard such "
+                        "messages silently)"
+                    )
+                if isinstance(result, aiormq.exceptions.DeliveryError):
+                    raise PublishError(f"the broker refused message {item[2].message_id!r}")
+                if isinstance(result, (*CONNECTION_ERRORS, asyncio.CancelledError)):
+                    last_error = result
+                    failed.append(item)
+                    continue
+                raise PublishError(f"cannot publish to {exchange!r}: {result!r}") from result
+            if not failed:
+                return
+            # The channel or the connection broke: maybe the exchange went with it.
+            link.forget(live, topic)
+            pending = failed
+            await asyncio.sleep(min(self.config.reconnect_delay, max(deadline - loop.time(), 0)))
+
+    # -- subscribing -------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, group: str) -> AmqpSubscription:
+        """Declare the group's queue, bind it and start consuming; return once bound.
+
+        :raises ConfigError: ``group`` would collide with the dead-letter queue.
+        :raises TransportError: the queue conflicts with one on the broker, or the
+            broker stayed unreachable for ``publish_timeout`` seconds.
+        """
+        if dead_letter_topic(topic) == f"{topic}.{group}":
+            raise ConfigError(f"group name {group!r} is reserved for dead letters")
+        link = await self._link()
+        subscription = AmqpSubscription(self, topic, group)
+
+        async def attach(live: Live) -> None:
+            await link.add_consumer(live, subscription)
+
+        await self._retrying(link, f"subscribe to {topic!r}", attach)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    # -- dead letters ------------------------------------------------------------------
+
+    async def dead_letter(
+        self, topic: str, body: bytes, headers: Mapping[str, str], reason: str
+    ) -> None:
+        """Publish to ``<topic>.dead-letter`` with ``reason`` in header
+        ``x-factbus-dead-letter-reason``; return once confirmed.
+
+        :raises PublishError: not confirmed within ``publish_timeout``.
+        """
+        try:
+            link = await self._link()
+        except TransportError as error:
+            raise PublishError(str(error)) from None
+        letter: FieldTable = {**headers, HEADER_REASON: reason, HEADER_TOPIC: topic}
+        properties = spec.Basic.Properties(delivery_mode=PERSISTENT, headers=letter)
+
+        async def declare(live: Live) -> None:
+            await link.declare_dead_letter(live, topic)
+
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await self._confirmed(
+                link, topic, dead_letter_topic(topic), [(body, "", properties)], declare, True
+            )
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+
+    async def read_dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
+        """Return up to ``limit`` dead letters of ``topic``, oldest first, leaving
+        them in place: they are fetched unacknowledged on a channel of their own,
+        whose closing puts them back at their positions.
+
+        :raises TransportError: the broker stayed unreachable for ``publish_timeout``.
+        """
+        if limit <= 0:
+            return []
+        link = await self._link()
+        name = dead_letter_topic(topic)
+
+        async def peek(live: Live) -> list[DeadLetter]:
+            await link.declare_dead_letter(live, topic)
+            channel = live.connection.channel(publisher_confirms=False)
+            await channel.initialize()
+            letters: list[DeadLetter] = []
+            try:
+                raw = await channel.get_underlay_channel()
+                while len(letters) < limit:
+                    got = await raw.basic_get(name, no_ack=False)
+                    if not isinstance(got.delivery, spec.Basic.GetOk):
+                        break
+                    letters.append(_dead_letter(got))
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            return letters
+
+        return await self._retrying(link, f"read dead letters of {topic!r}", peek)
+
+    async def purge_dead_letters(self, topic: str) -> int:
+        """Remove every dead letter of ``topic``; return how many were removed.
+
+        :raises TransportError: the broker stayed unreachable for ``publish_timeout``.
+        """
+        link = await self._link()
+
+        async def purge(live: Live) -> int:
+            await link.declare_dead_letter(live, topic)
+            admin = await link.admin_channel(live)
+            raw = await admin.get_underlay_channel()
+            result = await raw.queue_purge(dead_letter_topic(topic))
+            return int(result.message_count or 0)
+
+        return await self._retrying(link, f"purge dead letters of {topic!r}", purge)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    async def _retrying(
+        self,
+        link: RecoveringConnection,
+        what: str,
+        operation: Callable[[Live], Awaitable[T]],
+    ) -> T:
+        """Run ``operation`` on the live connection, again after each connection
+        failure, for up to ``publish_timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.publish_timeout
+        deadline = loop.time() + timeout
+        last_error: BaseException | None = None
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    live = await link.live()
+                    try:
+                        return await operation(live)
+                    except TOPOLOGY_ERRORS as error:
+                        raise TransportError(f"cannot {what}: {error}") from None
+                    except CONNECTION_ERRORS as error:
+                        last_error = error
+            except TimeoutError:
+                raise TransportError(
+                    f"cannot {what}: no answer within publish_timeout={timeout}s"
+                    + (f" (last error: {link.scrub(last_error)})" if last_error else "")
+                ) from None
+            await asyncio.sleep(min(self.config.reconnect_delay, max(deadline - loop.time(), 0)))
+
+    def __repr__(self) -> str:
+        return f"AmqpTransport({redact(self._url)!r})"
+
+
+def _routing_key(key: str | None) -> str:
+    # AMQP routing keys are short strings (at most 255 bytes).
+    if not key or len(key.encode()) > 255:
+        return ""
+    return key
+
+
+def _properties(message_id: str, headers: Mapping[str, str]) -> spec.Basic.Properties:
+    table: FieldTable | None = {**headers} if headers else None
+    return spec.Basic.Properties(message_id=message_id, delivery_mode=PERSISTENT, headers=table)
+
+
+def _dead_letter(message: aiormq.abc.DeliveredMessage) -> DeadLetter:
+    headers = text_headers(message.header.properties.headers)
+    if HEADER_REASON not in headers and "x-first-death-reason" in headers:
+        # Dead-lettered by the broker itself (nack without requeue, expiry, ...).
+        headers[HEADER_REASON] = f"broker: {headers['x-first-death-reason']}"
+    return DeadLetter(message.body, headers)
+
+
+def text_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
+    """AMQP headers as text; tables and arrays (the broker's ``x-death``) are left out."""
+    if not raw:
+        return {}
+    headers: dict[str, str] = {}
+    for name, value in raw.items():
+        if isinstance(value, str):
+            headers[name] = value
+        elif isinstance(value, bytes):
+            headers[name] = value.decode("utf-8", "replace")
+        elif isinstance(value, bool | int | float | Decimal | datetime):
+            headers[name] = str(value)
+    return headers

@@ -1,0 +1,625 @@
+"""The AMQP transport (aio-pika) against a real RabbitMQ: the conformance suite plus
+what only AMQP has (URL options, topology, unroutable messages, native dead
+letters, coalesced acks, outages through a cut TCP proxy, TLS option mapping)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from conftest import broker_url
+from factbus.errors import ConfigError, MissingDriver, PublishError, TransportError
+from factbus.testing.conformance import ConformanceContext, TransportConformance, collect, messages
+from factbus.transport import Message, open_transport
+from factbus_amqp import AmqpTransport
+from factbus_amqp.config import AmqpConfig
+
+BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
+
+
+def amqp_url(options: str = "") -> str:
+    url = broker_url("amqp")
+    if not options:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{options}"
+
+
+class _TidyContext(ConformanceContext):
+    """Remembers the names a test made, so its queues and exchanges can be deleted."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.names: list[str] = []
+
+    def name(self, prefix: str) -> str:  # type: ignore[override]
+        made = ConformanceContext.name(prefix)
+        self.names.append(made)
+        return made
+
+
+async def _delete_topology(url: str, names: list[str]) -> None:
+    """Delete every queue and exchange the names could have made (best effort)."""
+    if not names:
+        return
+    candidates = {f"{a}.{b}" for a in names for b in names if a != b}
+    candidates |= {f"{n}.dead-letter" for n in names}
+    connection = await aio_pika.connect(AmqpConfig.from_url(url).amqp_url())
+    try:
+        channel = await connection.channel()
+        for queue in sorted(candidates):
+            try:
+                await channel.queue_delete(queue)
+            except Exception:
+                channel = await connection.channel()
+        for exchange in [*names, *(f"{n}.dead-letter" for n in names)]:
+            try:
+                await channel.exchange_delete(exchange)
+            except Exception:
+                channel = await connection.channel()
+    finally:
+        await connection.close()
+
+
+class TestAmqpTransport(TransportConformance):
+    restart_command = ("bash", str(BROKERS_SH), "restart", "rabbitmq")
+    timeout = 30.0
+
+    @pytest.fixture
+    async def ctx(self) -> AsyncIterator[ConformanceContext]:
+        context = _TidyContext(amqp_url(), self.restart_command, self.timeout)
+        try:
+            yield context
+        finally:
+            await context.aclose()
+            with contextlib.suppress(Exception):
+                await _delete_topology(context.url, context.names)
+
+
+# -- fixtures for the AMQP-specific tests ---------------------------------------------
+
+
+@pytest.fixture
+async def names() -> AsyncIterator[list[str]]:
+    """Fresh names; their queues and exchanges are deleted after the test."""
+    made: list[str] = []
+    yield made
+    with contextlib.suppress(Exception):
+        await _delete_topology(amqp_url(), made)
+
+
+def fresh(names: list[str], prefix: str) -> str:
+    name = f"amqp-{prefix}-{uuid.uuid4().hex[:10]}"
+    names.append(name)
+    return name
+
+
+@pytest.fixture
+async def transports() -> AsyncIterator[list[AmqpTransport]]:
+    made: list[AmqpTransport] = []
+    yield made
+    for transport in made:
+        with contextlib.suppress(Exception):
+            await transport.aclose()
+
+
+async def open_amqp(made: list[AmqpTransport], url: str) -> AmqpTransport:
+    transport = AmqpTransport(url)
+    made.append(transport)
+    await transport.connect()
+    return transport
+
+
+# -- URL options, reprs, driver ---------------------------------------------------------
+
+
+def test_url_defaults() -> None:
+    config = AmqpConfig.from_url("amqp://")
+    assert (config.host, config.port, config.vhost, config.tls) == ("localhost", 5672, "/", False)
+    assert (config.username, config.password) == ("guest", "guest")
+    assert config.prefetch == 1000
+    assert config.heartbeat == 10
+    assert config.unroutable == "error"
+    assert config.ssl_context() is None
+
+
+def test_url_options_and_vhost() -> None:
+    config = AmqpConfig.from_url(
+        "amqps://al%40ice:p%3Ass@rabbit.example:1234/my%2Fvhost?prefetch=50&heartbeat=3"
+        "&publish_timeout=2.5&unroutable=drop&connect_timeout=4&reconnect_delay=0.2"
+        "&reconnect_max_delay=1&name=svc&verify=false&auth=external"
+    )
+    assert (config.host, config.port, config.tls) == ("rabbit.example", 1234, True)
+    assert (config.username, config.password, config.vhost) == ("al@ice", "p:ss", "my/vhost")
+    assert (config.prefetch, config.heartbeat, config.publish_timeout) == (50, 3, 2.5)
+    assert (config.unroutable, config.connect_timeout, config.name) == ("drop", 4.0, "svc")
+    assert (config.reconnect_delay, config.reconnect_max_delay) == (0.2, 1.0)
+    assert (config.verify, config.auth) == (False, "external")
+    assert AmqpConfig.from_url("amqp://h/%2F").vhost == "/"
+    assert AmqpConfig.from_url("amqp://h/").vhost == "/"
+    assert AmqpConfig.from_url("amqps://h").port == 5671
+
+
+def test_url_handed_to_aio_pika_carries_heartbeat_name_and_auth() -> None:
+    config = AmqpConfig.from_url("amqp://u:p%2Fw@h:1/v%2Fh?heartbeat=4&name=n1&auth=external")
+    url = config.amqp_url()
+    assert url.startswith("amqp://u:p%2Fw@h:1/v%2Fh?")
+    assert "heartbeat=4" in url
+    assert "name=n1" in url
+    assert "auth=external" in url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://h/?nope=1",
+        "amqp://h/?prefetch=0",
+        "amqp://h/?prefetch=lots",
+        "amqp://h/?heartbeat=-1",
+        "amqp://h/?publish_timeout=0",
+        "amqp://h/?unroutable=ignore",
+        "amqp://h/?auth=kerberos",
+        "amqp://h/?verify=maybe",
+        "amqp://h/?cafile=/tmp/ca.pem",
+        "amqp://h/?reconnect_delay=2&reconnect_max_delay=1",
+        "amqps://h/?keyfile=/tmp/k.pem",
+        "kafka://h/",
+    ],
+)
+def test_bad_urls_are_refused(url: str) -> None:
+    with pytest.raises(ConfigError):
+        AmqpConfig.from_url(url)
+
+
+def test_password_never_in_repr() -> None:
+    transport = AmqpTransport("amqp://user:s3cret@127.0.0.1:5672/?prefetch=10")
+    assert "s3cret" not in repr(transport)
+    assert "s3cret" not in repr(transport.config)
+    assert "s3cret" not in transport.config.display_url()
+    assert "***" in repr(transport)
+
+
+def test_open_transport_picks_the_amqp_adapter() -> None:
+    assert isinstance(open_transport("amqp://guest:guest@127.0.0.1/"), AmqpTransport)
+    assert isinstance(open_transport("amqps://guest:guest@127.0.0.1/"), AmqpTransport)
+
+
+def test_missing_driver_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['aio_pika'] = None\n"
+        "from factbus.errors import MissingDriver\n"
+        "try:\n"
+        "    import factbus_amqp\n"
+        "except MissingDriver as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'factbus[amqp]'" in result.stdout
+    assert issubclass(MissingDriver, ImportError)
+
+
+# -- TLS option mapping (the local broker has no TLS listener) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throw-away CA and a client certificate it signed (made with the openssl command)."""
+    command = shutil.which("openssl")
+    if command is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    root = tmp_path_factory.mktemp("tls")
+    files = {name: root / name for name in ("ca.pem", "ca.key", "client.pem", "client.key")}
+    csr = root / "client.csr"
+
+    def openssl(*args: str | Path) -> None:
+        subprocess.run([command, *map(str, args)], check=True, capture_output=True, timeout=60)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        files["ca.key"],
+        "-out",
+        files["ca.pem"],
+        "-subj",
+        "/CN=factbus-test-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        files["client.key"],
+        "-out",
+        csr,
+        "-subj",
+        "/CN=factbus-client",
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        files["ca.pem"],
+        "-CAkey",
+        files["ca.key"],
+        "-CAcreateserial",
+        "-out",
+        files["client.pem"],
+        "-days",
+        "2",
+    )
+    return files
+
+
+def test_tls_options_build_the_ssl_context(certificates: dict[str, Path]) -> None:
+    config = AmqpConfig.from_url(
+        f"amqps://u:p@rabbit.example/?cafile={certificates['ca.pem']}"
+        f"&certfile={certificates['client.pem']}&keyfile={certificates['client.key']}"
+    )
+    context = config.ssl_context()
+    assert context is not None
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    subjects = [dict(item[0] for item in ca["subject"]) for ca in context.get_ca_certs()]
+    assert {"commonName": "factbus-test-ca"} in subjects
+    assert config.amqp_url().startswith("amqps://")
+
+
+def test_tls_verify_false_and_bad_files(certificates: dict[str, Path]) -> None:
+    context = AmqpConfig.from_url("amqps://h/?verify=false").ssl_context()
+    assert context is not None
+    assert context.verify_mode == ssl.CERT_NONE
+    assert not context.check_hostname
+    with pytest.raises(ConfigError):
+        AmqpConfig.from_url(f"amqps://h/?cafile={certificates['client.key']}x").ssl_context()
+    with pytest.raises(ConfigError):  # a certificate with the wrong key
+        AmqpConfig.from_url(
+            f"amqps://h/?certfile={certificates['client.pem']}&keyfile={certificates['ca.key']}"
+        ).ssl_context()
+
+
+# -- against the broker -----------------------------------------------------------------
+
+
+async def test_connect_fails_fast_when_nothing_listens() -> None:
+    with socket_port() as port:
+        pass  # the port is free again: nothing listens there
+    transport = AmqpTransport(f"amqp://guest:guest@127.0.0.1:{port}/?connect_timeout=2")
+    started = time.monotonic()
+    with pytest.raises(TransportError):
+        await transport.connect()
+    assert time.monotonic() - started < 10
+    await transport.aclose()
+
+
+async def test_wrong_password_is_refused_without_showing_it() -> None:
+    url = amqp_url().replace("guest:guest@", "guest:wr0ngpass@")
+    transport = AmqpTransport(url)
+    with pytest.raises(TransportError) as caught:
+        await transport.connect()
+    assert "wr0ngpass" not in str(caught.value)
+    await transport.aclose()
+
+
+async def test_topology_and_message_properties(
+    names: list[str], transports: list[AmqpTransport]
+) -> None:
+    transport = await open_amqp(transports, amqp_url())
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await transport.subscribe(topic, group)
+    await transport.publish(topic, [Message(b"body", "the-id", "the.key", {"x-h": "v"})])
+    assert len(await collect(subscription, 1, 10, ack=False)) == 1
+    await subscription.aclose()  # unacked: back in the queue for the raw look below
+
+    connection = await aio_pika.connect(AmqpConfig.from_url(amqp_url()).amqp_url())
+    try:
+        channel = await connection.channel()
+        await channel.get_exchange(topic)  # passive: raises when missing
+        await channel.get_exchange(f"{topic}.dead-letter")
+        await channel.get_queue(f"{topic}.dead-letter")
+        queue = await channel.get_queue(f"{topic}.{group}")
+        message = await queue.get(timeout=5)
+        assert message.body == b"body"
+        assert message.message_id == "the-id"
+        assert message.routing_key == "the.key"
+        assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert message.headers["x-h"] == "v"
+        assert message.redelivered
+        await message.ack()
+    finally:
+        await connection.close()
+
+
+async def test_unroutable_publish_raises_or_drops(
+    names: list[str], transports: list[AmqpTransport]
+) -> None:
+    strict = await open_amqp(transports, amqp_url())
+    with pytest.raises(PublishError, match="unroutable"):
+        await strict.publish(fresh(names, "nobody"), messages(3))
+    lenient = await open_amqp(transports, amqp_url("unroutable=drop"))
+    await lenient.publish(fresh(names, "nobody"), messages(3))
+    # The channel is still usable after a returned message.
+    topic = fresh(names, "t")
+    subscription = await strict.subscribe(topic, fresh(names, "g"))
+    await strict.publish(topic, messages(3))
+    assert len(await collect(subscription, 3, 10)) == 3
+
+
+async def test_reserved_group_name(names: list[str], transports: list[AmqpTransport]) -> None:
+    transport = await open_amqp(transports, amqp_url())
+    with pytest.raises(ConfigError):
+        await transport.subscribe(fresh(names, "t"), "dead-letter")
+
+
+async def test_nack_without_requeue_dead_letters_natively(
+    names: list[str], transports: list[AmqpTransport]
+) -> None:
+    transport = await open_amqp(transports, amqp_url())
+    topic = fresh(names, "t")
+    subscription = await transport.subscribe(topic, fresh(names, "g"))
+    await transport.publish(topic, messages(3, headers={"x-trace": "t1"}))
+    received = await collect(subscription, 3, 10, ack=False)
+    await received[0].ack()
+    await received[1].nack(requeue=False)
+    await received[2].ack()
+    letters: list[Any] = []
+    for _ in range(50):
+        letters = await transport.read_dead_letters(topic, 10)
+        if letters:
+            break
+        await asyncio.sleep(0.1)
+    assert [letter.body for letter in letters] == [received[1].body]
+    assert letters[0].reason == "broker: rejected"
+    assert letters[0].headers["x-trace"] == "t1"
+    assert await transport.purge_dead_letters(topic) == 1
+
+
+async def test_coalesced_acks_never_ack_what_was_held_or_nacked(
+    names: list[str], transports: list[AmqpTransport]
+) -> None:
+    transport = await open_amqp(transports, amqp_url())
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await transport.subscribe(topic, group)
+    sent = messages(60)
+    await transport.publish(topic, sent)
+    received = await collect(subscription, 60, 10, ack=False)
+    assert [d.body for d in received] == [m.body for m in sent]
+    held, nacked = received[10], received[20]
+    for delivery in received:
+        if delivery is nacked:
+            await delivery.nack(requeue=True)
+        elif delivery is not held:
+            await delivery.ack()
+    again = await collect(subscription, 1, 10, ack=False)
+    assert [d.body for d in again] == [nacked.body]
+    assert again[0].redelivered
+    await again[0].ack()
+    with pytest.raises(TransportError):
+        await again[0].ack()
+    await subscription.aclose()
+    reopened = await (await open_amqp(transports, amqp_url())).subscribe(topic, group)
+    rest = await collect(reopened, 1, 10)
+    assert [d.body for d in rest] == [held.body]
+    assert await reopened.next_batch(10, timeout=0.5) == []
+
+
+async def test_next_batch_returns_what_is_buffered_without_waiting(
+    names: list[str], transports: list[AmqpTransport]
+) -> None:
+    transport = await open_amqp(transports, amqp_url("prefetch=100"))
+    topic = fresh(names, "t")
+    subscription = await transport.subscribe(topic, fresh(names, "g"))
+    await transport.publish(topic, messages(30))
+    await asyncio.sleep(0.5)  # let the broker push everything
+    started = time.monotonic()
+    first = await subscription.next_batch(1000, timeout=5)
+    assert len(first) == 30
+    assert time.monotonic() - started < 0.5
+    for delivery in first:
+        await delivery.ack()
+
+
+async def test_consumer_comes_back_when_its_queue_is_deleted(
+    names: list[str], transports: list[AmqpTransport]
+) -> None:
+    transport = await open_amqp(transports, amqp_url("reconnect_delay=0.1"))
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await transport.subscribe(topic, group)
+    connection = await aio_pika.connect(AmqpConfig.from_url(amqp_url()).amqp_url())
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(f"{topic}.{group}")  # the broker cancels our consumer
+    finally:
+        await connection.close()
+    sent = messages(5)
+    for _ in range(50):  # unroutable until the consumer has declared its queue again
+        try:
+            await transport.publish(topic, sent)
+            break
+        except PublishError:
+            await asyncio.sleep(0.1)
+    received = await collect(subscription, 5, 10)
+    assert sorted(d.body for d in received) == sorted(m.body for m in sent)
+
+
+# -- outages, through a TCP proxy we can cut -------------------------------------------
+
+
+@contextlib.contextmanager
+def socket_port() -> Any:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+class Proxy:
+    """A TCP relay to the broker that can drop every connection and refuse new ones,
+    or freeze the open ones: swallow their traffic while keeping them open."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._sessions: list[dict[str, bool]] = []
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def freeze(self) -> None:
+        """Make every open connection a black hole (new ones still pass)."""
+        for session in self._sessions:
+            session["frozen"] = True
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        """Stop listening and reset every relayed connection."""
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        session = {"frozen": False}
+        self._sessions.append(session)
+        pumps = [
+            asyncio.create_task(self._pump(reader, up_writer, session)),
+            asyncio.create_task(self._pump(up_reader, writer, session)),
+        ]
+        self._tasks.update(pumps)
+        await asyncio.gather(*pumps, return_exceptions=True)
+        for w in (writer, up_writer):
+            self._writers.discard(w)
+            w.transport.abort()
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: dict[str, bool]
+    ) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if not session["frozen"]:
+                        writer.write(data)
+                        await writer.drain()
+            if session["frozen"]:  # a black hole passes no close either
+                await asyncio.Event().wait()
+        finally:
+            writer.transport.abort()
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
+
+
+async def test_outage_publish_times_out_then_everything_recovers(
+    names: list[str], transports: list[AmqpTransport]
+) -> None:
+    broker_port = AmqpConfig.from_url(amqp_url()).port
+    proxy = Proxy(broker_port)
+    await proxy.start()
+    base = AmqpConfig.from_url(amqp_url())
+    url = (
+        f"amqp://{base.username}:{base.password}@127.0.0.1:{proxy.port}/"
+        "?publish_timeout=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2"
+    )
+    try:
+        transport = await open_amqp(transports, url)
+        topic = fresh(names, "t")
+        subscription = await transport.subscribe(topic, fresh(names, "g"))
+        await transport.publish(topic, messages(10, "before"))
+        assert len(await collect(subscription, 10, 10)) == 10
+
+        await proxy.cut()
+        started = time.monotonic()
+        with pytest.raises(PublishError):
+            await transport.publish(topic, messages(10, "lost"))
+        assert time.monotonic() - started < 5
+        assert await subscription.next_batch(10, timeout=0.2) == []
+
+        await proxy.start()
+        after = messages(10, "after")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while True:
+            try:
+                await transport.publish(topic, after)
+                break
+            except PublishError:
+                if loop.time() > deadline:
+                    raise
+        want, seen = {m.body for m in after}, set[bytes]()
+        while not want <= seen and loop.time() < deadline + 10:
+            seen.update(d.body for d in await collect(subscription, 10, 1))
+        assert want <= seen
+        assert transport.link is not None
+        assert transport.link.reconnects >= 1
+    finally:
+        with contextlib.suppress(Exception):
+            await proxy.cut()
+
+
+async def test_heartbeat_notices_a_silent_connection(
+    names: list[str], transports: list[AmqpTransport]
+) -> None:
+    base = AmqpConfig.from_url(amqp_url())
+    proxy = Proxy(base.port)
+    await proxy.start()
+    url = (
+        f"amqp://{base.username}:{base.password}@127.0.0.1:{proxy.port}/"
+        "?heartbeat=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2"
+    )
+    try:
+        transport = await open_amqp(transports, url)
+        topic = fresh(names, "t")
+        subscription = await transport.subscribe(topic, fresh(names, "g"))
+        proxy.freeze()
+        # With heartbeat=1 the client gives up on a silent connection after about
+        # 3 x (1 + 1) s, then reconnects through the proxy (new connections pass).
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert transport.link is not None
+        for _ in range(100):
+            if transport.link.reconnects:
+                break
+            await asyncio.sleep(0.2)
+        assert transport.link.reconnects >= 1
+        assert loop.time() - started < 15
+        await transport.publish(topic, messages(5))
+        assert len(await collect(subscription, 5, 10)) == 5
+    finally:
+        with contextlib.suppress(Exception):
+            await proxy.cut()
