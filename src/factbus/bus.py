@@ -268,6 +268,7 @@ class Bus:
         subscription = self._subscription
         assert subscription is not None
         batch_size = self.settings.batch_size
+        linger = self.settings.linger
         failures = 0
         last_sweep = time.monotonic()
         while not self._stopping.is_set():
@@ -289,6 +290,10 @@ class Bus:
                     self._idle_ticks += 1
                     self._idle.notify_all()
                 continue
+            if linger and len(batch) < batch_size:
+                await asyncio.sleep(linger)
+                with contextlib.suppress(Exception):
+                    batch += await subscription.next_batch(batch_size - len(batch), timeout=0)
             try:
                 await self.pipeline.step(batch)
                 failures = 0

@@ -37,6 +37,9 @@ class Settings:
     """False for a publish-only bus."""
     batch_size: int = 512
     """Deliveries taken per pipeline step (one store transaction each)."""
+    linger: float = 0.002
+    """Seconds the consumer waits for more deliveries when a step would be small:
+    fewer, larger store transactions for a little latency. 0 disables it."""
     max_envelope_bytes: int = 1024 * 1024
     max_depth: int = 32
     retry_attempts: int = 3

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from factbus.bench.workload import Workload, WorkloadSpec, build_workload
+from factbus.bench.workload import Workload, WorkloadSpec, WorkloadSummary, build_workload
 from factbus.bus import Bus
 
 
@@ -98,8 +98,9 @@ class Publishers(Protocol):
 
     async def start(self) -> None: ...
 
-    async def prepare(self, spec: WorkloadSpec) -> None:
+    async def prepare(self, spec: WorkloadSpec) -> WorkloadSummary:
         """Build ``spec``'s workload where it will be published (not timed)."""
+        ...
 
     async def publish(self, job: PublishJob) -> list[PublishReport]: ...
 
@@ -135,8 +136,8 @@ class PublisherTasks:
         for bus in self._buses:
             await bus.start()
 
-    async def prepare(self, spec: WorkloadSpec) -> None:
-        self.workload(spec)
+    async def prepare(self, spec: WorkloadSpec) -> WorkloadSummary:
+        return self.workload(spec).summary()
 
     async def publish(self, job: PublishJob) -> list[PublishReport]:
         workload = self.workload(job.spec)
@@ -200,8 +201,9 @@ class PublisherProcesses:
             raise RuntimeError(f"publisher process failed: {errors[0]}")
         return [payload for _, payload in replies]
 
-    async def prepare(self, spec: WorkloadSpec) -> None:
-        await self._send_all("prepare", spec)
+    async def prepare(self, spec: WorkloadSpec) -> WorkloadSummary:
+        summaries: list[WorkloadSummary] = await self._send_all("prepare", spec)
+        return summaries[0]
 
     async def publish(self, job: PublishJob) -> list[PublishReport]:
         return await self._send_all("publish", job)
@@ -216,7 +218,7 @@ class PublisherProcesses:
 
     async def aclose(self) -> None:
         children, self._children = self._children, []
-        for process, conn in children:
+        for _process, conn in children:
             with contextlib.suppress(OSError):
                 conn.send(("stop", None))
         for process, conn in children:
@@ -252,7 +254,7 @@ async def _child(conn: Connection, index: int, count: int, transport: str, topic
                 if command == "prepare":
                     if payload not in workloads:
                         workloads[payload] = build_workload(payload)
-                    conn.send(("ok", None))
+                    conn.send(("ok", workloads[payload].summary()))
                 elif command == "publish":
                     job: PublishJob = payload
                     if job.spec not in workloads:

@@ -48,6 +48,17 @@ class WorkloadSpec:
             raise ValueError("duplicates must not be negative")
 
 
+@dataclass(frozen=True, slots=True)
+class WorkloadSummary:
+    """What the consuming side needs to know of a workload built elsewhere."""
+
+    run: str
+    facts: int
+    messages: int
+    body_bytes: int
+    """Average envelope body size."""
+
+
 @dataclass(slots=True)
 class Workload:
     """Facts in publish order (duplicates included) and what the bench needs of them."""
@@ -85,6 +96,12 @@ class Workload:
     def payload_bytes(self) -> int:
         """Total size of the envelope bodies."""
         return sum(len(body) for body in self.bodies)
+
+    def summary(self) -> WorkloadSummary:
+        bodies = self.bodies
+        return WorkloadSummary(
+            self.run, self.unique, len(bodies), sum(len(b) for b in bodies) // len(bodies)
+        )
 
     def chunks(self, size: int, publisher: int = 0, publishers: int = 1) -> list[range]:
         """The index ranges (``size`` messages each) that ``publisher`` of

@@ -286,7 +286,7 @@ class _Link:
         proxy = self.proxy
         assert proxy._flowing is not None
         await proxy._flowing.wait()
-        if proxy._refusing or self.closed:
+        if proxy._refusing or self.is_dead():
             self.abort()
             return
         try:
@@ -295,7 +295,7 @@ class _Link:
             proxy.stats.upstream_failures += 1
             self.abort()
             return
-        if self.closed:  # reset while connecting
+        if self.is_dead():  # reset while connecting
             self.abort()
             return
         client_reader, client_writer = self.client
@@ -377,6 +377,10 @@ class _Link:
                 return
             self.forwarded += len(data)
             self.proxy.stats.bytes_forwarded += len(data)
+
+    def is_dead(self) -> bool:
+        """Closed or aborted (a method: the state changes across awaits)."""
+        return self.closed
 
     def check_limit(self) -> None:
         limit = self.proxy._close_after

@@ -72,8 +72,10 @@ class Delivery(Protocol):
 
     async def nack(self, requeue: bool = True) -> None:
         """Give the message back: with ``requeue`` it comes again (possibly to
-        another subscriber of the group), otherwise it is dropped by the broker
-        (callers dead-letter it first)."""
+        another subscriber of the group); otherwise it leaves the group's queue
+        (into the broker's native dead-letter destination where there is one,
+        see ``Capabilities.native_dead_letter``). The pipeline never rejects
+        without requeue: it dead-letters with a reason and acks."""
 
 
 class Subscription(Protocol):
@@ -121,7 +123,10 @@ class Transport(Protocol):
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         """Send ``messages`` to ``topic`` and return once the broker confirmed all.
 
-        Confirmations are batched, not one round-trip per message.
+        Confirmations are batched, not one round-trip per message. Where the
+        broker keeps no log (AMQP), a topic that no group ever subscribed to has
+        nowhere to put messages: the adapter documents whether that raises
+        (AMQP's default) or drops (memory).
 
         :raises PublishError: a message was refused or not confirmed in time;
             some of the batch may have been delivered (at-least-once).

@@ -24,7 +24,7 @@ from factbus.errors import MissingDriver, PublishError, TransportError
 try:
     import confluent_kafka
     from confluent_kafka import Consumer, Producer
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise MissingDriver("kafka", "kafka") from error
 
@@ -51,7 +51,8 @@ class KafkaBaseline:
         await asyncio.to_thread(self._setup)
 
     def _setup(self) -> None:
-        futures = self._admin().create_topics(
+        admin = self._admin()  # must outlive its futures
+        futures = admin.create_topics(
             [NewTopic(self.topic, self.config.partitions, self.config.replication_factor)],
             request_timeout=self.config.request_timeout,
         )
@@ -92,6 +93,7 @@ class KafkaBaseline:
                 failed.append(str(error))
 
         topic = self.topic
+        producer.list_topics(topic, timeout=self.config.request_timeout)  # connect first
         start = time.perf_counter()
         for chunk in chunks:
             for i in chunk:
@@ -141,7 +143,8 @@ class KafkaBaseline:
 
     async def _delete(self, topics: list[str]) -> None:
         def delete() -> None:
-            futures = self._admin().delete_topics(topics, request_timeout=10)
+            admin = self._admin()
+            futures = admin.delete_topics(topics, request_timeout=10)
             for future in futures.values():
                 with contextlib.suppress(Exception):
                     future.result(timeout=10)

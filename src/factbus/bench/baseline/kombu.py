@@ -74,6 +74,7 @@ class KombuBaseline:
         self, bodies: Sequence[bytes], keys: Sequence[str], chunks: Sequence[range]
     ) -> tuple[float, float]:
         with self._connection(confirm=True) as connection:
+            connection.ensure_connection(max_retries=3)
             producer = connection.Producer(exchange=self.exchange, serializer=None)
             publish = producer.publish
             routing_key = self.routing_key

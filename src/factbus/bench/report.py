@@ -1,0 +1,117 @@
+"""Benchmark results as a rich table, a Markdown table and a plot (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+from factbus.bench.result import BenchResult
+
+COLUMNS = (
+    "transport",
+    "publish msgs/s",
+    "end-to-end facts/s",
+    "baseline msgs/s",
+    "ratio",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "p99 ms @50%",
+    "peak RSS MB",
+)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def rows(results: Sequence[BenchResult]) -> list[list[str]]:
+    """One row of :data:`COLUMNS` per result."""
+    out = []
+    for r in results:
+        half = r.half_load
+        out.append(
+            [
+                r.transport,
+                f"{_rate(r.publish_per_s)} ({_ratio(r.publish_ratio)})",
+                _rate(r.facts_per_s),
+                _rate(r.baseline_per_s),
+                _ratio(r.ratio),
+                f"{r.latency_ms.p50:.1f}",
+                f"{r.latency_ms.p95:.1f}",
+                f"{r.latency_ms.p99:.1f}",
+                "-" if half is None else f"{half.latency_ms.p99:.1f}",
+                f"{r.rss_mb:.0f}",
+            ]
+        )
+    return out
+
+
+def table(results: Sequence[BenchResult], title: str = "factbus bench") -> Table:
+    """A rich table: the figures of each result and its ratio to the baseline."""
+    view = Table(title=title)
+    for i, column in enumerate(COLUMNS):
+        view.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows(results):
+        view.add_row(*row)
+    return view
+
+
+def markdown(results: Sequence[BenchResult]) -> str:
+    """The same table in Markdown."""
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[BenchResult], path: str | Path) -> None:
+    """Write a PNG: throughput (factbus vs. baseline) and latency per transport."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r.scheme for r in results]
+    x = list(range(len(results)))
+    width = 0.38
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+
+    ours = [r.messages_per_s for r in results]
+    raw = [r.baseline_per_s or 0.0 for r in results]
+    left.bar([i - width / 2 for i in x], ours, width, label="factbus end to end", color="#2f6db5")
+    left.bar([i + width / 2 for i in x], raw, width, label="raw client", color="#b0b0b0")
+    for i, r in enumerate(results):
+        if r.ratio is not None:
+            top = max(ours[i], raw[i])
+            left.annotate(f"{r.ratio:.2f}x", (i, top), ha="center", va="bottom", fontsize=9)
+    left.set_xticks(x, labels)
+    left.set_yscale("log")
+    left.set_ylabel("messages / s (log)")
+    left.set_title("Throughput (same run, same broker)")
+    left.legend(fontsize=8)
+
+    p50 = [r.latency_ms.p50 for r in results]
+    p99 = [r.latency_ms.p99 for r in results]
+    half = [r.half_load.latency_ms.p99 if r.half_load else 0.0 for r in results]
+    third = width * 2 / 3
+    right.bar([i - third for i in x], p50, third, label="p50 at peak", color="#7fb3e0")
+    right.bar(x, p99, third, label="p99 at peak", color="#2f6db5")
+    right.bar([i + third for i in x], half, third, label="p99 at 50% of peak", color="#e08a2f")
+    right.set_xticks(x, labels)
+    right.set_yscale("log")
+    right.set_ylabel("publish -> handled, ms (log)")
+    right.set_title("Latency")
+    right.legend(fontsize=8)
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

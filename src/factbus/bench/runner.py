@@ -1,0 +1,492 @@
+"""One benchmark run: the baseline, then factbus's warm-up, peak and half-load phases.
+
+Order of a run (one consumer process, this one):
+
+1. **baseline**: the raw client (:mod:`factbus.bench.baseline`) moves the peak
+   workload's envelope bodies over a fresh destination on the same broker, one
+   producer and one consumer; messages/s from the first publish to the last
+   receipt.
+2. **warm-up**: a consuming :class:`~factbus.Bus` (store: ``--store``, by
+   default SQLite in a temporary directory; a trivial sync handler per fact
+   type) handles a smaller workload, so connections, caches and the store are
+   warm.
+3. **peak**: the publishers send the workload as fast as they can; the phase
+   ends when every distinct fact is handled and every message was taken (its
+   step committed). Throughput is messages (and distinct facts) over that time.
+4. **half load**: a new workload of the same size, publishing paced at half of
+   the peak's end-to-end rate; its latency percentiles are the latency at
+   half of peak load.
+
+The handler stamps ``perf_counter()`` per fact (by its ``n`` field); the
+publishers stamp each publish call; latency is the difference, per distinct
+fact. Resident memory is sampled every 0.1 s while the bus runs.
+
+Concurrency: everything runs on the caller's event loop; publisher processes
+(``publisher_mode="process"``) are spawned and reaped by the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+import uuid
+from array import array
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from factbus.bench.baseline import Baseline, baseline_for
+from factbus.bench.publisher import (
+    PublisherProcesses,
+    Publishers,
+    PublisherTasks,
+    PublishJob,
+    merge_stamps,
+)
+from factbus.bench.result import BenchResult, HalfLoad, Latency, latencies, machine
+from factbus.bench.workload import Shape, WorkloadSpec
+from factbus.bus import Bus
+from factbus.config import redact
+from factbus.errors import ConfigError
+from factbus.fact import Fact
+
+T = TypeVar("T")
+
+FACT_TYPES = ("Scenario.Independent", "Scenario.Chains", "Scenario.FanIn")
+"""The fact types :func:`~factbus.testing.scenario.random_dag` makes."""
+
+SAMPLE_INTERVAL = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """What to measure (the ``factbus bench`` options)."""
+
+    transport: str = ""
+    """Transport URL; empty: a fresh ``memory://`` namespace."""
+    store: str = ""
+    """Store URL of the consuming bus; empty: ``sqlite:///<tmpdir>/bench.db``."""
+    facts: int = 20_000
+    payload: int = 100
+    publishers: int = 1
+    publisher_mode: str = "auto"
+    """``task``, ``process`` or ``auto`` (processes except on ``memory://``)."""
+    shape: Shape = "independent"
+    duplicates: float = 0.0
+    reorder: bool = False
+    batch_size: int = 512
+    publish_batch: int = 100
+    warmup: int = 2_000
+    seed: int = 1
+    baseline: bool = True
+    half_load: bool = True
+    timeout: float = 300.0
+    """Seconds each phase may take."""
+    profile: str = ""
+    """Profile the peak phase to this path: ``.prof`` (cProfile), ``.html`` or
+    anything else (pyinstrument text)."""
+
+    def __post_init__(self) -> None:
+        if self.publishers < 1:
+            raise ConfigError("--publishers must be at least 1")
+        if self.publish_batch < 1 or self.batch_size < 1:
+            raise ConfigError("--publish-batch and --batch-size must be at least 1")
+        if self.publisher_mode not in ("auto", "task", "process"):
+            raise ConfigError("--publisher-mode must be auto, task or process")
+        if self.facts < 1:
+            raise ConfigError("--facts must be at least 1")
+
+    def spec(self, seed: int, facts: int | None = None) -> WorkloadSpec:
+        return WorkloadSpec(
+            facts if facts is not None else self.facts,
+            payload=self.payload,
+            shape=self.shape,
+            duplicates=self.duplicates,
+            reorder=self.reorder,
+            seed=seed,
+        )
+
+
+class Observer(Protocol):
+    """Told what the run does, for a progress display. Called on the event loop."""
+
+    def phase(self, name: str, total: int) -> None:
+        """A phase began; ``total`` messages (or facts) to go."""
+
+    def advance(self, name: str, done: int) -> None:
+        """``done`` of the phase's total so far."""
+
+    def note(self, text: str) -> None:
+        """A line worth showing."""
+
+
+class _Silent:
+    def phase(self, name: str, total: int) -> None:
+        pass
+
+    def advance(self, name: str, done: int) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class _Phase:
+    """What the handler records for the workload being handled."""
+
+    run: str
+    facts: int
+    handled_at: array[float]
+    count: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Recorder:
+    """The benchmark's handler: stamps each fact of the current phase once."""
+
+    def __init__(self) -> None:
+        self.current: _Phase | None = None
+        self.strays = 0
+        """Facts of no current phase (e.g. late copies of a finished phase)."""
+
+    def begin(self, run: str, facts: int) -> _Phase:
+        phase = _Phase(run, facts, array("d", bytes(8 * facts)))
+        self.current = phase
+        return phase
+
+    def __call__(self, fact: Fact) -> None:
+        phase = self.current
+        fields = fact.fields
+        if phase is None or fields["run"] != phase.run:
+            self.strays += 1
+            return
+        n = fields["n"]
+        if not phase.handled_at[n]:
+            phase.count += 1
+        phase.handled_at[n] = time.perf_counter()
+        if phase.count == phase.facts:
+            phase.done.set()
+
+
+class _Sampler:
+    """Peak resident memory of this process, sampled in the background."""
+
+    def __init__(self) -> None:
+        try:
+            import psutil
+
+            self._process: Any = psutil.Process()
+        except ImportError:  # pragma: no cover - psutil is a bench extra
+            self._process = None
+        self.peak_mb = 0.0
+
+    def sample(self) -> float:
+        if self._process is None:
+            return 0.0
+        rss = float(self._process.memory_info().rss) / 2**20
+        self.peak_mb = max(self.peak_mb, rss)
+        return rss
+
+
+async def run_bench(config: BenchConfig, observer: Observer | None = None) -> BenchResult:
+    """Run the benchmark ``config`` describes (see the module docstring).
+
+    :raises TimeoutError: a phase did not finish within ``config.timeout``.
+    :raises FactbusError: the transport or store failed.
+    """
+    observer = observer or _Silent()
+    run_id = uuid.uuid4().hex[:8]
+    transport = config.transport or f"memory://bench-{run_id}"
+    memory = transport.startswith("memory:")
+    mode = config.publisher_mode
+    if mode == "auto":
+        mode = "task" if memory else "process"
+    if memory and mode == "process":
+        raise ConfigError("memory:// is in-process: use --publisher-mode task")
+    topic = f"bench-{run_id}"
+    node = f"{topic}-consumer"
+    with tempfile.TemporaryDirectory(prefix="factbus-bench-") as tmp:
+        store = config.store or f"sqlite:///{Path(tmp) / 'bench.db'}"
+        publishers: Publishers = (
+            PublisherTasks(config.publishers, transport, topic)
+            if mode == "task"
+            else PublisherProcesses(config.publishers, transport, topic)
+        )
+        run = _Run(config, observer, transport, store, topic, node, publishers)
+        try:
+            return await run.execute()
+        finally:
+            await publishers.aclose()
+            with contextlib.suppress(Exception):
+                await baseline_for(transport, f"{topic}-raw").forget(topic, [node])
+
+
+class _Run:
+    def __init__(
+        self,
+        config: BenchConfig,
+        observer: Observer,
+        transport: str,
+        store: str,
+        topic: str,
+        node: str,
+        publishers: Publishers,
+    ) -> None:
+        self.config = config
+        self.observer = observer
+        self.transport = transport
+        self.store = store
+        self.topic = topic
+        self.node = node
+        self.publishers = publishers
+        self.sampler = _Sampler()
+
+    async def execute(self) -> BenchResult:
+        config, observer = self.config, self.observer
+        peak_spec = config.spec(config.seed)
+        await self.publishers.start()
+        summary = await self.publishers.prepare(peak_spec)
+        messages, body_bytes = summary.messages, summary.body_bytes
+        observer.note(
+            f"{peak_spec.facts} facts as {messages} messages of ~{body_bytes} B "
+            f"({config.shape}, duplicates {config.duplicates:g}, "
+            f"{'reordered' if config.reorder else 'causal order'}), "
+            f"{config.publishers} publisher {self.publishers.mode}(s)"
+        )
+
+        client = ""
+        baseline_rate = baseline_publish = baseline_elapsed = None
+        if config.baseline:
+            baseline = baseline_for(self.transport, f"{self.topic}-raw")
+            client = baseline.client
+            elapsed, published = await self._baseline(baseline, peak_spec, messages)
+            baseline_rate, baseline_publish = messages / elapsed, messages / published
+            baseline_elapsed = elapsed
+            observer.note(f"baseline ({client}): {baseline_rate:,.0f} msgs/s end to end")
+
+        bus = Bus(
+            self.transport,
+            self.store,
+            topic=self.topic,
+            node=self.node,
+            batch_size=config.batch_size,
+        )
+        recorder = Recorder()
+        for fact_type in FACT_TYPES:
+            bus.handler(fact_type)(recorder)
+        rss_start = self.sampler.sample()
+        await bus.start()
+        try:
+            if config.warmup:
+                await self._phase(
+                    bus, recorder, "warm-up", config.spec(config.seed + 1000, config.warmup)
+                )
+            peak = await self._phase(
+                bus, recorder, "peak", peak_spec, profile=config.profile or None
+            )
+            half: HalfLoad | None = None
+            if config.half_load:
+                target = peak.messages_per_s / 2
+                slow = await self._phase(
+                    bus, recorder, "half load", config.spec(config.seed + 1), rate=target
+                )
+                half = HalfLoad(round(target, 1), round(slow.messages_per_s, 1), slow.latency)
+        finally:
+            await bus.aclose()
+        return BenchResult(
+            transport=redact(self.transport),
+            store=redact(self.store),
+            client=client,
+            facts=peak_spec.facts,
+            messages=messages,
+            payload=config.payload,
+            body_bytes=body_bytes,
+            shape=config.shape,
+            duplicates=config.duplicates,
+            reorder=config.reorder,
+            publishers=config.publishers,
+            publisher_mode=self.publishers.mode,
+            batch_size=config.batch_size,
+            publish_batch=config.publish_batch,
+            warmup=config.warmup,
+            publish_per_s=peak.publish_per_s,
+            facts_per_s=peak.facts / peak.elapsed,
+            messages_per_s=peak.messages_per_s,
+            elapsed_s=round(peak.elapsed, 4),
+            baseline_per_s=baseline_rate,
+            baseline_publish_per_s=baseline_publish,
+            baseline_elapsed_s=None if baseline_elapsed is None else round(baseline_elapsed, 4),
+            latency_ms=peak.latency,
+            half_load=half,
+            rss_mb=round(self.sampler.peak_mb, 1),
+            rss_start_mb=round(rss_start, 1),
+            pipeline={**bus.stats.as_dict(), "strays": recorder.strays},
+            machine=machine(),
+        )
+
+    async def _watch(self, name: str, total: int, count: Callable[[], int]) -> None:
+        self.observer.phase(name, total)
+        while True:
+            self.sampler.sample()
+            self.observer.advance(name, count())
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+    async def _baseline(
+        self, baseline: Baseline, spec: WorkloadSpec, messages: int
+    ) -> tuple[float, float]:
+        """(end-to-end seconds, publish seconds) of the raw client."""
+        timeout = self.config.timeout
+        await baseline.setup()
+        try:
+            watcher = asyncio.create_task(
+                self._watch("baseline", messages, lambda: baseline.received)
+            )
+            consumer = asyncio.create_task(baseline.consume(messages, timeout))
+            try:
+                start, end = await _first(
+                    self.publishers.baseline(
+                        spec,
+                        f"{self.topic}-raw",
+                        self.config.publish_batch,
+                        baseline.produce,
+                    ),
+                    consumer,
+                )
+                last = await consumer
+            finally:
+                consumer.cancel()
+                watcher.cancel()
+                self.observer.advance("baseline", baseline.received)
+        finally:
+            await baseline.teardown()
+        return last - start, end - start
+
+    async def _phase(
+        self,
+        bus: Bus,
+        recorder: Recorder,
+        name: str,
+        spec: WorkloadSpec,
+        *,
+        rate: float | None = None,
+        profile: str | None = None,
+    ) -> _Measured:
+        summary = await self.publishers.prepare(spec)
+        stats = bus.stats
+        messages_before, handled_before = stats.messages, stats.handled
+        expected = summary.messages
+        phase = recorder.begin(summary.run, spec.facts)
+        watcher = asyncio.create_task(self._watch(name, spec.facts, lambda: phase.count))
+        profiler = _Profiler(profile) if profile else None
+        try:
+            if profiler:
+                profiler.start()
+            job = PublishJob(
+                spec, self.config.publish_batch, rate=rate, start_at=time.perf_counter() + 0.05
+            )
+            publishing = asyncio.create_task(self.publishers.publish(job))
+
+            async def settled() -> float:
+                await phase.done.wait()
+                # The last step's commit: the bus's counters move after it.
+                while stats.messages < messages_before + expected:  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+                while stats.handled < handled_before + spec.facts:  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+                return time.perf_counter()
+
+            async with asyncio.timeout(self.config.timeout):
+                reports = await publishing
+                finished = await settled()
+            if profiler:
+                profiler.stop()
+        finally:
+            watcher.cancel()
+            self.observer.advance(name, phase.count)
+            if profiler:
+                profiler.save()
+        start = min(r.start for r in reports)
+        published_end = max(r.end for r in reports)
+        sent = sum(r.messages for r in reports)
+        stamps = merge_stamps(reports, spec.facts)
+        elapsed = finished - start
+        return _Measured(
+            facts=spec.facts,
+            messages=sent,
+            elapsed=elapsed,
+            publish_per_s=sent / max(published_end - start, 1e-9),
+            messages_per_s=sent / elapsed,
+            latency=Latency.of(latencies(stamps, phase.handled_at)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    facts: int
+    messages: int
+    elapsed: float
+    publish_per_s: float
+    messages_per_s: float
+    latency: Latency
+
+
+async def _first(main: Awaitable[T], guard: asyncio.Future[Any]) -> T:
+    """Await ``main``; if ``guard`` fails first, raise its error instead of waiting on."""
+    task = asyncio.ensure_future(main)
+    done, _ = await asyncio.wait({task, guard}, return_when=asyncio.FIRST_COMPLETED)
+    if task not in done and guard.done() and guard.exception() is not None:
+        task.cancel()
+        raise guard.exception()  # type: ignore[misc]
+    return await task
+
+
+class _Profiler:
+    """cProfile (``.prof``) or pyinstrument (``.html``, else text) around a phase."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._impl: Any = None
+
+    def start(self) -> None:
+        if self.path.endswith(".prof"):
+            import cProfile
+
+            self._impl = cProfile.Profile()
+            self._impl.enable()
+        else:
+            try:
+                from pyinstrument import Profiler
+            except ImportError as error:
+                raise ConfigError(
+                    "--profile needs pyinstrument (pip install pyinstrument), or a .prof path"
+                ) from error
+            self._impl = Profiler(interval=0.0005, async_mode="disabled")
+            self._impl.start()
+
+    def stop(self) -> None:
+        if self._impl is None:
+            return
+        if self.path.endswith(".prof"):
+            self._impl.disable()
+        else:
+            self._impl.stop()
+
+    def save(self) -> None:
+        impl, self._impl = self._impl, None
+        if impl is None:
+            return
+        if self.path.endswith(".prof"):
+            impl.dump_stats(self.path)
+            return
+        if getattr(impl, "is_running", False):
+            impl.stop()
+        text = (
+            impl.output_html()
+            if self.path.endswith(".html")
+            else impl.output_text(unicode=True, color=False, show_all=False)
+        )
+        Path(self.path).write_text(text, encoding="utf-8")
