@@ -278,6 +278,7 @@ class _Run:
         recorder = Recorder()
         for fact_type in FACT_TYPES:
             bus.handler(fact_type)(recorder)
+        self.sampler.peak_mb = 0.0  # the baseline's own memory does not count
         rss_start = self.sampler.sample()
         await bus.start()
         try:
@@ -316,10 +317,10 @@ class _Run:
             publish_per_s=peak.publish_per_s,
             facts_per_s=peak.facts / peak.elapsed,
             messages_per_s=peak.messages_per_s,
-            elapsed_s=round(peak.elapsed, 4),
+            elapsed_s=round(peak.elapsed, 6),
             baseline_per_s=baseline_rate,
             baseline_publish_per_s=baseline_publish,
-            baseline_elapsed_s=None if baseline_elapsed is None else round(baseline_elapsed, 4),
+            baseline_elapsed_s=None if baseline_elapsed is None else round(baseline_elapsed, 6),
             latency_ms=peak.latency,
             half_load=half,
             rss_mb=round(self.sampler.peak_mb, 1),

@@ -1,0 +1,145 @@
+"""``factbus bench`` works: tiny runs on memory://, the JSON it writes, the ratio's
+baseline measured in the same run, workloads. Speed is never asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from factbus.bench import BenchConfig, BenchResult, Latency, run_bench
+from factbus.bench.publisher import PublishReport, merge_stamps
+from factbus.bench.report import markdown
+from factbus.bench.workload import WorkloadSpec, build_workload
+from factbus.cli import main
+from factbus.errors import ConfigError
+
+TINY = {"facts": 300, "warmup": 30, "publish_batch": 25, "batch_size": 64, "timeout": 20.0}
+
+
+class Phases:
+    """An observer that remembers the order of the phases."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.done: dict[str, int] = {}
+
+    def phase(self, name: str, total: int) -> None:
+        self.order.append(name)
+
+    def advance(self, name: str, done: int) -> None:
+        self.done[name] = done
+
+    def note(self, text: str) -> None:
+        pass
+
+
+async def test_ratio_comes_from_a_baseline_measured_in_the_same_run() -> None:
+    phases = Phases()
+    result = await run_bench(BenchConfig(store="memory://", **TINY), phases)
+    assert phases.order == ["baseline", "warm-up", "peak", "half load"]
+    assert phases.done["baseline"] == result.messages
+    assert phases.done["peak"] == result.facts
+    assert result.client == "asyncio.Queue"
+    assert result.baseline_per_s is not None and result.baseline_per_s > 0
+    assert result.baseline_elapsed_s is not None
+    assert result.baseline_per_s == pytest.approx(result.messages / result.baseline_elapsed_s, 1e-2)
+    assert result.ratio == pytest.approx(result.messages_per_s / result.baseline_per_s)
+    assert result.latency_ms.count == result.facts
+    assert 0 < result.latency_ms.p50 <= result.latency_ms.p95 <= result.latency_ms.p99
+    assert result.half_load is not None
+    assert result.half_load.latency_ms.count == result.facts
+    assert result.rss_mb > 0
+
+
+async def test_duplicates_and_reorder_are_absorbed_by_the_pipeline() -> None:
+    result = await run_bench(
+        BenchConfig(
+            store="memory://",
+            shape="fan-in",
+            duplicates=0.3,
+            reorder=True,
+            publishers=3,
+            baseline=False,
+            half_load=False,
+            **TINY,
+        )
+    )
+    assert result.messages == 300 + 90
+    assert result.ratio is None and result.half_load is None
+    stats = result.pipeline
+    assert stats["handled"] == 300 + 30  # peak + warm-up, each fact once
+    assert stats["duplicates"] == 9 + 90  # warm-up: 0.3 x 30, peak: 0.3 x 300
+    assert stats["parked"] > 0 and stats["waiting"] == 0
+    assert result.latency_ms.count == 300
+
+
+def test_cli_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    status = main(
+        [
+            "bench",
+            "--facts",
+            "200",
+            "--warmup",
+            "20",
+            "--shape",
+            "chains",
+            "--store",
+            f"sqlite:///{tmp_path / 'bench.db'}",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    data = json.loads(out.read_text())
+    for key in ("transport", "facts", "facts_per_s", "baseline_per_s", "ratio", "rss_mb"):
+        assert data[key] is not None, key
+    assert set(data["latency_ms"]) >= {"p50", "p95", "p99"}
+    assert data["half_load"]["latency_ms"]["p99"] > 0
+    assert data["transport"].startswith("memory://bench-")
+    assert data["facts"] == 200
+    assert data["store"].endswith("bench.db")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "end-to-end facts/s" in capsys.readouterr().out
+    again = BenchResult.from_json(data)
+    assert again.ratio == pytest.approx(data["ratio"], abs=1e-3)
+    assert "| memory://" in markdown([again])
+
+
+def test_memory_cannot_publish_from_processes() -> None:
+    with pytest.raises(ConfigError, match="in-process"):
+        import asyncio
+
+        asyncio.run(run_bench(BenchConfig(publisher_mode="process", **TINY)))
+
+
+@pytest.mark.parametrize("reorder", [False, True])
+def test_workload_is_deterministic_and_complete(reorder: bool) -> None:
+    spec = WorkloadSpec(200, payload=10, shape="chains", duplicates=0.5, reorder=reorder, seed=3)
+    one, two = build_workload(spec), build_workload(spec)
+    assert [f.ref for f in one.order] == [f.ref for f in two.order]
+    assert one.messages == 300 and sorted(set(one.numbers)) == list(range(200))
+    assert all(f.fields["run"] == one.run for f in one.order)
+    covered = sorted(i for p in range(3) for chunk in one.chunks(7, p, 3) for i in chunk)
+    assert covered == list(range(one.messages))
+    if not reorder:  # causal order kept: predecessors and originals come first
+        seen: set[object] = set()
+        for fact in one.order:
+            assert all(p in seen for p in fact.predecessor_refs())
+            seen.add(fact.ref)
+
+
+def test_latency_percentiles_and_stamp_merge() -> None:
+    latency = Latency.of([i / 1000 for i in range(1, 101)])
+    assert (latency.p50, latency.p95, latency.p99, latency.max) == (50.0, 95.0, 99.0, 100.0)
+    assert Latency.of([]).count == 0
+    from array import array
+
+    a = PublishReport(0.0, 1.0, 2, array("d", [0.0, 5.0, 7.0]))
+    b = PublishReport(0.0, 1.0, 2, array("d", [3.0, 4.0, 0.0]))
+    assert list(merge_stamps([a, b], 3)) == [3.0, 4.0, 7.0]
