@@ -1,0 +1,615 @@
+"""The kombu transport against real brokers: the conformance suite on redis and on
+RabbitMQ (py-amqp), plus what only this adapter has (URL options, per-URL
+capabilities, giving messages back to one group only on redis, reconnection after
+a redis restart, native dead-lettering on RabbitMQ, TLS/SASL option mapping)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from conftest import broker_url
+from factbus.errors import ConfigError, MissingDriver, TransportError
+from factbus.testing.conformance import (
+    ConformanceContext,
+    TransportConformance,
+    bodies,
+    collect,
+    messages,
+    settle_quietly,
+)
+from factbus.transport import Message, open_transport
+from factbus_kombu import KombuConfig, KombuTransport
+from factbus_kombu.config import (
+    AMQP_CAPABILITIES,
+    GENERIC_CAPABILITIES,
+    REDIS_CAPABILITIES,
+    REDIS_TRANSPORT_DEFAULTS,
+    redacted_url,
+)
+
+BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
+BROKERS = {"redis": "redis", "kombu_amqp": "rabbitmq"}
+"""broker_url name -> scripts/brokers.sh name."""
+
+
+def with_options(url: str, options: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{options}" if options else url
+
+
+def delete_topology(url: str, names: list[str]) -> None:
+    """Delete every queue and exchange the names could have made (best effort)."""
+    if not names:
+        return
+    config = KombuConfig.from_url(url)
+    candidates = {f"{a}.{b}" for a in names for b in names if a != b}
+    candidates |= {f"{n}.dead-letter" for n in names}
+    with config.connection() as connection:
+        channel = connection.channel()
+        for name in sorted(candidates):
+            try:
+                Queue(name, durable=True)(channel).delete()
+            except Exception:
+                channel = connection.channel()
+        for name in [*names, *(f"{n}.dead-letter" for n in names)]:
+            try:
+                Exchange(name)(channel).delete()
+            except Exception:
+                channel = connection.channel()
+
+
+class KombuContext(ConformanceContext):
+    """Remembers the names a test made, so that their queues and exchanges can be
+    deleted. (Capabilities come from a transport instance: they depend on the URL.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.names: list[str] = []
+
+    def name(self, prefix: str) -> str:  # type: ignore[override]
+        made = ConformanceContext.name(prefix)
+        self.names.append(made)
+        return made
+
+
+class _KombuConformance(TransportConformance):
+    broker: ClassVar[str]
+    timeout = 30.0
+
+    @pytest.fixture
+    async def ctx(self) -> AsyncIterator[ConformanceContext]:
+        context = KombuContext(broker_url(self.broker), self.restart_command, self.timeout)
+        try:
+            yield context
+        finally:
+            await context.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(delete_topology, context.url, context.names)
+
+
+class TestKombuRedis(_KombuConformance):
+    """Skipped by capabilities: ``test_late_group_reads_history`` (a group's queue
+    exists only once it subscribed) and ``test_recovers_after_broker_restart``
+    (the test redis keeps nothing across a restart; reconnection itself is
+    checked by ``test_redis_subscription_recovers_after_restart``)."""
+
+    broker = "redis"
+    restart_command = ("bash", str(BROKERS_SH), "restart", "redis")
+
+
+class TestKombuAmqp(_KombuConformance):
+    """Skipped by capabilities: ``test_late_group_reads_history`` only."""
+
+    broker = "kombu_amqp"
+    restart_command = ("bash", str(BROKERS_SH), "restart", "rabbitmq")
+
+
+# -- fixtures for the adapter's own tests ------------------------------------------------
+
+
+@pytest.fixture(params=["redis", "kombu_amqp"])
+def url(request: pytest.FixtureRequest) -> str:
+    return broker_url(request.param)
+
+
+class Names(list[str]):
+    """Names a test made on the broker at ``url``; their topology is deleted after."""
+
+    url = ""
+
+
+@pytest.fixture
+async def names() -> AsyncIterator[Names]:
+    made = Names()
+    yield made
+    if made.url:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(delete_topology, made.url, made)
+
+
+@pytest.fixture
+async def transports() -> AsyncIterator[list[KombuTransport]]:
+    made: list[KombuTransport] = []
+    yield made
+    for transport in made:
+        with contextlib.suppress(Exception):
+            await transport.aclose()
+
+
+def fresh(names: Names, prefix: str) -> str:
+    name = f"kombu-{prefix}-{uuid.uuid4().hex[:10]}"
+    names.append(name)
+    return name
+
+
+async def open_kombu(made: list[KombuTransport], url: str, names: Names) -> KombuTransport:
+    names.url = url
+    transport = KombuTransport(url)
+    made.append(transport)
+    await transport.connect()
+    return transport
+
+
+# -- URL options, capabilities, reprs, driver (no broker) ------------------------------
+
+
+def test_url_defaults_and_kombu_url() -> None:
+    config = KombuConfig.from_url("kombu+redis://127.0.0.1:6379/0")
+    assert config.kombu_url == "redis://127.0.0.1:6379/0"
+    assert (config.transport, config.driver_type, config.is_virtual) == ("redis", "redis", True)
+    assert (config.prefetch, config.poll_interval) == (1024, 0.02)
+    assert (config.confirm_timeout, config.retry_timeout) == (30.0, 30.0)
+    assert config.transport_options == REDIS_TRANSPORT_DEFAULTS
+    assert config.transport_options["unacked_key"] == "factbus.unacked"
+    assert config.ssl is None
+
+
+def test_amqp_means_py_amqp() -> None:
+    config = KombuConfig.from_url("kombu+amqp://guest:guest@127.0.0.1:5672//")
+    assert config.kombu_url == "pyamqp://guest:guest@127.0.0.1:5672//"
+    assert (config.transport, config.driver_type, config.is_virtual) == ("pyamqp", "amqp", False)
+    assert config.transport_options == {}
+    assert Connection(config.kombu_url).transport_cls == "pyamqp"
+
+
+def test_adapter_and_transport_options_are_taken_out_of_the_url() -> None:
+    config = KombuConfig.from_url(
+        "kombu+redis://127.0.0.1:6379/3?factbus_prefetch=50&factbus_poll_interval=0.1"
+        "&factbus_confirm_timeout=5&factbus_retry_timeout=7.5&transport.visibility_timeout=600"
+        "&transport.global_keyprefix=app:&transport.priority_steps=[0,5]&connect_timeout=3"
+    )
+    assert (config.prefetch, config.poll_interval) == (50, 0.1)
+    assert (config.confirm_timeout, config.retry_timeout) == (5.0, 7.5)
+    assert config.transport_options == {
+        **REDIS_TRANSPORT_DEFAULTS,
+        "visibility_timeout": 600,
+        "global_keyprefix": "app:",
+        "priority_steps": [0, 5],
+    }
+    assert config.kombu_url == "redis://127.0.0.1:6379/3"
+    connection = config.connection()
+    assert connection.transport_options["visibility_timeout"] == 600
+    assert connection.connect_timeout == 3.0
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("factbus_prefetch=0", "out of range"),
+        ("factbus_prefetch=70000", "out of range"),
+        ("factbus_prefetch=many", "not a valid int"),
+        ("factbus_poll_interval=-1", "out of range"),
+        ("factbus_color=blue", "unknown option factbus_color"),
+        ("visibility_timeout=60", "unknown URL option 'visibility_timeout'"),
+        ("transport.confirm_publish=true", "always uses publisher confirms"),
+        ("ssl=true", "secure scheme"),
+        ("heartbeat=soon", "not a valid float"),
+    ],
+)
+def test_bad_options_are_refused(query: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        KombuConfig.from_url(f"kombu+redis://127.0.0.1:6379/0?{query}")
+
+
+def test_not_a_kombu_url_is_refused() -> None:
+    with pytest.raises(ConfigError, match="kombu\\+<transport>"):
+        KombuTransport("redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="no transport 'nosuch'"):
+        KombuTransport("kombu+nosuch://host")
+
+
+def test_open_transport_picks_the_kombu_adapter() -> None:
+    transport = open_transport("kombu+redis://127.0.0.1:6379/0")
+    assert type(transport) is KombuTransport
+    assert type(open_transport("kombu+amqp://guest:guest@127.0.0.1//")) is KombuTransport
+
+
+def test_capabilities_depend_on_the_url() -> None:
+    assert KombuTransport("kombu+redis://127.0.0.1:6379/0").capabilities == REDIS_CAPABILITIES
+    assert KombuTransport("kombu+amqp://127.0.0.1//").capabilities == AMQP_CAPABILITIES
+    assert KombuTransport("kombu+amqps://127.0.0.1//").capabilities == AMQP_CAPABILITIES
+    assert KombuTransport("kombu+memory://").capabilities == GENERIC_CAPABILITIES
+    # The class declares only what every kombu transport guarantees.
+    assert KombuTransport.capabilities == GENERIC_CAPABILITIES
+    assert REDIS_CAPABILITIES.persistent is False
+    assert AMQP_CAPABILITIES.persistent and AMQP_CAPABILITIES.survives_broker_restart
+
+
+def test_repr_and_logs_hide_credentials() -> None:
+    transport = KombuTransport(
+        "kombu+amqp://user:s3cret@rabbit.example:5672/vh?transport.password=hunter2&heartbeat=5"
+    )
+    text = repr(transport)
+    assert "s3cret" not in text and "hunter2" not in text
+    assert "user:***@rabbit.example:5672" in text
+    assert "heartbeat=5" in text
+    assert "s3cret" not in redacted_url("kombu+redis://:s3cret@127.0.0.1:6379/0")
+
+
+def test_tls_and_sasl_options_map_onto_py_amqp() -> None:
+    config = KombuConfig.from_url(
+        "kombu+amqps://app:pw@rabbit.example:5671/prod?ssl_ca_certs=/etc/ca.pem"
+        "&ssl_certfile=/etc/client.pem&ssl_keyfile=/etc/client.key&ssl_cert_reqs=required"
+        "&ssl_server_hostname=rabbit.internal&login_method=EXTERNAL&heartbeat=10"
+    )
+    assert config.ssl == {
+        "ca_certs": "/etc/ca.pem",
+        "certfile": "/etc/client.pem",
+        "keyfile": "/etc/client.key",
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": "rabbit.internal",
+    }
+    connection = config.connection()
+    assert connection.transport_cls == "amqps"
+    assert connection.ssl == config.ssl
+    assert connection.login_method == "EXTERNAL"
+    assert connection.heartbeat == 10.0
+    assert (connection.userid, connection.password, connection.virtual_host) == (
+        "app",
+        "pw",
+        "prod",
+    )
+    # ssl=true turns TLS on with the defaults (same as amqps://)
+    assert KombuConfig.from_url("kombu+amqp://h//?ssl=true").connection().ssl is True
+    with pytest.raises(ConfigError, match="unknown TLS option 'ssl_check_hostname'"):
+        KombuConfig.from_url("kombu+amqp://h//?ssl_check_hostname=false")
+
+
+def test_tls_options_pass_through_to_redis() -> None:
+    config = KombuConfig.from_url(
+        "kombu+rediss://app:pw@redis.example:6380/2?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem"
+        "&transport.client_name=factbus"
+    )
+    connection = config.connection()
+    assert connection.transport_cls == "rediss"
+    assert connection.ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/etc/ca.pem"}
+    assert (connection.userid, connection.password) == ("app", "pw")
+    assert connection.transport_options == {**REDIS_TRANSPORT_DEFAULTS, "client_name": "factbus"}
+
+
+def test_missing_driver_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['kombu'] = None\n"
+        "from factbus.errors import MissingDriver\n"
+        "try:\n"
+        "    import factbus_kombu\n"
+        "except MissingDriver as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'factbus[kombu]'" in result.stdout
+    assert issubclass(MissingDriver, ImportError)
+
+
+async def test_dead_letter_group_name_is_reserved() -> None:
+    transport = KombuTransport("kombu+redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="reserved"):
+        await transport.subscribe("facts", "dead-letter")
+    await transport.aclose()
+
+
+async def test_unreachable_broker_fails_within_the_retry_timeout() -> None:
+    transport = KombuTransport("kombu+redis://127.0.0.1:1/0?factbus_retry_timeout=0.5")
+    with pytest.raises(TransportError, match="cannot connect"):
+        await transport.connect()
+    with pytest.raises(TransportError, match="cannot"):
+        await transport.subscribe("facts", "g")
+    await transport.aclose()
+    with pytest.raises(TransportError, match="closed"):
+        await transport.publish("facts", messages(1))
+
+
+# -- on both brokers -----------------------------------------------------------------------
+
+
+async def test_settling_twice_raises_and_settling_after_close_is_ignored(
+    url: str, names: Names, transports: list[KombuTransport]
+) -> None:
+    transport = await open_kombu(transports, url, names)
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await transport.subscribe(topic, group)
+    await transport.publish(topic, messages(3))
+    first = await collect(subscription, 3, 30.0, ack=False)
+    await first[0].ack()
+    with pytest.raises(TransportError, match="already"):
+        await first[0].nack()
+    await subscription.aclose()
+    await first[1].ack()  # given back on close: ignored, comes again
+    reopened = await transport.subscribe(topic, group)
+    again = await collect(reopened, 2, 30.0)
+    assert sorted(bodies(again)) == [b"m-1", b"m-2"]
+    assert all(d.redelivered for d in again)
+    assert await settle_quietly(reopened, 0.5) == []
+
+
+async def test_small_prefetch_still_delivers_everything_in_order(
+    url: str, names: Names, transports: list[KombuTransport]
+) -> None:
+    transport = await open_kombu(transports, with_options(url, "factbus_prefetch=7"), names)
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await transport.subscribe(topic, group)
+    sent = messages(300)
+    await transport.publish(topic, sent)
+    received = []
+    while len(received) < len(sent):
+        batch = await subscription.next_batch(100, timeout=30.0)
+        assert batch, "stalled: acks did not free the prefetch window"
+        assert len(batch) <= 7
+        for delivery in batch:
+            await delivery.ack()
+        received.extend(batch)
+    assert bodies(received) == [m.body for m in sent]
+
+
+async def test_nack_requeue_comes_back_to_its_group_only(
+    url: str, names: Names, transports: list[KombuTransport]
+) -> None:
+    # kombu's own requeue on redis re-routes through the exchange (to every group);
+    # the adapter gives the message back to the nacking group's queue alone.
+    transport = await open_kombu(transports, url, names)
+    topic, nacking, other = fresh(names, "t"), fresh(names, "g"), fresh(names, "h")
+    first = await transport.subscribe(topic, nacking)
+    second = await transport.subscribe(topic, other)
+    await transport.publish(topic, messages(4, headers={"x-trace": "t1"}))
+    taken = await collect(first, 4, 30.0, ack=False)
+    for delivery in taken:
+        await delivery.nack(requeue=True)
+    again = await collect(first, 4, 30.0)
+    assert sorted(bodies(again)) == sorted(bodies(taken))
+    assert all(d.redelivered and d.headers.get("x-trace") == "t1" for d in again)
+    assert sorted(bodies(await collect(second, 4, 30.0))) == sorted(bodies(taken))
+    assert await settle_quietly(second, 1.0) == []
+    assert await settle_quietly(first, 0.5) == []
+
+
+async def test_close_gives_back_to_its_group_only(
+    url: str, names: Names, transports: list[KombuTransport]
+) -> None:
+    transport = await open_kombu(transports, url, names)
+    topic, closing, other = fresh(names, "t"), fresh(names, "g"), fresh(names, "h")
+    first = await transport.subscribe(topic, closing)
+    second = await transport.subscribe(topic, other)
+    sent = messages(20)
+    await transport.publish(topic, sent)
+    assert len(await collect(first, 20, 30.0, ack=False)) == 20
+    await first.aclose()
+    reopened = await transport.subscribe(topic, closing)
+    assert sorted(bodies(await collect(reopened, 20, 30.0))) == sorted(m.body for m in sent)
+    assert sorted(bodies(await collect(second, 20, 30.0))) == sorted(m.body for m in sent)
+    assert await settle_quietly(second, 1.0) == []
+
+
+async def test_dead_letters_are_peeked_in_order_and_purged(
+    url: str, names: Names, transports: list[KombuTransport]
+) -> None:
+    transport = await open_kombu(transports, url, names)
+    topic = fresh(names, "t")
+    for i in range(6):
+        await transport.dead_letter(topic, f"letter-{i}".encode(), {"x-i": str(i)}, f"reason {i}")
+    for _ in range(2):  # peeking leaves them in place, in order
+        three = await transport.read_dead_letters(topic, 3)
+        assert [letter.body for letter in three] == [b"letter-0", b"letter-1", b"letter-2"]
+        every = await transport.read_dead_letters(topic, 100)
+        assert [letter.reason for letter in every] == [f"reason {i}" for i in range(6)]
+        assert [letter.headers["x-factbus-dead-letter-topic"] for letter in every] == [topic] * 6
+        assert [letter.headers["x-i"] for letter in every] == [str(i) for i in range(6)]
+    assert await transport.purge_dead_letters(topic) == 6
+    assert await transport.read_dead_letters(topic, 10) == []
+    assert await transport.purge_dead_letters(topic) == 0
+
+
+async def test_message_key_is_the_routing_key(
+    url: str, names: Names, transports: list[KombuTransport]
+) -> None:
+    # Queues bind with '#': every key arrives, including none and an over-long one.
+    transport = await open_kombu(transports, url, names)
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await transport.subscribe(topic, group)
+    keys = ["Order.Placed", None, "x" * 300, "a.b.c"]
+    await transport.publish(
+        topic, [Message(f"k{i}".encode(), f"k{i}", k) for i, k in enumerate(keys)]
+    )
+    assert bodies(await collect(subscription, 4, 30.0)) == [b"k0", b"k1", b"k2", b"k3"]
+
+
+# -- broker specifics ----------------------------------------------------------------------
+
+
+async def test_amqp_nack_without_requeue_dead_letters_natively(
+    names: Names, transports: list[KombuTransport]
+) -> None:
+    url = broker_url("kombu_amqp")
+    transport = await open_kombu(transports, url, names)
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await transport.subscribe(topic, group)
+    await transport.publish(topic, messages(2))
+    first, second = await collect(subscription, 2, 30.0, ack=False)
+    await first.nack(requeue=False)
+    await second.ack()
+    letters: list[Any] = []
+    for _ in range(50):
+        letters = await transport.read_dead_letters(topic, 10)
+        if letters:
+            break
+        await asyncio.sleep(0.1)
+    assert [letter.body for letter in letters] == [b"m-0"]
+    assert await transport.purge_dead_letters(topic) == 1
+
+
+async def test_redis_nack_without_requeue_drops(
+    names: Names, transports: list[KombuTransport]
+) -> None:
+    url = broker_url("redis")
+    transport = await open_kombu(transports, url, names)
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await transport.subscribe(topic, group)
+    await transport.publish(topic, messages(2))
+    first, second = await collect(subscription, 2, 30.0, ack=False)
+    await first.nack(requeue=False)
+    await second.ack()
+    assert await settle_quietly(subscription, 0.5) == []
+    assert await transport.read_dead_letters(topic, 10) == []
+
+
+@pytest.mark.faults
+async def test_redis_subscription_recovers_after_restart(
+    names: Names, transports: list[KombuTransport]
+) -> None:
+    """The local redis has no persistence: a restart loses queues, bindings and
+    messages. The consumer notices, reconnects and re-declares its queue and
+    binding; the publisher reconnects on its next publish."""
+    url = with_options(broker_url("redis"), "factbus_retry_timeout=20")
+    publisher = await open_kombu(transports, url, names)
+    consumer = await open_kombu(transports, url, names)
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await consumer.subscribe(topic, group)
+    await publisher.publish(topic, messages(10, "before"))
+    assert len(await collect(subscription, 10, 30.0)) == 10
+
+    proc = await asyncio.create_subprocess_exec("bash", str(BROKERS_SH), "restart", "redis")
+    assert await proc.wait() == 0
+
+    # Probes published before the consumer re-declared its binding are lost (no
+    # persistence); once one arrives, the subscription is back.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30.0
+    probe: list[Any] = []
+    while not probe and loop.time() < deadline:
+        await publisher.publish(topic, [Message(b"probe", "probe")])
+        probe = await subscription.next_batch(10, timeout=0.5)
+        for delivery in probe:
+            await delivery.ack()
+    assert probe, "the subscription did not come back after the redis restart"
+    after = messages(100, "after")
+    await publisher.publish(topic, after)
+    received = await collect(subscription, 100, 30.0)
+    got = {b for b in bodies(received) if b != b"probe"}
+    while len(got) < 100:
+        more = await collect(subscription, 100 - len(got), 5.0)
+        if not more:
+            break
+        got |= {b for b in bodies(more) if b != b"probe"}
+    assert got == {m.body for m in after}
+
+
+_DYING_CONSUMER = """
+import asyncio, os, sys
+from factbus.transport import open_transport
+
+async def main(url, topic, group):
+    transport = open_transport(url)
+    await transport.connect()
+    subscription = await transport.subscribe(topic, group)
+    print("ready", flush=True)
+    got = 0
+    while got < 5:
+        got += len(await subscription.next_batch(100, timeout=10))
+    print("got", got, flush=True)
+    os._exit(0)  # dies holding 5 unacked messages, as kill -9 would
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@pytest.mark.faults
+async def test_redis_messages_of_a_dead_consumer_come_back_after_the_visibility_timeout(
+    names: Names, transports: list[KombuTransport]
+) -> None:
+    url = with_options(broker_url("redis"), "transport.visibility_timeout=1")
+    publisher = await open_kombu(transports, url, names)
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    dying = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DYING_CONSUMER, url, topic, group, stdout=asyncio.subprocess.PIPE
+    )
+    assert dying.stdout is not None
+    assert (await asyncio.wait_for(dying.stdout.readline(), 30)).strip() == b"ready"
+    sent = messages(5)
+    await publisher.publish(topic, sent)
+    assert (await asyncio.wait_for(dying.stdout.readline(), 30)).strip() == b"got 5"
+    assert await asyncio.wait_for(dying.wait(), 30) == 0
+    subscription = await publisher.subscribe(topic, group)
+    received = await collect(subscription, 5, 30.0)
+    assert sorted(bodies(received)) == sorted(m.body for m in sent)
+    assert all(d.redelivered for d in received)
+
+
+def kill_redis_clients(name: str) -> int:
+    """Close (server side) every redis connection whose client name is ``name``."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    try:
+        killed = 0
+        for info in client.client_list():
+            if info.get("name") == name:
+                killed += int(client.client_kill_filter(_id=info["id"]))
+        return killed
+    finally:
+        client.close()
+
+
+@pytest.mark.faults
+async def test_redis_clients_reconnect_when_their_connections_drop(
+    names: Names, transports: list[KombuTransport]
+) -> None:
+    base = broker_url("redis")
+    tag = uuid.uuid4().hex[:8]
+    publisher = await open_kombu(
+        transports, with_options(base, f"transport.client_name=pub-{tag}"), names
+    )
+    consumer = await open_kombu(
+        transports, with_options(base, f"transport.client_name=sub-{tag}"), names
+    )
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await consumer.subscribe(topic, group)
+    await publisher.publish(topic, messages(10, "one"))
+    assert len(await collect(subscription, 10, 30.0)) == 10
+    await asyncio.sleep(0.2)  # let the acks reach redis
+
+    assert await asyncio.to_thread(kill_redis_clients, f"pub-{tag}") > 0
+    await publisher.publish(topic, messages(100, "two"))  # a pipelined batch: reconnects
+    assert sorted(bodies(await collect(subscription, 100, 30.0))) == sorted(
+        m.body for m in messages(100, "two")
+    )
+    await asyncio.sleep(0.2)
+
+    assert await asyncio.to_thread(kill_redis_clients, f"sub-{tag}") > 0
+    await asyncio.sleep(0.5)  # the consumer notices, reconnects, re-declares
+    await publisher.publish(topic, messages(50, "three"))
+    assert sorted(bodies(await collect(subscription, 50, 30.0))) == sorted(
+        m.body for m in messages(50, "three")
+    )
+    assert await settle_quietly(subscription, 0.5) == []
