@@ -277,6 +277,14 @@ class KombuConfig:
             **values,
         )
 
+    def __repr__(self) -> str:
+        # Not the dataclass repr: url, kombu_url and transport options may hold secrets.
+        return (
+            f"KombuConfig({redacted_url(self.url)!r}, transport={self.transport!r}, "
+            f"prefetch={self.prefetch}, poll_interval={self.poll_interval}, "
+            f"confirm_timeout={self.confirm_timeout}, retry_timeout={self.retry_timeout})"
+        )
+
     @property
     def capabilities(self) -> Capabilities:
         """What this URL's transport guarantees (see the module constants)."""

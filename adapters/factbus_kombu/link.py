@@ -338,6 +338,19 @@ class Link:
         if confirms is not None:
             confirms.wait(self.connection, self.config.confirm_timeout)
 
+    def keep_alive(self) -> None:
+        """Read what the broker sent meanwhile (its heartbeats) and send ours, if
+        due. A failed connection is dropped; the next operation reconnects."""
+        connection = self.connection
+        if connection is None:
+            return
+        try:
+            with contextlib.suppress(TimeoutError):
+                connection.drain_events(timeout=0)
+            connection.heartbeat_check()
+        except Exception:
+            self.reset()
+
     def reset(self) -> None:
         """Drop the connection without talking to the broker (it may be gone)."""
         connection, self.connection, self.channel, self.confirms = self.connection, None, None, None

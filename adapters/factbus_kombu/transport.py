@@ -56,6 +56,7 @@ class KombuTransport(TransportBase):
         self._subscriptions: list[KombuSubscription] = []
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
 
     def _shutting_down(self) -> bool:
         return self._closing is not None
@@ -82,12 +83,28 @@ class KombuTransport(TransportBase):
         :raises TransportError: the broker cannot be reached.
         """
         await self._call(self._link.open, self.config.retry_timeout)
+        heartbeat = float(self.config.connection_options.get("heartbeat") or 0)
+        if heartbeat > 0 and not self.config.is_virtual and self._keepalive is None:
+            self._keepalive = asyncio.create_task(
+                self._keep_alive(heartbeat / 2), name="factbus-kombu-heartbeat"
+            )
+
+    async def _keep_alive(self, every: float) -> None:
+        """With AMQP heartbeats on, answer them on the publishing connection while
+        no publish uses it (otherwise the broker drops an idle publisher)."""
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(TransportError):
+                await self._call(self._link.keep_alive)
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         """Send ``messages`` to ``topic``'s exchange in one worker-thread call: all
         published, then their confirms awaited together (AMQP), or pipelined
         (redis). Reconnects and resends the whole batch on connection errors until
         ``factbus_retry_timeout``.
+
+        A topic no group has subscribed to (no queue bound to its exchange) drops
+        the messages without an error, on every kombu transport.
 
         :raises PublishError: refused, not confirmed in time, or still no
             connection at the deadline; some of the batch may have been delivered.
@@ -216,6 +233,10 @@ class KombuTransport(TransportBase):
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
         subscriptions, self._subscriptions = self._subscriptions, []
         await asyncio.gather(*(s.aclose() for s in subscriptions), return_exceptions=True)
         executor, self._executor = self._executor, None

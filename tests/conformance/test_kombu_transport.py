@@ -254,6 +254,8 @@ def test_repr_and_logs_hide_credentials() -> None:
     assert "user:***@rabbit.example:5672" in text
     assert "heartbeat=5" in text
     assert "s3cret" not in redacted_url("kombu+redis://:s3cret@127.0.0.1:6379/0")
+    config = KombuConfig.from_url("kombu+redis://u:s3cret@127.0.0.1:6379/0?transport.password=x2")
+    assert "s3cret" not in repr(config) and "x2" not in repr(config)
 
 
 def test_tls_and_sasl_options_map_onto_py_amqp() -> None:
@@ -467,6 +469,20 @@ async def test_amqp_nack_without_requeue_dead_letters_natively(
         await asyncio.sleep(0.1)
     assert [letter.body for letter in letters] == [b"m-0"]
     assert await transport.purge_dead_letters(topic) == 1
+
+
+async def test_amqp_idle_publisher_keeps_its_connection_with_heartbeats(
+    names: Names, transports: list[KombuTransport]
+) -> None:
+    url = with_options(broker_url("kombu_amqp"), "heartbeat=1")
+    transport = await open_kombu(transports, url, names)
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    subscription = await transport.subscribe(topic, group)
+    connection = transport._link.connection
+    await asyncio.sleep(4.0)  # RabbitMQ drops a connection after 2 missed heartbeats
+    await transport.publish(topic, messages(3))
+    assert transport._link.connection is connection, "the idle publisher was dropped"
+    assert bodies(await collect(subscription, 3, 30.0)) == [b"m-0", b"m-1", b"m-2"]
 
 
 async def test_redis_nack_without_requeue_drops(
