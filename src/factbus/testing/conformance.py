@@ -370,6 +370,8 @@ class TransportConformance:
     # -- broker restart -----------------------------------------------------------
 
     async def test_recovers_after_broker_restart(self, ctx: ConformanceContext) -> None:
+        # "Nothing lost across a restart" needs both reconnection and persistence.
+        self.need(ctx, "persistent")
         self.need(ctx, "survives_broker_restart")
         if not self.restart_command:
             pytest.skip("no restart command for this broker")
