@@ -14,6 +14,9 @@ Publishing
     ``publish_timeout`` [30.0]
         Seconds librdkafka keeps retrying a message (``message.timeout.ms``)
         before its delivery report fails and ``publish`` raises ``PublishError``.
+    Producers use ``linger.ms=1`` (``publish`` hands over its whole batch at once
+    and then waits, so a longer linger only adds latency); override it with
+    ``producer.linger.ms``.
 
 Consuming
     ``session_timeout`` [10.0]
@@ -224,6 +227,8 @@ class KafkaConfig:
                 "enable.idempotence": True,
                 "acks": "all",
                 "message.timeout.ms": int(self.publish_timeout * 1000),
+                # publish() awaits its whole batch, so lingering only adds latency.
+                "linger.ms": 1,
             }
         )
         conf.update(self.rdkafka)

@@ -47,6 +47,7 @@ from factbus_kafka._driver import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
 
+    from factbus.transport.base import Delivery
     from factbus_kafka.config import KafkaConfig
 
 log = structlog.get_logger("factbus.kafka")
@@ -188,10 +189,10 @@ class KafkaSubscription:
                 waited=self._config.join_timeout,
             )
 
-    def __aiter__(self) -> AsyncIterator[KafkaDelivery]:
+    def __aiter__(self) -> AsyncIterator[Delivery]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[KafkaDelivery]:
+    async def _iterate(self) -> AsyncIterator[Delivery]:
         while not self._closed:
             for delivery in await self.next_batch(self._config.fetch_batch):
                 yield delivery
@@ -199,8 +200,8 @@ class KafkaSubscription:
     async def next_batch(
         self,
         max_messages: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - the Subscription protocol's
-    ) -> list[KafkaDelivery]:
+        timeout: float | None = None,
+    ) -> list[Delivery]:
         """Wait until a delivery is buffered (or ``timeout`` passes: ``[]``), then
         return up to ``max_messages`` buffered deliveries without waiting for more.
 
@@ -356,14 +357,22 @@ class KafkaSubscription:
                 on_lost=self._on_lost,
             )
             while not self._stop.is_set():
-                self._apply(consumer)
-                if len(self._buffer) >= buffer_limit:
-                    consumer.pause(consumer.assignment())
-                    paused = True
-                elif paused and len(self._buffer) <= buffer_limit // 2:
-                    consumer.resume(consumer.assignment())
-                    paused = False
-                messages = consumer.consume(config.fetch_batch, config.poll_interval)
+                try:
+                    self._apply(consumer)
+                    if len(self._buffer) >= buffer_limit:
+                        consumer.pause(consumer.assignment())
+                        paused = True
+                    elif paused and len(self._buffer) <= buffer_limit // 2:
+                        consumer.resume(consumer.assignment())
+                        paused = False
+                    messages = consumer.consume(config.fetch_batch, config.poll_interval)
+                except KafkaException as exc:
+                    error = exc.args[0] if exc.args else None
+                    if not isinstance(error, KafkaError) or error.fatal():
+                        raise
+                    log.warning("kafka consumer error", topic=self.topic, error=str(exc))
+                    self._stop.wait(config.poll_interval)  # librdkafka recovers by itself
+                    continue
                 if messages:
                     self._call(self._receive, messages)
         except BaseException as exc:  # surfaced by next_batch

@@ -63,6 +63,8 @@ from factbus_kafka.subscription import KafkaSubscription
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from factbus.transport.base import Transport
+
 HEADER_MESSAGE_ID: Final = "x-factbus-message-id"
 
 log = structlog.get_logger("factbus.kafka")
@@ -324,7 +326,9 @@ class KafkaTransport(TransportBase):
         confirmations = _Confirmations(asyncio.get_running_loop(), len(messages))
         report = confirmations.report
         produce = thread.producer.produce
-        for message in messages:
+        for index, message in enumerate(messages):
+            if index and not index % 4096:
+                await asyncio.sleep(0)  # a huge batch must not hold the event loop
             headers: HeaderList = [
                 *message.headers.items(),
                 (HEADER_MESSAGE_ID, message.message_id),
@@ -507,3 +511,9 @@ class KafkaTransport(TransportBase):
         )
         results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
         return {tp.partition: result.offset for tp, result in zip(futures, results, strict=True)}
+
+
+if TYPE_CHECKING:
+
+    def _implements_the_protocol(transport: KafkaTransport) -> Transport:
+        return transport  # mypy checks KafkaTransport against the Transport protocol

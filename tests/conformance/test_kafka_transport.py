@@ -4,12 +4,15 @@ plus what only Kafka has (URL options, offsets, partitions, dead-letter topics).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from conftest import broker_url
 from factbus.errors import ConfigError, MissingDriver, PublishError, TransportError
@@ -39,17 +42,54 @@ def kafka_url(options: str = TEST_OPTIONS) -> str:
     return f"{url}{'&' if '?' in url else '?'}{options}"
 
 
+@dataclass
+class KafkaContext(ConformanceContext):
+    """Remembers the names a test made, so that its topics and groups can be deleted
+    afterwards (a broker with thousands of leftover partitions restarts slowly)."""
+
+    names: list[str] = field(default_factory=list)
+
+    def name(self, prefix: str) -> str:  # type: ignore[override]
+        made = ConformanceContext.name(prefix)
+        self.names.append(made)
+        return made
+
+
+def _topics(admin: AdminClient) -> set[str]:
+    return set(admin.list_topics(timeout=30).topics)
+
+
+def _delete(admin: AdminClient, topics: set[str], groups: set[str]) -> None:
+    futures = (
+        list(admin.delete_topics(list(topics), operation_timeout=30).values()) if topics else []
+    )
+    if groups:
+        futures.extend(admin.delete_consumer_groups(list(groups), request_timeout=30).values())
+    for future in futures:
+        with contextlib.suppress(Exception):  # e.g. a group that never existed
+            future.result()
+
+
 class TestKafkaTransport(TransportConformance):
     restart_command = ("bash", str(BROKERS_SH), "restart", "kafka")
     timeout = 30.0
 
     @pytest.fixture
     async def ctx(self) -> AsyncIterator[ConformanceContext]:
-        context = ConformanceContext(kafka_url(), self.restart_command, self.timeout)
+        url = kafka_url()
+        admin = AdminClient({"bootstrap.servers": url.split("://", 1)[1].split("?", 1)[0]})
+        before = await asyncio.to_thread(_topics, admin)
+        context = KafkaContext(url, self.restart_command, self.timeout)
         try:
             yield context
         finally:
             await context.aclose()
+            made = set(context.names)
+            with contextlib.suppress(Exception):  # cleanup is best effort
+                new = await asyncio.to_thread(_topics, admin) - before
+                mine = {t for t in new if t.startswith("scenario-") or t.split(".", 1)[0] in made}
+                groups = made | {f"node-{i}-{t}" for t in mine for i in range(3)}
+                await asyncio.to_thread(_delete, admin, mine, groups)
 
     # -- Kafka specifics ------------------------------------------------------------
 
@@ -128,7 +168,7 @@ class TestKafkaTransport(TransportConformance):
         await transport.publish(topic, keyed)
         received = await collect(subscription, 100, ctx.timeout)
         assert len(received) == 100
-        partition_of = {d.body: d.partition for d in received}  # type: ignore[attr-defined]
+        partition_of = {d.body: getattr(d, "partition", None) for d in received}
         assert len({partition_of[m.body] for m in messages(60)}) == 1
         for key in range(4):
             assert len({partition_of[m.body] for m in keyed[key::4]}) == 1
@@ -143,8 +183,6 @@ class TestKafkaTransport(TransportConformance):
     async def test_topics_are_created_with_the_configured_partitions(
         self, ctx: ConformanceContext
     ) -> None:
-        from confluent_kafka.admin import AdminClient
-
         transport = open_transport(kafka_url(f"{TEST_OPTIONS}&partitions=3"))
         await transport.connect()
         try:
@@ -154,7 +192,7 @@ class TestKafkaTransport(TransportConformance):
         finally:
             await transport.aclose()
         admin = AdminClient({"bootstrap.servers": kafka_url("").split("://", 1)[1]})
-        metadata = await asyncio.to_thread(admin.list_topics, timeout=10)
+        metadata = await asyncio.to_thread(admin.list_topics, timeout=10)  # before cleanup
         assert len(metadata.topics[topic].partitions) == 3
         assert len(metadata.topics[f"{topic}.dead-letter"].partitions) == 1
 
