@@ -38,7 +38,15 @@ class Phases:
 async def test_ratio_comes_from_a_baseline_measured_in_the_same_run() -> None:
     phases = Phases()
     result = await run_bench(BenchConfig(store="memory://", **TINY), phases)
-    assert phases.order == ["baseline", "warm-up", "peak", "half load"]
+    assert phases.order == [
+        "baseline",
+        "warm-up",
+        "peak",
+        "half load",
+        "backlog",
+        "drain",
+        "raw drain",
+    ]
     assert phases.done["baseline"] == result.messages
     assert phases.done["peak"] == result.facts
     assert result.client == "asyncio.Queue"
@@ -51,6 +59,10 @@ async def test_ratio_comes_from_a_baseline_measured_in_the_same_run() -> None:
     assert result.half_load is not None
     assert result.half_load.latency_ms.count == result.facts
     assert result.rss_mb > 0
+    assert result.drain_per_s is not None and result.baseline_drain_per_s is not None
+    assert result.drain_ratio == pytest.approx(result.drain_per_s / result.baseline_drain_per_s)
+    assert phases.done["drain"] == result.facts and phases.done["raw drain"] == result.messages
+    assert result.pipeline["handled"] == 30 + 3 * 300  # warm-up, peak, half load, drain
 
 
 async def test_duplicates_and_reorder_are_absorbed_by_the_pipeline() -> None:
@@ -63,11 +75,12 @@ async def test_duplicates_and_reorder_are_absorbed_by_the_pipeline() -> None:
             publishers=3,
             baseline=False,
             half_load=False,
+            drain=False,
             **TINY,
         )
     )
     assert result.messages == 300 + 90
-    assert result.ratio is None and result.half_load is None
+    assert result.ratio is None and result.half_load is None and result.drain_per_s is None
     stats = result.pipeline
     assert stats["handled"] == 300 + 30  # peak + warm-up, each fact once
     assert stats["duplicates"] == 9 + 90  # warm-up: 0.3 x 30, peak: 0.3 x 300

@@ -15,10 +15,12 @@ COLUMNS = (
     "end-to-end facts/s",
     "baseline msgs/s",
     "ratio",
+    "drain msgs/s (ratio)",
     "p50 ms",
     "p95 ms",
     "p99 ms",
     "p99 ms @50%",
+    "CPU µs/msg (raw)",
     "peak RSS MB",
 )
 
@@ -43,10 +45,17 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
                 _rate(r.facts_per_s),
                 _rate(r.baseline_per_s),
                 _ratio(r.ratio),
+                f"{_rate(r.drain_per_s)} ({_ratio(r.drain_ratio)})",
                 f"{r.latency_ms.p50:.1f}",
                 f"{r.latency_ms.p95:.1f}",
                 f"{r.latency_ms.p99:.1f}",
                 "-" if half is None else f"{half.latency_ms.p99:.1f}",
+                f"{r.cpu_us_per_msg:.1f}"
+                + (
+                    ""
+                    if r.baseline_cpu_us_per_msg is None
+                    else f" ({r.baseline_cpu_us_per_msg:.1f})"
+                ),
                 f"{r.rss_mb:.0f}",
             ]
         )

@@ -87,6 +87,15 @@ class BenchResult:
     baseline_per_s: float | None
     baseline_publish_per_s: float | None
     baseline_elapsed_s: float | None
+    drain_per_s: float | None
+    """Messages/s a new consuming bus drains from a backlog (no publishing meanwhile)."""
+    baseline_drain_per_s: float | None
+    """The same for the raw consumer."""
+    cpu_us_per_msg: float
+    """CPU time of the consuming process (every thread; publisher tasks too when
+    they run in it) per message during the peak: less noisy than rates."""
+    baseline_cpu_us_per_msg: float | None
+    """The same for the baseline (its consumer; its producer too in task mode)."""
     latency_ms: Latency
     half_load: HalfLoad | None
     rss_mb: float
@@ -111,6 +120,12 @@ class BenchResult:
         return self.publish_per_s / self.baseline_publish_per_s
 
     @property
+    def drain_ratio(self) -> float | None:
+        if not self.drain_per_s or not self.baseline_drain_per_s:
+            return None
+        return self.drain_per_s / self.baseline_drain_per_s
+
+    @property
     def scheme(self) -> str:
         return self.transport.split("://", 1)[0]
 
@@ -119,6 +134,7 @@ class BenchResult:
         data = asdict(self)
         data["ratio"] = _round(self.ratio)
         data["publish_ratio"] = _round(self.publish_ratio)
+        data["drain_ratio"] = _round(self.drain_ratio)
         data["scheme"] = self.scheme
         for key in (
             "publish_per_s",
@@ -166,10 +182,15 @@ def machine() -> dict[str, Any]:
         memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:
         pass
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux
+        load = []
     return {
         "cpu": model,
         "cores": os.cpu_count(),
         "memory_gb": memory_gb,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "load_avg": load,  # 1/5/15-minute load when the run ended: other work on the machine
     }

@@ -16,6 +16,9 @@ Order of a run (one consumer process, this one):
 4. **half load**: a new workload of the same size, publishing paced at half of
    the peak's end-to-end rate; its latency percentiles are the latency at
    half of peak load.
+5. **drain**: the bus closes; a new workload is published as a backlog; a new
+   bus (same node, store and group) drains it. Then the raw consumer drains a
+   backlog of the same bodies. Consumer capacity alone, publishers idle.
 
 The handler stamps ``perf_counter()`` per fact (by its ``n`` field); the
 publishers stamp each publish call; latency is the difference, per distinct
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tempfile
 import time
 import uuid
@@ -83,11 +87,14 @@ class BenchConfig:
     seed: int = 1
     baseline: bool = True
     half_load: bool = True
+    drain: bool = True
+    """Also measure a new bus draining a backlog (consumer capacity, no publishers)."""
     timeout: float = 300.0
     """Seconds each phase may take."""
     profile: str = ""
-    """Profile the peak phase to this path: ``.prof`` (cProfile), ``.html`` or
-    anything else (pyinstrument text)."""
+    """Profile the peak phase to this path: ``.prof`` (cProfile, wall time),
+    ``.cpu.prof`` (cProfile, the event-loop thread's CPU time), ``.html`` or
+    anything else (pyinstrument, wall time)."""
 
     def __post_init__(self) -> None:
         if self.publishers < 1:
@@ -244,6 +251,7 @@ class _Run:
         self.node = node
         self.publishers = publishers
         self.sampler = _Sampler()
+        self._buses: list[Bus] = []
 
     async def execute(self) -> BenchResult:
         config, observer = self.config, self.observer
@@ -259,25 +267,18 @@ class _Run:
         )
 
         client = ""
-        baseline_rate = baseline_publish = baseline_elapsed = None
+        baseline_rate = baseline_publish = baseline_elapsed = baseline_cpu = None
         if config.baseline:
             baseline = baseline_for(self.transport, f"{self.topic}-raw")
             client = baseline.client
-            elapsed, published = await self._baseline(baseline, peak_spec, messages)
+            elapsed, published, cpu = await self._baseline(baseline, peak_spec, messages)
             baseline_rate, baseline_publish = messages / elapsed, messages / published
             baseline_elapsed = elapsed
+            baseline_cpu = round(cpu / messages * 1e6, 2)
             observer.note(f"baseline ({client}): {baseline_rate:,.0f} msgs/s end to end")
 
-        bus = Bus(
-            self.transport,
-            self.store,
-            topic=self.topic,
-            node=self.node,
-            batch_size=config.batch_size,
-        )
         recorder = Recorder()
-        for fact_type in FACT_TYPES:
-            bus.handler(fact_type)(recorder)
+        bus = self._bus(recorder)
         self.sampler.peak_mb = 0.0  # the baseline's own memory does not count
         rss_start = self.sampler.sample()
         await bus.start()
@@ -298,6 +299,11 @@ class _Run:
                 half = HalfLoad(round(target, 1), round(slow.messages_per_s, 1), slow.latency)
         finally:
             await bus.aclose()
+        drain = baseline_drain = None
+        if config.drain:
+            drain = await self._drain(recorder, config.spec(config.seed + 2))
+            if config.baseline:
+                baseline_drain = await self._baseline_drain(peak_spec, messages)
         return BenchResult(
             transport=redact(self.transport),
             store=redact(self.store),
@@ -321,16 +327,102 @@ class _Run:
             baseline_per_s=baseline_rate,
             baseline_publish_per_s=baseline_publish,
             baseline_elapsed_s=None if baseline_elapsed is None else round(baseline_elapsed, 6),
+            drain_per_s=drain,
+            baseline_drain_per_s=baseline_drain,
+            cpu_us_per_msg=round(peak.cpu_s / peak.messages * 1e6, 2),
+            baseline_cpu_us_per_msg=baseline_cpu,
             latency_ms=peak.latency,
             half_load=half,
             rss_mb=round(self.sampler.peak_mb, 1),
             rss_start_mb=round(rss_start, 1),
-            pipeline={**bus.stats.as_dict(), "strays": recorder.strays},
+            pipeline={**self.stats, "strays": recorder.strays},
             machine=machine(),
         )
 
-    async def _watch(self, name: str, total: int, count: Callable[[], int]) -> None:
+    def _bus(self, recorder: Recorder) -> Bus:
+        """The consuming bus (a new one each time: the drain phase restarts it)."""
+        bus = Bus(
+            self.transport,
+            self.store,
+            topic=self.topic,
+            node=self.node,
+            batch_size=self.config.batch_size,
+        )
+        for fact_type in FACT_TYPES:
+            bus.handler(fact_type)(recorder)
+        self._buses.append(bus)
+        return bus
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The consuming buses' counters, summed."""
+        total: dict[str, Any] = {}
+        for bus in self._buses:
+            for key, value in bus.stats.as_dict().items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    async def _drain(self, recorder: Recorder, spec: WorkloadSpec) -> float:
+        """Messages/s of a new consuming bus draining a backlog published while none ran.
+
+        Measured from the moment the first step's facts were handled (the
+        ``batch_size``-th fact) to the last step's commit, so joining the
+        group and the first fetch do not count.
+        """
+        summary = await self.publishers.prepare(spec)
+        self.observer.phase("backlog", summary.messages)
+        job = PublishJob(spec, self.config.publish_batch, start_at=time.perf_counter() + 0.05)
+        async with asyncio.timeout(self.config.timeout):
+            reports = await self.publishers.publish(job)
+        self.observer.advance("backlog", sum(r.messages for r in reports))
+        phase = recorder.begin(summary.run, spec.facts)
+        watcher = self._watch("drain", spec.facts, lambda: phase.count)
+        bus = self._bus(recorder)
+        try:
+            await bus.start()
+            stats = bus.stats
+            async with asyncio.timeout(self.config.timeout):
+                await phase.done.wait()
+                while stats.messages < summary.messages:  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+                while stats.handled < spec.facts:  # noqa: ASYNC110
+                    await asyncio.sleep(0.001)
+            end = time.perf_counter()
+        finally:
+            watcher.cancel()
+            self.observer.advance("drain", phase.count)
+            await bus.aclose()
+        stamps = sorted(phase.handled_at)
+        skip = max(1, min(self.config.batch_size, spec.facts // 10))
+        facts_per_s = (spec.facts - skip) / max(end - stamps[skip - 1], 1e-9)
+        return round(facts_per_s * summary.messages / spec.facts, 1)
+
+    async def _baseline_drain(self, spec: WorkloadSpec, messages: int) -> float:
+        """Messages/s of the raw consumer draining a backlog, first to last receipt."""
+        destination = f"{self.topic}-raw-drain"
+        baseline = baseline_for(self.transport, destination)
+        await baseline.setup(subscribe=False)
+        try:
+            await self.publishers.baseline(
+                spec, destination, self.config.publish_batch, baseline.produce
+            )
+            watcher = self._watch("raw drain", messages, lambda: baseline.received)
+            try:
+                await baseline.subscribe()
+                last = await baseline.consume(messages, self.config.timeout)
+            finally:
+                watcher.cancel()
+                self.observer.advance("raw drain", baseline.received)
+        finally:
+            await baseline.teardown()
+        return round((messages - 1) / max(last - baseline.first_at, 1e-9), 1)
+
+    def _watch(self, name: str, total: int, count: Callable[[], int]) -> asyncio.Task[None]:
+        """Announce phase ``name`` now; report its progress and sample memory until cancelled."""
         self.observer.phase(name, total)
+        return asyncio.create_task(self._progress(name, count))
+
+    async def _progress(self, name: str, count: Callable[[], int]) -> None:
         while True:
             self.sampler.sample()
             self.observer.advance(name, count())
@@ -338,14 +430,13 @@ class _Run:
 
     async def _baseline(
         self, baseline: Baseline, spec: WorkloadSpec, messages: int
-    ) -> tuple[float, float]:
-        """(end-to-end seconds, publish seconds) of the raw client."""
+    ) -> tuple[float, float, float]:
+        """(end-to-end seconds, publish seconds, CPU seconds here) of the raw client."""
         timeout = self.config.timeout
         await baseline.setup()
+        cpu_before = process_cpu()
         try:
-            watcher = asyncio.create_task(
-                self._watch("baseline", messages, lambda: baseline.received)
-            )
+            watcher = self._watch("baseline", messages, lambda: baseline.received)
             consumer = asyncio.create_task(baseline.consume(messages, timeout))
             try:
                 start, end = await _first(
@@ -358,13 +449,14 @@ class _Run:
                     consumer,
                 )
                 last = await consumer
+                cpu = process_cpu() - cpu_before
             finally:
                 consumer.cancel()
                 watcher.cancel()
                 self.observer.advance("baseline", baseline.received)
         finally:
             await baseline.teardown()
-        return last - start, end - start
+        return last - start, end - start, cpu
 
     async def _phase(
         self,
@@ -381,8 +473,9 @@ class _Run:
         messages_before, handled_before = stats.messages, stats.handled
         expected = summary.messages
         phase = recorder.begin(summary.run, spec.facts)
-        watcher = asyncio.create_task(self._watch(name, spec.facts, lambda: phase.count))
+        watcher = self._watch(name, spec.facts, lambda: phase.count)
         profiler = _Profiler(profile) if profile else None
+        cpu_before = process_cpu()
         try:
             if profiler:
                 profiler.start()
@@ -403,6 +496,7 @@ class _Run:
             async with asyncio.timeout(self.config.timeout):
                 reports = await publishing
                 finished = await settled()
+            cpu = process_cpu() - cpu_before
             if profiler:
                 profiler.stop()
         finally:
@@ -422,6 +516,7 @@ class _Run:
             publish_per_s=sent / max(published_end - start, 1e-9),
             messages_per_s=sent / elapsed,
             latency=Latency.of(latencies(stamps, phase.handled_at)),
+            cpu_s=cpu,
         )
 
 
@@ -433,6 +528,13 @@ class _Measured:
     publish_per_s: float
     messages_per_s: float
     latency: Latency
+    cpu_s: float
+
+
+def process_cpu() -> float:
+    """CPU seconds (user + system, every thread) this process has used."""
+    times = os.times()
+    return times.user + times.system
 
 
 async def _first(main: Awaitable[T], guard: asyncio.Future[Any]) -> T:
@@ -446,7 +548,8 @@ async def _first(main: Awaitable[T], guard: asyncio.Future[Any]) -> T:
 
 
 class _Profiler:
-    """cProfile (``.prof``) or pyinstrument (``.html``, else text) around a phase."""
+    """cProfile (``.prof``: wall time; ``.cpu.prof``: this thread's CPU time) or
+    pyinstrument (``.html``, else text; wall time) around a phase."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -456,7 +559,8 @@ class _Profiler:
         if self.path.endswith(".prof"):
             import cProfile
 
-            self._impl = cProfile.Profile()
+            cpu = self.path.endswith(".cpu.prof")
+            self._impl = cProfile.Profile(time.thread_time) if cpu else cProfile.Profile()
             self._impl.enable()
         else:
             try:
@@ -465,7 +569,7 @@ class _Profiler:
                 raise ConfigError(
                     "--profile needs pyinstrument (pip install pyinstrument), or a .prof path"
                 ) from error
-            self._impl = Profiler(interval=0.0005, async_mode="disabled")
+            self._impl = Profiler(interval=0.001, async_mode="disabled")
             self._impl.start()
 
     def stop(self) -> None:
@@ -491,3 +595,9 @@ class _Profiler:
             else impl.output_text(unicode=True, color=False, show_all=False)
         )
         Path(self.path).write_text(text, encoding="utf-8")
+        impl.last_session.save(session_path(self.path))
+
+
+def session_path(profile: str) -> str:
+    """Where a pyinstrument profile's raw session goes (for :mod:`factbus.bench.profile`)."""
+    return profile + ".session.json"

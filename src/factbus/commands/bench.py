@@ -83,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-half-load", action="store_true", help="skip the run at half of peak load"
     )
+    parser.add_argument(
+        "--no-drain", action="store_true", help="skip draining a backlog with a new bus"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per phase")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--plot", metavar="PATH.png", help="write a throughput/latency plot")
@@ -111,6 +114,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         seed=args.seed,
         baseline=not args.no_baseline,
         half_load=not args.no_half_load,
+        drain=not args.no_drain,
         timeout=args.timeout,
         profile=args.profile or "",
     )
@@ -153,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             observer = _ProgressObserver(progress, console)
         result = asyncio.run(run_bench(config, observer))
     # Not a terminal: wide enough for every column rather than rich's default 80.
-    out = Console() if sys.stdout.isatty() else Console(width=160)
+    out = Console() if sys.stdout.isatty() else Console(width=200)
     out.print(table([result]))
     if args.json:
         Path(args.json).write_text(json.dumps(result.as_json(), indent=2) + "\n", encoding="utf-8")

@@ -8,10 +8,12 @@ way its documentation shows (no factbus code on the hot path), with the same
 durability the factbus adapter asks for (persistent messages, confirms, acks).
 
 Contract of a :class:`Baseline`: ``setup`` creates a fresh destination and
-readies the consumer; ``consume`` is started before ``produce`` and returns
-the time the last message arrived; ``produce`` may run in another process on
-another instance made with the same URL and destination (except ``memory://``,
-which is in-process by nature); ``teardown`` removes what ``setup`` created.
+readies the consumer; ``consume`` is started before ``produce`` (end to end)
+or after it (draining a backlog: ``setup(subscribe=False)``, ``produce``,
+``subscribe``, ``consume``) and returns the time the last message arrived;
+``produce`` may run in another process on another instance made with the
+same URL and destination (except ``memory://``, which is in-process by
+nature); ``teardown`` removes what ``setup`` created.
 Times are ``time.perf_counter()`` values (CLOCK_MONOTONIC on Linux: comparable
 across processes of one machine).
 """
@@ -34,9 +36,14 @@ class Baseline(Protocol):
     """True when producer and consumer must share one process (``memory://``)."""
     received: int
     """Messages consumed so far (read from any thread for progress)."""
+    first_at: float
+    """When the first message arrived (0.0: none yet)."""
 
-    async def setup(self) -> None:
-        """Create the destination and ready the consumer (subscribed, assigned)."""
+    async def setup(self, subscribe: bool = True) -> None:
+        """Create the destination and, with ``subscribe``, ready the consumer."""
+
+    async def subscribe(self) -> None:
+        """Ready the consumer (subscribed, assigned) if ``setup`` did not."""
 
     async def produce(
         self, bodies: Sequence[bytes], keys: Sequence[str], chunks: Sequence[range]

@@ -38,6 +38,7 @@ class AmqpBaseline:
         self.exchange = destination
         self.queue = f"{destination}.raw"
         self.received = 0
+        self.first_at = 0.0
         self.client = f"aio-pika {version('aio-pika')} (publisher confirms)"
         self._connection: Any = None
         self._channel: Any = None
@@ -53,7 +54,7 @@ class AmqpBaseline:
             ssl=config.tls,
         )
 
-    async def setup(self) -> None:
+    async def setup(self, subscribe: bool = True) -> None:
         self._connection = await self._connect()
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self.config.prefetch)
@@ -62,6 +63,9 @@ class AmqpBaseline:
         )
         queue = await self._channel.declare_queue(self.queue, durable=True)
         await queue.bind(exchange, "#")
+
+    async def subscribe(self) -> None:
+        pass  # consume() starts the queue iterator
 
     async def produce(
         self, bodies: Sequence[bytes], keys: Sequence[str], chunks: Sequence[range]
@@ -97,6 +101,8 @@ class AmqpBaseline:
             async for message in messages:
                 message.body  # noqa: B018 - touch the bytes like a real consumer
                 await message.ack()
+                if not self.received:
+                    self.first_at = time.perf_counter()
                 self.received += 1
                 if self.received >= count:
                     last = time.perf_counter()

@@ -41,16 +41,19 @@ class KafkaBaseline:
         self.topic = destination
         self.group = f"{destination}.raw"
         self.received = 0
+        self.first_at = 0.0
         self.client = f"confluent-kafka {confluent_kafka.version()[0]} (acks=all, idempotent)"
         self._consumer: Any = None
 
     def _admin(self) -> Any:
         return AdminClient(self.config.admin())
 
-    async def setup(self) -> None:
-        await asyncio.to_thread(self._setup)
+    async def setup(self, subscribe: bool = True) -> None:
+        await asyncio.to_thread(self._create)
+        if subscribe:
+            await self.subscribe()
 
-    def _setup(self) -> None:
+    def _create(self) -> None:
         admin = self._admin()  # must outlive its futures
         futures = admin.create_topics(
             [NewTopic(self.topic, self.config.partitions, self.config.replication_factor)],
@@ -58,6 +61,11 @@ class KafkaBaseline:
         )
         for future in futures.values():
             future.result(timeout=self.config.request_timeout)
+
+    async def subscribe(self) -> None:
+        await asyncio.to_thread(self._subscribe)
+
+    def _subscribe(self) -> None:
         settings = self.config.consumer_settings(self.group)
         settings["enable.auto.offset.store"] = True  # the client's default
         consumer = Consumer(settings)
@@ -72,9 +80,7 @@ class KafkaBaseline:
             if time.monotonic() > deadline:
                 consumer.close()
                 raise TransportError(f"raw consumer got no assignment for {self.topic}")
-            for message in consumer.consume(num_messages=100, timeout=0.1):
-                if message.error() is None:
-                    self.received += 1  # cannot happen on a new topic, but count it
+            self._count(consumer.consume(num_messages=100, timeout=0.1))
         self._consumer = consumer
 
     async def produce(
@@ -122,14 +128,18 @@ class KafkaBaseline:
         while self.received < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"raw consumer got {self.received} of {count}")
-            messages = consumer.consume(num_messages=1000, timeout=0.1)
-            for message in messages:
-                if message.error() is None:
-                    message.value()
-                    self.received += 1
-            if messages:
+            if self._count(consumer.consume(num_messages=1000, timeout=0.1)):
                 last = time.perf_counter()
         return last
+
+    def _count(self, messages: list[Any]) -> bool:
+        for message in messages:
+            if message.error() is None:
+                message.value()
+                if not self.received:
+                    self.first_at = time.perf_counter()
+                self.received += 1
+        return bool(messages)
 
     async def teardown(self) -> None:
         consumer, self._consumer = self._consumer, None

@@ -45,6 +45,7 @@ class KombuBaseline:
         )
         self.routing_key = destination
         self.received = 0
+        self.first_at = 0.0
         confirms = " (confirm_publish)" if self.amqp else ""
         self.client = f"kombu {version('kombu')} on {self.config.transport}{confirms}"
 
@@ -58,12 +59,15 @@ class KombuBaseline:
             ssl=self.config.ssl if self.config.ssl is not None else False,
         )
 
-    async def setup(self) -> None:
+    async def setup(self, subscribe: bool = True) -> None:
         def declare() -> None:
             with self._connection() as connection:
                 self.queue(connection.default_channel).declare()
 
         await asyncio.to_thread(declare)
+
+    async def subscribe(self) -> None:
+        pass  # consume() starts the consumer thread
 
     async def produce(
         self, bodies: Sequence[bytes], keys: Sequence[str], chunks: Sequence[range]
@@ -127,8 +131,10 @@ class KombuBaseline:
         def on_message(body: Any, message: Any) -> None:
             nonlocal last
             message.ack()
-            self.received += 1
             last = time.perf_counter()
+            if not self.received:
+                self.first_at = last
+            self.received += 1
 
         with self._connection() as connection:
             queue = self.queue(connection.default_channel)

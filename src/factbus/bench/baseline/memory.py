@@ -22,6 +22,7 @@ class MemoryBaseline:
         self.url = url
         self.destination = destination
         self.received = 0
+        self.first_at = 0.0
         self._queue: asyncio.Queue[bytes] | None = None
 
     def _q(self) -> asyncio.Queue[bytes]:
@@ -29,8 +30,11 @@ class MemoryBaseline:
             self._queue = asyncio.Queue()
         return self._queue
 
-    async def setup(self) -> None:
+    async def setup(self, subscribe: bool = True) -> None:
         self._q()
+
+    async def subscribe(self) -> None:
+        pass
 
     async def produce(
         self, bodies: Sequence[bytes], keys: Sequence[str], chunks: Sequence[range]
@@ -48,6 +52,8 @@ class MemoryBaseline:
         async with asyncio.timeout(timeout):
             while self.received < count:
                 await queue.get()
+                if not self.received:
+                    self.first_at = time.perf_counter()
                 self.received += 1
         return time.perf_counter()
 

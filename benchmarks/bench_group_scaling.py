@@ -1,0 +1,304 @@
+"""Group mode scaling: throughput with 1, 2 and 4 worker processes over Kafka and
+RabbitMQ, sharing one PostgreSQL store.
+
+    eval "$(bash scripts/brokers.sh env)"
+    .venv/bin/python benchmarks/bench_group_scaling.py                  # kafka + amqp, 1/2/4
+    .venv/bin/python benchmarks/bench_group_scaling.py --brokers kafka --workers 1,4 \\
+        --facts 10000 --handler-ms 2
+
+Each cell publishes a backlog of ``--facts`` facts (a causal DAG, in causal
+order, or shuffled with 30% duplicates with ``--shuffle``) to a fresh topic,
+then runs ``factbus worker bench_group_scaling:build_bus --workers N`` until
+every fact is handled, then stops it with SIGTERM. Each fact's handler inserts
+one row in the same transaction as its handled mark (the exactly-once effect
+that group mode exists for), after sleeping ``--handler-ms`` (an I/O-bound
+handler: a call to another service). The rate is measured from those rows'
+commit times, between the 10th and the 90th percentile, so worker start-up and
+the group's first rebalances do not count; ``total`` is facts over the time
+from the first to the last row.
+
+Every cell also checks the result: each fact handled once, after its
+predecessors. The table goes to stdout, the figures to ``--json``.
+
+This module is also the workers' application: ``build_bus`` reads its
+settings from ``BENCH_GROUP_*`` variables set by the runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from factbus import Bus, Fact
+from factbus.config import redact
+from factbus.testing.scenario import random_dag, shuffled_with_duplicates
+from factbus.transport import open_transport
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_URLS = {
+    "kafka": "kafka://127.0.0.1:9092",
+    "amqp": "amqp://guest:guest@127.0.0.1:5672/",
+    "postgres": "postgresql://factbus:factbus@127.0.0.1:5432/factbus",
+}
+GROUP = "bench-workers"
+
+
+# -- the workers' application -------------------------------------------------------
+
+
+def build_bus() -> Bus:
+    """One worker: group mode, shared store, a transactional handler per fact type."""
+    env = os.environ
+    schema = env["BENCH_GROUP_SCHEMA"]
+    pause = float(env.get("BENCH_GROUP_HANDLER_MS", "0")) / 1000
+    bus = Bus(
+        env["BENCH_GROUP_TRANSPORT"],
+        env["BENCH_GROUP_STORE"],
+        topic=env["BENCH_GROUP_TOPIC"],
+        group=GROUP,
+        node="bench",
+    )
+    insert = (
+        f'INSERT INTO "{schema}".effects (hash, worker, in_order) VALUES ($1, $2, '
+        f'(SELECT count(DISTINCT e.hash) FROM "{schema}".effects e '
+        f"WHERE e.hash = ANY($3::text[])) = cardinality($3::text[]))"
+    )
+
+    async def effect(fact: Fact, conn: asyncpg.Connection) -> None:
+        if pause:
+            await asyncio.sleep(pause)
+        preds = sorted({ref.hash for ref in fact.predecessor_refs()})
+        await conn.execute(insert, fact.hash, bus.settings.node_name, preds)
+
+    for fact_type in ("Scenario.Independent", "Scenario.Chains", "Scenario.FanIn"):
+        bus.handler(fact_type, transactional=True)(effect)
+    return bus
+
+
+# -- the runner ---------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    broker: str
+    workers: int
+    facts: int
+    messages: int
+    handler_ms: float
+    shuffled: bool
+    steady_facts_per_s: float
+    total_facts_per_s: float
+    total_seconds: float
+    lost: int
+    duplicated: int
+    out_of_order: int
+    share: dict[str, int]
+    """Facts handled by each worker process."""
+    cpu_load_before: float
+
+
+def _with_query(url: str, **options: Any) -> str:
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode(options)) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
+async def _prepare(url: str, topic: str) -> None:
+    """A broker that does not replay history (AMQP) needs the group's queue first."""
+    transport = open_transport(url)
+    if transport.capabilities.replays_history:
+        return
+    await transport.connect()
+    try:
+        await (await transport.subscribe(topic, GROUP)).aclose()
+    finally:
+        await transport.aclose()
+
+
+async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.Namespace) -> Cell:
+    schema = f"fbbench_{uuid.uuid4().hex[:10]}"
+    topic = f"bench-group-{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(pg)
+    await conn.execute(
+        f'CREATE SCHEMA "{schema}"; CREATE TABLE "{schema}".effects (hash text NOT NULL, '
+        "worker text NOT NULL, in_order boolean NOT NULL, "
+        "at timestamptz NOT NULL DEFAULT clock_timestamp()); "
+        f'CREATE INDEX ON "{schema}".effects (hash)'
+    )
+    try:
+        dag = random_dag(args.facts, seed=args.seed, shape=args.shape)
+        order = (
+            shuffled_with_duplicates(dag, duplicates=0.3, seed=args.seed) if args.shuffle else dag
+        )
+        await _prepare(url, topic)
+        publisher = Bus(url, "memory://", topic=topic, node="bench-publisher", consume=False)
+        async with publisher:
+            for start in range(0, len(order), 1000):
+                await publisher.publish(*order[start : start + 1000], ancestors=False)
+        env = dict(
+            os.environ,
+            BENCH_GROUP_TRANSPORT=url,
+            BENCH_GROUP_STORE=_with_query(pg, schema=schema, pool_max=3),
+            BENCH_GROUP_TOPIC=topic,
+            BENCH_GROUP_SCHEMA=schema,
+            BENCH_GROUP_HANDLER_MS=str(args.handler_ms),
+            FACTBUS_LOG_LEVEL="error",
+        )
+        load = os.getloadavg()[0]
+        started = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "factbus",
+            "worker",
+            "bench_group_scaling:build_bus",
+            "--workers",
+            str(workers),
+            "--app-dir",
+            str(HERE),
+            "--progress",
+            "off",
+            env=env,
+        )
+        try:
+            count = "SELECT count(DISTINCT hash) FROM " + f'"{schema}".effects'
+            while (done := await conn.fetchval(count)) < args.facts:
+                if time.monotonic() - started > args.timeout:
+                    raise TimeoutError(f"{broker} x{workers}: {done}/{args.facts} handled")
+                if process.returncode is not None:
+                    raise RuntimeError(f"factbus worker exited with {process.returncode}")
+                await asyncio.sleep(0.2)
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            await process.wait()
+        rows = await conn.fetch(
+            f'SELECT hash, worker, in_order, extract(epoch FROM at) AS t FROM "{schema}".effects '
+            "ORDER BY at"
+        )
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+    times = [float(row["t"]) for row in rows]
+    n = len(times)
+    lo, hi = times[n // 10], times[(9 * n) // 10]
+    steady = (0.8 * n) / (hi - lo) if hi > lo else float("inf")
+    span = times[-1] - times[0]
+    hashes = [row["hash"] for row in rows]
+    share: dict[str, int] = {}
+    for row in rows:
+        share[row["worker"]] = share.get(row["worker"], 0) + 1
+    return Cell(
+        broker=broker,
+        workers=workers,
+        facts=args.facts,
+        messages=len(order),
+        handler_ms=args.handler_ms,
+        shuffled=args.shuffle,
+        steady_facts_per_s=round(steady, 1),
+        total_facts_per_s=round(n / span, 1) if span else float("inf"),
+        total_seconds=round(span, 2),
+        lost=len({f.hash for f in dag} - set(hashes)),
+        duplicated=len(hashes) - len(set(hashes)),
+        out_of_order=sum(1 for row in rows if not row["in_order"]),
+        share=dict(sorted(share.items())),
+        cpu_load_before=round(load, 2),
+    )
+
+
+def _table(cells: list[Cell]) -> str:
+    head = (
+        f"{'broker':<7} {'workers':>7} {'facts':>7} {'steady f/s':>11} {'speedup':>8} "
+        f"{'total f/s':>10} {'seconds':>8} {'lost/dup/ooo':>13} {'load':>5}  share"
+    )
+    lines = [head, "-" * len(head)]
+    base: dict[str, float] = {}
+    for cell in cells:
+        if cell.workers == min(c.workers for c in cells if c.broker == cell.broker):
+            base[cell.broker] = cell.steady_facts_per_s / cell.workers
+        speedup = cell.steady_facts_per_s / base[cell.broker] if base.get(cell.broker) else 0
+        checks = f"{cell.lost}/{cell.duplicated}/{cell.out_of_order}"
+        lines.append(
+            f"{cell.broker:<7} {cell.workers:>7} {cell.facts:>7} "
+            f"{cell.steady_facts_per_s:>11,.0f} {speedup:>7.2f}x "
+            f"{cell.total_facts_per_s:>10,.0f} {cell.total_seconds:>8.1f} {checks:>13} "
+            f"{cell.cpu_load_before:>5.1f}  {'/'.join(str(v) for v in cell.share.values())}"
+        )
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    pg = os.environ.get("FACTBUS_TEST_POSTGRES_URL", DEFAULT_URLS["postgres"])
+    cells: list[Cell] = []
+    for broker in args.brokers.split(","):
+        url = os.environ.get(f"FACTBUS_TEST_{broker.upper()}_URL", DEFAULT_URLS[broker])
+        for workers in (int(w) for w in args.workers.split(",")):
+            runs = [await run_cell(broker, url, pg, workers, args) for _ in range(args.repeat)]
+            # The median run by steady rate represents the cell.
+            median = statistics.median_low(r.steady_facts_per_s for r in runs)
+            cell = next(r for r in runs if r.steady_facts_per_s == median)
+            cells.append(cell)
+            print(
+                f"{broker} x{workers}: {cell.steady_facts_per_s:,.0f} facts/s steady, "
+                f"{cell.total_facts_per_s:,.0f} overall (runs: "
+                f"{', '.join(f'{r.steady_facts_per_s:,.0f}' for r in runs)})",
+                file=sys.stderr,
+                flush=True,
+            )
+    print(_table(cells))
+    return {
+        "benchmark": "group_scaling",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "store": redact(pg),
+        "cells": [asdict(cell) for cell in cells],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--brokers", default="kafka,amqp", help="comma-separated: kafka, amqp")
+    parser.add_argument("--workers", default="1,2,4", help="worker counts (default 1,2,4)")
+    parser.add_argument("--facts", type=int, default=20_000)
+    parser.add_argument("--shape", default="mixed", help="random_dag shape (default mixed)")
+    parser.add_argument(
+        "--shuffle", action="store_true", help="publish shuffled, with 30%% duplicates"
+    )
+    parser.add_argument(
+        "--handler-ms", type=float, default=0.0, help="milliseconds each handler waits"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median shown)")
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    parser.add_argument("--json", default=str(HERE / "group_scaling.json"))
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+    bad = [c for c in result["cells"] if c["lost"] or c["duplicated"] or c["out_of_order"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
