@@ -229,6 +229,9 @@ class KafkaConfig:
                 "message.timeout.ms": int(self.publish_timeout * 1000),
                 # publish() awaits its whole batch, so lingering only adds latency.
                 "linger.ms": 1,
+                # Topics are created explicitly (with `partitions`); a metadata refresh
+                # must never re-create a deleted one with the broker's defaults.
+                "allow.auto.create.topics": False,
             }
         )
         conf.update(self.rdkafka)

@@ -141,6 +141,9 @@ class _ProducerThread:
             producer.poll(0.1)
         # Deliver what is queued (or let it expire): every pending publish gets its report.
         producer.flush(self._flush_timeout)
+        # Destroy the librdkafka handle now: left to the garbage collector (error_cb makes a
+        # reference cycle) its threads would keep connections and metadata refreshes alive.
+        producer.close()
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
