@@ -273,7 +273,7 @@ class Bus:
         last_sweep = time.monotonic()
         while not self._stopping.is_set():
             try:
-                batch = await subscription.next_batch(batch_size, timeout=IDLE_TICK)
+                batch = list(await subscription.next_batch(batch_size, timeout=IDLE_TICK))
             except Exception:
                 self._log.exception("receiving failed; retrying")
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
@@ -293,7 +293,7 @@ class Bus:
             if linger and len(batch) < batch_size:
                 await asyncio.sleep(linger)
                 with contextlib.suppress(Exception):
-                    batch += await subscription.next_batch(batch_size - len(batch), timeout=0)
+                    batch.extend(await subscription.next_batch(batch_size - len(batch), timeout=0))
             try:
                 await self.pipeline.step(batch)
                 failures = 0

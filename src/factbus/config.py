@@ -6,12 +6,12 @@ Precedence: explicit arguments, then environment, then the TOML file, then defau
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from factbus.errors import ConfigError
 
@@ -115,13 +115,16 @@ def _coerce(name: str, raw: str, default: Any) -> Any:
     return raw
 
 
+_USERINFO_PASSWORD = re.compile(r"(//[^/@:]*):[^/@]*@")
+_SECRET_QUERY = re.compile(
+    r"([?&][^=&]*(?:password|passwd|secret|token|credential|key)[^=&]*=)[^&]*", re.IGNORECASE
+)
+
+
 def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs and reprs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """``url`` with passwords (``user:***@``) and secret query options
+    (``sasl_password=***``, ``...key...=***``) hidden, for logs and reprs.
+
+    Works on any URL shape, including several ``host:port`` pairs in the netloc.
+    """
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url, count=1))

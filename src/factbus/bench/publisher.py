@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from factbus.bench.workload import Workload, WorkloadSpec, WorkloadSummary, build_workload
 from factbus.bus import Bus
+from factbus.errors import FactbusError
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +199,7 @@ class PublisherProcesses:
         )
         errors = [payload for status, payload in replies if status == "error"]
         if errors:
-            raise RuntimeError(f"publisher process failed: {errors[0]}")
+            raise FactbusError(f"publisher process failed: {errors[0]}")
         return [payload for _, payload in replies]
 
     async def prepare(self, spec: WorkloadSpec) -> WorkloadSummary:

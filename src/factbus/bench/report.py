@@ -40,7 +40,7 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
         half = r.half_load
         out.append(
             [
-                r.transport,
+                "memory://" if r.scheme == "memory" else r.transport,
                 f"{_rate(r.publish_per_s)} ({_ratio(r.publish_ratio)})",
                 _rate(r.facts_per_s),
                 _rate(r.baseline_per_s),

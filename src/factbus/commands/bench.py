@@ -155,7 +155,13 @@ def run(args: argparse.Namespace) -> int:
     with progress:
         if not args.quiet:
             observer = _ProgressObserver(progress, console)
-        result = asyncio.run(run_bench(config, observer))
+        try:
+            result = asyncio.run(run_bench(config, observer))
+        except TimeoutError:
+            console.print(
+                f"[red]factbus bench: a phase took longer than --timeout {config.timeout:g}s[/]"
+            )
+            return 1
     # Not a terminal: wide enough for every column rather than rich's default 80.
     out = Console() if sys.stdout.isatty() else Console(width=200)
     out.print(table([result]))

@@ -171,6 +171,12 @@ async def _worker_main(args: argparse.Namespace) -> int:
     index: int = args.child
     os.environ["FACTBUS_WORKER_INDEX"] = str(index)
     report = _Reporter(args.stats_fd)
+    # Handlers first: a stop asked for while the module imports is noticed
+    # before the bus starts taking messages.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     try:
         bus = load_bus(args.target, args.app_dir)
         check_group_mode(bus, args.workers)
@@ -179,11 +185,9 @@ async def _worker_main(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     node = f"{bus.settings.node_name}-{index}"
     _rename(bus, node)
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    await asyncio.sleep(0)  # run the signal handlers of signals that came meanwhile
+    if stop.is_set():
+        return 0
 
     try:
         await bus.start()
@@ -325,7 +329,10 @@ class Supervisor:
         self._render(final=True)
         if self.fatal is not None:
             return self.fatal
-        if self._killed or any(slot.status not in (0, None) for slot in self.slots):
+        # A worker that got SIGTERM before it could install its handlers had not
+        # started consuming: stopping it that way is clean too.
+        clean = (0, None, -signal.SIGTERM)
+        if self._killed or any(slot.status not in clean for slot in self.slots):
             return 1
         return 0
 

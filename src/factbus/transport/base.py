@@ -87,7 +87,9 @@ class Subscription(Protocol):
 
     def __aiter__(self) -> AsyncIterator[Delivery]: ...
 
-    async def next_batch(self, max_messages: int, timeout: float | None = None) -> list[Delivery]:
+    async def next_batch(
+        self, max_messages: int, timeout: float | None = None
+    ) -> Sequence[Delivery]:
         """Wait until at least one delivery is available (or ``timeout`` seconds pass:
         then return ``[]``), then return up to ``max_messages`` of those already
         received, without waiting for more.
