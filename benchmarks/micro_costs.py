@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/micro_costs.py [--facts 5000] [--shape independent]
 
-Best-of-N timings are far less sensitive to a busy machine than throughput:
-they show what each layer costs when it gets the CPU. Prints a Markdown table
-in µs per fact (see benchmarks/PROFILE.md).
+Best-of-N CPU times (``time.process_time``) are far less sensitive to a busy
+machine than throughput: they show what each layer costs when it gets the CPU.
+Prints a Markdown table in µs per fact (see benchmarks/PROFILE.md).
 """
 
 from __future__ import annotations
@@ -32,22 +32,22 @@ from factbus.transport.base import Message
 from factbus.transport.memory import MemoryTransport
 
 
-def best(run: Callable[[], Any], count: int, repeats: int = 5) -> float:
+def best(run: Callable[[], Any], count: int, repeats: int = 7) -> float:
     """Best time of ``repeats`` runs of ``run``, in µs per item (``count`` items a run)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return min(times) / count * 1e6
 
 
-async def abest(run: Callable[[], Any], count: int, repeats: int = 5) -> float:
+async def abest(run: Callable[[], Any], count: int, repeats: int = 7) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         await run()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return min(times) / count * 1e6
 
 
@@ -118,7 +118,7 @@ def main() -> None:
         )
     )
     fresh = [decode(b)[0] for b in bodies]
-    copies = iter([[decode(b)[0] for b in bodies] for _ in range(5)])
+    copies = iter([[decode(b)[0] for b in bodies] for _ in range(7)])
     rows.append(
         (
             "fact.wire_bytes() of a received fact (store form, not cached yet)",
@@ -134,7 +134,7 @@ def main() -> None:
     asyncio.run(_async_rows(rows, fresh, bodies))
     size = sum(map(len, bodies)) // n
     print(f"{n} facts, shape {args.shape}, payload {args.payload} B, envelope ~{size} B\n")
-    print("| stage | µs per fact (best of 5) |\n|---|---:|")
+    print("| stage | µs per fact (best of 7, CPU time) |\n|---|---:|")
     for name, value in rows:
         print(f"| {name} | {value:.2f} |")
 

@@ -48,13 +48,14 @@ def replay(
     binary_key: bool = False,
     cache_kib: int = 0,
     separate_bodies: bool = False,
+    batch: int = BATCH,
 ) -> None:
     db = _db(path, schema, cache_kib)
     if separate_bodies:
         db.execute("CREATE TABLE factbus_bodies (seq INTEGER PRIMARY KEY, body BLOB NOT NULL)")
     seq = 0
-    for start in range(0, len(facts), BATCH):
-        chunk = facts[start : start + BATCH]
+    for start in range(0, len(facts), batch):
+        chunk = facts[start : start + batch]
         db.execute("BEGIN IMMEDIATE")
         rows = []
         for fact in chunk:
@@ -121,6 +122,10 @@ def main() -> None:
         (
             "current statements, cache_size 64 MiB (default 2 MiB)",
             lambda p: replay(p, facts, cache_kib=65536),
+        ),
+        (
+            "current statements, 4096 facts per transaction",
+            lambda p: replay(p, facts, batch=4096),
         ),
         (
             "current statements, bodies in an append-only rowid table",

@@ -156,3 +156,21 @@ def test_latency_percentiles_and_stamp_merge() -> None:
     a = PublishReport(0.0, 1.0, 2, array("d", [0.0, 5.0, 7.0]))
     b = PublishReport(0.0, 1.0, 2, array("d", [3.0, 4.0, 0.0]))
     assert list(merge_stamps([a, b], 3)) == [3.0, 4.0, 7.0]
+
+
+def test_publisher_processes_and_raw_baseline_on_rabbitmq() -> None:
+    """The broker path: publishers in processes, aio-pika as the baseline, queues removed."""
+    import asyncio
+
+    from conftest import broker_url
+
+    url = broker_url("amqp")
+    config = BenchConfig(
+        transport=url, facts=200, warmup=0, publish_batch=50, half_load=False, timeout=60.0
+    )
+    result = asyncio.run(run_bench(config))
+    assert result.publisher_mode == "process"
+    assert result.client.startswith("aio-pika")
+    assert result.ratio is not None and result.drain_ratio is not None
+    assert result.pipeline["handled"] == 400  # peak and drain
+    assert "guest:***@" in result.transport

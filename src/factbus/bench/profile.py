@@ -26,7 +26,7 @@ from typing import Any
 DECODE = "codec: decode + verify (JSON, canonical form, SHA-512)"
 STORE = "store"
 DISPATCH = "dispatcher + handler"
-TRANSPORT = "transport (receive, ack; adapter code)"
+TRANSPORT = "transport (adapter and broker client on the event loop)"
 PIPELINE = "pipeline's own code (settle, dedup, causal buffer)"
 CONSUME = "Bus consume loop"
 PUBLISH = "Bus publish path (publisher tasks, incl. encode and transport publish)"
@@ -35,6 +35,16 @@ OTHER = "other (event loop, bench)"
 ORDER = (DECODE, STORE, DISPATCH, TRANSPORT, PIPELINE, CONSUME, PUBLISH, IDLE, OTHER)
 
 _ADAPTERS = ("factbus_kafka/", "factbus_amqp/", "factbus_kombu/", "factbus/transport/")
+# Broker client libraries: their frames (e.g. aiormq's reader task) are transport time.
+_DRIVERS = (
+    "/aiormq/",
+    "/pamqp/",
+    "/aio_pika/",
+    "/kombu/",
+    "/amqp/",
+    "/redis/",
+    "/confluent_kafka/",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +69,7 @@ def _claims(frame: Any) -> str | None:
         return STORE
     if path.endswith("factbus/dispatcher.py") and name == "dispatch":
         return DISPATCH
-    if any(fragment in path for fragment in _ADAPTERS):
+    if any(fragment in path for fragment in _ADAPTERS + _DRIVERS):
         return TRANSPORT
     if name in ("poll", "select") and (path == "<built-in>" or path.endswith("selectors.py")):
         return IDLE
