@@ -6,16 +6,19 @@ RabbitMQ, sharing one PostgreSQL store.
     .venv/bin/python benchmarks/bench_group_scaling.py --brokers kafka --workers 1,4 \\
         --facts 10000 --handler-ms 2
 
-Each cell publishes a backlog of ``--facts`` facts (a causal DAG, in causal
-order, or shuffled with 30% duplicates with ``--shuffle``) to a fresh topic,
-then runs ``factbus worker bench_group_scaling:build_bus --workers N`` until
-every fact is handled, then stops it with SIGTERM. Each fact's handler inserts
-one row in the same transaction as its handled mark (the exactly-once effect
-that group mode exists for), after sleeping ``--handler-ms`` (an I/O-bound
-handler: a call to another service). The rate is measured from those rows'
-commit times, between the 10th and the 90th percentile, so worker start-up and
-the group's first rebalances do not count; ``total`` is facts over the time
-from the first to the last row.
+Each cell starts ``factbus worker bench_group_scaling:build_bus --workers N``
+on a fresh topic and schema, waits until every worker is up and the group has
+settled (``--settle``), then publishes ``--facts`` facts (a causal DAG in causal
+order, or shuffled with 30% duplicates with ``--shuffle``) while the workers
+consume, and stops them with SIGTERM once every fact is handled
+(``--backlog``: publish everything first, then start the workers). Each fact's
+handler inserts one row in the same transaction as its handled mark (the
+exactly-once effect group mode is for), after sleeping ``--handler-ms`` (an
+I/O-bound handler: a call to another service). The rate is measured from those
+rows' commit times between the 10th and the 90th percentile ("steady");
+"total" is facts over the first-to-last-row time. CPU use is sampled per
+process (workers, PostgreSQL, broker, publisher, anything else: the machine is
+shared) and shown in cores.
 
 Every cell also checks the result: each fact handled once, after its
 predecessors. The table goes to stdout, the figures to ``--json``.
@@ -42,6 +45,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import psutil
 
 from factbus import Bus, Fact
 from factbus.config import redact
@@ -109,6 +113,11 @@ class Cell:
     share: dict[str, int]
     """Facts handled by each worker process."""
     cpu_load_before: float
+    """1-minute load average when the cell started (the machine is shared)."""
+    cpu_seconds: dict[str, float]
+    """CPU seconds used while the facts were handled: by the workers, PostgreSQL,
+    the broker, this process (the publisher), and every other process."""
+    wall_seconds: float
 
 
 def _with_query(url: str, **options: Any) -> str:
@@ -146,9 +155,12 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
         )
         await _prepare(url, topic)
         publisher = Bus(url, "memory://", topic=topic, node="bench-publisher", consume=False)
-        async with publisher:
+        await publisher.start()
+
+        async def publish() -> None:
             for start in range(0, len(order), 1000):
                 await publisher.publish(*order[start : start + 1000], ancestors=False)
+
         env = dict(
             os.environ,
             BENCH_GROUP_TRANSPORT=url,
@@ -158,8 +170,9 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
             BENCH_GROUP_HANDLER_MS=str(args.handler_ms),
             FACTBUS_LOG_LEVEL="error",
         )
+        if args.backlog:
+            await publish()
         load = os.getloadavg()[0]
-        started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -171,21 +184,39 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
             "--app-dir",
             str(HERE),
             "--progress",
-            "off",
+            "log",
+            "--progress-every",
+            "0.5",
             env=env,
+            stderr=asyncio.subprocess.PIPE,
         )
+        started = time.monotonic()
         try:
+            if not args.backlog:
+                # Live: every worker up and the group settled (Kafka rebalances
+                # once per join) before the first fact is published.
+                await _wait_up(process, workers, started + args.timeout)
+                await asyncio.sleep(args.settle)
+            drain = asyncio.create_task(_drain(process))
+            cpu_before = _cpu_by_pid()
+            measured = time.monotonic()
+            if not args.backlog:
+                await publish()
             count = "SELECT count(DISTINCT hash) FROM " + f'"{schema}".effects'
             while (done := await conn.fetchval(count)) < args.facts:
                 if time.monotonic() - started > args.timeout:
                     raise TimeoutError(f"{broker} x{workers}: {done}/{args.facts} handled")
                 if process.returncode is not None:
                     raise RuntimeError(f"factbus worker exited with {process.returncode}")
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.1)
+            wall = time.monotonic() - measured
+            cpu = _cpu_used(cpu_before, process.pid)
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
             await process.wait()
+            await publisher.aclose()
+        drain.cancel()
         rows = await conn.fetch(
             f'SELECT hash, worker, in_order, extract(epoch FROM at) AS t FROM "{schema}".effects '
             "ORDER BY at"
@@ -217,13 +248,75 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
         out_of_order=sum(1 for row in rows if not row["in_order"]),
         share=dict(sorted(share.items())),
         cpu_load_before=round(load, 2),
+        cpu_seconds=cpu,
+        wall_seconds=round(wall, 2),
     )
+
+
+async def _wait_up(process: asyncio.subprocess.Process, workers: int, deadline: float) -> None:
+    assert process.stderr is not None
+    while time.monotonic() < deadline:
+        line = await process.stderr.readline()
+        if not line:
+            raise RuntimeError(f"factbus worker exited with {await process.wait()}")
+        if line.startswith(f"factbus worker: {workers}/{workers} up".encode()):
+            return
+    raise TimeoutError("workers did not come up")
+
+
+async def _drain(process: asyncio.subprocess.Process) -> None:
+    assert process.stderr is not None
+    while await process.stderr.readline():
+        pass
+
+
+def _cpu_by_pid() -> dict[int, float]:
+    out: dict[int, float] = {}
+    for proc in psutil.process_iter():
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        out[proc.pid] = times.user + times.system
+    return out
+
+
+def _cpu_used(before: dict[int, float], supervisor: int) -> dict[str, float]:
+    """CPU seconds since ``before``, by the workers, postgres, the broker, and others."""
+    try:
+        workers = {supervisor} | {
+            child.pid for child in psutil.Process(supervisor).children(recursive=True)
+        }
+    except psutil.Error:
+        workers = {supervisor}
+    used = dict.fromkeys(("workers", "postgres", "broker", "publisher", "other"), 0.0)
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        delta = times.user + times.system - before.get(proc.pid, 0.0)
+        name = proc.info["name"] or ""
+        command = " ".join(proc.info["cmdline"] or ())
+        if proc.pid in workers:
+            who = "workers"
+        elif proc.pid == os.getpid():
+            who = "publisher"
+        elif name.startswith("postgres"):
+            who = "postgres"
+        elif "beam.smp" in name or ("java" in name and "kafka" in command):
+            who = "broker"
+        else:
+            who = "other"
+        used[who] += max(delta, 0.0)
+    return {k: round(v, 2) for k, v in used.items()}
 
 
 def _table(cells: list[Cell]) -> str:
     head = (
         f"{'broker':<7} {'workers':>7} {'facts':>7} {'steady f/s':>11} {'speedup':>8} "
-        f"{'total f/s':>10} {'seconds':>8} {'lost/dup/ooo':>13} {'load':>5}  share"
+        f"{'total f/s':>10} {'seconds':>8} {'lost/dup/ooo':>13} {'load':>5} "
+        f"{'cores: workers/pg/broker/pub/other':>34}  share"
     )
     lines = [head, "-" * len(head)]
     base: dict[str, float] = {}
@@ -236,9 +329,17 @@ def _table(cells: list[Cell]) -> str:
             f"{cell.broker:<7} {cell.workers:>7} {cell.facts:>7} "
             f"{cell.steady_facts_per_s:>11,.0f} {speedup:>7.2f}x "
             f"{cell.total_facts_per_s:>10,.0f} {cell.total_seconds:>8.1f} {checks:>13} "
-            f"{cell.cpu_load_before:>5.1f}  {'/'.join(str(v) for v in cell.share.values())}"
+            f"{cell.cpu_load_before:>5.1f} {_cores(cell):>34}  "
+            f"{'/'.join(str(v) for v in cell.share.values())}"
         )
     return "\n".join(lines)
+
+
+def _cores(cell: Cell) -> str:
+    wall = cell.wall_seconds or 1.0
+    who = ("workers", "postgres", "broker", "publisher", "other")
+    parts = [cell.cpu_seconds.get(k, 0.0) / wall for k in who]
+    return "/".join(f"{p:.2f}" for p in parts)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -288,6 +389,13 @@ def main() -> int:
     parser.add_argument(
         "--handler-ms", type=float, default=0.0, help="milliseconds each handler waits"
     )
+    parser.add_argument(
+        "--backlog",
+        action="store_true",
+        help="publish everything before the workers start (default: start the workers, "
+        "wait --settle seconds, then publish while they consume)",
+    )
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds (default 3)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median shown)")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
