@@ -1,6 +1,7 @@
 """What recording handled facts costs in SQLite, and what cheaper variants would cost.
 
-    .venv/bin/python benchmarks/sqlite_variants.py [--facts 50000]
+    .venv/bin/python benchmarks/sqlite_variants.py [--facts 50000] [--repeats 5]
+    .venv/bin/python benchmarks/sqlite_variants.py --growth --facts 200000
 
 Each variant records the same facts as handled, 512 per transaction, into a
 fresh database file with the store's pragmas (WAL, synchronous=NORMAL), and
@@ -98,14 +99,38 @@ def once(run: Callable[[Path], None]) -> tuple[float, float]:
         return time.perf_counter() - wall, time.process_time() - cpu
 
 
+async def growth(facts: list[Fact], every: int = 25_088) -> None:
+    """Cost of recording handled facts as the table grows (the store as it is)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(f"sqlite:///{Path(tmp) / 'g.db'}")
+        await store.open()
+        print("| rows in the table | CPU µs per fact | wall µs per fact |\n|---:|---:|---:|")
+        cpu, wall, done = time.process_time(), time.perf_counter(), 0
+        for start in range(0, len(facts), BATCH):
+            async with store.transaction() as tx:
+                await tx.record(StoreBatch(handled=facts[start : start + BATCH]))
+            done += BATCH
+            if done % every == 0:
+                c, w = time.process_time(), time.perf_counter()
+                print(
+                    f"| {done:,} | {(c - cpu) / every * 1e6:.1f} | {(w - wall) / every * 1e6:.1f} |"
+                )
+                cpu, wall = c, w
+        await store.aclose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--facts", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--growth", action="store_true", help="cost as the table grows instead")
     args = parser.parse_args()
     facts = build_workload(WorkloadSpec(args.facts)).order
     for fact in facts:
         fact.wire_bytes()  # cache: this measures SQLite, not serialization
+    if args.growth:
+        asyncio.run(growth(facts))
+        return
     partial = _SCHEMA.replace(
         "CREATE INDEX IF NOT EXISTS factbus_facts_parked ON factbus_facts (state, seq);",
         "CREATE INDEX IF NOT EXISTS factbus_facts_parked ON factbus_facts (seq) WHERE state = 2;",
@@ -132,15 +157,15 @@ def main() -> None:
             lambda p: replay(p, facts, separate_bodies=True),
         ),
         (
-            "... and partial index (seq) WHERE state = 2",
+            "no DELETEs, partial index (seq) WHERE state = 2",
             lambda p: replay(p, facts, deletes=False, schema=partial),
         ),
         (
-            "... and no body for handled facts",
+            "no DELETEs, partial index, no body for handled facts",
             lambda p: replay(p, facts, deletes=False, schema=partial, body=False),
         ),
         (
-            "... and 64-byte binary hash key",
+            "no DELETEs, partial index, no body, 64-byte binary hash key",
             lambda p: replay(
                 p,
                 facts,

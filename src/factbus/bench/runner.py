@@ -259,6 +259,10 @@ class _Run:
         await self.publishers.start()
         summary = await self.publishers.prepare(peak_spec)
         messages, body_bytes = summary.messages, summary.body_bytes
+        # Every phase's workload is built now, so that memory sampled while the
+        # bus runs is the pipeline's, not the benchmark's own facts.
+        for spec in self._later_specs():
+            await self.publishers.prepare(spec)
         observer.note(
             f"{peak_spec.facts} facts as {messages} messages of ~{body_bytes} B "
             f"({config.shape}, duplicates {config.duplicates:g}, "
@@ -338,6 +342,17 @@ class _Run:
             pipeline={**self.stats, "strays": recorder.strays},
             machine=machine(),
         )
+
+    def _later_specs(self) -> list[WorkloadSpec]:
+        config = self.config
+        specs = []
+        if config.warmup:
+            specs.append(config.spec(config.seed + 1000, config.warmup))
+        if config.half_load:
+            specs.append(config.spec(config.seed + 1))
+        if config.drain:
+            specs.append(config.spec(config.seed + 2))
+        return specs
 
     def _bus(self, recorder: Recorder) -> Bus:
         """The consuming bus (a new one each time: the drain phase restarts it)."""
