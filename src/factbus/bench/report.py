@@ -21,7 +21,7 @@ COLUMNS = (
     "p99 ms",
     "p99 ms @50%",
     "CPU µs/msg (raw)",
-    "peak RSS MB",
+    "RSS MB start→peak",
 )
 
 
@@ -56,7 +56,7 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
                     if r.baseline_cpu_us_per_msg is None
                     else f" ({r.baseline_cpu_us_per_msg:.1f})"
                 ),
-                f"{r.rss_mb:.0f}",
+                f"{r.rss_start_mb:.0f}→{r.rss_mb:.0f}",
             ]
         )
     return out

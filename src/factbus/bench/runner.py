@@ -1,4 +1,4 @@
-"""One benchmark run: the baseline, then factbus's warm-up, peak and half-load phases.
+"""One benchmark run: the baseline, then factbus's warm-up, peak, half-load and drain phases.
 
 Order of a run (one consumer process, this one):
 

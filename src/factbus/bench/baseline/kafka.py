@@ -42,7 +42,7 @@ class KafkaBaseline:
         self.group = f"{destination}.raw"
         self.received = 0
         self.first_at = 0.0
-        self.client = f"confluent-kafka {confluent_kafka.version()[0]} (acks=all, idempotent)"
+        self.client = f"confluent-kafka {confluent_kafka.version()} (acks=all, idempotent)"
         self._consumer: Any = None
 
     def _admin(self) -> Any:
