@@ -44,27 +44,34 @@ FrozenValue = (
 class Frozen:
     """Result of :func:`freeze`: an immutable copy and what its writer must handle."""
 
-    __slots__ = ("has_float", "needs_python_writer", "value")
+    __slots__ = ("needs_float_layout", "needs_python_writer", "value")
 
-    def __init__(self, value: FrozenValue, needs_python_writer: bool, has_float: bool) -> None:
+    def __init__(
+        self, value: FrozenValue, needs_python_writer: bool, needs_float_layout: bool
+    ) -> None:
         self.value = value
         self.needs_python_writer = needs_python_writer
-        self.has_float = has_float
+        self.needs_float_layout = needs_float_layout
 
 
 def freeze(value: Any, *, path: str, max_depth: int = DEFAULT_MAX_DEPTH) -> Frozen:
     """Validate ``value`` and return an immutable deep copy.
 
-    Lists become tuples and objects become read-only mappings. ``path`` names
-    the value in error messages (``fields.total``).
+    Lists become tuples and nested objects read-only mappings; a top-level
+    object comes back as a new plain dict. ``path`` names the value in error
+    messages (``fields.total``).
 
     :raises InvalidFact: NaN or Infinity, a lone surrogate, a non-string key,
         an integer outside JavaScript's safe range, an unsupported type, or
         nesting deeper than ``max_depth``.
     """
-    flags = [False, False]  # [a key needs the Python writer, a float is present]
+    flags = [False, False]  # [a key needs the Python writer, a float orjson writes otherwise]
     try:
         frozen = _freeze(value, 0, max_depth, flags)
+        if type(frozen) is MappingProxyType:
+            # The top level stays a plain dict (orjson writes it without a
+            # fallback call); the caller owns it and exposes a read-only view.
+            frozen = frozen.copy()
     except _Refused as refused:
         where = path + "".join(
             f"[{part}]" if isinstance(part, int) else f".{part}" for part in reversed(refused.parts)
@@ -99,7 +106,11 @@ def _freeze(value: Any, depth: int, max_depth: int, flags: list[bool]) -> Frozen
     if kind is float:
         if value != value or value in (math.inf, -math.inf):
             raise _Refused(f"{value} is not a finite number")
-        flags[1] = True
+        if value.is_integer() or -1e-5 < value < 1e-5:
+            # orjson writes other floats exactly as JavaScript does (checked on
+            # hundreds of thousands of random floats); these it writes as 4247.0
+            # or 4.8e-6 where JavaScript writes 4247 or 0.0000048.
+            flags[1] = True
         return value
     if depth >= max_depth:
         raise _Refused(f"nesting is deeper than the limit of {max_depth}", too_deep=True)
@@ -163,7 +174,7 @@ def canonical_bytes(
     fields: Mapping[str, Any],
     predecessors: Mapping[str, Any],
     needs_python_writer: bool,
-    has_float: bool = True,
+    needs_float_layout: bool = True,
 ) -> bytes:
     """The exact bytes jinaga.js hashes: ``{"fields": ..., "predecessors": ...}``.
 
@@ -174,7 +185,7 @@ def canonical_bytes(
     """
     if needs_python_writer:
         return _write({"fields": fields, "predecessors": predecessors}).encode("utf-8")
-    if has_float:
+    if needs_float_layout:
         fields = _fragment_floats(fields)
     return orjson.dumps(
         {"fields": fields, "predecessors": predecessors},

@@ -59,6 +59,7 @@ class Fact:
         "_ancestors",
         "_canonical",
         "_fields",
+        "_fields_view",
         "_hash",
         "_predecessors",
         "_ref",
@@ -67,7 +68,8 @@ class Fact:
     )
 
     _type: str
-    _fields: Mapping[str, Any]
+    _fields: dict[str, Any]
+    _fields_view: Mapping[str, Any]
     _predecessors: Mapping[str, PredecessorValue]
     _hash: str
     _canonical: bytes
@@ -84,7 +86,11 @@ class Fact:
     ) -> None:
         if type.__class__ is not str or not type:
             raise InvalidFact("type", f"must be a non-empty string, not {type!r}")
-        frozen = freeze(fields if fields is not None else {}, path="fields", max_depth=max_depth)
+        if fields is None:
+            fields = {}
+        elif not isinstance(fields, Mapping):
+            raise InvalidFact("fields", f"must be an object (a mapping), not {fields!r}")
+        frozen = freeze(fields, path="fields", max_depth=max_depth)
         python_writer = frozen.needs_python_writer
         preds: dict[str, PredecessorValue] = {}
         ancestors: list[Fact] = []
@@ -104,10 +110,11 @@ class Fact:
                 )
         self._type = type
         self._fields = frozen.value
+        self._fields_view = MappingProxyType(frozen.value)
         self._predecessors = MappingProxyType(preds)
         self._ancestors = tuple(ancestors)
         self._canonical = canonical_bytes(
-            self._fields, _wire_predecessors(preds), python_writer, frozen.has_float
+            self._fields, _wire_predecessors(preds), python_writer, frozen.needs_float_layout
         )
         self._hash = digest(self._canonical)
         self._ref = FactRef(type, self._hash)
@@ -120,7 +127,7 @@ class Fact:
     @property
     def fields(self) -> Mapping[str, Any]:
         """Read-only; nested objects are read-only mappings and lists are tuples."""
-        return self._fields
+        return self._fields_view
 
     @property
     def predecessors(self) -> Mapping[str, PredecessorValue]:
@@ -177,7 +184,7 @@ class Fact:
         return hash((self._type, self._hash))
 
     def __repr__(self) -> str:
-        return f"Fact({self._type!r}, hash={self._hash[:12]}..., fields={dict(self._fields)!r})"
+        return f"Fact({self._type!r}, hash={self._hash[:12]}..., fields={self._fields!r})"
 
 
 def _plain_mapping(obj: Any) -> Any:

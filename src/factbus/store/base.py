@@ -123,7 +123,8 @@ class Store(Protocol):
         ...
 
     async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
-        """The content of known facts among ``refs`` (handled or parked)."""
+        """The content of parked facts among ``refs``, and of handled ones where the
+        store keeps content (memory; SQLite with ``keep_bodies=1``)."""
         ...
 
 

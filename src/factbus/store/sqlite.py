@@ -5,7 +5,8 @@ batched statements that take microseconds, and a thread hop per step would cost
 more than it saves. ``synchronous=NORMAL`` in WAL mode survives a process
 crash (``kill -9``); only a power loss can drop the last commits.
 
-``sqlite:///:memory:`` gives a private in-memory database (tests).
+``sqlite:///:memory:`` gives a private in-memory database (tests). Option
+``?keep_bodies=1`` keeps handled facts' content for :meth:`SqliteStore.load`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Seque
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS factbus_facts (
     hash TEXT NOT NULL, type TEXT NOT NULL,
     state INTEGER NOT NULL,          -- 1 handled, 2 parked
     seq INTEGER NOT NULL,            -- arrival order, for listing parked facts
-    body BLOB NOT NULL,
+    body BLOB,                       -- parked facts; handled ones only with keep_bodies
     PRIMARY KEY (hash, type)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS factbus_facts_parked ON factbus_facts (state, seq);
@@ -126,8 +127,13 @@ class SqliteStore:
     def __init__(self, url: str = "sqlite:///factbus.db") -> None:
         self.url = url
         self.path = sqlite_path(url)
+        options = parse_qs(urlsplit(url).query)
+        self.keep_bodies = options.get("keep_bodies", ["0"])[-1].lower() in ("1", "true", "yes")
+        """Keep handled facts' content (for :meth:`load`); off by default: dedup
+        needs only identities, and bodies triple the bytes written per fact."""
         self._db: sqlite3.Connection | None = None
         self._seq = 0
+        self._waiting_rows = 0
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -152,6 +158,10 @@ class SqliteStore:
             raise ConfigError(f"{self.path}: schema {version[0]} is not {SCHEMA_VERSION}")
         self._seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM factbus_facts").fetchone()[0]
         self._db = db
+        self._count_waiting()
+
+    def _count_waiting(self) -> None:
+        self._waiting_rows = self.db.execute("SELECT COUNT(*) FROM factbus_waiting").fetchone()[0]
 
     async def aclose(self) -> None:
         if self._db is not None:
@@ -181,6 +191,7 @@ class SqliteStore:
             yield SqliteTransaction(self, db)
         except BaseException:
             db.execute("ROLLBACK")
+            self._count_waiting()  # the counter may have moved with the undone writes
             raise
         db.execute("COMMIT")
 
@@ -196,7 +207,7 @@ class SqliteStore:
                 "ON CONFLICT (hash, type) DO NOTHING",
                 rows,
             )
-            db.executemany(
+            added = db.executemany(
                 "INSERT OR IGNORE INTO factbus_waiting VALUES (?, ?, ?, ?)",
                 [
                     (missing.hash, missing.type, p.fact.hash, p.fact.type)
@@ -204,21 +215,23 @@ class SqliteStore:
                     for missing in p.missing
                 ],
             )
+            self._waiting_rows += max(added.rowcount, 0)
         if batch.handled:
-            rows = []
-            for fact in batch.handled:
-                self._seq += 1
-                rows.append((fact.hash, fact.type, self._seq, fact_to_bytes(fact)))
+            keep = self.keep_bodies
             db.executemany(
-                "INSERT INTO factbus_facts (hash, type, state, seq, body) VALUES (?, ?, 1, ?, ?) "
-                "ON CONFLICT (hash, type) DO UPDATE SET state = 1",
-                rows,
+                "INSERT INTO factbus_facts (hash, type, state, seq, body) VALUES (?, ?, 1, 0, ?) "
+                "ON CONFLICT (hash, type) DO UPDATE SET state = 1, body = excluded.body",
+                [(f.hash, f.type, fact_to_bytes(f) if keep else None) for f in batch.handled],
             )
-            keys = [(fact.hash, fact.type) for fact in batch.handled]
-            db.executemany(
-                "DELETE FROM factbus_waiting WHERE missing_hash = ? AND missing_type = ?", keys
-            )
-            db.executemany("DELETE FROM factbus_waiting WHERE hash = ? AND type = ?", keys)
+            if self._waiting_rows > 0:  # nothing waits: no wait list to trim
+                keys = [(fact.hash, fact.type) for fact in batch.handled]
+                released = db.executemany(
+                    "DELETE FROM factbus_waiting WHERE missing_hash = ? AND missing_type = ?", keys
+                )
+                unparked = db.executemany(
+                    "DELETE FROM factbus_waiting WHERE hash = ? AND type = ?", keys
+                )
+                self._waiting_rows -= max(released.rowcount, 0) + max(unparked.rowcount, 0)
         if batch.published:
             db.executemany(
                 "INSERT OR IGNORE INTO factbus_published VALUES (?, ?)",

@@ -116,8 +116,11 @@ class StoreConformance:
         assert (await store.counts())["published"] == 1
 
     async def test_load_returns_content_with_its_hash(self, store: Store) -> None:
-        fact = Fact("Suite.Rich", {"n": 1.5, "s": "été", "l": [1, {"k": None}], "b": True})
-        await _record(store, StoreBatch(handled=[fact]))
+        root = Fact("Suite.Root", {})
+        fact = Fact(
+            "Suite.Rich", {"n": 1.5, "s": "été", "l": [1, {"k": None}], "b": True}, {"root": root}
+        )
+        await _record(store, StoreBatch(parked=[ParkedFact(fact, frozenset({root.ref}))]))
         loaded = await store.load([fact.ref])
         assert loaded[fact.ref].hash == fact.hash
         assert loaded[fact.ref].fields["l"][1]["k"] is None
