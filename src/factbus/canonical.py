@@ -121,6 +121,13 @@ def _freeze(value: Any, depth: int, max_depth: int, flags: list[bool]) -> Frozen
                 raise _Refused(f"object key {key!r} is not a string")
             if not key.isascii() or not key.isprintable() or '"' in key or "\\" in key:
                 _check_key(key, flags)
+            item_kind = type(item)
+            # Plain ASCII strings and safe ints need no call: most fields are.
+            if (item_kind is str and item.isascii()) or (
+                item_kind is int and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER
+            ):
+                out[key] = item
+                continue
             try:
                 out[key] = _freeze(item, depth + 1, max_depth, flags)
             except _Refused as refused:
