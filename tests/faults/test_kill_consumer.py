@@ -1,0 +1,256 @@
+"""Kill the consumer at random points while a shuffled, duplicated DAG flows; restart
+it each time; nothing may be lost, duplicated or handled before its predecessors.
+
+Over each real broker the consumer is a subprocess (``fault_worker.py consume``:
+SQLite store, transactional handler writing one effect row per fact in the same
+transaction, checking its predecessors' rows) and is killed with SIGKILL: at a
+random instant after it started (sometimes before it is even subscribed), or by
+itself at the N-th handler call (inside the transaction), the N-th commit
+(before any ack) or the N-th ack (between two acks of one step). The memory
+transport cannot span processes, so its variant crashes the consumer inside one
+process: the consumer task is cancelled at a random instant or dies at the same
+three points, the bus is abandoned without ``aclose`` (the memory "broker"
+takes back its unacknowledged messages, as a real broker does when a
+connection dies) and a new bus opens the same SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from fault_harness import (
+    Verdict,
+    Worker,
+    classify,
+    consumer,
+    effects_count,
+    publisher,
+    report,
+    require,
+    scaled,
+    transport_url,
+    unique,
+    wait_for_effects,
+)
+from fault_worker import (
+    SCENARIO_TYPES,
+    Tripwire,
+    install_tripwire,
+    prepare_effects,
+    register_effects,
+    scenario,
+)
+
+from factbus import Bus
+from factbus.store.sqlite import SqliteStore
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
+
+FACTS = scaled(20_000, 1_000)
+KILLS = scaled(20, 5)
+POINTS = ("handler", "commit", "ack")
+
+# Kafka: static group membership, so that a restarted consumer takes its partitions
+# back at once instead of waiting for the killed member's session to time out.
+# redis (kombu): what a killed consumer had not acked comes back after the visibility
+# timeout (300 s by default in the adapter).
+RESTART_OPTIONS = {
+    "kafka": "consumer.group.instance.id={node}",
+    "redis": "transport.visibility_timeout=10",
+}
+
+
+def random_point(rng: random.Random, point: str | None = None) -> str:
+    point = point or rng.choice(POINTS)
+    # Commits happen once per step (up to 512 deliveries); handler calls and acks once
+    # per fact: about FACTS / KILLS of them between two kills.
+    per_fact = max(20, FACTS // KILLS)
+    return f"{point}:{rng.randint(1, 20) if point == 'commit' else rng.randint(1, per_fact)}"
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# -- real brokers: subprocess, kill -9 ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["amqp", "kafka", "redis"])
+def test_kill9_consumer_nothing_lost(name: str, tmp_path: Path) -> None:
+    topic, node = unique("kill"), unique("node")
+    url = transport_url(name, RESTART_OPTIONS.get(name, "").format(node=node))
+    rng = random.Random(f"kill-{name}-{time.time()}")
+    seed = rng.randint(1, 10_000)
+    dag, order = scenario(FACTS, seed, 0.3)
+    store = tmp_path / "node.db"
+    log = tmp_path / "consumer.log"
+    started = time.monotonic()
+
+    first = consumer(url, store, topic, node, log=log)
+    first.wait_ready(120)
+    # Spread the stream over roughly the time the kills take, so most happen mid-stream.
+    pub = publisher(
+        url,
+        topic,
+        count=FACTS,
+        seed=seed,
+        log=tmp_path / "published.log",
+        pace=KILLS * 1.2,
+        stderr=tmp_path / "publisher.log",
+    )
+    kills = self_kills = early_kills = 0
+    current: Worker = first
+    for _ in range(KILLS):
+        roll = rng.random()
+        if roll < 0.35:  # the worker kills itself at a chosen point
+            current.kill9()
+            current = consumer(url, store, topic, node, die_at=random_point(rng), log=log)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                current.wait(timeout=25)  # else the point was not reached: kill it from outside
+            if current.proc.returncode == -9:
+                self_kills += 1
+                kills += 1
+                current = consumer(url, store, topic, node, log=log)
+                continue
+        elif roll < 0.5:  # somewhere in start-up: connecting, recovering, subscribing
+            time.sleep(rng.uniform(0.0, 1.5))
+            early_kills += 1
+        else:
+            current.wait_ready(120)
+            time.sleep(rng.uniform(0.05, 1.2))
+        require(
+            current.alive(),
+            f"consumer exited by itself (rc {current.proc.returncode}): {tail(log)}",
+        )
+        assert current.kill9()
+        kills += 1
+        current = consumer(url, store, topic, node, log=log)
+
+    killed_at = time.monotonic()
+    require(pub.wait(timeout=600) == 0, f"publisher failed: {tail(tmp_path / 'publisher.log')}")
+    current.wait_ready(120)
+    seen = wait_for_effects(store, len(dag), timeout=300, alive=[current])
+    time.sleep(2.0)  # late duplicates would show up now
+    current.terminate()
+    verdict: Verdict = classify(store, dag)
+    report(
+        "kill9-consumer",
+        transport=name,
+        facts=len(dag),
+        messages=len(order),
+        kills=kills,
+        self_kills=self_kills,
+        startup_kills=early_kills,
+        verdict=verdict,
+        seconds=round(time.monotonic() - started, 1),
+        kill_phase_seconds=round(killed_at - started, 1),
+    )
+    require(seen >= len(dag), f"only {seen} of {len(dag)} facts handled: {tail(log)}")
+    require(kills >= KILLS, f"only {kills} kills")
+    assert verdict.perfect, verdict
+
+
+# -- memory: in one process --------------------------------------------------------
+
+
+class Crash(BaseException):
+    """Stands for the process dying: nothing in factbus catches it."""
+
+
+def crash() -> None:
+    raise Crash
+
+
+async def test_memory_consumer_crashes_nothing_lost(tmp_path: Path) -> None:
+    url = transport_url("memory")
+    rng = random.Random(f"memory-crash-{time.time()}")
+    seed = rng.randint(1, 10_000)
+    dag, order = scenario(FACTS, seed, 0.3)
+    topic = unique("crash")
+    store = tmp_path / "node.db"
+    prepare_effects(store)
+    crashes = max(KILLS, 20)
+    started = time.monotonic()
+
+    def node(spec: str | None) -> Bus:
+        bus = Bus(
+            url, SqliteStore(f"sqlite:///{store}"), topic=topic, node="crashy", retry_attempts=1
+        )
+        wire = Tripwire(spec, crash)
+        register_effects(bus, SCENARIO_TYPES, wire)
+        install_tripwire(bus, wire)
+        return bus
+
+    async def publish(pace: float) -> None:
+        async with Bus(url, "memory://", topic=topic, node="pub", consume=False) as pub:
+            chunks = range(0, len(order), 100)
+            for start in chunks:
+                await pub.publish(*order[start : start + 100], ancestors=False)
+                await asyncio.sleep(pace / len(chunks))
+
+    bus = node(None)
+    await bus.start()
+    publishing = asyncio.create_task(publish(pace=crashes * 0.25))
+    modes = {"cancel": 0, "handler": 0, "commit": 0, "ack": 0}
+    for _ in range(crashes):
+        mode = rng.choice(list(modes))
+        if mode != "cancel":
+            # Restart with a tripwire set; it crashes the consumer at that point.
+            await abandon(bus)
+            bus = node(random_point(rng, mode))
+            await bus.start()
+        consumer_task = bus._consumer
+        assert consumer_task is not None
+        if mode == "cancel":
+            await asyncio.sleep(rng.uniform(0.0, 0.4))
+            consumer_task.cancel()
+        else:
+            done, _ = await asyncio.wait([consumer_task], timeout=5)
+            if not done:
+                consumer_task.cancel()  # point not reached: crash from outside instead
+                mode = "cancel"
+        modes[mode] += 1
+        await abandon(bus)
+        bus = node(None)
+        await bus.start()
+    await publishing
+    deadline = time.monotonic() + 120
+    while effects_count(store) < len(dag) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    await bus.drain(timeout=60)
+    await bus.aclose()
+    verdict = classify(store, dag)
+    report(
+        "crash-consumer-in-process",
+        transport="memory",
+        facts=len(dag),
+        messages=len(order),
+        kills=sum(modes.values()),
+        modes=modes,
+        verdict=verdict,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    assert sum(modes.values()) >= 20
+    assert verdict.perfect, verdict
+
+
+async def abandon(bus: Bus) -> None:
+    """The consumer is dead: stop its task, let the "broker" take back what it had not
+    acknowledged, release the SQLite file. No ``aclose``: nothing is flushed."""
+    task = bus._consumer
+    if task is not None:
+        if not task.done():
+            task.cancel()
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            assert isinstance(task.exception(), Crash), task.exception()
+    await bus.transport.aclose()
+    await bus.store.aclose()

@@ -1,0 +1,135 @@
+"""Kill the publisher (``kill -9``) while it publishes; every fact whose ``publish``
+returned must arrive.
+
+The publisher (``fault_worker.py publish``) logs, after each ``publish`` call
+returns, the refs of that batch and fsyncs the log; a restarted publisher
+resumes after the last logged batch, so a logged fact was published exactly once
+and by a call that returned. After each kill the test waits until every logged
+fact is in the consumer's store (handled or parked), before any republishing.
+The kill lands at a random instant, mostly while a batch is in flight: the
+batch after the logged position then arrived partly, fully (confirmed but not
+logged yet) or not at all; the test counts each case. There is no memory
+variant: the memory broker lives in the publisher's process and dies with it.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from fault_harness import (
+    classify,
+    consumer,
+    logged_refs,
+    publisher,
+    report,
+    require,
+    scaled,
+    transport_url,
+    unique,
+    wait_for_effects,
+)
+from fault_worker import logged_position, scenario
+
+from factbus.fact import FactRef
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+
+FACTS = scaled(10_000, 1_000)
+KILLS = scaled(10, 3)
+BATCH = 100
+
+
+def arrived(store: Path, refs: set[FactRef]) -> set[FactRef]:
+    """Those of ``refs`` the consumer's store knows (handled or parked)."""
+    if not store.exists():
+        return set()
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = db.execute("SELECT hash, type FROM factbus_facts").fetchall()
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        db.close()
+    known = {FactRef(t, h) for h, t in rows}
+    return refs & known
+
+
+def wait_arrived(store: Path, refs: set[FactRef], timeout: float) -> set[FactRef]:
+    """Wait until every ref arrived; return those still missing."""
+    deadline = time.monotonic() + timeout
+    missing = set(refs)
+    while missing and time.monotonic() < deadline:
+        missing -= arrived(store, missing)
+        if missing:
+            time.sleep(0.2)
+    return missing
+
+
+@pytest.mark.parametrize("name", ["amqp", "kafka", "redis"])
+def test_kill9_publisher_every_confirmed_fact_arrives(name: str, tmp_path: Path) -> None:
+    url = transport_url(name)
+    rng = random.Random(f"pub-{name}-{time.time()}")
+    seed = rng.randint(1, 10_000)
+    dag, order = scenario(FACTS, seed, 0.3)
+    topic, node = unique("pubkill"), unique("node")
+    store, log = tmp_path / "node.db", tmp_path / "published.log"
+    started = time.monotonic()
+    reader = consumer(url, store, topic, node, log=tmp_path / "consumer.log")
+    reader.wait_ready(120)
+
+    kills = 0
+    outcomes = {"partly": 0, "fully-unlogged": 0, "not-at-all": 0}
+    lost_confirmed: set[FactRef] = set()
+    while kills < KILLS:
+        pub = publisher(
+            url, topic, count=FACTS, seed=seed, log=log, batch=BATCH, stderr=tmp_path / "pub.log"
+        )
+        pub.wait_ready(120)
+        time.sleep(rng.uniform(0.05, 0.6))
+        if not pub.kill9():
+            require(pub.proc.returncode == 0, "publisher failed")
+            break  # it finished first: nothing left to kill
+        kills += 1
+        confirmed = set(logged_refs(log))
+        lost_confirmed |= wait_arrived(store, confirmed, timeout=60)
+        position = logged_position(log)
+        before = {f.ref for f in order[:position]}
+        in_flight = {f.ref for f in order[position : position + BATCH]} - before
+        if in_flight:
+            time.sleep(0.5)
+            got = len(arrived(store, in_flight))
+            key = (
+                "not-at-all"
+                if got == 0
+                else "fully-unlogged"
+                if got == len(in_flight)
+                else "partly"
+            )
+            outcomes[key] += 1
+
+    final = publisher(
+        url, topic, count=FACTS, seed=seed, log=log, batch=BATCH, stderr=tmp_path / "pub.log"
+    )
+    require(final.wait(timeout=300) == 0, "the last publisher run failed")
+    wait_for_effects(store, len(dag), timeout=300, alive=[reader])
+    time.sleep(1.0)
+    reader.terminate()
+    verdict = classify(store, dag)
+    report(
+        "kill9-publisher",
+        transport=name,
+        facts=len(dag),
+        messages=len(order),
+        kills=kills,
+        kill_outcomes=outcomes,
+        confirmed_lost=len(lost_confirmed),
+        verdict=verdict,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    assert not lost_confirmed, f"{len(lost_confirmed)} facts whose publish returned never arrived"
+    assert kills >= min(KILLS, 3)
+    assert verdict.perfect, verdict
