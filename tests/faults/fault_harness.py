@@ -159,12 +159,21 @@ class Worker:
 
 
 def consumer(
-    url: str, store: Path, topic: str, node: str, *, die_at: str | None = None, log: Path
+    url: str,
+    store: Path,
+    topic: str,
+    node: str,
+    *,
+    die_at: str | None = None,
+    types: Sequence[str] = (),
+    log: Path,
 ) -> Worker:
     args = ["consume", "--transport", url, "--store", str(store), "--topic", topic]
     args += ["--node", node]
     if die_at:
         args += ["--die-at", die_at]
+    if types:
+        args += ["--types", ",".join(types)]
     return Worker(*args, log=log)
 
 
@@ -224,7 +233,11 @@ def effects_count(db_path: Path) -> int:
 
 def classify(db_path: Path, expected: Iterable[Fact]) -> Verdict:
     """Handled once, lost, duplicated, out of causal order, for every expected fact."""
-    refs = {f.ref for f in expected}
+    return classify_refs(db_path, {f.ref for f in expected})
+
+
+def classify_refs(db_path: Path, refs: set[FactRef]) -> Verdict:
+    """:func:`classify` for identities."""
     db = _readonly(db_path)
     try:
         counts = Counter(

@@ -20,7 +20,6 @@ after the last logged batch, so a fact in the log was published exactly once,
 by a call that returned: it must arrive. ``--pace`` spreads the batches over
 that many seconds.
 
-``flood``: see ``tests/faults/test_bounded_memory.py``.
 """
 
 from __future__ import annotations
@@ -200,7 +199,7 @@ async def consume(args: argparse.Namespace) -> None:
         retry_attempts=1,
     )
     wire = Tripwire(args.die_at)
-    register_effects(bus, SCENARIO_TYPES, wire)
+    register_effects(bus, args.types.split(","), wire)
     install_tripwire(bus, wire)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -262,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--node", required=True)
     c.add_argument("--batch-size", type=int, default=512)
     c.add_argument("--die-at", default=None, help="handler:N, commit:N or ack:N")
+    c.add_argument("--types", default=",".join(SCENARIO_TYPES), help="fact types to handle")
     p = commands.add_parser("publish")
     p.add_argument("--transport", required=True)
     p.add_argument("--topic", required=True)
