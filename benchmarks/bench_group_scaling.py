@@ -126,6 +126,12 @@ def _with_query(url: str, **options: Any) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
+def _store_options() -> dict[str, str]:
+    """Extra store URL options from ``BENCH_GROUP_STORE_OPTIONS`` (``a=1&b=2``)."""
+    raw = os.environ.get("BENCH_GROUP_STORE_OPTIONS", "")
+    return dict(part.split("=", 1) for part in raw.split("&") if part)
+
+
 async def _prepare(url: str, topic: str) -> None:
     """A broker that does not replay history (AMQP) needs the group's queue first."""
     transport = open_transport(url)
@@ -164,7 +170,7 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
         env = dict(
             os.environ,
             BENCH_GROUP_TRANSPORT=url,
-            BENCH_GROUP_STORE=_with_query(pg, schema=schema, pool_max=3),
+            BENCH_GROUP_STORE=_with_query(pg, schema=schema, pool_max=3, **_store_options()),
             BENCH_GROUP_TOPIC=topic,
             BENCH_GROUP_SCHEMA=schema,
             BENCH_GROUP_HANDLER_MS=str(args.handler_ms),
@@ -319,15 +325,17 @@ def _table(cells: list[Cell]) -> str:
         f"{'cores: workers/pg/broker/pub/other':>34}  share"
     )
     lines = [head, "-" * len(head)]
-    base: dict[str, float] = {}
+    base = {c.broker: c.steady_facts_per_s for c in cells if c.workers == 1}
     for cell in cells:
-        if cell.workers == min(c.workers for c in cells if c.broker == cell.broker):
-            base[cell.broker] = cell.steady_facts_per_s / cell.workers
-        speedup = cell.steady_facts_per_s / base[cell.broker] if base.get(cell.broker) else 0
+        speedup = (
+            f"{cell.steady_facts_per_s / base[cell.broker]:>7.2f}x"
+            if cell.broker in base
+            else "      -"
+        )
         checks = f"{cell.lost}/{cell.duplicated}/{cell.out_of_order}"
         lines.append(
             f"{cell.broker:<7} {cell.workers:>7} {cell.facts:>7} "
-            f"{cell.steady_facts_per_s:>11,.0f} {speedup:>7.2f}x "
+            f"{cell.steady_facts_per_s:>11,.0f} {speedup} "
             f"{cell.total_facts_per_s:>10,.0f} {cell.total_seconds:>8.1f} {checks:>13} "
             f"{cell.cpu_load_before:>5.1f} {_cores(cell):>34}  "
             f"{'/'.join(str(v) for v in cell.share.values())}"

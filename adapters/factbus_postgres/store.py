@@ -16,6 +16,12 @@ passed to asyncpg untouched)::
     command_timeout=60    seconds a statement may take before it is cancelled
     fact_cache=20000  decoded facts kept per process (0: none); parked facts
                       are read back many times, and decoding verifies the hash
+    custom_plans=true     the pool's connections plan every statement with its
+                      actual parameters (plan_cache_mode=force_custom_plan),
+                      handlers' statements included: a generic plan cached
+                      while a table was still small would scan the table on
+                      every call until the next auto-analyze. ``false`` keeps
+                      PostgreSQL's default (saves planning time per statement)
 
 Tables (``<prefix>`` before each name): ``meta`` (schema version), ``facts``
 (hash, type, state 1 handled / 2 parked, arrival ``seq``, body), ``waiting``
@@ -92,7 +98,16 @@ _OPTIONS = (
     "connect_timeout",
     "command_timeout",
     "fact_cache",
+    "custom_plans",
 )
+
+
+def _boolean(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r}: use true or false")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +123,7 @@ class PostgresConfig:
     connect_timeout: float
     command_timeout: float
     fact_cache: int
+    custom_plans: bool
 
     @classmethod
     def from_url(cls, url: str) -> PostgresConfig:
@@ -143,6 +159,7 @@ class PostgresConfig:
                 connect_timeout=float(ours.get("connect_timeout", 10.0)),
                 command_timeout=float(ours.get("command_timeout", 60.0)),
                 fact_cache=int(ours.get("fact_cache", 20000)),
+                custom_plans=_boolean("custom_plans", ours.get("custom_plans", "true")),
             )
         except ValueError as error:
             raise ConfigError(f"{redact(url)}: {error}") from None
@@ -458,7 +475,7 @@ class PostgresStore:
             max_size=config.pool_max,
             timeout=config.connect_timeout,
             command_timeout=config.command_timeout,
-            server_settings={"application_name": "factbus", "jit": "off"},
+            server_settings=self._server_settings(),
         )
         try:
             await self._create_schema(pool)
@@ -466,6 +483,15 @@ class PostgresStore:
             await pool.close()
             raise
         self._pool = pool
+
+    def _server_settings(self) -> dict[str, str]:
+        settings = {"application_name": "factbus", "jit": "off"}
+        if self.config.custom_plans:
+            # A generic plan chosen while a table was nearly empty (a new store,
+            # a new effect table) would scan it on every call until the next
+            # auto-analyze; plan with the actual arrays each time instead.
+            settings["plan_cache_mode"] = "force_custom_plan"
+        return settings
 
     async def _create_schema(self, pool: asyncpg.Pool) -> None:
         sql = self.sql

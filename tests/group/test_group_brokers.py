@@ -197,6 +197,7 @@ async def run_group_with_kill(transport_url: str, pg: str, schema: str) -> Verdi
     conn = await asyncpg.connect(pg)
     started = time.monotonic()
     try:
+        await publisher.start()  # so that aclose() closes its connection
         await supervisor.start()
         await supervisor.wait_up(WORKERS, timeout=90)
         up = time.monotonic()

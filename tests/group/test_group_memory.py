@@ -151,6 +151,38 @@ async def test_group_buses_share_handled_marks_and_claims(
         MemoryTransport.reset(namespace.removeprefix("memory://"))
 
 
+async def test_a_fact_whose_predecessor_was_dead_lettered_stays_parked(
+    group_store: tuple[str, str, EffectTable],
+) -> None:
+    """Q fails (dead-lettered) in the step where X, which needs P and Q, is parked
+    waiting for P only as far as that step knows; P arrives later. The store
+    records X as waiting on every predecessor, so X is never handled."""
+    _, store, _ = group_store
+    namespace = f"memory://dead-{uuid.uuid4().hex[:8]}"
+    p, q = Fact("Group.P", {"x": 1}), Fact("Group.Q", {"x": 2})
+    x = Fact("Group.X", {}, {"p": p, "q": q})
+    handled: list[str] = []
+    bus = Bus(namespace, store, topic="facts", group="g", node="solo", retry_attempts=1)
+
+    @bus.handler("Group.Q")
+    def fail(fact: Fact) -> None:
+        raise RuntimeError("Q's handler always fails")
+
+    for fact_type in ("Group.P", "Group.X"):
+        bus.handler(fact_type)(lambda fact: handled.append(fact.type))
+    publisher = Bus(namespace, "memory://", topic="facts", node="publisher", consume=False)
+    try:
+        async with bus, publisher:
+            await publisher.publish(q, x, ancestors=False)  # one step: Q dead, X parked
+            await bus.drain(timeout=10)
+            await publisher.publish(p, ancestors=False)
+            await bus.drain(timeout=10)
+            assert handled == ["Group.P"]
+            assert [parked.fact for parked in await bus.store.parked()] == [x]
+    finally:
+        MemoryTransport.reset(namespace.removeprefix("memory://"))
+
+
 def test_more_than_one_worker_needs_a_group_and_a_shared_store() -> None:
     from factbus.commands.worker import check_group_mode
 

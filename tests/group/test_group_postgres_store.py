@@ -71,6 +71,24 @@ def test_url_options_are_parsed_and_the_rest_goes_to_the_driver() -> None:
     assert config.dsn == "postgresql://u:secret@db:5433/app?sslmode=require"
 
 
+def test_custom_plans_can_be_turned_off() -> None:
+    assert PostgresConfig.from_url("postgresql://localhost/db").custom_plans is True
+    off = PostgresConfig.from_url("postgresql://localhost/db?custom_plans=false&fact_cache=0")
+    assert (off.custom_plans, off.fact_cache) == (False, 0)
+    with pytest.raises(ConfigError, match="custom_plans"):
+        PostgresConfig.from_url("postgresql://localhost/db?custom_plans=maybe")
+
+
+async def test_store_connections_plan_each_statement(store_url: str) -> None:
+    store = PostgresStore(store_url)
+    await store.open()
+    try:
+        async with store.transaction() as tx:
+            assert await tx.connection.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+    finally:
+        await store.aclose()
+
+
 def test_defaults() -> None:
     config = PostgresConfig.from_url("postgresql://localhost/db")
     assert (config.schema, config.prefix, config.pool_min, config.pool_max) == (
@@ -174,18 +192,20 @@ async def test_claim_waits_for_nothing_and_sees_the_holders_commit(store_url: st
     await one.open()
     await two.open()
     a = Fact("Group.Claim", {"i": 4})
-    committed = asyncio.Event()
+    held, committed = asyncio.Event(), asyncio.Event()
     try:
 
         async def holder() -> None:
             async with one.transaction() as tx:
                 assert await tx.claim([a.ref]) == {a.ref}
+                held.set()
                 await asyncio.sleep(0.2)
                 await tx.record(StoreBatch(handled=[a]))
             committed.set()
 
         async def contender() -> list[set[FactRef]]:
             seen: list[set[FactRef]] = []
+            await held.wait()
             while not committed.is_set():
                 async with two.transaction() as tx:
                     seen.append(await tx.claim([a.ref]))
