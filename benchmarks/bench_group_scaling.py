@@ -126,6 +126,30 @@ def _with_query(url: str, **options: Any) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
+async def _remove_topic(url: str, topic: str) -> None:
+    """Best effort: delete what the cell created on the broker."""
+    try:
+        if url.startswith("amqp"):
+            import aio_pika
+
+            connection = await aio_pika.connect(url)
+            async with connection:
+                channel = await connection.channel()
+                for queue in (f"{topic}.{GROUP}", f"{topic}.dead-letter"):
+                    await channel.queue_delete(queue)
+                for exchange in (topic, f"{topic}.dead-letter"):
+                    await channel.exchange_delete(exchange)
+        elif url.startswith("kafka"):
+            from confluent_kafka.admin import AdminClient
+
+            bootstrap = url.split("://", 1)[1].split("?", 1)[0]
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            for future in admin.delete_topics([topic, f"{topic}.dead-letter"]).values():
+                await asyncio.wrap_future(future)
+    except Exception as error:
+        print(f"(could not remove {topic}: {error})", file=sys.stderr)
+
+
 def _store_options() -> dict[str, str]:
     """Extra store URL options from ``BENCH_GROUP_STORE_OPTIONS`` (``a=1&b=2``)."""
     raw = os.environ.get("BENCH_GROUP_STORE_OPTIONS", "")
@@ -230,6 +254,7 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
+        await _remove_topic(url, topic)
     times = [float(row["t"]) for row in rows]
     n = len(times)
     lo, hi = times[n // 10], times[(9 * n) // 10]
