@@ -106,6 +106,7 @@ class Bus:
         self._subscription: Subscription | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._started = False
+        self._connected = False
         self._stopping = asyncio.Event()
         self._idle_ticks = 0
         self._idle = asyncio.Condition()
@@ -181,8 +182,14 @@ class Bus:
     async def aclose(self) -> None:
         """Finish the step in progress, close the subscription, transport and store."""
         if not self._started:
+            if self._connected:
+                self._connected = False
+                await self._flush_published()
+                await self.transport.aclose()
+                await self.store.aclose()
             return
         self._started = False
+        self._connected = False
         self._stopping.set()
         # Let the step in flight finish and ack before the subscription closes
         # (the consumer notices `_stopping` within one idle tick).
@@ -210,9 +217,10 @@ class Bus:
 
         :raises PublishError: the broker did not confirm (some may have arrived).
         """
-        if not self._started:
+        if not self._started and not self._connected:
             await self.transport.connect()
             await self.store.open()
+            self._connected = True  # a publish-only use: aclose() closes these
         shipped: set[FactRef] = set()
         if ancestors:
             known = await self._known_published(facts)

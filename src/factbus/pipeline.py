@@ -203,6 +203,7 @@ class Pipeline:
         # Dispatch in causal order and record, in one transaction.
         handled: list[Fact] = []
         blocked: set[FactRef] = set()
+        still_parked: list[ParkedFact] = []
         dead: list[tuple[Fact, str]] = []
         async with self._store_lock, self.store.transaction() as tx:
             if self.shared_store and ready:
@@ -219,6 +220,8 @@ class Pipeline:
                         blocked.add(fact.ref)
                         if fact.ref not in from_store:
                             new_parked[fact.ref] = ParkedFact(fact, stuck)
+                        else:  # stays parked in the store; look again after commit
+                            still_parked.append(ParkedFact(fact, stuck))
                         continue
                 try:
                     await self.dispatcher.dispatch(fact, tx)
@@ -229,6 +232,14 @@ class Pipeline:
                 handled.append(fact)
             for fact, reason in dead:
                 await self._dead_letter_fact(fact, reason)
+            if blocked:
+                # A fact parked in this step did not list predecessors that were
+                # ready then; those that failed or could not be claimed must be
+                # waited for too, or the fact would be released without them.
+                for ref, parked in list(new_parked.items()):
+                    extra = {p for p in parked.fact.predecessor_refs() if p in blocked}
+                    if not extra <= parked.missing:
+                        new_parked[ref] = ParkedFact(parked.fact, parked.missing | extra)
             published = self.pending_published[:]
             await tx.record(
                 StoreBatch(handled=handled, parked=list(new_parked.values()), published=published)
@@ -246,7 +257,7 @@ class Pipeline:
         for delivery in deliveries:
             await delivery.ack()
         if self.shared_store:
-            await self._follow_up(handled, list(new_parked.values()))
+            await self._follow_up(handled, [*new_parked.values(), *still_parked])
 
     async def _follow_up(self, handled: list[Fact], parked: list[ParkedFact]) -> None:
         """Close the race between workers sharing a store.

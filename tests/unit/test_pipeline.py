@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -289,3 +290,37 @@ def test_repr_hides_credentials() -> None:
 def test_fact_ref_str() -> None:
     ref = FactRef("T", "a" * 88)
     assert str(ref) == "T#aaaaaaaaaaaa"
+
+
+async def test_a_fact_parked_beside_a_failing_predecessor_waits_for_it() -> None:
+    """X needs P and Q; Q is ready in the same step as X is parked, and fails.
+    When P arrives, X must still wait for Q (regression: it was released)."""
+    url = ns()
+    p, q = Fact("P", {"n": 1}), Fact("Q", {"n": 2})
+    x = Fact("X", {}, {"p": p, "q": q})
+    handled: list[str] = []
+    bus = Bus(url, "sqlite:///:memory:", node="r", retry_attempts=1)
+    bus.handler("P")(lambda f: handled.append("P"))
+    bus.handler("X")(lambda f: handled.append("X"))
+
+    @bus.handler("Q")
+    def fail(f: Fact) -> None:
+        raise RuntimeError("Q is broken")
+
+    async with bus, Bus(url, "memory://", node="pub", consume=False) as publisher:
+        await publisher.publish(q, x, ancestors=False)  # one step: Q ready (fails), X parked
+        await bus.drain()
+        await publisher.publish(p, ancestors=False)
+        await bus.drain()
+        parked = await bus.store.parked()
+    assert handled == ["P"]
+    assert [pf.fact.ref for pf in parked] == [x.ref]
+    assert parked[0].missing == {q.ref}
+
+
+async def test_publish_only_bus_closes_what_publish_opened(tmp_path: Path) -> None:
+    bus = Bus(ns(), f"sqlite:///{tmp_path}/p.db", node="p", consume=False)
+    await bus.publish(Fact("T", {}))
+    await bus.aclose()
+    with pytest.raises(RuntimeError, match="not open"):
+        await bus.store.counts()
