@@ -12,6 +12,7 @@ Metadata that is not part of identity travels in broker headers.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -107,6 +108,10 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
         raise MalformedEnvelope(f"not valid JSON: {exc}") from None
     if type(doc) is not dict:
         raise MalformedEnvelope(f"top level must be an object, not {type(doc).__name__}")
+    if orjson.dumps(doc) != body:
+        # Not byte-for-byte what orjson (so factbus) writes: the only case where
+        # JSON may hide a duplicate key, which orjson resolves silently.
+        _refuse_duplicate_keys(body)
     version = doc.get("v")
     if version != VERSION or type(version) is not int:
         raise UnknownVersion(f"version {version!r} is not supported (this node reads {VERSION})")
@@ -130,6 +135,22 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
             )
         facts.append(fact)
     return facts
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in items]
+        if len(set(keys)) != len(keys):
+            twice = sorted({key for key in keys if keys.count(key) > 1})
+            raise MalformedEnvelope(f"duplicate JSON key(s) {', '.join(map(repr, twice))}")
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, MalformedEnvelope):
+            raise
+        # orjson accepted it; the stdlib parser may not (deep nesting): no verdict.
 
 
 _Claim = tuple[dict[str, Any], FactRef, dict[str, FactRef | list[FactRef]]]

@@ -470,11 +470,6 @@ def test_fuzzed_envelopes_are_dead_lettered(name: str) -> None:
     print(f"{name}: {len(tally.sent_bad)} bad envelopes in {time.monotonic() - started:.1f}s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug (faults report, bug 2): envelope.decode accepts duplicate JSON keys, "
-    "the last copy wins; they must be rejected as malformed",
-)
 def test_duplicate_keys_are_dead_lettered() -> None:
     tally, letters = run_fuzz("memory", ("duplicate-key",), scaled(20, 5), scaled(500, 100))
     check("memory", tally, letters, "fuzz-duplicate-keys")

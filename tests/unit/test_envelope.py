@@ -140,3 +140,12 @@ def test_every_rejection_has_its_own_code() -> None:
         )
     }
     assert len(codes) == 7
+
+
+def test_duplicate_keys_are_malformed() -> None:
+    fact = Fact("T", {"a": 1})
+    body = encode([fact]).replace(b'"fields":{"a":1}', b'"fields":{"a":1,"a":1}')
+    with pytest.raises(MalformedEnvelope, match="duplicate JSON key"):
+        decode(body)
+    spaced = encode([fact]).replace(b'"v":1,', b'"v": 1, ')  # not orjson's bytes, but fine
+    assert decode(spaced)[0].ref == fact.ref
