@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -44,6 +46,27 @@ def scaled(full: int, floor: int) -> int:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+WORK_ROOT = Path(tempfile.gettempdir()) / "factbus-faults"
+KEEP_DIRS = 12
+
+
+def work_dir(name: str) -> Path:
+    """A fresh directory for one test's stores and logs, under /tmp/factbus-faults.
+
+    Not pytest's ``tmp_path``: on a machine where several pytest sessions run at
+    once, each prunes the others' old base directories, which may pull the
+    SQLite file from under a consumer that runs for minutes. The newest
+    ``KEEP_DIRS`` directories are kept for post-mortems; older ones are removed.
+    """
+    WORK_ROOT.mkdir(exist_ok=True)
+    old = sorted(WORK_ROOT.iterdir(), key=lambda p: p.stat().st_mtime)[: -KEEP_DIRS + 1]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    path = WORK_ROOT / f"{time.strftime('%H%M%S')}-{unique(name)}"
+    path.mkdir()
+    return path
 
 
 def with_options(url: str, options: str) -> str:
