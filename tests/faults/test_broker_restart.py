@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 
 import pytest
 from fault_harness import (
@@ -30,12 +29,13 @@ from fault_harness import (
     transport_url,
     unique,
     wait_for_effects,
+    work_dir,
 )
 from fault_worker import scenario
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
-FACTS = scaled(20_000, 2_000)
+FACTS = scaled(10_000, 2_000)
 RESTARTS = scaled(2, 1)
 # Publishing waits for the broker longer than a restart takes.
 PATIENCE = {
@@ -53,7 +53,8 @@ PATIENCE = {
         ("kafka", "kill9", "kafka"),
     ],
 )
-def test_broker_restart_mid_stream(name: str, command: str, broker: str, tmp_path: Path) -> None:
+def test_broker_restart_mid_stream(name: str, command: str, broker: str) -> None:
+    tmp_path = work_dir(f"restart-{name}")
     url = transport_url(name, PATIENCE[name])
     rng = random.Random(f"restart-{name}-{time.time()}")
     seed = rng.randint(1, 10_000)
@@ -64,7 +65,7 @@ def test_broker_restart_mid_stream(name: str, command: str, broker: str, tmp_pat
     started = time.monotonic()
     reader = consumer(url, store, topic, node, log=log)
     reader.wait_ready(120)
-    pace = 20.0 + 15.0 * RESTARTS
+    pace = 10.0 + 12.0 * RESTARTS
     pub = publisher(
         url,
         topic,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -34,6 +33,7 @@ from fault_harness import (
     transport_url,
     unique,
     wait_for_effects,
+    work_dir,
 )
 from fault_worker import scenario
 
@@ -59,7 +59,8 @@ def upstream_of(url: str) -> tuple[str, int]:
 
 
 @pytest.mark.parametrize("name", ["amqp", "kafka", "kombu_amqp"])
-def test_connection_faults_nothing_lost(name: str, tmp_path: Path) -> None:
+def test_connection_faults_nothing_lost(name: str) -> None:
+    tmp_path = work_dir(f"proxy-{name}")
     direct = transport_url(name)
     rng = random.Random(f"proxy-{name}-{time.time()}")
     seed = rng.randint(1, 10_000)

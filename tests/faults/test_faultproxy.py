@@ -102,10 +102,12 @@ async def test_reset_refuse_and_close_after() -> None:
             assert await roundtrip(reader, writer, b"z") == b"z"
 
             proxy.refuse()
-            refused_reader, refused_writer = await connect(proxy)
             with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
-                await roundtrip(refused_reader, refused_writer, b"no")
-            refused_writer.close()
+                refused_reader, refused_writer = await connect(proxy)  # may be reset already
+                try:
+                    await roundtrip(refused_reader, refused_writer, b"no")
+                finally:
+                    refused_writer.close()
             proxy.passthrough()
 
             proxy.close_after(10)

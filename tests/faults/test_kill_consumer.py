@@ -37,6 +37,7 @@ from fault_harness import (
     transport_url,
     unique,
     wait_for_effects,
+    work_dir,
 )
 from fault_worker import (
     SCENARIO_TYPES,
@@ -87,7 +88,8 @@ def tail(path: Path, lines: int = 40) -> str:
 # 20 kills (not redelivered within 300 s, visibility_timeout=10). Known issue,
 # named in the README's limitations; RabbitMQ and Kafka pass.
 @pytest.mark.parametrize("name", ["amqp", "kafka"])
-def test_kill9_consumer_nothing_lost(name: str, tmp_path: Path) -> None:
+def test_kill9_consumer_nothing_lost(name: str) -> None:
+    tmp_path = work_dir(f"kill-{name}")
     topic, node = unique("kill"), unique("node")
     url = transport_url(name, RESTART_OPTIONS.get(name, "").format(node=node))
     rng = random.Random(f"kill-{name}-{time.time()}")
@@ -172,7 +174,8 @@ def crash() -> None:
     raise Crash
 
 
-async def test_memory_consumer_crashes_nothing_lost(tmp_path: Path) -> None:
+async def test_memory_consumer_crashes_nothing_lost() -> None:
+    tmp_path = work_dir("crash-memory")
     url = transport_url("memory")
     rng = random.Random(f"memory-crash-{time.time()}")
     seed = rng.randint(1, 10_000)

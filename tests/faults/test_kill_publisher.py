@@ -6,9 +6,9 @@ returns, the refs of that batch and fsyncs the log; a restarted publisher
 resumes after the last logged batch, so a logged fact was published exactly once
 and by a call that returned. After each kill the test waits until every logged
 fact is in the consumer's store (handled or parked), before any republishing.
-The kill lands at a random instant, mostly while a batch is in flight: the
-batch after the logged position then arrived partly, fully (confirmed but not
-logged yet) or not at all; the test counts each case. There is no memory
+The kill lands right after a random number of batches was logged, so the next
+batch is in flight: it then arrived partly, fully (confirmed, not logged yet) or
+not at all; the test counts each case. There is no memory
 variant: the memory broker lives in the publisher's process and dies with it.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from fault_harness import (
+    Worker,
     classify,
     consumer,
     logged_refs,
@@ -31,6 +32,7 @@ from fault_harness import (
     transport_url,
     unique,
     wait_for_effects,
+    work_dir,
 )
 from fault_worker import logged_position, scenario
 
@@ -58,6 +60,23 @@ def arrived(store: Path, refs: set[FactRef]) -> set[FactRef]:
     return refs & known
 
 
+def after_batches(log: Path, batches: int, pub: Worker, timeout: float = 60.0) -> float:
+    """Return as soon as the publisher has logged ``batches`` more batches (each
+    batch is one append to the log) or has exited, with the time one batch took."""
+    size = log.stat().st_size if log.exists() else 0
+    deadline = time.monotonic() + timeout
+    last, took = time.monotonic(), 0.0
+    while batches > 0 and pub.alive() and time.monotonic() < deadline:
+        now = log.stat().st_size if log.exists() else 0
+        if now != size:
+            size = now
+            batches -= 1
+            took, last = time.monotonic() - last, time.monotonic()
+        else:
+            time.sleep(0.0005)
+    return took
+
+
 def wait_arrived(store: Path, refs: set[FactRef], timeout: float) -> set[FactRef]:
     """Wait until every ref arrived; return those still missing."""
     deadline = time.monotonic() + timeout
@@ -70,7 +89,8 @@ def wait_arrived(store: Path, refs: set[FactRef], timeout: float) -> set[FactRef
 
 
 @pytest.mark.parametrize("name", ["amqp", "kafka", "redis"])
-def test_kill9_publisher_every_confirmed_fact_arrives(name: str, tmp_path: Path) -> None:
+def test_kill9_publisher_every_confirmed_fact_arrives(name: str) -> None:
+    tmp_path = work_dir(f"pubkill-{name}")
     url = transport_url(name)
     rng = random.Random(f"pub-{name}-{time.time()}")
     seed = rng.randint(1, 10_000)
@@ -89,7 +109,11 @@ def test_kill9_publisher_every_confirmed_fact_arrives(name: str, tmp_path: Path)
             url, topic, count=FACTS, seed=seed, log=log, batch=BATCH, stderr=tmp_path / "pub.log"
         )
         pub.wait_ready(120)
-        time.sleep(rng.uniform(0.05, 0.6))
+        # Kill right after the k-th batch was logged: the next batch is then in
+        # flight (the publisher starts it at once), whatever the broker's speed.
+        left = (len(order) - logged_position(log)) // BATCH
+        took = after_batches(log, rng.randint(2, max(2, min(8, left - 1))), pub)
+        time.sleep(rng.uniform(0, took))  # somewhere inside the next batch
         if not pub.kill9():
             require(pub.proc.returncode == 0, "publisher failed")
             break  # it finished first: nothing left to kill
