@@ -54,6 +54,7 @@ _PREVIEW = 2048
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the paragraphs
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:

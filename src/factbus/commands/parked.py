@@ -37,6 +37,7 @@ log = structlog.get_logger("factbus.commands.parked")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the paragraphs
     parser.add_argument("--store", default=None, help="store URL (default: settings)")
     parser.add_argument("--node", default=None, help="node name, for the default store URL")
     parser.add_argument("--limit", type=int, default=100, help="at most this many facts (100)")
