@@ -119,6 +119,9 @@ class Bus:
     ) -> Callable[[H], H]:
         """Register the decorated callable for facts of ``fact_type``.
 
+        ``"*"`` registers a catch-all: it runs for every fact, after the
+        handlers of the fact's own type.
+
         Sync or async; called with the :class:`Fact`. ``transactional=True``
         also passes the store transaction's connection: what the handler writes
         through it commits together with the fact's handled mark (exactly-once

@@ -7,6 +7,11 @@ can be given a timeout per attempt. Sync handlers run on the event-loop thread
 (fast; they must not block for long); ``thread=True`` runs one in a worker
 thread instead.
 
+A handler registered for :data:`ANY_TYPE` (``"*"``) is a catch-all: it runs
+for every fact, after the handlers of the fact's own type (so a catch-all that
+records what was handled, such as the sidecar's fact archive, sees a fact only
+once its type's handlers succeeded), in registration order among catch-alls.
+
 Transactional handlers receive the store transaction's connection as second
 argument; each attempt runs in a savepoint, so a failed attempt leaves no rows
 behind and a successful one commits with the handled mark.
@@ -26,6 +31,8 @@ from factbus.fact import Fact
 from factbus.store.base import StoreTransaction
 
 Handler = Callable[..., Any]
+ANY_TYPE = "*"
+"""Register a handler for this type to have it run for every fact (a catch-all)."""
 Next = Callable[[Fact], Awaitable[None]]
 
 
@@ -109,19 +116,28 @@ class Dispatcher:
         return spec
 
     def handlers_for(self, fact_type: str) -> list[HandlerSpec]:
-        return self._handlers.get(fact_type, [])
+        """The handlers a fact of ``fact_type`` runs through: its type's, then catch-alls."""
+        own = self._handlers.get(fact_type, [])
+        if fact_type == ANY_TYPE:
+            return own
+        catch_all = self._handlers.get(ANY_TYPE)
+        return [*own, *catch_all] if catch_all else own
 
     @property
     def types(self) -> set[str]:
         return {t for t, specs in self._handlers.items() if specs}
 
     async def dispatch(self, fact: Fact, tx: StoreTransaction) -> None:
-        """Run every handler of ``fact.type`` on ``fact``, in registration order.
+        """Run every handler of ``fact.type`` on ``fact``, in registration order,
+        then every catch-all (``"*"``) handler.
 
         :raises HandlerFailed: a handler failed on every attempt (handlers after
             it are not run).
         """
         specs = self._handlers.get(fact.type)
+        catch_all = self._handlers.get(ANY_TYPE)
+        if catch_all and fact.type != ANY_TYPE:
+            specs = [*specs, *catch_all] if specs else catch_all
         if not specs:
             return
         for spec in specs:

@@ -324,3 +324,30 @@ async def test_publish_only_bus_closes_what_publish_opened(tmp_path: Path) -> No
     await bus.aclose()
     with pytest.raises(RuntimeError, match="not open"):
         await bus.store.counts()
+
+
+async def test_catch_all_handler_runs_for_every_fact_after_typed_ones(tmp_path: Path) -> None:
+    url, path = ns(), tmp_path / "node.db"
+    a = Fact("A", {"i": 1})
+    b = Fact("B", {"i": 2}, {"a": a})
+    seen: list[str] = []
+    bus = Bus(url, f"sqlite:///{path}", node="r")
+
+    @bus.handler("*", transactional=True)
+    def everything(fact: Fact, db: sqlite3.Connection) -> None:
+        seen.append(f"*{fact.type}")
+        db.execute("CREATE TABLE IF NOT EXISTS archived (type TEXT)")
+        db.execute("INSERT INTO archived VALUES (?)", (fact.type,))
+
+    @bus.handler("B")
+    def typed(fact: Fact) -> None:
+        seen.append(fact.type)
+
+    async with bus, Bus(url, "memory://", node="p", consume=False) as publisher:
+        await publisher.publish(b)
+        await publisher.publish(b, a, ancestors=False)  # duplicates: handled once
+        await bus.drain()
+    assert seen == ["*A", "B", "*B"]
+    rows = sqlite3.connect(path).execute("SELECT type FROM archived ORDER BY rowid").fetchall()
+    assert rows == [("A",), ("B",)]
+    assert bus.dispatcher.handlers_for("B")[-1].func is everything
