@@ -1,16 +1,19 @@
 """The canonical form of a fact and its Jinaga-compatible hash (DESIGN.md §1).
 
 ``canonical_bytes`` writes ``{"fields": ..., "predecessors": ...}`` exactly as
-jinaga.js writes it before hashing: object keys sorted by UTF-16 code units and
-written unescaped, scalars as JavaScript's ``JSON.stringify`` writes them, no
-whitespace. ``freeze`` validates a user value and returns an immutable copy;
-values that cannot hash deterministically are refused with
-:class:`~factbus.errors.InvalidFact`.
+jinaga.js 6.11 writes it before hashing: object keys sorted by UTF-16 code
+units and written as ``JSON.stringify(key)`` (so ``"``, ``\\`` and control
+characters are escaped), ``null`` and the other scalars as JavaScript's
+``JSON.stringify`` writes them, no whitespace. ``freeze`` validates a user
+value and returns an immutable copy; values that cannot hash deterministically
+are refused with :class:`~factbus.errors.InvalidFact`.
 
 Two writers produce the same bytes: orjson (fast, in C) for the common case and
-a Python writer for what orjson writes differently from JavaScript (floats,
-keys that need escaping, keys whose UTF-16 order differs from code-point
-order). ``freeze`` decides which one a value needs during its single walk.
+a Python writer for what orjson writes or orders differently from JavaScript
+(floats, keys whose UTF-16 order differs from code-point order). orjson
+escapes keys and strings exactly as ``JSON.stringify`` does (checked against
+jinaga.js in tests/unit/test_fact_hash.py). ``freeze`` decides which one a
+value needs during its single walk.
 """
 
 from __future__ import annotations
@@ -30,9 +33,7 @@ from factbus.errors import InvalidFact, NestingTooDeep
 MAX_SAFE_INTEGER: Final = 2**53 - 1
 DEFAULT_MAX_DEPTH: Final = 32
 
-# Characters JSON.stringify escapes (quote, backslash, C0 controls) and lone
-# surrogates, which are refused.
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
+# Lone surrogates are refused; astral characters sort differently in UTF-16.
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ASTRAL = re.compile(r"[\U00010000-\U0010ffff]")
 
@@ -119,7 +120,7 @@ def _freeze(value: Any, depth: int, max_depth: int, flags: list[bool]) -> Frozen
         for key, item in value.items():
             if type(key) is not str:
                 raise _Refused(f"object key {key!r} is not a string")
-            if not key.isascii() or not key.isprintable() or '"' in key or "\\" in key:
+            if not key.isascii():
                 _check_key(key, flags)
             item_kind = type(item)
             # Plain ASCII strings and safe ints need no call: most fields are.
@@ -151,7 +152,7 @@ def _freeze(value: Any, depth: int, max_depth: int, flags: list[bool]) -> Frozen
 def _check_key(key: str, flags: list[bool]) -> None:
     if _SURROGATE.search(key):
         raise _Refused(f"key {key!r} contains a lone surrogate")
-    if _ASTRAL.search(key) or _NEEDS_ESCAPE.search(key):
+    if _ASTRAL.search(key):
         flags[0] = True
 
 
@@ -164,8 +165,8 @@ def check_role(role: str) -> None:
 
 
 def role_needs_python_writer(role: str) -> bool:
-    """True when orjson would write or sort this key differently from jinaga.js."""
-    return bool((not role.isascii() and _ASTRAL.search(role)) or _NEEDS_ESCAPE.search(role))
+    """True when orjson would sort this key differently from jinaga.js (astral characters)."""
+    return bool(not role.isascii() and _ASTRAL.search(role))
 
 
 # -- writers ---------------------------------------------------------------
@@ -188,7 +189,7 @@ def canonical_bytes(
     ``fields`` is a frozen value; ``predecessors`` the wire form of the
     references. orjson writes everything but floats as JavaScript does; floats
     are handed to it pre-formatted (``orjson.Fragment``). Keys that need
-    escaping or UTF-16 ordering take the Python writer.
+    UTF-16 ordering take the Python writer.
     """
     if needs_python_writer:
         return _write({"fields": fields, "predecessors": predecessors}).encode("utf-8")
@@ -233,7 +234,8 @@ def _write(value: Any) -> str:
     if isinstance(value, tuple | list):
         return "[" + ",".join(_write(item) for item in value) + "]"
     keys = sorted(value, key=_utf16_key)
-    return "{" + ",".join(f'"{key}":{_write(value[key])}' for key in keys) + "}"
+    # JSON.stringify(key): orjson escapes exactly as JavaScript does.
+    return "{" + ",".join(f"{_write(key)}:{_write(value[key])}" for key in keys) + "}"
 
 
 def js_number(value: float) -> str:
