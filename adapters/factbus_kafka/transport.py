@@ -2,7 +2,9 @@
 
 Topology: each factbus topic is a Kafka topic created on demand (before the first
 publish or subscribe) with ``partitions`` partitions; its dead letters go to the
-topic ``<topic>.dead-letter`` (one partition). A subscription group is a Kafka
+topic ``<topic>.dead-letter`` (one partition). Topics the adapter creates keep
+their records for good (``retention.ms=-1``, ``retention.bytes=-1``, no
+compaction: see :data:`TOPIC_CONFIG`). A subscription group is a Kafka
 consumer group (``group.id``): fan-out gives each node a group of its own, group
 mode shares one. A new group starts at the earliest offset, so it reads the
 topic's history.
@@ -66,6 +68,17 @@ if TYPE_CHECKING:
     from factbus.transport.base import Transport
 
 HEADER_MESSAGE_ID: Final = "x-factbus-message-id"
+
+TOPIC_CONFIG: Final = {
+    "retention.ms": "-1",
+    "retention.bytes": "-1",
+    "cleanup.policy": "delete",
+}
+"""Settings of every topic this adapter creates. Facts are immutable and a node that
+joins late must find all of them, so nothing expires. Not compaction: records are
+keyed by their head fact's hash, but two envelopes with the same head may carry
+different ancestors (each producer ships the ancestors it has not shipped before),
+so compaction could drop the only copy of an ancestor."""
 
 log = structlog.get_logger("factbus.kafka")
 # librdkafka's own log lines (connection state, retries) go to stdlib logging here.
@@ -270,7 +283,10 @@ class KafkaTransport(TransportBase):
         futures = admin.create_topics(
             [
                 NewTopic(
-                    topic, num_partitions=partitions, replication_factor=config.replication_factor
+                    topic,
+                    num_partitions=partitions,
+                    replication_factor=config.replication_factor,
+                    config=dict(TOPIC_CONFIG),
                 )
             ],
             request_timeout=config.request_timeout,
@@ -368,12 +384,17 @@ class KafkaTransport(TransportBase):
         once the first partition assignment arrived (at most ``join_timeout``).
 
         A new group starts at the earliest offset (it reads the topic's history);
-        an existing one at its committed offsets.
+        an existing one at its committed offsets. When a partition's earliest
+        offset is not 0 (records were deleted: finite retention or
+        ``delete_records`` on a topic made elsewhere), a warning ``kafka topic
+        lost history`` is logged: a late node cannot converge from this topic
+        alone and should catch up from a peer (``factbus catch-up``).
 
         :raises TransportError: the topic or the consumer could not be set up.
         """
         admin, _ = await self._ready()
-        await self._ensure_topic(admin, topic, self.config.partitions)
+        count = await self._ensure_topic(admin, topic, self.config.partitions)
+        await self._check_history(admin, topic, group, count)
         subscription = KafkaSubscription(
             self.config, topic, group, on_close=self._subscriptions.discard, logger=librdkafka_log
         )
@@ -384,6 +405,25 @@ class KafkaTransport(TransportBase):
             await subscription.aclose()
             raise
         return subscription
+
+    async def _check_history(self, admin: AdminClient, topic: str, group: str, count: int) -> None:
+        """Log a warning when ``topic`` no longer starts at offset 0 (see :meth:`subscribe`)."""
+        partitions = [TopicPartition(topic, p) for p in range(count)]
+        try:
+            earliest = await self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+        except KafkaException as exc:  # advisory only: never fails a subscribe
+            log.debug("kafka earliest offsets unknown", topic=topic, error=str(exc))
+            return
+        lost = {p: o for p, o in sorted(earliest.items()) if o > 0}
+        if lost:
+            log.warning(
+                "kafka topic lost history",
+                topic=topic,
+                group=group,
+                earliest_offsets=lost,
+                hint="records before these offsets were deleted (finite retention or "
+                "delete_records); a new node misses them: catch up from a peer",
+            )
 
     # -- dead letters ---------------------------------------------------------------
 
