@@ -48,9 +48,9 @@ import asyncpg
 import psutil
 
 from factbus import Bus, Fact
-from factbus.config import redact
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 from factbus.transport import open_transport
+from factbus.urls import redact
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_URLS = {

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from factbus.bench.report import markdown, plot
 from factbus.bench.result import BenchResult, machine
-from factbus.config import redact
+from factbus.urls import redact
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -48,7 +48,7 @@ TLS and SASL (``amqps://``)
         takes the identity from the client certificate).
 
 An unknown option or a bad value raises ``ConfigError``. The password is kept
-out of every repr and log line (:func:`factbus.config.redact`).
+out of every repr and log line (:func:`factbus.urls.redact`).
 """
 
 from __future__ import annotations
@@ -59,12 +59,11 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from factbus.errors import ConfigError
+from factbus.urls import coerce, parse_enum, redact, refuse_unknown
 
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 _UNROUTABLE = ("error", "drop")
 _AUTH = ("plain", "external")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 _NOT_OPTIONS = {"host", "port", "username", "password", "vhost", "tls"}
 
 
@@ -141,8 +140,7 @@ class AmqpConfig:
         options = {f.name for f in fields(cls)} - _NOT_OPTIONS
         for name, raw in parse_qsl(parts.query, keep_blank_values=True):
             if name not in options:
-                known = ", ".join(sorted(options))
-                raise ConfigError(f"unknown amqp option {name!r} (known: {known})")
+                raise refuse_unknown(name, options, what="amqp")
             values[name] = _coerce(name, raw, getattr(defaults, name))
         return cls(**values)
 
@@ -161,7 +159,10 @@ class AmqpConfig:
         host = f"[{self.host}]" if ":" in self.host else self.host
         vhost = "" if self.vhost == "/" else quote(self.vhost, safe="")
         scheme = "amqps" if self.tls else "amqp"
-        return f"{scheme}://{quote(self.username, safe='')}:***@{host}:{self.port}/{vhost}"
+        user = quote(self.username, safe="")
+        return redact(
+            f"{scheme}://{user}:{quote(self.password, safe='')}@{host}:{self.port}/{vhost}"
+        )
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for ``amqps://`` (``None`` for plain ``amqp://``).
@@ -183,22 +184,10 @@ class AmqpConfig:
 
 
 def _coerce(name: str, raw: str, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            if raw.lower() in _TRUE:
-                return True
-            if raw.lower() in _FALSE:
-                return False
-            raise ValueError(raw)
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        kind = type(default).__name__
-        raise ConfigError(f"amqp option {name}={raw!r} is not a valid {kind}") from None
-    if name in ("unroutable", "auth"):
-        return raw.lower()
+    if name == "unroutable":
+        return parse_enum(name, raw, _UNROUTABLE, what="amqp option")
+    if name == "auth":
+        return parse_enum(name, raw, _AUTH, what="amqp option")
     if name in ("cafile", "certfile", "keyfile"):
         return raw or None
-    return raw
+    return coerce(name, raw, default, what="amqp option")

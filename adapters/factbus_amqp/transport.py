@@ -37,7 +37,6 @@ import aiormq
 import structlog
 from aiormq import spec
 
-from factbus.config import redact
 from factbus.errors import ConfigError, PublishError, TransportError
 from factbus.transport.base import (
     Capabilities,
@@ -46,6 +45,7 @@ from factbus.transport.base import (
     TransportBase,
     dead_letter_topic,
 )
+from factbus.urls import redact
 from factbus_amqp.config import AmqpConfig
 from factbus_amqp.connection import (
     CONNECTION_ERRORS,

@@ -69,17 +69,17 @@ Pass-through
     They are applied last, so they override everything above.
 
 Secrets (passwords, anything named like a secret) never appear in reprs or logs:
-see :func:`redacted_url`.
+see :func:`factbus.urls.redact`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from factbus.errors import ConfigError
+from factbus.urls import coerce, parse_enum, refuse_unknown
 
 SCHEME = "kafka"
 
@@ -95,15 +95,7 @@ _SECURITY_OPTIONS = (
     "ssl_endpoint_identification_algorithm",
 )
 _PASSTHROUGH_PREFIXES = ("rdkafka.", "producer.", "consumer.")
-_SECRET = re.compile(
-    r"password|secret|token|credential|key\.pem|private|oauthbearer\.config", re.IGNORECASE
-)
 _GROUP_PROTOCOLS = ("classic", "consumer")
-
-
-def _is_secret(name: str) -> bool:
-    """Whether an option's value must not be shown (``sasl_password``, ``rdkafka.ssl.key.pem``)."""
-    return _SECRET.search(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +177,14 @@ class KafkaConfig:
             elif name in _SECURITY_OPTIONS:
                 security[name.replace("_", ".")] = raw
             elif name in simple:
-                values[name] = _coerce(name, raw, simple[name].default)
+                values[name] = (
+                    parse_enum(name, raw, _GROUP_PROTOCOLS, what="kafka option")
+                    if name == "group_protocol"
+                    else coerce(name, raw, simple[name].default, what="kafka option")
+                )
             else:
-                known = sorted([*simple, *_SECURITY_OPTIONS, "rdkafka.<key>"])
-                raise ConfigError(f"unknown kafka option {name!r} (known: {', '.join(known)})")
+                known = [*simple, *_SECURITY_OPTIONS, "rdkafka.<key>"]
+                raise refuse_unknown(name, known, what="kafka")
         protocol = security.get("security.protocol", "plaintext").lower()
         if "sasl.username" in security and not protocol.startswith("sasl"):
             raise ConfigError(
@@ -279,36 +275,3 @@ class KafkaConfig:
         conf.update(self.rdkafka)
         conf.update(self.consumer)
         return conf
-
-
-def _coerce(name: str, raw: str, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            raise ValueError(raw)  # no boolean options yet
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"kafka option {name}={raw!r} is not a valid {type(default).__name__}"
-        ) from None
-    return raw
-
-
-def redacted_url(url: str) -> str:
-    """``url`` with the user-info password and every secret-looking option value
-    replaced by ``***`` (for logs and reprs). Works with several brokers in the netloc."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    query = parts.query
-    if query:
-        pairs = [
-            (name, "***" if _is_secret(name) else value)
-            for name, value in parse_qsl(query, keep_blank_values=True)
-        ]
-        query = urlencode(pairs, safe="*,/:", quote_via=quote)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -46,6 +46,7 @@ from factbus.transport.base import (
     TransportBase,
     dead_letter_topic,
 )
+from factbus.urls import redact
 from factbus_kafka._driver import (
     AdminClient,
     Consumer,
@@ -59,7 +60,7 @@ from factbus_kafka._driver import (
     decode_headers,
 )
 from factbus_kafka._driver import Message as KafkaMessage
-from factbus_kafka.config import KafkaConfig, redacted_url
+from factbus_kafka.config import KafkaConfig
 from factbus_kafka.subscription import KafkaSubscription
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ class KafkaTransport(TransportBase):
         self._connecting: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
-        return f"KafkaTransport({redacted_url(self._url)!r})"
+        return f"KafkaTransport({redact(self._url)!r})"
 
     # -- connection -----------------------------------------------------------------
 

@@ -61,15 +61,14 @@ appear in reprs or logs: see :func:`redacted_url`.
 from __future__ import annotations
 
 import json
-import re
 import ssl
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from factbus.config import redact
 from factbus.errors import ConfigError
 from factbus.transport.base import Capabilities
+from factbus.urls import parse_bool, parse_duration, parse_int, redact, refuse_unknown
 from factbus_kombu._driver import (
     Connection,
     VirtualTransport,
@@ -106,7 +105,6 @@ _CERT_REQS: Final = {
     "cert_optional": ssl.CERT_OPTIONAL,
     "cert_none": ssl.CERT_NONE,
 }
-_SECRET = re.compile(r"pass|secret|token|credential|auth", re.IGNORECASE)
 
 REDIS_TRANSPORT_DEFAULTS: Final = {
     "visibility_timeout": 300,
@@ -198,7 +196,7 @@ class KombuConfig:
         if not parts.scheme.startswith(SCHEME_PREFIX) or parts.scheme == SCHEME_PREFIX:
             raise ConfigError(
                 f"KombuTransport needs a kombu+<transport>:// URL "
-                f"(e.g. kombu+redis://127.0.0.1:6379/0), not {redacted_url(url)!r}"
+                f"(e.g. kombu+redis://127.0.0.1:6379/0), not {redact(url)!r}"
             )
         scheme = parts.scheme[len(SCHEME_PREFIX) :]
         transport = "pyamqp" if scheme == "amqp" else scheme
@@ -231,7 +229,7 @@ class KombuConfig:
                     )
                 transport_options[name] = _json_or_text(value)
             elif amqp and key == "ssl":
-                ssl_flag = _parse_bool(key, value)
+                ssl_flag = parse_bool(key, value)
             elif amqp and key.startswith("ssl_"):
                 if key not in _AMQP_SSL_KEYS:
                     raise ConfigError(
@@ -280,7 +278,7 @@ class KombuConfig:
     def __repr__(self) -> str:
         # Not the dataclass repr: url, kombu_url and transport options may hold secrets.
         return (
-            f"KombuConfig({redacted_url(self.url)!r}, transport={self.transport!r}, "
+            f"KombuConfig({redact(self.url)!r}, transport={self.transport!r}, "
             f"prefetch={self.prefetch}, poll_interval={self.poll_interval}, "
             f"confirm_timeout={self.confirm_timeout}, retry_timeout={self.retry_timeout})"
         )
@@ -305,34 +303,21 @@ class KombuConfig:
         return Connection(self.kombu_url, **kwargs)
 
 
-def redacted_url(url: str) -> str:
-    """``url`` without its password and without values of secret-looking keys."""
-    url = redact(url)
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    query = [
-        (key, "***" if _SECRET.search(key) else value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="/:*")))
-
-
 def _typed_options(raw: dict[str, str]) -> dict[str, Any]:
     known = {f.name: f for f in fields(KombuConfig)}
     allowed = ("prefetch", "poll_interval", "confirm_timeout", "retry_timeout")
     values: dict[str, Any] = {}
     for name, text in raw.items():
         if name not in allowed:
-            listed = ", ".join(OPTION_PREFIX + a for a in allowed)
-            raise ConfigError(f"unknown option {OPTION_PREFIX}{name} (known: {listed})")
-        kind = int if known[name].type in ("int", int) else float
-        try:
-            value = kind(text)
-        except ValueError:
-            raise ConfigError(
-                f"{OPTION_PREFIX}{name}={text!r} is not a valid {kind.__name__}"
-            ) from None
+            raise refuse_unknown(
+                OPTION_PREFIX + name, [OPTION_PREFIX + a for a in allowed], what="kombu"
+            )
+        label = OPTION_PREFIX + name
+        value: float = (
+            parse_int(label, text)
+            if known[name].type in ("int", int)
+            else parse_duration(label, text)
+        )
         if value <= 0 or (name == "prefetch" and value > 65535):
             raise ConfigError(f"{OPTION_PREFIX}{name}={text!r} is out of range")
         values[name] = value
@@ -340,13 +325,12 @@ def _typed_options(raw: dict[str, str]) -> dict[str, Any]:
 
 
 def _convert(key: str, value: str, kind: type[Any]) -> Any:
-    try:
-        converted = kind(value)
-    except ValueError:
-        raise ConfigError(f"{key}={value!r} is not a valid {kind.__name__}") from None
-    if kind is float and converted < 0:
+    if kind is str:
+        return value
+    seconds = parse_duration(key, value)
+    if seconds < 0:
         raise ConfigError(f"{key}={value!r} must not be negative")
-    return converted
+    return seconds
 
 
 def _json_or_text(value: str) -> Any:
@@ -354,15 +338,6 @@ def _json_or_text(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
-
-
-def _parse_bool(key: str, value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{key}={value!r} is not a boolean")
 
 
 def _cert_reqs(value: str) -> ssl.VerifyMode:

@@ -42,8 +42,9 @@ import structlog
 
 from factbus.errors import TransportError
 from factbus.transport.base import Delivery
+from factbus.urls import redact
 from factbus_kombu._driver import Consumer, VirtualQoS
-from factbus_kombu.config import KombuConfig, redacted_url
+from factbus_kombu.config import KombuConfig
 from factbus_kombu.link import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
@@ -346,7 +347,7 @@ class QueueConsumer:
                 log.warning(
                     "kombu consumer lost its connection; reconnecting",
                     queue=self.queue_name,
-                    url=redacted_url(self.config.url),
+                    url=redact(self.config.url),
                     error=repr(exc),
                 )
                 self._lost()

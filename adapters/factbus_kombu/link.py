@@ -24,8 +24,9 @@ import structlog
 
 from factbus.errors import PublishError, TransportError
 from factbus.transport.base import Message, dead_letter_topic
+from factbus.urls import redact
 from factbus_kombu._driver import Exchange, OperationalError, Queue
-from factbus_kombu.config import KombuConfig, redacted_url
+from factbus_kombu.config import KombuConfig
 
 log = structlog.get_logger("factbus.kombu")
 
@@ -187,7 +188,7 @@ class Link:
             log.warning(
                 "kombu connection failed; retrying",
                 role=self.role,
-                url=redacted_url(self.config.url),
+                url=redact(self.config.url),
                 error=str(exc),
                 retry_in=interval,
             )
@@ -209,9 +210,7 @@ class Link:
             raise
         except (*self.retryable, OperationalError) as exc:
             self._discard(connection)
-            raise TransportError(
-                f"cannot connect to {redacted_url(self.config.url)}: {exc}"
-            ) from exc
+            raise TransportError(f"cannot connect to {redact(self.config.url)}: {exc}") from exc
         self.connection, self.channel, self.confirms = connection, channel, confirms
         self.declared = set()
         return channel
@@ -263,7 +262,7 @@ class Link:
                     role=self.role,
                     what=what,
                     error=str(exc),
-                    url=redacted_url(self.config.url),
+                    url=redact(self.config.url),
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)

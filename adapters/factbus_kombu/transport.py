@@ -18,7 +18,8 @@ from factbus.transport.base import (
     TransportBase,
     dead_letter_topic,
 )
-from factbus_kombu.config import GENERIC_CAPABILITIES, KombuConfig, redacted_url
+from factbus.urls import redact
+from factbus_kombu.config import GENERIC_CAPABILITIES, KombuConfig
 from factbus_kombu.consumer import KombuSubscription
 from factbus_kombu.link import (
     Link,
@@ -62,7 +63,7 @@ class KombuTransport(TransportBase):
         return self._closing is not None
 
     def __repr__(self) -> str:
-        return f"KombuTransport({redacted_url(self.config.url)!r})"
+        return f"KombuTransport({redact(self.config.url)!r})"
 
     # -- the publishing thread ------------------------------------------------------
 

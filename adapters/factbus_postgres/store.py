@@ -60,11 +60,10 @@ from __future__ import annotations
 import hashlib
 import re
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from factbus.config import redact
 from factbus.errors import ConfigError, MissingDriver
 from factbus.fact import Fact, FactRef
 from factbus.store.base import (
@@ -74,6 +73,7 @@ from factbus.store.base import (
     fact_from_bytes,
     fact_to_bytes,
 )
+from factbus.urls import parse_bool, parse_duration, parse_int, redact
 
 try:
     import asyncpg
@@ -102,19 +102,11 @@ _OPTIONS = (
 )
 
 
-def _boolean(name: str, value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={value!r}: use true or false")
-
-
 @dataclass(frozen=True, slots=True)
 class PostgresConfig:
     """Options of a ``postgresql://`` store URL (see the module docstring)."""
 
-    dsn: str
+    dsn: str = field(repr=False)
     """The URL asyncpg connects with: the given URL less factbus's own options."""
     schema: str
     prefix: str
@@ -149,20 +141,22 @@ class PostgresConfig:
                 raise ConfigError(
                     f"{name}={value!r}: use lower-case letters, digits and _ (at most 40)"
                 )
-        try:
-            config = cls(
-                dsn=dsn,
-                schema=schema,
-                prefix=prefix,
-                pool_min=int(ours.get("pool_min", 1)),
-                pool_max=int(ours.get("pool_max", 4)),
-                connect_timeout=float(ours.get("connect_timeout", 10.0)),
-                command_timeout=float(ours.get("command_timeout", 60.0)),
-                fact_cache=int(ours.get("fact_cache", 20000)),
-                custom_plans=_boolean("custom_plans", ours.get("custom_plans", "true")),
-            )
-        except ValueError as error:
-            raise ConfigError(f"{redact(url)}: {error}") from None
+        what = "postgresql store option"
+        config = cls(
+            dsn=dsn,
+            schema=schema,
+            prefix=prefix,
+            pool_min=parse_int("pool_min", ours.get("pool_min", "1"), what=what),
+            pool_max=parse_int("pool_max", ours.get("pool_max", "4"), what=what),
+            connect_timeout=parse_duration(
+                "connect_timeout", ours.get("connect_timeout", "10"), what=what
+            ),
+            command_timeout=parse_duration(
+                "command_timeout", ours.get("command_timeout", "60"), what=what
+            ),
+            fact_cache=parse_int("fact_cache", ours.get("fact_cache", "20000"), what=what),
+            custom_plans=parse_bool("custom_plans", ours.get("custom_plans", "true"), what=what),
+        )
         if not 0 <= config.pool_min <= config.pool_max or config.pool_max < 1:
             raise ConfigError(f"{redact(url)}: need 0 <= pool_min <= pool_max and pool_max >= 1")
         return config

@@ -11,7 +11,7 @@ from typing import Any, Self, TypeVar
 
 import structlog
 
-from factbus.config import Settings, redact
+from factbus.config import Settings
 from factbus.dispatcher import Dispatcher, Handler, Middleware, RetryPolicy
 from factbus.envelope import (
     HEADER_PRODUCER,
@@ -25,6 +25,7 @@ from factbus.logging import configure_logging
 from factbus.pipeline import Pipeline, PipelineStats, RefCache
 from factbus.store import Store, StoreBatch, open_store
 from factbus.transport import Message, Subscription, Transport, open_transport
+from factbus.urls import redact
 
 log = structlog.get_logger("factbus.bus")
 

@@ -6,7 +6,6 @@ Precedence: explicit arguments, then environment, then the TOML file, then defau
 from __future__ import annotations
 
 import os
-import re
 import socket
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from factbus.errors import ConfigError
+from factbus.urls import coerce
 
 ENV_PREFIX = "FACTBUS_"
 
@@ -88,43 +88,9 @@ class Settings:
         for name, spec in names.items():
             raw = os.environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[name] = _coerce(name, raw, spec.default)
+                values[name] = coerce(ENV_PREFIX + name.upper(), raw, spec.default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - set(names)
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         return replace(cls(), **values)
-
-
-def _coerce(name: str, raw: str, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        raise ConfigError(
-            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type(default).__name__}"
-        ) from None
-    return raw
-
-
-_USERINFO_PASSWORD = re.compile(r"(//[^/@:]*):[^/@]*@")
-_SECRET_QUERY = re.compile(
-    r"([?&][^=&]*(?:password|passwd|secret|token|credential|key)[^=&]*=)[^&]*", re.IGNORECASE
-)
-
-
-def redact(url: str) -> str:
-    """``url`` with passwords (``user:***@``) and secret query options
-    (``sasl_password=***``, ``...key...=***``) hidden, for logs and reprs.
-
-    Works on any URL shape, including several ``host:port`` pairs in the netloc.
-    """
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url, count=1))

@@ -26,8 +26,8 @@ from factbus.testing.conformance import (
     settle_quietly,
 )
 from factbus.transport import Message, open_transport
+from factbus.urls import redact
 from factbus_kafka import HEADER_MESSAGE_ID, KafkaConfig, KafkaTransport
-from factbus_kafka.config import redacted_url
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
 
@@ -409,7 +409,7 @@ def test_secrets_never_show() -> None:
         "&rdkafka.ssl.key.pem=hunter6&partitions=3"
     )
     transport = KafkaTransport(url)
-    for text in (repr(transport), repr(transport.config), redacted_url(url)):
+    for text in (repr(transport), repr(transport.config), redact(url)):
         for secret in ("hunter2", "hunter3", "hunter4", "hunter5", "hunter6"):
             assert secret not in text
     assert "svc:***@k1:9093,k2:9093" in repr(transport)

@@ -29,13 +29,13 @@ from factbus.testing.conformance import (
     settle_quietly,
 )
 from factbus.transport import Message, open_transport
+from factbus.urls import redact
 from factbus_kombu import KombuConfig, KombuTransport
 from factbus_kombu.config import (
     AMQP_CAPABILITIES,
     GENERIC_CAPABILITIES,
     REDIS_CAPABILITIES,
     REDIS_TRANSPORT_DEFAULTS,
-    redacted_url,
 )
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
@@ -209,11 +209,11 @@ def test_adapter_and_transport_options_are_taken_out_of_the_url() -> None:
         ("factbus_prefetch=70000", "out of range"),
         ("factbus_prefetch=many", "not a valid int"),
         ("factbus_poll_interval=-1", "out of range"),
-        ("factbus_color=blue", "unknown option factbus_color"),
+        ("factbus_color=blue", "unknown kombu option .factbus_color."),
         ("visibility_timeout=60", "unknown URL option 'visibility_timeout'"),
         ("transport.confirm_publish=true", "always uses publisher confirms"),
         ("ssl=true", "secure scheme"),
-        ("heartbeat=soon", "not a valid float"),
+        ("heartbeat=soon", "not a valid duration"),
     ],
 )
 def test_bad_options_are_refused(query: str, message: str) -> None:
@@ -253,7 +253,7 @@ def test_repr_and_logs_hide_credentials() -> None:
     assert "s3cret" not in text and "hunter2" not in text
     assert "user:***@rabbit.example:5672" in text
     assert "heartbeat=5" in text
-    assert "s3cret" not in redacted_url("kombu+redis://:s3cret@127.0.0.1:6379/0")
+    assert "s3cret" not in redact("kombu+redis://:s3cret@127.0.0.1:6379/0")
     config = KombuConfig.from_url("kombu+redis://u:s3cret@127.0.0.1:6379/0?transport.password=x2")
     assert "s3cret" not in repr(config) and "x2" not in repr(config)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from factbus import ConfigError, Settings
-from factbus.config import redact
+from factbus.urls import redact
 
 
 @pytest.mark.parametrize(

@@ -53,9 +53,9 @@ from factbus.bench.publisher import (
 from factbus.bench.result import BenchResult, HalfLoad, Latency, latencies, machine
 from factbus.bench.workload import Shape, WorkloadSpec
 from factbus.bus import Bus
-from factbus.config import redact
 from factbus.errors import ConfigError
 from factbus.fact import Fact
+from factbus.urls import redact
 
 T = TypeVar("T")
 

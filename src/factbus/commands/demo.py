@@ -32,9 +32,9 @@ from rich.progress import (
 from rich.table import Table
 
 from factbus.bus import Bus
-from factbus.config import redact
 from factbus.fact import Fact, FactRef
 from factbus.testing.scenario import shuffled_with_duplicates, state_digest
+from factbus.urls import redact
 
 
 def shop_facts(orders: int, seed: int) -> list[Fact]:

@@ -37,12 +37,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from factbus.config import Settings, redact
+from factbus.config import Settings
 from factbus.envelope import HEADER_DEAD_LETTER_TOPIC, CodecLimits, decode
 from factbus.errors import ConfigError, EnvelopeError, FactbusError, TransportError
 from factbus.fact import Fact
 from factbus.logging import configure_logging
 from factbus.transport import DeadLetter, Message, Transport, open_transport
+from factbus.urls import redact
 
 log = structlog.get_logger("factbus.commands.dlq")
 

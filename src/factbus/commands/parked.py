@@ -26,12 +26,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from factbus.config import Settings, redact
+from factbus.config import Settings
 from factbus.errors import ConfigError, FactbusError
 from factbus.fact import FactRef
 from factbus.logging import configure_logging
 from factbus.store import FactState, ParkedFact, Store, open_store
 from factbus.store.sqlite import sqlite_path
+from factbus.urls import redact
 
 log = structlog.get_logger("factbus.commands.parked")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from factbus.fact import Fact, FactRef
 from factbus.store.base import FactState, ParkedFact, StoreBatch
+from factbus.urls import query_options
 
 
 class MemoryTransaction:
@@ -41,6 +42,7 @@ class MemoryStore:
     """Dictionaries: handled facts, parked facts and their wait lists, published refs."""
 
     def __init__(self, url: str = "memory://") -> None:
+        query_options(url, (), what="memory store")
         self.url = url
         self._facts: dict[FactRef, Fact] = {}
         self._state: dict[FactRef, FactState] = {}

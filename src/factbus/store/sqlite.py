@@ -6,7 +6,8 @@ more than it saves. ``synchronous=NORMAL`` in WAL mode survives a process
 crash (``kill -9``); only a power loss can drop the last commits.
 
 ``sqlite:///:memory:`` gives a private in-memory database (tests). Option
-``?keep_bodies=1`` keeps handled facts' content for :meth:`SqliteStore.load`.
+``?keep_bodies=1`` keeps handled facts' content for :meth:`SqliteStore.load`;
+any other option is refused (:class:`~factbus.errors.ConfigError`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Seque
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
@@ -27,6 +28,7 @@ from factbus.store.base import (
     fact_from_bytes,
     fact_to_bytes,
 )
+from factbus.urls import parse_bool, query_options
 
 SCHEMA_VERSION: Final = 1
 _CHUNK: Final = 500  # hashes per IN (...) query; SQLite allows 32766 parameters
@@ -127,8 +129,8 @@ class SqliteStore:
     def __init__(self, url: str = "sqlite:///factbus.db") -> None:
         self.url = url
         self.path = sqlite_path(url)
-        options = parse_qs(urlsplit(url).query)
-        self.keep_bodies = options.get("keep_bodies", ["0"])[-1].lower() in ("1", "true", "yes")
+        options = query_options(url, ("keep_bodies",), what="sqlite store")
+        self.keep_bodies = parse_bool("keep_bodies", options.get("keep_bodies", "0"))
         """Keep handled facts' content (for :meth:`load`); off by default: dedup
         needs only identities, and bodies triple the bytes written per fact."""
         self._db: sqlite3.Connection | None = None

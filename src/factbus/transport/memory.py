@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from factbus.errors import ConfigError, TransportError
 from factbus.transport.base import Capabilities, DeadLetter, Message, TransportBase
+from factbus.urls import query_options
 
 _CAPABILITIES = Capabilities(
     persistent=False,
@@ -174,6 +175,7 @@ class MemoryTransport(TransportBase):
         parts = urlsplit(url)
         if parts.scheme != "memory":
             raise ConfigError(f"MemoryTransport needs a memory:// URL, not {parts.scheme}://")
+        query_options(url, (), what="memory transport")
         self.namespace = (parts.netloc + parts.path).strip("/") or "default"
         self._subscriptions: list[MemorySubscription] = []
         self._closed = False
