@@ -55,7 +55,7 @@ fail later with a less helpful ``TypeError``), except on transports that parse
 their own URLs (sqlalchemy, mongodb, ...), which get the rest verbatim.
 
 Credentials (the URL's password, values of keys named like a secret) never
-appear in reprs or logs: see :func:`redacted_url`.
+appear in reprs or logs: see :func:`factbus.urls.redact`.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class KombuConfig:
     """What a ``kombu+...`` URL says, split into kombu's part and the adapter's."""
 
     url: str
-    """The URL as given (may hold a password: never log it, see :func:`redacted_url`)."""
+    """The URL as given (may hold a password: never log it, see :func:`factbus.urls.redact`)."""
     kombu_url: str
     """What :class:`kombu.Connection` gets: the URL without ``kombu+`` and without
     the adapter's keys."""
