@@ -174,3 +174,29 @@ def test_publisher_processes_and_raw_baseline_on_rabbitmq() -> None:
     assert result.ratio is not None and result.drain_ratio is not None
     assert result.pipeline["handled"] == 400  # peak and drain
     assert "guest:***@" in result.transport
+
+
+def test_each_adapter_registers_its_own_baseline() -> None:
+    """Baselines come from the ``factbus.baselines`` entry points, each shipped by
+    its adapter package (the core imports no adapter); an unknown scheme is named."""
+    from importlib.metadata import entry_points
+
+    from factbus.bench.baseline import baseline_for
+
+    registered = {ep.name: ep.value for ep in entry_points(group="factbus.baselines")}
+    transports = {ep.name for ep in entry_points(group="factbus.transports")}
+    assert set(registered) == transports
+    for scheme, target in registered.items():
+        module = target.partition(":")[0]
+        assert module.startswith("factbus.") == (scheme == "memory"), target
+    urls = {
+        "memory": "memory://",
+        "amqp": "amqp://127.0.0.1/",
+        "kafka": "kafka://127.0.0.1:9092",
+        "kombu": "kombu+redis://127.0.0.1:6379/0",
+    }
+    for scheme, url in urls.items():
+        baseline = baseline_for(url, "unused")
+        assert type(baseline).__module__ == registered[scheme].partition(":")[0]
+    with pytest.raises(ConfigError, match=r"no raw-client baseline for nats://"):
+        baseline_for("nats://127.0.0.1", "unused")

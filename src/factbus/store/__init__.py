@@ -6,11 +6,10 @@ Stores register under the entry-point group ``factbus.stores``.
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from urllib.parse import urlsplit
 
-from factbus.errors import ConfigError, MissingDriver
+from factbus import plugins
+from factbus.errors import ConfigError
 from factbus.store.base import (
     FactState,
     ParkedFact,
@@ -32,6 +31,8 @@ __all__ = [
     "open_store",
 ]
 
+GROUP = "factbus.stores"
+
 _BUILTIN = {
     "memory": ("factbus.store.memory:MemoryStore", None),
     "sqlite": ("factbus.store.sqlite:SqliteStore", None),
@@ -46,18 +47,9 @@ def open_store(url: str) -> Store:
     :raises ConfigError: unknown scheme. :raises MissingDriver: driver not installed.
     """
     scheme = urlsplit(url).scheme
-    found = [ep for ep in entry_points(group="factbus.stores") if ep.name == scheme]
-    target, extra = _BUILTIN.get(scheme, (None, None))
-    if found:
-        target = found[0].value
-    if target is None:
+    if not scheme:
         raise ConfigError(
-            f"no store for {scheme or url!r} (use memory://, sqlite:///path.db, postgresql://...)"
+            f"no store for {url!r} (use memory://, sqlite:///path.db, postgresql://...)"
         )
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise MissingDriver(scheme, extra or scheme, exc) from exc
-    store: Store = getattr(module, attr)(url)
+    store: Store = plugins.load(GROUP, scheme, _BUILTIN, what="store")(url)
     return store

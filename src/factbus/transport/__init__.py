@@ -8,12 +8,11 @@ only constructor argument and reads its options from the URL's query string.
 
 from __future__ import annotations
 
-import importlib
-from importlib.metadata import entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
-from factbus.errors import ConfigError, MissingDriver
+from factbus import plugins
+from factbus.errors import ConfigError
 from factbus.transport.base import (
     Capabilities,
     DeadLetter,
@@ -38,6 +37,8 @@ __all__ = [
     "transport_class",
 ]
 
+GROUP = "factbus.transports"
+
 # Used when factbus runs from a source tree without installed entry points.
 _BUILTIN = {
     "memory": ("factbus.transport.memory:MemoryTransport", None),
@@ -61,20 +62,7 @@ def transport_class(url: str) -> type[Any]:
     :raises ConfigError: no adapter is registered for the scheme.
     :raises MissingDriver: the adapter's driver is not installed (says which extra).
     """
-    scheme = _scheme(url)
-    found = [ep for ep in entry_points(group="factbus.transports") if ep.name == scheme]
-    target, extra = _BUILTIN.get(scheme, (None, None))
-    if found:
-        target = found[0].value
-    if target is None:
-        known = sorted({ep.name for ep in entry_points(group="factbus.transports")} | set(_BUILTIN))
-        raise ConfigError(f"no transport for {scheme}:// (known: {', '.join(known)})")
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise MissingDriver(scheme, extra or scheme, exc) from exc
-    cls: type[Any] = getattr(module, attr)
+    cls: type[Any] = plugins.load(GROUP, _scheme(url), _BUILTIN, what="transport")
     return cls
 
 

@@ -3,7 +3,13 @@
 One producer and one consumer, the same message count, the same broker as the
 factbus run: confluent-kafka for ``kafka://``, aio-pika with publisher
 confirms for ``amqp://``, kombu for ``kombu+<transport>://`` and a bare
-``asyncio.Queue`` hand-off for ``memory://``. Each baseline uses the client the
+``asyncio.Queue`` hand-off for ``memory://``.
+
+Each adapter package ships its own baseline (``factbus_kafka.baseline``, ...)
+and registers it under the entry-point group ``factbus.baselines``, named by
+URL scheme like its transport (:mod:`factbus.plugins`): the core never imports
+an adapter, and a third-party adapter adds its baseline the same way. A
+baseline class takes ``(url, destination)``. Each baseline uses the client the
 way its documentation shows (no factbus code on the hot path), with the same
 durability the factbus adapter asks for (persistent messages, confirms, acks).
 
@@ -24,6 +30,7 @@ from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from factbus import plugins
 from factbus.errors import ConfigError
 
 
@@ -32,8 +39,6 @@ class Baseline(Protocol):
 
     client: str
     """What moves the messages, e.g. ``confluent-kafka 2.4 (acks=all)``."""
-    in_process_only: bool
-    """True when producer and consumer must share one process (``memory://``)."""
     received: int
     """Messages consumed so far (read from any thread for progress)."""
     first_at: float
@@ -67,30 +72,32 @@ class Baseline(Protocol):
         groups' queues, dead letters). Best effort; never raises."""
 
 
+GROUP = "factbus.baselines"
+
+# Used when factbus runs from a source tree without installed entry points.
+_BUILTIN = {
+    "memory": ("factbus.bench.baseline.memory:MemoryBaseline", None),
+    "amqp": ("factbus_amqp.baseline:AmqpBaseline", "amqp"),
+    "amqps": ("factbus_amqp.baseline:AmqpBaseline", "amqp"),
+    "kafka": ("factbus_kafka.baseline:KafkaBaseline", "kafka"),
+    "kombu": ("factbus_kombu.baseline:KombuBaseline", "kombu"),
+}
+
+
 def baseline_for(url: str, destination: str) -> Baseline:
-    """The baseline for ``url``'s transport, on a new ``destination`` (topic/queue name).
+    """The baseline registered for ``url``'s transport, on a new ``destination``
+    (topic/queue name).
 
     :raises ConfigError: no baseline for this transport.
     :raises MissingDriver: the raw client is not installed.
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        from factbus.bench.baseline.memory import MemoryBaseline
-
-        return MemoryBaseline(url, destination)
-    if scheme == "kafka":
-        from factbus.bench.baseline.kafka import KafkaBaseline
-
-        return KafkaBaseline(url, destination)
-    if scheme in ("amqp", "amqps"):
-        from factbus.bench.baseline.amqp import AmqpBaseline
-
-        return AmqpBaseline(url, destination)
-    if scheme.startswith("kombu+"):
-        from factbus.bench.baseline.kombu import KombuBaseline
-
-        return KombuBaseline(url, destination)
-    raise ConfigError(f"no raw-client baseline for {scheme}:// transports")
+    scheme = urlsplit(url).scheme.split("+", 1)[0]
+    if not scheme:
+        raise ConfigError(f"transport URL {url!r} has no scheme")
+    baseline: Baseline = plugins.load(GROUP, scheme, _BUILTIN, what="raw-client baseline")(
+        url, destination
+    )
+    return baseline
 
 
 __all__ = ["Baseline", "baseline_for"]

@@ -16,7 +16,6 @@ class MemoryBaseline:
     """See the module docstring."""
 
     client = "asyncio.Queue"
-    in_process_only = True
 
     def __init__(self, url: str, destination: str) -> None:
         self.url = url

@@ -19,6 +19,7 @@ from importlib.metadata import version
 from typing import Any
 
 from factbus.errors import MissingDriver, TransportError
+from factbus_amqp.config import AmqpConfig
 
 try:
     import aio_pika
@@ -29,11 +30,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 class AmqpBaseline:
     """See the module docstring."""
 
-    in_process_only = False
-
     def __init__(self, url: str, destination: str) -> None:
-        from factbus_amqp.config import AmqpConfig
-
         self.config = AmqpConfig.from_url(url)
         self.exchange = destination
         self.queue = f"{destination}.raw"

@@ -22,6 +22,7 @@ from importlib.metadata import version
 from typing import Any
 
 from factbus.errors import MissingDriver, TransportError
+from factbus_kombu.config import KombuConfig
 
 try:
     from kombu import Connection, Exchange, Queue
@@ -32,11 +33,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 class KombuBaseline:
     """See the module docstring."""
 
-    in_process_only = False
-
     def __init__(self, url: str, destination: str) -> None:
-        from factbus_kombu.config import KombuConfig
-
         self.config = KombuConfig.from_url(url)
         self.amqp = self.config.driver_type == "amqp"
         self.exchange = Exchange(destination, type="direct", durable=True, delivery_mode=2)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from factbus.errors import MissingDriver, PublishError, TransportError
+from factbus_kafka.config import KafkaConfig
 
 try:
     import confluent_kafka
@@ -32,11 +33,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 class KafkaBaseline:
     """See the module docstring."""
 
-    in_process_only = False
-
     def __init__(self, url: str, destination: str) -> None:
-        from factbus_kafka.config import KafkaConfig
-
         self.config = KafkaConfig.from_url(url)
         self.topic = destination
         self.group = f"{destination}.raw"
