@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JS     := tests/js/node_modules/.installed
 
-.PHONY: demo test lint typecheck unit brokers brokers-stop bench clean help
+.PHONY: demo test lint typecheck unit brokers brokers-stop jinaga-server jinaga-server-stop bench clean help
 
 help:
 	@echo "make demo     - set up a virtualenv and run 'factbus demo' (memory transport, SQLite stores)"
 	@echo "make test     - set up, start the brokers, and run lint, mypy and every test"
 	@echo "make brokers  - install (if missing) and start RabbitMQ, Kafka, Redis, PostgreSQL on loopback"
+	@echo "make jinaga-server - install (npm) and start jinaga-server 3.7.5 on PostgreSQL, 127.0.0.1:8091"
 	@echo "make bench    - run the benchmark matrix (see benchmarks/RESULTS.md)"
 
 $(STAMP): pyproject.toml
@@ -32,6 +33,12 @@ brokers:
 brokers-stop:
 	bash scripts/brokers.sh stop
 
+jinaga-server: brokers
+	bash scripts/jinaga-server.sh start
+
+jinaga-server-stop:
+	bash scripts/jinaga-server.sh stop
+
 lint: $(STAMP)
 	$(BIN)/ruff check src adapters tests benchmarks
 	$(BIN)/ruff format --check src adapters tests benchmarks
@@ -42,11 +49,11 @@ typecheck: $(STAMP)
 unit: $(STAMP) $(JS)
 	$(BIN)/pytest tests/unit tests/conformance/test_memory_transport.py -q
 
-test: $(STAMP) $(JS) brokers lint typecheck
-	eval "$$(bash scripts/brokers.sh env)" && $(BIN)/pytest -q
+test: $(STAMP) $(JS) brokers jinaga-server lint typecheck
+	eval "$$(bash scripts/brokers.sh env)" && eval "$$(bash scripts/jinaga-server.sh env)" && $(BIN)/pytest -q
 
 bench: $(STAMP) brokers
 	eval "$$(bash scripts/brokers.sh env)" && $(BIN)/python benchmarks/run_matrix.py
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules .factbus .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) tests/js/node_modules scripts/jinaga-server/node_modules .factbus .mypy_cache .ruff_cache .pytest_cache

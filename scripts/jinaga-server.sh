@@ -54,11 +54,25 @@ server_alive() {
 }
 # the replicator answers OPTIONS /save with the content types it accepts
 server_answers() {
-    curl -fsS -m 3 -X OPTIONS -D - -o /dev/null "$URL/save" 2>/dev/null | grep -qi '^accept-post:.*x-jinaga-graph-v1'
+    node -e '
+        fetch(process.argv[1], { method: "OPTIONS", signal: AbortSignal.timeout(3000) })
+            .then((r) => process.exit(/x-jinaga-graph-v1/.test(r.headers.get("accept-post") || "") ? 0 : 1))
+            .catch(() => process.exit(1));' "$URL/save" 2>/dev/null
+}
+port_taken() { # something accepts TCP connections on 127.0.0.1:$PORT
+    node -e '
+        const s = require("net").connect(Number(process.argv[1]), "127.0.0.1");
+        s.on("connect", () => process.exit(0)).on("error", () => process.exit(1));
+        setTimeout(() => process.exit(1), 2000);' "$PORT" 2>/dev/null
 }
 
 install() {
-    command -v node >/dev/null || die "node is not installed (the tests' jinaga.js needs it too)"
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        [ "$(id -u)" = 0 ] || die "node and npm are missing; install them (apt-get install nodejs npm)"
+        log "apt-get install nodejs npm"
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
+            --no-install-recommends nodejs npm >/dev/null || die "apt-get install nodejs npm failed"
+    fi
     if [ ! -f "$STAMP" ] || [ "$PROJECT/package-lock.json" -nt "$STAMP" ]; then
         log "npm ci in $PROJECT"
         (cd "$PROJECT" && npm ci --no-audit --no-fund --silent) || die "npm ci failed"
@@ -111,7 +125,7 @@ start() {
     mkdir -p "$STATE_DIR"
     if server_alive && server_answers; then log "already running at $URL (pid $(server_pid))"; return 0; fi
     if ! server_alive; then
-        if curl -s -m 2 -o /dev/null "http://127.0.0.1:$PORT/"; then
+        if port_taken; then
             die "something else listens on 127.0.0.1:$PORT (set FACTBUS_JINAGA_PORT)"
         fi
         log "starting on $URL (log: $LOG)"

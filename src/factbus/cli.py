@@ -17,6 +17,7 @@ COMMANDS = {
     "dlq": "dlq",
     "parked": "parked",
     "worker": "worker",
+    "jinaga-bridge": "jinaga_bridge",
 }
 
 

@@ -6,6 +6,9 @@
 //       j.query(model.given(G).match(g => g.successors(T, s => s[r])), facts[i]) with a fresh
 //       client; prints {"results": [{"hash", "type", "fields"}...]}
 //
+//   node client.js spec  -                stdin: {"root": {"type", "hash"}, "successor": T, "role": r}
+//       prints {"text": ...}: the text jinaga.js POSTs to /feeds for that query
+//
 // F = {"type": T, "fields": {...}, "predecessors": {role: index | [indices]}}; indices point to
 // earlier facts of the same list, which become nested jinaga.js fact objects.
 // jinaga is resolved from scripts/jinaga-server/node_modules (pinned by its package-lock).
@@ -14,7 +17,7 @@ const path = require("path");
 const jinagaPath = require.resolve("jinaga", {
     paths: [path.join(__dirname, "..", "..", "scripts", "jinaga-server")],
 });
-const { JinagaClient, buildModel } = require(jinagaPath);
+const { JinagaClient, buildModel, describeDeclaration, describeSpecification } = require(jinagaPath);
 
 function build(facts) {
     const objects = [];
@@ -38,7 +41,21 @@ async function main() {
     const [command, endpoint] = process.argv.slice(2);
     let input = "";
     for await (const chunk of process.stdin) input += chunk;
-    const request = JSON.parse(input);
+    const request = JSON.parse(input || "{}");
+    if (command === "spec") {
+        const Given = ctor(request.root.type);
+        const Successor = ctor(request.successor);
+        const model = buildModel((b) =>
+            b.type(Given).type(Successor, (m) => m.predecessor(request.role, Given))
+        );
+        const spec = model.given(Given).match((g) => g.successors(Successor, (s) => s[request.role]));
+        const start = [{ type: request.root.type, hash: request.root.hash }];
+        const text =
+            describeDeclaration(start, spec.specification.given.map((g) => g.label)) +
+            describeSpecification(spec.specification, 0);
+        process.stdout.write(JSON.stringify({ text }) + "\n");
+        return;
+    }
     const j = JinagaClient.create({ httpEndpoint: endpoint });
     const objects = build(request.facts);
     if (command === "save") {

@@ -1,0 +1,782 @@
+"""A bridge between a factbus bus and an unmodified jinaga-server (docs/jinaga.md).
+
+Push: every fact the bridge's bus handles (a catch-all transactional handler)
+is kept in the table ``<prefix>jinaga_facts`` of the bridge's store, in the
+same transaction as its handled mark, with an increasing ``seq`` (handling
+order is causal, so ``seq`` order is topological). A push loop saves the facts
+not pushed yet, in ``seq`` order and in batches, to the server with
+``POST /save`` in the graph format (``application/x-jinaga-graph-v1``); a graph
+names predecessors by position in the same body, so each body carries the
+batch's facts plus every ancestor of theirs, each once, ancestors first. A
+batch is marked pushed once the server answered 201; until then it is retried
+(with back-off), so a fact reaches the server at least once and the server
+deduplicates.
+
+Pull: for each configured feed (root fact, successor type, role) the bridge
+registers the specification with ``POST /feeds``, reads ``GET /feeds/{id}``
+pages from the kept bookmark, loads the facts with ``POST /load`` (ancestors
+included, predecessors first), recomputes every hash (a fact whose hash differs
+from the one the server gave fails the page, which is retried and logged), and
+publishes the facts not pulled before on the bus. The refs it published go to
+``<prefix>jinaga_pulled`` and the feed's bookmark to ``<prefix>jinaga_bookmarks``
+in one transaction after the broker confirmed, so a restart resumes after the
+last page published; a crash between the broker's confirmation and that commit
+republishes that page's facts once more (consumers deduplicate them).
+
+Echoes: a fact the bridge pulled from the server is stored by the push side as
+already pushed, so it is not saved back (it would be harmless: the server
+deduplicates too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import structlog
+
+from factbus.bus import Bus
+from factbus.config import Settings, redact
+from factbus.dispatcher import ANY_TYPE
+from factbus.errors import ConfigError, FactbusError
+from factbus.fact import Fact, FactRef
+from factbus.store.base import fact_from_bytes
+
+log = structlog.get_logger("factbus.jinaga.bridge")
+
+GRAPH_TYPE = "application/x-jinaga-graph-v1"
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
+_ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_JINAGA_KEYS = frozenset(
+    {"url", "node", "store", "push", "feed", "poll_interval", "batch_size", "timeout"}
+)
+_FEED_KEYS = frozenset({"root", "successor", "role"})
+
+
+class BridgeError(FactbusError):
+    """The server answered something the bridge cannot use (bad status, bad JSON, a
+    fact whose hash does not match)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """Follow the facts of type ``successor`` whose predecessor ``role`` is ``root``."""
+
+    root: FactRef
+    successor: str
+    role: str
+
+    @property
+    def key(self) -> str:
+        """Stable name of this feed in the bookmark table."""
+        return f"{self.root.type}#{self.root.hash}/{self.successor}.{self.role}"
+
+    def specification(self) -> str:
+        """The specification text jinaga.js would send for
+        ``model.given(Root).match(r => r.successors(Successor, s => s.role))``."""
+        return (
+            f"let p1: {self.root.type} = #{self.root.hash}\n"
+            f"(p1: {self.root.type}) {{\n"
+            f"    u1: {self.successor} [\n"
+            f"        u1->{self.role}: {self.root.type} = p1\n"
+            f"    ]\n"
+            f"}} => u1\n"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """The ``[jinaga]`` table of the TOML file, plus the bus settings of ``[factbus]``."""
+
+    url: str
+    """The server's replicator URL, e.g. ``http://127.0.0.1:8091/jinaga``."""
+    settings: Settings
+    """Bus settings: ``[factbus]`` with ``node`` and ``store`` replaced by the bridge's own."""
+    feeds: tuple[Feed, ...] = ()
+    push: bool = True
+    poll_interval: float = 1.0
+    batch_size: int = 200
+    timeout: float = 30.0
+
+
+def load_bridge_config(path: str | Path) -> BridgeConfig:
+    """Read the TOML file ``path``: ``[factbus]`` and ``[jinaga]``.
+
+    :raises ConfigError: missing ``[jinaga]`` table or ``url``, unknown key,
+        wrong type, bad type or role name (naming the TOML key).
+    """
+    try:
+        with Path(path).open("rb") as handle:
+            document = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return parse_bridge_config(document)
+
+
+def parse_bridge_config(document: Mapping[str, Any]) -> BridgeConfig:
+    """:func:`load_bridge_config` on an already parsed document."""
+    table = document.get("jinaga")
+    if not isinstance(table, Mapping):
+        raise ConfigError("[jinaga]: the table is missing (it needs at least url)")
+    unknown = set(table) - _JINAGA_KEYS
+    if unknown:
+        raise ConfigError(f"[jinaga]: unknown keys {', '.join(sorted(unknown))}")
+    url = table.get("url")
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+        raise ConfigError(f"jinaga.url: an http(s) URL is needed, not {url!r}")
+    factbus = document.get("factbus", {})
+    if not isinstance(factbus, Mapping):
+        raise ConfigError("[factbus]: must be a table")
+    base = Settings.load(None, **dict(factbus))
+    node = _string(table, "node", f"{base.node_name}-jinaga-bridge")
+    store = _string(table, "store", "")
+    settings = Settings.load(None, **{**dict(factbus), "node": node, "store": store})
+    feeds = table.get("feed", [])
+    if not isinstance(feeds, list):
+        raise ConfigError("jinaga.feed: use [[jinaga.feed]] tables")
+    return BridgeConfig(
+        url=url.rstrip("/"),
+        settings=settings,
+        feeds=tuple(_feed(i, f) for i, f in enumerate(feeds)),
+        push=_typed(table, "push", bool, True),
+        poll_interval=_positive(table, "poll_interval", 1.0),
+        batch_size=int(_positive(table, "batch_size", 200)),
+        timeout=_positive(table, "timeout", 30.0),
+    )
+
+
+def _string(table: Mapping[str, Any], key: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"jinaga.{key}: must be a string, not {value!r}")
+    return value
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = table.get(key, default)
+    if not isinstance(value, kind):
+        raise ConfigError(f"jinaga.{key}: must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _positive(table: Mapping[str, Any], key: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"jinaga.{key}: must be a positive number, not {value!r}")
+    return float(value)
+
+
+def _feed(index: int, table: Any) -> Feed:
+    where = f"jinaga.feed[{index}]"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(table) - _FEED_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    successor, role, root = table.get("successor"), table.get("role"), table.get("root")
+    if not isinstance(successor, str) or not _TYPE_NAME.match(successor):
+        raise ConfigError(f"{where}.successor: a fact type name is needed, not {successor!r}")
+    if not isinstance(role, str) or not _ROLE_NAME.match(role):
+        raise ConfigError(f"{where}.role: a role name (letters, digits, _) is needed, not {role!r}")
+    if not isinstance(root, Mapping):
+        raise ConfigError(f"{where}.root: use {{type = ..., fields = {{...}}}} or {{type, hash}}")
+    root_type = root.get("type")
+    if not isinstance(root_type, str) or not _TYPE_NAME.match(root_type):
+        raise ConfigError(f"{where}.root.type: a fact type name is needed, not {root_type!r}")
+    extra = set(root) - {"type", "fields", "hash"}
+    if extra or ("hash" in root) == ("fields" in root):
+        raise ConfigError(f"{where}.root: give type and either fields or hash")
+    if "hash" in root:
+        digest = root["hash"]
+        if not isinstance(digest, str) or len(digest) != 88:
+            raise ConfigError(f"{where}.root.hash: an 88-character hash is needed")
+        ref = FactRef(root_type, digest)
+    else:
+        fields = root["fields"]
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"{where}.root.fields: must be a table")
+        try:
+            ref = Fact(root_type, fields).ref
+        except FactbusError as error:
+            raise ConfigError(f"{where}.root.fields: {error}") from None
+    return Feed(ref, successor, role)
+
+
+# --------------------------------------------------------------------------- graph
+
+
+def graph_body(wires: Sequence[Mapping[str, Any]]) -> bytes:
+    """The graph format of ``wires`` (envelope wire objects, ancestors first, each
+    once): per fact its type, its predecessors as indexes of earlier facts, its
+    fields, then a blank line.
+
+    :raises BridgeError: a predecessor that is not earlier in ``wires``.
+    """
+    index: dict[tuple[str, str], int] = {}
+    out: list[bytes] = []
+    for wire in wires:
+        preds: dict[str, Any] = {}
+        for role, value in wire["predecessors"].items():
+            refs = value if isinstance(value, list) else [value]
+            positions = []
+            for ref in refs:
+                position = index.get((ref["type"], ref["hash"]))
+                if position is None:
+                    raise BridgeError(
+                        f"{wire['type']} {wire['hash']}: predecessor {role} "
+                        f"{ref['type']} {ref['hash']} is not in the graph"
+                    )
+                positions.append(position)
+            preds[role] = positions if isinstance(value, list) else positions[0]
+        out.append(orjson.dumps(wire["type"]))
+        out.append(orjson.dumps(preds))
+        out.append(orjson.dumps(wire["fields"]))
+        out.append(b"")
+        index[(wire["type"], wire["hash"])] = len(index)
+    out.append(b"")
+    return b"\n".join(out)
+
+
+def fact_from_record(record: Any) -> Fact:
+    """A fact from a jinaga record ``{type, hash, fields, predecessors}``, its hash
+    recomputed.
+
+    :raises BridgeError: malformed record, or the recomputed hash differs.
+    """
+    try:
+        return fact_from_bytes(orjson.dumps(record))
+    except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as error:
+        raise BridgeError(f"malformed fact from the server: {error!r}") from None
+    except ValueError as error:
+        raise BridgeError(f"fact {record.get('type')!r} {record.get('hash')!r}: {error}") from None
+    except FactbusError as error:
+        raise BridgeError(f"fact {record.get('type')!r} {record.get('hash')!r}: {error}") from None
+
+
+# --------------------------------------------------------------------------- state
+
+
+_Kept = dict[FactRef, tuple[int, dict[str, Any]]]
+"""Kept facts by ref: (seq, wire object)."""
+
+
+class _State(Protocol):
+    """The bridge's tables in its store's database, through its own connection
+    (pull side, push loop) or the handler's transaction connection (push side)."""
+
+    async def open(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def keep(self, connection: Any, fact: Fact, pushed: bool) -> None: ...
+    async def unpushed(self, limit: int) -> list[tuple[int, dict[str, Any]]]: ...
+    async def bodies(self, refs: Iterable[FactRef]) -> _Kept: ...
+    async def mark_pushed(self, seqs: Sequence[int]) -> None: ...
+    async def pulled(self, refs: Iterable[FactRef]) -> set[FactRef]: ...
+    async def record_page(self, feed: str, bookmark: str, refs: Sequence[FactRef]) -> None: ...
+    async def bookmark(self, feed: str) -> str: ...
+
+
+def _wire(body: bytes | memoryview | str) -> dict[str, Any]:
+    value: dict[str, Any] = orjson.loads(bytes(body) if not isinstance(body, str) else body)
+    return value
+
+
+class _SqliteState:
+    """SQLite: its own connection, used from a worker thread (the bus's connection may
+    hold the write lock while a handler awaits; waiting for it on the event loop's
+    thread would stall the bus)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _run(self, func: Any, *args: Any) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(func, *args)
+
+    async def open(self) -> None:
+        def create() -> sqlite3.Connection:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS factbus_jinaga_facts (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT, hash TEXT NOT NULL,
+                    type TEXT NOT NULL, body BLOB NOT NULL, pushed INTEGER NOT NULL,
+                    UNIQUE (hash, type));
+                CREATE INDEX IF NOT EXISTS factbus_jinaga_unpushed
+                    ON factbus_jinaga_facts (pushed, seq);
+                CREATE TABLE IF NOT EXISTS factbus_jinaga_pulled (
+                    hash TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (hash, type));
+                CREATE TABLE IF NOT EXISTS factbus_jinaga_bookmarks (
+                    feed TEXT PRIMARY KEY, bookmark TEXT NOT NULL);
+                """
+            )
+            return db
+
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = await self._run(create)
+
+    async def aclose(self) -> None:
+        if self.db is not None:
+            await self._run(self.db.close)
+            self.db = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self.db is None:
+            raise RuntimeError("the bridge state is not open")
+        return self.db
+
+    async def keep(self, connection: Any, fact: Fact, pushed: bool) -> None:
+        connection.execute(
+            "INSERT INTO factbus_jinaga_facts (hash, type, body, pushed) "
+            "VALUES (?, ?, ?, ? OR EXISTS (SELECT 1 FROM factbus_jinaga_pulled "
+            "WHERE hash = ? AND type = ?)) ON CONFLICT (hash, type) DO NOTHING",
+            (fact.hash, fact.type, fact.wire_bytes(), int(pushed), fact.hash, fact.type),
+        )
+
+    async def unpushed(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        def read() -> list[tuple[int, dict[str, Any]]]:
+            rows = self._db().execute(
+                "SELECT seq, body FROM factbus_jinaga_facts WHERE pushed = 0 ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+            return [(seq, _wire(body)) for seq, body in rows.fetchall()]
+
+        result: list[tuple[int, dict[str, Any]]] = await self._run(read)
+        return result
+
+    async def bodies(self, refs: Iterable[FactRef]) -> _Kept:
+        wanted = list(refs)
+
+        def read() -> _Kept:
+            out: _Kept = {}
+            db = self._db()
+            for ref in wanted:
+                row = db.execute(
+                    "SELECT seq, body FROM factbus_jinaga_facts WHERE hash = ? AND type = ?",
+                    (ref.hash, ref.type),
+                ).fetchone()
+                if row is not None:
+                    out[ref] = (row[0], _wire(row[1]))
+            return out
+
+        result: _Kept = await self._run(read)
+        return result
+
+    def _write(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in statements:
+                db.executemany(sql, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    async def mark_pushed(self, seqs: Sequence[int]) -> None:
+        sql = "UPDATE factbus_jinaga_facts SET pushed = 1 WHERE seq = ?"
+        await self._run(self._write, [(sql, [(s,) for s in seqs])])
+
+    async def pulled(self, refs: Iterable[FactRef]) -> set[FactRef]:
+        wanted = list(refs)
+
+        def read() -> set[FactRef]:
+            db = self._db()
+            sql = "SELECT 1 FROM factbus_jinaga_pulled WHERE hash = ? AND type = ?"
+            return {ref for ref in wanted if db.execute(sql, (ref.hash, ref.type)).fetchone()}
+
+        result: set[FactRef] = await self._run(read)
+        return result
+
+    async def record_page(self, feed: str, bookmark: str, refs: Sequence[FactRef]) -> None:
+        keys = [(r.hash, r.type) for r in refs]
+        await self._run(
+            self._write,
+            [
+                ("INSERT OR IGNORE INTO factbus_jinaga_pulled VALUES (?, ?)", keys),
+                ("UPDATE factbus_jinaga_facts SET pushed = 1 WHERE hash = ? AND type = ?", keys),
+                (
+                    "INSERT INTO factbus_jinaga_bookmarks VALUES (?, ?) "
+                    "ON CONFLICT (feed) DO UPDATE SET bookmark = excluded.bookmark",
+                    [(feed, bookmark)],
+                ),
+            ],
+        )
+
+    async def bookmark(self, feed: str) -> str:
+        def read() -> str:
+            row = (
+                self._db()
+                .execute("SELECT bookmark FROM factbus_jinaga_bookmarks WHERE feed = ?", (feed,))
+                .fetchone()
+            )
+            return str(row[0]) if row else ""
+
+        result: str = await self._run(read)
+        return result
+
+
+class _PostgresState:
+    def __init__(self, url: str) -> None:
+        from factbus_postgres import PostgresConfig
+
+        config = PostgresConfig.from_url(url)
+        self.dsn = config.dsn
+        self.t = f'"{config.schema}"."{config.prefix}jinaga_'
+        self.schema = config.schema
+        self.pool: Any = None
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2)
+        t = self.t
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                f'CREATE SCHEMA IF NOT EXISTS "{self.schema}";'
+                f'CREATE TABLE IF NOT EXISTS {t}facts" (seq BIGSERIAL PRIMARY KEY, '
+                "hash TEXT NOT NULL, type TEXT NOT NULL, body BYTEA NOT NULL, "
+                "pushed BOOLEAN NOT NULL, UNIQUE (hash, type));"
+                f'CREATE TABLE IF NOT EXISTS {t}pulled" (hash TEXT NOT NULL, '
+                "type TEXT NOT NULL, PRIMARY KEY (hash, type));"
+                f'CREATE TABLE IF NOT EXISTS {t}bookmarks" (feed TEXT PRIMARY KEY, '
+                "bookmark TEXT NOT NULL);"
+            )
+
+    async def aclose(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def keep(self, connection: Any, fact: Fact, pushed: bool) -> None:
+        t = self.t
+        await connection.execute(
+            f'INSERT INTO {t}facts" (hash, type, body, pushed) VALUES ($1, $2, $3, $4 OR EXISTS '
+            f'(SELECT 1 FROM {t}pulled" WHERE hash = $1 AND type = $2)) '
+            "ON CONFLICT (hash, type) DO NOTHING",
+            fact.hash,
+            fact.type,
+            fact.wire_bytes(),
+            pushed,
+        )
+
+    async def unpushed(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        rows = await self.pool.fetch(
+            f'SELECT seq, body FROM {self.t}facts" WHERE NOT pushed ORDER BY seq LIMIT $1', limit
+        )
+        return [(row["seq"], _wire(row["body"])) for row in rows]
+
+    async def bodies(self, refs: Iterable[FactRef]) -> _Kept:
+        refs = list(refs)
+        rows = await self.pool.fetch(
+            f'SELECT f.seq, f.hash, f.type, f.body FROM {self.t}facts" f '
+            "JOIN unnest($1::text[], $2::text[]) AS r(hash, type) USING (hash, type)",
+            [r.hash for r in refs],
+            [r.type for r in refs],
+        )
+        return {FactRef(r["type"], r["hash"]): (r["seq"], _wire(r["body"])) for r in rows}
+
+    async def mark_pushed(self, seqs: Sequence[int]) -> None:
+        await self.pool.execute(
+            f'UPDATE {self.t}facts" SET pushed = TRUE WHERE seq = ANY($1::bigint[])', list(seqs)
+        )
+
+    async def pulled(self, refs: Iterable[FactRef]) -> set[FactRef]:
+        refs = list(refs)
+        rows = await self.pool.fetch(
+            f'SELECT p.hash, p.type FROM {self.t}pulled" p '
+            "JOIN unnest($1::text[], $2::text[]) AS r(hash, type) USING (hash, type)",
+            [r.hash for r in refs],
+            [r.type for r in refs],
+        )
+        return {FactRef(r["type"], r["hash"]) for r in rows}
+
+    async def record_page(self, feed: str, bookmark: str, refs: Sequence[FactRef]) -> None:
+        t = self.t
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                f'INSERT INTO {t}pulled" VALUES ($1, $2) ON CONFLICT DO NOTHING',
+                [(r.hash, r.type) for r in refs],
+            )
+            await conn.executemany(
+                f'UPDATE {t}facts" SET pushed = TRUE WHERE hash = $1 AND type = $2',
+                [(r.hash, r.type) for r in refs],
+            )
+            await conn.execute(
+                f'INSERT INTO {t}bookmarks" VALUES ($1, $2) '
+                "ON CONFLICT (feed) DO UPDATE SET bookmark = excluded.bookmark",
+                feed,
+                bookmark,
+            )
+
+    async def bookmark(self, feed: str) -> str:
+        value = await self.pool.fetchval(
+            f'SELECT bookmark FROM {self.t}bookmarks" WHERE feed = $1', feed
+        )
+        return str(value) if value is not None else ""
+
+
+def _open_state(store_url: str) -> _State:
+    scheme = urlsplit(store_url).scheme
+    if scheme == "sqlite":
+        from factbus.store.sqlite import sqlite_path
+
+        path = str(sqlite_path(store_url))
+        if path == ":memory:":
+            raise ConfigError("jinaga-bridge needs a store on disk, not an in-memory SQLite")
+        return _SqliteState(path)
+    if scheme in ("postgresql", "postgres"):
+        return _PostgresState(store_url)
+    raise ConfigError(
+        f"jinaga-bridge keeps its facts and bookmarks in a sqlite:// or postgresql:// store, "
+        f"not {redact(store_url)}"
+    )
+
+
+# --------------------------------------------------------------------------- bridge
+
+
+@dataclass(slots=True)
+class BridgeStats:
+    """What the bridge did since it started."""
+
+    pushed: int = 0
+    """Facts saved to the server (not counting the ancestors sent along)."""
+    pulled: int = 0
+    """Facts published on the bus from the server's feeds."""
+    pages: int = 0
+    errors: int = 0
+    feeds: dict[str, str] = field(default_factory=dict)
+    """Feed key -> last bookmark kept."""
+
+
+class JinagaBridge:
+    """Push the bus's facts to a jinaga-server and pull its feeds onto the bus.
+
+    ``async with JinagaBridge(config) as bridge:`` starts the bus (its catch-all
+    handler keeps every fact for the push side), the push loop and one pull loop
+    per feed; leaving the block stops them and closes the bus.
+    """
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        settings = config.settings
+        if not config.push:
+            settings = Settings.load(None, **{**_as_dict(settings), "consume": False})
+        self.bus = Bus(settings=settings)
+        self.state = _open_state(settings.store_url)
+        self.stats = BridgeStats()
+        self._pulling: set[FactRef] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: httpx.AsyncClient | None = None
+        self._log = log.bind(server=config.url, node=settings.node_name)
+        if config.push:
+            self.bus.handler(ANY_TYPE, transactional=True)(self._keep)
+
+    async def _keep(self, fact: Fact, connection: Any) -> None:
+        await self.state.keep(connection, fact, fact.ref in self._pulling)
+        self._wake.set()
+
+    async def __aenter__(self) -> JinagaBridge:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the state, start the bus, the push loop and the pull loops."""
+        await self.state.open()
+        self._http = httpx.AsyncClient(timeout=self.config.timeout)
+        await self.bus.start()
+        if self.config.push:
+            self._tasks.append(asyncio.create_task(self._push_loop(), name="jinaga-push"))
+        for feed in self.config.feeds:
+            self._tasks.append(asyncio.create_task(self._pull_loop(feed), name="jinaga-pull"))
+
+    async def aclose(self) -> None:
+        """Stop the loops (a page or batch in flight is abandoned and redone on the
+        next start), close the bus, the state and the HTTP client."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.bus.aclose()
+        await self.state.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # -- push ---------------------------------------------------------------
+
+    async def push_once(self) -> int:
+        """Save one batch of facts not pushed yet; return how many (0: none left).
+
+        :raises BridgeError: the server did not answer 201.
+        """
+        batch = await self.state.unpushed(self.config.batch_size)
+        if not batch:
+            return 0
+        chosen: _Kept = {FactRef(w["type"], w["hash"]): (seq, w) for seq, w in batch}
+        missing = {ref for _, w in batch for ref in _pred_refs(w)} - set(chosen)
+        while missing:
+            found = await self.state.bodies(missing)
+            lost = missing - set(found)
+            if lost:
+                raise BridgeError(f"the bridge does not keep ancestors {sorted(lost)}")
+            chosen.update(found)
+            missing = {ref for _, w in found.values() for ref in _pred_refs(w)} - set(chosen)
+        wires = [w for _, w in sorted(chosen.values(), key=lambda item: item[0])]
+        body = graph_body(wires)
+        response = await self._client().post(
+            f"{self.config.url}/save", content=body, headers={"Content-Type": GRAPH_TYPE}
+        )
+        if response.status_code != 201:
+            raise BridgeError(f"POST /save answered {response.status_code}: {response.text[:300]}")
+        await self.state.mark_pushed([seq for seq, _ in batch])
+        self.stats.pushed += len(batch)
+        self._log.debug("pushed", facts=len(batch), graph=len(wires))
+        return len(batch)
+
+    async def _push_loop(self) -> None:
+        delay = self.config.poll_interval
+        while True:
+            try:
+                while await self.push_once():
+                    pass
+                delay = self.config.poll_interval
+            except (BridgeError, httpx.HTTPError) as error:
+                self.stats.errors += 1
+                self._log.warning("push failed, retrying", error=str(error), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+
+    # -- pull ---------------------------------------------------------------
+
+    async def feed_ids(self, feed: Feed) -> list[str]:
+        """Register ``feed``'s specification with ``POST /feeds``; its feed ids."""
+        response = await self._client().post(
+            f"{self.config.url}/feeds",
+            content=feed.specification().encode(),
+            headers={"Content-Type": "text/plain", "Accept": "application/json"},
+        )
+        ids = _json(response, "POST /feeds").get("feeds")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise BridgeError(f"POST /feeds: no feed list in {response.text[:300]}")
+        return ids
+
+    async def pull_once(self, feed: Feed, feed_id: str) -> int:
+        """Read one page of ``feed_id`` after the kept bookmark, publish its new facts
+        and keep the next bookmark; return the number of references on the page."""
+        key = f"{feed.key}@{feed_id}"
+        bookmark = await self.state.bookmark(key)
+        response = await self._client().get(
+            f"{self.config.url}/feeds/{feed_id}",
+            params={"b": bookmark},
+            headers={"Accept": "application/json"},
+        )
+        page = _json(response, f"GET /feeds/{feed_id}")
+        refs, next_bookmark = page.get("references"), page.get("bookmark")
+        if not isinstance(refs, list) or not isinstance(next_bookmark, str):
+            raise BridgeError(f"GET /feeds/{feed_id}: unexpected page {response.text[:300]}")
+        if not refs:
+            return 0
+        response = await self._client().post(
+            f"{self.config.url}/load",
+            json={"references": refs},
+            headers={"Accept": "application/json"},
+        )
+        records = _json(response, "POST /load").get("facts")
+        if not isinstance(records, list):
+            raise BridgeError(f"POST /load: no fact list in {response.text[:300]}")
+        facts: list[Fact] = []
+        for record in records:
+            fact = fact_from_record(record)
+            if fact.hash != record.get("hash"):
+                raise BridgeError(
+                    f"POST /load: {fact.type} given as {record.get('hash')!r} hashes to {fact.hash}"
+                )
+            facts.append(fact)
+        known = await self.state.pulled(f.ref for f in facts)
+        new = [f for f in facts if f.ref not in known]
+        if new:
+            self._pulling.update(f.ref for f in new)
+            await self.bus.publish(*new, ancestors=False)
+        await self.state.record_page(key, next_bookmark, [f.ref for f in new])
+        self._pulling.difference_update(f.ref for f in new)
+        self.stats.pulled += len(new)
+        self.stats.pages += 1
+        self.stats.feeds[key] = next_bookmark
+        self._log.debug("pulled", feed=key, references=len(refs), published=len(new))
+        return len(refs)
+
+    async def _pull_loop(self, feed: Feed) -> None:
+        delay = self.config.poll_interval
+        ids: list[str] = []
+        while True:
+            try:
+                if not ids:
+                    ids = await self.feed_ids(feed)
+                busy = False
+                for feed_id in ids:
+                    busy = await self.pull_once(feed, feed_id) > 0 or busy
+                delay = self.config.poll_interval
+                if busy:
+                    continue
+            except (BridgeError, httpx.HTTPError, FactbusError) as error:
+                self.stats.errors += 1
+                ids = []
+                self._log.warning("pull failed, retrying", feed=feed.key, error=str(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            await asyncio.sleep(self.config.poll_interval)
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("the bridge is not started")
+        return self._http
+
+
+def _pred_refs(wire: Mapping[str, Any]) -> Iterable[FactRef]:
+    for value in wire["predecessors"].values():
+        for ref in value if isinstance(value, list) else [value]:
+            yield FactRef(ref["type"], ref["hash"])
+
+
+def _json(response: httpx.Response, what: str) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise BridgeError(f"{what} answered {response.status_code}: {response.text[:300]}")
+    try:
+        value = response.json()
+    except ValueError:
+        raise BridgeError(f"{what}: not JSON: {response.text[:300]}") from None
+    if not isinstance(value, dict):
+        raise BridgeError(f"{what}: expected a JSON object, got {response.text[:300]}")
+    return value
+
+
+def _as_dict(settings: Settings) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(settings)

@@ -1,0 +1,121 @@
+"""Helpers of the Jinaga round-trip tests: the jinaga-server that scripts/jinaga-server.sh
+runs, the jinaga.js client (tests/jinaga/client.js), Kafka topic clean-up and counts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+CLIENT_JS = HERE / "client.js"
+SERVER_JS = ROOT / "scripts" / "jinaga-server" / "server.js"
+DEFAULT_SERVER = "http://127.0.0.1:8091/jinaga"
+
+
+def jinaga_server_url() -> str:
+    """The running jinaga-server (``bash scripts/jinaga-server.sh start``); skips, or
+    fails in CI, when it does not answer."""
+    url = os.environ.get("FACTBUS_TEST_JINAGA_URL", DEFAULT_SERVER)
+    try:
+        response = httpx.options(f"{url}/save", timeout=3)
+        if "x-jinaga-graph-v1" not in response.headers.get("accept-post", ""):
+            raise OSError(f"OPTIONS /save answered {response.status_code} {response.headers}")
+    except (OSError, httpx.HTTPError) as error:
+        message = f"jinaga-server at {url} does not answer ({error}); run `make jinaga-server`"
+        if os.environ.get("FACTBUS_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def jinaga_js(command: str, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Run ``node client.js <command> <endpoint>`` (the unmodified jinaga.js 6.11.3)."""
+    process = await asyncio.create_subprocess_exec(
+        "node",
+        str(CLIENT_JS),
+        command,
+        endpoint,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), 60)
+    if process.returncode != 0:
+        raise AssertionError(f"client.js {command} failed ({process.returncode}): {err.decode()}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def kafka_bootstrap(url: str) -> str:
+    return url.removeprefix("kafka://").split("?", 1)[0]
+
+
+def delete_topics(url: str, topics: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap(url)})
+    for future in admin.delete_topics(topics, operation_timeout=10).values():
+        with contextlib.suppress(KafkaException):  # never created
+            future.result(timeout=15)
+
+
+def key_counts(url: str, topic: str) -> Counter[str]:
+    """How many messages of ``topic`` carry each key (the head fact's hash)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap(url),
+            "group.id": unique("jinaga-count"),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
+        ends = {}
+        for tp in partitions:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            ends[tp.partition] = high
+            tp.offset = low
+        consumer.assign(partitions)
+        counts: Counter[str] = Counter()
+        remaining = {p for p, high in ends.items() if high > 0}
+        seen: dict[int, int] = {}
+        while remaining:
+            message = consumer.poll(5)
+            if message is None:
+                raise AssertionError(f"could not read {topic} to its end ({seen} of {ends})")
+            if message.error():
+                continue
+            key = message.key()
+            counts[key.decode() if key else ""] += 1
+            seen[message.partition()] = message.offset() + 1
+            if seen[message.partition()] >= ends[message.partition()]:
+                remaining.discard(message.partition())
+        return counts
+    finally:
+        consumer.close()
+
+
+def items(
+    root: dict[str, Any], type_: str, role: str, values: Iterator[int]
+) -> list[dict[str, Any]]:
+    """A client.js fact list: the root, then one successor per value."""
+    facts = [root]
+    facts += [{"type": type_, "fields": {"n": n}, "predecessors": {role: 0}} for n in values]
+    return facts
