@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -74,8 +75,18 @@ def delete_topics(url: str, topics: list[str]) -> None:
             future.result(timeout=15)
 
 
-def key_counts(url: str, topic: str) -> Counter[str]:
-    """How many messages of ``topic`` carry each key (the head fact's hash)."""
+def key_counts(url: str, topic: str, attempts: int = 20) -> Counter[str]:
+    """How many messages of ``topic`` carry each key (the head fact's hash); retries
+    while the topic is new (no leader yet, unknown partition)."""
+    for _ in range(attempts - 1):
+        try:
+            return _key_counts(url, topic)
+        except KafkaException:
+            time.sleep(0.25)
+    return _key_counts(url, topic)
+
+
+def _key_counts(url: str, topic: str) -> Counter[str]:
     consumer = Consumer(
         {
             "bootstrap.servers": kafka_bootstrap(url),

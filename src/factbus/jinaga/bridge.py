@@ -42,19 +42,19 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 import structlog
 
 from factbus.bus import Bus
-from factbus.config import Settings, redact
+from factbus.config import Settings
 from factbus.dispatcher import ANY_TYPE
 from factbus.errors import ConfigError, FactbusError
 from factbus.fact import Fact, FactRef
+from factbus.jinaga.graph import CONTENT_TYPE_GRAPH, JinagaFormatError, fact_records, write_graph
 from factbus.store.base import fact_from_bytes
+from factbus.urls import redact
 
 log = structlog.get_logger("factbus.jinaga.bridge")
 
-GRAPH_TYPE = "application/x-jinaga-graph-v1"
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _JINAGA_KEYS = frozenset(
@@ -212,62 +212,11 @@ def _feed(index: int, table: Any) -> Feed:
     return Feed(ref, successor, role)
 
 
-# --------------------------------------------------------------------------- graph
-
-
-def graph_body(wires: Sequence[Mapping[str, Any]]) -> bytes:
-    """The graph format of ``wires`` (envelope wire objects, ancestors first, each
-    once): per fact its type, its predecessors as indexes of earlier facts, its
-    fields, then a blank line.
-
-    :raises BridgeError: a predecessor that is not earlier in ``wires``.
-    """
-    index: dict[tuple[str, str], int] = {}
-    out: list[bytes] = []
-    for wire in wires:
-        preds: dict[str, Any] = {}
-        for role, value in wire["predecessors"].items():
-            refs = value if isinstance(value, list) else [value]
-            positions = []
-            for ref in refs:
-                position = index.get((ref["type"], ref["hash"]))
-                if position is None:
-                    raise BridgeError(
-                        f"{wire['type']} {wire['hash']}: predecessor {role} "
-                        f"{ref['type']} {ref['hash']} is not in the graph"
-                    )
-                positions.append(position)
-            preds[role] = positions if isinstance(value, list) else positions[0]
-        out.append(orjson.dumps(wire["type"]))
-        out.append(orjson.dumps(preds))
-        out.append(orjson.dumps(wire["fields"]))
-        out.append(b"")
-        index[(wire["type"], wire["hash"])] = len(index)
-    out.append(b"")
-    return b"\n".join(out)
-
-
-def fact_from_record(record: Any) -> Fact:
-    """A fact from a jinaga record ``{type, hash, fields, predecessors}``, its hash
-    recomputed.
-
-    :raises BridgeError: malformed record, or the recomputed hash differs.
-    """
-    try:
-        return fact_from_bytes(orjson.dumps(record))
-    except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as error:
-        raise BridgeError(f"malformed fact from the server: {error!r}") from None
-    except ValueError as error:
-        raise BridgeError(f"fact {record.get('type')!r} {record.get('hash')!r}: {error}") from None
-    except FactbusError as error:
-        raise BridgeError(f"fact {record.get('type')!r} {record.get('hash')!r}: {error}") from None
-
-
 # --------------------------------------------------------------------------- state
 
 
-_Kept = dict[FactRef, tuple[int, dict[str, Any]]]
-"""Kept facts by ref: (seq, wire object)."""
+_Kept = dict[FactRef, tuple[int, Fact]]
+"""Kept facts by ref: (seq, fact)."""
 
 
 class _State(Protocol):
@@ -277,7 +226,7 @@ class _State(Protocol):
     async def open(self) -> None: ...
     async def aclose(self) -> None: ...
     async def keep(self, connection: Any, fact: Fact, pushed: bool) -> None: ...
-    async def unpushed(self, limit: int) -> list[tuple[int, dict[str, Any]]]: ...
+    async def unpushed(self, limit: int) -> list[tuple[int, Fact]]: ...
     async def bodies(self, refs: Iterable[FactRef]) -> _Kept: ...
     async def mark_pushed(self, seqs: Sequence[int]) -> None: ...
     async def pulled(self, refs: Iterable[FactRef]) -> set[FactRef]: ...
@@ -285,9 +234,8 @@ class _State(Protocol):
     async def bookmark(self, feed: str) -> str: ...
 
 
-def _wire(body: bytes | memoryview | str) -> dict[str, Any]:
-    value: dict[str, Any] = orjson.loads(bytes(body) if not isinstance(body, str) else body)
-    return value
+def _fact(body: bytes | memoryview) -> Fact:
+    return fact_from_bytes(body)
 
 
 class _SqliteState:
@@ -346,15 +294,15 @@ class _SqliteState:
             (fact.hash, fact.type, fact.wire_bytes(), int(pushed), fact.hash, fact.type),
         )
 
-    async def unpushed(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
-        def read() -> list[tuple[int, dict[str, Any]]]:
+    async def unpushed(self, limit: int) -> list[tuple[int, Fact]]:
+        def read() -> list[tuple[int, Fact]]:
             rows = self._db().execute(
                 "SELECT seq, body FROM factbus_jinaga_facts WHERE pushed = 0 ORDER BY seq LIMIT ?",
                 (limit,),
             )
-            return [(seq, _wire(body)) for seq, body in rows.fetchall()]
+            return [(seq, _fact(body)) for seq, body in rows.fetchall()]
 
-        result: list[tuple[int, dict[str, Any]]] = await self._run(read)
+        result: list[tuple[int, Fact]] = await self._run(read)
         return result
 
     async def bodies(self, refs: Iterable[FactRef]) -> _Kept:
@@ -369,7 +317,7 @@ class _SqliteState:
                     (ref.hash, ref.type),
                 ).fetchone()
                 if row is not None:
-                    out[ref] = (row[0], _wire(row[1]))
+                    out[ref] = (row[0], _fact(row[1]))
             return out
 
         result: _Kept = await self._run(read)
@@ -473,11 +421,11 @@ class _PostgresState:
             pushed,
         )
 
-    async def unpushed(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+    async def unpushed(self, limit: int) -> list[tuple[int, Fact]]:
         rows = await self.pool.fetch(
             f'SELECT seq, body FROM {self.t}facts" WHERE NOT pushed ORDER BY seq LIMIT $1', limit
         )
-        return [(row["seq"], _wire(row["body"])) for row in rows]
+        return [(row["seq"], _fact(row["body"])) for row in rows]
 
     async def bodies(self, refs: Iterable[FactRef]) -> _Kept:
         refs = list(refs)
@@ -487,7 +435,7 @@ class _PostgresState:
             [r.hash for r in refs],
             [r.type for r in refs],
         )
-        return {FactRef(r["type"], r["hash"]): (r["seq"], _wire(r["body"])) for r in rows}
+        return {FactRef(r["type"], r["hash"]): (r["seq"], _fact(r["body"])) for r in rows}
 
     async def mark_pushed(self, seqs: Sequence[int]) -> None:
         await self.pool.execute(
@@ -633,25 +581,25 @@ class JinagaBridge:
         batch = await self.state.unpushed(self.config.batch_size)
         if not batch:
             return 0
-        chosen: _Kept = {FactRef(w["type"], w["hash"]): (seq, w) for seq, w in batch}
-        missing = {ref for _, w in batch for ref in _pred_refs(w)} - set(chosen)
+        chosen: _Kept = {fact.ref: (seq, fact) for seq, fact in batch}
+        missing = {ref for _, f in batch for ref in f.predecessor_refs()} - set(chosen)
         while missing:
             found = await self.state.bodies(missing)
             lost = missing - set(found)
             if lost:
                 raise BridgeError(f"the bridge does not keep ancestors {sorted(lost)}")
             chosen.update(found)
-            missing = {ref for _, w in found.values() for ref in _pred_refs(w)} - set(chosen)
-        wires = [w for _, w in sorted(chosen.values(), key=lambda item: item[0])]
-        body = graph_body(wires)
+            missing = {r for _, f in found.values() for r in f.predecessor_refs()} - set(chosen)
+        facts = [f for _, f in sorted(chosen.values(), key=lambda item: item[0])]
+        body = write_graph(facts)
         response = await self._client().post(
-            f"{self.config.url}/save", content=body, headers={"Content-Type": GRAPH_TYPE}
+            f"{self.config.url}/save", content=body, headers={"Content-Type": CONTENT_TYPE_GRAPH}
         )
         if response.status_code != 201:
             raise BridgeError(f"POST /save answered {response.status_code}: {response.text[:300]}")
         await self.state.mark_pushed([seq for seq, _ in batch])
         self.stats.pushed += len(batch)
-        self._log.debug("pushed", facts=len(batch), graph=len(wires))
+        self._log.debug("pushed", facts=len(batch), graph=len(facts))
         return len(batch)
 
     async def _push_loop(self) -> None:
@@ -709,14 +657,10 @@ class JinagaBridge:
         records = _json(response, "POST /load").get("facts")
         if not isinstance(records, list):
             raise BridgeError(f"POST /load: no fact list in {response.text[:300]}")
-        facts: list[Fact] = []
-        for record in records:
-            fact = fact_from_record(record)
-            if fact.hash != record.get("hash"):
-                raise BridgeError(
-                    f"POST /load: {fact.type} given as {record.get('hash')!r} hashes to {fact.hash}"
-                )
-            facts.append(fact)
+        try:
+            facts = fact_records(records)
+        except JinagaFormatError as error:
+            raise BridgeError(f"POST /load: {error}") from None
         known = await self.state.pulled(f.ref for f in facts)
         new = [f for f in facts if f.ref not in known]
         if new:
@@ -756,12 +700,6 @@ class JinagaBridge:
         if self._http is None:
             raise RuntimeError("the bridge is not started")
         return self._http
-
-
-def _pred_refs(wire: Mapping[str, Any]) -> Iterable[FactRef]:
-    for value in wire["predecessors"].values():
-        for ref in value if isinstance(value, list) else [value]:
-            yield FactRef(ref["type"], ref["hash"])
 
 
 def _json(response: httpx.Response, what: str) -> dict[str, Any]:
