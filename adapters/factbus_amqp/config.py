@@ -10,6 +10,18 @@ Consuming
         ``basic.qos`` prefetch count of each subscription's channel: how many
         unacknowledged deliveries the broker pushes ahead of ``next_batch``.
 
+History
+    ``history`` [queue]
+        ``queue``: each fan-out node consumes a classic queue of its own, which
+        exists from its first subscription on (a node that starts later never
+        sees earlier facts). ``stream``: each topic also keeps its facts in a
+        RabbitMQ stream queue ``<topic>.stream`` (``x-queue-type: stream``,
+        RabbitMQ >= 3.9) bound to the topic's exchange from its first declaration
+        on; a fan-out bus reads it from the position kept in its own store
+        (``x-stream-offset``), so a new node reads every fact from the first
+        offset and a restarted one resumes exactly. Group mode still shares a
+        classic queue (docs/adapters/amqp.md).
+
 Publishing
     ``publish_timeout`` [30.0]
         Seconds one ``publish`` or ``dead_letter`` call may take in all, waiting for
@@ -63,6 +75,7 @@ from factbus.urls import coerce, parse_enum, redact, refuse_unknown
 
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 _UNROUTABLE = ("error", "drop")
+_HISTORY = ("queue", "stream")
 _AUTH = ("plain", "external")
 _NOT_OPTIONS = {"host", "port", "username", "password", "vhost", "tls"}
 
@@ -78,6 +91,7 @@ class AmqpConfig:
     vhost: str = "/"
     tls: bool = False
     prefetch: int = 1000
+    history: str = "queue"
     publish_timeout: float = 30.0
     unroutable: str = "error"
     heartbeat: int = 10
@@ -103,6 +117,8 @@ class AmqpConfig:
             raise ConfigError("amqp option reconnect_max_delay must be at least reconnect_delay")
         if self.unroutable not in _UNROUTABLE:
             raise ConfigError(f"amqp option unroutable must be one of {', '.join(_UNROUTABLE)}")
+        if self.history not in _HISTORY:
+            raise ConfigError(f"amqp option history must be one of {', '.join(_HISTORY)}")
         if self.auth not in _AUTH:
             raise ConfigError(f"amqp option auth must be one of {', '.join(_AUTH)}")
         if self.keyfile and not self.certfile:
@@ -188,6 +204,8 @@ def _coerce(name: str, raw: str, default: Any) -> Any:
         return parse_enum(name, raw, _UNROUTABLE, what="amqp option")
     if name == "auth":
         return parse_enum(name, raw, _AUTH, what="amqp option")
+    if name == "history":
+        return parse_enum(name, raw, _HISTORY, what="amqp option")
     if name in ("cafile", "certfile", "keyfile"):
         return raw or None
     return coerce(name, raw, default, what="amqp option")

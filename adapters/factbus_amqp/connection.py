@@ -20,7 +20,10 @@ and delivers them again on the new channel (at-least-once); their ``ack`` and
 Names on the broker: exchange ``<topic>`` (topic type, durable); queue
 ``<topic>.<group>`` (durable, bound with ``#``, dead-lettering to
 ``<topic>.dead-letter``); exchange and queue ``<topic>.dead-letter`` (fanout,
-durable).
+durable). With ``history=stream``, also the stream queue ``<topic>.stream``
+(``x-queue-type: stream``, bound with ``#``), declared with the exchange, so it
+keeps every fact published from then on; log readers consume it from an offset
+(``x-stream-offset``) and are re-attached after a loss at the offset they ask for.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ def queue_name(topic: str, group: str) -> str:
     return f"{topic}.{group}"
 
 
+def stream_name(topic: str) -> str:
+    """The stream queue that keeps ``topic``'s history (``history=stream``)."""
+    return f"{topic}.stream"
+
+
 class Consumer(Protocol):
     """What :class:`RecoveringConnection` keeps attached: one subscription."""
 
@@ -81,6 +89,12 @@ class Consumer(Protocol):
     @property
     def active(self) -> bool:
         """False once the subscription is closing: it must not be attached again."""
+        ...
+
+    @property
+    def log_start(self) -> int | str | None:
+        """For a stream reader, the ``x-stream-offset`` to attach at now (asked again
+        at each re-attach); ``None`` for a consumer of the group's queue."""
         ...
 
     def attached(self, channel: aiormq.abc.AbstractChannel) -> ConsumerCallback:
@@ -247,6 +261,13 @@ class RecoveringConnection:
                     f"cannot subscribe to {consumer.topic!r} as {consumer.group!r}: {error}"
                 ) from None
 
+    async def restart_consumer(self, consumer: Consumer) -> None:
+        """Close ``consumer``'s channel: it is re-attached (at its ``log_start``) after
+        ``reconnect_delay``, as after a channel error."""
+        channel = self._consumers.get(consumer)
+        if channel is not None:
+            await _close_quietly(channel)
+
     async def remove_consumer(self, consumer: Consumer) -> None:
         """Stop consuming (``consumer.active`` must already be false); unsettled
         deliveries go back to the queue. Idempotent; does not wait for a recovery."""
@@ -371,7 +392,12 @@ class RecoveringConnection:
         if ("exchange", topic) in live.declared:
             return
         admin = await self.admin_channel(live)
-        await admin.declare_exchange(topic, ExchangeType.TOPIC, durable=True)
+        exchange = await admin.declare_exchange(topic, ExchangeType.TOPIC, durable=True)
+        if self.config.history == "stream":
+            stream = await admin.declare_queue(
+                stream_name(topic), durable=True, arguments={"x-queue-type": "stream"}
+            )
+            await stream.bind(exchange, routing_key="#")
         live.declared.add(("exchange", topic))
 
     async def _declare_dead_letter(self, live: Live, topic: str) -> None:
@@ -400,13 +426,21 @@ class RecoveringConnection:
 
     async def _attach(self, live: Live, consumer: Consumer) -> None:
         """Declare the consumer's queue and consume it on a fresh channel (lock held)."""
-        await self._declare_queue(live, consumer.topic, consumer.group)
+        start = consumer.log_start
+        arguments: dict[str, Any] | None
+        if start is None:
+            await self._declare_queue(live, consumer.topic, consumer.group)
+            queue, arguments = queue_name(consumer.topic, consumer.group), None
+        else:
+            await self._declare_exchange(live, consumer.topic)  # and its stream
+            queue, arguments = stream_name(consumer.topic), {"x-stream-offset": start}
         channel = await _open_channel(live, confirms=False)
         try:
+            # Stream queues need a prefetch: it is their flow control.
             await channel.set_qos(prefetch_count=self.config.prefetch)
             raw = await channel.get_underlay_channel()
             callback = consumer.attached(raw)
-            await raw.basic_consume(queue_name(consumer.topic, consumer.group), callback)
+            await raw.basic_consume(queue, callback, arguments=arguments)
         except BaseException:
             consumer.detached()
             await _close_quietly(channel)

@@ -22,6 +22,10 @@ consecutive acks as one ``basic.ack(multiple=True)``.
 Dead letters: exchange (fanout) and queue ``<topic>.dead-letter``; node queues
 dead-letter there natively (``x-dead-letter-exchange``), so a delivery nacked
 without requeue lands there too, with reason ``broker: rejected``.
+
+History (``history=stream``): each topic's exchange also feeds the stream queue
+``<topic>.stream``; :meth:`AmqpTransport.subscribe_log` reads it from a position
+the caller keeps (the bus: in its store, see :class:`factbus.transport.LogReader`).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from factbus_amqp.connection import (
     ConsumerCallback,
     Live,
     RecoveringConnection,
+    stream_name,
 )
 
 if TYPE_CHECKING:
@@ -82,7 +87,15 @@ _CAPABILITIES = Capabilities(
 class AmqpDelivery:
     """A message pushed by the broker to one subscription's channel."""
 
-    __slots__ = ("_channel", "_headers", "_message", "_redelivered", "_settled", "_tag")
+    __slots__ = (
+        "_channel",
+        "_headers",
+        "_message",
+        "_redelivered",
+        "_settled",
+        "_tag",
+        "position",
+    )
 
     def __init__(
         self,
@@ -97,6 +110,9 @@ class AmqpDelivery:
         self._redelivered = redelivered
         self._headers: dict[str, str] | None = None
         self._settled = False
+        self.position: int | None = None
+        """Stream deliveries: the stream offset to resume from once this one is
+        settled (its offset + 1); ``None`` for queue deliveries."""
 
     @property
     def body(self) -> bytes:
@@ -118,12 +134,18 @@ class AmqpDelivery:
         (then the broker delivers the message again)."""
         self._settle()
         self._channel.settle(self._tag, None)
+        if self.position is not None:
+            self._channel.owner.settled(self, None)
 
     async def nack(self, requeue: bool = True) -> None:
         """Give the message back (``requeue``) or dead-letter it natively (not
         ``requeue``: it lands in ``<topic>.dead-letter`` with reason ``broker:
         rejected``). Sent in order with this step's acks."""
         self._settle()
+        if self.position is not None:  # a stream: nothing is requeued, re-read instead
+            self._channel.settle(self._tag, None)
+            self._channel.owner.settled(self, requeue)
+            return
         self._channel.settle(self._tag, requeue)
 
     def _settle(self) -> None:
@@ -228,6 +250,7 @@ class AmqpSubscription:
         self._closed = False
         self._error: BaseException | None = None
         self._channel: _ConsumerChannel | None = None
+        self._restarts: set[asyncio.Task[None]] = set()
 
     # -- what RecoveringConnection calls (the Consumer protocol) ---------------------
 
@@ -242,6 +265,13 @@ class AmqpSubscription:
     @property
     def active(self) -> bool:
         return not self._closed
+
+    @property
+    def log_start(self) -> int | str | None:
+        return None  # the group's queue
+
+    def settled(self, delivery: AmqpDelivery, requeue: bool | None) -> None:
+        """A stream delivery was acked (``None``) or nacked; queues need nothing."""
 
     def attached(self, channel: aiormq.abc.AbstractChannel) -> ConsumerCallback:
         self.detached()
@@ -323,6 +353,81 @@ class AmqpSubscription:
 
     def __repr__(self) -> str:
         return f"AmqpSubscription(topic={self._topic!r}, group={self._group!r})"
+
+
+class AmqpLogSubscription(AmqpSubscription):
+    """A fan-out node reading ``<topic>.stream`` from a position (``history=stream``).
+
+    The stream keeps every message; the reader asks for ``x-stream-offset`` at
+    each attach: first the position it was given (or ``first``), after a lost
+    channel the oldest offset it received and did not ack (or the one after the
+    last it received). RabbitMQ may start a little before the asked offset (at
+    its chunk's start): those messages are acked and skipped. A
+    ``nack(requeue=True)`` re-attaches at the nacked offset (and drops what was
+    buffered), so nothing after it is settled first: the positions the bus
+    commits never pass an unsettled message.
+    """
+
+    def __init__(
+        self, transport: AmqpTransport, topic: str, node: str, position: int | None
+    ) -> None:
+        super().__init__(transport, topic, node)
+        self._resume: int | None = position
+        self._floor = position or 0
+        self._open: dict[int, None] = {}
+        """Offsets received on the current channel and not settled, oldest first."""
+        self._last: int | None = None
+
+    @property
+    def log_start(self) -> int | str:
+        return "first" if self._resume is None else self._resume
+
+    def attached(self, channel: aiormq.abc.AbstractChannel) -> ConsumerCallback:
+        callback = super().attached(channel)
+        self._floor = self._resume or 0
+        return callback
+
+    def detached(self) -> None:
+        if self._open:
+            self._resume = min(self._open)
+        elif self._last is not None:
+            self._resume = self._last + 1
+        self._open.clear()
+        self._last = None
+        super().detached()
+
+    def receive(self, delivery: AmqpDelivery) -> None:
+        headers = delivery._message.header.properties.headers or {}
+        offset = headers.get("x-stream-offset")
+        if not isinstance(offset, int):
+            self.failed(TransportError(f"{stream_name(self.topic)!r} sent no x-stream-offset"))
+            return
+        if offset < self._floor or (self._last is not None and offset <= self._last):
+            delivery._settle()
+            delivery._channel.settle(delivery._tag, None)  # before the asked offset
+            return
+        self._last = offset
+        self._open[offset] = None
+        delivery.position = offset + 1
+        super().receive(delivery)
+
+    def settled(self, delivery: AmqpDelivery, requeue: bool | None) -> None:
+        assert delivery.position is not None
+        if delivery._channel is not self._channel:
+            return  # from a channel already replaced
+        offset = delivery.position - 1
+        if not requeue:
+            self._open.pop(offset, None)
+            return
+        self.detached()  # resume at the oldest unsettled offset: this one or before
+        link = self._transport.link
+        if link is not None and not self._closed:
+            task = asyncio.get_running_loop().create_task(link.restart_consumer(self))
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
+
+    def __repr__(self) -> str:
+        return f"AmqpLogSubscription(topic={self.topic!r}, node={self.group!r})"
 
 
 class AmqpTransport(TransportBase):
@@ -509,6 +614,8 @@ class AmqpTransport(TransportBase):
         """
         if dead_letter_topic(topic) == f"{topic}.{group}":
             raise ConfigError(f"group name {group!r} is reserved for dead letters")
+        if self.config.history == "stream" and stream_name(topic) == f"{topic}.{group}":
+            raise ConfigError(f"group name {group!r} is reserved for the topic's stream")
         link = await self._link()
         subscription = AmqpSubscription(self, topic, group)
 
@@ -516,6 +623,35 @@ class AmqpTransport(TransportBase):
             await link.add_consumer(live, subscription)
 
         await self._retrying(link, f"subscribe to {topic!r}", attach)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def position_key(self, topic: str) -> str | None:
+        """``amqp-stream:<vhost>:<topic>.stream`` with ``history=stream``, else ``None``."""
+        if self.config.history != "stream":
+            return None
+        return f"amqp-stream:{self.config.vhost}:{stream_name(topic)}"
+
+    async def subscribe_log(
+        self, topic: str, node: str, position: int | None
+    ) -> AmqpLogSubscription:
+        """Read ``<topic>.stream`` from ``position`` (the first offset when ``None``);
+        return once the reader is attached (see :class:`AmqpLogSubscription`).
+
+        :raises ConfigError: the transport was not opened with ``history=stream``.
+        :raises TransportError: the stream conflicts with a queue on the broker (or
+            the broker has no streams: RabbitMQ < 3.9), or the broker stayed
+            unreachable for ``publish_timeout`` seconds.
+        """
+        if self.config.history != "stream":
+            raise ConfigError("reading a topic's log needs the amqp option history=stream")
+        link = await self._link()
+        subscription = AmqpLogSubscription(self, topic, node, position)
+
+        async def attach(live: Live) -> None:
+            await link.add_consumer(live, subscription)
+
+        await self._retrying(link, f"read the stream of {topic!r}", attach)
         self._subscriptions.add(subscription)
         return subscription
 

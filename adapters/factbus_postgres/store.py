@@ -25,8 +25,9 @@ passed to asyncpg untouched)::
 
 Tables (``<prefix>`` before each name): ``meta`` (schema version), ``facts``
 (hash, type, state 1 handled / 2 parked, arrival ``seq``, body), ``waiting``
-(one row per parked fact and predecessor it missed when parked) and
-``published``. They are created idempotently at :meth:`PostgresStore.open`,
+(one row per parked fact and predecessor it missed when parked),
+``published`` and ``positions`` (read positions in broker logs, e.g. RabbitMQ
+streams, per key). They are created idempotently at :meth:`PostgresStore.open`,
 under an advisory lock, so N workers may start at once.
 
 Concurrency contract:
@@ -171,6 +172,7 @@ class _Sql:
         self.waiting = waiting = f'{t}waiting"'
         self.published = published = f'{t}published"'
         self.meta = meta = f'{t}meta"'
+        self.positions = positions = f'{t}positions"'
         self.create_schema = f'CREATE SCHEMA IF NOT EXISTS "{schema}"'
         self.create_tables = f"""
             CREATE TABLE IF NOT EXISTS {meta} (key text PRIMARY KEY, value text NOT NULL);
@@ -194,6 +196,7 @@ class _Sql:
             CREATE TABLE IF NOT EXISTS {published} (
                 hash text NOT NULL, type text NOT NULL, PRIMARY KEY (hash, type)
             );
+            CREATE TABLE IF NOT EXISTS {positions} (key text PRIMARY KEY, next bigint NOT NULL);
         """
         self.schema_exists = "SELECT 1 FROM pg_namespace WHERE nspname = $1"
         self.version = f"SELECT value FROM {meta} WHERE key = 'schema'"
@@ -268,6 +271,11 @@ class _Sql:
             f"INSERT INTO {published} (hash, type) "
             f"SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING"
         )
+        self.write_position = (
+            f"INSERT INTO {positions} (key, next) VALUES ($1, $2) "
+            f"ON CONFLICT (key) DO UPDATE SET next = excluded.next"
+        )
+        self.position = f"SELECT next FROM {positions} WHERE key = $1"
         self.try_lock = (
             "SELECT u.i FROM unnest($1::int8[]) WITH ORDINALITY AS u(k, i) "
             "WHERE pg_try_advisory_xact_lock(u.k)"
@@ -423,6 +431,8 @@ class PostgresTransaction:
             await conn.execute(sql.unwait, *_columns(handled))
         if batch.published:
             await conn.execute(sql.write_published, *_columns(sorted(set(batch.published))))
+        for key, offset in sorted(batch.positions.items()):
+            await conn.execute(sql.write_position, key, offset)
 
 
 class PostgresStore:
@@ -559,6 +569,10 @@ class PostgresStore:
             return set()
         rows = await self.pool.fetch(self.sql.published_of, *_columns(refs))
         return {FactRef(t, h) for h, t in rows}
+
+    async def position(self, key: str) -> int | None:
+        value = await self.pool.fetchval(self.sql.position, key)
+        return None if value is None else int(value)
 
     async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
         if not refs:

@@ -24,7 +24,7 @@ from factbus.fact import Fact, FactRef
 from factbus.logging import configure_logging
 from factbus.pipeline import Pipeline, PipelineStats, RefCache
 from factbus.store import Store, StoreBatch, open_store
-from factbus.transport import Message, Subscription, Transport, open_transport
+from factbus.transport import LogReader, Message, Subscription, Transport, open_transport
 from factbus.urls import redact
 
 log = structlog.get_logger("factbus.bus")
@@ -154,10 +154,23 @@ class Bus:
         await self.store.open()
         if settings.consume:
             await self.pipeline.recover()
-            self._subscription = await self.transport.subscribe(
-                settings.topic, settings.subscription_group
-            )
+            self._subscription = await self._subscribe()
             self._consumer = asyncio.create_task(self._consume(), name="factbus-consumer")
+
+    async def _subscribe(self) -> Subscription:
+        """Subscribe; a fan-out node on a transport that reads logs (RabbitMQ with
+        ``history=stream``) reads the topic's log from the position its store
+        kept, from the first record when it has none (a new node)."""
+        settings = self.settings
+        transport = self.transport
+        if not settings.group and isinstance(transport, LogReader):
+            key = transport.position_key(settings.topic)
+            if key is not None:
+                position = await self.store.position(key)
+                self.pipeline.position_key = key
+                self._log.info("reading the topic's log", position=position or "first")
+                return await transport.subscribe_log(settings.topic, settings.node_name, position)
+        return await self.transport.subscribe(settings.topic, settings.subscription_group)
 
     async def __aenter__(self) -> Self:
         await self.start()

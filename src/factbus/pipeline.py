@@ -34,7 +34,7 @@ from factbus.envelope import (
 from factbus.errors import EnvelopeError
 from factbus.fact import Fact, FactRef
 from factbus.store.base import FactState, ParkedFact, Store, StoreBatch
-from factbus.transport.base import Delivery, Transport
+from factbus.transport.base import Delivery, Transport, delivery_position
 
 log = structlog.get_logger("factbus.pipeline")
 
@@ -116,6 +116,10 @@ class Pipeline:
         # skips the wait-list query when nothing is; a shared store may be
         # parked into by other workers at any time.
         self.shared_store = shared_store
+        self.position_key: str | None = None
+        """Set when deliveries come from a log read at a position the node keeps
+        (:class:`~factbus.transport.LogReader`): each step records the position
+        after its last delivery under this key, in the step's own transaction."""
 
     async def recover(self) -> None:
         """After a restart: learn how many facts wait, and hand on those left ready
@@ -130,6 +134,12 @@ class Pipeline:
         stats.messages += len(deliveries)
         facts: list[Fact] = []
         accepted: list[Delivery] = []
+        position: int | None = None
+        if self.position_key is not None:
+            for delivery in deliveries:
+                at = delivery_position(delivery)
+                if at is not None and (position is None or at > position):
+                    position = at
         for delivery in deliveries:
             try:
                 decoded = decode(delivery.body, self.limits)
@@ -139,7 +149,10 @@ class Pipeline:
             facts.extend(decoded)
             accepted.append(delivery)
         stats.facts_received += len(facts)
-        await self._settle(accepted, facts, from_store=set())
+        positions: dict[str, int] = {}
+        if self.position_key is not None and position is not None:
+            positions[self.position_key] = position
+        await self._settle(accepted, facts, from_store=set(), positions=positions)
 
     async def _reject(self, delivery: Delivery, error: EnvelopeError) -> None:
         self.stats.rejected += 1
@@ -150,7 +163,12 @@ class Pipeline:
         await delivery.ack()
 
     async def _settle(
-        self, deliveries: Sequence[Delivery], facts: list[Fact], *, from_store: set[FactRef]
+        self,
+        deliveries: Sequence[Delivery],
+        facts: list[Fact],
+        *,
+        from_store: set[FactRef],
+        positions: dict[str, int] | None = None,
     ) -> None:
         stats = self.stats
         known = await self._states(facts)
@@ -242,7 +260,12 @@ class Pipeline:
                         new_parked[ref] = ParkedFact(parked.fact, parked.missing | extra)
             published = self.pending_published[:]
             await tx.record(
-                StoreBatch(handled=handled, parked=list(new_parked.values()), published=published)
+                StoreBatch(
+                    handled=handled,
+                    parked=list(new_parked.values()),
+                    published=published,
+                    positions=positions or {},
+                )
             )
         del self.pending_published[: len(published)]
 

@@ -44,14 +44,18 @@ class StoreBatch:
     are stored, marked handled, unparked, and removed from every wait list.
     ``parked``: facts to park with the predecessors they miss.
     ``published``: identities this node has published.
+    ``positions``: read positions in broker logs (key -> the next offset to read),
+    written with the step that settled the messages before them, so a node that
+    restarts resumes exactly where its last commit left off (RabbitMQ streams).
     """
 
     handled: list[Fact] = field(default_factory=list)
     parked: list[ParkedFact] = field(default_factory=list)
     published: list[FactRef] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.handled or self.parked or self.published)
+        return bool(self.handled or self.parked or self.published or self.positions)
 
 
 class StoreTransaction(Protocol):
@@ -120,6 +124,11 @@ class Store(Protocol):
 
     async def published(self, refs: Collection[FactRef]) -> set[FactRef]:
         """Those of ``refs`` that this node has published."""
+        ...
+
+    async def position(self, key: str) -> int | None:
+        """The read position last recorded under ``key`` (``StoreBatch.positions``),
+        or ``None`` when none was."""
         ...
 
     async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:

@@ -51,6 +51,7 @@ class MemoryStore:
             set
         )  # missing -> parked
         self._published: set[FactRef] = set()
+        self._positions: dict[str, int] = {}
 
     async def open(self) -> None:
         return None
@@ -92,6 +93,7 @@ class MemoryStore:
                 if still is not None:
                     still.discard(ref)
         self._published.update(batch.published)
+        self._positions.update(batch.positions)
 
     async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
         out: dict[FactRef, ParkedFact] = {}
@@ -119,6 +121,9 @@ class MemoryStore:
 
     async def published(self, refs: Collection[FactRef]) -> set[FactRef]:
         return {ref for ref in refs if ref in self._published}
+
+    async def position(self, key: str) -> int | None:
+        return self._positions.get(key)
 
     async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
         return {ref: self._facts[ref] for ref in refs if ref in self._facts}

@@ -53,6 +53,7 @@ CREATE INDEX IF NOT EXISTS factbus_waiting_by_fact ON factbus_waiting (hash, typ
 CREATE TABLE IF NOT EXISTS factbus_published (
     hash TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (hash, type)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS factbus_positions (key TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """
 
 
@@ -239,6 +240,12 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO factbus_published VALUES (?, ?)",
                 [(ref.hash, ref.type) for ref in batch.published],
             )
+        if batch.positions:
+            db.executemany(
+                "INSERT INTO factbus_positions VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET next = excluded.next",
+                list(batch.positions.items()),
+            )
 
     async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
         waiters: list[FactRef] = []
@@ -320,6 +327,10 @@ class SqliteStore:
             )
             out.update(ref for h, t in rows if (ref := FactRef(t, h)) in wanted)
         return out
+
+    async def position(self, key: str) -> int | None:
+        row = self.db.execute("SELECT next FROM factbus_positions WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
 
     async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
         out: dict[FactRef, Fact] = {}

@@ -29,9 +29,11 @@ import pytest
 from factbus.transport import (
     Capabilities,
     Delivery,
+    LogReader,
     Message,
     Subscription,
     Transport,
+    delivery_position,
     open_transport,
 )
 
@@ -344,6 +346,62 @@ class TransportConformance:
         late = await transport.subscribe(topic, ctx.name("late"))
         received = await collect(late, 50, ctx.timeout)
         assert sorted(bodies(received)) == sorted(m.body for m in sent)
+
+    # -- reading a topic's log at a position (optional: LogReader) -----------------
+
+    @staticmethod
+    async def log_reader(ctx: ConformanceContext, topic: str) -> LogReader:
+        transport = await ctx.transport()
+        if not isinstance(transport, LogReader) or transport.position_key(topic) is None:
+            pytest.skip("transport does not read logs at positions (LogReader)")
+        return transport
+
+    async def test_new_log_reader_reads_history_in_order(self, ctx: ConformanceContext) -> None:
+        topic = ctx.name("t")
+        reader = await self.log_reader(ctx, topic)
+        publisher = await ctx.transport()
+        sent = messages(50)
+        await publisher.publish(topic, sent)
+        subscription = await reader.subscribe_log(topic, ctx.name("node"), None)
+        received = await collect(subscription, 50, ctx.timeout)
+        assert bodies(received) == [m.body for m in sent]
+        positions = [p for d in received if (p := delivery_position(d)) is not None]
+        assert len(positions) == 50
+        assert positions == sorted(positions) and len(set(positions)) == 50
+
+    async def test_log_reader_resumes_exactly_at_a_position(self, ctx: ConformanceContext) -> None:
+        topic = ctx.name("t")
+        reader = await self.log_reader(ctx, topic)
+        publisher = await ctx.transport()
+        sent = messages(40)
+        await publisher.publish(topic, sent[:30])
+        first = await reader.subscribe_log(topic, ctx.name("node"), None)
+        received = await collect(first, 30, ctx.timeout)
+        resume_at = delivery_position(received[19])  # settled up to m-19
+        await first.aclose()
+        await publisher.publish(topic, sent[30:])
+        second = await self.log_reader(ctx, topic)
+        again = await second.subscribe_log(topic, ctx.name("node"), resume_at)
+        rest = await collect(again, 20, ctx.timeout)
+        assert bodies(rest) == [m.body for m in sent[20:]]
+        assert await settle_quietly(again, 1.0) == []
+
+    async def test_log_reader_nack_reads_again_from_the_nacked(
+        self, ctx: ConformanceContext
+    ) -> None:
+        topic = ctx.name("t")
+        reader = await self.log_reader(ctx, topic)
+        sent = messages(10)
+        await (await ctx.transport()).publish(topic, sent)
+        subscription = await reader.subscribe_log(topic, ctx.name("node"), None)
+        first = await collect(subscription, 10, ctx.timeout, ack=False)
+        for delivery in first[:4]:
+            await delivery.ack()
+        for delivery in first[4:]:
+            await delivery.nack(requeue=True)
+        again = await collect(subscription, 6, ctx.timeout)
+        assert bodies(again) == [m.body for m in sent[4:]]
+        assert await settle_quietly(subscription, 1.0) == []
 
     # -- dead letters -------------------------------------------------------------
 

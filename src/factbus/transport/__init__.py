@@ -17,22 +17,26 @@ from factbus.transport.base import (
     Capabilities,
     DeadLetter,
     Delivery,
+    LogReader,
     Message,
     Subscription,
     Transport,
     TransportBase,
     dead_letter_topic,
+    delivery_position,
 )
 
 __all__ = [
     "Capabilities",
     "DeadLetter",
     "Delivery",
+    "LogReader",
     "Message",
     "Subscription",
     "Transport",
     "TransportBase",
     "dead_letter_topic",
+    "delivery_position",
     "open_transport",
     "transport_class",
 ]

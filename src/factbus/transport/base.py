@@ -172,6 +172,40 @@ class Transport(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class LogReader(Protocol):
+    """Optional: a transport that can read a topic's log from a position the node
+    keeps in its own store (RabbitMQ streams). Detected at run time: the
+    :class:`~factbus.Bus` uses it for fan-out when :meth:`position_key` is not
+    ``None``; group mode always uses :meth:`Transport.subscribe`.
+
+    Each delivery of such a subscription has an ``int`` attribute ``position``:
+    the position to resume from once it is settled (its offset + 1). The
+    pipeline records the highest one of each step in the step's own store
+    transaction (``StoreBatch.positions``), so a restart resumes exactly.
+    """
+
+    def position_key(self, topic: str) -> str | None:
+        """The store key of a node's read position in ``topic``'s log, or ``None``
+        when this transport is not configured to read logs (then subscribe)."""
+        ...
+
+    async def subscribe_log(self, topic: str, node: str, position: int | None) -> Subscription:
+        """Read ``topic``'s log from ``position`` (from its first record when
+        ``None``). Returns once the reader is attached. ``nack(requeue=True)``
+        reads the log again from the nacked delivery on.
+
+        :raises TransportError: the log cannot be read (not declared, broker too old).
+        """
+        ...
+
+
+def delivery_position(delivery: Delivery) -> int | None:
+    """The ``position`` of a delivery from a :class:`LogReader` subscription, else ``None``."""
+    position = getattr(delivery, "position", None)
+    return position if isinstance(position, int) else None
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A message in a dead-letter destination."""

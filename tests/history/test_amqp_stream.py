@@ -1,0 +1,90 @@
+"""RabbitMQ with ``history=stream`` against the real broker: the whole conformance
+suite (the broker-restart test is left out: the broker is shared), the log-reader
+tests (new reader from the first offset, exact resume, nack), and the URL option."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+
+from conftest import broker_url
+from factbus.errors import ConfigError
+from factbus.testing.conformance import ConformanceContext, TransportConformance
+from factbus_amqp import AmqpTransport
+from factbus_amqp.config import AmqpConfig
+
+pytestmark = pytest.mark.broker("amqp")
+
+
+def stream_url() -> str:
+    url = broker_url("amqp")
+    return f"{url}{'&' if '?' in url else '?'}history=stream&reconnect_delay=0.1"
+
+
+class _TidyContext(ConformanceContext):
+    """Remembers the names a test made, so its queues and exchanges can be deleted."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.names: list[str] = []
+
+    def name(self, prefix: str) -> str:  # type: ignore[override]
+        made = ConformanceContext.name(prefix)
+        self.names.append(made)
+        return made
+
+
+async def delete_topology(url: str, names: list[str]) -> None:
+    """Delete every queue and exchange the names could have made (best effort)."""
+    if not names:
+        return
+    queues = {f"{a}.{b}" for a in names for b in names if a != b}
+    queues |= {f"{n}.{suffix}" for n in names for suffix in ("dead-letter", "stream")}
+    connection = await aio_pika.connect(AmqpConfig.from_url(url).amqp_url())
+    try:
+        channel = await connection.channel()
+        for queue in sorted(queues):
+            try:
+                await channel.queue_delete(queue)
+            except Exception:
+                channel = await connection.channel()
+        for exchange in [*names, *(f"{n}.dead-letter" for n in names)]:
+            try:
+                await channel.exchange_delete(exchange)
+            except Exception:
+                channel = await connection.channel()
+    finally:
+        await connection.close()
+
+
+class TestAmqpStreamTransport(TransportConformance):
+    timeout = 30.0
+
+    @pytest.fixture
+    async def ctx(self) -> AsyncIterator[ConformanceContext]:
+        context = _TidyContext(stream_url(), None, self.timeout)
+        try:
+            yield context
+        finally:
+            await context.aclose()
+            with contextlib.suppress(Exception):
+                await delete_topology(context.url, context.names)
+
+
+def test_history_option() -> None:
+    assert AmqpConfig.from_url("amqp://h/").history == "queue"
+    assert AmqpConfig.from_url("amqp://h/?history=STREAM").history == "stream"
+    with pytest.raises(ConfigError, match="history.*must be one of queue, stream"):
+        AmqpConfig.from_url("amqp://h/?history=log")
+    assert AmqpTransport("amqp://h/").position_key("t") is None
+    assert AmqpTransport("amqp://h/v?history=stream").position_key("t") == "amqp-stream:v:t.stream"
+
+
+async def test_group_named_stream_is_refused() -> None:
+    transport = AmqpTransport(stream_url())
+    with pytest.raises(ConfigError, match="reserved for the topic's stream"):
+        await transport.subscribe("t", "stream")
