@@ -78,7 +78,7 @@ class TestAmqpStreamTransport(TransportConformance):
 def test_history_option() -> None:
     assert AmqpConfig.from_url("amqp://h/").history == "queue"
     assert AmqpConfig.from_url("amqp://h/?history=STREAM").history == "stream"
-    with pytest.raises(ConfigError, match="history.*must be one of queue, stream"):
+    with pytest.raises(ConfigError, match=r"history.*must be one of queue, stream"):
         AmqpConfig.from_url("amqp://h/?history=log")
     assert AmqpTransport("amqp://h/").position_key("t") is None
     assert AmqpTransport("amqp://h/v?history=stream").position_key("t") == "amqp-stream:v:t.stream"
