@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -100,7 +101,7 @@ class Bus:
             dispatcher=self.dispatcher,
             limits=CodecLimits(settings.max_envelope_bytes, settings.max_depth),
             handled_cache=settings.handled_cache,
-            shared_store=bool(getattr(self.store, "shared", False)),
+            shared_store=self.store.shared,
             store_lock=self._store_lock,
         )
         self._published = RefCache(settings.handled_cache)
@@ -288,6 +289,25 @@ class Bus:
     @property
     def stats(self) -> PipelineStats:
         return self.pipeline.stats
+
+    @property
+    def consumer(self) -> asyncio.Task[None] | None:
+        """The task consuming deliveries, once :meth:`start` ran on a consuming bus
+        (``None`` before, on a publish-only bus, and after :meth:`aclose`). It ends
+        only when the bus stops; an exception it ends with is why the bus failed."""
+        return self._consumer
+
+    def rename(self, node: str) -> None:
+        """Give this bus another node name (``producer`` header, logs, and the
+        fan-out group), before :meth:`start`. ``factbus worker`` names each of
+        its worker processes this way.
+
+        :raises RuntimeError: the bus has started.
+        """
+        if self._started:
+            raise RuntimeError(f"cannot rename a started bus to {node!r}")
+        self.settings = dataclasses.replace(self.settings, node=node)
+        self._log = self._log.bind(node=node)
 
     async def _consume(self) -> None:
         subscription = self._subscription

@@ -213,7 +213,7 @@ async def test_memory_consumer_crashes_nothing_lost() -> None:
             await abandon(bus)
             bus = node(random_point(rng, mode))
             await bus.start()
-        consumer_task = bus._consumer
+        consumer_task = bus.consumer
         assert consumer_task is not None
         if mode == "cancel":
             await asyncio.sleep(rng.uniform(0.0, 0.4))
@@ -251,7 +251,7 @@ async def test_memory_consumer_crashes_nothing_lost() -> None:
 async def abandon(bus: Bus) -> None:
     """The consumer is dead: stop its task, let the "broker" take back what it had not
     acknowledged, release the SQLite file. No ``aclose``: nothing is flushed."""
-    task = bus._consumer
+    task = bus.consumer
     if task is not None:
         if not task.done():
             task.cancel()

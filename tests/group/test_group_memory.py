@@ -64,7 +64,7 @@ def _worker(namespace: str, store: str, table: EffectTable, name: str, types: se
 async def _crash(bus: Bus) -> None:
     """Kill a bus as abruptly as one process allows: cancel its consumer wherever it
     is (mid-transaction included), then drop its subscription and connections."""
-    consumer = bus._consumer
+    consumer = bus.consumer
     assert consumer is not None
     consumer.cancel()
     await asyncio.gather(consumer, return_exceptions=True)

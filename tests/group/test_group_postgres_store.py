@@ -120,7 +120,7 @@ def test_open_store_returns_the_postgres_store() -> None:
     for scheme in ("postgresql", "postgres"):
         store = open_store(f"{scheme}://u:p@localhost/db")
         assert isinstance(store, PostgresStore)
-        assert getattr(store, "shared", False) is True
+        assert store.shared is True
 
 
 def test_claim_keys_differ_per_store_and_fact() -> None:

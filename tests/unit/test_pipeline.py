@@ -258,7 +258,8 @@ async def test_handlers_see_facts_of_several_types_in_causal_order() -> None:
     assert log == ["Shop", "Order", "Line", "Paid"]
 
 
-async def test_sync_handler_in_thread_and_timeout(tmp_path: Path) -> None:
+async def test_async_handler_timeout() -> None:
+    """An async handler that outlives handler_timeout fails with TimeoutError."""
     url = ns()
     fact = Fact("Slow", {})
     bus = Bus(url, "memory://", node="r", handler_timeout=0.05, retry_attempts=1)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import importlib
 import os
 import signal
@@ -157,7 +156,7 @@ def check_group_mode(bus: Bus, workers: int) -> None:
             f"--workers {workers} needs group mode: build the bus with group='name' "
             "(or FACTBUS_GROUP), so that the workers share the work"
         )
-    if not getattr(bus.store, "shared", False):
+    if not bus.store.shared:
         raise ConfigError(
             f"--workers {workers} needs a store the workers share (postgresql://...), "
             f"not {type(bus.store).__name__}"
@@ -184,7 +183,7 @@ async def _worker_main(args: argparse.Namespace) -> int:
         print(f"factbus worker {index}: {error}", file=sys.stderr)
         return EXIT_CONFIG
     node = f"{bus.settings.node_name}-{index}"
-    _rename(bus, node)
+    bus.rename(node)
     await asyncio.sleep(0)  # run the signal handlers of signals that came meanwhile
     if stop.is_set():
         return 0
@@ -196,7 +195,7 @@ async def _worker_main(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             await bus.aclose()
         return 1
-    consumer = getattr(bus, "_consumer", None)
+    consumer = bus.consumer
     status = 0
     try:
         while not stop.is_set():
@@ -225,14 +224,6 @@ async def _worker_main(args: argparse.Namespace) -> int:
         await bus.aclose()
     report.send(index, node, "stopped", bus)
     return status
-
-
-def _rename(bus: Bus, node: str) -> None:
-    """Give ``bus`` its per-worker node name (headers, logs)."""
-    bus.settings = dataclasses.replace(bus.settings, node=node)
-    logger = getattr(bus, "_log", None)
-    if logger is not None:
-        bus._log = logger.bind(node=node)
 
 
 class _Reporter:

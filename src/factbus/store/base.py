@@ -90,6 +90,14 @@ class Store(Protocol):
     """A node's memory of facts. One store per node (fan-out) or one shared by a
     group (PostgreSQL). Methods may be called from one task at a time."""
 
+    @property
+    def shared(self) -> bool:
+        """True when other workers use this store at the same time (PostgreSQL): the
+        bus then claims facts before handling them and sweeps parked facts when
+        idle, and ``factbus worker --workers N`` accepts it. False for a store one
+        node owns (memory, SQLite)."""
+        ...
+
     async def open(self) -> None:
         """Create the schema if needed and connect. Idempotent."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Final
 
 from factbus.fact import Fact, FactRef
 from factbus.store.base import FactState, ParkedFact, StoreBatch
@@ -40,6 +40,9 @@ class MemoryTransaction:
 
 class MemoryStore:
     """Dictionaries: handled facts, parked facts and their wait lists, published refs."""
+
+    shared: Final = False
+    """Private to its process: see :attr:`factbus.store.Store.shared`."""
 
     def __init__(self, url: str = "memory://") -> None:
         query_options(url, (), what="memory store")

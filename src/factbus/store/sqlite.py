@@ -127,6 +127,9 @@ class SqliteTransaction:
 class SqliteStore:
     """SQLite store; see the module docstring for its threading and durability."""
 
+    shared: Final = False
+    """One node per file: see :attr:`factbus.store.Store.shared`."""
+
     def __init__(self, url: str = "sqlite:///factbus.db") -> None:
         self.url = url
         self.path = sqlite_path(url)
