@@ -43,6 +43,14 @@ async def wait_for(condition: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
+async def drop_schema(pg: str, schema: str) -> None:
+    connection = await asyncpg.connect(pg)
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
+
+
 def bridge_document(
     server: str, kafka: str, topic: str, store: str, feeds: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -83,16 +91,20 @@ async def test_jinaga_client_to_server_to_bridge_to_kafka_to_node(tmp_path: Path
         delete_topics(kafka, [topic])
 
 
-async def test_node_to_kafka_to_bridge_to_server_to_fresh_jinaga_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_node_to_kafka_to_bridge_to_server_to_fresh_jinaga_client(
+    tmp_path: Path, store: str
+) -> None:
     server, kafka = jinaga_server_url(), broker_url("kafka")
     topic, tag = unique("jinaga-push"), unique("root")
+    schema = unique("jbp").replace("-", "_")
+    pg = broker_url("postgres") if store == "postgres" else ""
+    store_url = f"{pg}?schema={schema}" if pg else f"sqlite:///{tmp_path}/bridge.db"
     root = Fact("Bridge.Root", {"id": tag})
     children = [
         Fact("Bridge.Item", {"n": n, "note": 'a "quoted" é'}, {"root": root}) for n in range(3)
     ]
-    config = parse_bridge_config(
-        bridge_document(server, kafka, topic, f"sqlite:///{tmp_path}/bridge.db", [])
-    )
+    config = parse_bridge_config(bridge_document(server, kafka, topic, store_url, []))
     writer = Bus(
         kafka, f"sqlite:///{tmp_path}/writer.db", topic=topic, node=unique("w"), consume=False
     )
@@ -117,6 +129,8 @@ async def test_node_to_kafka_to_bridge_to_server_to_fresh_jinaga_client(tmp_path
         assert all(r["fields"]["note"] == 'a "quoted" é' for r in found["results"])
     finally:
         delete_topics(kafka, [topic])
+        if pg:
+            await drop_schema(pg, schema)
 
 
 async def test_bridge_command_restart_resumes_from_kept_bookmark(tmp_path: Path) -> None:
@@ -202,11 +216,7 @@ role = "root"
         assert all(n == 1 for n in counts.values()), counts
     finally:
         delete_topics(kafka, [topic])
-        connection = await asyncpg.connect(pg)
-        try:
-            await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await connection.close()
+        await drop_schema(pg, schema)
 
 
 async def test_feed_specification_is_what_jinaga_js_sends() -> None:
