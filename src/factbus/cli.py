@@ -34,12 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help="debug, info, warning (default), error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"factbus.commands.{module_name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"factbus.commands.{module_name}":
-                continue  # command not built yet
-            raise
+        # A missing module is a broken install: fail loudly, never drop a command.
+        module = importlib.import_module(f"factbus.commands.{module_name}")
         doc = (module.__doc__ or "").strip().splitlines()[0]
         sub = commands.add_parser(name, help=doc, description=module.__doc__)
         module.add_arguments(sub)

@@ -123,10 +123,6 @@ class Dispatcher:
         catch_all = self._handlers.get(ANY_TYPE)
         return [*own, *catch_all] if catch_all else own
 
-    @property
-    def types(self) -> set[str]:
-        return {t for t, specs in self._handlers.items() if specs}
-
     async def dispatch(self, fact: Fact, tx: StoreTransaction) -> None:
         """Run every handler of ``fact.type`` on ``fact``, in registration order,
         then every catch-all (``"*"``) handler.
@@ -134,13 +130,7 @@ class Dispatcher:
         :raises HandlerFailed: a handler failed on every attempt (handlers after
             it are not run).
         """
-        specs = self._handlers.get(fact.type)
-        catch_all = self._handlers.get(ANY_TYPE)
-        if catch_all and fact.type != ANY_TYPE:
-            specs = [*specs, *catch_all] if specs else catch_all
-        if not specs:
-            return
-        for spec in specs:
+        for spec in self.handlers_for(fact.type):
             if (
                 not self.middleware
                 and not spec.transactional

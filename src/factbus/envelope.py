@@ -39,7 +39,6 @@ DEFAULT_MAX_BYTES: Final = 1024 * 1024
 # Header names (broker headers, never hashed).
 HEADER_PRODUCER: Final = "x-factbus-producer"
 HEADER_PUBLISHED_AT: Final = "x-factbus-published-at"
-HEADER_TRACE: Final = "x-factbus-trace-id"
 HEADER_DEAD_LETTER_REASON: Final = "x-factbus-dead-letter-reason"
 HEADER_DEAD_LETTER_TOPIC: Final = "x-factbus-dead-letter-topic"
 

@@ -30,7 +30,6 @@ class FactRef(NamedTuple):
 
 
 PredecessorValue = FactRef | tuple[FactRef, ...]
-PredecessorInput = "Fact | FactRef | Sequence[Fact | FactRef]"
 
 
 def _utf16(text: str) -> bytes:

@@ -163,7 +163,3 @@ def fact_from_bytes(body: bytes | memoryview) -> Fact:
     if fact.hash != wire["hash"]:
         raise ValueError(f"stored fact {wire['type']} is corrupt: hash mismatch")
     return fact
-
-
-def batch_refs(facts: Sequence[Fact]) -> list[FactRef]:
-    return [fact.ref for fact in facts]

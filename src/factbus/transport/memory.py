@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -167,7 +166,6 @@ class MemoryTransport(TransportBase):
     """The in-process transport for ``memory://<namespace>`` (default namespace ``default``)."""
 
     _namespaces: ClassVar[dict[str, _Namespace]] = {}
-    _ids = itertools.count()
 
     capabilities = _CAPABILITIES
 
