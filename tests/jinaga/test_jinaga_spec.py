@@ -1,0 +1,160 @@
+"""The specification subset: parsing the exact text the real jinaga.js writes
+(tests/js/spec.js), splitting it into the same feeds jinaga.js's own feed
+builder makes, refusing what is outside the subset with a 400-worthy message,
+and feed ids that carry their feed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from factbus.fact import FactRef
+from factbus.jinaga.feeds import build_feeds, feed_id, parse_bookmark, parse_feed_id
+from factbus.jinaga.spec import (
+    ExistentialCondition,
+    Label,
+    PathCondition,
+    Role,
+    SpecificationSyntaxError,
+    UnsupportedSpecification,
+    describe,
+    describe_specification,
+    parse_request,
+)
+
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
+SUPPORTED = ["successors", "notExists", "exists", "twoSteps", "projection", "predecessor"]
+
+
+@cache
+def jinaga_specs() -> dict[str, Any]:
+    if not (JS_DIR / "node_modules" / "jinaga").exists() or shutil.which("node") is None:
+        message = "jinaga.js is not installed: run `make tests/js/node_modules/.installed`"
+        if os.environ.get("FACTBUS_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    done = subprocess.run(
+        ["node", str(JS_DIR / "spec.js")], capture_output=True, check=True, cwd=JS_DIR
+    )
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+def test_supported_specifications_split_into_jinaga_feeds(name: str) -> None:
+    spec = jinaga_specs()[name]
+    request = parse_request(spec["request"])
+    assert [describe_specification(f.specification) for f in build_feeds(request)] == spec["feeds"]
+    assert describe(request).startswith(spec["request"].split("\n")[0])
+
+
+def test_parsed_structure() -> None:
+    request = parse_request(jinaga_specs()["projection"]["request"])
+    assert request.start == FactRef(**jinaga_specs()["__start"])
+    spec = request.specification
+    assert spec.given == Label("p1", "Shop.Store")
+    (order,) = spec.matches
+    assert order.unknown == Label("u1", "Shop.Order")
+    path, condition = order.conditions
+    assert path == PathCondition((Role("store", "Shop.Store"),), "p1", ())
+    assert isinstance(condition, ExistentialCondition) and not condition.exists
+    assert condition.matches[0].unknown == Label("u2", "Shop.Order.Cancelled")
+    (lines,) = spec.children
+    assert lines.name == "lines" and lines.matches[0].unknown.type == "Shop.Line"
+    predecessor = parse_request(jinaga_specs()["predecessor"]["request"]).specification
+    assert predecessor.matches[0].paths == (
+        PathCondition((), "p1", (Role("order", "Shop.Order"),)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("nested", "not supported: factbus serves existential conditions one level deep"),
+        ("twoGivens", "specifications with 2 givens (p1, p2) are not supported"),
+    ],
+)
+def test_outside_the_subset_is_refused_saying_so(name: str, message: str) -> None:
+    with pytest.raises(UnsupportedSpecification) as caught:
+        parse_request(jinaga_specs()[name]["request"])
+    assert message in caught.value.message
+
+
+HASH = "A" * 86 + "=="
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "message"),
+    [
+        ("", SpecificationSyntaxError, "expected '('"),
+        ("(s: T) {}", SpecificationSyntaxError, "the given 's' has no declaration"),
+        (f"let s: U = #{HASH}\n(s: T) {{}}", SpecificationSyntaxError, "declared as U"),
+        ("let s: T = #abc\n(s: T) {}", SpecificationSyntaxError, "88 characters"),
+        ('let s: T = {"a": 1}\n(s: T) {}', UnsupportedSpecification, "only fact references"),
+        (
+            f"let s: T = #{HASH}\n(s: T [ E {{ x: X [ x->s: T = s ] }} ]) {{}}",
+            UnsupportedSpecification,
+            "conditions on the given 's'",
+        ),
+        (
+            f"let s: T = #{HASH}\n(s: T) {{ x: X [ x->r: T = y ] }}",
+            SpecificationSyntaxError,
+            "the label 'y' has not been defined",
+        ),
+        (
+            f"let s: T = #{HASH}\n(s: T) {{ x: X [ y->r: T = s ] }}",
+            SpecificationSyntaxError,
+            "must appear on the left side",
+        ),
+        (f"let s: T = #{HASH}\n(s: T) {{ x: X [ ] }}", SpecificationSyntaxError, "no conditions"),
+        (
+            f"let s: T = #{HASH}\n(s: T) {{ s: X [ s->r: T = s ] }}",
+            SpecificationSyntaxError,
+            "already used",
+        ),
+        (
+            f"let s: T = #{HASH}\n(s: T) {{ x: X [ !E {{ y: Y [ y->x: X = x ] }} ] }}",
+            UnsupportedSpecification,
+            "has no path condition",
+        ),
+        (
+            f"let s: T = #{HASH}\n(s: T) {{ x: X [ x->r: T = s !E {{ y: Y [ y->r: T = s ] }} ] }}",
+            SpecificationSyntaxError,
+            "must be based on 'x'",
+        ),
+        (
+            f"let s: T = #{HASH}\n(s: T) {{ x: X [ x->r: T = s ] }} trailing",
+            SpecificationSyntaxError,
+            "expected the end of the specification",
+        ),
+        ("x" * 70_000, SpecificationSyntaxError, "exceeds the limit"),
+    ],
+)
+def test_bad_text_is_refused_precisely(text: str, error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as caught:
+        parse_request(text)
+    assert message in str(caught.value)
+
+
+def test_feed_ids_carry_their_feed_and_refuse_others() -> None:
+    request = parse_request(jinaga_specs()["projection"]["request"])
+    for feed in build_feeds(request):
+        ident = feed_id(feed)
+        assert ident.replace("-", "").replace("_", "").isalnum()  # URL-safe, no padding
+        assert parse_feed_id(ident) == feed
+    for bad in ["", "!!!", "eJzLSM3JyVcozy_KSQEAGgQEXQ", "A" * 20_000]:
+        with pytest.raises(SpecificationSyntaxError):
+            parse_feed_id(bad)
+
+
+def test_bookmarks() -> None:
+    assert parse_bookmark("") == 0 and parse_bookmark("42") == 42
+    for bad in ["-1", "x", "1" * 30, "٣"]:
+        with pytest.raises(SpecificationSyntaxError):
+            parse_bookmark(bad)
