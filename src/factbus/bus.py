@@ -12,6 +12,7 @@ from typing import Any, Self, TypeVar
 
 import structlog
 
+from factbus.catchup import PAGE_LIMIT, CatchUpError, CatchUpReport, catch_up
 from factbus.config import Settings
 from factbus.dispatcher import Dispatcher, Handler, Middleware, RetryPolicy
 from factbus.envelope import (
@@ -156,7 +157,34 @@ class Bus:
         if settings.consume:
             await self.pipeline.recover()
             self._subscription = await self._subscribe()
+            # Subscribed first, so that nothing published meanwhile is missed;
+            # consuming starts once the peers' facts are in.
+            for peer in settings.catch_up:
+                try:
+                    await catch_up(self.pipeline, peer)
+                except CatchUpError as error:
+                    self._log.error("catch-up failed; going on live", error=str(error))
             self._consumer = asyncio.create_task(self._consume(), name="factbus-consumer")
+
+    async def catch_up(self, peer: str, *, limit: int = PAGE_LIMIT) -> CatchUpReport:
+        """Pull every fact ``peer``'s sidecar exports into this node, through the
+        normal pipeline (handlers, dedup, causal order), resuming at the cursor
+        this node's store kept for that peer (:mod:`factbus.catchup`).
+
+        Call it on a bus that does not consume (yet): before :meth:`start`, or
+        with ``consume=False``; ``catch_up`` in the settings does it on start.
+
+        :raises CatchUpError: the peer failed; pages settled before stay settled.
+        :raises RuntimeError: the bus is consuming.
+        """
+        if self._consumer is not None:
+            raise RuntimeError("catch up before start() or on a bus with consume=False")
+        if not self._started and not self._connected:
+            await self.transport.connect()
+            await self.store.open()
+            self._connected = True  # aclose() closes these
+            await self.pipeline.recover()
+        return await catch_up(self.pipeline, peer, limit=limit)
 
     async def _subscribe(self) -> Subscription:
         """Subscribe; a fan-out node on a transport that reads logs (RabbitMQ with

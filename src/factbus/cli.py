@@ -17,6 +17,7 @@ COMMANDS = {
     "dlq": "dlq",
     "parked": "parked",
     "worker": "worker",
+    "catch-up": "catch_up",
     "jinaga-bridge": "jinaga_bridge",
 }
 

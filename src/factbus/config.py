@@ -52,8 +52,18 @@ class Settings:
     handled_cache: int = 65536
     """Handled identities kept in memory to spare store look-ups (bounded)."""
     log_level: str = "warning"
+    catch_up: tuple[str, ...] = ()
+    """Peers (``http://peer:8081``, their sidecar's export) to catch up from when the
+    bus starts, before it consumes live (see :mod:`factbus.catchup`). The variable
+    ``FACTBUS_CATCH_UP`` takes them comma-separated."""
 
     def __post_init__(self) -> None:
+        given: object = self.catch_up  # TOML gives a list, FACTBUS_CATCH_UP a string
+        if isinstance(given, str):
+            given = [p.strip() for p in given.split(",") if p.strip()]
+        if not isinstance(given, list | tuple) or not all(isinstance(p, str) and p for p in given):
+            raise ConfigError("catch_up must be a list of peer URLs (http://peer:8081)")
+        object.__setattr__(self, "catch_up", tuple(given))
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
         if self.retry_attempts < 1:

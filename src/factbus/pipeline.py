@@ -154,6 +154,14 @@ class Pipeline:
             positions[self.position_key] = position
         await self._settle(accepted, facts, from_store=set(), positions=positions)
 
+    async def ingest(self, facts: list[Fact], positions: dict[str, int]) -> None:
+        """Settle verified ``facts`` that came other than in a delivery (catch-up
+        from a peer) exactly as a step settles received ones, recording
+        ``positions`` in the same transaction. Not concurrently with :meth:`step`:
+        the bus calls it before its consumer starts."""
+        self.stats.facts_received += len(facts)
+        await self._settle([], facts, from_store=set(), positions=positions)
+
     async def _reject(self, delivery: Delivery, error: EnvelopeError) -> None:
         self.stats.rejected += 1
         log.warning("envelope rejected", topic=self.topic, reason=error.reason)
