@@ -68,6 +68,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from factbus.errors import ConfigError, MissingDriver
 from factbus.fact import Fact, FactRef
 from factbus.store.base import (
+    CommitHooks,
     FactState,
     ParkedFact,
     StoreBatch,
@@ -328,12 +329,13 @@ class _FactCache:
                 del facts[key]
 
 
-class PostgresTransaction:
+class PostgresTransaction(CommitHooks):
     """One transaction on a pooled connection; see the module docstring for ``claim``."""
 
     def __init__(
         self, store: PostgresStore, connection: PoolConnectionProxy[asyncpg.Record]
     ) -> None:
+        super().__init__()
         self._store = store
         self._conn = connection
         self._savepoints = 0
@@ -539,8 +541,12 @@ class PostgresStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield PostgresTransaction(self, conn)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                tx = PostgresTransaction(self, conn)
+                yield tx
+                await tx.run_before_commit()
+            tx.run_after_commit()
 
     async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
         if not refs:

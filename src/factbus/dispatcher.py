@@ -15,11 +15,17 @@ once its type's handlers succeeded), in registration order among catch-alls.
 Transactional handlers receive the store transaction's connection as second
 argument; each attempt runs in a savepoint, so a failed attempt leaves no rows
 behind and a successful one commits with the handled mark.
+
+While a fact is dispatched, :func:`current_transaction` returns the store
+transaction it is handled in, so a handler may register commit hooks
+(``before_commit`` to write a whole step's effects at once, ``after_commit``
+to notify others once they are durable).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,6 +40,22 @@ Handler = Callable[..., Any]
 ANY_TYPE = "*"
 """Register a handler for this type to have it run for every fact (a catch-all)."""
 Next = Callable[[Fact], Awaitable[None]]
+
+
+_TRANSACTION: contextvars.ContextVar[StoreTransaction | None] = contextvars.ContextVar(
+    "factbus_transaction", default=None
+)
+
+
+def current_transaction() -> StoreTransaction:
+    """The store transaction of the fact being dispatched (call it from a handler).
+
+    :raises RuntimeError: called outside a dispatch.
+    """
+    tx = _TRANSACTION.get()
+    if tx is None:
+        raise RuntimeError("current_transaction() is only available inside a handler")
+    return tx
 
 
 class Middleware(Protocol):
@@ -130,7 +152,17 @@ class Dispatcher:
         :raises HandlerFailed: a handler failed on every attempt (handlers after
             it are not run).
         """
-        for spec in self.handlers_for(fact.type):
+        specs = self.handlers_for(fact.type)
+        if not specs:
+            return
+        token = _TRANSACTION.set(tx)
+        try:
+            await self._run(specs, fact, tx)
+        finally:
+            _TRANSACTION.reset(token)
+
+    async def _run(self, specs: list[HandlerSpec], fact: Fact, tx: StoreTransaction) -> None:
+        for spec in specs:
             if (
                 not self.middleware
                 and not spec.transactional

@@ -10,15 +10,18 @@ and the handler's effect commit together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
 
 import orjson
+import structlog
 
 from factbus.fact import Fact, FactRef
+
+log = structlog.get_logger("factbus.store")
 
 
 class FactState(IntEnum):
@@ -58,6 +61,44 @@ class StoreBatch:
         return bool(self.handled or self.parked or self.published or self.positions)
 
 
+class CommitHooks:
+    """Callbacks a transaction runs around its commit (base of every transaction class).
+
+    ``before_commit`` callbacks run, in registration order, inside the
+    transaction after its body finished: what they write commits with it, and
+    if one raises the transaction rolls back and the error propagates.
+    ``after_commit`` callbacks run once the commit succeeded (never after a
+    rollback); an exception in one is logged and the others still run.
+    """
+
+    __slots__ = ("_after", "_before")
+
+    def __init__(self) -> None:
+        self._before: list[Callable[[], Awaitable[None]]] = []
+        self._after: list[Callable[[], None]] = []
+
+    def before_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._before.append(callback)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self._after.append(callback)
+
+    async def run_before_commit(self) -> None:
+        """Run (and forget) the before-commit callbacks; those they add run too."""
+        while self._before:
+            callbacks, self._before = self._before, []
+            for callback in callbacks:
+                await callback()
+
+    def run_after_commit(self) -> None:
+        callbacks, self._after = self._after, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("after-commit callback failed", callback=repr(callback))
+
+
 class StoreTransaction(Protocol):
     """One open transaction on a store."""
 
@@ -75,6 +116,13 @@ class StoreTransaction(Protocol):
 
     async def record(self, batch: StoreBatch) -> None:
         """Apply ``batch`` within this transaction."""
+
+    def before_commit(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` inside this transaction just before it commits (see
+        :class:`CommitHooks`)."""
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once this transaction has committed (see :class:`CommitHooks`)."""
 
     async def claim(self, refs: Sequence[FactRef]) -> set[FactRef]:
         """Claim ``refs`` for handling in this transaction; return those claimed.

@@ -13,14 +13,15 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from factbus.fact import Fact, FactRef
-from factbus.store.base import FactState, ParkedFact, StoreBatch
+from factbus.store.base import CommitHooks, FactState, ParkedFact, StoreBatch
 from factbus.urls import query_options
 
 
-class MemoryTransaction:
+class MemoryTransaction(CommitHooks):
     """Collects batches; :class:`MemoryStore` applies them when the block exits cleanly."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.batches: list[StoreBatch] = []
 
     @property
@@ -70,8 +71,10 @@ class MemoryStore:
     async def transaction(self) -> AsyncIterator[MemoryTransaction]:
         tx = MemoryTransaction()
         yield tx
+        await tx.run_before_commit()
         for batch in tx.batches:
             self._apply(batch)
+        tx.run_after_commit()
 
     def _apply(self, batch: StoreBatch) -> None:
         for parked in batch.parked:

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
 from factbus.store.base import (
+    CommitHooks,
     FactState,
     ParkedFact,
     StoreBatch,
@@ -92,10 +93,11 @@ def _hashes(refs: list[FactRef]) -> list[str]:
     return [ref.hash for ref in refs]
 
 
-class SqliteTransaction:
+class SqliteTransaction(CommitHooks):
     """A ``BEGIN IMMEDIATE`` transaction on the store's connection."""
 
     def __init__(self, store: SqliteStore, db: sqlite3.Connection) -> None:
+        super().__init__()
         self._store = store
         self._db = db
         self._savepoints = 0
@@ -193,13 +195,16 @@ class SqliteStore:
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
+        tx = SqliteTransaction(self, db)
         try:
-            yield SqliteTransaction(self, db)
+            yield tx
+            await tx.run_before_commit()
         except BaseException:
             db.execute("ROLLBACK")
             self._count_waiting()  # the counter may have moved with the undone writes
             raise
         db.execute("COMMIT")
+        tx.run_after_commit()
 
     def _apply(self, db: sqlite3.Connection, batch: StoreBatch) -> None:
         if batch.parked:

@@ -1,0 +1,322 @@
+"""The sidecar's views: the declared tables, kept in the store's database.
+
+``views = Views(config)``; ``views.attach(bus)`` before ``bus.start()``;
+``await views.open()`` before the bus handles anything (it creates missing
+tables, applies additive changes and refuses incompatible ones); then the app
+reads the tables with SQL, or through :meth:`Views.rows`, and listens to
+:class:`Change` notifications.
+
+How a fact reaches the tables: :meth:`Views.attach` registers one catch-all
+handler (``"*"``) that only collects the facts of the step; a before-commit
+hook of the step's store transaction (:func:`factbus.dispatcher.current_transaction`)
+then appends them to the fact archive and applies their view changes with a
+few set-wise statements (:mod:`factbus.sidecar.projection` decides,
+:mod:`factbus.sidecar.sql` writes). Everything commits with the facts' handled
+marks or not at all. Listeners hear of a change only after that commit. The
+catch-all must be the bus's last handler: a fact whose own handler failed
+(dead-lettered) is never collected, as catch-alls run after the type's
+handlers.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from factbus.dispatcher import current_transaction
+from factbus.errors import ConfigError, FactbusError
+from factbus.fact import Fact
+from factbus.sidecar.config import SidecarConfig, TableSpec
+from factbus.sidecar.projection import Change, Kind, Projection, State, to_json
+from factbus.sidecar.sql import ViewsDb, open_views_db
+
+if TYPE_CHECKING:
+    from factbus.bus import Bus
+    from factbus.store.base import StoreTransaction
+
+__all__ = ["Change", "UnknownTable", "Views", "definition_of", "project"]
+
+log = structlog.get_logger("factbus.sidecar")
+
+
+class UnknownTable(FactbusError, KeyError):
+    """A table name that is not one of the sidecar's views."""
+
+    def __init__(self, table: str, known: Sequence[str]) -> None:
+        super().__init__(f"no table {table!r} (tables: {', '.join(known) or 'none'})")
+        self.table = table
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def definition_of(config: SidecarConfig, table: str) -> str:
+    """The stored definition of ``table`` (JSON), compared at start to detect changes."""
+    spec = config.table(table)
+    return to_json(
+        {
+            "fact": spec.fact,
+            "columns": [[c.name, c.source] for c in spec.columns],
+            "unless": [_unless(u) for u in spec.unless],
+            "properties": [
+                [p.column, p.fact, p.entity, p.value.source, p.prior]
+                for p in config.properties_of(table)
+            ],
+        }
+    )
+
+
+def _unless(spec: Any) -> list[Any]:
+    return [spec.fact, spec.role, [_unless(u) for u in spec.unless]]
+
+
+def compare_definitions(table: str, old: str, new: str) -> bool:
+    """``True`` when ``new`` only adds columns or properties to ``old`` (applied
+    by rebuilding the table from the archive).
+
+    :raises ConfigError: an incompatible change, naming it and ``factbus sidecar rebuild``.
+    """
+    before, after = orjson.loads(old), orjson.loads(new)
+    problems: list[str] = []
+    if before["fact"] != after["fact"]:
+        problems.append(f"fact changed from {before['fact']!r} to {after['fact']!r}")
+    if before["unless"] != after["unless"]:
+        problems.append("unless changed")
+    new_columns = dict(after["columns"])
+    for name, source in before["columns"]:
+        if name not in new_columns:
+            problems.append(f"column {name!r} was removed")
+        elif new_columns[name] != source:
+            problems.append(f"column {name!r} changed from {source!r} to {new_columns[name]!r}")
+    new_properties = {p[0]: p for p in after["properties"]}
+    for prop in before["properties"]:
+        if prop[0] not in new_properties:
+            problems.append(f"property column {prop[0]!r} was removed")
+        elif new_properties[prop[0]] != prop:
+            problems.append(f"property {prop[0]!r} changed")
+    if problems:
+        raise ConfigError(
+            f"sidecar table {table!r}: {'; '.join(problems)}. This cannot be applied in place: "
+            f"run `factbus sidecar rebuild --config <file> {table}` to rebuild it from the "
+            "facts the sidecar keeps"
+        )
+    return True
+
+
+async def project(
+    db: ViewsDb,
+    conn: Any,
+    projection: Projection,
+    facts: Sequence[Fact],
+    *,
+    archive: bool,
+    read_back: bool = False,
+) -> list[Change]:
+    """Apply ``facts`` (causal order, each new) on ``conn`` inside its transaction:
+    append them to the archive (if ``archive``) and write their view changes.
+
+    Returns the changes; with ``read_back`` their rows are read in the same
+    transaction (otherwise ``row`` is ``None``).
+    """
+    if archive and facts:
+        await db.archive(conn, facts)
+    relevant = projection.relevant(facts)
+    if not relevant:
+        return []
+    state = State()
+    wanted = projection.needs_bodies(relevant)
+    if wanted:
+        state.bodies.update(await db.load_bodies(conn, wanted))
+    leaves, hiders, rows = projection.needs_state(relevant, state.bodies)
+    rows -= state.bodies.keys()
+    if rows:
+        state.bodies.update(await db.load_bodies(conn, rows))
+    if leaves or hiders:
+        await db.load_state(conn, state, leaves, hiders)
+    writes = projection.apply(relevant, state)
+    kinds = {projection.names[t.name]: projection.column_kinds(t.name) for t in projection.tables}
+    if writes:
+        await db.write(conn, kinds, writes)
+    if not writes.changes:
+        return []
+    rows_by_table: dict[str, dict[str, dict[str, Any]]] = {}
+    if read_back:
+        wanted_rows: dict[str, set[str]] = {}
+        for table, op, key in writes.changes:
+            if op != "removed":
+                wanted_rows.setdefault(table, set()).add(key)
+        for table, keys in wanted_rows.items():
+            rows_by_table[table] = await db.read_rows(
+                conn, projection.names[table], projection.column_kinds(table), keys
+            )
+    return [
+        Change(table, op, key, rows_by_table.get(table, {}).get(key) if op != "removed" else None)
+        for table, op, key in writes.changes
+    ]
+
+
+class Views:
+    """The tables of ``config`` in the database of its ``[factbus] store`` (see the
+    module docstring). ``store_url`` overrides that store."""
+
+    def __init__(self, config: SidecarConfig, *, store_url: str | None = None) -> None:
+        self.config = config
+        self.store_url = store_url or config.settings().store_url
+        self.projection = Projection(config)
+        self.db: ViewsDb = open_views_db(self.store_url)
+        self.table_names: tuple[str, ...] = tuple(t.name for t in config.tables)
+        self._kinds: dict[str, list[tuple[str, Kind]]] = {
+            name: self.projection.column_kinds(name) for name in self.table_names
+        }
+        self._listeners: list[Callable[[Change], None]] = []
+        self._tx: StoreTransaction | None = None
+        self._batch: list[Fact] = []
+        self._opened = False
+
+    # -- schema ---------------------------------------------------------------
+
+    def columns(self, table: str) -> list[str]:
+        """The columns of ``table``, ``hash`` first. :raises UnknownTable:"""
+        return [name for name, _ in self._kinds_of(table)]
+
+    def _kinds_of(self, table: str) -> list[tuple[str, Kind]]:
+        kinds = self._kinds.get(table)
+        if kinds is None:
+            raise UnknownTable(table, self.table_names)
+        return kinds
+
+    async def open(self) -> None:
+        """Connect (for reads), create the bookkeeping and every missing table, and
+        apply additive changes (a new column or property: that table is rebuilt
+        from the archive). Idempotent.
+
+        :raises ConfigError: an incompatible change to a table's definition (the
+            message names ``factbus sidecar rebuild``), or a table of that name
+            that the sidecar did not create.
+        """
+        if self._opened:
+            return
+        from factbus.sidecar.rebuild import replace_tables
+
+        db = self.db
+        await db.open()
+        async with db.transaction() as conn:
+            await db.create_bookkeeping(conn)
+            known = await db.definitions(conn)
+            to_build: list[str] = []
+            for table in self.config.tables:
+                definition = definition_of(self.config, table.name)
+                old = known.get(table.name)
+                columns = await db.table_columns(conn, table.name)
+                if old is None:
+                    if columns is not None:
+                        raise ConfigError(
+                            f"sidecar table {table.name!r}: a table of that name exists and "
+                            "was not made by the sidecar; rename one of them"
+                        )
+                    to_build.append(table.name)
+                elif columns is None or (
+                    old != definition and compare_definitions(table.name, old, definition)
+                ):
+                    to_build.append(table.name)
+        if to_build:
+            log.info("building sidecar tables from the archive", tables=to_build)
+            await replace_tables(db, self.config, to_build)
+        self._opened = True
+
+    async def aclose(self) -> None:
+        """Close the read connection(s). Idempotent."""
+        self._opened = False
+        await self.db.aclose()
+
+    # -- writing (through the bus) ---------------------------------------------
+
+    def attach(self, bus: Bus) -> None:
+        """Register the catch-all handler on ``bus`` (before ``bus.start()``; the
+        bus's store must be this database). It also fills the fact archive, so
+        a :class:`~factbus.sidecar.archive.FactArchive` on the same store
+        needs no ``attach`` of its own."""
+        if bus.settings.store_url != self.store_url:
+            raise ConfigError(
+                f"the bus's store ({bus.settings.store_url}) is not the views' database "
+                f"({self.store_url}): views commit with the handled marks, so they must share it"
+            )
+        bus.handler("*")(self._collect)
+
+    def _collect(self, fact: Fact) -> None:
+        tx = current_transaction()
+        if tx is not self._tx:
+            self._tx = tx
+            self._batch = []
+            tx.before_commit(functools.partial(self._flush, tx, self._batch))
+        self._batch.append(fact)
+
+    async def _flush(self, tx: StoreTransaction, batch: list[Fact]) -> None:
+        self._tx = None
+        if not self._opened:
+            raise RuntimeError("await views.open() before the bus handles facts")
+        changes = await project(
+            self.db,
+            tx.connection,
+            self.projection,
+            batch,
+            archive=True,
+            read_back=bool(self._listeners),
+        )
+        if changes and self._listeners:
+            tx.after_commit(functools.partial(self._notify, changes))
+
+    # -- reading ------------------------------------------------------------------
+
+    async def rows(
+        self, table: str, *, limit: int = 100, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` rows of ``table`` with ``hash > after``, ordered by hash
+        (byte order). Values: see :mod:`factbus.sidecar.sql` (candidates decoded).
+
+        :raises UnknownTable: ``table`` is not a view. :raises ValueError: ``limit`` < 1.
+        """
+        kinds = self._kinds_of(table)
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        if not self._opened:
+            await self.open()
+        async with self.db.reader() as conn:
+            return await self.db.page_rows(conn, table, kinds, limit, after)
+
+    async def row(self, table: str, key: str) -> dict[str, Any] | None:
+        """The row of ``table`` whose hash is ``key``, or ``None``. :raises UnknownTable:"""
+        kinds = self._kinds_of(table)
+        if not self._opened:
+            await self.open()
+        async with self.db.reader() as conn:
+            return (await self.db.read_rows(conn, table, kinds, [key])).get(key)
+
+    def listen(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call ``callback(change)`` for every row change, after its commit, on the
+        event loop (keep it quick: queue the change). Returns an unsubscribe
+        function."""
+        self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return unsubscribe
+
+    def _notify(self, changes: list[Change]) -> None:
+        for change in changes:
+            for listener in list(self._listeners):
+                try:
+                    listener(change)
+                except Exception:
+                    log.exception("view listener failed", table=change.table)
+
+    def spec(self, table: str) -> TableSpec:
+        """The declaration of ``table``. :raises UnknownTable:"""
+        self._kinds_of(table)
+        return self.config.table(table)
