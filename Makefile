@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JS     := tests/js/node_modules/.installed
 
-.PHONY: demo test lint typecheck unit brokers brokers-stop jinaga-server jinaga-server-stop bench clean help
+.PHONY: demo test lint typecheck unit core-only brokers brokers-stop jinaga-server jinaga-server-stop bench clean help
 
 help:
 	@echo "make demo     - set up a virtualenv and run 'factbus demo' (memory transport, SQLite stores)"
@@ -49,11 +49,19 @@ typecheck: $(STAMP)
 unit: $(STAMP) $(JS)
 	$(BIN)/pytest tests/unit tests/conformance/test_memory_transport.py -q
 
-test: $(STAMP) $(JS) brokers jinaga-server lint typecheck
+# A virtualenv with factbus alone (no broker driver): import works, the CLI
+# works, and each broker URL says which extra to install.
+core-only:
+	rm -rf .venv-core
+	$(PYTHON) -m venv .venv-core
+	.venv-core/bin/pip install --quiet .
+	.venv-core/bin/python -I scripts/check_core_install.py
+
+test: $(STAMP) $(JS) brokers jinaga-server lint typecheck core-only
 	eval "$$(bash scripts/brokers.sh env)" && eval "$$(bash scripts/jinaga-server.sh env)" && $(BIN)/pytest -q
 
 bench: $(STAMP) brokers
 	eval "$$(bash scripts/brokers.sh env)" && $(BIN)/python benchmarks/run_matrix.py
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules scripts/jinaga-server/node_modules .factbus .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-core tests/js/node_modules scripts/jinaga-server/node_modules .factbus .mypy_cache .ruff_cache .pytest_cache

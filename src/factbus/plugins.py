@@ -43,6 +43,8 @@ def load(group: str, scheme: str, builtins: Builtins, *, what: str) -> Any:
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except MissingDriver:
+        raise  # the adapter already named its extra
     except ImportError as exc:
         raise MissingDriver(scheme, extra or scheme, exc) from exc
     return getattr(module, attr)

@@ -21,8 +21,10 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from typing import TYPE_CHECKING
 
-from factbus.jinaga.bridge import JinagaBridge, load_bridge_config
+if TYPE_CHECKING:
+    from factbus.jinaga.bridge import JinagaBridge
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: the bridge needs httpx (factbus[jinaga]); the other
+    # commands work without it.
+    from factbus.jinaga.bridge import JinagaBridge, load_bridge_config
+
     config = load_bridge_config(args.config)
     asyncio.run(_serve(JinagaBridge(config)))
     return 0

@@ -41,17 +41,21 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import httpx
 import structlog
 
 from factbus.bus import Bus
 from factbus.config import Settings
 from factbus.dispatcher import ANY_TYPE
-from factbus.errors import ConfigError, FactbusError
+from factbus.errors import ConfigError, FactbusError, MissingDriver
 from factbus.fact import Fact, FactRef
 from factbus.jinaga.graph import CONTENT_TYPE_GRAPH, JinagaFormatError, fact_records, write_graph
 from factbus.store.base import fact_from_bytes
 from factbus.urls import redact
+
+try:
+    import httpx
+except ImportError as _error:  # pragma: no cover - exercised by `make core-only`
+    raise MissingDriver("http", "jinaga", _error) from _error
 
 log = structlog.get_logger("factbus.jinaga.bridge")
 

@@ -1,0 +1,89 @@
+"""Run by ``make core-only`` (part of ``make test``) in a virtualenv holding factbus
+without any extra: no broker driver is installed there.
+
+Checks that ``import factbus`` and the command line work without the drivers,
+and that opening each broker's URL (transport, store, bench baseline) fails
+with :class:`factbus.MissingDriver` naming the extra to install
+(``pip install 'factbus[kafka]'``). Exits non-zero, saying what is wrong, when
+a check fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+DRIVERS = {"kafka": "confluent_kafka", "amqp": "aio_pika", "kombu": "kombu", "postgres": "asyncpg"}
+TRANSPORTS = {
+    "kafka": "kafka://127.0.0.1:9092",
+    "amqp": "amqp://guest:guest@127.0.0.1:5672/",
+    "kombu": "kombu+redis://127.0.0.1:6379/0",
+}
+STORES = {"postgres": "postgresql://factbus:factbus@127.0.0.1:5432/factbus"}
+
+
+def main() -> int:
+    problems: list[str] = []
+    for module in DRIVERS.values():
+        if importlib.util.find_spec(module) is not None:
+            problems.append(f"{module} is installed: this check needs a core-only install")
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+
+    import factbus
+    from factbus.bench.baseline import baseline_for
+
+    def expect_hint(what: str, extra: str, call: object) -> None:
+        hint = f"pip install 'factbus[{extra}]'"
+        try:
+            call()  # type: ignore[operator]
+        except factbus.MissingDriver as error:
+            if hint not in str(error):
+                problems.append(f"{what}: MissingDriver without the hint {hint!r}: {error}")
+            elif error.extra != extra:
+                problems.append(f"{what}: MissingDriver.extra is {error.extra!r}, not {extra!r}")
+            else:
+                print(f"ok   {what}: {error}")
+        except Exception as error:  # any other failure is what this check reports
+            problems.append(f"{what}: {type(error).__name__}: {error} (expected the hint {hint!r})")
+        else:
+            problems.append(f"{what}: opened without its driver (expected the hint {hint!r})")
+
+    for extra, url in TRANSPORTS.items():
+        expect_hint(f"open_transport({url})", extra, lambda url=url: factbus.open_transport(url))
+        expect_hint(f"baseline_for({url})", extra, lambda url=url: baseline_for(url, "x"))
+    for extra, url in STORES.items():
+        expect_hint(f"open_store({url})", extra, lambda url=url: factbus.open_store(url))
+
+    memory = factbus.open_transport("memory://core-only")
+    print(f"ok   core transport without drivers: {memory!r}")
+    cli = subprocess.run(
+        [sys.executable, "-m", "factbus", "--help"], capture_output=True, text=True, check=False
+    )
+    if cli.returncode != 0:
+        problems.append(f"factbus --help fails without the drivers:\n{cli.stderr}")
+    else:
+        print("ok   factbus --help")
+    bridge = subprocess.run(
+        [sys.executable, "-m", "factbus", "jinaga-bridge", "--config", "absent.toml"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if bridge.returncode != 2 or "pip install 'factbus[jinaga]'" not in bridge.stderr:
+        problems.append(
+            f"factbus jinaga-bridge without httpx: exit {bridge.returncode}, {bridge.stderr!r}"
+            " (expected exit 2 and the hint pip install 'factbus[jinaga]')"
+        )
+    else:
+        print(f"ok   factbus jinaga-bridge: {bridge.stderr.strip()}")
+    if problems:
+        print("\n".join(f"FAIL {problem}" for problem in problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
