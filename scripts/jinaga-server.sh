@@ -73,10 +73,12 @@ install() {
         DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
             --no-install-recommends nodejs npm >/dev/null || die "apt-get install nodejs npm failed"
     fi
-    if [ ! -f "$STAMP" ] || [ "$PROJECT/package-lock.json" -nt "$STAMP" ]; then
+    # the stamp holds the lock file's checksum (mtimes change with every git checkout)
+    local want; want="$(sha256sum "$PROJECT/package-lock.json" | cut -d' ' -f1)"
+    if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
         log "npm ci in $PROJECT"
         (cd "$PROJECT" && npm ci --no-audit --no-fund --silent) || die "npm ci failed"
-        touch "$STAMP"
+        echo "$want" >"$STAMP"
     fi
 }
 
@@ -84,19 +86,18 @@ psql_admin() { # as the superuser postgres over the local socket (peer authentic
     (cd / && runuser -u postgres -- "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKDIR" -p 5432 "$@")
 }
 
-create_database() {
+create_database() { # idempotent: creates what is missing, (re)grants every time
     [ "$(id -u)" = 0 ] || die "creating the database needs root (psql as the OS user postgres)"
     "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p 5432 -t 3 \
         || die "PostgreSQL does not answer on 127.0.0.1:5432 (run: bash scripts/brokers.sh start postgres)"
-    if PGPASSWORD="$APP_PASSWORD" "$PG_BIN/psql" -X -q -At "$PG_STORE" \
+    if ! PGPASSWORD="$APP_PASSWORD" "$PG_BIN/psql" -X -q -At "$PG_STORE" \
         -c "select 1 from public.bookmark limit 1" >/dev/null 2>&1; then
-        return 0
-    fi
-    log "creating database $DB from jinaga-server's setup.sql"
-    psql_admin -d postgres >/dev/null <<SQL
+        log "creating database $DB from jinaga-server's setup.sql"
+        psql_admin -d postgres >/dev/null <<SQL
 SELECT 'CREATE DATABASE $DB' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$DB')\gexec
 SQL
-    psql_admin -d "$DB" -f "$PROJECT/node_modules/jinaga-server/setup.sql" >/dev/null
+        psql_admin -d "$DB" -f "$PROJECT/node_modules/jinaga-server/setup.sql" >/dev/null
+    fi
     # the grants of the package's setup.sh, to the role brokers.sh creates
     psql_admin -d "$DB" >/dev/null <<SQL
 GRANT CONNECT ON DATABASE $DB TO $APP_ROLE;
@@ -114,6 +115,9 @@ GRANT SELECT, USAGE ON SEQUENCE public_key_public_key_id_seq TO $APP_ROLE;
 GRANT SELECT,INSERT,DELETE ON TABLE public.signature TO $APP_ROLE;
 GRANT SELECT,INSERT ON TABLE public.user TO $APP_ROLE;
 GRANT SELECT,INSERT,UPDATE,DELETE ON TABLE public.bookmark TO $APP_ROLE;
+-- not needed by the server: lets tests/jinaga corrupt a stored fact, to check that the
+-- bridge verifies every hash it pulls
+GRANT UPDATE (data) ON TABLE public.fact TO $APP_ROLE;
 SQL
     PGPASSWORD="$APP_PASSWORD" "$PG_BIN/psql" -X -q -At "$PG_STORE" -c "select 1 from public.fact limit 1" >/dev/null \
         || die "role $APP_ROLE cannot read $DB after setup"

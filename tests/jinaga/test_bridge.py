@@ -220,6 +220,7 @@ role = "root"
 
 
 async def test_feed_specification_is_what_jinaga_js_sends() -> None:
+    jinaga_server_url()  # the script that runs the server installed jinaga.js
     feed = Feed(Fact("Bridge.Root", {"id": "x"}).ref, "Bridge.Item", "root")
     request = {
         "root": {"type": feed.root.type, "hash": feed.root.hash},
@@ -269,3 +270,48 @@ def test_bad_settings_are_named(jinaga: dict[str, Any], complaint: str) -> None:
 def test_missing_table_is_named() -> None:
     with pytest.raises(ConfigError, match=r"\[jinaga\]"):
         parse_bridge_config({"factbus": {}})
+
+
+async def test_a_fact_whose_hash_does_not_match_is_not_published(tmp_path: Path) -> None:
+    """The server's copy of a fact is corrupted in its database (fields changed, hash
+    kept): the bridge refuses the page, publishes nothing of it, and goes on once the
+    copy is repaired."""
+    server, kafka = jinaga_server_url(), broker_url("kafka")
+    store = os.environ.get(
+        "FACTBUS_TEST_JINAGA_PG_STORE",
+        "postgresql://factbus:factbus@127.0.0.1:5432/factbus_jinaga",
+    )
+    topic, tag = unique("jinaga-tamper"), unique("root")
+    root = {"type": "Bridge.Root", "fields": {"id": tag}}
+    saved = await jinaga_js("save", server, {"facts": items(root, "Bridge.Item", "root", [1])})
+    item_hash = saved["hashes"][1]
+    feed = {"root": root, "successor": "Bridge.Item", "role": "root"}
+    config = parse_bridge_config(
+        bridge_document(server, kafka, topic, f"sqlite:///{tmp_path}/bridge.db", [feed])
+    )
+    server_db = await asyncpg.connect(store)
+    corrupt = "UPDATE fact SET data = jsonb_set(data, '{fields,n}', $2::jsonb) WHERE hash = $1"
+    try:
+        assert await server_db.execute(corrupt, item_hash, "2") == "UPDATE 1"
+        async with JinagaBridge(config) as bridge:
+
+            async def refused_twice() -> bool:
+                return bridge.stats.errors >= 2
+
+            await wait_for(refused_twice, 30, "the bridge to refuse the corrupted page")
+            assert bridge.stats.pulled == 0
+            assert "but its content hashes to" in bridge.stats.last_error
+            assert item_hash[:16] in bridge.stats.last_error
+            assert await asyncio.to_thread(key_counts, kafka, topic) == {}
+            assert await server_db.execute(corrupt, item_hash, "1") == "UPDATE 1"
+
+            async def published() -> bool:
+                return bridge.stats.pulled == 2
+
+            await wait_for(published, 60, "the repaired page on the bus")
+        counts = await asyncio.to_thread(key_counts, kafka, topic)
+        assert counts == {saved["hashes"][0]: 1, item_hash: 1}
+    finally:
+        await server_db.execute(corrupt, item_hash, "1")
+        await server_db.close()
+        delete_topics(kafka, [topic])

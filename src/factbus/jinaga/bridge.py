@@ -511,6 +511,8 @@ class BridgeStats:
     """Facts published on the bus from the server's feeds."""
     pages: int = 0
     errors: int = 0
+    last_error: str = ""
+    """The message of the last failed push batch or pull page."""
     feeds: dict[str, str] = field(default_factory=dict)
     """Feed key -> last bookmark kept."""
 
@@ -615,6 +617,7 @@ class JinagaBridge:
                 delay = self.config.poll_interval
             except (BridgeError, httpx.HTTPError) as error:
                 self.stats.errors += 1
+                self.stats.last_error = f"push: {error}"
                 self._log.warning("push failed, retrying", error=str(error), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -693,6 +696,7 @@ class JinagaBridge:
                     continue
             except (BridgeError, httpx.HTTPError, FactbusError) as error:
                 self.stats.errors += 1
+                self.stats.last_error = f"pull {feed.key}: {error}"
                 ids = []
                 self._log.warning("pull failed, retrying", feed=feed.key, error=str(error))
                 await asyncio.sleep(delay)
