@@ -230,6 +230,9 @@ def results_md(
         "",
         "![throughput and latency](throughput.png)",
         "",
+        "(`throughput.png` and `results.json` are written next to this file by the run;"
+        " generated output, not kept in git.)",
+        "",
         markdown([picked[c.name] for c in chosen if c.name in picked]),
         "",
         "publish msgs/s: all publishers together, broker-confirmed, in parentheses the ratio to "
@@ -260,8 +263,8 @@ def results_md(
                 f"- **{name}**: the consuming process is the bottleneck: "
                 f"{r.cpu_us_per_msg:.0f} µs of CPU per message against "
                 f"{r.baseline_cpu_us_per_msg or 0:.1f} µs for the raw client (codec + hash and "
-                "the SQLite store are ~80 % of it; see PROFILE.md for the breakdown and the "
-                "ranked fixes). Even the fixes listed there leave these targets out of reach "
+                "the SQLite store are ~80 % of it; see studies/PROFILE.md for the breakdown and "
+                "the ranked fixes). Even the fixes listed there leave these targets out of reach "
                 "for one Python consumer that verifies and durably records every fact."
             )
     for name in ("amqp", "kombu+redis"):

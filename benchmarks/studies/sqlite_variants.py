@@ -1,13 +1,13 @@
 """What recording handled facts costs in SQLite, and what cheaper variants would cost.
 
-    .venv/bin/python benchmarks/sqlite_variants.py [--facts 50000] [--repeats 5]
-    .venv/bin/python benchmarks/sqlite_variants.py --growth --facts 200000
+    .venv/bin/python benchmarks/studies/sqlite_variants.py [--facts 50000] [--repeats 5]
+    .venv/bin/python benchmarks/studies/sqlite_variants.py --growth --facts 200000
 
 Each variant records the same facts as handled, 512 per transaction, into a
 fresh database file with the store's pragmas (WAL, synchronous=NORMAL), and
 reports µs per fact (best of 3). ``current`` is :class:`SqliteStore` itself;
 the others replay its statements with one change each, to size the
-suggestions in benchmarks/PROFILE.md. Nothing here changes the store.
+suggestions in benchmarks/studies/PROFILE.md. Nothing here changes the store.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Per-fact cost of each pipeline stage, measured alone (best of several repeats).
 
-    .venv/bin/python benchmarks/micro_costs.py [--facts 5000] [--shape independent]
+    .venv/bin/python benchmarks/studies/micro_costs.py [--facts 5000] [--shape independent]
 
 Best-of-N CPU times (``time.process_time``) are far less sensitive to a busy
 machine than throughput: they show what each layer costs when it gets the CPU.
-Prints a Markdown table in µs per fact (see benchmarks/PROFILE.md).
+Prints a Markdown table in µs per fact (see benchmarks/studies/PROFILE.md).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 RabbitMQ, sharing one PostgreSQL store.
 
     eval "$(bash scripts/brokers.sh env)"
-    .venv/bin/python benchmarks/bench_group_scaling.py                  # kafka + amqp, 1/2/4
-    .venv/bin/python benchmarks/bench_group_scaling.py --brokers kafka --workers 1,4 \\
+    .venv/bin/python benchmarks/studies/bench_group_scaling.py      # kafka + amqp, 1/2/4
+    .venv/bin/python benchmarks/studies/bench_group_scaling.py --brokers kafka --workers 1,4 \\
         --facts 10000 --handler-ms 2
 
 Each cell starts ``factbus worker bench_group_scaling:build_bus --workers N``

@@ -1,7 +1,8 @@
 """Profile the pipeline on one transport and print where the time goes, per layer.
 
-    .venv/bin/python benchmarks/profile_pipeline.py --transport memory:// --facts 50000
-    .venv/bin/python benchmarks/profile_pipeline.py --transport kafka://127.0.0.1:9092 --wall
+    .venv/bin/python benchmarks/studies/profile_pipeline.py --transport memory:// --facts 50000
+    .venv/bin/python benchmarks/studies/profile_pipeline.py \\
+        --transport kafka://127.0.0.1:9092 --wall
 
 Runs ``factbus bench`` (no baseline, no half-load phase) with the peak phase
 sampled by pyinstrument on the event-loop thread, and prints the layer table
