@@ -42,7 +42,7 @@ import orjson
 from factbus import Bus, Fact
 from factbus.store.sqlite import SqliteStore
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
-from factbus.transport import Delivery, Subscription, Transport
+from factbus.transport import Delivery, LogReader, Subscription, Transport, delivery_position
 
 SCENARIO_TYPES = ("Scenario.Independent", "Scenario.Chains", "Scenario.FanIn")
 
@@ -117,6 +117,11 @@ class TrippingDelivery:
     def redelivered(self) -> bool:
         return self._inner.redelivered
 
+    @property
+    def position(self) -> int | None:
+        """The inner delivery's log position (RabbitMQ streams), if it has one."""
+        return delivery_position(self._inner)
+
     async def ack(self) -> None:
         self._wire.hit("ack")
         await self._inner.ack()
@@ -162,6 +167,13 @@ def install_tripwire(bus: Bus, wire: Tripwire) -> None:
         return TrippingSubscription(await inner_subscribe(topic, group), wire)
 
     transport.subscribe = subscribe  # type: ignore[method-assign]
+    if isinstance(transport, LogReader):
+        inner_subscribe_log = transport.subscribe_log
+
+        async def subscribe_log(topic: str, node: str, position: int | None) -> Subscription:
+            return TrippingSubscription(await inner_subscribe_log(topic, node, position), wire)
+
+        transport.subscribe_log = subscribe_log  # type: ignore[method-assign]
 
 
 def register_effects(bus: Bus, types: Sequence[str], wire: Tripwire) -> None:
