@@ -113,6 +113,7 @@ class Bus:
         self._stopping = asyncio.Event()
         self._idle_ticks = 0
         self._idle = asyncio.Condition()
+        self._caught_up = False
         self._log = log.bind(node=settings.node_name, topic=settings.topic)
 
     # -- handlers -----------------------------------------------------------
@@ -236,6 +237,7 @@ class Bus:
             return
         self._started = False
         self._connected = False
+        self._caught_up = False
         self._stopping.set()
         # Let the step in flight finish and ack before the subscription closes
         # (the consumer notices `_stopping` within one idle tick).
@@ -337,6 +339,16 @@ class Bus:
         self.settings = dataclasses.replace(self.settings, node=node)
         self._log = self._log.bind(node=node)
 
+    @property
+    def caught_up(self) -> bool:
+        """True while the bus consumes and its latest receive found nothing waiting:
+        subscribed, with no backlog at the broker (what a readiness probe asks).
+
+        False before :meth:`start`, after :meth:`aclose`, and while deliveries keep
+        coming. Facts parked for a missing predecessor do not count as backlog.
+        """
+        return self._caught_up and self._consumer is not None and not self._consumer.done()
+
     async def _consume(self) -> None:
         subscription = self._subscription
         assert subscription is not None
@@ -352,6 +364,7 @@ class Bus:
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
                 failures += 1
                 continue
+            self._caught_up = not batch
             if not batch:
                 if self.pipeline.shared_store and time.monotonic() - last_sweep > SWEEP_INTERVAL:
                     last_sweep = time.monotonic()

@@ -19,6 +19,7 @@ COMMANDS = {
     "worker": "worker",
     "catch-up": "catch_up",
     "jinaga-bridge": "jinaga_bridge",
+    "sidecar": "sidecar",
 }
 
 

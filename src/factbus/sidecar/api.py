@@ -1,0 +1,241 @@
+"""The sidecar's JSON shapes: facts as the application writes them, and errors.
+
+One module turns what an application sends (``POST /facts`` bodies and outbox
+rows) into :class:`~factbus.fact.Fact` objects, so both paths accept exactly the
+same thing and refuse it with the same stable error codes:
+
+``{"type": "Shop.Order", "fields": {...}, "predecessors": {role: P | [P, ...]}}``
+where each ``P`` is either a reference ``{"type": ..., "hash": ...}`` (an object
+with exactly those two keys) or a nested fact of the same shape (which may also
+claim its ``"hash"``; a claim that does not match the recomputed hash is
+refused). ``fields`` and ``predecessors`` may be left out (empty).
+
+Every refusal is a :class:`RequestError` whose ``field`` names where the problem
+is, as a path into the request (``facts[0].fields.total``,
+``facts[1].predecessors.order``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from factbus.canonical import DEFAULT_MAX_DEPTH
+from factbus.errors import FactbusError, InvalidFact
+from factbus.fact import Fact, FactRef
+
+HASH_LENGTH = 88
+FACT_KEYS = frozenset({"type", "fields", "predecessors", "hash"})
+
+
+class RequestError(FactbusError):
+    """A request (or outbox row) that is refused; nothing was changed.
+
+    ``status`` is the HTTP status, ``code`` a stable machine-readable reason
+    (``malformed-json``, ``invalid-value``, ``unknown-predecessor``, ...),
+    ``field`` the path of the offending value when there is one.
+    """
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def as_json(self) -> dict[str, Any]:
+        """The response body: ``{"error": {"code", "message"[, "field"]}}``."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error}
+
+    @property
+    def reason(self) -> str:
+        """``code: message``, as recorded for a refused outbox row."""
+        return f"{self.code}: {self.message}"
+
+
+@dataclass
+class ParsedFacts:
+    """Facts parsed from one request, and the predecessors it gave by reference.
+
+    ``facts`` are the top-level facts in request order (nested facts are
+    reachable as their ancestors and shipped with them). ``references`` maps
+    each fact reference to the path where it was first given; a reference to a
+    fact of the same request (top-level or nested) is not listed.
+    """
+
+    facts: list[Fact]
+    references: dict[FactRef, str] = field(default_factory=dict)
+
+
+def decode_json(body: bytes) -> Any:
+    """Parse a JSON document.
+
+    :raises RequestError: 400 ``malformed-json`` naming the position.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise RequestError(400, "malformed-json", f"the body is not JSON: {error}") from None
+
+
+def parse_facts_request(document: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ParsedFacts:
+    """The facts of a ``POST /facts`` body ``{"facts": [fact, ...]}`` (at least one).
+
+    :raises RequestError: 400 naming the offending field.
+    """
+    if not isinstance(document, dict):
+        raise RequestError(400, "invalid-request", 'the body must be an object {"facts": [...]}')
+    extra = sorted(set(document) - {"facts"})
+    if extra:
+        raise RequestError(
+            400,
+            "invalid-request",
+            f"unknown key(s) {', '.join(extra)}: expected only facts",
+            extra[0],
+        )
+    items = document.get("facts")
+    if not isinstance(items, list) or not items:
+        raise RequestError(400, "invalid-request", "facts must be a non-empty list", "facts")
+    parsed = ParsedFacts([])
+    for index, item in enumerate(items):
+        parsed.facts.append(_fact(item, f"facts[{index}]", parsed, max_depth))
+    _drop_own_references(parsed)
+    return parsed
+
+
+def parse_fact(
+    document: Any, *, path: str = "fact", max_depth: int = DEFAULT_MAX_DEPTH
+) -> ParsedFacts:
+    """One fact object (an outbox row), with its references.
+
+    :raises RequestError: 400 naming the offending field.
+    """
+    parsed = ParsedFacts([])
+    parsed.facts.append(_fact(document, path, parsed, max_depth))
+    _drop_own_references(parsed)
+    return parsed
+
+
+def _drop_own_references(parsed: ParsedFacts) -> None:
+    own: set[FactRef] = set()
+    stack = list(parsed.facts)
+    while stack:
+        fact = stack.pop()
+        if fact.ref not in own:
+            own.add(fact.ref)
+            stack.extend(fact.ancestors_given)
+    for ref in own & parsed.references.keys():
+        del parsed.references[ref]
+
+
+def _fact(value: Any, path: str, parsed: ParsedFacts, max_depth: int) -> Fact:
+    if not isinstance(value, dict):
+        raise RequestError(400, "invalid-fact", f"{path}: a fact must be an object", path)
+    extra = sorted(set(value) - FACT_KEYS)
+    if extra:
+        raise RequestError(
+            400,
+            "invalid-fact",
+            f"{path}: unknown key(s) {', '.join(extra)}: a fact has type, fields, predecessors",
+            f"{path}.{extra[0]}",
+        )
+    fact_type = value.get("type")
+    if not isinstance(fact_type, str) or not fact_type:
+        raise RequestError(
+            400, "invalid-fact", f"{path}.type: must be a non-empty string", f"{path}.type"
+        )
+    fields = value.get("fields", {})
+    if not isinstance(fields, dict):
+        raise RequestError(
+            400, "invalid-fact", f"{path}.fields: must be an object", f"{path}.fields"
+        )
+    given = value.get("predecessors", {})
+    if not isinstance(given, dict):
+        raise RequestError(
+            400, "invalid-fact", f"{path}.predecessors: must be an object", f"{path}.predecessors"
+        )
+    predecessors: dict[str, Fact | FactRef | list[Fact | FactRef]] = {}
+    for role, item in given.items():
+        role_path = f"{path}.predecessors.{role}"
+        if isinstance(item, list):
+            predecessors[role] = [
+                _predecessor(one, f"{role_path}[{i}]", parsed, max_depth)
+                for i, one in enumerate(item)
+            ]
+        else:
+            predecessors[role] = _predecessor(item, role_path, parsed, max_depth)
+    try:
+        fact = Fact(fact_type, fields, predecessors, max_depth=max_depth)
+    except InvalidFact as error:
+        where = f"{path}.{error.field}"
+        raise RequestError(400, "invalid-value", f"{where}: {error.reason}", where) from None
+    claimed = value.get("hash")
+    if claimed is not None and claimed != fact.hash:
+        raise RequestError(
+            400,
+            "hash-mismatch",
+            f"{path}.hash: {claimed!r} is not the hash of this content ({fact.hash})",
+            f"{path}.hash",
+        )
+    return fact
+
+
+def _predecessor(value: Any, path: str, parsed: ParsedFacts, max_depth: int) -> Fact | FactRef:
+    if isinstance(value, dict) and value.keys() == {"type", "hash"}:
+        ref = reference(value, path)
+        parsed.references.setdefault(ref, path)
+        return ref
+    if isinstance(value, dict):
+        return _fact(value, path, parsed, max_depth)
+    raise RequestError(
+        400,
+        "invalid-fact",
+        f"{path}: a predecessor is a reference {{type, hash}}, a nested fact, or a list of them",
+        path,
+    )
+
+
+def reference(value: Mapping[str, Any], path: str) -> FactRef:
+    """A :class:`FactRef` from ``{"type": ..., "hash": ...}``.
+
+    :raises RequestError: 400 ``invalid-reference``.
+    """
+    fact_type, fact_hash = value.get("type"), value.get("hash")
+    if not isinstance(fact_type, str) or not fact_type:
+        raise RequestError(
+            400, "invalid-reference", f"{path}.type: must be a non-empty string", f"{path}.type"
+        )
+    if not is_hash(fact_hash):
+        raise RequestError(
+            400,
+            "invalid-reference",
+            f"{path}.hash: {fact_hash!r} is not an 88-character base64 SHA-512 hash",
+            f"{path}.hash",
+        )
+    assert isinstance(fact_hash, str)
+    return FactRef(fact_type, fact_hash)
+
+
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def is_hash(value: object) -> bool:
+    """Whether ``value`` looks like a fact hash (88 base64 characters)."""
+    return isinstance(value, str) and len(value) == HASH_LENGTH and set(value) <= _BASE64
+
+
+def unknown_predecessor(ref: FactRef, path: str) -> RequestError:
+    """The refusal of a reference to a fact this sidecar neither received nor published."""
+    return RequestError(
+        400,
+        "unknown-predecessor",
+        f"{path}: {ref.type} {ref.hash} is not known to this sidecar; "
+        "send the predecessor itself (a nested fact) or publish it first",
+        path,
+    )

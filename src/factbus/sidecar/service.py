@@ -1,0 +1,192 @@
+"""The running sidecar: one Bus, its views and fact archive, the outbox and the HTTP API.
+
+``async with Sidecar(config) as sidecar:`` opens the archive, attaches the views'
+transactional handlers to the Bus, starts the Bus (subscribe, consume), the
+outbox task (if ``[sidecar] outbox`` is set) and the HTTP server on
+``[sidecar] listen``. Leaving the block (or :meth:`stop` during :meth:`run`)
+closes them in the reverse order: the HTTP server stops accepting and ends its
+event streams, the outbox finishes its pass, the Bus finishes its step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Collection, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from factbus.bus import Bus
+from factbus.config import ENV_PREFIX, Settings
+from factbus.fact import Fact, FactRef
+from factbus.sidecar.archive import FactArchive
+from factbus.sidecar.config import SidecarConfig
+from factbus.sidecar.outbox import Outbox
+from factbus.sidecar.views import Views
+
+log = structlog.get_logger("factbus.sidecar")
+
+
+def sidecar_settings(config: SidecarConfig, **overrides: Any) -> Settings:
+    """The Bus settings: defaults, then ``[factbus]``, then ``FACTBUS_*`` environment
+    variables (so a Deployment's Secret overrides what the ConfigMap says), then
+    ``overrides``."""
+    from_toml = {
+        key: value
+        for key, value in config.factbus.items()
+        if os.environ.get(ENV_PREFIX + key.upper()) is None
+    }
+    return Settings.load(None, **from_toml, **overrides)
+
+
+class Sidecar:
+    """A sidecar's parts, started and stopped together (see the module docstring).
+
+    ``config``, ``settings``, ``bus``, ``views``, ``archive`` and ``outbox`` (or
+    ``None``) are public. ``listen`` overrides ``[sidecar] listen``; port 0 picks
+    a free port (see :attr:`address`). ``http=False`` runs without the HTTP server.
+    """
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        settings: Settings | None = None,
+        listen: str | None = None,
+        http: bool = True,
+    ) -> None:
+        self.config = config
+        self.settings = settings or sidecar_settings(config)
+        self.listen = listen or config.listen
+        self.bus = Bus(settings=self.settings)
+        self.archive = FactArchive(self.settings.store_url)
+        self.views = Views(config)
+        self.views.attach(self.bus)
+        self.outbox = (
+            Outbox(config.outbox, self.settings.store_url, self.publish, self.unknown)
+            if config.outbox
+            else None
+        )
+        self.closing = asyncio.Event()
+        """Set when the sidecar begins to close: event streams end on it."""
+        self._http = http
+        self._server: Any = None  # factbus.sidecar.server.HttpServer
+        self._stop = asyncio.Event()
+        self._ready = False
+        self._started = False
+        self._log = log.bind(node=self.settings.node_name, topic=self.settings.topic)
+
+    # -- life cycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open everything; returns once the HTTP server listens.
+
+        :raises ConfigError: a view or the outbox cannot be set up (named).
+        :raises OSError: the listen address is taken.
+        """
+        if self._started:
+            return
+        self._started = True
+        self.closing.clear()
+        try:
+            await self.archive.open()
+            await self.bus.start()
+            if self.outbox is not None:
+                await self.outbox.start()
+            if self._http:
+                from factbus.sidecar.server import HttpServer, build_app
+
+                self._server = HttpServer(build_app(self), self.listen)
+                await self._server.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        self._log.info("sidecar started", address=self.address)
+
+    async def aclose(self) -> None:
+        """Stop the HTTP server, the outbox, the Bus (after its step), the archive."""
+        if not self._started:
+            return
+        self._started = False
+        self._ready = False
+        self.closing.set()
+        if self._server is not None:
+            await self._server.aclose()
+            self._server = None
+        if self.outbox is not None:
+            await self.outbox.aclose()
+        await self.bus.aclose()
+        await self.archive.aclose()
+        self._log.info("sidecar closed")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to close (e.g. from a SIGTERM handler)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start, serve until :meth:`stop`, then close gracefully."""
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.aclose()
+
+    # -- state --------------------------------------------------------------------
+
+    @property
+    def address(self) -> str | None:
+        """``host:port`` the HTTP server listens on (the real port if 0 was asked)."""
+        return None if self._server is None else str(self._server.address)
+
+    @property
+    def url(self) -> str | None:
+        """``http://host:port`` of the HTTP API, once started."""
+        return None if self.address is None else f"http://{self.address}"
+
+    @property
+    def ready(self) -> bool:
+        """True once the Bus was subscribed with no backlog, and while it consumes.
+
+        Latched: a burst of deliveries later does not make the pod unready (the
+        application keeps reading its tables meanwhile).
+        """
+        if not self._started:
+            return False
+        if not self._ready and self.bus.caught_up:
+            self._ready = True
+        return self._ready
+
+    # -- writing facts ------------------------------------------------------------
+
+    async def publish(self, facts: Sequence[Fact]) -> list[str]:
+        """Publish ``facts`` (each with its ancestors given as :class:`Fact`); return
+        their hashes once the broker confirmed every envelope.
+
+        :raises PublishError: the broker did not confirm (some may have arrived).
+        """
+        refs = await self.bus.publish(*facts)
+        return [ref.hash for ref in refs]
+
+    async def unknown(self, refs: Collection[FactRef]) -> set[FactRef]:
+        """Those of ``refs`` that this sidecar neither handled (its archive) nor
+        published itself."""
+        missing = set(refs)
+        if missing:
+            missing -= set(await self.archive.get(missing))
+        if missing:
+            missing -= await self.bus.store.published(missing)
+        return missing
