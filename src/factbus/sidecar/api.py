@@ -96,7 +96,7 @@ def parse_facts_request(document: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) ->
         raise RequestError(
             400,
             "invalid-request",
-            f"unknown key(s) {', '.join(extra)}: expected only facts",
+            f'{extra[0]}: unknown key (the body is {{"facts": [...]}})',
             extra[0],
         )
     items = document.get("facts")
@@ -142,7 +142,7 @@ def _fact(value: Any, path: str, parsed: ParsedFacts, max_depth: int) -> Fact:
         raise RequestError(
             400,
             "invalid-fact",
-            f"{path}: unknown key(s) {', '.join(extra)}: a fact has type, fields, predecessors",
+            f"{path}.{extra[0]}: unknown key (a fact has type, fields, predecessors, hash)",
             f"{path}.{extra[0]}",
         )
     fact_type = value.get("type")
