@@ -184,9 +184,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the nodes' SQLite stores go (default: a temporary directory)",
     )
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--sidecar",
+        action="store_true",
+        help="instead: three sidecars project concurrent status edits, received in "
+        "different orders, into identical tables served over HTTP",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.sidecar:
+        from factbus.commands.sidecar_demo import run_sidecar_demo
+
+        return asyncio.run(run_sidecar_demo(args))
     return asyncio.run(_demo(args))
 
 

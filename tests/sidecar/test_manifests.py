@@ -1,0 +1,110 @@
+"""deploy/kubernetes and the Dockerfile name the command, ports and probe paths
+that the code actually has."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from starlette.routing import Route
+
+from factbus.cli import build_parser
+from factbus.config import Settings
+from factbus.sidecar.config import parse_config
+from factbus.sidecar.server import build_app, split_listen
+from factbus.sidecar.service import Sidecar
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBE = ROOT / "deploy" / "kubernetes"
+
+
+def _documents() -> dict[str, dict[str, Any]]:
+    docs: dict[str, dict[str, Any]] = {}
+    for path in sorted(KUBE.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[f"{doc['kind']}/{doc['metadata']['name']}" if "metadata" in doc else path.name] = doc
+    return docs
+
+
+@pytest.fixture(scope="module")
+def docs() -> dict[str, dict[str, Any]]:
+    return _documents()
+
+
+def _sidecar_container(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    spec = docs["Deployment/shop"]["spec"]["template"]["spec"]
+    (container,) = [c for c in spec["initContainers"] if c["name"] == "factbus"]
+    return container
+
+
+def _dockerfile() -> dict[str, Any]:
+    text = (ROOT / "Dockerfile").read_text()
+    out: dict[str, Any] = {}
+    for key in ("ENTRYPOINT", "CMD"):
+        match = re.search(rf"^{key} (\[.*\])$", text, re.MULTILINE)
+        assert match, f"Dockerfile has no exec-form {key}"
+        out[key] = yaml.safe_load(match.group(1))
+    out["EXPOSE"] = [int(p) for p in re.findall(r"^EXPOSE (\d+)$", text, re.MULTILINE)]
+    return out
+
+
+def test_native_sidecar_runs_the_sidecar_command(docs: dict[str, dict[str, Any]]) -> None:
+    container = _sidecar_container(docs)
+    assert container["restartPolicy"] == "Always"  # a native sidecar
+    docker = _dockerfile()
+    assert docker["ENTRYPOINT"] == ["factbus"]
+    for argv in (container["args"], docker["CMD"]):
+        args = build_parser().parse_args(argv)
+        assert args.command == "sidecar"
+        assert args.action is None
+        assert args.config == "/etc/factbus/sidecar.toml"
+    mount = container["volumeMounts"][0]
+    assert Path(args.config).parent == Path(mount["mountPath"])
+    volumes = docs["Deployment/shop"]["spec"]["template"]["spec"]["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == mount["name"]]
+    configmap = docs[f"ConfigMap/{volume['configMap']['name']}"]
+    assert Path(args.config).name in configmap["data"]
+
+
+def test_ports_and_probes_are_the_servers(docs: dict[str, dict[str, Any]]) -> None:
+    container = _sidecar_container(docs)
+    toml = tomllib.loads(docs["ConfigMap/shop-factbus"]["data"]["sidecar.toml"])
+    config = parse_config(toml)
+    _, port = split_listen(config.listen)
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert port in named.values()
+    assert port in _dockerfile()["EXPOSE"]
+    sidecar = Sidecar(config, settings=Settings(transport="memory://manifests", store="memory://"))
+    routes = {
+        route.path: route.methods or set()
+        for route in build_app(sidecar).routes
+        if isinstance(route, Route)
+    }
+    probes = {
+        kind: container[kind]["httpGet"]
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert probes["startupProbe"]["path"] == probes["readinessProbe"]["path"] == "/readyz"
+    assert probes["livenessProbe"]["path"] == "/healthz"
+    for probe in probes.values():
+        assert "GET" in routes[probe["path"]]
+        assert named.get(probe["port"], probe["port"]) == port
+
+
+def test_credentials_come_from_secrets(docs: dict[str, dict[str, Any]]) -> None:
+    container = _sidecar_container(docs)
+    env = {e["name"]: e for e in container["env"]}
+    secret = docs["Secret/shop-factbus"]
+    settings = {f"FACTBUS_{name.upper()}" for name in Settings.__dataclass_fields__}
+    for name in ("FACTBUS_TRANSPORT", "FACTBUS_STORE"):
+        assert name in settings
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == secret["metadata"]["name"]
+        assert ref["key"] in secret["stringData"]
+    assert set(env) <= settings  # every variable is a setting the code reads
+    toml = docs["ConfigMap/shop-factbus"]["data"]["sidecar.toml"]
+    assert "transport" not in tomllib.loads(toml)["factbus"]  # no credentials in the ConfigMap
