@@ -24,7 +24,9 @@ def test_nested_and_referenced_predecessors_give_the_library_hash() -> None:
                     "order": {
                         "type": "Shop.Order",
                         "fields": {"number": 7},
-                        "predecessors": {"customer": {"type": CUSTOMER.type, "hash": CUSTOMER.hash}},
+                        "predecessors": {
+                            "customer": {"type": CUSTOMER.type, "hash": CUSTOMER.hash}
+                        },
                     },
                     "prior": [],
                 },
@@ -106,4 +108,6 @@ def test_malformed_json() -> None:
 def test_reference_shape_is_exactly_type_and_hash() -> None:
     ref = {"type": CUSTOMER.type, "hash": CUSTOMER.hash}
     parsed = parse_fact({"type": "Shop.Order", "predecessors": {"customer": ref}})
-    assert parsed.references == {FactRef(CUSTOMER.type, CUSTOMER.hash): "fact.predecessors.customer"}
+    assert parsed.references == {
+        FactRef(CUSTOMER.type, CUSTOMER.hash): "fact.predecessors.customer"
+    }

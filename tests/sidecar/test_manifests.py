@@ -26,7 +26,9 @@ def _documents() -> dict[str, dict[str, Any]]:
     docs: dict[str, dict[str, Any]] = {}
     for path in sorted(KUBE.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            docs[f"{doc['kind']}/{doc['metadata']['name']}" if "metadata" in doc else path.name] = doc
+            docs[f"{doc['kind']}/{doc['metadata']['name']}" if "metadata" in doc else path.name] = (
+                doc
+            )
     return docs
 
 

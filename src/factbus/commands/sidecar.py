@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 
 from factbus.errors import ConfigError
 
@@ -79,8 +78,12 @@ async def _serve(config: object, listen: str | None) -> int:
 async def _rebuild(config: object, table: str | None) -> int:
     from factbus.sidecar.config import SidecarConfig
     from factbus.sidecar.rebuild import rebuild
+    from factbus.sidecar.service import sidecar_settings
 
     assert isinstance(config, SidecarConfig)
-    result = await rebuild(config, [table] if table else None)
-    print(f"factbus sidecar rebuild: {result}", file=sys.stdout, flush=True)
+    store = sidecar_settings(config).store_url
+    counts = await rebuild(config, [table] if table else None, store_url=store)
+    replayed = counts.pop("facts", 0)
+    rebuilt = ", ".join(f"{name} ({rows} rows)" for name, rows in counts.items())
+    print(f"factbus sidecar rebuild: replayed {replayed} facts into {rebuilt}", flush=True)
     return 0

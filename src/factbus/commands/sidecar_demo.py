@@ -146,13 +146,17 @@ async def run_sidecar_demo(args: argparse.Namespace) -> int:
                     node=f"till-{index}-{run_id}",
                     consume=False,
                 ) as till:
-                    await till.publish(*order, ancestors=False)
+                    for start in range(0, len(order), 3):  # a few at a time: some park
+                        await till.publish(*order[start : start + 3], ancestors=False)
+                        await asyncio.sleep(0.005)
             deadline = time.monotonic() + args.timeout
             for sidecar in sidecars:
                 while sidecar.bus.stats.handled < len(facts) and time.monotonic() < deadline:
                     await asyncio.sleep(0.02)
                 await sidecar.bus.drain(timeout=args.timeout)
             for sidecar in sidecars:
+                while not sidecar.ready and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
                 ready = await asyncio.to_thread(_get, f"{sidecar.url}/readyz")
                 body = await asyncio.to_thread(_get, f"{sidecar.url}/tables/orders?limit=1000")
                 tables[sidecar.settings.node_name] = body["rows"]

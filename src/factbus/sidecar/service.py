@@ -11,6 +11,7 @@ event streams, the outbox finishes its pass, the Bus finishes its step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Collection, Sequence
 from types import TracebackType
@@ -27,6 +28,12 @@ from factbus.sidecar.outbox import Outbox
 from factbus.sidecar.views import Views
 
 log = structlog.get_logger("factbus.sidecar")
+
+READY_QUIET = 0.5
+"""Seconds the Bus must stay caught up (sampled every :data:`READY_TICK`) before
+the sidecar reports ready: one empty receive can come before a broker's first
+fetch returns the backlog."""
+READY_TICK = 0.05
 
 
 def sidecar_settings(config: SidecarConfig, **overrides: Any) -> Settings:
@@ -62,7 +69,7 @@ class Sidecar:
         self.listen = listen or config.listen
         self.bus = Bus(settings=self.settings)
         self.archive = FactArchive(self.settings.store_url)
-        self.views = Views(config)
+        self.views = Views(config, store_url=self.settings.store_url)
         self.views.attach(self.bus)
         self.outbox = (
             Outbox(config.outbox, self.settings.store_url, self.publish, self.unknown)
@@ -75,6 +82,7 @@ class Sidecar:
         self._server: Any = None  # factbus.sidecar.server.HttpServer
         self._stop = asyncio.Event()
         self._ready = False
+        self._watch: asyncio.Task[None] | None = None
         self._started = False
         self._log = log.bind(node=self.settings.node_name, topic=self.settings.topic)
 
@@ -92,7 +100,9 @@ class Sidecar:
         self.closing.clear()
         try:
             await self.archive.open()
+            await self.views.open()
             await self.bus.start()
+            self._watch = asyncio.create_task(self._watch_ready(), name="factbus-sidecar-ready")
             if self.outbox is not None:
                 await self.outbox.start()
             if self._http:
@@ -106,18 +116,25 @@ class Sidecar:
         self._log.info("sidecar started", address=self.address)
 
     async def aclose(self) -> None:
-        """Stop the HTTP server, the outbox, the Bus (after its step), the archive."""
+        """Stop the HTTP server, the outbox, the Bus (after its step), the views and
+        the archive."""
         if not self._started:
             return
         self._started = False
         self._ready = False
         self.closing.set()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         if self._server is not None:
             await self._server.aclose()
             self._server = None
         if self.outbox is not None:
             await self.outbox.aclose()
         await self.bus.aclose()
+        await self.views.aclose()
         await self.archive.aclose()
         self._log.info("sidecar closed")
 
@@ -159,16 +176,21 @@ class Sidecar:
 
     @property
     def ready(self) -> bool:
-        """True once the Bus was subscribed with no backlog, and while it consumes.
+        """True once the Bus was subscribed and stayed caught up (no backlog) for
+        :data:`READY_QUIET` seconds, and from then on while the sidecar runs.
 
         Latched: a burst of deliveries later does not make the pod unready (the
         application keeps reading its tables meanwhile).
         """
-        if not self._started:
-            return False
-        if not self._ready and self.bus.caught_up:
-            self._ready = True
-        return self._ready
+        return self._started and self._ready
+
+    async def _watch_ready(self) -> None:
+        quiet = 0.0
+        while quiet < READY_QUIET:
+            await asyncio.sleep(READY_TICK)
+            quiet = quiet + READY_TICK if self.bus.caught_up else 0.0
+        self._ready = True
+        self._log.info("sidecar ready: subscribed, no backlog")
 
     # -- writing facts ------------------------------------------------------------
 

@@ -1,0 +1,133 @@
+"""`factbus sidecar --config F` as a subprocess, probed over HTTP, stopped by SIGTERM;
+then `factbus sidecar rebuild --config F TABLE` on the same database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+
+import httpx
+
+from factbus import Fact
+from http_support import eventually, wire
+
+TOML = """
+[factbus]
+transport = "memory://{run}"
+store = "sqlite:///{toml_store}"
+topic = "shop-{run}"
+node = "node-{run}"
+
+[sidecar]
+listen = "127.0.0.1:8081"
+outbox = "outbox"
+
+[[sidecar.table]]
+name = "customers"
+fact = "Shop.Customer"
+columns = {{ email = "fields.email" }}
+"""
+
+
+async def test_sidecar_command_serves_until_sigterm(tmp_path: Path) -> None:
+    run = uuid.uuid4().hex[:8]
+    config = tmp_path / "sidecar.toml"
+    config.write_text(TOML.format(run=run, toml_store=tmp_path / "not-this.db"))
+    assert tomllib.loads(config.read_text())["sidecar"]["outbox"] == "outbox"
+    app_db = tmp_path / "app.db"
+    env = {**os.environ, "FACTBUS_STORE": f"sqlite:///{app_db}"}  # overrides the TOML
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "factbus",
+        "sidecar",
+        "--config",
+        str(config),
+        "--listen",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        async with asyncio.timeout(60):
+            first = (await process.stdout.readline()).decode()
+        assert first.startswith("factbus sidecar: listening on http://127.0.0.1:"), (
+            first + (await process.stderr.read()).decode()
+        )
+        url = first.split()[4]
+        customer = Fact("Shop.Customer", {"email": "ada@example.com"})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            assert (await client.get("/healthz")).status_code == 200
+
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, what="/readyz")
+            response = await client.post("/facts", json={"facts": [wire(customer)]})
+            assert response.status_code == 201
+            with sqlite3.connect(app_db) as db:  # the app's outbox, in its own transaction
+                db.execute(
+                    "INSERT INTO outbox (fact) VALUES (?)",
+                    ('{"type": "Shop.Customer", "fields": {"email": "bob@example.com"}}',),
+                )
+
+            async def both() -> bool:
+                rows = (await client.get("/tables/customers")).json()["rows"]
+                return sorted(r["email"] for r in rows) == ["ada@example.com", "bob@example.com"]
+
+            await eventually(both, what="both customers' rows")
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            rest, errors = await process.communicate()
+        assert process.returncode == 0, errors.decode()
+        assert b"factbus sidecar: stopped" in rest
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert not (tmp_path / "not-this.db").exists()
+    rebuild = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "factbus",
+        "sidecar",
+        "rebuild",
+        "--config",
+        str(config),
+        "customers",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, errors = await rebuild.communicate()
+    assert rebuild.returncode == 0, errors.decode()
+    assert "customers (2 rows)" in out.decode()
+    with sqlite3.connect(app_db) as db:
+        emails = sorted(e for (e,) in db.execute("SELECT email FROM customers"))
+    assert emails == ["ada@example.com", "bob@example.com"]
+
+
+async def test_sidecar_command_refuses_a_bad_config(tmp_path: Path) -> None:
+    config = tmp_path / "sidecar.toml"
+    config.write_text('[sidecar]\nlisten = "127.0.0.1:8081"\ntabel = []\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "factbus",
+        "sidecar",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, errors = await process.communicate()
+    assert process.returncode == 2
+    assert "sidecar.tabel: unknown key" in errors.decode()
