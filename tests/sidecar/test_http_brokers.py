@@ -1,0 +1,102 @@
+"""The HTTP API and the outbox on a real broker (Kafka) with SQLite and PostgreSQL
+stores: a real client against the running server, as on memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from factbus import Fact
+from factbus.sidecar.service import Sidecar
+from http_support import (
+    broker_url,
+    eventually,
+    exercise_api,
+    fresh_database,
+    rows,
+    running,
+    shop_document,
+    unique,
+)
+
+pytestmark = pytest.mark.broker("kafka")
+
+
+@contextlib.asynccontextmanager
+async def kafka_topic() -> AsyncIterator[tuple[str, str]]:
+    """(transport URL, a topic of its own), deleted afterwards."""
+    url = broker_url("kafka")
+    topic = unique("fbhttp")
+    try:
+        yield url, topic
+    finally:
+        admin = AdminClient({"bootstrap.servers": url.split("://", 1)[1].split("?", 1)[0]})
+        futures = admin.delete_topics([topic, f"{topic}.dead-letter"], operation_timeout=30)
+        for future in futures.values():
+            with contextlib.suppress(Exception):  # best effort
+                await asyncio.wrap_future(future)
+
+
+async def _ready(client: httpx.AsyncClient) -> None:
+    async def ready() -> bool:
+        return (await client.get("/readyz")).status_code == 200
+
+    await eventually(ready, what="/readyz", timeout=60)
+
+
+async def _outbox_reaches_the_view(
+    sidecar: Sidecar, client: httpx.AsyncClient, insert: object
+) -> None:
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    row = '{"type": "Shop.Customer", "fields": {"email": "%s"}}' % email
+    await insert(row)  # type: ignore[operator]
+
+    async def arrived() -> bool:
+        return any(r["email"] == email for r in await rows(client, "customers"))
+
+    await eventually(arrived, what="the outbox fact's row", timeout=60)
+    expected = Fact("Shop.Customer", {"email": email})
+    assert any(r["hash"] == expected.hash for r in await rows(client, "customers"))
+
+
+async def test_kafka_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    async with kafka_topic() as (url, topic):
+        document = shop_document(url, f"sqlite:///{path}", topic, unique("n"), outbox="outbox")
+        async with running(document) as (sidecar, client):
+            await _ready(client)
+            await exercise_api(sidecar, client)
+
+            async def insert(text: str) -> None:
+                with sqlite3.connect(path, timeout=30) as db:
+                    db.execute("INSERT INTO outbox (fact) VALUES (?)", (text,))
+
+            await _outbox_reaches_the_view(sidecar, client, insert)
+
+
+@pytest.mark.broker("postgres")
+async def test_kafka_postgres() -> None:
+    async with kafka_topic() as (url, topic), fresh_database() as store:
+        document = shop_document(url, store, topic, unique("n"), outbox="outbox")
+        async with running(document) as (sidecar, client):
+            await _ready(client)
+            await exercise_api(sidecar, client)
+
+            async def insert(text: str) -> None:
+                conn = await asyncpg.connect(store)
+                try:
+                    async with conn.transaction():  # the app's own transaction
+                        await conn.execute("INSERT INTO outbox (fact) VALUES ($1)", text)
+                finally:
+                    await conn.close()
+
+            await _outbox_reaches_the_view(sidecar, client, insert)
