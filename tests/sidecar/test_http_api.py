@@ -11,9 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-from factbus import Bus, Fact
-from factbus.sidecar.service import Sidecar
 from http_support import (
     eventually,
     exercise_api,
@@ -26,6 +23,9 @@ from http_support import (
     state,
     wire,
 )
+
+from factbus import Bus, Fact
+from factbus.sidecar.service import Sidecar
 
 CUSTOMER = Fact("Shop.Customer", {"email": "ada@example.com"})
 ORDER = Fact("Shop.Order", {"number": 1}, {"customer": CUSTOMER})

@@ -14,9 +14,6 @@ import asyncpg
 import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
-
-from factbus import Fact
-from factbus.sidecar.service import Sidecar
 from http_support import (
     broker_url,
     eventually,
@@ -27,6 +24,9 @@ from http_support import (
     shop_document,
     unique,
 )
+
+from factbus import Fact
+from factbus.sidecar.service import Sidecar
 
 pytestmark = pytest.mark.broker("kafka")
 
@@ -57,7 +57,7 @@ async def _outbox_reaches_the_view(
     sidecar: Sidecar, client: httpx.AsyncClient, insert: object
 ) -> None:
     email = f"{uuid.uuid4().hex[:8]}@example.com"
-    row = '{"type": "Shop.Customer", "fields": {"email": "%s"}}' % email
+    row = f'{{"type": "Shop.Customer", "fields": {{"email": "{email}"}}}}'
     await insert(row)  # type: ignore[operator]
 
     async def arrived() -> bool:

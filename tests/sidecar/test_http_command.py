@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 import httpx
+from http_support import eventually, wire
 
 from factbus import Fact
-from http_support import eventually, wire
 
 TOML = """
 [factbus]

@@ -72,7 +72,7 @@ def test_native_sidecar_runs_the_sidecar_command(docs: dict[str, dict[str, Any]]
     assert Path(args.config).name in configmap["data"]
 
 
-def test_ports_and_probes_are_the_servers(docs: dict[str, dict[str, Any]]) -> None:
+def test_ports_and_probes_are_the_servers(docs: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     container = _sidecar_container(docs)
     toml = tomllib.loads(docs["ConfigMap/shop-factbus"]["data"]["sidecar.toml"])
     config = parse_config(toml)
@@ -80,7 +80,10 @@ def test_ports_and_probes_are_the_servers(docs: dict[str, dict[str, Any]]) -> No
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert port in named.values()
     assert port in _dockerfile()["EXPOSE"]
-    sidecar = Sidecar(config, settings=Settings(transport="memory://manifests", store="memory://"))
+    sidecar = Sidecar(
+        config,
+        settings=Settings(transport="memory://manifests", store=f"sqlite:///{tmp_path / 'app.db'}"),
+    )
     routes = {
         route.path: route.methods or set()
         for route in build_app(sidecar).routes

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,18 @@ def _document(transport: str, store: str, topic: str, node: str) -> dict[str, An
     }
 
 
+def _handled(sidecar: Sidecar, count: int) -> bool:
+    return sidecar.bus.stats.handled >= count
+
+
+async def _until(condition: Callable[[], bool], timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.02)
+
+
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.load(response)
@@ -149,14 +163,11 @@ async def run_sidecar_demo(args: argparse.Namespace) -> int:
                     for start in range(0, len(order), 3):  # a few at a time: some park
                         await till.publish(*order[start : start + 3], ancestors=False)
                         await asyncio.sleep(0.005)
-            deadline = time.monotonic() + args.timeout
             for sidecar in sidecars:
-                while sidecar.bus.stats.handled < len(facts) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.02)
+                await _until(functools.partial(_handled, sidecar, len(facts)), args.timeout)
                 await sidecar.bus.drain(timeout=args.timeout)
             for sidecar in sidecars:
-                while not sidecar.ready and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
+                await _until(functools.partial(getattr, sidecar, "ready"), args.timeout)
                 ready = await asyncio.to_thread(_get, f"{sidecar.url}/readyz")
                 body = await asyncio.to_thread(_get, f"{sidecar.url}/tables/orders?limit=1000")
                 tables[sidecar.settings.node_name] = body["rows"]

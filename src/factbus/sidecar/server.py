@@ -96,7 +96,9 @@ def build_app(sidecar: Sidecar) -> Starlette:
     ]
     if sidecar.config.jinaga:
         try:
-            from factbus.jinaga.http import routes as jinaga_routes
+            from factbus.jinaga.http import (  # type: ignore[import-not-found,unused-ignore]
+                routes as jinaga_routes,
+            )
         except ImportError as error:
             raise ConfigError(
                 f"[sidecar] jinaga = {sidecar.config.jinaga!r}: Jinaga's endpoints are not "

@@ -1,0 +1,94 @@
+"""examples/shop runs as its README says (the sidecar command and an app that only
+speaks HTTP and SQL), and `factbus demo --sidecar` converges."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+from http_support import eventually
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop"
+
+
+async def _run(*argv: str, cwd: Path, env: dict[str, str]) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, (argv, err.decode())
+    return out.decode().strip()
+
+
+async def test_shop_example(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLE / "sidecar.toml", tmp_path)
+    shutil.copy(EXAMPLE / "app.py", tmp_path)
+    sidecar = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "factbus",
+        "sidecar",
+        "--config",
+        "sidecar.toml",
+        "--listen",
+        "127.0.0.1:0",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert sidecar.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            url = (await sidecar.stdout.readline()).decode().split()[4]
+        env = {**os.environ, "SIDECAR": url, "DATABASE": str(tmp_path / "shop.db")}
+        async with httpx.AsyncClient(base_url=url) as client:
+
+            async def ready() -> bool:
+                return (await client.get("/readyz")).status_code == 200
+
+            await eventually(ready, what="/readyz")
+
+        async def app(*args: str) -> str:
+            return await _run(sys.executable, "app.py", *args, cwd=tmp_path, env=env)
+
+        async def orders_show(text: str) -> bool:
+            return text in await app("orders")
+
+        customer = await app("customer", "ada@example.com")
+        order = await app("order", customer, "7")
+        paid = await app("status", order, "paid")
+        await eventually(lambda: orders_show("#7  paid"), what="status paid")
+        shipped = await app("status", order, "shipped", paid)
+        refunded = await app("status", order, "refunded", paid)
+        winner = "shipped" if shipped > refunded else "refunded"
+        both = '["refunded","shipped"]' if refunded < shipped else '["shipped","refunded"]'
+        await eventually(lambda: orders_show(f"#7  {winner:10} candidates={both}"), what="conflict")
+        await app("status", order, "refunded", shipped, refunded)
+        await eventually(lambda: orders_show('candidates=["refunded"]'), what="merge")
+        assert "queued in the outbox" in await app("cancel", order, "customer asked")
+
+        async def gone() -> bool:
+            return await app("orders") == ""
+
+        await eventually(gone, what="the cancelled order to leave the view")
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        await sidecar.communicate()
+    assert sidecar.returncode == 0
+
+
+async def test_demo_sidecar_converges() -> None:
+    out = await _run(
+        sys.executable, "-m", "factbus", "demo", "--sidecar", cwd=Path.cwd(), env=dict(os.environ)
+    )
+    assert "converged" in out
+    assert "NOT converged" not in out
