@@ -37,15 +37,18 @@ READY_TICK = 0.05
 
 
 def sidecar_settings(config: SidecarConfig, **overrides: Any) -> Settings:
-    """The Bus settings: defaults, then ``[factbus]``, then ``FACTBUS_*`` environment
-    variables (so a Deployment's Secret overrides what the ConfigMap says), then
-    ``overrides``."""
+    """The Bus settings: defaults, then ``[factbus]`` (and ``[sidecar] catch_up``),
+    then ``FACTBUS_*`` environment variables (so a Deployment's Secret overrides
+    what the ConfigMap says), then ``overrides``."""
+    toml = dict(config.factbus)
+    if config.catch_up:
+        toml["catch_up"] = config.catch_up  # [sidecar] catch_up: the Bus catches up on start
     from_toml = {
         key: value
-        for key, value in config.factbus.items()
+        for key, value in toml.items()
         if os.environ.get(ENV_PREFIX + key.upper()) is None
     }
-    return Settings.load(None, **from_toml, **overrides)
+    return Settings.load(None, **{**from_toml, **overrides})
 
 
 class Sidecar:
