@@ -3,7 +3,9 @@ sidecar and SQL to its database (the Python standard library only).
 
     python app.py customer ada@example.com          -> POST /facts, prints the hash
     python app.py order CUSTOMER_HASH 7             -> POST /facts
-    python app.py status ORDER_HASH paid [PRIOR...] -> POST /facts (prior: the statuses it replaces)
+    python app.py status ORDER_HASH paid [PRIOR...] -> POST /facts; prior = the statuses it replaces
+                                                       (default: every current one, from
+                                                       GET /tables/orders/rows/ORDER_HASH)
     python app.py cancel ORDER_HASH "out of stock"  -> INSERT into the outbox + the app's own
                                                        audit table, in one SQL transaction
     python app.py orders                            -> SELECT from the orders view (SQL)
@@ -20,6 +22,7 @@ import os
 import sqlite3
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -42,6 +45,14 @@ def post_facts(*facts: dict[str, Any]) -> list[str]:
         sys.exit(f"refused ({error.code}): {json.load(error)['error']['message']}")
 
 
+def row(table: str, key: str) -> dict[str, Any]:
+    """One row and its properties' current leaves (their hashes name them as prior)."""
+    url = f"{SIDECAR}/tables/{table}/rows/{urllib.parse.quote(key, safe='')}"
+    with urllib.request.urlopen(url) as response:
+        found: dict[str, Any] = json.load(response)
+        return found
+
+
 def ref(fact_type: str, fact_hash: str) -> dict[str, str]:
     return {"type": fact_type, "hash": fact_hash}
 
@@ -58,12 +69,13 @@ def main(argv: list[str]) -> None:
         }
         print(post_facts(order)[0])
     elif command == "status":
+        priors = args[2:] or [leaf["hash"] for leaf in row("orders", args[0])["leaves"]["status"]]
         status = {
             "type": "Shop.Order.Status",
             "fields": {"value": args[1]},
             "predecessors": {
                 "order": ref("Shop.Order", args[0]),
-                "prior": [ref("Shop.Order.Status", h) for h in args[2:]],
+                "prior": [ref("Shop.Order.Status", h) for h in priors],
             },
         }
         print(post_facts(status)[0])

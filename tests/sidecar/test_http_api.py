@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -178,6 +179,32 @@ async def test_concurrent_edits_show_candidates(api: tuple[Sidecar, httpx.AsyncC
     leaves = sorted([left, right], key=lambda f: f.hash)
     assert row["status"] == leaves[-1].fields["value"]  # the greatest hash wins
     assert row["status_candidates"] == [f.fields["value"] for f in leaves]
+    # The app learns the leaves' hashes from the row endpoint, and merges them.
+    one = await client.get(f"/tables/orders/rows/{quote(ORDER.hash, safe='')}")
+    assert one.status_code == 200
+    assert one.json()["row"] == row
+    assert one.json()["leaves"] == {
+        "status": [{"type": f.type, "hash": f.hash, "value": f.fields["value"]} for f in leaves]
+    }
+    merge = {
+        "type": "Shop.Order.Status",
+        "fields": {"value": "shipped"},
+        "predecessors": {
+            "order": {"type": ORDER.type, "hash": ORDER.hash},
+            "prior": [
+                {"type": leaf["type"], "hash": leaf["hash"]}
+                for leaf in one.json()["leaves"]["status"]
+            ],
+        },
+    }
+    assert (await client.post("/facts", json={"facts": [merge]})).status_code == 201
+
+    async def merged() -> bool:
+        return (await rows(client, "orders"))[0]["status_candidates"] == ["shipped"]
+
+    await eventually(merged, what="the merge")
+    missing = await client.get(f"/tables/orders/rows/{quote(placed.hash, safe='')}")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "unknown-row")
 
 
 async def test_export_pages_predecessors_first(api: tuple[Sidecar, httpx.AsyncClient]) -> None:

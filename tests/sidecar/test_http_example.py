@@ -72,7 +72,7 @@ async def test_shop_example(tmp_path: Path) -> None:
         winner = "shipped" if shipped > refunded else "refunded"
         both = '["refunded","shipped"]' if refunded < shipped else '["shipped","refunded"]'
         await eventually(lambda: orders_show(f"#7  {winner:10} candidates={both}"), what="conflict")
-        await app("status", order, "refunded", shipped, refunded)
+        await app("status", order, "refunded")  # priors: the leaves, from the row endpoint
         await eventually(lambda: orders_show('candidates=["refunded"]'), what="merge")
         assert "queued in the outbox" in await app("cancel", order, "customer asked")
 

@@ -8,6 +8,7 @@ Routes (docs/sidecar.md has examples)::
     GET  /facts/{type}/{hash}        one fact (hash URL-encoded) -> wire object, or 404
     GET  /tables/{name}?limit=&after=   {"table", "rows": [...], "next": hash | null}
     GET  /tables/{name}/changes      server-sent events: added / changed / removed
+    GET  /tables/{name}/rows/{hash}  one row, with each property's leaves (type, hash, value)
     GET  /healthz                    200 while the process serves
     GET  /readyz                     200 once subscribed with no backlog, else 503
     <[sidecar] jinaga>/...           Jinaga's protocol (factbus.jinaga.http), if set
@@ -43,6 +44,7 @@ from factbus.sidecar.api import (
     parse_facts_request,
     unknown_predecessor,
 )
+from factbus.sidecar.projection import source_value
 from factbus.sidecar.views import Change, UnknownTable
 
 if TYPE_CHECKING:
@@ -91,6 +93,7 @@ def build_app(sidecar: Sidecar) -> Starlette:
         Route("/facts/{type}/{hash:path}", api.get_fact, methods=["GET"]),
         Route("/tables/{name}", api.table, methods=["GET"]),
         Route("/tables/{name}/changes", api.changes, methods=["GET"]),
+        Route("/tables/{name}/rows/{hash:path}", api.row, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
     ]
@@ -190,6 +193,38 @@ class _Api:
         following = rows[-1]["hash"] if len(rows) == limit else None
         return json_response({"table": name, "rows": rows, "next": following})
 
+    async def row(self, request: Request) -> Response:
+        """One row and, per property column, its leaves: what a merge names as prior."""
+        name: str = request.path_params["name"]
+        key: str = request.path_params["hash"]
+        views = self.sidecar.views
+        if name not in views.table_names:
+            return error_response(_unknown_table(self.sidecar, name))
+        if not is_hash(key):
+            return error_response(
+                RequestError(
+                    400, "invalid-reference", f"{key!r} is not an 88-character base64 hash", "hash"
+                )
+            )
+        found = await views.row(name, key)
+        if found is None:
+            return error_response(
+                RequestError(404, "unknown-row", f"table {name!r} has no row {key}")
+            )
+        spec = self.sidecar.config.table(name)
+        archive = self.sidecar.archive
+        leaves: dict[str, list[dict[str, Any]]] = {}
+        for prop in self.sidecar.config.properties_of(name):
+            refs = await archive.successors(FactRef(spec.fact, key), prop.entity, prop.fact)
+            facts = (await archive.get(refs)).values()
+            replaced = {ref for fact in facts for ref in _refs(fact.predecessors.get(prop.prior))}
+            leaves[prop.column] = [
+                {"type": f.type, "hash": f.hash, "value": source_value(f, prop.value)}
+                for f in sorted(facts, key=lambda f: f.hash)
+                if f.ref not in replaced
+            ]
+        return json_response({"table": name, "row": found, "leaves": leaves})
+
     async def changes(self, request: Request) -> Response:
         name: str = request.path_params["name"]
         if name not in self.sidecar.views.table_names:
@@ -254,6 +289,12 @@ async def _events(
             closed.cancel()
     finally:
         unsubscribe()
+
+
+def _refs(value: FactRef | tuple[FactRef, ...] | None) -> tuple[FactRef, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, FactRef) else value
 
 
 def _event(change: Change) -> bytes:
