@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from factbus.causal import CausalBuffer
 from factbus.dispatcher import Dispatcher, HandlerFailed
 from factbus.envelope import (
     HEADER_DEAD_LETTER_REASON,
@@ -130,16 +131,22 @@ class Pipeline:
 
     async def step(self, deliveries: Sequence[Delivery]) -> None:
         """Settle ``deliveries`` and ack them (see the module docstring)."""
-        stats = self.stats
-        stats.messages += len(deliveries)
+        self.stats.messages += len(deliveries)
+        facts, accepted = await self._decode(deliveries)
+        self.stats.facts_received += len(facts)
+        await self._settle(accepted, facts, from_store=(), positions=self._positions(deliveries))
+
+    def _positions(self, deliveries: Sequence[Delivery]) -> dict[str, int]:
+        """The log position to record with this step (none unless read from a log)."""
+        if self.position_key is None:
+            return {}
+        at = [p for p in map(delivery_position, deliveries) if p is not None]
+        return {self.position_key: max(at)} if at else {}
+
+    async def _decode(self, deliveries: Sequence[Delivery]) -> tuple[list[Fact], list[Delivery]]:
+        """The facts of the well-formed deliveries; the others are dead-lettered and acked."""
         facts: list[Fact] = []
         accepted: list[Delivery] = []
-        position: int | None = None
-        if self.position_key is not None:
-            for delivery in deliveries:
-                at = delivery_position(delivery)
-                if at is not None and (position is None or at > position):
-                    position = at
         for delivery in deliveries:
             try:
                 decoded = decode(delivery.body, self.limits)
@@ -148,11 +155,7 @@ class Pipeline:
                 continue
             facts.extend(decoded)
             accepted.append(delivery)
-        stats.facts_received += len(facts)
-        positions: dict[str, int] = {}
-        if self.position_key is not None and position is not None:
-            positions[self.position_key] = position
-        await self._settle(accepted, facts, from_store=set(), positions=positions)
+        return facts, accepted
 
     async def ingest(self, facts: list[Fact], positions: dict[str, int]) -> None:
         """Settle verified ``facts`` that came other than in a delivery (catch-up
@@ -175,120 +178,86 @@ class Pipeline:
         deliveries: Sequence[Delivery],
         facts: list[Fact],
         *,
-        from_store: set[FactRef],
+        from_store: Iterable[FactRef],
         positions: dict[str, int] | None = None,
     ) -> None:
-        stats = self.stats
-        known = await self._states(facts)
-        handled_before = self._handled_predicate(known)
-
-        # Decide: duplicate, ready, or parked. `ready` stays topologically ordered:
-        # a fact enters it only after every predecessor is handled or already in it.
-        ready: list[Fact] = []
-        ready_refs: set[FactRef] = set()
-        new_parked: dict[FactRef, ParkedFact] = {}
-        local_waiting: dict[FactRef, list[FactRef]] = {}
-        for fact in facts:
-            ref = fact.ref
-            if ref in ready_refs or ref in new_parked or (ref in known and ref not in from_store):
-                stats.duplicates += 1
-                continue
-            missing = [
-                p for p in fact.predecessor_refs() if p not in ready_refs and not handled_before(p)
-            ]
-            if missing:
-                new_parked[ref] = ParkedFact(fact, frozenset(missing))
-                for pred in missing:
-                    local_waiting.setdefault(pred, []).append(ref)
-            else:
-                ready.append(fact)
-                ready_refs.add(ref)
-
-        # Release: facts waiting (in this batch or in the store) on what became ready.
-        frontier = [f.ref for f in ready]
+        """Sort ``facts`` causally, dispatch and record what is ready, park the
+        rest, all in one transaction; then ack ``deliveries``."""
+        buffer = CausalBuffer(await self._states(facts), from_store=from_store)
+        frontier = buffer.add(facts)
         while frontier:
-            candidates: list[ParkedFact] = [
-                new_parked[w] for r in frontier for w in local_waiting.get(r, ()) if w in new_parked
-            ]
-            if self.shared_store or self.stats.waiting > 0:
-                stored = await self.store.waiting_on(frontier)
-                candidates.extend(p for p in stored if p.fact.ref not in ready_refs)
-            frontier = []
-            for parked in candidates:
-                ref = parked.fact.ref
-                if ref in ready_refs:
-                    continue
-                if all(m in ready_refs or handled_before(m) for m in parked.missing):
-                    ready.append(parked.fact)
-                    ready_refs.add(ref)
-                    frontier.append(ref)
-                    if new_parked.pop(ref, None) is None:
-                        from_store.add(ref)
-                    stats.released += 1
+            stored = await self.store.waiting_on(frontier) if self._may_wait() else ()
+            frontier = buffer.release(frontier, stored)
+        handled, dead, parked = await self._commit(buffer, positions)
+        self._count(buffer, handled, dead, parked)
+        for delivery in deliveries:
+            await delivery.ack()
+        if self.shared_store:
+            await self._follow_up(handled, [*parked, *buffer.still_parked])
 
-        # Dispatch in causal order and record, in one transaction.
+    def _may_wait(self) -> bool:
+        """Whether the store may hold parked facts (a shared one always may)."""
+        return self.shared_store or self.stats.waiting > 0
+
+    async def _commit(
+        self, buffer: CausalBuffer, positions: dict[str, int] | None
+    ) -> tuple[list[Fact], list[tuple[Fact, str]], list[ParkedFact]]:
+        """Claim (shared store), dispatch in causal order, dead-letter what failed,
+        and record handled, parked and published facts in one transaction."""
         handled: list[Fact] = []
-        blocked: set[FactRef] = set()
-        still_parked: list[ParkedFact] = []
         dead: list[tuple[Fact, str]] = []
+        ready = buffer.ready
         async with self._store_lock, self.store.transaction() as tx:
             if self.shared_store and ready:
                 # Another worker may be handling some of these right now: take only
                 # what this transaction could claim; the rest counts as blocked.
                 claimed = await tx.claim([f.ref for f in ready])
-                blocked.update(f.ref for f in ready if f.ref not in claimed)
+                for fact in ready:
+                    if fact.ref not in claimed:
+                        buffer.block(fact.ref)
             for fact in ready:
-                if fact.ref in blocked:
+                if not buffer.admit(fact):
                     continue
-                if blocked:
-                    stuck = frozenset(p for p in fact.predecessor_refs() if p in blocked)
-                    if stuck:
-                        blocked.add(fact.ref)
-                        if fact.ref not in from_store:
-                            new_parked[fact.ref] = ParkedFact(fact, stuck)
-                        else:  # stays parked in the store; look again after commit
-                            still_parked.append(ParkedFact(fact, stuck))
-                        continue
                 try:
                     await self.dispatcher.dispatch(fact, tx)
                 except HandlerFailed as failure:
-                    blocked.add(fact.ref)
+                    buffer.block(fact.ref)
                     dead.append((fact, failure.reason))
                     continue
                 handled.append(fact)
             for fact, reason in dead:
                 await self._dead_letter_fact(fact, reason)
-            if blocked:
-                # A fact parked in this step did not list predecessors that were
-                # ready then; those that failed or could not be claimed must be
-                # waited for too, or the fact would be released without them.
-                for ref, parked in list(new_parked.items()):
-                    extra = {p for p in parked.fact.predecessor_refs() if p in blocked}
-                    if not extra <= parked.missing:
-                        new_parked[ref] = ParkedFact(parked.fact, parked.missing | extra)
+            parked = buffer.parked()
             published = self.pending_published[:]
             await tx.record(
                 StoreBatch(
                     handled=handled,
-                    parked=list(new_parked.values()),
+                    parked=parked,
                     published=published,
                     positions=positions or {},
                 )
             )
         del self.pending_published[: len(published)]
+        return handled, dead, parked
 
+    def _count(
+        self,
+        buffer: CausalBuffer,
+        handled: list[Fact],
+        dead: list[tuple[Fact, str]],
+        parked: list[ParkedFact],
+    ) -> None:
+        stats = self.stats
         self._cache.add_all(f.ref for f in handled)
+        stats.duplicates += buffer.duplicates
+        stats.released += buffer.released
         stats.handled += len(handled)
         stats.failed += len(dead)
-        stats.parked += len(new_parked)
-        released_from_store = sum(1 for f in handled if f.ref in from_store)
-        stats.waiting += len(new_parked) - released_from_store
+        stats.parked += len(parked)
+        released_from_store = sum(1 for f in handled if buffer.from_store(f.ref))
+        stats.waiting += len(parked) - released_from_store
         stats.steps += 1
         stats.last_step_at = time.monotonic()
-        for delivery in deliveries:
-            await delivery.ack()
-        if self.shared_store:
-            await self._follow_up(handled, [*new_parked.values(), *still_parked])
 
     async def _follow_up(self, handled: list[Fact], parked: list[ParkedFact]) -> None:
         """Close the race between workers sharing a store.
@@ -337,15 +306,6 @@ class Pipeline:
         if wanted:
             known.update(await self.store.states(wanted))
         return known
-
-    @staticmethod
-    def _handled_predicate(known: dict[FactRef, FactState]) -> Any:
-        handled = FactState.HANDLED
-
-        def handled_before(ref: FactRef) -> bool:
-            return known.get(ref) is handled
-
-        return handled_before
 
     async def _dead_letter_fact(self, fact: Fact, reason: str) -> None:
         log.error("fact dead-lettered", topic=self.topic, fact=str(fact.ref), reason=reason)
