@@ -175,7 +175,6 @@ status() {
 env_exports() {
     echo "export FACTBUS_TEST_JINAGA_URL=$URL"
     echo "export FACTBUS_TEST_JINAGA_PG_STORE=$PG_STORE"
-    echo "export FACTBUS_TEST_JINAGA_SERVER_JS=$PROJECT/server.js"
 }
 
 case "${1:-}" in
