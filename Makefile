@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(JS): tests/js/package.json tests/js/package-lock.json
+	bash scripts/jinaga-server.sh node
 	cd tests/js && npm ci --no-audit --no-fund --silent
 	touch $@
 

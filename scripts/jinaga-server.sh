@@ -7,6 +7,7 @@
 #   bash scripts/jinaga-server.sh stop     stop the server (SIGTERM); the database is kept
 #   bash scripts/jinaga-server.sh status   "jinaga-server up|down ..."; exit 3 if down
 #   bash scripts/jinaga-server.sh env      print the FACTBUS_TEST_JINAGA_* exports
+#   bash scripts/jinaga-server.sh node     install node and npm (Debian packages) if missing
 #
 # Every command is idempotent. Needs the PostgreSQL that scripts/brokers.sh starts (run
 # `bash scripts/brokers.sh start postgres` first; `make test` does) and root for the database
@@ -66,13 +67,18 @@ port_taken() { # something accepts TCP connections on 127.0.0.1:$PORT
         setTimeout(() => process.exit(1), 2000);' "$PORT" 2>/dev/null
 }
 
-install() {
+ensure_node() { # Debian's nodejs (18 on Debian 12) is enough for jinaga (>= 17) and express
     if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
         [ "$(id -u)" = 0 ] || die "node and npm are missing; install them (apt-get install nodejs npm)"
-        log "apt-get install nodejs npm"
+        log "apt-get update; apt-get install nodejs npm"
+        apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null || die "apt-get update failed"
         DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q \
             --no-install-recommends nodejs npm >/dev/null || die "apt-get install nodejs npm failed"
     fi
+}
+
+install() {
+    ensure_node
     # the stamp holds the lock file's checksum (mtimes change with every git checkout)
     local want; want="$(sha256sum "$PROJECT/package-lock.json" | cut -d' ' -f1)"
     if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
@@ -182,5 +188,6 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     env) env_exports ;;
-    *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+    node) ensure_node ;;
+    *) echo "usage: $0 start|stop|status|env|node" >&2; exit 2 ;;
 esac
