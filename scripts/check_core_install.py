@@ -79,6 +79,19 @@ def main() -> int:
         )
     else:
         print(f"ok   factbus jinaga-bridge: {bridge.stderr.strip()}")
+    sidecar = subprocess.run(
+        [sys.executable, "-m", "factbus", "sidecar", "--config", "absent.toml"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if sidecar.returncode != 2 or "pip install 'factbus[sidecar]'" not in sidecar.stderr:
+        problems.append(
+            f"factbus sidecar without starlette: exit {sidecar.returncode}, {sidecar.stderr!r}"
+            " (expected exit 2 and the hint pip install 'factbus[sidecar]')"
+        )
+    else:
+        print(f"ok   factbus sidecar: {sidecar.stderr.strip()}")
     if problems:
         print("\n".join(f"FAIL {problem}" for problem in problems), file=sys.stderr)
         return 1

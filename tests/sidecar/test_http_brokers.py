@@ -25,7 +25,8 @@ from http_support import (
     unique,
 )
 
-from factbus import Fact
+from factbus import Bus, Fact
+from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
 
 pytestmark = pytest.mark.broker("kafka")
@@ -100,3 +101,25 @@ async def test_kafka_postgres() -> None:
                     await conn.close()
 
             await _outbox_reaches_the_view(sidecar, client, insert)
+
+
+async def test_kafka_readyz_waits_for_the_backlog(tmp_path: Path) -> None:
+    async with kafka_topic() as (url, topic):
+        facts = [Fact("Shop.Customer", {"email": f"c{i}@example.com"}) for i in range(200)]
+        async with Bus(url, "memory://", topic=topic, node=unique("till"), consume=False) as till:
+            await till.publish(*facts)  # Kafka keeps them: the new node's backlog
+        document = shop_document(url, f"sqlite:///{tmp_path / 'app.db'}", topic, unique("n"))
+        sidecar = Sidecar(parse_config(document), listen="127.0.0.1:0")
+        gate = asyncio.Event()
+
+        @sidecar.bus.handler("Shop.Customer")
+        async def hold(fact: Fact) -> None:
+            await gate.wait()  # the backlog cannot be handled until the test says so
+
+        async with sidecar, httpx.AsyncClient(base_url=str(sidecar.url)) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            await asyncio.sleep(2.0)  # well past the readiness quiet period
+            assert (await client.get("/readyz")).status_code == 503
+            gate.set()
+            await _ready(client)
+            assert await sidecar.archive.count() == len(facts)

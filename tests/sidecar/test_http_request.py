@@ -103,6 +103,10 @@ def test_malformed_json() -> None:
         decode_json(b'{"facts": [')
     assert caught.value.code == "malformed-json"
     assert decode_json(b'{"a": 1}') == {"a": 1}
+    with pytest.raises(RequestError) as caught:
+        decode_json(b'{"facts": [{"type": "T", "fields": {"n": 1, "n": 2}}]}')
+    assert caught.value.code == "malformed-json"
+    assert "'n'" in caught.value.message
 
 
 def test_reference_shape_is_exactly_type_and_hash() -> None:

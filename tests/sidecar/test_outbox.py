@@ -138,9 +138,12 @@ async def test_postgres_outbox() -> None:
             records = await conn.fetch("SELECT fact, reason FROM app.outbox_errors ORDER BY id")
             return [(r["fact"], r["reason"]) for r in records]
 
+        notified = asyncio.Event()  # the sidecar's trigger wakes LISTENers on insert
+        await conn.add_listener("factbus_outbox_app_outbox", lambda *_: notified.set())
         try:
             await conn.execute("CREATE SCHEMA app")
             await _exercise(url, "app.outbox", insert, count, errors)
+            assert notified.is_set()
         finally:
             await conn.close()
 

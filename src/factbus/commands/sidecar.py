@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.config:
         raise ConfigError("--config FILE is required (the sidecar's TOML file)")
+    if args.action != "rebuild":
+        import factbus.sidecar.server  # noqa: F401  (MissingDriver: pip install 'factbus[sidecar]')
     from factbus.sidecar.config import load_config
 
     config = load_config(args.config)

@@ -17,6 +17,7 @@ is, as a path into the request (``facts[0].fields.total``,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,12 +77,32 @@ class ParsedFacts:
 def decode_json(body: bytes) -> Any:
     """Parse a JSON document.
 
-    :raises RequestError: 400 ``malformed-json`` naming the position.
+    :raises RequestError: 400 ``malformed-json`` naming the position, or a key that
+        appears twice in one object.
     """
     try:
-        return orjson.loads(body)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise RequestError(400, "malformed-json", f"the body is not JSON: {error}") from None
+    if b'"' in body:
+        # orjson keeps the last of duplicate keys silently; a fact must not be ambiguous.
+        try:
+            json.loads(body, object_pairs_hook=_refuse_duplicates)
+        except RecursionError:
+            raise RequestError(400, "malformed-json", "the body is nested too deeply") from None
+    return document
+
+
+def _refuse_duplicates(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in items]
+    if len(set(keys)) != len(keys):
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        raise RequestError(
+            400,
+            "malformed-json",
+            f"duplicate JSON key(s) {', '.join(map(repr, twice))}: which value is meant?",
+        )
+    return dict(items)
 
 
 def parse_facts_request(document: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) -> ParsedFacts:

@@ -28,14 +28,19 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
-import uvicorn
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Mount, Route
 
-from factbus.errors import ConfigError, PublishError
+from factbus.errors import ConfigError, MissingDriver, PublishError
+
+try:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import BaseRoute, Mount, Route
+except ImportError as _error:  # the sidecar's HTTP server is an extra
+    raise MissingDriver("http", "sidecar", _error) from _error
+
 from factbus.fact import FactRef
 from factbus.sidecar.api import (
     RequestError,
