@@ -88,7 +88,8 @@ async function main() {
 }
 
 main().then(
-    () => process.exit(0),
+    // exit only once stdout is flushed: a pipe takes 64 KiB before it blocks
+    () => process.stdout.write("", () => process.exit(0)),
     (e) => {
         console.error(e && e.stack ? e.stack : String(e));
         process.exit(1);
