@@ -258,3 +258,18 @@ async def test_healthz_and_readyz_flip(document: dict[str, Any]) -> None:
 
         await eventually(ready, what="/readyz to answer 200")
         assert await sidecar.archive.count() == len(facts)
+
+
+async def test_event_streams_end_when_the_sidecar_stops(
+    api: tuple[Sidecar, httpx.AsyncClient],
+) -> None:
+    sidecar, client = api
+    async with client.stream("GET", "/tables/orders/changes") as stream:
+        lines = stream.aiter_lines()
+        assert await anext(lines) == ": connected"
+        async with asyncio.timeout(10):  # well before uvicorn's 5 s forced shutdown + slack
+            closing = asyncio.create_task(sidecar.aclose())
+            rest = [line async for line in lines]
+            await closing
+    assert all(not line.startswith("data:") for line in rest)
+    assert sidecar.url is None
