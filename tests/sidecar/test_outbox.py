@@ -37,6 +37,7 @@ def _rows() -> list[str]:
         orjson.dumps(
             {"type": "Shop.Order", "predecessors": {"customer": STRANGER.ref._asdict()}}
         ).decode(),
+        orjson.dumps({"type": "Shop.Note", "fields": {"text": "x" * 1_100_000}}).decode(),
         orjson.dumps(CUSTOMER.to_wire()).decode(),
         orjson.dumps(order_by_reference).decode(),  # refers to the row above
     ]
@@ -80,11 +81,12 @@ async def _exercise(
         "malformed-json",
         "invalid-value",
         "unknown-predecessor",
+        "too-large",
     ]
     assert "fact.fields.total" in reasons[1]
     assert "fact.predecessors.customer" in reasons[2]
     assert (await errors())[0][0] == "{not json"  # kept as inserted
-    assert (outbox.published, outbox.failed) == (2, 3)
+    assert (outbox.published, outbox.failed) == (2, 4)
 
 
 async def test_sqlite_outbox(tmp_path: Path) -> None:

@@ -72,6 +72,40 @@ class ParsedFacts:
 
     facts: list[Fact]
     references: dict[FactRef, str] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
+    """Where each of ``facts`` is in the request (``facts[0]``, or ``fact``)."""
+
+    def check_size(self, max_bytes: int) -> None:
+        """Refuse a fact whose envelope (it and its nested predecessors) would exceed
+        ``max_bytes``: every receiver would dead-letter it as oversized.
+
+        :raises RequestError: 413 ``too-large`` naming the fact.
+        """
+        for fact, path in zip(self.facts, self.paths, strict=True):
+            size = sum(len(f.wire_bytes()) + 1 for f in _closure(fact)) + ENVELOPE_OVERHEAD
+            if size > max_bytes:
+                raise RequestError(
+                    413,
+                    "too-large",
+                    f"{path}: its envelope would be about {size} bytes, over the limit of "
+                    f"{max_bytes} (max_envelope_bytes)",
+                    path,
+                )
+
+
+ENVELOPE_OVERHEAD = 32
+"""Bytes an envelope adds around its facts (version, brackets)."""
+
+
+def _closure(fact: Fact) -> list[Fact]:
+    seen: dict[FactRef, Fact] = {}
+    stack = [fact]
+    while stack:
+        current = stack.pop()
+        if current.ref not in seen:
+            seen[current.ref] = current
+            stack.extend(current.ancestors_given)
+    return list(seen.values())
 
 
 def decode_json(body: bytes) -> Any:
@@ -126,6 +160,7 @@ def parse_facts_request(document: Any, *, max_depth: int = DEFAULT_MAX_DEPTH) ->
     parsed = ParsedFacts([])
     for index, item in enumerate(items):
         parsed.facts.append(_fact(item, f"facts[{index}]", parsed, max_depth))
+        parsed.paths.append(f"facts[{index}]")
     _drop_own_references(parsed)
     return parsed
 
@@ -139,6 +174,7 @@ def parse_fact(
     """
     parsed = ParsedFacts([])
     parsed.facts.append(_fact(document, path, parsed, max_depth))
+    parsed.paths.append(path)
     _drop_own_references(parsed)
     return parsed
 

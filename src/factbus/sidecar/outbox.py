@@ -13,7 +13,8 @@ Tables (created if missing, in the application's database = the store's)::
     <outbox>_errors (id PRIMARY KEY, fact TEXT NOT NULL, reason TEXT NOT NULL, failed_at)
 
 A row that cannot become a fact (not JSON, an invalid value, a predecessor
-given by reference that this sidecar does not know) is **moved** to
+given by reference that this sidecar does not know, a fact too large for an
+envelope) is **moved** to
 ``<outbox>_errors`` with the reason (``code: message``, the same codes as the
 HTTP API), in one transaction: it is never lost silently and never blocks the
 rows after it. Fix and re-insert it by hand. Rows whose publish fails (broker
@@ -37,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 
+from factbus.canonical import DEFAULT_MAX_DEPTH
+from factbus.envelope import DEFAULT_MAX_BYTES
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
 from factbus.sidecar.api import (
@@ -104,8 +107,19 @@ class Outbox:
     stops. :meth:`process` runs one pass (tests, and the task's body).
     """
 
-    def __init__(self, table: str, store_url: str, publish: Publish, unknown: Unknown) -> None:
+    def __init__(
+        self,
+        table: str,
+        store_url: str,
+        publish: Publish,
+        unknown: Unknown,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.table = check_name(table)
+        self._max_depth = max_depth
+        self._max_bytes = max_bytes
         self._publish = publish
         self._unknown = unknown
         self._backend = _backend(self.table, store_url)
@@ -164,7 +178,9 @@ class Outbox:
             failed: list[Failed] = []
             for row_id, text in batch.rows:
                 try:
-                    good.append((row_id, parse_fact(decode_json(text.encode()))))
+                    parsed = parse_fact(decode_json(text.encode()), max_depth=self._max_depth)
+                    parsed.check_size(self._max_bytes)
+                    good.append((row_id, parsed))
                 except RequestError as error:
                     failed.append((row_id, text, error.reason))
             own = {fact.ref for _, parsed in good for fact in _with_ancestors(parsed.facts)}

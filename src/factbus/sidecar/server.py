@@ -132,9 +132,9 @@ class _Api:
     async def post_facts(self, request: Request) -> Response:
         try:
             body = await _body(request)
-            parsed = parse_facts_request(
-                decode_json(body), max_depth=self.sidecar.settings.max_depth
-            )
+            settings = self.sidecar.settings
+            parsed = parse_facts_request(decode_json(body), max_depth=settings.max_depth)
+            parsed.check_size(settings.max_envelope_bytes)
             unknown = await self.sidecar.unknown(parsed.references)
             for ref, path in parsed.references.items():
                 if ref in unknown:

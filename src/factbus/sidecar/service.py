@@ -75,7 +75,14 @@ class Sidecar:
         self.views = Views(config, store_url=self.settings.store_url)
         self.views.attach(self.bus)
         self.outbox = (
-            Outbox(config.outbox, self.settings.store_url, self.publish, self.unknown)
+            Outbox(
+                config.outbox,
+                self.settings.store_url,
+                self.publish,
+                self.unknown,
+                max_depth=self.settings.max_depth,
+                max_bytes=self.settings.max_envelope_bytes,
+            )
             if config.outbox
             else None
         )
