@@ -272,6 +272,17 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
             }
             again = (await http.get(f"/feeds/{feeds[1]}", params={"b": first["bookmark"]})).json()
             assert again == {"references": [], "bookmark": first["bookmark"]}
+            # A later order comes with the next read from that bookmark, and only it.
+            order4 = Fact("Shop.Order", {"number": 4}, {"store": store})
+            await node.publish(order4)
+
+            async def order4_archived() -> bool:
+                return bool(await sidecar.archive.get([order4.ref]))
+
+            await wait_for(order4_archived, 30, "order 4 in the archive")
+            later = (await http.get(f"/feeds/{feeds[1]}", params={"b": first["bookmark"]})).json()
+            assert [r["hash"] for r in later["references"]] == [store.hash, order4.hash]
+            assert int(later["bookmark"]) > int(first["bookmark"])
             bad = await http.get(f"/feeds/{feeds[1]}", params={"b": "soon"})
             assert bad.status_code == 404 and "bookmark" in bad.json()["message"]
 

@@ -262,16 +262,26 @@ async def read_feed(archive: Archive, feed: Request, bookmark: int) -> tuple[lis
     With bookmark 0 every tuple is new. References come tuple by tuple, each once.
     """
     new: set[FactRef] = set()
-    cursor = bookmark
-    while True:
-        facts, nxt = await archive.page(cursor, PAGE)
-        if bookmark:
-            new.update(f.ref for f in facts)
-        if not facts or nxt <= cursor:
-            break
-        cursor = nxt
+    if bookmark:
+        cursor = await _pages(archive, bookmark, new)
+    else:
+        # Only the end is needed. seq starts at 1 and only grows (FactArchive), so
+        # the last fact's seq is at least the count: start just before it.
+        cursor = await _pages(archive, max(await archive.count() - 1, 0), None)
     references: dict[FactRef, None] = {}
     for row in await evaluate(archive, feed):
         if bookmark == 0 or any(ref in new for ref in row.values()):
             references.update(dict.fromkeys(row.values()))
     return list(references), cursor
+
+
+async def _pages(archive: Archive, after: int, collect: set[FactRef] | None) -> int:
+    """Page the archive from ``after`` to its end; the end cursor (``after`` if nothing)."""
+    cursor = after
+    while True:
+        facts, nxt = await archive.page(cursor, PAGE)
+        if collect is not None:
+            collect.update(f.ref for f in facts)
+        if not facts or nxt <= cursor:
+            return cursor
+        cursor = nxt
