@@ -58,6 +58,7 @@ from factbus_amqp.connection import (
     Live,
     RecoveringConnection,
     stream_name,
+    queue_name,
 )
 
 if TYPE_CHECKING:
@@ -732,6 +733,33 @@ class AmqpTransport(TransportBase):
             return int(result.message_count or 0)
 
         return await self._retrying(link, f"purge dead letters of {topic!r}", purge)
+
+    # -- lag (metrics) -----------------------------------------------------------------
+
+    async def lag(self, topic: str, group: str) -> dict[str, int]:
+        """``{"queue": n}``: messages ready in ``group``'s queue (a passive declare
+        on a channel of its own); ``{}`` when the queue does not exist.
+
+        :raises TransportError: the broker stayed unreachable for ``publish_timeout``.
+        """
+        link = await self._link()
+        name = queue_name(topic, group)
+
+        async def depth(live: Live) -> dict[str, int]:
+            channel = live.connection.channel(publisher_confirms=False)
+            await channel.initialize()
+            try:
+                raw = await channel.get_underlay_channel()
+                try:
+                    declared = await raw.queue_declare(name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    return {}
+                return {"queue": int(declared.message_count or 0)}
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+        return await self._retrying(link, f"measure the lag of {name!r}", depth)
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from factbus.errors import MissingDriver
 try:
     from confluent_kafka import (
         Consumer,
+        ConsumerGroupTopicPartitions,
         KafkaError,
         KafkaException,
         Message,
@@ -42,6 +43,7 @@ def decode_headers(raw: object) -> dict[str, str]:
 __all__ = [
     "AdminClient",
     "Consumer",
+    "ConsumerGroupTopicPartitions",
     "HeaderList",
     "KafkaError",
     "KafkaException",

@@ -50,6 +50,7 @@ from factbus.urls import redact
 from factbus_kafka._driver import (
     AdminClient,
     Consumer,
+    ConsumerGroupTopicPartitions,
     HeaderList,
     KafkaError,
     KafkaException,
@@ -546,6 +547,43 @@ class KafkaTransport(TransportBase):
         except KafkaException as exc:
             raise TransportError(f"cannot purge dead letters of {topic!r}: {exc}") from exc
         return sum(tp.offset - lows.get(tp.partition, 0) for tp in doomed)
+
+    async def lag(self, topic: str, group: str) -> dict[str, int]:
+        """Per partition (``"0"``, ``"1"``...): high watermark minus ``group``'s
+        committed offset (minus the log start where the group committed nothing
+        yet, since a new group starts at the earliest offset); ``{}`` when the
+        topic does not exist. Asks the admin API only (no consumer joins).
+
+        :raises TransportError: the broker refused or did not answer in time.
+        """
+        admin, _ = await self._ready()
+        try:
+            metadata = await asyncio.to_thread(
+                admin.list_topics, topic, timeout=self.config.request_timeout
+            )
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                return {}
+            partitions = [TopicPartition(topic, n) for n in found.partitions]
+            lows = await self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+            highs = await self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+            futures = admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, partitions)],
+                request_timeout=self.config.request_timeout,
+            )
+            answer = await asyncio.wrap_future(futures[group])
+        except KafkaException as exc:
+            raise TransportError(
+                f"cannot measure the lag of {group!r} on {topic!r}: {exc}"
+            ) from exc
+        committed = {tp.partition: tp.offset for tp in answer.topic_partitions or []}
+        lag: dict[str, int] = {}
+        for number, high in sorted(highs.items()):
+            position = committed.get(number, -1)
+            if position < 0:  # nothing committed: the group starts at the log start
+                position = lows.get(number, 0)
+            lag[str(number)] = max(high - position, 0)
+        return lag
 
     async def _offsets(
         self, admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec

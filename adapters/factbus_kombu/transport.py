@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from kombu.exceptions import ChannelError
+
 from factbus.envelope import HEADER_DEAD_LETTER_REASON, HEADER_DEAD_LETTER_TOPIC
 from factbus.errors import ConfigError, PublishError, TransportError
 from factbus.transport.base import (
@@ -222,6 +224,33 @@ class KombuTransport(TransportBase):
             return int(channel.queue_purge(queue) or 0)
 
         return await self._call(link.run, attempt, self.config.retry_timeout, f"purge {queue}")
+
+    # -- lag (metrics) ----------------------------------------------------------------
+
+    async def lag(self, topic: str, group: str) -> dict[str, int]:
+        """``{"queue": n}``: messages waiting in ``<topic>.<group>`` (a passive
+        declare on a channel of its own). A missing queue is ``{}`` on AMQP; on
+        virtual transports (redis) an empty queue has no key, so it is 0.
+
+        :raises TransportError: the broker cannot be reached.
+        """
+        name = f"{topic}.{group}"
+        link = self._link
+        virtual = self.config.is_virtual
+
+        def attempt(_channel: Any) -> dict[str, int]:
+            channel = link.connection.channel()
+            try:
+                try:
+                    declared = channel.queue_declare(queue=name, passive=True)
+                except ChannelError:
+                    return {"queue": 0} if virtual else {}
+                return {"queue": int(declared.message_count or 0)}
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+
+        return await self._call(link.run, attempt, self.config.retry_timeout, f"lag of {name}")
 
     # -- closing ----------------------------------------------------------------------
 

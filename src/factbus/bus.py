@@ -8,7 +8,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import structlog
 
@@ -29,6 +29,11 @@ from factbus.store import Store, StoreBatch, open_store
 from factbus.transport import LogReader, Message, Subscription, Transport, open_transport
 from factbus.urls import redact
 
+if TYPE_CHECKING:
+    from factbus.instrumentation import Instrumentation
+    from factbus.metrics import BusMetrics, Metrics
+    from factbus.tracing import Tracing
+
 log = structlog.get_logger("factbus.bus")
 
 H = TypeVar("H", bound=Handler)
@@ -47,6 +52,13 @@ class Bus:
     Settings come from the arguments, then ``FACTBUS_*`` variables, then the TOML
     file named by ``config`` (or ``FACTBUS_CONFIG``); see :class:`Settings`.
     A ``Transport`` or ``Store`` object may be given instead of a URL.
+
+    Observability (docs/observability.md): ``metrics`` is a
+    :class:`factbus.metrics.Metrics` registry the bus reports into from
+    :meth:`start` on. ``tracing``: ``True`` traces publish and handle with
+    OpenTelemetry, ``False`` never does, ``None`` (default) does when
+    ``opentelemetry-api`` is installed and the application set a tracer
+    provider before :meth:`start` (or the first publish).
     """
 
     def __init__(
@@ -61,6 +73,8 @@ class Bus:
         middleware: Sequence[Middleware] = (),
         config: str | None = None,
         settings: Settings | None = None,
+        metrics: Metrics | None = None,
+        tracing: bool | None = None,
         **options: Any,
     ) -> None:
         given = {
@@ -115,6 +129,13 @@ class Bus:
         self._idle = asyncio.Condition()
         self._caught_up = False
         self._log = log.bind(node=settings.node_name, topic=settings.topic)
+        self.metrics = metrics
+        self._tracing_wanted = tracing
+        self._instrumented = False
+        self._tracing: Tracing | None = None
+        self._bound_metrics: BusMetrics | None = None
+        self._instrumentation: Instrumentation | None = None
+        self._lag_task: asyncio.Task[None] | None = None
 
     # -- handlers -----------------------------------------------------------
 
@@ -153,6 +174,7 @@ class Bus:
             store=redact(settings.store_url),
             group=settings.subscription_group,
         )
+        self._instrument()
         await self.transport.connect()
         await self.store.open()
         if settings.consume:
@@ -166,6 +188,47 @@ class Bus:
                 except CatchUpError as error:
                     self._log.error("catch-up failed; going on live", error=str(error))
             self._consumer = asyncio.create_task(self._consume(), name="factbus-consumer")
+            if self._bound_metrics is not None:
+                self._lag_task = asyncio.create_task(
+                    self._bound_metrics.follow_lag(self, self._stopping), name="factbus-lag"
+                )
+
+    def _instrument(self) -> None:
+        """Build the observer (metrics, tracing) once the node name is final."""
+        if self._instrumented:
+            return
+        self._instrumented = True
+        settings = self.settings
+        wanted = self._tracing_wanted
+        if wanted or wanted is None:
+            from factbus import tracing
+
+            if wanted or (tracing.AVAILABLE and tracing.provider_configured()):
+                self._tracing = tracing.Tracing(
+                    transport_url=settings.transport,
+                    topic=settings.topic,
+                    node=settings.node_name,
+                    group=settings.subscription_group,
+                )
+        if self.metrics is not None:
+            self._bound_metrics = self.metrics.bind(self)
+        if self._bound_metrics is None and self._tracing is None:
+            return
+        from factbus.instrumentation import Instrumentation
+
+        self._instrumentation = Instrumentation(self._bound_metrics, self._tracing)
+        self.pipeline.observer = self._instrumentation
+        self.dispatcher.observe(self._instrumentation)
+
+    def _uninstrument(self) -> None:
+        if self._bound_metrics is not None and self.metrics is not None:
+            self.metrics.unbind(self._bound_metrics)
+        self._bound_metrics = None
+        self._instrumentation = None
+        self._tracing = None
+        self._instrumented = False
+        self.pipeline.observer = None
+        self.dispatcher.observe(None)
 
     async def catch_up(self, peer: str, *, limit: int = PAGE_LIMIT) -> CatchUpReport:
         """Pull every fact ``peer``'s sidecar exports into this node, through the
@@ -234,6 +297,7 @@ class Bus:
                 await self._flush_published()
                 await self.transport.aclose()
                 await self.store.aclose()
+                self._uninstrument()
             return
         self._started = False
         self._connected = False
@@ -245,12 +309,17 @@ class Bus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._consumer
             self._consumer = None
+        if self._lag_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+            self._lag_task = None
         if self._subscription is not None:
             await self._subscription.aclose()
             self._subscription = None
         await self._flush_published()
         await self.transport.aclose()
         await self.store.aclose()
+        self._uninstrument()
         self._log.info("bus closed", **self.stats.as_dict())
 
     # -- publishing ---------------------------------------------------------
@@ -266,6 +335,7 @@ class Bus:
         :raises PublishError: the broker did not confirm (some may have arrived).
         """
         if not self._started and not self._connected:
+            self._instrument()
             await self.transport.connect()
             await self.store.open()
             self._connected = True  # a publish-only use: aclose() closes these
@@ -289,7 +359,12 @@ class Bus:
             shipped.add(fact.ref)
             refs.append(fact.ref)
             messages.append(Message(encode(chain), fact.hash, fact.hash, headers))
-        await self.transport.publish(self.settings.topic, messages)
+        if self._tracing is not None:
+            with self._tracing.publishing(headers, [m.message_id for m in messages]):
+                messages = [Message(m.body, m.message_id, m.key, headers) for m in messages]
+                await self.transport.publish(self.settings.topic, messages)
+        else:
+            await self.transport.publish(self.settings.topic, messages)
         self._published.add_all(shipped)
         self.pipeline.pending_published.extend(shipped)
         if not self._store_lock.locked():
@@ -380,10 +455,16 @@ class Bus:
                 await asyncio.sleep(linger)
                 with contextlib.suppress(Exception):
                     batch.extend(await subscription.next_batch(batch_size - len(batch), timeout=0))
+            observer = self._instrumentation
+            started = time.perf_counter()
             try:
                 await self.pipeline.step(batch)
                 failures = 0
+                if observer is not None:
+                    observer.step_done(time.perf_counter() - started)
             except Exception:
+                if observer is not None:
+                    observer.step_done(time.perf_counter() - started)
                 failures += 1
                 self._log.exception("pipeline step failed; deliveries go back to the broker")
                 for delivery in batch:

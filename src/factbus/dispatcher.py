@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from factbus.errors import FactbusError
 from factbus.fact import Fact
+from factbus.observer import PipelineObserver
 from factbus.store.base import StoreTransaction
 
 Handler = Callable[..., Any]
@@ -136,6 +137,22 @@ class Dispatcher:
         )
         self._handlers[fact_type].append(spec)
         return spec
+
+    def observe(self, observer: PipelineObserver | None) -> None:
+        """Route every dispatch through ``observer.dispatch`` (``None``: stop).
+
+        Without an observer :meth:`dispatch` is the plain method: no per-fact cost.
+        """
+        if observer is None:
+            self.__dict__.pop("dispatch", None)
+            return
+        plain = type(self).dispatch
+
+        async def observed(fact: Fact, tx: StoreTransaction) -> None:
+            if self._handlers.get(fact.type):
+                await observer.dispatch(fact, plain(self, fact, tx))
+
+        self.dispatch = observed  # type: ignore[method-assign]
 
     def handlers_for(self, fact_type: str) -> list[HandlerSpec]:
         """The handlers a fact of ``fact_type`` runs through: its type's, then catch-alls."""

@@ -200,6 +200,22 @@ class LogReader(Protocol):
         ...
 
 
+@runtime_checkable
+class ReportsLag(Protocol):
+    """Optional: a transport that can say how far behind a group is (metrics use it)."""
+
+    async def lag(self, topic: str, group: str) -> Mapping[str, int]:
+        """Messages of ``topic`` that ``group`` has not consumed yet: per partition
+        (``{"0": 12, "1": 0}``, Kafka: high watermark minus committed offset) or
+        ``{"queue": depth}`` for queue brokers (messages ready in the group's
+        queue, not counting those delivered and not yet acked). ``{}`` when the
+        group's subscription does not exist yet. Safe to call while consuming.
+
+        :raises TransportError: the broker could not be asked.
+        """
+        ...
+
+
 def delivery_position(delivery: Delivery) -> int | None:
     """The ``position`` of a delivery from a :class:`LogReader` subscription, else ``None``."""
     position = getattr(delivery, "position", None)

@@ -224,6 +224,11 @@ class MemoryTransport(TransportBase):
         letters = self._space().dead_letters.pop(topic, [])
         return len(letters)
 
+    async def lag(self, topic: str, group: str) -> dict[str, int]:
+        """``{"queue": n}``: messages waiting in ``group``'s queue (see ReportsLag)."""
+        queue = self._space().queues.get(topic, {}).get(group)
+        return {} if queue is None else {"queue": len(queue.items)}
+
     async def aclose(self) -> None:
         if self._closed:
             return

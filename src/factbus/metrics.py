@@ -1,0 +1,350 @@
+"""Prometheus metrics of buses (the optional extra ``factbus[metrics]``).
+
+One :class:`Metrics` object owns a ``prometheus_client`` registry; every bus
+built with ``Bus(metrics=metrics)`` reports into it under labels ``topic`` and
+``node``. Expose it with :meth:`Metrics.serve` (a thread serving
+``/metrics``; ``factbus worker --metrics-port``), :func:`asgi_app` (mount it in
+any ASGI server, as the sidecar does) or :meth:`Metrics.text`.
+
+Exported names (kept stable; deploy/grafana/ and ``factbus top`` read them):
+
+=====================================  =========  ================================
+name                                   type       labels (besides topic, node)
+=====================================  =========  ================================
+factbus_facts_received_total           counter    facts decoded from deliveries
+factbus_facts_handled_total            counter
+factbus_facts_duplicates_total         counter
+factbus_facts_parked_total             counter
+factbus_facts_released_total           counter
+factbus_facts_rejected_total           counter    ``reason`` (the envelope error code)
+factbus_facts_failed_total             counter    handler failed on every attempt
+factbus_facts_waiting                  gauge      parked right now
+factbus_consumer_lag                   gauge      ``partition`` (Kafka) or ``queue``
+factbus_handler_duration_seconds       histogram  ``fact_type``
+factbus_step_duration_seconds          histogram
+factbus_end_to_end_latency_seconds     histogram  publish-time header -> handled
+=====================================  =========  ================================
+
+Cost: the counters and ``waiting`` are read from the pipeline's plain-int
+:class:`~factbus.PipelineStats` when scraped (nothing per fact); the
+histograms cost one clock read and one ``observe`` per handled fact and per
+step. ``factbus_facts_rejected_total`` counts envelopes (one per dead-lettered
+delivery), since a rejected envelope's facts are never trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from factbus.envelope import HEADER_PUBLISHED_AT
+from factbus.errors import ConfigError
+
+AVAILABLE: bool
+"""True when ``prometheus-client`` is importable."""
+try:
+    import prometheus_client
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised by installs without the extra
+    AVAILABLE = False
+    Collector = object  # type: ignore[misc,assignment]
+
+if TYPE_CHECKING:
+    from factbus.bus import Bus
+    from factbus.fact import Fact
+    from factbus.pipeline import PipelineStats
+
+HANDLER_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+
+# (metric name without _total, PipelineStats attribute, help)
+COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("factbus_facts_received", "facts_received", "Facts decoded from received deliveries."),
+    ("factbus_facts_handled", "handled", "Facts handed to their handlers and recorded."),
+    ("factbus_facts_duplicates", "duplicates", "Facts skipped because already handled."),
+    ("factbus_facts_parked", "parked", "Facts parked to wait for predecessors."),
+    ("factbus_facts_released", "released", "Parked facts released once predecessors arrived."),
+    ("factbus_facts_failed", "failed", "Facts dead-lettered: a handler failed on every attempt."),
+)
+REJECTED = "factbus_facts_rejected"
+WAITING = "factbus_facts_waiting"
+LAG = "factbus_consumer_lag"
+HANDLER_DURATION = "factbus_handler_duration_seconds"
+STEP_DURATION = "factbus_step_duration_seconds"
+END_TO_END = "factbus_end_to_end_latency_seconds"
+
+EXPORTED: frozenset[str] = frozenset(
+    [f"{name}_total" for name, _, _ in COUNTERS]
+    + [f"{REJECTED}_total", WAITING, LAG]
+    + [
+        f"{histogram}_{suffix}"
+        for histogram in (HANDLER_DURATION, STEP_DURATION, END_TO_END)
+        for suffix in ("bucket", "sum", "count")
+    ]
+)
+"""Every sample name the registry exports (what dashboards may query)."""
+
+
+def _require() -> None:
+    if not AVAILABLE:
+        raise ConfigError("factbus metrics need prometheus-client: pip install 'factbus[metrics]'")
+
+
+class Metrics:
+    """A Prometheus registry that buses report into (see the module docstring).
+
+    ``lag_interval``: seconds between two broker lag queries of each bus (the
+    lag gauge is refreshed by the bus, not at scrape time, so a scrape never
+    waits on a broker).
+
+    :raises ConfigError: prometheus-client is not installed.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, lag_interval: float = 5.0
+    ) -> None:
+        _require()
+        self.registry: CollectorRegistry = registry or CollectorRegistry()
+        self.lag_interval = lag_interval
+        self._buses: list[BusMetrics] = []
+        self._lock = threading.Lock()
+        labels = ("topic", "node")
+        self.rejected = prometheus_client.Counter(
+            REJECTED,
+            "Envelopes dead-lettered on receipt, by reason code.",
+            (*labels, "reason"),
+            registry=self.registry,
+        )
+        self.handler_duration = prometheus_client.Histogram(
+            HANDLER_DURATION,
+            "Seconds spent in a fact's handlers (every handler of its type, with retries).",
+            (*labels, "fact_type"),
+            buckets=HANDLER_BUCKETS,
+            registry=self.registry,
+        )
+        self.step_duration = prometheus_client.Histogram(
+            STEP_DURATION,
+            "Seconds per pipeline step (verify, dedup, order, handle, record, ack a batch).",
+            labels,
+            buckets=HANDLER_BUCKETS,
+            registry=self.registry,
+        )
+        self.end_to_end = prometheus_client.Histogram(
+            END_TO_END,
+            "Seconds from the publisher's publish-time header to the fact being handled.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_StatsCollector(self))
+
+    def bind(self, bus: Bus) -> BusMetrics:
+        """Report ``bus`` (its node and topic as they are now) into this registry."""
+        bound = BusMetrics(self, bus.settings.topic, bus.settings.node_name, bus)
+        with self._lock:
+            self._buses.append(bound)
+        return bound
+
+    def unbind(self, bound: BusMetrics) -> None:
+        """Stop collecting ``bound``'s counters (its histograms stay exported)."""
+        with self._lock:
+            if bound in self._buses:
+                self._buses.remove(bound)
+
+    def buses(self) -> list[BusMetrics]:
+        with self._lock:
+            return list(self._buses)
+
+    def text(self) -> bytes:
+        """The registry in Prometheus' text exposition format."""
+        return bytes(prometheus_client.generate_latest(self.registry))
+
+    def serve(self, port: int = 0, addr: str = "127.0.0.1") -> MetricsServer:
+        """Serve ``GET /metrics`` on ``addr:port`` from a daemon thread (``port=0``:
+        any free port, see :attr:`MetricsServer.port`).
+
+        :raises OSError: the port cannot be bound.
+        """
+        server, thread = prometheus_client.start_http_server(port, addr, self.registry)
+        return MetricsServer(server, thread)
+
+
+class MetricsServer:
+    """A running exporter thread; :meth:`close` stops it."""
+
+    def __init__(self, server: Any, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self._server.server_address[0]
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def asgi_app(metrics: Metrics) -> Callable[..., Any]:
+    """An ASGI application answering with ``metrics``' registry (mount it at
+    ``/metrics`` in Starlette: ``Mount("/metrics", app=asgi_app(metrics))``)."""
+    return prometheus_client.make_asgi_app(metrics.registry)
+
+
+class BusMetrics:
+    """One bus's view of a :class:`Metrics` registry, labels bound once."""
+
+    def __init__(self, metrics: Metrics, topic: str, node: str, bus: Bus | None) -> None:
+        self.metrics = metrics
+        self.topic = topic
+        self.node = node
+        self._bus = bus
+        self.lag: dict[str, int] = {}
+        """Last broker lag per partition (or ``queue``), refreshed by the bus."""
+        self._step = metrics.step_duration.labels(topic, node)
+        self._latency = metrics.end_to_end.labels(topic, node)
+        self._handler: dict[str, Any] = {}
+        self._rejected: dict[str, Any] = {}
+
+    @property
+    def stats(self) -> PipelineStats | None:
+        return self._bus.stats if self._bus is not None else None
+
+    def rejected(self, code: str) -> None:
+        counter = self._rejected.get(code)
+        if counter is None:
+            counter = self._rejected[code] = self.metrics.rejected.labels(
+                self.topic, self.node, code
+            )
+        counter.inc()
+
+    def handled(self, fact: Fact, seconds: float) -> None:
+        histogram = self._handler.get(fact.type)
+        if histogram is None:
+            histogram = self._handler[fact.type] = self.metrics.handler_duration.labels(
+                self.topic, self.node, fact.type
+            )
+        histogram.observe(seconds)
+
+    def latency(self, seconds: float) -> None:
+        self._latency.observe(max(seconds, 0.0))
+
+    def step(self, seconds: float) -> None:
+        self._step.observe(seconds)
+
+    async def follow_lag(self, bus: Bus, stopping: asyncio.Event) -> None:
+        """Refresh :attr:`lag` from the transport's ``lag()`` every ``lag_interval``
+        seconds until ``stopping`` is set (a transport without it reports none)."""
+        lag = getattr(bus.transport, "lag", None)
+        if lag is None:
+            return
+        group = bus.settings.subscription_group
+        while not stopping.is_set():
+            # On failure the next round tries again; a scrape shows the last value.
+            with contextlib.suppress(Exception):
+                self.lag = dict(await lag(self.topic, group))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.metrics.lag_interval)
+
+
+def published_at(headers: Mapping[str, str]) -> float | None:
+    """The publish-time header as epoch seconds, or None when absent or bad."""
+    raw = headers.get(HEADER_PUBLISHED_AT)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def now() -> float:
+    """Wall-clock seconds, comparable with the publish-time header."""
+    return time.time()
+
+
+class _StatsCollector(Collector):
+    """Reads each bound bus's counters when the registry is scraped."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families([]))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self._metrics.buses()))
+
+    def _families(self, buses: Sequence[BusMetrics]) -> Iterable[Metric]:
+        labels = ["topic", "node"]
+        for name, attribute, text in COUNTERS:
+            family = CounterMetricFamily(name, text, labels=labels)
+            for bound in buses:
+                stats = bound.stats
+                if stats is not None:
+                    family.add_metric([bound.topic, bound.node], getattr(stats, attribute))
+            yield family
+        waiting = GaugeMetricFamily(WAITING, "Facts parked right now.", labels=labels)
+        for bound in buses:
+            stats = bound.stats
+            if stats is not None:
+                waiting.add_metric([bound.topic, bound.node], stats.waiting)
+        yield waiting
+        lag = GaugeMetricFamily(
+            LAG,
+            "Messages of the node's subscription not consumed yet (Kafka: high "
+            "watermark minus committed offset per partition; queues: queue depth).",
+            labels=[*labels, "partition"],
+        )
+        for bound in buses:
+            for partition, value in bound.lag.items():
+                lag.add_metric([bound.topic, bound.node, partition], value)
+        yield lag
