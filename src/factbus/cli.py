@@ -20,6 +20,7 @@ COMMANDS = {
     "catch-up": "catch_up",
     "jinaga-bridge": "jinaga_bridge",
     "sidecar": "sidecar",
+    "top": "top",
 }
 
 

@@ -25,6 +25,10 @@ line shows their totals (handled/s, handled, duplicates, parked, failed,
 rejected, restarts), redrawn in place on a terminal, written every
 --progress-every seconds otherwise.
 
+Metrics: --metrics-port P serves each worker's Prometheus metrics
+(docs/observability.md) at http://127.0.0.1:P+I/metrics (worker I); a bus
+built with Bus(metrics=...) reports into its own registry, served the same way.
+
 Exit status: 0 when every worker stopped cleanly, 1 when one failed or had to
 be killed, 2 on a configuration error.
 """
@@ -40,12 +44,15 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from factbus.bus import Bus
 from factbus.errors import ConfigError
+
+if TYPE_CHECKING:
+    from factbus.metrics import MetricsServer
 
 STATS_INTERVAL = 1.0  # seconds between two reports of a worker
 RESTART_DELAY = 1.0  # seconds before a dead worker is started again
@@ -91,6 +98,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         help="seconds between progress lines when not on a terminal (default 10)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT+I/metrics for worker I "
+        "(needs factbus[metrics]; 0: any free port, printed)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics endpoints listen on (default 127.0.0.1)",
     )
     # Internal: how the supervisor starts each worker process.
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
@@ -187,6 +207,14 @@ async def _worker_main(args: argparse.Namespace) -> int:
     await asyncio.sleep(0)  # run the signal handlers of signals that came meanwhile
     if stop.is_set():
         return 0
+    exporter = None
+    if getattr(args, "metrics_port", None) is not None:
+        try:
+            exporter = _serve_metrics(bus, args, index)
+        except (ConfigError, OSError) as error:
+            print(f"factbus worker {index} ({node}): metrics: {error}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"factbus worker {index} ({node}): metrics at {exporter.url}", file=sys.stderr)
 
     try:
         await bus.start()
@@ -222,8 +250,20 @@ async def _worker_main(args: argparse.Namespace) -> int:
     finally:
         # Bus.aclose lets the step in flight finish and ack, then closes.
         await bus.aclose()
+        if exporter is not None:
+            exporter.close()
     report.send(index, node, "stopped", bus)
     return status
+
+
+def _serve_metrics(bus: Bus, args: argparse.Namespace, index: int) -> MetricsServer:
+    """Serve the bus's registry (a new one if it has none) for worker ``index``."""
+    from factbus.metrics import Metrics
+
+    if bus.metrics is None:
+        bus.metrics = Metrics()
+    port = args.metrics_port + index if args.metrics_port else 0
+    return bus.metrics.serve(port, args.metrics_host)
 
 
 class _Reporter:
@@ -368,6 +408,9 @@ class Supervisor:
             "--stats-fd",
             str(stats_fd),
         ]
+        if getattr(args, "metrics_port", None) is not None:
+            command += ["--metrics-port", str(args.metrics_port)]
+            command += ["--metrics-host", args.metrics_host]
         return command
 
     async def _start(self, slot: _Slot) -> None:

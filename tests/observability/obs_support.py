@@ -1,0 +1,110 @@
+"""Helpers of the observability tests: broker URLs, scraping, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+_ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+
+# Short heartbeats make Kafka group joins quick; one partition keeps publish order.
+KAFKA_OPTIONS = "session_timeout=6&heartbeat_interval=0.5&commit_interval=0.2&partitions=1"
+
+
+def broker_url(name: str) -> str:
+    """``tests/conftest.py``'s ``broker_url`` (skips, or fails in CI, when down)."""
+    spec = importlib.util.spec_from_file_location("factbus_tests_root_conftest", _ROOT_CONFTEST)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    url: str = module.broker_url(name)
+    return url
+
+
+def transport_url(kind: str, namespace: str) -> str:
+    """The URL of transport ``kind`` (memory, amqp, kafka, redis) for a test."""
+    if kind == "memory":
+        return f"memory://{namespace}"
+    url = broker_url(kind)
+    if kind == "kafka":
+        return url + ("&" if "?" in url else "?") + KAFKA_OPTIONS
+    return url
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(url: str) -> Samples:
+    """GET ``url`` with httpx and parse the Prometheus text: ``(name, labels) -> value``."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(url)
+    response.raise_for_status()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = float(sample.value)
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (0 if none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+async def scrape_until(
+    url: str, check: Callable[[Samples], bool], timeout: float = 30.0
+) -> Samples:
+    """Scrape until ``check`` holds; the last scrape (AssertionError on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = await scrape(url)
+        if check(samples):
+            return samples
+        if time.monotonic() > deadline:
+            interesting = {
+                f"{n}{dict(ls)}": v
+                for (n, ls), v in samples.items()
+                if n.startswith("factbus_") and "bucket" not in n and "created" not in n
+            }
+            raise AssertionError(f"metrics never satisfied the check: {interesting}")
+        await asyncio.sleep(0.2)
+
+
+async def cleanup_broker(url: str, topic: str, groups: list[str]) -> None:
+    """Best effort: remove the queues, exchanges or topics a test created."""
+    with contextlib.suppress(Exception):
+        if url.startswith("amqp"):
+            import aio_pika
+
+            connection = await aio_pika.connect(url)
+            async with connection:
+                channel = await connection.channel()
+                for queue in [*(f"{topic}.{g}" for g in groups), f"{topic}.dead-letter"]:
+                    await channel.queue_delete(queue)
+                for exchange in (topic, f"{topic}.dead-letter"):
+                    await channel.exchange_delete(exchange)
+        elif url.startswith("kafka"):
+            from confluent_kafka.admin import AdminClient
+
+            bootstrap = url.split("://", 1)[1].split("?", 1)[0]
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            futures = admin.delete_topics([topic, f"{topic}.dead-letter"], operation_timeout=10)
+            for future in futures.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(future)
+        elif url.startswith("kombu+redis"):
+            import redis.asyncio as aioredis
+
+            client = aioredis.from_url("redis://" + url.split("://", 1)[1])
+            async with client:
+                keys = [k async for k in client.scan_iter(f"*{topic}*")]
+                if keys:
+                    await client.delete(*keys)
