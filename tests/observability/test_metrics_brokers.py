@@ -120,8 +120,10 @@ async def test_scraped_counters_equal_the_workload(
             await publisher.publish(orphan, ancestors=False)
             samples = await scrape_until(
                 server.url,
-                lambda s: value(s, "factbus_facts_received_total", **node) == 28
-                and value(s, "factbus_facts_rejected_total", **node) == 6,
+                lambda s: (
+                    value(s, "factbus_facts_received_total", **node) == 28
+                    and value(s, "factbus_facts_rejected_total", **node) == 6
+                ),
             )
     finally:
         await cleanup_broker(url, topic, [NODE])
@@ -173,9 +175,11 @@ async def test_lag_goes_to_zero_when_drained(
         async with bus:
             samples = await scrape_until(
                 server.url,
-                lambda s: value(s, "factbus_facts_handled_total", **node) == count
-                and any(n == "factbus_consumer_lag" for n, _ in s)
-                and value(s, "factbus_consumer_lag", **node) == 0,
+                lambda s: (
+                    value(s, "factbus_facts_handled_total", **node) == count
+                    and any(n == "factbus_consumer_lag" for n, _ in s)
+                    and value(s, "factbus_consumer_lag", **node) == 0
+                ),
                 timeout=60,
             )
             lag_samples = [ls for n, ls in samples if n == "factbus_consumer_lag"]
