@@ -110,7 +110,11 @@ async def test_scraped_counters_equal_the_workload(
             bad = _bad_bodies()
             await publisher.transport.publish(
                 topic,
-                [Message(body, f"bad-{i}") for i, body in enumerate(sum(bad.values(), []))],
+                [
+                    Message(body, f"bad-{reason}-{i}")
+                    for reason, bodies in bad.items()
+                    for i, body in enumerate(bodies)
+                ],
             )
             # Facts whose handler fails, then a fact that depends on one of them.
             await publisher.publish(*booms, ancestors=False)
