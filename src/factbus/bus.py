@@ -216,19 +216,20 @@ class Bus:
             return
         from factbus.instrumentation import Instrumentation
 
-        self._instrumentation = Instrumentation(self._bound_metrics, self._tracing)
+        self._instrumentation = Instrumentation(self.dispatcher, self._bound_metrics, self._tracing)
+        self._instrumentation.install()
         self.pipeline.observer = self._instrumentation
-        self.dispatcher.observe(self._instrumentation)
 
     def _uninstrument(self) -> None:
         if self._bound_metrics is not None and self.metrics is not None:
             self.metrics.unbind(self._bound_metrics)
+        if self._instrumentation is not None:
+            self._instrumentation.uninstall()
         self._bound_metrics = None
         self._instrumentation = None
         self._tracing = None
         self._instrumented = False
         self.pipeline.observer = None
-        self.dispatcher.observe(None)
 
     async def catch_up(self, peer: str, *, limit: int = PAGE_LIMIT) -> CatchUpReport:
         """Pull every fact ``peer``'s sidecar exports into this node, through the

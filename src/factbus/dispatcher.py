@@ -30,6 +30,7 @@ import inspect
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Protocol
 
 from factbus.errors import FactbusError
@@ -115,6 +116,10 @@ class Dispatcher:
         self.timeout = timeout or None
         self.middleware: list[Middleware] = list(middleware)
         self._handlers: dict[str, list[HandlerSpec]] = defaultdict(list)
+        self.timings: list[tuple[Fact, float, bool]] | None = None
+        """When a list (metrics are on): each dispatched fact, the seconds its
+        handlers took (with retries), and whether they succeeded. Whoever set it
+        empties it (once per pipeline step)."""
 
     def register(
         self,
@@ -139,7 +144,8 @@ class Dispatcher:
         return spec
 
     def observe(self, observer: PipelineObserver | None) -> None:
-        """Route every dispatch through ``observer.dispatch`` (``None``: stop).
+        """Route every dispatch through ``observer.dispatch`` (tracing wraps each
+        fact's handlers in a span); ``None``: stop.
 
         Without an observer :meth:`dispatch` is the plain method: no per-fact cost.
         """
@@ -149,7 +155,7 @@ class Dispatcher:
         plain = type(self).dispatch
 
         async def observed(fact: Fact, tx: StoreTransaction) -> None:
-            if self._handlers.get(fact.type):
+            if self.handlers_for(fact.type):
                 await observer.dispatch(fact, plain(self, fact, tx))
 
         self.dispatch = observed  # type: ignore[method-assign]
@@ -173,10 +179,16 @@ class Dispatcher:
         if not specs:
             return
         token = _TRANSACTION.set(tx)
+        timings = self.timings
+        start = perf_counter() if timings is not None else 0.0
+        ok = False
         try:
             await self._run(specs, fact, tx)
+            ok = True
         finally:
             _TRANSACTION.reset(token)
+            if timings is not None:
+                timings.append((fact, perf_counter() - start, ok))
 
     async def _run(self, specs: list[HandlerSpec], fact: Fact, tx: StoreTransaction) -> None:
         for spec in specs:

@@ -1,11 +1,13 @@
 """The observer a bus installs when it has metrics or tracing (or both).
 
 It remembers, for the facts of the step in progress, the headers of the
-delivery that brought them (trace context, publish time), so that when a fact
-is dispatched its handler span continues the publisher's trace and its
-end-to-end latency can be measured. What it remembers is dropped at the end of
-each step: a fact parked and released in a later step is handled in a trace
-of its own and without an end-to-end latency sample.
+delivery that brought them (trace context, publish time). When a fact is
+dispatched, tracing continues the publisher's trace from those headers; at
+the end of the step the dispatcher's timings go into the handler-duration
+histograms and each envelope's head fact handled in that step gets an
+end-to-end latency sample. What it remembers is dropped at the end of each
+step: a fact parked and released in a later step is handled in a trace of its
+own and without an end-to-end sample.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 
+from factbus.dispatcher import Dispatcher
+from factbus.envelope import HEADER_PUBLISHED_AT
 from factbus.errors import EnvelopeError
-from factbus.fact import Fact, FactRef
-from factbus.metrics import BusMetrics, published_at
+from factbus.fact import Fact
+from factbus.metrics import BusMetrics
 from factbus.observer import PipelineObserver
 from factbus.tracing import Tracing
 from factbus.transport.base import Delivery
@@ -24,49 +28,82 @@ from factbus.transport.base import Delivery
 class Instrumentation(PipelineObserver):
     """Feeds :class:`~factbus.metrics.BusMetrics` and :class:`~factbus.tracing.Tracing`."""
 
-    def __init__(self, metrics: BusMetrics | None, tracing: Tracing | None) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, metrics: BusMetrics | None, tracing: Tracing | None
+    ) -> None:
         self.metrics = metrics
         self.tracing = tracing
-        self._pending: dict[FactRef, tuple[Mapping[str, str], float | None]] = {}
+        self._dispatcher = dispatcher
+        self._pending: dict[int, tuple[Fact, Mapping[str, str]]] = {}
+        """id(fact) -> (fact, headers of its delivery), for every fact (tracing) or
+        envelope heads only; holding the fact keeps its id unique until cleared."""
+        self._timings: list[tuple[Fact, float, bool]] = []
+
+    def install(self) -> None:
+        """Hook into the dispatcher: timings (metrics) and spans (tracing)."""
+        if self.metrics is not None:
+            self._dispatcher.timings = self._timings
+        if self.tracing is not None:
+            self._dispatcher.observe(self)
+
+    def uninstall(self) -> None:
+        self._dispatcher.timings = None
+        self._dispatcher.observe(None)
 
     def received(self, delivery: Delivery, facts: Sequence[Fact]) -> None:
         headers = delivery.headers
-        entry = (headers, published_at(headers) if self.metrics is not None else None)
-        pending = self._pending
-        for fact in facts:
-            pending[fact.ref] = entry
+        if self.tracing is not None:
+            pending = self._pending
+            for fact in facts:
+                pending[id(fact)] = (fact, headers)
+        elif facts:
+            head = facts[-1]
+            self._pending[id(head)] = (head, headers)
 
     def rejected(self, delivery: Delivery, error: EnvelopeError) -> None:
         if self.metrics is not None:
-            self.metrics.rejected(error.code)
+            self.metrics.reject(error.code)
 
     async def dispatch(self, fact: Fact, work: Awaitable[None]) -> None:
-        entry = self._pending.pop(fact.ref, None)
-        if self.tracing is not None:
-            with self.tracing.handling(fact.type, fact.hash, entry[0] if entry else None):
-                await self._timed(fact, work, entry)
-        else:
-            await self._timed(fact, work, entry)
-
-    async def _timed(
-        self,
-        fact: Fact,
-        work: Awaitable[None],
-        entry: tuple[Mapping[str, str], float | None] | None,
-    ) -> None:
-        metrics = self.metrics
-        if metrics is None:
+        assert self.tracing is not None
+        entry = self._pending.get(id(fact))
+        with self.tracing.handling(fact.type, fact.hash, entry[1] if entry else None):
             await work
-            return
-        start = time.perf_counter()
-        try:
-            await work
-        finally:
-            metrics.handled(fact, time.perf_counter() - start)
-        if entry is not None and entry[1] is not None:
-            metrics.latency(time.time() - entry[1])
 
     def step_done(self, seconds: float) -> None:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.step_duration.observe(seconds)
+            if self._timings:
+                self._fold(metrics)
         self._pending.clear()
-        if self.metrics is not None:
-            self.metrics.step(seconds)
+
+    def _fold(self, metrics: BusMetrics) -> None:
+        """Move the dispatcher's timings into the histograms (hot: once per fact)."""
+        timings = self._timings
+        pending = self._pending
+        spent_by_type: dict[str, list[float]] = {}
+        sent_at: list[str] = []
+        for fact, spent, ok in timings:
+            spent_list = spent_by_type.get(fact.type)
+            if spent_list is None:
+                spent_list = spent_by_type[fact.type] = []
+            spent_list.append(spent)
+            if ok and pending:
+                entry = pending.get(id(fact))
+                if entry is not None:
+                    raw = entry[1].get(HEADER_PUBLISHED_AT)
+                    if raw is not None:
+                        sent_at.append(raw)
+        timings.clear()
+        for fact_type, values in spent_by_type.items():
+            metrics.handler_histogram(fact_type).observe_all(values)
+        if sent_at:
+            now = time.time()
+            ages: list[float] = []
+            for raw in sent_at:
+                try:
+                    ages.append(now - float(raw))  # clock skew: a negative age lands in le=0.001
+                except ValueError:
+                    continue
+            metrics.end_to_end.observe_all(ages)

@@ -25,11 +25,15 @@ factbus_step_duration_seconds          histogram
 factbus_end_to_end_latency_seconds     histogram  publish-time header -> handled
 =====================================  =========  ================================
 
-Cost: the counters and ``waiting`` are read from the pipeline's plain-int
-:class:`~factbus.PipelineStats` when scraped (nothing per fact); the
-histograms cost one clock read and one ``observe`` per handled fact and per
-step. ``factbus_facts_rejected_total`` counts envelopes (one per dead-lettered
-delivery), since a rejected envelope's facts are never trusted.
+Cost: everything is kept in plain Python numbers by the bus's event-loop
+thread and turned into Prometheus samples only when scraped. The counters and
+``waiting`` are the pipeline's own :class:`~factbus.PipelineStats` (nothing
+extra per fact). Per handled fact the dispatcher reads the clock twice and
+appends to a list; once per step those timings go into the histograms
+(:class:`Histogram`: one bisect each), with the end-to-end latency of each
+envelope's head fact. ``factbus_facts_rejected_total`` counts envelopes (one
+per dead-lettered delivery), since a rejected envelope's facts are never
+trusted.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +52,12 @@ AVAILABLE: bool
 """True when ``prometheus-client`` is importable."""
 try:
     import prometheus_client
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
     from prometheus_client.registry import Collector, CollectorRegistry
 
     AVAILABLE = True
@@ -58,7 +67,6 @@ except ImportError:  # pragma: no cover - exercised by installs without the extr
 
 if TYPE_CHECKING:
     from factbus.bus import Bus
-    from factbus.fact import Fact
     from factbus.pipeline import PipelineStats
 
 HANDLER_BUCKETS = (
@@ -132,6 +140,41 @@ def _require() -> None:
         raise ConfigError("factbus metrics need prometheus-client: pip install 'factbus[metrics]'")
 
 
+class Histogram:
+    """A cumulative histogram kept in plain Python numbers, observed on the bus's
+    event-loop thread without a lock (a scrape from another thread may see one
+    observation half-applied; the next scrape is exact)."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def observe_all(self, values: Sequence[float]) -> None:
+        counts, bounds = self.counts, self.bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+        self.sum += sum(values)
+        self.count += len(values)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, cumulative count)`` pairs, ``+Inf`` last, as Prometheus wants."""
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        return out
+
+
 class Metrics:
     """A Prometheus registry that buses report into (see the module docstring).
 
@@ -150,45 +193,17 @@ class Metrics:
         self.lag_interval = lag_interval
         self._buses: list[BusMetrics] = []
         self._lock = threading.Lock()
-        labels = ("topic", "node")
-        self.rejected = prometheus_client.Counter(
-            REJECTED,
-            "Envelopes dead-lettered on receipt, by reason code.",
-            (*labels, "reason"),
-            registry=self.registry,
-        )
-        self.handler_duration = prometheus_client.Histogram(
-            HANDLER_DURATION,
-            "Seconds spent in a fact's handlers (every handler of its type, with retries).",
-            (*labels, "fact_type"),
-            buckets=HANDLER_BUCKETS,
-            registry=self.registry,
-        )
-        self.step_duration = prometheus_client.Histogram(
-            STEP_DURATION,
-            "Seconds per pipeline step (verify, dedup, order, handle, record, ack a batch).",
-            labels,
-            buckets=HANDLER_BUCKETS,
-            registry=self.registry,
-        )
-        self.end_to_end = prometheus_client.Histogram(
-            END_TO_END,
-            "Seconds from the publisher's publish-time header to the fact being handled.",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
         self.registry.register(_StatsCollector(self))
 
     def bind(self, bus: Bus) -> BusMetrics:
         """Report ``bus`` (its node and topic as they are now) into this registry."""
-        bound = BusMetrics(self, bus.settings.topic, bus.settings.node_name, bus)
+        bound = BusMetrics(bus.settings.topic, bus.settings.node_name, bus, self.lag_interval)
         with self._lock:
             self._buses.append(bound)
         return bound
 
     def unbind(self, bound: BusMetrics) -> None:
-        """Stop collecting ``bound``'s counters (its histograms stay exported)."""
+        """Stop exporting ``bound`` (a closed bus)."""
         with self._lock:
             if bound in self._buses:
                 self._buses.remove(bound)
@@ -240,45 +255,35 @@ def asgi_app(metrics: Metrics) -> Callable[..., Any]:
 
 
 class BusMetrics:
-    """One bus's view of a :class:`Metrics` registry, labels bound once."""
+    """One bus's numbers beyond its :class:`~factbus.PipelineStats`: rejections by
+    reason, histograms, lag. Written on the bus's event-loop thread only."""
 
-    def __init__(self, metrics: Metrics, topic: str, node: str, bus: Bus | None) -> None:
-        self.metrics = metrics
+    def __init__(self, topic: str, node: str, bus: Bus | None, lag_interval: float) -> None:
         self.topic = topic
         self.node = node
         self._bus = bus
+        self.lag_interval = lag_interval
         self.lag: dict[str, int] = {}
         """Last broker lag per partition (or ``queue``), refreshed by the bus."""
-        self._step = metrics.step_duration.labels(topic, node)
-        self._latency = metrics.end_to_end.labels(topic, node)
-        self._handler: dict[str, Any] = {}
-        self._rejected: dict[str, Any] = {}
+        self.rejected: dict[str, int] = {}
+        """Envelopes rejected, by reason code."""
+        self.handler_duration: dict[str, Histogram] = {}
+        """Per fact type."""
+        self.step_duration = Histogram(HANDLER_BUCKETS)
+        self.end_to_end = Histogram(LATENCY_BUCKETS)
 
     @property
     def stats(self) -> PipelineStats | None:
         return self._bus.stats if self._bus is not None else None
 
-    def rejected(self, code: str) -> None:
-        counter = self._rejected.get(code)
-        if counter is None:
-            counter = self._rejected[code] = self.metrics.rejected.labels(
-                self.topic, self.node, code
-            )
-        counter.inc()
+    def reject(self, code: str) -> None:
+        self.rejected[code] = self.rejected.get(code, 0) + 1
 
-    def handled(self, fact: Fact, seconds: float) -> None:
-        histogram = self._handler.get(fact.type)
+    def handler_histogram(self, fact_type: str) -> Histogram:
+        histogram = self.handler_duration.get(fact_type)
         if histogram is None:
-            histogram = self._handler[fact.type] = self.metrics.handler_duration.labels(
-                self.topic, self.node, fact.type
-            )
-        histogram.observe(seconds)
-
-    def latency(self, seconds: float) -> None:
-        self._latency.observe(max(seconds, 0.0))
-
-    def step(self, seconds: float) -> None:
-        self._step.observe(seconds)
+            histogram = self.handler_duration[fact_type] = Histogram(HANDLER_BUCKETS)
+        return histogram
 
     async def follow_lag(self, bus: Bus, stopping: asyncio.Event) -> None:
         """Refresh :attr:`lag` from the transport's ``lag()`` every ``lag_interval``
@@ -292,7 +297,7 @@ class BusMetrics:
             with contextlib.suppress(Exception):
                 self.lag = dict(await lag(self.topic, group))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.metrics.lag_interval)
+                await asyncio.wait_for(stopping.wait(), self.lag_interval)
 
 
 def published_at(headers: Mapping[str, str]) -> float | None:
@@ -304,11 +309,6 @@ def published_at(headers: Mapping[str, str]) -> float | None:
         return float(raw)
     except ValueError:
         return None
-
-
-def now() -> float:
-    """Wall-clock seconds, comparable with the publish-time header."""
-    return time.time()
 
 
 class _StatsCollector(Collector):
@@ -348,3 +348,47 @@ class _StatsCollector(Collector):
             for partition, value in bound.lag.items():
                 lag.add_metric([bound.topic, bound.node, partition], value)
         yield lag
+        rejected = CounterMetricFamily(
+            REJECTED,
+            "Envelopes dead-lettered on receipt, by reason code.",
+            labels=[*labels, "reason"],
+        )
+        for bound in buses:
+            for reason, count in sorted(bound.rejected.items()):
+                rejected.add_metric([bound.topic, bound.node, reason], count)
+        yield rejected
+        handler = HistogramMetricFamily(
+            HANDLER_DURATION,
+            "Seconds spent in a fact's handlers (every handler of its type, with retries).",
+            labels=[*labels, "fact_type"],
+        )
+        for bound in buses:
+            for fact_type, histogram in sorted(bound.handler_duration.items()):
+                handler.add_metric(
+                    [bound.topic, bound.node, fact_type], histogram.cumulative(), histogram.sum
+                )
+        yield handler
+        step = HistogramMetricFamily(
+            STEP_DURATION,
+            "Seconds per pipeline step (verify, dedup, order, handle, record, ack a batch).",
+            labels=labels,
+        )
+        latency = HistogramMetricFamily(
+            END_TO_END,
+            "Seconds from the publisher's publish-time header to the fact being handled "
+            "(facts handled in the step that received them).",
+            labels=labels,
+        )
+        for bound in buses:
+            step.add_metric(
+                [bound.topic, bound.node],
+                bound.step_duration.cumulative(),
+                bound.step_duration.sum,
+            )
+            latency.add_metric(
+                [bound.topic, bound.node],
+                bound.end_to_end.cumulative(),
+                bound.end_to_end.sum,
+            )
+        yield step
+        yield latency
