@@ -1,0 +1,78 @@
+"""``factbus worker --metrics-port``: each worker process serves its metrics,
+scraped over HTTP while it consumes from RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from obs_support import cleanup_broker, scrape_until, transport_url, value
+
+from factbus import Bus, Fact
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.broker("amqp")
+async def test_worker_serves_its_metrics() -> None:
+    url = transport_url("amqp", "")
+    topic = f"obs-worker-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "OBS_APP_TRANSPORT": url,
+        "OBS_APP_TOPIC": topic,
+        "FACTBUS_LOG_LEVEL": "error",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "factbus",
+        "worker",
+        "worker_app:build_bus",
+        "--app-dir",
+        str(HERE),
+        "--metrics-port",
+        "0",
+        "--progress",
+        "off",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    try:
+        metrics_url = ""
+        async with asyncio.timeout(60):
+            while not metrics_url:
+                line = (await process.stderr.readline()).decode()
+                assert line, "the worker exited before serving metrics"
+                found = re.search(r"metrics at (http://\S+)", line)
+                if found:
+                    metrics_url = found.group(1)
+        node = {"node": "obs-worker-0", "topic": topic}
+        # The queue exists once the worker consumes: wait for its counters to appear.
+        await scrape_until(
+            metrics_url,
+            lambda s: ("factbus_facts_handled_total", frozenset(node.items())) in s,
+            timeout=60,
+        )
+        async with Bus(url, "memory://", topic=topic, node="obs-pub", consume=False) as bus:
+            await bus.publish(*[Fact("Obs.Work", {"i": i}) for i in range(5)], ancestors=False)
+        samples = await scrape_until(
+            metrics_url, lambda s: value(s, "factbus_facts_handled_total", **node) == 5
+        )
+        assert (
+            value(samples, "factbus_handler_duration_seconds_count", fact_type="Obs.Work", **node)
+            == 5
+        )
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        status = await asyncio.wait_for(process.wait(), 60)
+        await cleanup_broker(url, topic, ["obs-worker-0"])
+    assert status == 0
