@@ -34,10 +34,13 @@ class Instrumentation(PipelineObserver):
         self.metrics = metrics
         self.tracing = tracing
         self._dispatcher = dispatcher
-        self._pending: dict[int, tuple[Fact, Mapping[str, str]]] = {}
-        """id(fact) -> (fact, headers of its delivery), for every fact (tracing) or
-        envelope heads only; holding the fact keeps its id unique until cleared."""
+        self._pending: dict[int, tuple[Fact, Mapping[str, str], float | None]] = {}
+        """id(fact) -> (fact, headers of its delivery, publish time), for every fact
+        (tracing) or envelope heads only; holding the fact keeps its id unique
+        until cleared."""
         self._timings: list[tuple[Fact, float, bool]] = []
+        self._last_raw: str | None = None
+        self._last_sent: float | None = None
 
     def install(self) -> None:
         """Hook into the dispatcher: timings (metrics) and spans (tracing)."""
@@ -52,13 +55,27 @@ class Instrumentation(PipelineObserver):
 
     def received(self, delivery: Delivery, facts: Sequence[Fact]) -> None:
         headers = delivery.headers
+        sent: float | None = None
+        if self.metrics is not None:
+            raw = headers.get(HEADER_PUBLISHED_AT)
+            if raw is not None:
+                # The messages of one publish call share their publish time, and
+                # they mostly arrive together: parse each distinct value once.
+                if raw == self._last_raw:
+                    sent = self._last_sent
+                else:
+                    try:
+                        sent = float(raw)
+                    except ValueError:
+                        sent = None
+                    self._last_raw, self._last_sent = raw, sent
         if self.tracing is not None:
             pending = self._pending
             for fact in facts:
-                pending[id(fact)] = (fact, headers)
+                pending[id(fact)] = (fact, headers, sent)
         elif facts:
             head = facts[-1]
-            self._pending[id(head)] = (head, headers)
+            self._pending[id(head)] = (head, headers, sent)
 
     def rejected(self, delivery: Delivery, error: EnvelopeError) -> None:
         if self.metrics is not None:
@@ -81,29 +98,26 @@ class Instrumentation(PipelineObserver):
     def _fold(self, metrics: BusMetrics) -> None:
         """Move the dispatcher's timings into the histograms (hot: once per fact)."""
         timings = self._timings
-        pending = self._pending
+        find = self._pending.get
+        now = time.time()
         spent_by_type: dict[str, list[float]] = {}
-        sent_at: list[str] = []
+        ages: list[float] = []
+        last_type: str | None = None
+        spent_list: list[float] = []
         for fact, spent, ok in timings:
-            spent_list = spent_by_type.get(fact.type)
-            if spent_list is None:
-                spent_list = spent_by_type[fact.type] = []
+            fact_type = fact.type
+            if fact_type is not last_type:
+                found = spent_by_type.get(fact_type)
+                if found is None:
+                    found = spent_by_type[fact_type] = []
+                spent_list, last_type = found, fact_type
             spent_list.append(spent)
-            if ok and pending:
-                entry = pending.get(id(fact))
-                if entry is not None:
-                    raw = entry[1].get(HEADER_PUBLISHED_AT)
-                    if raw is not None:
-                        sent_at.append(raw)
+            if ok:
+                entry = find(id(fact))
+                if entry is not None and entry[2] is not None:
+                    ages.append(now - entry[2])  # clock skew: a negative age lands in le=0.001
         timings.clear()
         for fact_type, values in spent_by_type.items():
             metrics.handler_histogram(fact_type).observe_all(values)
-        if sent_at:
-            now = time.time()
-            ages: list[float] = []
-            for raw in sent_at:
-                try:
-                    ages.append(now - float(raw))  # clock skew: a negative age lands in le=0.001
-                except ValueError:
-                    continue
+        if ages:
             metrics.end_to_end.observe_all(ages)
