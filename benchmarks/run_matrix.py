@@ -176,9 +176,30 @@ def write(
     )
     plot(ordered, out / "throughput.png")
     (out / "RESULTS.md").write_text(
-        results_md(chosen, chosen_runs, runs, commands, repeat), encoding="utf-8"
+        results_md(chosen, chosen_runs, runs, commands, repeat) + _kept_sections(out),
+        encoding="utf-8",
     )
     print(f"wrote {out / 'RESULTS.md'}, results.json, throughput.png")
+
+
+KEPT_SECTIONS = ("## Metrics overhead",)
+"""Sections of RESULTS.md that other scripts write (studies/metrics_overhead.py);
+a rewrite of the matrix keeps them, at the end."""
+
+
+def _kept_sections(out: Path) -> str:
+    path = out / "RESULTS.md"
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    kept = ""
+    for heading in KEPT_SECTIONS:
+        at = text.find(heading)
+        if at >= 0:
+            rest = text[at:]
+            end = rest.find("\n## ", len(heading))
+            kept += "\n" + (rest if end < 0 else rest[: end + 1])
+    return kept
 
 
 def redact_cmd(text: str) -> str:

@@ -1,6 +1,6 @@
 """What metrics (and tracing) cost on the memory pipeline.
 
-    .venv/bin/python benchmarks/bench_metrics_overhead.py [--facts 20000] [--rounds 7] [--write]
+    .venv/bin/python benchmarks/studies/metrics_overhead.py [--facts 20000] [--rounds 7] [--write]
 
 Each run pre-publishes ``--facts`` independent facts into a fresh memory://
 queue, then times one consuming bus (memory store, trivial sync handler) from
@@ -43,7 +43,7 @@ from factbus.metrics import Metrics
 from factbus.transport.memory import MemoryTransport
 
 VARIANTS = ("off", "metrics", "tracing-noop", "metrics+tracing-sdk")
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 MARKER = "## Metrics overhead"
 
 
@@ -170,7 +170,7 @@ def section(by_store: dict[str, list[list[Run]]], count: int, rounds: int) -> st
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"{MARKER}\n\n"
-        f"Written by `benchmarks/bench_metrics_overhead.py --facts {count} --rounds {rounds} "
+        f"Written by `benchmarks/studies/metrics_overhead.py --facts {count} --rounds {rounds} "
         f"--stores {','.join(by_store)} --write` on {now} (Python "
         f"{platform.python_version()}, shared 2-core machine).\n\n"
         "One consuming bus on memory:// (memory store, or SQLite: the default) "
@@ -188,9 +188,14 @@ def section(by_store: dict[str, list[list[Run]]], count: int, rounds: int) -> st
 
 
 def write(text: str) -> None:
+    """Replace (or append) the section in RESULTS.md; run_matrix.py keeps it."""
     current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    head = current.split(MARKER, 1)[0].rstrip("\n")
-    RESULTS.write_text(f"{head}\n\n{text}", encoding="utf-8")
+    head, _, rest = current.partition(MARKER)
+    after = rest.find("\n## ")
+    tail = rest[after + 1 :] if rest and after >= 0 else ""
+    RESULTS.write_text(
+        f"{head.rstrip()}\n\n{text}" + (f"\n{tail}" if tail else ""), encoding="utf-8"
+    )
     print(f"wrote {RESULTS}")
 
 
