@@ -57,8 +57,8 @@ from factbus_amqp.connection import (
     ConsumerCallback,
     Live,
     RecoveringConnection,
-    stream_name,
     queue_name,
+    stream_name,
 )
 
 if TYPE_CHECKING:
