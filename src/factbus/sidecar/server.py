@@ -11,6 +11,8 @@ Routes (docs/sidecar.md has examples)::
     GET  /tables/{name}/rows/{hash}  one row, with each property's leaves (type, hash, value)
     GET  /healthz                    200 while the process serves
     GET  /readyz                     200 once subscribed with no backlog, else 503
+    GET  /metrics                    Prometheus text (docs/observability.md); 501 without
+                                     prometheus-client installed
     <[sidecar] jinaga>/...           Jinaga's protocol (factbus.jinaga.http), if set
 
 Every refusal is a 4xx with ``{"error": {"code", "message"[, "field"]}}`` and
@@ -101,6 +103,7 @@ def build_app(sidecar: Sidecar) -> Starlette:
         Route("/tables/{name}/rows/{hash:path}", api.row, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
     ]
     if sidecar.config.jinaga:
         try:
@@ -128,6 +131,23 @@ class _Api:
 
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
+
+    async def metrics(self, request: Request) -> Response:
+        metrics = self.sidecar.metrics
+        if metrics is None:
+            return json_response(
+                {
+                    "error": {
+                        "code": "metrics-unavailable",
+                        "message": "GET /metrics needs prometheus-client: "
+                        "pip install 'factbus[metrics]'",
+                    }
+                },
+                501,
+            )
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     async def post_facts(self, request: Request) -> Response:
         try:

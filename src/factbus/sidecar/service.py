@@ -15,7 +15,7 @@ import contextlib
 import os
 from collections.abc import Collection, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 
@@ -26,6 +26,9 @@ from factbus.sidecar.archive import FactArchive
 from factbus.sidecar.config import SidecarConfig
 from factbus.sidecar.outbox import Outbox
 from factbus.sidecar.views import Views
+
+if TYPE_CHECKING:
+    from factbus.metrics import Metrics
 
 log = structlog.get_logger("factbus.sidecar")
 
@@ -51,6 +54,12 @@ def sidecar_settings(config: SidecarConfig, **overrides: Any) -> Settings:
     return Settings.load(None, **{**from_toml, **overrides})
 
 
+def _metrics() -> Metrics | None:
+    from factbus import metrics
+
+    return metrics.Metrics() if metrics.AVAILABLE else None
+
+
 class Sidecar:
     """A sidecar's parts, started and stopped together (see the module docstring).
 
@@ -70,7 +79,10 @@ class Sidecar:
         self.config = config
         self.settings = settings or sidecar_settings(config)
         self.listen = listen or config.listen
-        self.bus = Bus(settings=self.settings)
+        self.metrics = _metrics()
+        """The Prometheus registry served at ``GET /metrics`` (``None`` without
+        prometheus-client: then that route answers 501)."""
+        self.bus = Bus(settings=self.settings, metrics=self.metrics)
         self.archive = FactArchive(self.settings.store_url)
         self.views = Views(config, store_url=self.settings.store_url)
         self.views.attach(self.bus)
