@@ -34,6 +34,7 @@ from factbus.envelope import (
 )
 from factbus.errors import EnvelopeError
 from factbus.fact import Fact, FactRef
+from factbus.observer import PipelineObserver
 from factbus.store.base import FactState, ParkedFact, Store, StoreBatch
 from factbus.transport.base import Delivery, Transport, delivery_position
 
@@ -121,6 +122,9 @@ class Pipeline:
         """Set when deliveries come from a log read at a position the node keeps
         (:class:`~factbus.transport.LogReader`): each step records the position
         after its last delivery under this key, in the step's own transaction."""
+        self.observer: PipelineObserver | None = None
+        """Sees each decoded and each rejected delivery (metrics, tracing); see
+        :mod:`factbus.observer`. ``None``: one test per delivery, nothing else."""
 
     async def recover(self) -> None:
         """After a restart: learn how many facts wait, and hand on those left ready
@@ -153,6 +157,8 @@ class Pipeline:
             except EnvelopeError as error:
                 await self._reject(delivery, error)
                 continue
+            if self.observer is not None:
+                self.observer.received(delivery, decoded)
             facts.extend(decoded)
             accepted.append(delivery)
         return facts, accepted
@@ -167,6 +173,8 @@ class Pipeline:
 
     async def _reject(self, delivery: Delivery, error: EnvelopeError) -> None:
         self.stats.rejected += 1
+        if self.observer is not None:
+            self.observer.rejected(delivery, error)
         log.warning("envelope rejected", topic=self.topic, reason=error.reason)
         await self.transport.dead_letter(
             self.topic, delivery.body, dict(delivery.headers), error.reason
