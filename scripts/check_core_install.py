@@ -1,7 +1,9 @@
 """Run by ``make core-only`` (part of ``make test``) in a virtualenv holding factbus
 without any extra: no broker driver is installed there.
 
-Checks that ``import factbus`` and the command line work without the drivers,
+Checks that ``import factbus`` and the command line work without the drivers
+(and that a bus runs without prometheus-client and opentelemetry, whose
+features then refuse with the extra to install),
 and that opening each broker's URL (transport, store, bench baseline) fails
 with :class:`factbus.MissingDriver` naming the extra to install
 (``pip install 'factbus[kafka]'``). Exits non-zero, saying what is wrong, when
@@ -92,10 +94,67 @@ def main() -> int:
         )
     else:
         print(f"ok   factbus sidecar: {sidecar.stderr.strip()}")
+    check_observability(problems)
     if problems:
         print("\n".join(f"FAIL {problem}" for problem in problems), file=sys.stderr)
         return 1
     return 0
+
+
+def check_observability(problems: list[str]) -> None:
+    """Without prometheus-client and opentelemetry: a bus runs untraced, metrics
+    and ``factbus top`` refuse with the extra to install."""
+    import asyncio
+
+    import factbus
+    from factbus import tracing
+    from factbus.errors import ConfigError
+
+    for module in ("prometheus_client", "opentelemetry"):
+        if importlib.util.find_spec(module) is not None:
+            problems.append(f"{module} is installed: this check needs a core-only install")
+            return
+    if tracing.AVAILABLE:
+        problems.append("factbus.tracing.AVAILABLE without opentelemetry")
+
+    async def run_bus() -> int:
+        bus = factbus.Bus("memory://core-obs", "memory://", node="n", topic="t")
+        seen: list[factbus.Fact] = []
+        bus.handler("A")(seen.append)
+        async with bus:
+            await bus.publish(factbus.Fact("A", {"i": 1}))
+            await bus.drain()
+        return len(seen)
+
+    handled = asyncio.run(run_bus())
+    if handled != 1:
+        problems.append(f"a bus without opentelemetry handled {handled} facts, not 1")
+    else:
+        print("ok   a bus runs without opentelemetry and prometheus-client")
+    try:
+        from factbus.metrics import Metrics
+
+        Metrics()
+    except ConfigError as error:
+        if "pip install 'factbus[metrics]'" in str(error):
+            print(f"ok   Metrics(): {error}")
+        else:
+            problems.append(f"Metrics() without prometheus-client: {error} (no hint)")
+    else:
+        problems.append("Metrics() worked without prometheus-client")
+    top = subprocess.run(
+        [sys.executable, "-m", "factbus", "top", "--metrics", "http://127.0.0.1:9/", "--once"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if top.returncode != 2 or "pip install 'factbus[metrics]'" not in top.stderr:
+        problems.append(
+            f"factbus top without prometheus-client: exit {top.returncode}, "
+            f"{top.stderr!r} (expected exit 2 and the hint)"
+        )
+    else:
+        print(f"ok   factbus top: {top.stderr.strip()}")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         import prometheus_client.parser  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "factbus top needs prometheus-client: pip install 'factbus[metrics]'"
+            "prometheus-client is not installed: pip install 'factbus[metrics]'"
         ) from None
     console = Console()
     previous = scrape_all(args.metrics)
