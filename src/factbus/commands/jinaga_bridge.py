@@ -10,8 +10,9 @@ server), poll_interval, batch_size, timeout, and one [[jinaga.feed]] table per
 feed to pull (root = {type, fields} or {type, hash}, successor, role).
 See docs/jinaga.md.
 
-Runs until SIGTERM or SIGINT, then finishes the page or batch in flight (or
-abandons it, to be redone on the next start) and exits 0. Exit status 2 on a
+Runs until SIGTERM or SIGINT, then finishes the page or batch in flight (one
+still running after [jinaga] timeout seconds is abandoned and redone on the next
+start), closes the bus and exits 0. Exit status 2 on a
 configuration error.
 """
 

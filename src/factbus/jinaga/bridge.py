@@ -535,6 +535,7 @@ class JinagaBridge:
         self.stats = BridgeStats()
         self._pulling: set[FactRef] = set()
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
         self._log = log.bind(server=config.url, node=settings.node_name)
@@ -563,13 +564,19 @@ class JinagaBridge:
             self._tasks.append(asyncio.create_task(self._pull_loop(feed), name="jinaga-pull"))
 
     async def aclose(self) -> None:
-        """Stop the loops (a page or batch in flight is abandoned and redone on the
-        next start), close the bus, the state and the HTTP client."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop the loops, close the bus, the state and the HTTP client.
+
+        A page or batch in flight is finished first (up to ``timeout`` seconds; one
+        still running then is abandoned and redone on the next start)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=self.config.timeout)
+            for task in pending:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._tasks.clear()
         await self.bus.aclose()
         await self.state.aclose()
@@ -608,23 +615,27 @@ class JinagaBridge:
         self._log.debug("pushed", facts=len(batch), graph=len(facts))
         return len(batch)
 
+    async def _pause(self, seconds: float, event: asyncio.Event | None = None) -> None:
+        """Sleep ``seconds``, less if the bridge is stopping (or ``event`` is set)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for((event or self._stopping).wait(), seconds)
+
     async def _push_loop(self) -> None:
         delay = self.config.poll_interval
-        while True:
+        while not self._stopping.is_set():
             try:
-                while await self.push_once():
+                while not self._stopping.is_set() and await self.push_once():
                     pass
                 delay = self.config.poll_interval
             except (BridgeError, httpx.HTTPError) as error:
                 self.stats.errors += 1
                 self.stats.last_error = f"push: {error}"
                 self._log.warning("push failed, retrying", error=str(error), retry_in=delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 delay = min(delay * 2, 30.0)
                 continue
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+            await self._pause(self.config.poll_interval, self._wake)
 
     # -- pull ---------------------------------------------------------------
 
@@ -684,12 +695,14 @@ class JinagaBridge:
     async def _pull_loop(self, feed: Feed) -> None:
         delay = self.config.poll_interval
         ids: list[str] = []
-        while True:
+        while not self._stopping.is_set():
             try:
                 if not ids:
                     ids = await self.feed_ids(feed)
                 busy = False
                 for feed_id in ids:
+                    if self._stopping.is_set():
+                        return
                     busy = await self.pull_once(feed, feed_id) > 0 or busy
                 delay = self.config.poll_interval
                 if busy:
@@ -699,10 +712,10 @@ class JinagaBridge:
                 self.stats.last_error = f"pull {feed.key}: {error}"
                 ids = []
                 self._log.warning("pull failed, retrying", feed=feed.key, error=str(error))
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            await asyncio.sleep(self.config.poll_interval)
+            await self._pause(self.config.poll_interval)
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
