@@ -282,7 +282,7 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
             await wait_for(order4_archived, 30, "order 4 in the archive")
             later = (await http.get(f"/feeds/{feeds[1]}", params={"b": first["bookmark"]})).json()
             assert [r["hash"] for r in later["references"]] == [store.hash, order4.hash]
-            assert int(later["bookmark"]) > int(first["bookmark"])
+            assert later["bookmark"] != first["bookmark"]
             bad = await http.get(f"/feeds/{feeds[1]}", params={"b": "soon"})
             assert bad.status_code == 404 and "bookmark" in bad.json()["message"]
 

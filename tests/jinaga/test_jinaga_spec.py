@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from factbus.fact import FactRef
-from factbus.jinaga.feeds import build_feeds, feed_id, parse_bookmark, parse_feed_id
+from factbus.jinaga.feeds import (
+    archive_tag,
+    build_feeds,
+    feed_id,
+    parse_bookmark,
+    parse_feed_id,
+    write_bookmark,
+)
 from factbus.jinaga.spec import (
     ExistentialCondition,
     Label,
@@ -154,7 +161,11 @@ def test_feed_ids_carry_their_feed_and_refuse_others() -> None:
 
 
 def test_bookmarks() -> None:
-    assert parse_bookmark("") == 0 and parse_bookmark("42") == 42
-    for bad in ["-1", "x", "1" * 30, "٣"]:
+    tag, other = archive_tag("sidecar-a"), archive_tag("sidecar-b")
+    assert tag != other and tag == archive_tag("sidecar-a")
+    assert parse_bookmark("", tag) == 0
+    assert parse_bookmark(write_bookmark(42, tag), tag) == 42
+    assert parse_bookmark(write_bookmark(42, other), tag) == 0  # another replica's: start over
+    for bad in ["42", "-1.x", "x", "1" * 30 + "." + tag, "٣." + tag]:
         with pytest.raises(SpecificationSyntaxError):
-            parse_bookmark(bad)
+            parse_bookmark(bad, tag)

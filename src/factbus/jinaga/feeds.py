@@ -19,7 +19,9 @@ A feed id is the feed's own specification text, compressed and base64url
 encoded (:func:`feed_id` / :func:`parse_feed_id`): the server keeps no
 per-feed state, so ids survive restarts and work on every replica.
 
-Bookmarks are the archive's cursor (its ``seq``, as a decimal string). A
+Bookmarks are the archive's cursor (its ``seq``) and a tag naming the
+archive (:func:`write_bookmark`), so a bookmark from another replica starts
+over instead of skipping facts. A
 read with bookmark ``b`` returns the tuples that contain a fact archived
 after ``b`` (all tuples for an empty bookmark) and the cursor at the time of
 the read; the archive is read before the tuples are evaluated, so a fact
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import zlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -244,16 +247,32 @@ async def _follow(reader: _Reader, match: Match, path: PathCondition, row: Tuple
 # -- reading a feed -----------------------------------------------------------------
 
 
-def parse_bookmark(text: str) -> int:
-    """An archive cursor from a bookmark ('' is the start).
+def archive_tag(node_name: str) -> str:
+    """A short tag naming one archive (its sidecar's node), carried in bookmarks."""
+    digest = hashlib.sha256(node_name.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest[:6]).decode("ascii")
 
-    :raises SpecificationSyntaxError: not a bookmark this server wrote.
+
+def write_bookmark(cursor: int, tag: str) -> str:
+    """``<cursor>.<tag>``: cursors of one archive mean nothing to another replica's."""
+    return f"{cursor}.{tag}"
+
+
+def parse_bookmark(text: str, tag: str) -> int:
+    """An archive cursor from a bookmark; 0 (the start) for '' or another archive's bookmark.
+
+    A bookmark written by another replica (another archive, other ``seq``
+    numbers) starts the feed over: the client gets references it may hold
+    already, never misses one.
+
+    :raises SpecificationSyntaxError: not a bookmark a sidecar wrote.
     """
     if text == "":
         return 0
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
+    cursor, dot, their_tag = text.partition(".")
+    if not dot or not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19:
         raise SpecificationSyntaxError(f"bookmark {text[:40]!r} is not one this server issued")
-    return int(text)
+    return int(cursor) if their_tag == tag else 0
 
 
 async def read_feed(archive: Archive, feed: Request, bookmark: int) -> tuple[list[FactRef], int]:

@@ -39,11 +39,13 @@ from factbus.errors import FactbusError
 from factbus.fact import Fact, FactRef
 from factbus.jinaga.feeds import (
     Archive,
+    archive_tag,
     build_feeds,
     feed_id,
     parse_bookmark,
     parse_feed_id,
     read_feed,
+    write_bookmark,
 )
 from factbus.jinaga.graph import (
     CONTENT_TYPE_GRAPH,
@@ -126,6 +128,8 @@ async def _body(request: HttpRequest, limit: int) -> bytes:
 class _Endpoints:
     def __init__(self, sidecar: JinagaHost) -> None:
         self.sidecar = sidecar
+        settings = getattr(sidecar, "settings", None)
+        self.tag = archive_tag(str(getattr(settings, "node_name", "")))
 
     async def save_options(self, request: HttpRequest) -> Response:
         return Response(
@@ -207,17 +211,23 @@ class _Endpoints:
     async def feed(self, request: HttpRequest) -> Response:
         try:
             feed = parse_feed_id(request.path_params["feed"])
-            bookmark = parse_bookmark(request.query_params.get("b", ""))
+            bookmark = parse_bookmark(request.query_params.get("b", ""), self.tag)
         except SpecificationError as error:
             return _Refused(404, "unknown-feed", error.message).response()
         archive = self.sidecar.archive
         if CONTENT_TYPE_FEED_STREAM in request.headers.get("accept", ""):
             closing: asyncio.Event | None = getattr(self.sidecar, "closing", None)
             return StreamingResponse(
-                _stream(archive, feed, bookmark, closing), media_type=CONTENT_TYPE_FEED_STREAM
+                _stream(archive, feed, bookmark, self.tag, closing),
+                media_type=CONTENT_TYPE_FEED_STREAM,
             )
         references, cursor = await read_feed(archive, feed, bookmark)
-        return _json({"references": [_ref(r) for r in references], "bookmark": str(cursor)})
+        return _json(
+            {
+                "references": [_ref(r) for r in references],
+                "bookmark": write_bookmark(cursor, self.tag),
+            }
+        )
 
 
 def _ref(ref: FactRef) -> dict[str, str]:
@@ -248,7 +258,7 @@ def _load_references(body: bytes) -> list[FactRef]:
 
 
 async def _stream(
-    archive: Archive, feed: Any, bookmark: int, closing: asyncio.Event | None
+    archive: Archive, feed: Any, bookmark: int, tag: str, closing: asyncio.Event | None
 ) -> AsyncIterator[bytes]:
     """JSON lines of ``{"references", "bookmark"}``: one at once, then one per change."""
     first = True
@@ -260,7 +270,10 @@ async def _stream(
             references, bookmark = await read_feed(archive, feed, bookmark)
             seen = count
             if references or first:
-                line = {"references": [_ref(r) for r in references], "bookmark": str(bookmark)}
+                line = {
+                    "references": [_ref(r) for r in references],
+                    "bookmark": write_bookmark(bookmark, tag),
+                }
                 yield orjson.dumps(line) + b"\n"
                 idle = 0.0
             first = False
