@@ -59,11 +59,8 @@ between its commit and its follow-up).
 from __future__ import annotations
 
 import hashlib
-import re
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from factbus.errors import ConfigError, MissingDriver
 from factbus.fact import Fact, FactRef
@@ -75,7 +72,8 @@ from factbus.store.base import (
     fact_from_bytes,
     fact_to_bytes,
 )
-from factbus.urls import parse_bool, parse_duration, parse_int, redact
+from factbus.store.postgres_config import PostgresConfig
+from factbus.urls import redact
 
 try:
     import asyncpg
@@ -90,78 +88,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION: Final = 1
 HANDLED: Final = int(FactState.HANDLED)
 PARKED: Final = int(FactState.PARKED)
-
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*\Z")
-_OPTIONS = (
-    "schema",
-    "prefix",
-    "pool_min",
-    "pool_max",
-    "connect_timeout",
-    "command_timeout",
-    "fact_cache",
-    "custom_plans",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class PostgresConfig:
-    """Options of a ``postgresql://`` store URL (see the module docstring)."""
-
-    dsn: str = field(repr=False)
-    """The URL asyncpg connects with: the given URL less factbus's own options."""
-    schema: str
-    prefix: str
-    pool_min: int
-    pool_max: int
-    connect_timeout: float
-    command_timeout: float
-    fact_cache: int
-    custom_plans: bool
-
-    @classmethod
-    def from_url(cls, url: str) -> PostgresConfig:
-        """Parse ``url``.
-
-        :raises ConfigError: wrong scheme, bad identifier or number.
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise ConfigError(f"PostgresStore needs a postgresql:// URL, not {parts.scheme}://")
-        ours: dict[str, str] = {}
-        rest: list[tuple[str, str]] = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in _OPTIONS:
-                ours[key] = value
-            else:
-                rest.append((key, value))
-        dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
-        schema = ours.get("schema", "public")
-        prefix = ours.get("prefix", "factbus_")
-        for name, value in (("schema", schema), ("prefix", prefix)):
-            if not _IDENTIFIER.match(value) or len(value) > 40:
-                raise ConfigError(
-                    f"{name}={value!r}: use lower-case letters, digits and _ (at most 40)"
-                )
-        what = "postgresql store option"
-        config = cls(
-            dsn=dsn,
-            schema=schema,
-            prefix=prefix,
-            pool_min=parse_int("pool_min", ours.get("pool_min", "1"), what=what),
-            pool_max=parse_int("pool_max", ours.get("pool_max", "4"), what=what),
-            connect_timeout=parse_duration(
-                "connect_timeout", ours.get("connect_timeout", "10"), what=what
-            ),
-            command_timeout=parse_duration(
-                "command_timeout", ours.get("command_timeout", "60"), what=what
-            ),
-            fact_cache=parse_int("fact_cache", ours.get("fact_cache", "20000"), what=what),
-            custom_plans=parse_bool("custom_plans", ours.get("custom_plans", "true"), what=what),
-        )
-        if not 0 <= config.pool_min <= config.pool_max or config.pool_max < 1:
-            raise ConfigError(f"{redact(url)}: need 0 <= pool_min <= pool_max and pool_max >= 1")
-        return config
 
 
 class _Sql:

@@ -383,7 +383,7 @@ class _SqliteState:
 
 class _PostgresState:
     def __init__(self, url: str) -> None:
-        from factbus_postgres import PostgresConfig
+        from factbus.store.postgres_config import PostgresConfig
 
         config = PostgresConfig.from_url(url)
         self.dsn = config.dsn

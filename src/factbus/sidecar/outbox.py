@@ -346,7 +346,7 @@ class _PostgresBackend:
     """A small pool for batches and one connection that LISTENs."""
 
     def __init__(self, table: str, store_url: str) -> None:
-        from factbus_postgres.store import PostgresConfig
+        from factbus.store.postgres_config import PostgresConfig
 
         self.dsn = PostgresConfig.from_url(store_url).dsn
         self.table = ".".join(f'"{part}"' for part in table.split("."))

@@ -475,7 +475,7 @@ class PostgresViewsDb:
     dialect = "postgresql"
 
     def __init__(self, store_url: str) -> None:
-        from factbus_postgres import PostgresConfig
+        from factbus.store.postgres_config import PostgresConfig
 
         self.config = PostgresConfig.from_url(store_url)
         schema, prefix = self.config.schema, self.config.prefix
