@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from factbus.fact import FactRef
 from factbus.jinaga.feeds import (
@@ -29,6 +31,7 @@ from factbus.jinaga.spec import (
     Label,
     PathCondition,
     Role,
+    SpecificationError,
     SpecificationSyntaxError,
     UnsupportedSpecification,
     describe,
@@ -169,3 +172,79 @@ def test_bookmarks() -> None:
     for bad in ["42", "-1.x", "x", "1" * 30 + "." + tag, "٣." + tag]:
         with pytest.raises(SpecificationSyntaxError):
             parse_bookmark(bad, tag)
+
+
+def test_deep_child_specifications_are_refused_not_crashing() -> None:
+    child = "c{i} = {{ u{i}: T [ u{i}->r: T = p1 ] }} => {{ "
+    text = f"let p1: T = #{HASH}\n(p1: T) {{ u: T [ u->r: T = p1 ] }} => {{ "
+    text += "".join(child.format(i=i) for i in range(1000)) + "} " * 1001  # < 64 KiB
+    with pytest.raises(UnsupportedSpecification, match="nested deeper than 16"):
+        parse_request(text)
+
+
+# -- fuzz: POST /feeds bodies -------------------------------------------------------
+
+FUZZ_EXAMPLES = int(os.environ.get("FACTBUS_FUZZ_EXAMPLES", "1500"))
+_spec_counts = {"parsed": 0, "refused": 0}
+_spec_tokens = st.sampled_from(
+    [
+        "{",
+        "}",
+        "[",
+        "]",
+        "!E",
+        "E",
+        "->",
+        "=",
+        "=>",
+        ":",
+        ",",
+        "(",
+        ")",
+        "#",
+        "let ",
+        "\n",
+        "u1",
+        "p1",
+        "Shop.Order",
+        "x->r: T = p1",
+        "@",
+        ".",
+        " ",
+        "\x00",
+        "é",
+        HASH,
+    ]
+)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.sampled_from([*SUPPORTED, "nested", "twoGivens"]),
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5000), _spec_tokens), max_size=5),
+)
+def test_fuzz_specification_text_only_raises_specification_errors(
+    name: str, edits: list[tuple[int, int, str]]
+) -> None:
+    text = jinaga_specs()[name]["request"]
+    for kind, pos, token in edits:
+        pos %= len(text) + 1
+        if kind == 0:
+            text = text[:pos] + token + text[pos:]
+        elif kind == 1:
+            text = text[:pos] + text[pos + len(token) :]
+        else:
+            text = text[:pos] + token + text[pos + len(token) :]
+    try:
+        request = parse_request(text)
+    except SpecificationError:
+        _spec_counts["refused"] += 1
+        return
+    _spec_counts["parsed"] += 1
+    for feed in build_feeds(request):  # what parses can be split and carried in an id
+        assert parse_feed_id(feed_id(feed)) == feed
+
+
+def test_spec_fuzz_counts_reported() -> None:
+    print(f"\nspec fuzz: {_spec_counts['parsed']} parsed, {_spec_counts['refused']} refused")
+    assert _spec_counts["parsed"] + _spec_counts["refused"] > 0

@@ -37,7 +37,7 @@ factbus does not serve. The supported subset (docs/jinaga.md):
 - ``E { ... }`` and ``!E { ... }`` conditions one level deep: their matches
   may hold path conditions only;
 - projections: child specifications (``name = { matches } => ...``) under
-  the same rules, at any depth; field, hash, fact and time projections are
+  the same rules, nested up to 16 levels; field, hash, fact and time projections are
   accepted and play no part on the server (jinaga.js removes them before
   sending).
 
@@ -57,6 +57,8 @@ from factbus.errors import FactbusError
 from factbus.fact import FactRef
 
 MAX_SPECIFICATION_CHARS: Final = 64 * 1024
+MAX_CHILD_LEVELS: Final = 16
+"""Child specifications nested deeper than this are refused (the parser recurses)."""
 
 
 class SpecificationError(FactbusError, ValueError):
@@ -373,7 +375,7 @@ class _Parser:
             roles.append(Role(name, self.token(_TYPE, "a fact type")))
         return tuple(roles)
 
-    def projection(self, labels: list[Label]) -> tuple[ChildSpecification, ...]:
+    def projection(self, labels: list[Label], level: int = 0) -> tuple[ChildSpecification, ...]:
         if not self.consume("=>"):
             return ()
         if not self.consume("{"):
@@ -384,8 +386,15 @@ class _Parser:
             name = self.identifier()
             self.expect("=")
             if self.continues("{"):
+                if level >= MAX_CHILD_LEVELS:
+                    raise UnsupportedSpecification(
+                        f"child specifications nested deeper than {MAX_CHILD_LEVELS} levels "
+                        "are not supported"
+                    )
                 matches, inner = self.matches(labels, depth=0)
-                children.append(ChildSpecification(name, matches, self.projection(inner)))
+                children.append(
+                    ChildSpecification(name, matches, self.projection(inner, level + 1))
+                )
             else:
                 self.singular()
         return tuple(children)
