@@ -45,7 +45,7 @@ import structlog
 
 from factbus.bus import Bus
 from factbus.config import Settings
-from factbus.dispatcher import ANY_TYPE
+from factbus.dispatcher import ANY_TYPE, current_transaction
 from factbus.errors import ConfigError, FactbusError, MissingDriver
 from factbus.fact import Fact, FactRef
 from factbus.jinaga.graph import CONTENT_TYPE_GRAPH, JinagaFormatError, fact_records, write_graph
@@ -544,7 +544,7 @@ class JinagaBridge:
 
     async def _keep(self, fact: Fact, connection: Any) -> None:
         await self.state.keep(connection, fact, fact.ref in self._pulling)
-        self._wake.set()
+        current_transaction().after_commit(self._wake.set)  # the push loop sees it then
 
     async def __aenter__(self) -> JinagaBridge:
         await self.start()
