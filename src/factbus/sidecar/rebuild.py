@@ -15,6 +15,7 @@ configuration, restart the sidecar with it after the rebuild.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import structlog
@@ -34,11 +35,15 @@ CHUNK = 2000
 
 
 async def rebuild(
-    config: SidecarConfig, tables: Sequence[str] | None = None, *, store_url: str | None = None
+    config: SidecarConfig,
+    tables: Sequence[str] | None = None,
+    *,
+    store_url: str | None = None,
+    chunk: int = CHUNK,
 ) -> dict[str, int]:
     """Rebuild ``tables`` (default: every table of ``config``) from the archive in
-    the store of ``config`` (or ``store_url``); return how many facts were replayed
-    per table... as ``{"facts": n}`` plus each table's row count.
+    the store of ``config`` (or ``store_url``), ``chunk`` facts per transaction.
+    Returns ``{"facts": replayed, <table>: rows, ...}``.
 
     :raises ConfigError: an unknown table name, or a store that is not SQL.
     """
@@ -52,7 +57,7 @@ async def rebuild(
     db = open_views_db(store_url or config.settings().store_url)
     await db.open()
     try:
-        return await replace_tables(db, config, names)
+        return await replace_tables(db, config, names, chunk)
     finally:
         await db.aclose()
 
@@ -78,6 +83,7 @@ async def replace_tables(
                 cursor, replayed = page[-1][0], replayed + len(page)
         if len(page) < chunk:
             break
+        await asyncio.sleep(0)  # let readers (the sidecar's HTTP API) in between chunks
     counts: dict[str, int] = {}
     async with db.transaction() as conn:
         await db.lock_archive(conn)
