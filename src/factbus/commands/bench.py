@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="profile the peak phase: PATH.prof (cProfile), PATH.html or PATH.txt (pyinstrument)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--sidecar",
+        action="store_true",
+        help="instead: facts/s projected into the sidecar's views next to the plain "
+        "handler pipeline, SQLite (and PostgreSQL with --postgres); see factbus.bench.sidecar",
+    )
+    parser.add_argument(
+        "--postgres",
+        default="",
+        metavar="URL",
+        help="with --sidecar: also measure on this PostgreSQL database (a fresh schema per run)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="with --sidecar: runs per cell (median; default 3)"
+    )
 
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
@@ -140,7 +156,56 @@ class _ProgressObserver:
         self._console.print(text)
 
 
+def run_sidecar(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from factbus.bench.sidecar import run_sidecar_bench
+
+    cells = asyncio.run(
+        run_sidecar_bench(
+            facts=args.facts,
+            payload=args.payload,
+            repeat=args.repeat,
+            postgres=args.postgres,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+    )
+    out = Console() if sys.stdout.isatty() else Console(width=200)
+    grid = Table(title=f"sidecar views vs plain handler pipeline ({args.facts} facts, drain)")
+    for column in (
+        "store",
+        "plain facts/s",
+        "sidecar facts/s",
+        "ratio",
+        "CPU µs/fact plain → sidecar (ratio)",
+        "runs facts/s (plain | sidecar)",
+    ):
+        grid.add_column(column)
+    for cell in cells:
+        data = cell.as_json()
+        grid.add_row(
+            cell.store,
+            f"{data['plain_median']:,.0f}",
+            f"{data['sidecar_median']:,.0f}",
+            f"{cell.ratio:.2f}",
+            f"{statistics.median(cell.plain_cpu):.0f} → {statistics.median(cell.sidecar_cpu):.0f} "
+            f"({cell.cpu_ratio:.2f})",
+            " ".join(f"{r:,.0f}" for r in cell.plain)
+            + " | "
+            + " ".join(f"{r:,.0f}" for r in cell.sidecar),
+        )
+    out.print(grid)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([c.as_json() for c in cells], indent=2) + "\n", encoding="utf-8"
+        )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.sidecar:
+        return run_sidecar(args)
     config = config_from(args)
     console = Console(stderr=True)  # progress and notes; the table goes to stdout
     observer: Any = None

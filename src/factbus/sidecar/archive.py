@@ -6,7 +6,8 @@ sidecar without views; attaching both is harmless: appends are idempotent).
 The pipeline hands facts over in causal order and one node writes its archive,
 so ``seq`` order is a topological order (predecessors first) and a cursor
 ``seq`` is stable: a later fact always gets a greater one. The archive also
-keeps an edge index (successor, role, predecessor) for successor queries.
+keeps an edge index (predecessor, role, successor) for successor queries;
+:meth:`FactArchive.closure` walks predecessors one generation per query.
 
 Reads use connections of the archive's own (an SQLite WAL reader, an asyncpg
 pool): they are safe from HTTP handlers while the bus writes, and see only
@@ -16,18 +17,30 @@ committed facts.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
+from factbus.bus import Bus
 from factbus.dispatcher import current_transaction
 from factbus.fact import Fact, FactRef
 from factbus.sidecar.sql import ViewsDb, open_views_db
 
 if TYPE_CHECKING:
-    from factbus.bus import Bus
     from factbus.store.base import StoreTransaction
 
 __all__ = ["FactArchive"]
+
+_WRITERS: weakref.WeakKeyDictionary[Bus, object] = weakref.WeakKeyDictionary()
+
+
+def claim_archive_writer(bus: Bus, writer: object) -> bool:
+    """Make ``writer`` the one that archives what ``bus`` handles; ``False`` when
+    another already does (then ``writer`` must not append)."""
+    if bus in _WRITERS:
+        return False
+    _WRITERS[bus] = writer
+    return True
 
 
 class FactArchive:
@@ -66,8 +79,11 @@ class FactArchive:
 
     def attach(self, bus: Bus) -> None:
         """Append every fact ``bus`` handles, in its handled-mark transaction
-        (register before ``bus.start()``; the bus's store must be ``store_url``)."""
-        bus.handler("*")(self._collect)
+        (register before ``bus.start()``; the bus's store must be ``store_url``).
+        Does nothing if :class:`~factbus.sidecar.views.Views` (or another
+        archive) already archives for ``bus``."""
+        if claim_archive_writer(bus, self):
+            bus.handler("*")(self._collect)
 
     def _collect(self, fact: Fact) -> None:
         tx = current_transaction()

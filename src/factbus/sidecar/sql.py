@@ -14,7 +14,7 @@ Where things live:
   PostgreSQL ``<schema>.<prefix>sidecar_*`` with the store URL's ``schema``
   and ``prefix`` options (default ``public.factbus_``). Tables: ``facts`` (the
   archive: ``seq``, hash, type, wire body), ``edges`` (predecessor, role,
-  successor), ``leaves`` (property leaves per table, column, entity), ``hiders``
+  successor's ``seq``), ``leaves`` (property leaves per table, column, entity), ``hiders``
   (active ``unless`` successors per table and row) and ``tables`` (each view's
   definition, to detect configuration changes).
 
@@ -27,8 +27,18 @@ JSON text of the hashes). ``*_candidates``: JSON array (``jsonb`` / JSON text).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -46,6 +56,8 @@ if TYPE_CHECKING:
     import asyncpg
 
 _CHUNK: Final = 400
+WRITER_CACHE_KIB: Final = 65536
+"""SQLite page cache of the store connection the views write through (KiB)."""
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
@@ -58,13 +70,19 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def edges_of(facts: Iterable[Fact]) -> list[tuple[str, str, str, str, str]]:
-    """(predecessor hash, predecessor type, role, successor type, successor hash)."""
-    out: list[tuple[str, str, str, str, str]] = []
+def edges_of(
+    facts: Iterable[Fact], seqs: Mapping[tuple[str, str], int]
+) -> list[tuple[str, str, int, str]]:
+    """(predecessor hash, role, successor seq, predecessor type) of the facts in ``seqs``
+    (keyed by (hash, type): those just archived)."""
+    out: list[tuple[str, str, int, str]] = []
     for fact in facts:
+        seq = seqs.get((fact.hash, fact.type))
+        if seq is None:
+            continue
         for role, value in fact.predecessors.items():
             refs = (value,) if isinstance(value, FactRef) else value
-            out.extend((ref.hash, ref.type, role, fact.type, fact.hash) for ref in refs)
+            out.extend((ref.hash, role, seq, ref.type) for ref in refs)
     return out
 
 
@@ -83,6 +101,9 @@ class ViewsDb(Protocol):
         """``async with db.reader() as conn``: a connection for reads."""
 
     async def create_bookkeeping(self, conn: Any) -> None: ...
+    async def tune_writer(self, conn: Any) -> None:
+        """Adjust the bus's store connection for view writes (once per connection)."""
+
     async def lock_archive(self, conn: Any) -> None: ...
     async def archive(self, conn: Any, facts: Sequence[Fact]) -> None: ...
     async def load_bodies(self, conn: Any, refs: Collection[FactRef]) -> dict[FactRef, Fact]: ...
@@ -136,15 +157,15 @@ def open_views_db(store_url: str) -> ViewsDb:
 
 _SQLITE_BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS factbus_sidecar_facts (
-    seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, type TEXT NOT NULL, body BLOB NOT NULL,
-    UNIQUE (hash, type)
+    seq INTEGER PRIMARY KEY, key INTEGER NOT NULL, hash TEXT NOT NULL, type TEXT NOT NULL,
+    body BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS factbus_sidecar_facts_key ON factbus_sidecar_facts (key);
 CREATE TABLE IF NOT EXISTS factbus_sidecar_edges (
-    predecessor TEXT NOT NULL, predecessor_type TEXT NOT NULL, role TEXT NOT NULL,
-    type TEXT NOT NULL, successor TEXT NOT NULL,
-    PRIMARY KEY (predecessor, role, type, predecessor_type, successor)
+    key INTEGER NOT NULL, role TEXT NOT NULL, predecessor_type TEXT NOT NULL,
+    successor INTEGER NOT NULL,
+    PRIMARY KEY (key, role, predecessor_type, successor)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS factbus_sidecar_edges_successor ON factbus_sidecar_edges (successor);
 CREATE TABLE IF NOT EXISTS factbus_sidecar_leaves (
     tbl TEXT NOT NULL, col TEXT NOT NULL, entity TEXT NOT NULL, leaf TEXT NOT NULL,
     value TEXT NOT NULL, PRIMARY KEY (tbl, entity, col, leaf)
@@ -156,6 +177,19 @@ CREATE TABLE IF NOT EXISTS factbus_sidecar_tables (
     name TEXT PRIMARY KEY, definition TEXT NOT NULL
 );
 """
+
+
+def hash_key(fact_hash: str) -> int:
+    """A fact hash's first 8 bytes as a signed 64-bit integer: SQLite indexes
+    this instead of the 88-character text, so the archive's indexes stay small
+    (each step's inserts land on random pages of a hash-keyed index, and every
+    such page is written again at each commit). Rows found by key are checked
+    against the full hash and type."""
+    try:
+        head = base64.b64decode(fact_hash[:12])
+    except (binascii.Error, ValueError):
+        head = fact_hash.encode()[:8].ljust(8, b"\0")
+    return int.from_bytes(head[:8], "big", signed=True)
 
 
 def _sqlite_value(value: Any) -> Any:
@@ -225,37 +259,56 @@ class SqliteViewsDb:
             if statement.strip():
                 conn.execute(statement)
 
+    async def tune_writer(self, conn: sqlite3.Connection) -> None:
+        # The views add several hash-keyed indexes: keep their pages in memory
+        # rather than reading them back from the OS at every step.
+        size = conn.execute("PRAGMA cache_size").fetchone()[0]
+        if 0 > size > -WRITER_CACHE_KIB or 0 <= size < WRITER_CACHE_KIB // 4:
+            conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+
     async def lock_archive(self, conn: sqlite3.Connection) -> None:
         return None  # BEGIN IMMEDIATE already excludes every other writer
 
     async def archive(self, conn: sqlite3.Connection, facts: Sequence[Fact]) -> None:
-        conn.executemany(
-            "INSERT INTO factbus_sidecar_facts (hash, type, body) VALUES (?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            [(f.hash, f.type, f.wire_bytes()) for f in facts],
-        )
-        edges = edges_of(facts)
+        # Facts come here once each: the pipeline hands over only facts not
+        # handled yet, and one writer archives per bus (archive.claim_archive_writer).
+        seqs: dict[tuple[str, str], int] = {}
+        for chunk in _chunks(facts, 300):
+            rows = conn.execute(
+                "INSERT INTO factbus_sidecar_facts (key, hash, type, body) VALUES "
+                + ",".join("(?, ?, ?, ?)" for _ in chunk)
+                + " RETURNING seq, hash, type",
+                [x for f in chunk for x in (hash_key(f.hash), f.hash, f.type, f.wire_bytes())],
+            )
+            seqs.update(((h, t), seq) for seq, h, t in rows)
+        edges = edges_of(facts, seqs)
         if edges:
             conn.executemany(
-                "INSERT OR IGNORE INTO factbus_sidecar_edges VALUES (?,?,?,?,?)", edges
+                "INSERT OR IGNORE INTO factbus_sidecar_edges VALUES (?, ?, ?, ?)",
+                [(hash_key(h), role, t, seq) for h, role, seq, t in edges],
             )
+
+    async def _load(
+        self, conn: sqlite3.Connection, refs: Collection[FactRef]
+    ) -> dict[FactRef, tuple[int, Fact]]:
+        wanted = set(refs)
+        out: dict[FactRef, tuple[int, Fact]] = {}
+        for chunk in _chunks(sorted(wanted)):
+            rows = conn.execute(
+                "SELECT seq, hash, type, body FROM factbus_sidecar_facts WHERE key IN "
+                f"({','.join('?' * len(chunk))})",
+                [hash_key(r.hash) for r in chunk],
+            )
+            for seq, fact_hash, fact_type, body in rows:
+                ref = FactRef(fact_type, fact_hash)
+                if ref in wanted:
+                    out[ref] = (seq, fact_from_bytes(body))
+        return out
 
     async def load_bodies(
         self, conn: sqlite3.Connection, refs: Collection[FactRef]
     ) -> dict[FactRef, Fact]:
-        wanted = set(refs)
-        out: dict[FactRef, Fact] = {}
-        for chunk in _chunks(sorted(wanted)):
-            rows = conn.execute(
-                "SELECT hash, type, body FROM factbus_sidecar_facts WHERE hash IN "
-                f"({','.join('?' * len(chunk))})",
-                [r.hash for r in chunk],
-            )
-            for fact_hash, fact_type, body in rows:
-                ref = FactRef(fact_type, fact_hash)
-                if ref in wanted:
-                    out[ref] = fact_from_bytes(body)
-        return out
+        return {ref: fact for ref, (_, fact) in (await self._load(conn, refs)).items()}
 
     async def load_state(
         self,
@@ -379,7 +432,7 @@ class SqliteViewsDb:
             "candidates": "TEXT NOT NULL DEFAULT '[]'",
         }
         columns = ", ".join(f"{quote(c)} {types[k]}".rstrip() for c, k in kinds)
-        conn.execute(f"CREATE TABLE {quote(table)} ({columns})")
+        conn.execute(f"CREATE TABLE {quote(table)} ({columns}) WITHOUT ROWID")
 
     async def drop_table(self, conn: sqlite3.Connection, table: str) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {quote(table)}")
@@ -415,37 +468,24 @@ class SqliteViewsDb:
         return count
 
     async def closure(self, conn: sqlite3.Connection, refs: Collection[FactRef]) -> list[Fact]:
-        if not refs:
-            return []
-        out: dict[FactRef, tuple[int, Fact]] = {}
-        for chunk in _chunks(sorted(set(refs))):
-            start = ",".join("(?, ?)" for _ in chunk)
-            params = [x for r in chunk for x in (r.hash, r.type)]
-            rows = conn.execute(
-                f"WITH RECURSIVE start(h, t) AS (VALUES {start}), "
-                "c(h, t) AS (SELECT h, t FROM start UNION "
-                "SELECT e.predecessor, e.predecessor_type FROM factbus_sidecar_edges e "
-                "JOIN c ON e.successor = c.h AND e.type = c.t) "
-                "SELECT f.seq, f.body FROM c JOIN factbus_sidecar_facts f "
-                "ON f.hash = c.h AND f.type = c.t",
-                params,
-            )
-            for seq, body in rows:
-                fact = fact_from_bytes(body)
-                out[fact.ref] = (seq, fact)
-        return [fact for _, fact in sorted(out.values(), key=lambda item: item[0])]
+        return await _closure(self._load, conn, refs)
 
     async def successors(
         self, conn: sqlite3.Connection, ref: FactRef, role: str, fact_type: str
     ) -> list[FactRef]:
         rows = conn.execute(
-            "SELECT e.successor FROM factbus_sidecar_edges e JOIN factbus_sidecar_facts f "
-            "ON f.hash = e.successor AND f.type = e.type "
-            "WHERE e.predecessor = ? AND e.role = ? AND e.type = ? AND e.predecessor_type = ? "
-            "ORDER BY f.seq",
-            (ref.hash, role, fact_type, ref.type),
+            "SELECT f.hash, f.body FROM factbus_sidecar_edges e JOIN factbus_sidecar_facts f "
+            "ON f.seq = e.successor WHERE e.key = ? AND e.role = ? "
+            "AND e.predecessor_type = ? AND f.type = ? ORDER BY e.successor",
+            (hash_key(ref.hash), role, ref.type, fact_type),
         )
-        return [FactRef(fact_type, h) for (h,) in rows]
+        out: list[FactRef] = []
+        for fact_hash, body in rows:
+            fact = fact_from_bytes(body)
+            pred = fact.predecessors.get(role)
+            if pred == ref or (isinstance(pred, tuple) and ref in pred):
+                out.append(FactRef(fact_type, fact_hash))
+        return out
 
 
 # -- PostgreSQL --------------------------------------------------------------------
@@ -535,7 +575,6 @@ class PostgresViewsDb:
             f"factbus-sidecar-ddl {self.schema} {self._prefix}",
         )
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
-        p = self._prefix
         await conn.execute(
             f"""
             CREATE TABLE IF NOT EXISTS {self.facts} (
@@ -543,11 +582,9 @@ class PostgresViewsDb:
                 hash text NOT NULL, type text NOT NULL, body bytea NOT NULL,
                 UNIQUE (hash, type));
             CREATE TABLE IF NOT EXISTS {self.edges} (
-                predecessor text NOT NULL, predecessor_type text NOT NULL, role text NOT NULL,
-                type text NOT NULL, successor text NOT NULL,
-                PRIMARY KEY (predecessor, role, type, predecessor_type, successor));
-            CREATE INDEX IF NOT EXISTS {quote(p + "sidecar_edges_successor")}
-                ON {self.edges} (successor);
+                predecessor text NOT NULL, role text NOT NULL, successor bigint NOT NULL,
+                predecessor_type text NOT NULL,
+                PRIMARY KEY (predecessor, role, successor, predecessor_type));
             CREATE TABLE IF NOT EXISTS {self.leaves} (
                 tbl text NOT NULL, col text NOT NULL, entity text NOT NULL, leaf text NOT NULL,
                 value text NOT NULL, PRIMARY KEY (tbl, entity, col, leaf));
@@ -559,40 +596,51 @@ class PostgresViewsDb:
             """
         )
 
+    async def tune_writer(self, conn: Any) -> None:
+        return None
+
     async def lock_archive(self, conn: Any) -> None:
         # Writers append to the archive first thing in their flush: they wait here.
         await conn.execute(f"LOCK TABLE {self.facts} IN SHARE ROW EXCLUSIVE MODE")
 
     async def archive(self, conn: Any, facts: Sequence[Fact]) -> None:
-        await conn.execute(
+        rows = await conn.fetch(
             f"INSERT INTO {self.facts} (hash, type, body) "
             "SELECT h, t, b FROM unnest($1::text[], $2::text[], $3::bytea[]) "
-            "WITH ORDINALITY AS u(h, t, b, i) ORDER BY i ON CONFLICT DO NOTHING",
+            "WITH ORDINALITY AS u(h, t, b, i) ORDER BY i ON CONFLICT DO NOTHING "
+            "RETURNING seq, hash, type",
             [f.hash for f in facts],
             [f.type for f in facts],
             [f.wire_bytes() for f in facts],
         )
-        edges = edges_of(facts)
+        edges = edges_of(facts, {(h, t): seq for seq, h, t in rows})
         if edges:
             columns = list(zip(*edges, strict=True))
             await conn.execute(
-                f"INSERT INTO {self.edges} SELECT * FROM unnest($1::text[], $2::text[], "
-                "$3::text[], $4::text[], $5::text[]) ON CONFLICT DO NOTHING",
+                f"INSERT INTO {self.edges} (predecessor, role, successor, predecessor_type) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) "
+                "ON CONFLICT DO NOTHING",
                 *[list(c) for c in columns],
             )
 
-    async def load_bodies(self, conn: Any, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
+    async def _load(self, conn: Any, refs: Collection[FactRef]) -> dict[FactRef, tuple[int, Fact]]:
         if not refs:
             return {}
         refs = list(refs)
         rows = await conn.fetch(
-            f"SELECT f.body FROM unnest($1::text[], $2::text[]) AS u(h, t) "
+            f"SELECT f.seq, f.body FROM unnest($1::text[], $2::text[]) AS u(h, t) "
             f"JOIN {self.facts} f ON f.hash = u.h AND f.type = u.t",
             [r.hash for r in refs],
             [r.type for r in refs],
         )
-        facts = [fact_from_bytes(row[0]) for row in rows]
-        return {f.ref: f for f in facts}
+        out: dict[FactRef, tuple[int, Fact]] = {}
+        for seq, body in rows:
+            fact = fact_from_bytes(body)
+            out[fact.ref] = (seq, fact)
+        return out
+
+    async def load_bodies(self, conn: Any, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
+        return {ref: fact for ref, (_, fact) in (await self._load(conn, refs)).items()}
 
     async def load_state(
         self,
@@ -774,29 +822,37 @@ class PostgresViewsDb:
         return count
 
     async def closure(self, conn: Any, refs: Collection[FactRef]) -> list[Fact]:
-        if not refs:
-            return []
-        refs = list(refs)
-        rows = await conn.fetch(
-            f"WITH RECURSIVE c(h, t) AS (SELECT * FROM unnest($1::text[], $2::text[]) UNION "
-            f"SELECT e.predecessor, e.predecessor_type FROM {self.edges} e "
-            f"JOIN c ON e.successor = c.h AND e.type = c.t) "
-            f"SELECT f.body FROM c JOIN {self.facts} f ON f.hash = c.h AND f.type = c.t "
-            f"ORDER BY f.seq",
-            [r.hash for r in refs],
-            [r.type for r in refs],
-        )
-        return [fact_from_bytes(row[0]) for row in rows]
+        return await _closure(self._load, conn, refs)
 
     async def successors(self, conn: Any, ref: FactRef, role: str, fact_type: str) -> list[FactRef]:
         rows = await conn.fetch(
-            f"SELECT e.successor FROM {self.edges} e JOIN {self.facts} f "
-            f"ON f.hash = e.successor AND f.type = e.type "
-            f"WHERE e.predecessor = $1 AND e.role = $2 AND e.type = $3 "
-            f"AND e.predecessor_type = $4 ORDER BY f.seq",
+            f"SELECT f.hash FROM {self.edges} e JOIN {self.facts} f ON f.seq = e.successor "
+            f"WHERE e.predecessor = $1 AND e.role = $2 AND e.predecessor_type = $3 "
+            f"AND f.type = $4 ORDER BY e.successor",
             ref.hash,
             role,
-            fact_type,
             ref.type,
+            fact_type,
         )
         return [FactRef(fact_type, row[0]) for row in rows]
+
+
+async def _closure(
+    load: Callable[[Any, Collection[FactRef]], Awaitable[dict[FactRef, tuple[int, Fact]]]],
+    conn: Any,
+    refs: Collection[FactRef],
+) -> list[Fact]:
+    """``refs`` and their archived ancestors, in ``seq`` order: one query per
+    generation (the archive keeps no successor-to-predecessor index)."""
+    found: dict[FactRef, tuple[int, Fact]] = {}
+    frontier = set(refs)
+    while frontier:
+        loaded = await load(conn, frontier)
+        found.update(loaded)
+        frontier = {
+            pred
+            for _, fact in loaded.values()
+            for pred in fact.predecessor_refs()
+            if pred not in found
+        }
+    return [fact for _, fact in sorted(found.values(), key=lambda item: item[0])]

@@ -176,6 +176,8 @@ class Views:
         self._tx: StoreTransaction | None = None
         self._batch: list[Fact] = []
         self._opened = False
+        self._archive = True
+        self._tuned: Any = None
 
     # -- schema ---------------------------------------------------------------
 
@@ -239,12 +241,16 @@ class Views:
         """Register the catch-all handler on ``bus`` (before ``bus.start()``; the
         bus's store must be this database). It also fills the fact archive, so
         a :class:`~factbus.sidecar.archive.FactArchive` on the same store
-        needs no ``attach`` of its own."""
+        needs no ``attach`` of its own (if one was attached first, it archives
+        and the views do not)."""
         if bus.settings.store_url != self.store_url:
             raise ConfigError(
                 f"the bus's store ({bus.settings.store_url}) is not the views' database "
                 f"({self.store_url}): views commit with the handled marks, so they must share it"
             )
+        from factbus.sidecar.archive import claim_archive_writer
+
+        self._archive = claim_archive_writer(bus, self)
         bus.handler("*")(self._collect)
 
     def _collect(self, fact: Fact) -> None:
@@ -259,12 +265,15 @@ class Views:
         self._tx = None
         if not self._opened:
             raise RuntimeError("await views.open() before the bus handles facts")
+        if self._tuned is not tx.connection:
+            self._tuned = tx.connection
+            await self.db.tune_writer(tx.connection)
         changes = await project(
             self.db,
             tx.connection,
             self.projection,
             batch,
-            archive=True,
+            archive=self._archive,
             read_back=bool(self._listeners),
         )
         if changes and self._listeners:
