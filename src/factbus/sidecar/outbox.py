@@ -59,7 +59,7 @@ SQLITE_POLL: Final = 0.2
 """Seconds between polls of a SQLite outbox."""
 POSTGRES_POLL: Final = 2.0
 """Seconds between safety polls of a PostgreSQL outbox (LISTEN wakes it sooner)."""
-BATCH: Final = 200
+BATCH: Final = 1000
 """Rows published per pass."""
 MAX_BACKOFF: Final = 5.0
 

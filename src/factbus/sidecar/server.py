@@ -386,6 +386,25 @@ def split_listen(listen: str) -> tuple[str, int]:
     return match.group(1).strip("[]"), int(match.group(2))
 
 
+def _listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on accepted
+    # sockets whose proto says TCP, and socket.create_server() leaves it 0 (every
+    # response then waits ~40 ms for the client's delayed ACK).
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn inside the sidecar's loop: the sidecar handles signals, not uvicorn."""
 
@@ -421,8 +440,7 @@ class HttpServer:
         # Bind here: uvicorn calls sys.exit() when it cannot bind by itself.
         host, port = self._config.host, self._config.port
         try:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            sock = socket.create_server((host, port), family=family, backlog=self._config.backlog)
+            sock = _listening_socket(host, port, self._config.backlog)
         except OSError as error:
             raise OSError(f"the sidecar cannot listen on {self.listen}: {error}") from None
         self._task = asyncio.create_task(
