@@ -196,6 +196,15 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
 
             await wait_for(all_archived, 30, "the saved facts in the archive")
 
+            # Saved again with one new fact (jinaga.js resends closures): only that one travels.
+            await node.drain()
+            messages = node.stats.messages
+            order9 = Fact("Shop.Order", {"number": 9}, {"store": store})
+            again = write_graph([*facts[:3], order9])
+            assert (await http.post("/save", content=again, headers=graph)).status_code == 201
+            await node.drain()
+            assert node.stats.messages == messages + 1
+
             loaded = (await http.post("/load", json={"references": [_ref(facts[-1])]})).json()
             # The line, its order and its store: predecessors first.
             assert [f["hash"] for f in loaded["facts"]] == [
@@ -269,6 +278,7 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
                 store.hash,
                 facts[1].hash,
                 facts[3].hash,
+                order9.hash,
             }
             again = (await http.get(f"/feeds/{feeds[1]}", params={"b": first["bookmark"]})).json()
             assert again == {"references": [], "bookmark": first["bookmark"]}

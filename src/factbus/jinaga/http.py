@@ -8,8 +8,9 @@ then saves, loads and queries facts that travel over the bus:
 - ``OPTIONS /save``: ``Accept-Post: application/x-jinaga-graph-v1, application/json``.
 - ``POST /save``: a graph or ``{"facts": [...]}``; every hash is recomputed,
   every predecessor must be in the request or already known to the sidecar,
-  and the facts are published on the bus (so they reach the archive and every
-  other node); 201 once the broker confirmed them. Bad input: 400 naming the
+  and the facts the sidecar does not know yet are published on the bus (so
+  they reach the archive and every other node); 201 once the broker
+  confirmed them. Bad input: 400 naming the
   problem, and nothing is published.
 - ``POST /load``: ``{"references": [...]}`` -> ``{"facts": [...]}``, the facts and
   all their ancestors, predecessors first.
@@ -142,6 +143,11 @@ class _Endpoints:
             await self._check_predecessors(facts)
         except _Refused as refused:
             return refused.response()
+        if facts:
+            # jinaga.js sends each fact's whole closure with every save: what the
+            # sidecar already archived or published is on the bus already.
+            new = await self.sidecar.unknown([fact.ref for fact in facts])
+            facts = [fact for fact in facts if fact.ref in new]
         if facts:
             try:
                 await self.sidecar.publish(facts)
