@@ -78,6 +78,25 @@ class HandlerFailed(FactbusError):
         self.error = error
 
 
+class DispatchTimings:
+    """What the dispatcher records per dispatched fact when metrics are on: the
+    fact and the seconds its handlers took (retries included), in two parallel
+    lists, and the facts whose handlers failed. Parallel lists of existing
+    objects and floats allocate nothing the garbage collector tracks."""
+
+    __slots__ = ("facts", "failed", "seconds")
+
+    def __init__(self) -> None:
+        self.facts: list[Fact] = []
+        self.seconds: list[float] = []
+        self.failed: list[Fact] = []
+
+    def clear(self) -> None:
+        self.facts.clear()
+        self.seconds.clear()
+        self.failed.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Attempts per handler and the waits between them."""
@@ -116,9 +135,8 @@ class Dispatcher:
         self.timeout = timeout or None
         self.middleware: list[Middleware] = list(middleware)
         self._handlers: dict[str, list[HandlerSpec]] = defaultdict(list)
-        self.timings: list[tuple[Fact, float, bool]] | None = None
-        """When a list (metrics are on): each dispatched fact, the seconds its
-        handlers took (with retries), and whether they succeeded. Whoever set it
+        self.timings: DispatchTimings | None = None
+        """Set (metrics are on): each dispatch is recorded there. Whoever set it
         empties it (once per pipeline step)."""
 
     def register(
@@ -188,7 +206,10 @@ class Dispatcher:
         finally:
             _TRANSACTION.reset(token)
             if timings is not None:
-                timings.append((fact, perf_counter() - start, ok))
+                timings.facts.append(fact)
+                timings.seconds.append(perf_counter() - start)
+                if not ok:
+                    timings.failed.append(fact)
 
     async def _run(self, specs: list[HandlerSpec], fact: Fact, tx: StoreTransaction) -> None:
         for spec in specs:

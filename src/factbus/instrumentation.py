@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 
-from factbus.dispatcher import Dispatcher
+from factbus.dispatcher import Dispatcher, DispatchTimings
 from factbus.envelope import HEADER_PUBLISHED_AT
 from factbus.errors import EnvelopeError
 from factbus.fact import Fact
@@ -34,11 +34,13 @@ class Instrumentation(PipelineObserver):
         self.metrics = metrics
         self.tracing = tracing
         self._dispatcher = dispatcher
-        self._pending: dict[int, tuple[Fact, Mapping[str, str], float | None]] = {}
-        """id(fact) -> (fact, headers of its delivery, publish time), for every fact
-        (tracing) or envelope heads only; holding the fact keeps its id unique
-        until cleared."""
-        self._timings: list[tuple[Fact, float, bool]] = []
+        # Keyed by id(fact): the facts of a step stay alive (the pipeline holds
+        # them) until step_done clears these, so ids are unique meanwhile.
+        self._sent: dict[int, float] = {}
+        """id(head fact) -> publish time of its envelope (metrics)."""
+        self._headers: dict[int, Mapping[str, str]] = {}
+        """id(fact) -> headers of its delivery, every fact (tracing)."""
+        self._timings = DispatchTimings()
         self._last_raw: str | None = None
         self._last_sent: float | None = None
 
@@ -69,13 +71,12 @@ class Instrumentation(PipelineObserver):
                     except ValueError:
                         sent = None
                     self._last_raw, self._last_sent = raw, sent
+        if sent is not None and facts:
+            self._sent[id(facts[-1])] = sent
         if self.tracing is not None:
-            pending = self._pending
+            known = self._headers
             for fact in facts:
-                pending[id(fact)] = (fact, headers, sent)
-        elif facts:
-            head = facts[-1]
-            self._pending[id(head)] = (head, headers, sent)
+                known[id(fact)] = headers
 
     def rejected(self, delivery: Delivery, error: EnvelopeError) -> None:
         if self.metrics is not None:
@@ -83,28 +84,27 @@ class Instrumentation(PipelineObserver):
 
     async def dispatch(self, fact: Fact, work: Awaitable[None]) -> None:
         assert self.tracing is not None
-        entry = self._pending.get(id(fact))
-        with self.tracing.handling(fact.type, fact.hash, entry[1] if entry else None):
+        headers = self._headers.get(id(fact))
+        with self.tracing.handling(fact.type, fact.hash, headers):
             await work
 
     def step_done(self, seconds: float) -> None:
         metrics = self.metrics
         if metrics is not None:
             metrics.step_duration.observe(seconds)
-            if self._timings:
+            if self._timings.facts:
                 self._fold(metrics)
-        self._pending.clear()
+        self._sent.clear()
+        self._headers.clear()
 
     def _fold(self, metrics: BusMetrics) -> None:
         """Move the dispatcher's timings into the histograms (hot: once per fact)."""
         timings = self._timings
-        find = self._pending.get
-        now = time.time()
+        facts = timings.facts
         spent_by_type: dict[str, list[float]] = {}
-        ages: list[float] = []
         last_type: str | None = None
         spent_list: list[float] = []
-        for fact, spent, ok in timings:
+        for fact, spent in zip(facts, timings.seconds, strict=True):
             fact_type = fact.type
             if fact_type is not last_type:
                 found = spent_by_type.get(fact_type)
@@ -112,12 +112,21 @@ class Instrumentation(PipelineObserver):
                     found = spent_by_type[fact_type] = []
                 spent_list, last_type = found, fact_type
             spent_list.append(spent)
-            if ok:
-                entry = find(id(fact))
-                if entry is not None and entry[2] is not None:
-                    ages.append(now - entry[2])  # clock skew: a negative age lands in le=0.001
-        timings.clear()
         for fact_type, values in spent_by_type.items():
             metrics.handler_histogram(fact_type).observe_all(values)
-        if ages:
-            metrics.end_to_end.observe_all(ages)
+        sent = self._sent
+        if sent:
+            now = time.time()
+            # A negative age (clock skew) lands in the first bucket.
+            if timings.failed:
+                failed = {id(f) for f in timings.failed}
+                ages = [
+                    now - at
+                    for fact in facts
+                    if id(fact) not in failed and (at := sent.get(id(fact))) is not None
+                ]
+            else:
+                ages = [now - at for at in map(sent.get, map(id, facts)) if at is not None]
+            if ages:
+                metrics.end_to_end.observe_all(ages)
+        timings.clear()
