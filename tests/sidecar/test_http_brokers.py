@@ -1,5 +1,6 @@
-"""The HTTP API and the outbox on a real broker (Kafka) with SQLite and PostgreSQL
-stores: a real client against the running server, as on memory."""
+"""The HTTP API and the outbox on real brokers (Kafka with SQLite and PostgreSQL
+stores, RabbitMQ with PostgreSQL): a real client against the running server, as
+on memory."""
 
 from __future__ import annotations
 
@@ -28,8 +29,6 @@ from http_support import (
 from factbus import Bus, Fact
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
-
-pytestmark = pytest.mark.broker("kafka")
 
 
 @contextlib.asynccontextmanager
@@ -69,6 +68,7 @@ async def _outbox_reaches_the_view(
     assert any(r["hash"] == expected.hash for r in await rows(client, "customers"))
 
 
+@pytest.mark.broker("kafka")
 async def test_kafka_sqlite(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     async with kafka_topic() as (url, topic):
@@ -84,6 +84,7 @@ async def test_kafka_sqlite(tmp_path: Path) -> None:
             await _outbox_reaches_the_view(sidecar, client, insert)
 
 
+@pytest.mark.broker("kafka")
 @pytest.mark.broker("postgres")
 async def test_kafka_postgres() -> None:
     async with kafka_topic() as (url, topic), fresh_database() as store:
@@ -103,6 +104,7 @@ async def test_kafka_postgres() -> None:
             await _outbox_reaches_the_view(sidecar, client, insert)
 
 
+@pytest.mark.broker("kafka")
 async def test_kafka_readyz_waits_for_the_backlog(tmp_path: Path) -> None:
     async with kafka_topic() as (url, topic):
         facts = [Fact("Shop.Customer", {"email": f"c{i}@example.com"}) for i in range(200)]
@@ -123,3 +125,37 @@ async def test_kafka_readyz_waits_for_the_backlog(tmp_path: Path) -> None:
             gate.set()
             await _ready(client)
             assert await sidecar.archive.count() == len(facts)
+
+
+@contextlib.asynccontextmanager
+async def amqp_topic() -> AsyncIterator[tuple[str, str, str]]:
+    """(transport URL, a topic of its own, a node); its exchanges and queues are
+    deleted afterwards."""
+    import aio_pika
+
+    url = broker_url("amqp")
+    topic, node = unique("fbhttp"), unique("n")
+    try:
+        yield url, topic, node
+    finally:
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            for queue in (f"{topic}.{node}", f"{topic}.dead-letter"):
+                with contextlib.suppress(Exception):
+                    await channel.queue_delete(queue)
+            for exchange in (topic, f"{topic}.dead-letter"):
+                with contextlib.suppress(Exception):
+                    await channel.exchange_delete(exchange)
+
+
+@pytest.mark.broker("amqp")
+@pytest.mark.broker("postgres")
+async def test_rabbitmq_postgres() -> None:
+    async with (
+        amqp_topic() as (url, topic, node),
+        fresh_database() as store,
+        running(shop_document(url, store, topic, node)) as (sidecar, client),
+    ):
+        await _ready(client)
+        await exercise_api(sidecar, client)
