@@ -6,7 +6,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY adapters ./adapters
-RUN pip install --no-cache-dir --prefix=/install '.[amqp,kafka,kombu,postgres,sidecar]'
+RUN pip install --no-cache-dir --prefix=/install '.[amqp,kafka,kombu,postgres,sidecar,metrics]'
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local
