@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -281,3 +282,18 @@ async def test_event_streams_end_when_the_sidecar_stops(
             await closing
     assert all(not line.startswith("data:") for line in rest)
     assert sidecar.url is None
+
+
+async def test_healthz_fails_once_the_consumer_stopped(
+    api: tuple[Sidecar, httpx.AsyncClient],
+) -> None:
+    sidecar, client = api
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    consumer = sidecar.bus.consumer
+    assert consumer is not None
+    consumer.cancel()  # what a crashed consumer looks like from outside
+    with contextlib.suppress(asyncio.CancelledError):
+        await consumer
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "failing", "reason": "the consumer was cancelled"}

@@ -9,7 +9,7 @@ Routes (docs/sidecar.md has examples)::
     GET  /tables/{name}?limit=&after=   {"table", "rows": [...], "next": hash | null}
     GET  /tables/{name}/changes      server-sent events: added / changed / removed
     GET  /tables/{name}/rows/{hash}  one row, with each property's leaves (type, hash, value)
-    GET  /healthz                    200 while the process serves
+    GET  /healthz                    200 while the sidecar works; 503 once its consumer stopped
     GET  /readyz                     200 once subscribed with no backlog, else 503
     GET  /metrics                    Prometheus text (docs/observability.md); 501 without
                                      prometheus-client installed
@@ -274,6 +274,9 @@ class _Api:
         )
 
     async def healthz(self, request: Request) -> Response:
+        problem = self.sidecar.failure
+        if problem is not None:
+            return json_response({"status": "failing", "reason": problem}, 503)
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:

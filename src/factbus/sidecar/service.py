@@ -206,6 +206,18 @@ class Sidecar:
         """
         return self._started and self._ready
 
+    @property
+    def failure(self) -> str | None:
+        """Why the sidecar no longer works (its consumer ended), or ``None``: what
+        ``GET /healthz`` reports, so that a liveness probe restarts it."""
+        consumer = self.bus.consumer
+        if not self._started or consumer is None or not consumer.done():
+            return None
+        if consumer.cancelled():
+            return "the consumer was cancelled"
+        error = consumer.exception()
+        return f"the consumer stopped: {error!r}" if error else "the consumer stopped"
+
     async def _watch_ready(self) -> None:
         quiet = 0.0
         while quiet < READY_QUIET:
