@@ -169,6 +169,8 @@ def _redact_one(url: str) -> str:
     scheme_end = url.find("//")
     if scheme_end >= 0:
         url = url[: scheme_end + 2] + _redact_userinfo(url[scheme_end + 2 :])
+    else:  # no scheme (a mistake being reported): user info may still lead the text
+        url = _redact_userinfo(url)
     head, question, query = url.partition("?")
     if not question:
         return url

@@ -131,6 +131,13 @@ def _objects(url: str) -> Iterator[object]:
         yield getattr(transport, "config", None)
 
 
+def test_no_secret_in_a_url_without_scheme() -> None:
+    with pytest.raises(ConfigError) as error:
+        open_transport(f"u:{SECRET}@127.0.0.1:5672")
+    assert SECRET not in str(error.value)
+    assert redact(f"u:{SECRET}@h/x") == "u:***@h/x"
+
+
 @pytest.mark.parametrize("url", SECRET_URLS)
 def test_no_secret_in_reprs(url: str) -> None:
     shown = redact(url)
@@ -153,10 +160,12 @@ def test_no_secret_in_reprs(url: str) -> None:
         f"kafka://user:{SECRET}@h:9092",  # credentials without SASL
         f"kombu+redis://:{SECRET}@127.0.0.1:6379/0?colour=1",
         f"postgresql://u:{SECRET}@127.0.0.1/db?pool_min=5&pool_max=1",
+        f"u:{SECRET}@127.0.0.1/db",  # no scheme: refused by open_store
+        f"mongodb://u:{SECRET}@127.0.0.1/db",  # no store for this scheme
     ],
 )
 def test_no_secret_in_config_errors(url: str) -> None:
-    opener = open_store if url.startswith("postgres") else open_transport
+    opener = open_store if url.startswith(("postgres", "u:", "mongodb")) else open_transport
     with pytest.raises(ConfigError) as error:
         opener(url)
     assert SECRET not in str(error.value)

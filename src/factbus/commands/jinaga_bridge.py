@@ -24,6 +24,8 @@ import contextlib
 import signal
 from typing import TYPE_CHECKING
 
+from factbus.urls import redact
+
 if TYPE_CHECKING:
     from factbus.jinaga.bridge import JinagaBridge
 
@@ -50,5 +52,5 @@ async def _serve(bridge: JinagaBridge) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     async with bridge:
-        print(f"factbus jinaga-bridge: {bridge.config.url} ready", flush=True)
+        print(f"factbus jinaga-bridge: {redact(bridge.config.url)} ready", flush=True)
         await stop.wait()

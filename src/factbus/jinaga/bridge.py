@@ -137,7 +137,7 @@ def parse_bridge_config(document: Mapping[str, Any]) -> BridgeConfig:
         raise ConfigError(f"[jinaga]: unknown keys {', '.join(sorted(unknown))}")
     url = table.get("url")
     if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-        raise ConfigError(f"jinaga.url: an http(s) URL is needed, not {url!r}")
+        raise ConfigError(f"jinaga.url: an http(s) URL is needed, not {redact(str(url))!r}")
     factbus = document.get("factbus", {})
     if not isinstance(factbus, Mapping):
         raise ConfigError("[factbus]: must be a table")

@@ -33,6 +33,7 @@ from factbus.fact import Fact
 from factbus.sidecar.config import SidecarConfig, TableSpec
 from factbus.sidecar.projection import Change, Kind, Projection, State, to_json
 from factbus.sidecar.sql import ViewsDb, open_views_db
+from factbus.urls import redact
 
 if TYPE_CHECKING:
     from factbus.bus import Bus
@@ -245,8 +246,9 @@ class Views:
         and the views do not)."""
         if bus.settings.store_url != self.store_url:
             raise ConfigError(
-                f"the bus's store ({bus.settings.store_url}) is not the views' database "
-                f"({self.store_url}): views commit with the handled marks, so they must share it"
+                f"the bus's store ({redact(bus.settings.store_url)}) is not the views' database "
+                f"({redact(self.store_url)}): views commit with the handled marks, "
+                "so they must share it"
             )
         from factbus.sidecar.archive import claim_archive_writer
 

@@ -19,6 +19,7 @@ from factbus.store.base import (
     fact_from_bytes,
     fact_to_bytes,
 )
+from factbus.urls import redact
 
 __all__ = [
     "FactState",
@@ -49,7 +50,7 @@ def open_store(url: str) -> Store:
     scheme = urlsplit(url).scheme
     if not scheme:
         raise ConfigError(
-            f"no store for {url!r} (use memory://, sqlite:///path.db, postgresql://...)"
+            f"no store for {redact(url)!r} (use memory://, sqlite:///path.db, postgresql://...)"
         )
     store: Store = plugins.load(GROUP, scheme, _BUILTIN, what="store")(url)
     return store

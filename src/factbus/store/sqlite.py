@@ -29,7 +29,7 @@ from factbus.store.base import (
     fact_from_bytes,
     fact_to_bytes,
 )
-from factbus.urls import parse_bool, query_options
+from factbus.urls import parse_bool, query_options, redact
 
 SCHEMA_VERSION: Final = 1
 _CHUNK: Final = 500  # hashes per IN (...) query; SQLite allows 32766 parameters
@@ -64,10 +64,10 @@ def sqlite_path(url: str) -> str:
     if parts.scheme != "sqlite":
         raise ConfigError(f"SqliteStore needs a sqlite:/// URL, not {parts.scheme}://")
     if parts.netloc:
-        raise ConfigError(f"{url!r}: use sqlite:///relative.db or sqlite:////absolute.db")
+        raise ConfigError(f"{redact(url)!r}: use sqlite:///relative.db or sqlite:////absolute.db")
     path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if not path:
-        raise ConfigError(f"{url!r} names no database file")
+        raise ConfigError(f"{redact(url)!r} names no database file")
     return path
 
 
@@ -356,4 +356,4 @@ class SqliteStore:
         return out
 
     def __repr__(self) -> str:
-        return f"SqliteStore({self.url!r})"
+        return f"SqliteStore({redact(self.url)!r})"

@@ -25,6 +25,7 @@ from factbus.transport.base import (
     dead_letter_topic,
     delivery_position,
 )
+from factbus.urls import redact
 
 __all__ = [
     "Capabilities",
@@ -56,7 +57,7 @@ _BUILTIN = {
 def _scheme(url: str) -> str:
     scheme = urlsplit(url).scheme
     if not scheme:
-        raise ConfigError(f"transport URL {url!r} has no scheme (e.g. memory://, kafka://)")
+        raise ConfigError(f"transport URL {redact(url)!r} has no scheme (e.g. memory://, kafka://)")
     return scheme.split("+", 1)[0]
 
 

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from factbus import plugins
 from factbus.errors import ConfigError
+from factbus.urls import redact
 
 
 class Baseline(Protocol):
@@ -93,7 +94,7 @@ def baseline_for(url: str, destination: str) -> Baseline:
     """
     scheme = urlsplit(url).scheme.split("+", 1)[0]
     if not scheme:
-        raise ConfigError(f"transport URL {url!r} has no scheme")
+        raise ConfigError(f"transport URL {redact(url)!r} has no scheme")
     baseline: Baseline = plugins.load(GROUP, scheme, _BUILTIN, what="raw-client baseline")(
         url, destination
     )
