@@ -3,12 +3,18 @@
 The bound logger filters by level before any processor runs, so a disabled
 level costs one method call and renders nothing (the pipeline logs per batch,
 never per fact, above debug).
+
+Lines go to ``sys.stderr`` as it is when each line is written, not as it was
+when logging was configured: a test or host that swaps ``sys.stderr`` sees the
+lines written afterwards.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from typing import Any
 
 import structlog
 
@@ -19,6 +25,33 @@ _LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+
+
+class CurrentStderr:
+    """A file-like object that writes to whatever ``sys.stderr`` is right now."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+class StderrLoggerFactory:
+    """structlog logger factory: :class:`structlog.PrintLogger` over :class:`CurrentStderr`.
+
+    ``PrintLoggerFactory(file=sys.stderr)`` would bind the stream object of
+    configure time (and, with ``cache_logger_on_first_use``, keep it forever).
+    """
+
+    def __init__(self) -> None:
+        self._stream = CurrentStderr()
+
+    def __call__(self, *args: Any) -> structlog.PrintLogger:
+        return structlog.PrintLogger(self._stream)  # type: ignore[arg-type]
 
 
 def configure_logging(level: str = "warning", *, json: bool | None = None) -> None:
@@ -43,6 +76,6 @@ def configure_logging(level: str = "warning", *, json: bool | None = None) -> No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=StderrLoggerFactory(),
         cache_logger_on_first_use=True,
     )
