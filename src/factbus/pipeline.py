@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +198,9 @@ class Pipeline:
             frontier = buffer.release(frontier, stored)
         handled, dead, parked = await self._commit(buffer, positions)
         self._count(buffer, handled, dead, parked)
+        # After the commit, before the acks: a crash in between re-delivers, and
+        # the failure was not recorded, so the fact fails and is dead-lettered again.
+        await self._dead_letter_facts(dead)
         for delivery in deliveries:
             await delivery.ack()
         if self.shared_store:
@@ -210,8 +213,10 @@ class Pipeline:
     async def _commit(
         self, buffer: CausalBuffer, positions: dict[str, int] | None
     ) -> tuple[list[Fact], list[tuple[Fact, str]], list[ParkedFact]]:
-        """Claim (shared store), dispatch in causal order, dead-letter what failed,
-        and record handled, parked and published facts in one transaction."""
+        """Claim (shared store), dispatch in causal order, and record handled,
+        parked and published facts in one transaction; return what failed, to be
+        dead-lettered once the transaction is over (no broker call happens while
+        it is open: it holds SQLite's write lock or PostgreSQL claims)."""
         handled: list[Fact] = []
         dead: list[tuple[Fact, str]] = []
         ready = buffer.ready
@@ -233,8 +238,6 @@ class Pipeline:
                     dead.append((fact, failure.reason))
                     continue
                 handled.append(fact)
-            for fact, reason in dead:
-                await self._dead_letter_fact(fact, reason)
             parked = buffer.parked()
             published = self.pending_published[:]
             await tx.record(
@@ -315,8 +318,34 @@ class Pipeline:
             known.update(await self.store.states(wanted))
         return known
 
-    async def _dead_letter_fact(self, fact: Fact, reason: str) -> None:
-        log.error("fact dead-lettered", topic=self.topic, fact=str(fact.ref), reason=reason)
-        await self.transport.dead_letter(
-            self.topic, encode([fact]), {HEADER_DEAD_LETTER_REASON: reason}, reason
-        )
+    async def _dead_letter_facts(self, dead: Sequence[tuple[Fact, str]]) -> None:
+        """Dead-letter the facts whose handlers failed in one step: one envelope per
+        distinct reason (split to stay under the envelope size limit), each with
+        the reason header."""
+        if not dead:
+            return
+        by_reason: dict[str, list[Fact]] = {}
+        for fact, reason in dead:
+            log.error("fact dead-lettered", topic=self.topic, fact=str(fact.ref), reason=reason)
+            by_reason.setdefault(reason, []).append(fact)
+        for reason, facts in by_reason.items():
+            for body in self._envelopes(facts):
+                await self.transport.dead_letter(
+                    self.topic, body, {HEADER_DEAD_LETTER_REASON: reason}, reason
+                )
+
+    def _envelopes(self, facts: list[Fact]) -> Iterator[bytes]:
+        """``facts`` (in causal order) in envelopes of at most ``limits.max_bytes``
+        (a single fact larger than that goes alone: it arrived in one)."""
+        budget = self.limits.max_bytes - 64
+        chunk: list[Fact] = []
+        size = 0
+        for fact in facts:
+            length = len(fact.wire_bytes()) + 1
+            if chunk and size + length > budget:
+                yield encode(chunk)
+                chunk, size = [], 0
+            chunk.append(fact)
+            size += length
+        if chunk:
+            yield encode(chunk)
