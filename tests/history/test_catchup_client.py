@@ -6,6 +6,9 @@ test_catchup_peer.py."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -58,9 +61,7 @@ def test_pages_are_asked_with_cursor_and_limit() -> None:
     assert position_key("http://peer:8081/") == "catch-up:http://peer:8081"
 
 
-def test_catch_up_setting_from_toml_list_and_environment(
-    tmp_path: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_catch_up_setting_from_toml_list_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings.load(catch_up=["http://a:8081"]).catch_up == ("http://a:8081",)
     monkeypatch.setenv("FACTBUS_CATCH_UP", "http://a:8081, http://b:8081")
     assert Settings.load().catch_up == ("http://a:8081", "http://b:8081")
@@ -106,3 +107,21 @@ async def test_catching_up_while_consuming_is_refused() -> None:
     async with Bus("memory://catchup-busy", "memory://", topic="t", node="n") as bus:
         with pytest.raises(RuntimeError, match="before start"):
             await bus.catch_up("http://127.0.0.1:1")
+
+
+def test_catch_up_command_fails_with_status_1_on_an_unreachable_peer(tmp_path: Path) -> None:
+    app = tmp_path / "cliapp.py"
+    app.write_text(
+        "from factbus import Bus\n"
+        f"bus = Bus('memory://cli', 'sqlite:///{tmp_path / 'cli.db'}', topic='t', node='cli')\n"
+    )
+    peer = f"http://127.0.0.1:{closed_port()}"
+    command = [sys.executable, "-m", "factbus", "catch-up", "cliapp:bus", "--from", peer]
+    done = subprocess.run(
+        [*command, "--app-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"{peer}: failed: GET {peer}/facts?after=0&limit=1000: peer unreachable" in done.stdout
