@@ -182,9 +182,9 @@ def write(
     print(f"wrote {out / 'RESULTS.md'}, results.json, throughput.png")
 
 
-KEPT_SECTIONS = ("## Metrics overhead", "## Sidecar")
+KEPT_SECTIONS = ("## Metrics overhead", "## Sidecar", "## Catch-up rate")
 """Sections of RESULTS.md that other scripts write (studies/metrics_overhead.py,
-``factbus bench --sidecar`` results);
+studies/catchup_rate.py, ``factbus bench --sidecar`` results);
 a rewrite of the matrix keeps them, at the end."""
 
 
