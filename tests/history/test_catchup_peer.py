@@ -79,13 +79,13 @@ def test_kill9_during_catch_up_ends_exactly_once(
 ) -> None:
     """A late node (fault_worker.py consume: SQLite store, transactional effect rows)
     catching up from the peer is killed with SIGKILL ``FACTBUS_CATCHUP_KILLS`` times
-    (default 6), over ``FACTBUS_CATCHUP_KILL_FACTS`` facts (default 4,000): from
+    (default 5), over ``FACTBUS_CATCHUP_KILL_FACTS`` facts (default 3,000): from
     outside at a random instant of its start, or by itself inside a handler's
     transaction or right after a page's commit. Each restart resumes
     at the cursor its store kept; in the end every fact is handled once, in causal
     order."""
-    kills_wanted = int(os.environ.get("FACTBUS_CATCHUP_KILLS", "6"))
-    facts = int(os.environ.get("FACTBUS_CATCHUP_KILL_FACTS", "4000"))
+    kills_wanted = int(os.environ.get("FACTBUS_CATCHUP_KILLS", "5"))
+    facts = int(os.environ.get("FACTBUS_CATCHUP_KILL_FACTS", "3000"))
     url = broker_url("redis")
     topic = f"late-{uuid.uuid4().hex[:10]}"
     rng = random.Random(f"catchup-kill-{time.time()}")
