@@ -115,6 +115,18 @@ class StoreConformance:
         assert await store.published([a.ref, b.ref]) == {a.ref}
         assert (await store.counts())["published"] == 1
 
+    async def test_positions_commit_with_the_transaction(self, store: Store) -> None:
+        (a,) = _chain(1)
+        assert await store.position("log:t") is None
+        await _record(store, StoreBatch(handled=[a], positions={"log:t": 10, "log:u": 3}))
+        await _record(store, StoreBatch(positions={"log:t": 25}))
+        assert (await store.position("log:t"), await store.position("log:u")) == (25, 3)
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                await tx.record(StoreBatch(positions={"log:t": 99}))
+                raise RuntimeError("the step failed")
+        assert await store.position("log:t") == 25
+
     async def test_load_returns_content_with_its_hash(self, store: Store) -> None:
         root = Fact("Suite.Root", {})
         fact = Fact(
@@ -148,7 +160,12 @@ class StoreConformance:
         a, b, c = _chain(3)
         await _record(
             store,
-            StoreBatch(handled=[a], parked=[ParkedFact(c, frozenset({b.ref}))], published=[a.ref]),
+            StoreBatch(
+                handled=[a],
+                parked=[ParkedFact(c, frozenset({b.ref}))],
+                published=[a.ref],
+                positions={"log:t": 7},
+            ),
         )
         await store.aclose()
         again = await reopen()
@@ -159,5 +176,6 @@ class StoreConformance:
             }
             assert [p.missing for p in await again.waiting_on([b.ref])] == [{b.ref}]
             assert await again.published([a.ref]) == {a.ref}
+            assert await again.position("log:t") == 7
         finally:
             await again.aclose()
