@@ -363,7 +363,9 @@ class AmqpLogSubscription(AmqpSubscription):
     each attach: first the position it was given (or ``first``), after a lost
     channel the oldest offset it received and did not ack (or the one after the
     last it received). RabbitMQ may start a little before the asked offset (at
-    its chunk's start): those messages are acked and skipped. A
+    its chunk's start): those messages are acked and skipped. If the first
+    record it gets is past the asked offset, the stream lost history (a retention
+    policy removed records): warning ``amqp stream lost history``. A
     ``nack(requeue=True)`` re-attaches at the nacked offset (and drops what was
     buffered), so nothing after it is settled first: the positions the bus
     commits never pass an unsettled message.
@@ -407,6 +409,15 @@ class AmqpLogSubscription(AmqpSubscription):
             delivery._settle()
             delivery._channel.settle(delivery._tag, None)  # before the asked offset
             return
+        if self._last is None and offset > self._floor:
+            log.warning(
+                "amqp stream lost history",
+                stream=stream_name(self.topic),
+                asked=self._floor,
+                first=offset,
+                hint="records before the first offset were removed (a retention policy on "
+                "the stream); this node misses them: catch up from a peer",
+            )
         self._last = offset
         self._open[offset] = None
         delivery.position = offset + 1

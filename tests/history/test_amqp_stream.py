@@ -4,16 +4,23 @@ tests (new reader from the first offset, exact resume, nack), and the URL option
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import shutil
+import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
 import pytest
+from structlog.testing import capture_logs
 
 from conftest import broker_url
 from factbus.errors import ConfigError
-from factbus.testing.conformance import ConformanceContext, TransportConformance
+from factbus.testing.conformance import ConformanceContext, TransportConformance, collect
+from factbus.transport import Message, delivery_position
 from factbus_amqp import AmqpTransport
 from factbus_amqp.config import AmqpConfig
 
@@ -88,3 +95,44 @@ async def test_group_named_stream_is_refused() -> None:
     transport = AmqpTransport(stream_url())
     with pytest.raises(ConfigError, match="reserved for the topic's stream"):
         await transport.subscribe("t", "stream")
+
+
+async def test_reading_a_truncated_stream_warns() -> None:
+    """A stream whose retention policy removed records: a new reader starts past
+    offset 0 and is warned that it misses history (catch up from a peer)."""
+    rabbitmqctl = shutil.which("rabbitmqctl")
+    if rabbitmqctl is None:
+        message = "rabbitmqctl is not installed (scripts/brokers.sh installs RabbitMQ)"
+        if os.environ.get("FACTBUS_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    url = stream_url()
+    topic = f"trunc-{uuid.uuid4().hex[:10]}"
+    policy = f"factbus-test-{topic}"
+    limits = '{"max-length-bytes": 3000, "stream-max-segment-size-bytes": 1000}'
+    pattern = f"^{topic}\\.stream$"
+    await asyncio.to_thread(
+        subprocess.run,
+        [rabbitmqctl, "set_policy", "--apply-to", "queues", policy, pattern, limits],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    try:
+        async with AmqpTransport(url) as transport:
+            for i in range(20):  # 100 messages of ~110 bytes: many 1000-byte segments
+                batch = [Message(f"m-{i}-{j}-{'x' * 100}".encode(), f"m-{i}-{j}") for j in range(5)]
+                await transport.publish(topic, batch)
+            with capture_logs() as logs:
+                reader = await transport.subscribe_log(topic, "late", None)
+                received = await collect(reader, 1, 30.0)
+                await reader.aclose()
+        first = delivery_position(received[0])
+        assert first is not None and first > 1  # offsets before it are gone
+        warnings = [e for e in logs if e["event"] == "amqp stream lost history"]
+        assert len(warnings) == 1
+        assert (warnings[0]["asked"], warnings[0]["first"]) == (0, first - 1)
+    finally:
+        clear = [rabbitmqctl, "clear_policy", policy]
+        await asyncio.to_thread(subprocess.run, clear, capture_output=True, timeout=60)
+        await delete_topology(url, [topic])
