@@ -113,3 +113,27 @@ def test_credentials_come_from_secrets(docs: dict[str, dict[str, Any]]) -> None:
     assert set(env) <= settings  # every variable is a setting the code reads
     toml = docs["ConfigMap/shop-factbus"]["data"]["sidecar.toml"]
     assert "transport" not in tomllib.loads(toml)["factbus"]  # no credentials in the ConfigMap
+
+
+def test_prometheus_annotations_point_at_the_metrics_route(
+    docs: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    annotations = docs["Deployment/shop"]["spec"]["template"]["metadata"]["annotations"]
+    toml = tomllib.loads(docs["ConfigMap/shop-factbus"]["data"]["sidecar.toml"])
+    config = parse_config(toml)
+    _, port = split_listen(config.listen)
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == port
+    sidecar = Sidecar(
+        config,
+        settings=Settings(transport="memory://manifests", store=f"sqlite:///{tmp_path / 'app.db'}"),
+    )
+    routes = {
+        route.path: route.methods or set()
+        for route in build_app(sidecar).routes
+        if isinstance(route, Route)
+    }
+    assert "GET" in routes[annotations["prometheus.io/path"]]
+    extras = re.search(r"pip install .*'\.\[([a-z,]+)\]'", (ROOT / "Dockerfile").read_text())
+    assert extras is not None
+    assert "metrics" in extras.group(1).split(",")  # else /metrics answers 501
