@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +48,7 @@ from factbus.transport.base import (
     TransportBase,
     dead_letter_topic,
 )
+from factbus.transport.buffered import BufferedSubscription, SettleOnce
 from factbus.urls import redact
 from factbus_amqp.config import AmqpConfig
 from factbus_amqp.connection import (
@@ -62,7 +62,7 @@ from factbus_amqp.connection import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from pamqp.common import FieldTable
 
@@ -85,7 +85,7 @@ _CAPABILITIES = Capabilities(
 )
 
 
-class AmqpDelivery:
+class AmqpDelivery(SettleOnce):
     """A message pushed by the broker to one subscription's channel."""
 
     __slots__ = (
@@ -93,7 +93,6 @@ class AmqpDelivery:
         "_headers",
         "_message",
         "_redelivered",
-        "_settled",
         "_tag",
         "position",
     )
@@ -105,12 +104,12 @@ class AmqpDelivery:
         tag: int,
         redelivered: bool,
     ) -> None:
+        super().__init__()
         self._message = message
         self._channel = channel
         self._tag = tag
         self._redelivered = redelivered
         self._headers: dict[str, str] | None = None
-        self._settled = False
         self.position: int | None = None
         """Stream deliveries: the stream offset to resume from once this one is
         settled (its offset + 1); ``None`` for queue deliveries."""
@@ -133,7 +132,7 @@ class AmqpDelivery:
         """Settle the message. Sent with the other acks of this step when the
         consuming task next yields; a no-op if the channel was lost meanwhile
         (then the broker delivers the message again)."""
-        self._settle()
+        self._settle_once()
         self._channel.settle(self._tag, None)
         if self.position is not None:
             self._channel.owner.settled(self, None)
@@ -142,17 +141,12 @@ class AmqpDelivery:
         """Give the message back (``requeue``) or dead-letter it natively (not
         ``requeue``: it lands in ``<topic>.dead-letter`` with reason ``broker:
         rejected``). Sent in order with this step's acks."""
-        self._settle()
+        self._settle_once()
         if self.position is not None:  # a stream: nothing is requeued, re-read instead
             self._channel.settle(self._tag, None)
             self._channel.owner.settled(self, requeue)
             return
         self._channel.settle(self._tag, requeue)
-
-    def _settle(self) -> None:
-        if self._settled:
-            raise TransportError("delivery already acked or nacked")
-        self._settled = True
 
 
 class _ConsumerChannel:
@@ -234,22 +228,21 @@ class _ConsumerChannel:
             self._flush = None
 
 
-class AmqpSubscription:
+class AmqpSubscription(BufferedSubscription[AmqpDelivery]):
     """One group's subscription to one topic: a consumer on the group's queue.
 
     Only one task may consume it. While the connection is being restored,
     ``next_batch`` simply finds nothing; deliveries buffered from a lost
-    channel are dropped (the broker delivers them again).
+    channel are dropped (the broker delivers them again). ``next_batch``
+    raises :class:`TransportError` once the subscription's queue cannot be
+    restored after a reconnection (it conflicts with what the broker has).
     """
 
     def __init__(self, transport: AmqpTransport, topic: str, group: str) -> None:
+        super().__init__()
         self._transport = transport
         self._topic = topic
         self._group = group
-        self._buffer: deque[AmqpDelivery] = deque()
-        self._readable = asyncio.Event()
-        self._closed = False
-        self._error: BaseException | None = None
         self._channel: _ConsumerChannel | None = None
         self._restarts: set[asyncio.Task[None]] = set()
 
@@ -286,63 +279,21 @@ class AmqpSubscription:
             self._buffer.clear()
 
     def failed(self, error: BaseException) -> None:
-        self._error = error
-        self._readable.set()
+        self._fail(
+            TransportError(f"subscription to {self._topic!r} as {self._group!r} failed: {error}")
+        )
 
     def receive(self, delivery: AmqpDelivery) -> None:
-        self._buffer.append(delivery)
-        self._readable.set()
+        self._deliver((delivery,))
 
-    # -- Subscription ------------------------------------------------------------------
-
-    def __aiter__(self) -> AsyncIterator[AmqpDelivery]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[AmqpDelivery]:
-        while not self._closed:
-            for delivery in await self.next_batch(1):
-                yield delivery
-
-    async def next_batch(
-        self,
-        max_messages: int,
-        timeout: float | None = None,
-    ) -> list[AmqpDelivery]:
-        """Wait for a delivery (up to ``timeout`` seconds, then return ``[]``), then
-        return up to ``max_messages`` of those buffered, without waiting for more.
-
-        :raises TransportError: the subscription's queue cannot be restored after a
-            reconnection (it conflicts with what the broker has).
-        """
-        buffer = self._buffer
-        while not buffer:
-            if self._closed:
-                return []
-            if self._error is not None:
-                raise TransportError(
-                    f"subscription to {self._topic!r} as {self._group!r} failed: {self._error}"
-                )
-            self._readable.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._readable.wait()
-            except TimeoutError:
-                return []
-        if self._closed:
-            return []
-        if max_messages >= len(buffer):
-            batch = list(buffer)
-            buffer.clear()
-            return batch
-        return [buffer.popleft() for _ in range(max(max_messages, 0))]
+    # -- Subscription (next_batch and iteration: BufferedSubscription) --------------
 
     async def aclose(self) -> None:
         """Stop consuming: queued acks are sent, then the channel closes and the
         broker requeues every unacknowledged delivery. Idempotent."""
         if self._closed:
             return
-        self._closed = True
-        self._readable.set()
+        self._close_buffer()
         state = self._channel
         if state is not None:
             await state.drain(self._transport.config.connect_timeout)
@@ -406,7 +357,7 @@ class AmqpLogSubscription(AmqpSubscription):
             self.failed(TransportError(f"{stream_name(self.topic)!r} sent no x-stream-offset"))
             return
         if offset < self._floor or (self._last is not None and offset <= self._last):
-            delivery._settle()
+            delivery._settle_once()
             delivery._channel.settle(delivery._tag, None)  # before the asked offset
             return
         if self._last is None and offset > self._floor:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from factbus.errors import TransportError
+from factbus.transport.buffered import BufferedSubscription, SettleOnce
 from factbus_kafka._driver import (
     Consumer,
     KafkaError,
@@ -45,9 +46,8 @@ from factbus_kafka._driver import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import Callable, Mapping
 
-    from factbus.transport.base import Delivery
     from factbus_kafka.config import KafkaConfig
 
 log = structlog.get_logger("factbus.kafka")
@@ -72,12 +72,13 @@ class _Partition:
         """Nacked deliveries waiting for their record to come again after the seek."""
 
 
-class KafkaDelivery:
+class KafkaDelivery(SettleOnce):
     """One received Kafka record. ``ack``/``nack`` only touch local state (no I/O)."""
 
     __slots__ = ("_headers", "_message", "_owner", "_partition", "_redelivered", "_state", "offset")
 
     def __init__(self, message: Message, owner: KafkaSubscription, partition: _Partition) -> None:
+        super().__init__()
         self._message = message
         self._owner = owner
         self._partition = partition
@@ -116,11 +117,12 @@ class KafkaDelivery:
     def _again(self, message: Message) -> None:
         self._message = message
         self._state = _PENDING
+        self._settled = False
         self._redelivered = True
         self._headers = None
 
 
-class KafkaSubscription:
+class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
     """A group member of one topic (see the module docstring).
 
     Concurrency: one task consumes (``next_batch``/iteration, ``ack``/``nack``);
@@ -137,6 +139,8 @@ class KafkaSubscription:
         on_close: Callable[[KafkaSubscription], None] | None = None,
         logger: Any = None,
     ) -> None:
+        super().__init__()
+        self._iterate_batch = config.fetch_batch
         self.topic = topic
         self.group = group
         self._config = config
@@ -150,14 +154,10 @@ class KafkaSubscription:
             self._consumer = Consumer(settings)
         except (KafkaException, ValueError, TypeError) as exc:
             raise TransportError(f"cannot create a Kafka consumer: {exc}") from exc
-        # Loop-side state.
-        self._buffer: collections.deque[KafkaDelivery] = collections.deque()
-        self._readable = asyncio.Event()
+        # Loop-side state (and the buffer, see BufferedSubscription).
         self._partitions: dict[int, _Partition] = {}
         self._joined: asyncio.Future[None] = self._loop.create_future()
         self._finished: asyncio.Future[None] = self._loop.create_future()
-        self._closed = False
-        self._failure: BaseException | None = None
         # Shared with the thread, under _lock.
         self._lock = threading.Lock()
         self._to_store: dict[int, int] = {}
@@ -189,50 +189,11 @@ class KafkaSubscription:
                 waited=self._config.join_timeout,
             )
 
-    def __aiter__(self) -> AsyncIterator[Delivery]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Delivery]:
-        while not self._closed:
-            for delivery in await self.next_batch(self._config.fetch_batch):
-                yield delivery
-
-    async def next_batch(
-        self,
-        max_messages: int,
-        timeout: float | None = None,
-    ) -> list[Delivery]:
-        """Wait until a delivery is buffered (or ``timeout`` passes: ``[]``), then
-        return up to ``max_messages`` buffered deliveries without waiting for more.
-
-        :raises TransportError: the consumer failed and cannot recover.
-        """
-        buffer = self._buffer
-        while not buffer:
-            if self._closed:
-                return []
-            if self._failure is not None:
-                raise TransportError(f"kafka consumer failed: {self._failure}") from self._failure
-            self._readable.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._readable.wait()
-            except TimeoutError:
-                return []
-            buffer = self._buffer
-        if self._closed:
-            return []
-        count = min(max_messages, len(buffer))
-        popleft = buffer.popleft
-        return [popleft() for _ in range(count)]
-
     async def aclose(self) -> None:
         """Stop consuming: store and commit what was acked, leave the group. Buffered and
         unacked deliveries go back to the group. Idempotent and concurrency-safe."""
         if not self._closed:
-            self._closed = True
-            self._buffer = collections.deque()
-            self._readable.set()
+            self._close_buffer()
             self._stop.set()
             if not self._thread.is_alive() and not self._finished.done():
                 self._finished.set_result(None)
@@ -243,8 +204,7 @@ class KafkaSubscription:
     # -- acknowledgement (event loop) ----------------------------------------------
 
     def _settle(self, delivery: KafkaDelivery, state: int) -> None:
-        if delivery._state != _PENDING:
-            raise TransportError("delivery already acked or nacked")
+        delivery._settle_once()
         delivery._state = state
         partition = delivery._partition
         if not partition.alive or self._closed:
@@ -272,7 +232,7 @@ class KafkaSubscription:
         if self._closed:
             return
         partitions = self._partitions
-        buffer = self._buffer
+        buffer: list[KafkaDelivery] = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -294,8 +254,7 @@ class KafkaSubscription:
             partition.unsettled.append(delivery)
             partition.next_offset = offset + 1
             buffer.append(delivery)
-        if buffer:
-            self._readable.set()
+        self._deliver(buffer)
 
     def _assigned(self, numbers: list[int]) -> None:
         for number in numbers:
@@ -313,14 +272,13 @@ class KafkaSubscription:
             if partition is not None:
                 partition.alive = False
                 gone.add(number)
-        if gone and self._buffer:
-            self._buffer = collections.deque(
-                d for d in self._buffer if d._partition.number not in gone
-            )
+        if gone:
+            self._withdraw(lambda d: d._partition.number not in gone)
 
     def _failed(self, error: BaseException) -> None:
-        self._failure = error
-        self._readable.set()
+        failure = TransportError(f"kafka consumer failed: {error}")
+        failure.__cause__ = error
+        self._fail(failure)
         if not self._joined.done():
             self._joined.set_exception(TransportError(f"kafka consumer failed: {error}"))
             self._joined.exception()  # retrieved: start() may have stopped waiting

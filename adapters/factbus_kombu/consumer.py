@@ -35,13 +35,13 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 import structlog
 
 from factbus.errors import TransportError
-from factbus.transport.base import Delivery
+from factbus.transport.buffered import BufferedSubscription, SettleOnce
 from factbus.urls import redact
 from factbus_kombu._driver import Consumer, VirtualQoS
 from factbus_kombu.config import KombuConfig
@@ -67,7 +67,7 @@ HOP_SECONDS: Final = 0.005
 before it hands them to the event loop and applies queued acks."""
 
 
-class KombuDelivery:
+class KombuDelivery(SettleOnce):
     """One received message; ``ack``/``nack`` queue the settlement for the
     consumer thread (cheap, no round trip on the event loop)."""
 
@@ -77,7 +77,6 @@ class KombuDelivery:
         "_generation",
         "_headers",
         "_redelivered",
-        "_settled",
         "_tag",
     )
 
@@ -90,13 +89,13 @@ class KombuDelivery:
         generation: int,
         consumer: QueueConsumer,
     ) -> None:
+        super().__init__()
         self._body = body
         self._headers = headers
         self._redelivered = redelivered
         self._tag = tag
         self._generation = generation
         self._consumer = consumer
-        self._settled = False
 
     @property
     def body(self) -> bytes:
@@ -128,27 +127,25 @@ class KombuDelivery:
         self._settle(REQUEUE if requeue else DROP)
 
     def _settle(self, operation: int) -> None:
-        if self._settled:
-            raise TransportError("delivery already acked or nacked")
-        self._settled = True
+        self._settle_once()
         self._consumer.settle(self._generation, self._tag, operation)
 
 
-class KombuSubscription:
+class KombuSubscription(BufferedSubscription[KombuDelivery]):
     """The event-loop side of one subscription (see the module docstring).
 
     Only one task may consume it. ``next_batch`` never waits for more messages
-    than those already received.
+    than those already received; it raises :class:`TransportError` while the
+    consumer has been disconnected for longer than ``factbus_retry_timeout``
+    (it keeps reconnecting; a later call may succeed), or once it stopped on an
+    unexpected error.
     """
 
     def __init__(self, config: KombuConfig, topic: str, group: str) -> None:
+        super().__init__()
         self.topic = topic
         self.group = group
         self._loop = asyncio.get_running_loop()
-        self._buffer: collections.deque[KombuDelivery] = collections.deque()
-        self._readable = asyncio.Event()
-        self._closed = False
-        self._error: TransportError | None = None
         self._generation = 0
         self._ready: asyncio.Future[None] = self._loop.create_future()
         self._done: asyncio.Future[None] = self._loop.create_future()
@@ -196,25 +193,22 @@ class KombuSubscription:
     def on_received(self, generation: int, batch: list[KombuDelivery]) -> None:
         if self._closed or generation != self._generation:
             return
-        self._buffer.extend(batch)
-        self._readable.set()
+        self._deliver(batch)
 
     def on_generation(self, generation: int) -> None:
         """The consumer lost its connection: withdraw what it received before."""
         self._generation = generation
-        if any(d._generation != generation for d in self._buffer):
-            self._buffer = collections.deque(d for d in self._buffer if d._generation == generation)
+        self._withdraw(lambda d: d._generation == generation)
 
     def on_recovered(self) -> None:
-        self._error = None
+        self._recovered()
 
     def on_failing(self, error: TransportError) -> None:
-        self._error = error
-        self._readable.set()
+        self._fail(error)
 
     def on_finished(self, error: TransportError | None) -> None:
         if error is not None:
-            self._error = error
+            self._fail(error)
         self.on_ready(
             error or TransportError(f"subscription to {self.topic} closed while starting")
         )
@@ -222,50 +216,14 @@ class KombuSubscription:
         if not self._done.done():
             self._done.set_result(None)
 
-    # -- the Subscription protocol ------------------------------------------------
-
-    def __aiter__(self) -> AsyncIterator[Delivery]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Delivery]:
-        while not self._closed:
-            for delivery in await self.next_batch(1):
-                yield delivery
-
-    async def next_batch(self, max_messages: int, timeout: float | None = None) -> list[Delivery]:
-        """Wait for at least one delivery (at most ``timeout`` seconds: then ``[]``),
-        return up to ``max_messages`` of those already received.
-
-        :raises TransportError: the consumer has been disconnected for longer
-            than ``factbus_retry_timeout`` (it keeps reconnecting; a later call
-            may succeed), or it stopped on an unexpected error.
-        """
-        buffer = self._buffer
-        while not buffer:
-            if self._closed:
-                return []
-            if self._error is not None:
-                raise self._error
-            self._readable.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._readable.wait()
-            except TimeoutError:
-                return []
-            buffer = self._buffer
-        if self._closed:
-            return []
-        count = min(max_messages, len(buffer))
-        return [buffer.popleft() for _ in range(count)]
+    # -- the Subscription protocol (next_batch, iteration: BufferedSubscription) --
 
     async def aclose(self) -> None:
         """Stop consuming; unacknowledged deliveries go back to the group (the
         consumer thread gives them back, then closes its connection). Idempotent,
         safe concurrently with :meth:`next_batch` (which then returns ``[]``)."""
         if not self._closed:
-            self._closed = True
-            self._buffer.clear()
-            self._readable.set()
+            self._close_buffer()
             self._consumer.stop()
         try:
             async with asyncio.timeout(self._close_timeout):

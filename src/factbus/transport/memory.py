@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 from urllib.parse import urlsplit
 
 from factbus.errors import ConfigError, TransportError
 from factbus.transport.base import Capabilities, DeadLetter, Message, TransportBase
+from factbus.transport.buffered import BufferedSubscription, SettleOnce
 from factbus.urls import query_options
 
 _CAPABILITIES = Capabilities(
@@ -43,7 +44,7 @@ class _Stored:
 class _Queue:
     """One group's queue on one topic, shared by the group's subscribers."""
 
-    items: collections.deque[_Stored] = field(default_factory=collections.deque)
+    items: collections.deque[MemoryDelivery] = field(default_factory=collections.deque)
     readable: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -63,19 +64,19 @@ class _Namespace:
 
     def put(self, topic: str, stored: Sequence[_Stored]) -> None:
         for queue in self.queues.get(topic, {}).values():
-            queue.items.extend(_Stored(s.body, s.headers) for s in stored)
+            queue.items.extend(MemoryDelivery(_Stored(s.body, s.headers)) for s in stored)
             queue.readable.set()
 
 
-class MemoryDelivery:
-    """A delivery from a memory queue."""
+class MemoryDelivery(SettleOnce):
+    """A delivery from a memory queue; it belongs to the subscriber that took it."""
 
-    __slots__ = ("_owner", "_settled", "_stored")
+    __slots__ = ("_owner", "_stored")
 
-    def __init__(self, stored: _Stored, owner: MemorySubscription) -> None:
+    def __init__(self, stored: _Stored) -> None:
+        super().__init__()
         self._stored = stored
-        self._owner = owner
-        self._settled = False
+        self._owner: MemorySubscription | None = None
 
     @property
     def body(self) -> bytes:
@@ -94,66 +95,42 @@ class MemoryDelivery:
 
     async def nack(self, requeue: bool = True) -> None:
         self._settle()
-        if requeue:
+        if requeue and self._owner is not None:
             self._owner.requeue(self._stored)
 
     def _settle(self) -> None:
-        if self._settled:
-            raise TransportError("delivery already acked or nacked")
-        self._settled = True
-        self._owner.unacked.pop(id(self), None)
+        self._settle_once()
+        if self._owner is not None:
+            self._owner.unacked.pop(id(self), None)
 
 
-class MemorySubscription:
-    """One subscriber of a group's queue."""
+class MemorySubscription(BufferedSubscription[MemoryDelivery]):
+    """One subscriber of a group's queue: its buffer is the queue itself, shared
+    with the group's other subscribers."""
 
     def __init__(self, queue: _Queue) -> None:
+        super().__init__()
         self._queue = queue
-        self._closed = False
+        self._buffer = queue.items
+        self._readable = queue.readable
         self.unacked: dict[int, MemoryDelivery] = {}
 
     def requeue(self, stored: _Stored) -> None:
         stored.delivered = True
-        self._queue.items.appendleft(stored)
+        self._queue.items.appendleft(MemoryDelivery(stored))
         self._queue.readable.set()
 
-    def __aiter__(self) -> AsyncIterator[MemoryDelivery]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[MemoryDelivery]:
-        while not self._closed:
-            for delivery in await self.next_batch(1):
-                yield delivery
-
-    async def next_batch(
-        self, max_messages: int, timeout: float | None = None
-    ) -> list[MemoryDelivery]:
-        queue = self._queue
-        while not queue.items:
-            if self._closed:
-                return []
-            queue.readable.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await queue.readable.wait()
-            except TimeoutError:
-                return []
-        if self._closed:
-            return []
-        batch: list[MemoryDelivery] = []
-        items = queue.items
-        for _ in range(min(max_messages, len(items))):
-            delivery = MemoryDelivery(items.popleft(), self)
+    def _take(self, count: int) -> list[MemoryDelivery]:
+        batch = super()._take(count)
+        for delivery in batch:
+            delivery._owner = self
             self.unacked[id(delivery)] = delivery
-            batch.append(delivery)
-        if items:
-            queue.readable.set()  # let a sibling subscriber in the group take the rest
         return batch
 
     async def aclose(self) -> None:
         if self._closed:
             return
-        self._closed = True
+        self._close_buffer(clear=False)  # the queue stays, for the group's others
         pending = list(self.unacked.values())
         self.unacked.clear()
         for delivery in reversed(pending):
