@@ -40,7 +40,7 @@ import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, ExchangeType
 
-from factbus.errors import TransportError
+from factbus.errors import FatalTransportError, TransportError
 from factbus.transport.base import dead_letter_topic
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ class RecoveringConnection:
             try:
                 await self._attach(live, consumer)
             except TOPOLOGY_ERRORS as error:
-                raise TransportError(
+                raise FatalTransportError(
                     f"cannot subscribe to {consumer.topic!r} as {consumer.group!r}: {error}"
                 ) from None
 

@@ -40,7 +40,8 @@ import aiormq
 import structlog
 from aiormq import spec
 
-from factbus.errors import ConfigError, PublishError, TransportError
+from factbus.errors import ConfigError, FatalTransportError, PublishError, TransportError
+from factbus.headers import HEADER_DEAD_LETTER_REASON, dead_letter_headers
 from factbus.transport.base import (
     Capabilities,
     DeadLetter,
@@ -70,8 +71,6 @@ log = structlog.get_logger("factbus.amqp")
 
 T = TypeVar("T")
 
-HEADER_REASON = "x-factbus-dead-letter-reason"
-HEADER_TOPIC = "x-factbus-dead-letter-topic"
 PERSISTENT = 2
 
 _CAPABILITIES = Capabilities(
@@ -234,7 +233,7 @@ class AmqpSubscription(BufferedSubscription[AmqpDelivery]):
     Only one task may consume it. While the connection is being restored,
     ``next_batch`` simply finds nothing; deliveries buffered from a lost
     channel are dropped (the broker delivers them again). ``next_batch``
-    raises :class:`TransportError` once the subscription's queue cannot be
+    raises :class:`FatalTransportError` once the subscription's queue cannot be
     restored after a reconnection (it conflicts with what the broker has).
     """
 
@@ -280,7 +279,9 @@ class AmqpSubscription(BufferedSubscription[AmqpDelivery]):
 
     def failed(self, error: BaseException) -> None:
         self._fail(
-            TransportError(f"subscription to {self._topic!r} as {self._group!r} failed: {error}")
+            FatalTransportError(
+                f"subscription to {self._topic!r} as {self._group!r} failed: {error}"
+            )
         )
 
     def receive(self, delivery: AmqpDelivery) -> None:
@@ -572,8 +573,10 @@ class AmqpTransport(TransportBase):
         """Declare the group's queue, bind it and start consuming; return once bound.
 
         :raises ConfigError: ``group`` would collide with the dead-letter queue.
-        :raises TransportError: the queue conflicts with one on the broker, or the
-            broker stayed unreachable for ``publish_timeout`` seconds.
+        :raises FatalTransportError: the queue conflicts with one on the broker
+            (``PRECONDITION_FAILED``) or access is refused.
+        :raises TransportError: the broker stayed unreachable for ``publish_timeout``
+            seconds.
         """
         if dead_letter_topic(topic) == f"{topic}.{group}":
             raise ConfigError(f"group name {group!r} is reserved for dead letters")
@@ -602,9 +605,10 @@ class AmqpTransport(TransportBase):
         return once the reader is attached (see :class:`AmqpLogSubscription`).
 
         :raises ConfigError: the transport was not opened with ``history=stream``.
-        :raises TransportError: the stream conflicts with a queue on the broker (or
-            the broker has no streams: RabbitMQ < 3.9), or the broker stayed
-            unreachable for ``publish_timeout`` seconds.
+        :raises FatalTransportError: the stream conflicts with a queue on the
+            broker (or the broker has no streams: RabbitMQ < 3.9).
+        :raises TransportError: the broker stayed unreachable for
+            ``publish_timeout`` seconds.
         """
         if self.config.history != "stream":
             raise ConfigError("reading a topic's log needs the amqp option history=stream")
@@ -632,7 +636,7 @@ class AmqpTransport(TransportBase):
             link = await self._link()
         except TransportError as error:
             raise PublishError(str(error)) from None
-        letter: FieldTable = {**headers, HEADER_REASON: reason, HEADER_TOPIC: topic}
+        letter: FieldTable = {**dead_letter_headers(headers, topic, reason)}
         properties = spec.Basic.Properties(delivery_mode=PERSISTENT, headers=letter)
 
         async def declare(live: Live) -> None:
@@ -744,7 +748,7 @@ class AmqpTransport(TransportBase):
                     try:
                         return await operation(live)
                     except TOPOLOGY_ERRORS as error:
-                        raise TransportError(f"cannot {what}: {error}") from None
+                        raise FatalTransportError(f"cannot {what}: {error}") from None
                     except CONNECTION_ERRORS as error:
                         last_error = error
             except TimeoutError:
@@ -772,9 +776,9 @@ def _properties(message_id: str, headers: Mapping[str, str]) -> spec.Basic.Prope
 
 def _dead_letter(message: aiormq.abc.DeliveredMessage) -> DeadLetter:
     headers = text_headers(message.header.properties.headers)
-    if HEADER_REASON not in headers and "x-first-death-reason" in headers:
+    if HEADER_DEAD_LETTER_REASON not in headers and "x-first-death-reason" in headers:
         # Dead-lettered by the broker itself (nack without requeue, expiry, ...).
-        headers[HEADER_REASON] = f"broker: {headers['x-first-death-reason']}"
+        headers[HEADER_DEAD_LETTER_REASON] = f"broker: {headers['x-first-death-reason']}"
     return DeadLetter(message.body, headers)
 
 

@@ -9,10 +9,11 @@ See :mod:`factbus_kafka.transport` (topology, publishing, reconnection),
 
 from __future__ import annotations
 
+from factbus.headers import HEADER_MESSAGE_ID
 from factbus_kafka import _driver as _driver  # raises MissingDriver first
 from factbus_kafka.config import KafkaConfig
 from factbus_kafka.subscription import KafkaDelivery, KafkaSubscription
-from factbus_kafka.transport import HEADER_MESSAGE_ID, KafkaTransport
+from factbus_kafka.transport import KafkaTransport
 
 __all__ = [
     "HEADER_MESSAGE_ID",

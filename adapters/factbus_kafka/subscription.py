@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from factbus.errors import TransportError
+from factbus.errors import FatalTransportError
 from factbus.transport.buffered import BufferedSubscription, SettleOnce
 from factbus_kafka._driver import (
     Consumer,
@@ -153,7 +153,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         try:
             self._consumer = Consumer(settings)
         except (KafkaException, ValueError, TypeError) as exc:
-            raise TransportError(f"cannot create a Kafka consumer: {exc}") from exc
+            raise FatalTransportError(f"cannot create a Kafka consumer: {exc}") from exc
         # Loop-side state (and the buffer, see BufferedSubscription).
         self._partitions: dict[int, _Partition] = {}
         self._joined: asyncio.Future[None] = self._loop.create_future()
@@ -176,7 +176,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         """Start the consumer thread and wait (at most ``join_timeout``) for the first
         partition assignment.
 
-        :raises TransportError: the consumer failed before it joined.
+        :raises FatalTransportError: the consumer failed before it joined.
         """
         self._thread.start()
         try:
@@ -276,11 +276,11 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
             self._withdraw(lambda d: d._partition.number not in gone)
 
     def _failed(self, error: BaseException) -> None:
-        failure = TransportError(f"kafka consumer failed: {error}")
+        failure = FatalTransportError(f"kafka consumer failed: {error}")
         failure.__cause__ = error
         self._fail(failure)
         if not self._joined.done():
-            self._joined.set_exception(TransportError(f"kafka consumer failed: {error}"))
+            self._joined.set_exception(FatalTransportError(f"kafka consumer failed: {error}"))
             self._joined.exception()  # retrieved: start() may have stopped waiting
 
     def _ended(self) -> None:

@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from factbus.envelope import HEADER_DEAD_LETTER_REASON, HEADER_DEAD_LETTER_TOPIC
 from factbus.errors import PublishError, TransportError
+from factbus.headers import HEADER_MESSAGE_ID, dead_letter_headers
 from factbus.transport.base import (
     Capabilities,
     DeadLetter,
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 
     from factbus.transport.base import Transport
 
-HEADER_MESSAGE_ID: Final = "x-factbus-message-id"
 
 TOPIC_CONFIG: Final = {
     "retention.ms": "-1",
@@ -440,11 +439,7 @@ class KafkaTransport(TransportBase):
         admin, producer = await self._ready()
         target = dead_letter_topic(topic)
         await self._ensure_topic(admin, target, 1)
-        letter_headers = {
-            **headers,
-            HEADER_DEAD_LETTER_REASON: reason,
-            HEADER_DEAD_LETTER_TOPIC: topic,
-        }
+        letter_headers = dead_letter_headers(headers, topic, reason)
         message_id = headers.get(HEADER_MESSAGE_ID) or uuid.uuid4().hex
         letter_headers.pop(HEADER_MESSAGE_ID, None)
         await self._produce(producer, target, [Message(body, message_id, None, letter_headers)], 0)

@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import structlog
 
-from factbus.errors import TransportError
+from factbus.errors import FatalTransportError, TransportError
 from factbus.transport.buffered import BufferedSubscription, SettleOnce
 from factbus.urls import redact
 from factbus_kombu._driver import Consumer, VirtualQoS
@@ -273,9 +273,12 @@ class QueueConsumer:
         error: TransportError | None = None
         try:
             self._serve()
+        except FatalTransportError as exc:  # the broker refuses the queue
+            log.error("kombu consumer stopped", queue=self.queue_name, error=str(exc))
+            error = exc
         except Exception as exc:  # a bug or an unexpected error: surface it
             log.exception("kombu consumer stopped", queue=self.queue_name)
-            error = TransportError(f"consumer of {self.queue_name} stopped: {exc!r}")
+            error = FatalTransportError(f"consumer of {self.queue_name} stopped: {exc!r}")
         finally:
             self._shutdown()
             self._subscription.post(self._subscription.on_finished, error)
@@ -291,6 +294,8 @@ class QueueConsumer:
                 if first:
                     self._subscription.post(self._subscription.on_ready, exc)
                     return
+                if isinstance(exc, FatalTransportError):
+                    raise
                 self._subscription.post(self._subscription.on_failing, exc)
                 continue
             if first:
@@ -314,8 +319,8 @@ class QueueConsumer:
         """Open the link (retrying with back-off) and declare, bind and consume the
         queue (again: a restarted broker may have lost it).
 
-        :raises TransportError: not connected within ``factbus_retry_timeout``, or
-            the broker refused the declaration.
+        :raises FatalTransportError: the broker refused the declaration.
+        :raises TransportError: not connected within ``factbus_retry_timeout``.
         :raises Stopped: the subscription closed meanwhile.
         """
         deadline = time.monotonic() + self.config.retry_timeout
@@ -341,7 +346,9 @@ class QueueConsumer:
             except self.link.retryable as exc:
                 refused = self.link.refused(exc)
                 self._lost()
-                if refused or time.monotonic() > deadline:
+                if refused:
+                    raise FatalTransportError(f"cannot consume {self.queue_name}: {exc}") from exc
+                if time.monotonic() > deadline:
                     raise TransportError(f"cannot consume {self.queue_name}: {exc}") from exc
                 if self._stopping.wait(0.2):
                     raise Stopped from exc

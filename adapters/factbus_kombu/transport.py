@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kombu.exceptions import ChannelError
 
-from factbus.envelope import HEADER_DEAD_LETTER_REASON, HEADER_DEAD_LETTER_TOPIC
 from factbus.errors import ConfigError, PublishError, TransportError
+from factbus.headers import dead_letter_headers
 from factbus.transport.base import (
     Capabilities,
     DeadLetter,
@@ -128,7 +128,8 @@ class KombuTransport(TransportBase):
         consume it on a thread of its own; return once it is consumed.
 
         :raises ConfigError: ``group`` is the name reserved for dead letters.
-        :raises TransportError: the broker cannot be reached or refused the queue.
+        :raises FatalTransportError: the broker refused the queue.
+        :raises TransportError: the broker cannot be reached.
         """
         if self._shutting_down():
             raise TransportError("transport is closed")
@@ -155,12 +156,7 @@ class KombuTransport(TransportBase):
         :raises PublishError: not confirmed (see :meth:`publish`).
         """
         queue = dead_letter_topic(topic)
-        letter_headers = {
-            **headers,
-            HEADER_DEAD_LETTER_REASON: reason,
-            HEADER_DEAD_LETTER_TOPIC: topic,
-        }
-        message = Message(body, "", None, letter_headers)
+        message = Message(body, "", None, dead_letter_headers(headers, topic, reason))
         link = self._link
         native = not self.config.is_virtual
         exchange_name, key = dead_letter_route(topic, native)

@@ -16,13 +16,13 @@ from factbus.catchup import PAGE_LIMIT, CatchUpError, CatchUpReport, catch_up
 from factbus.config import Settings
 from factbus.dispatcher import Dispatcher, Handler, Middleware, RetryPolicy
 from factbus.envelope import (
-    HEADER_PRODUCER,
-    HEADER_PUBLISHED_AT,
     CodecLimits,
     encode,
     topological,
 )
+from factbus.errors import FatalTransportError
 from factbus.fact import Fact, FactRef
+from factbus.headers import HEADER_PRODUCER, HEADER_PUBLISHED_AT
 from factbus.logging import configure_logging
 from factbus.pipeline import Pipeline, PipelineStats, RefCache
 from factbus.store import Store, StoreBatch, open_store
@@ -122,6 +122,10 @@ class Bus:
         self._published = RefCache(settings.handled_cache)
         self._subscription: Subscription | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+        """Why the bus stopped consuming by itself (a :class:`FatalTransportError`,
+        or a bug), once :meth:`aclose` has run; ``None`` while it consumes or
+        after a clean stop."""
         self._started = False
         self._connected = False
         self._stopping = asyncio.Event()
@@ -167,6 +171,7 @@ class Bus:
             return
         self._started = True
         self._stopping.clear()
+        self.failure = None
         settings = self.settings
         self._log.info(
             "bus starting",
@@ -283,12 +288,26 @@ class Bus:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Start (if needed) and consume until :meth:`stop` or cancellation, then close."""
+        """Start (if needed) and consume until :meth:`stop` or cancellation, then close.
+
+        :raises FatalTransportError: the transport failed for good (see
+            :mod:`factbus.transport.base`, "Errors"); the bus is closed.
+        """
         await self.start()
         try:
-            await self._stopping.wait()
+            waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._stopping.wait())}
+            if self._consumer is not None:
+                waiters.add(self._consumer)
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    if waiter is not self._consumer:
+                        waiter.cancel()
         finally:
             await self.aclose()
+        if self.failure is not None:
+            raise self.failure
 
     async def aclose(self) -> None:
         """Finish the step in progress, close the subscription, transport and store."""
@@ -306,10 +325,11 @@ class Bus:
         self._stopping.set()
         # Let the step in flight finish and ack before the subscription closes
         # (the consumer notices `_stopping` within one idle tick).
-        if self._consumer is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._consumer
-            self._consumer = None
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await asyncio.wait([consumer])  # its outcome is kept in `failure`, not raised
+            if not consumer.cancelled() and consumer.exception() is not None:
+                self.failure = consumer.exception()
         if self._lag_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lag_task
@@ -435,6 +455,9 @@ class Bus:
         while not self._stopping.is_set():
             try:
                 batch = list(await subscription.next_batch(batch_size, timeout=IDLE_TICK))
+            except FatalTransportError as error:
+                self._log.error("receiving failed for good; the bus stops", error=str(error))
+                raise
             except Exception:
                 self._log.exception("receiving failed; retrying")
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
@@ -463,14 +486,20 @@ class Bus:
                 failures = 0
                 if observer is not None:
                     observer.step_done(time.perf_counter() - started)
-            except Exception:
+            except Exception as error:
                 if observer is not None:
                     observer.step_done(time.perf_counter() - started)
                 failures += 1
-                self._log.exception("pipeline step failed; deliveries go back to the broker")
+                fatal = isinstance(error, FatalTransportError)
+                self._log.exception(
+                    "pipeline step failed; deliveries go back to the broker"
+                    + ("; the bus stops" if fatal else "")
+                )
                 for delivery in batch:
                     with contextlib.suppress(Exception):  # already settled, or connection gone
                         await delivery.nack(requeue=True)
+                if fatal:
+                    raise
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
 
     async def drain(self, timeout: float = 30.0) -> None:

@@ -36,12 +36,6 @@ from factbus.fact import Fact, FactRef
 VERSION: Final = 1
 DEFAULT_MAX_BYTES: Final = 1024 * 1024
 
-# Header names (broker headers, never hashed).
-HEADER_PRODUCER: Final = "x-factbus-producer"
-HEADER_PUBLISHED_AT: Final = "x-factbus-published-at"
-HEADER_DEAD_LETTER_REASON: Final = "x-factbus-dead-letter-reason"
-HEADER_DEAD_LETTER_TOPIC: Final = "x-factbus-dead-letter-topic"
-
 
 @dataclass(frozen=True, slots=True)
 class CodecLimits:

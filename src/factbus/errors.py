@@ -101,7 +101,23 @@ class MissingDriver(FactbusError, ImportError):
 
 
 class TransportError(FactbusError):
-    """A broker operation failed (after the adapter's own retries)."""
+    """A broker operation failed (after the adapter's own retries).
+
+    Transient unless it is a :class:`FatalTransportError`: trying again later may
+    succeed (the broker is unreachable for now, a publish timed out), so
+    ``Bus`` retries a failed receive or step with back-off.
+    """
+
+
+class FatalTransportError(TransportError):
+    """A broker failure that trying again cannot mend: the broker refuses what the
+    transport asks for (a queue that exists with other arguments, AMQP's
+    ``PRECONDITION_FAILED``; access refused), or a subscription ended for good.
+
+    ``Bus`` stops with it instead of retrying: :meth:`Bus.run` raises it,
+    :attr:`Bus.consumer` ends with it, and ``factbus worker`` exits with status 3
+    and prints it.
+    """
 
 
 class PublishError(TransportError):

@@ -16,9 +16,9 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 
 from factbus.dispatcher import Dispatcher, DispatchTimings
-from factbus.envelope import HEADER_PUBLISHED_AT
 from factbus.errors import EnvelopeError
 from factbus.fact import Fact
+from factbus.headers import HEADER_PUBLISHED_AT
 from factbus.metrics import BusMetrics
 from factbus.observer import PipelineObserver
 from factbus.tracing import Tracing

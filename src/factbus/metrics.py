@@ -45,8 +45,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from factbus.envelope import HEADER_PUBLISHED_AT
 from factbus.errors import ConfigError
+from factbus.headers import HEADER_PUBLISHED_AT
 
 AVAILABLE: bool
 """True when ``prometheus-client`` is importable."""

@@ -26,14 +26,10 @@ import structlog
 
 from factbus.causal import CausalBuffer
 from factbus.dispatcher import Dispatcher, HandlerFailed
-from factbus.envelope import (
-    HEADER_DEAD_LETTER_REASON,
-    CodecLimits,
-    decode,
-    encode,
-)
+from factbus.envelope import CodecLimits, decode, encode
 from factbus.errors import EnvelopeError
 from factbus.fact import Fact, FactRef
+from factbus.headers import HEADER_DEAD_LETTER_REASON
 from factbus.observer import PipelineObserver
 from factbus.store.base import FactState, ParkedFact, Store, StoreBatch
 from factbus.transport.base import Delivery, Transport, delivery_position

@@ -38,9 +38,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from factbus.config import Settings
-from factbus.envelope import HEADER_DEAD_LETTER_TOPIC, CodecLimits, decode
+from factbus.envelope import CodecLimits, decode
 from factbus.errors import ConfigError, EnvelopeError, FactbusError, TransportError
 from factbus.fact import Fact
+from factbus.headers import DEAD_LETTER_PREFIX, HEADER_DEAD_LETTER_TOPIC, HEADER_REPLAYED_REASON
 from factbus.logging import configure_logging
 from factbus.transport import DeadLetter, Message, Transport, open_transport
 from factbus.urls import redact
@@ -296,9 +297,9 @@ def replay_message(letter: DeadLetter, facts: Sequence[Fact] | None) -> Message:
     headers = {
         k: v
         for k, v in letter.headers.items()
-        if not k.lower().startswith("x-factbus-dead-letter") and isinstance(v, str)
+        if not k.lower().startswith(DEAD_LETTER_PREFIX) and isinstance(v, str)
     }
-    headers["x-factbus-replayed-reason"] = letter.reason[:200]
+    headers[HEADER_REPLAYED_REASON] = letter.reason[:200]
     if facts:
         head = facts[-1].hash
         return Message(letter.body, head, head, headers)

@@ -18,7 +18,9 @@ deliveries are acked), closes the bus and exits 0. A second signal, or
 --grace seconds without exiting, kills the workers: what they had not acked
 comes again to the group, nothing is lost. A worker that dies on its own
 (crash, kill -9) is started again (--no-restart: stop everything instead),
-unless it failed on its configuration (exit status 2).
+unless it failed on its configuration (exit status 2) or on a fatal broker
+error (exit status 3: a FatalTransportError, such as a queue that exists with
+other arguments; restarting cannot help).
 
 Progress: each worker reports its counters once a second over a pipe; one
 line shows their totals (handled/s, handled, duplicates, parked, failed,
@@ -30,7 +32,8 @@ Metrics: --metrics-port P serves each worker's Prometheus metrics
 built with Bus(metrics=...) reports into its own registry, served the same way.
 
 Exit status: 0 when every worker stopped cleanly, 1 when one failed or had to
-be killed, 2 on a configuration error.
+be killed, 2 on a configuration error, 3 on a fatal broker error (the worker's
+message, on stderr, says which).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from factbus.bus import Bus
-from factbus.errors import ConfigError
+from factbus.errors import ConfigError, FatalTransportError
 
 if TYPE_CHECKING:
     from factbus.metrics import MetricsServer
@@ -59,6 +62,8 @@ RESTART_DELAY = 1.0  # seconds before a dead worker is started again
 RESTART_LIMIT = 5  # consecutive quick deaths of one worker before giving up
 QUICK_DEATH = 10.0  # seconds: a worker that dies sooner than this died "quickly"
 EXIT_CONFIG = 2
+EXIT_FATAL = 3
+"""A worker stopped on a FatalTransportError: the others are stopped, none restarted."""
 COUNTERS = ("handled", "duplicates", "parked", "released", "failed", "rejected", "messages")
 
 
@@ -222,7 +227,7 @@ async def _worker_main(args: argparse.Namespace) -> int:
         print(f"factbus worker {index} ({node}): cannot start: {error}", file=sys.stderr)
         with contextlib.suppress(Exception):
             await bus.aclose()
-        return 1
+        return EXIT_FATAL if isinstance(error, FatalTransportError) else 1
     consumer = bus.consumer
     status = 0
     try:
@@ -240,11 +245,15 @@ async def _worker_main(args: argparse.Namespace) -> int:
                     waiter.cancel()
             if consumer is not None and consumer in done:
                 failure = consumer.exception() if not consumer.cancelled() else None
-                print(
-                    f"factbus worker {index} ({node}): consumer stopped: {failure!r}",
-                    file=sys.stderr,
-                )
-                status = 1
+                if isinstance(failure, FatalTransportError):
+                    print(f"factbus worker {index} ({node}): fatal: {failure}", file=sys.stderr)
+                    status = EXIT_FATAL
+                else:
+                    print(
+                        f"factbus worker {index} ({node}): consumer stopped: {failure!r}",
+                        file=sys.stderr,
+                    )
+                    status = 1
                 break
         report.send(index, node, "stopping", bus)
     finally:
@@ -463,8 +472,8 @@ class Supervisor:
             file=self.out,
             flush=True,
         )
-        if status == EXIT_CONFIG:
-            self.fatal = EXIT_CONFIG
+        if status in (EXIT_CONFIG, EXIT_FATAL):
+            self.fatal = status
             self._begin_stop()
             return
         if not self.args.restart:

@@ -5,6 +5,18 @@ above it verifies, deduplicates and orders. Every adapter exposes one class that
 implements :class:`Transport` and declares its :class:`Capabilities`; the
 conformance suite in :mod:`factbus.testing` checks the contract against a real
 broker.
+
+Errors: a transport raises :class:`~factbus.errors.TransportError` (or its
+subclass ``PublishError``) for a failure that may pass, **transient**: the
+broker is unreachable for now, a publish was not confirmed in time; ``Bus``
+retries a failed receive or step with back-off (the deliveries of a failed
+step come again). It raises :class:`~factbus.errors.FatalTransportError` for
+one that trying again cannot mend, **fatal**: the broker refuses what the
+transport asks for (a queue that exists with other arguments: AMQP's
+``PRECONDITION_FAILED``; access refused), or a subscription that has ended for
+good (its consumer died and will not come back). ``Bus`` then stops with that
+error (``factbus worker`` exits with status 3 and prints it). Any other
+exception is treated as transient.
 """
 
 from __future__ import annotations
@@ -13,6 +25,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
+
+from factbus.headers import dead_letter_reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +108,9 @@ class Subscription(Protocol):
         then return ``[]``), then return up to ``max_messages`` of those already
         received, without waiting for more.
 
-        :raises TransportError: the subscription failed and could not recover.
+        :raises TransportError: receiving failed for now (transient: the caller
+            may call again, after a pause).
+        :raises FatalTransportError: the subscription failed and will not recover.
         """
         ...
 
@@ -140,6 +156,10 @@ class Transport(Protocol):
 
         Subscribers with the same group share messages; each group gets every
         message (where ``capabilities.consumer_groups``).
+
+        :raises FatalTransportError: the broker refuses the subscription (the
+            group's queue exists with other arguments, access refused).
+        :raises TransportError: the broker cannot be reached for now.
         """
         ...
 
@@ -231,7 +251,7 @@ class DeadLetter:
 
     @property
     def reason(self) -> str:
-        return self.headers.get("x-factbus-dead-letter-reason", "unknown")
+        return dead_letter_reason(self.headers)
 
 
 def dead_letter_topic(topic: str) -> str:

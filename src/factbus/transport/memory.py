@@ -19,6 +19,7 @@ from typing import ClassVar
 from urllib.parse import urlsplit
 
 from factbus.errors import ConfigError, TransportError
+from factbus.headers import dead_letter_headers
 from factbus.transport.base import Capabilities, DeadLetter, Message, TransportBase
 from factbus.transport.buffered import BufferedSubscription, SettleOnce
 from factbus.urls import query_options
@@ -187,12 +188,8 @@ class MemoryTransport(TransportBase):
     async def dead_letter(
         self, topic: str, body: bytes, headers: Mapping[str, str], reason: str
     ) -> None:
-        letter_headers = {
-            **headers,
-            "x-factbus-dead-letter-reason": reason,
-            "x-factbus-dead-letter-topic": topic,
-        }
-        self._space().dead_letters[topic].append(DeadLetter(body, letter_headers))
+        letter = DeadLetter(body, dead_letter_headers(headers, topic, reason))
+        self._space().dead_letters[topic].append(letter)
 
     async def read_dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
         return list(self._space().dead_letters.get(topic, [])[:limit])
