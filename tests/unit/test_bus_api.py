@@ -27,6 +27,7 @@ PUBLIC_API = {
     "Fact",
     "FactRef",
     "FactbusError",
+    "FatalTransportError",
     "HandlerFailed",
     "HashMismatch",
     "InvalidFact",
