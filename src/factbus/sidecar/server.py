@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from factbus.errors import ConfigError, MissingDriver, PublishError
+from factbus.errors import ConfigError, MissingDriver, TransportError
 
 try:
     import uvicorn
@@ -163,7 +163,7 @@ class _Api:
             return error_response(error)
         try:
             hashes = await self.sidecar.publish(parsed.facts)
-        except PublishError as error:
+        except TransportError as error:  # not confirmed, or the broker is unreachable
             return json_response(
                 {
                     "error": {
