@@ -137,3 +137,19 @@ def test_prometheus_annotations_point_at_the_metrics_route(
     extras = re.search(r"pip install .*'\.\[([a-z,]+)\]'", (ROOT / "Dockerfile").read_text())
     assert extras is not None
     assert "metrics" in extras.group(1).split(",")  # else /metrics answers 501
+
+
+def test_the_api_port_is_closed_to_other_pods(docs: dict[str, dict[str, Any]]) -> None:
+    policy = docs["NetworkPolicy/shop-factbus-api"]
+    pod = docs["Deployment/shop"]["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    sidecar_ports = {p["name"] for p in _sidecar_container(docs)["ports"]} | {
+        p["containerPort"] for p in _sidecar_container(docs)["ports"]
+    }
+    app_ports = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    assert allowed and allowed <= app_ports
+    assert not allowed & sidecar_ports
+    assert not [d for d in docs.values() if d.get("kind") == "Service"]  # nothing exposes it
+    kustomization = yaml.safe_load((KUBE / "kustomization.yaml").read_text())
+    assert "networkpolicy.yaml" in kustomization["resources"]
