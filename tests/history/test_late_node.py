@@ -65,7 +65,13 @@ async def wait_complete(checker: CausalChecker, name: str, timeout: float) -> No
             await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("transport", ["kafka", "amqp-stream"])
+@pytest.mark.parametrize(
+    "transport",
+    [
+        pytest.param("kafka", marks=pytest.mark.broker("kafka")),
+        pytest.param("amqp-stream", marks=pytest.mark.broker("amqp")),
+    ],
+)
 @pytest.mark.timeout(600)
 async def test_late_node_converges(transport: str, topic: str, tmp_path: Path) -> None:
     url = url_of(transport)
