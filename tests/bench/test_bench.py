@@ -46,6 +46,7 @@ async def test_ratio_comes_from_a_baseline_measured_in_the_same_run() -> None:
         "backlog",
         "drain",
         "raw drain",
+        "floor",
     ]
     assert phases.done["baseline"] == result.messages
     assert phases.done["peak"] == result.facts
@@ -63,6 +64,10 @@ async def test_ratio_comes_from_a_baseline_measured_in_the_same_run() -> None:
     assert result.drain_ratio == pytest.approx(result.drain_per_s / result.baseline_drain_per_s)
     assert phases.done["drain"] == result.facts and phases.done["raw drain"] == result.messages
     assert result.pipeline["handled"] == 30 + 3 * 300  # warm-up, peak, half load, drain
+    assert result.floor_per_s is not None and result.floor_per_s > 0
+    assert result.floor_ratio == pytest.approx(result.drain_per_s / result.floor_per_s)
+    assert phases.done["floor"] == result.messages
+    assert result.memory_per_fact_bytes is not None and result.memory_per_fact_bytes > 100
 
 
 async def test_duplicates_and_reorder_are_absorbed_by_the_pipeline() -> None:
@@ -110,7 +115,18 @@ def test_cli_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
     )
     assert status == 0
     data = json.loads(out.read_text())
-    for key in ("transport", "facts", "facts_per_s", "baseline_per_s", "ratio", "rss_mb"):
+    for key in (
+        "transport",
+        "facts",
+        "facts_per_s",
+        "baseline_per_s",
+        "ratio",
+        "rss_mb",
+        "floor_per_s",
+        "floor_ratio",
+        "memory_per_fact_bytes",
+        "cpu_us_per_msg",
+    ):
         assert data[key] is not None, key
     assert set(data["latency_ms"]) >= {"p50", "p95", "p99"}
     assert data["half_load"]["latency_ms"]["p99"] > 0
@@ -121,6 +137,7 @@ def test_cli_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "end-to-end facts/s" in capsys.readouterr().out
     again = BenchResult.from_json(data)
     assert again.ratio == pytest.approx(data["ratio"], abs=1e-3)
+    assert again.floor_ratio == pytest.approx(data["floor_ratio"], abs=1e-3)
     assert "| memory://" in markdown([again])
 
 
@@ -200,3 +217,16 @@ def test_each_adapter_registers_its_own_baseline() -> None:
         assert type(baseline).__module__ == registered[scheme].partition(":")[0]
     with pytest.raises(ConfigError, match=r"no raw-client baseline for nats://"):
         baseline_for("nats://127.0.0.1", "unused")
+
+
+def test_floor_verifies_every_hash_and_memory_is_measured() -> None:
+    from factbus.bench.floor import floor_pass, memory_per_fact
+    from factbus.bench.workload import WorkloadSpec, build_workload
+
+    bodies = build_workload(WorkloadSpec(50, shape="chains", duplicates=0.2, seed=7)).bodies
+    assert floor_pass(bodies) == 50  # duplicates are not handled twice
+    tampered = bodies[3].replace(b'"label":"fact', b'"label":"fakt', 1)
+    assert tampered != bodies[3]
+    with pytest.raises(ValueError, match="hash mismatch"):
+        floor_pass([*bodies[:3], tampered])
+    assert memory_per_fact(bodies) > 100

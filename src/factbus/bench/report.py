@@ -16,12 +16,14 @@ COLUMNS = (
     "baseline msgs/s",
     "ratio",
     "drain msgs/s (ratio)",
+    "floor msgs/s (ratio)",
     "p50 ms",
     "p95 ms",
     "p99 ms",
     "p99 ms @50%",
     "CPU µs/msg (raw)",
     "RSS MB start→peak",
+    "B/fact",
 )
 
 
@@ -46,6 +48,7 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
                 _rate(r.baseline_per_s),
                 _ratio(r.ratio),
                 f"{_rate(r.drain_per_s)} ({_ratio(r.drain_ratio)})",
+                f"{_rate(r.floor_per_s)} ({_ratio(r.floor_ratio)})",
                 f"{r.latency_ms.p50:.1f}",
                 f"{r.latency_ms.p95:.1f}",
                 f"{r.latency_ms.p99:.1f}",
@@ -57,6 +60,7 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
                     else f" ({r.baseline_cpu_us_per_msg:.1f})"
                 ),
                 f"{r.rss_start_mb:.0f}→{r.rss_mb:.0f}",
+                "-" if r.memory_per_fact_bytes is None else f"{r.memory_per_fact_bytes:,.0f}",
             ]
         )
     return out

@@ -102,6 +102,12 @@ class BenchResult:
     """Peak resident memory of the consuming process during the factbus phases."""
     rss_start_mb: float
     """Resident memory before the bus started (workload and clients loaded)."""
+    floor_per_s: float | None = None
+    """Messages/s of the hand-written floor of the receive work (orjson, SHA-512,
+    a set; in-process, no store) over the drain's bodies, in the same run:
+    see :mod:`factbus.bench.floor`."""
+    memory_per_fact_bytes: float | None = None
+    """Bytes a received fact keeps alive once decoded (tracemalloc)."""
     pipeline: dict[str, Any] = field(default_factory=dict)
     """The consuming bus's counters (duplicates, parked, released, steps, ...)."""
     machine: dict[str, Any] = field(default_factory=dict)
@@ -126,15 +132,24 @@ class BenchResult:
         return self.drain_per_s / self.baseline_drain_per_s
 
     @property
+    def floor_ratio(self) -> float | None:
+        """Drain messages/s over the hand-written floor's (same bodies, same run)."""
+        if not self.drain_per_s or not self.floor_per_s:
+            return None
+        return self.drain_per_s / self.floor_per_s
+
+    @property
     def scheme(self) -> str:
         return self.transport.split("://", 1)[0]
 
     def as_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: every field plus ``ratio``, ``publish_ratio``, ``scheme``."""
+        """A JSON-ready dict: every field plus ``ratio``, ``publish_ratio``,
+        ``drain_ratio``, ``floor_ratio`` and ``scheme``."""
         data = asdict(self)
         data["ratio"] = _round(self.ratio)
         data["publish_ratio"] = _round(self.publish_ratio)
         data["drain_ratio"] = _round(self.drain_ratio)
+        data["floor_ratio"] = _round(self.floor_ratio)
         data["scheme"] = self.scheme
         for key in (
             "publish_per_s",

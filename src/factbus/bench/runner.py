@@ -19,6 +19,9 @@ Order of a run (one consumer process, this one):
 5. **drain**: the bus closes; a new workload is published as a backlog; a new
    bus (same node, store and group) drains it. Then the raw consumer drains a
    backlog of the same bodies. Consumer capacity alone, publishers idle.
+6. **floor**: the hand-written receive loop of :mod:`factbus.bench.floor`
+   (in-process, no store) over the drain's bodies, and the memory a received
+   fact takes (tracemalloc); ``floor_ratio = drain_per_s / floor_per_s``.
 
 The handler stamps ``perf_counter()`` per fact (by its ``n`` field); the
 publishers stamp each publish call; latency is the difference, per distinct
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from factbus.bench.baseline import Baseline, baseline_for
+from factbus.bench.floor import floor_rate, memory_per_fact
 from factbus.bench.publisher import (
     PublisherProcesses,
     Publishers,
@@ -51,7 +55,7 @@ from factbus.bench.publisher import (
     merge_stamps,
 )
 from factbus.bench.result import BenchResult, HalfLoad, Latency, latencies, machine
-from factbus.bench.workload import Shape, WorkloadSpec
+from factbus.bench.workload import Shape, WorkloadSpec, build_workload
 from factbus.bus import Bus
 from factbus.errors import ConfigError
 from factbus.fact import Fact
@@ -308,6 +312,14 @@ class _Run:
             drain = await self._drain(recorder, config.spec(config.seed + 2))
             if config.baseline:
                 baseline_drain = await self._baseline_drain(peak_spec, messages)
+        # The floor and memory per fact, on the drain's bodies (the peak's without a drain).
+        floor_spec = config.spec(config.seed + 2) if config.drain else peak_spec
+        bodies = build_workload(floor_spec).bodies
+        self.observer.phase("floor", len(bodies))
+        floor = floor_rate(bodies)
+        memory = memory_per_fact(bodies)
+        self.observer.advance("floor", len(bodies))
+        observer.note(f"hand-written floor: {floor:,.0f} msgs/s; {memory:,.0f} B per received fact")
         return BenchResult(
             transport=redact(self.transport),
             store=redact(self.store),
@@ -339,6 +351,8 @@ class _Run:
             half_load=half,
             rss_mb=round(self.sampler.peak_mb, 1),
             rss_start_mb=round(rss_start, 1),
+            floor_per_s=floor,
+            memory_per_fact_bytes=memory,
             pipeline={**self.stats, "strays": recorder.strays},
             machine=machine(),
         )

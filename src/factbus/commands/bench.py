@@ -171,7 +171,7 @@ def run_sidecar(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
     )
-    out = Console() if sys.stdout.isatty() else Console(width=200)
+    out = Console() if sys.stdout.isatty() else Console(width=240)
     grid = Table(title=f"sidecar views vs plain handler pipeline ({args.facts} facts, drain)")
     for column in (
         "store",
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
             )
             return 1
     # Not a terminal: wide enough for every column rather than rich's default 80.
-    out = Console() if sys.stdout.isatty() else Console(width=200)
+    out = Console() if sys.stdout.isatty() else Console(width=240)
     out.print(table([result]))
     if args.json:
         Path(args.json).write_text(json.dumps(result.as_json(), indent=2) + "\n", encoding="utf-8")
