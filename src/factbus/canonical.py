@@ -68,6 +68,9 @@ def freeze(value: Any, *, path: str, max_depth: int = DEFAULT_MAX_DEPTH) -> Froz
     """
     flags = [False, False]  # [a key needs the Python writer, a float orjson writes otherwise]
     try:
+        if type(value) is dict and max_depth > 0:
+            # The common case, without the read-only view a nested object gets.
+            return Frozen(_freeze_object(value, 0, max_depth, flags), flags[0], flags[1])
         frozen = _freeze(value, 0, max_depth, flags)
         if type(frozen) is MappingProxyType:
             # The top level stays a plain dict (orjson writes it without a
@@ -116,25 +119,7 @@ def _freeze(value: Any, depth: int, max_depth: int, flags: list[bool]) -> Frozen
     if depth >= max_depth:
         raise _Refused(f"nesting is deeper than the limit of {max_depth}", too_deep=True)
     if isinstance(value, Mapping):
-        out: dict[str, FrozenValue] = {}
-        for key, item in value.items():
-            if type(key) is not str:
-                raise _Refused(f"object key {key!r} is not a string")
-            if not key.isascii():
-                _check_key(key, flags)
-            item_kind = type(item)
-            # Plain ASCII strings and safe ints need no call: most fields are.
-            if (item_kind is str and item.isascii()) or (
-                item_kind is int and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER
-            ):
-                out[key] = item
-                continue
-            try:
-                out[key] = _freeze(item, depth + 1, max_depth, flags)
-            except _Refused as refused:
-                refused.parts.append(key)
-                raise
-        return MappingProxyType(out)
+        return MappingProxyType(_freeze_object(value, depth, max_depth, flags))
     if isinstance(value, list | tuple):
         items = []
         for i, item in enumerate(value):
@@ -147,6 +132,43 @@ def _freeze(value: Any, depth: int, max_depth: int, flags: list[bool]) -> Frozen
     if isinstance(value, bool | int | float | str):  # subclasses, e.g. IntEnum
         return _freeze(kind.__mro__[-2](value), depth, max_depth, flags)
     raise _Refused(f"values of type {kind.__name__} cannot be part of a fact")
+
+
+def _freeze_object(
+    value: Mapping[Any, Any], depth: int, max_depth: int, flags: list[bool]
+) -> dict[str, FrozenValue]:
+    """A frozen copy of an object's items as a new plain dict (``depth``: the object's)."""
+    out: dict[str, FrozenValue] = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            raise _Refused(f"object key {key!r} is not a string")
+        if not key.isascii():
+            _check_key(key, flags)
+        item_kind = type(item)
+        # Plain ASCII strings, safe ints and ordinary floats need no call: most fields are.
+        if item_kind is str:
+            if item.isascii():
+                out[key] = item
+                continue
+        elif item_kind is int:
+            if -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                out[key] = item
+                continue
+        elif item_kind is float:
+            if item - item == 0.0:  # finite: NaN and ±Infinity give NaN
+                if item.is_integer() or -1e-5 < item < 1e-5:
+                    flags[1] = True  # see _freeze
+                out[key] = item
+                continue
+        elif item is None or item_kind is bool:
+            out[key] = item
+            continue
+        try:
+            out[key] = _freeze(item, depth + 1, max_depth, flags)
+        except _Refused as refused:
+            refused.parts.append(key)
+            raise
+    return out
 
 
 def _check_key(key: str, flags: list[bool]) -> None:

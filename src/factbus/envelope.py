@@ -34,6 +34,7 @@ from factbus.errors import (
 from factbus.fact import Fact, FactRef
 
 VERSION: Final = 1
+_EMPTY: Final[dict[str, Any]] = {}
 DEFAULT_MAX_BYTES: Final = 1024 * 1024
 
 
@@ -116,7 +117,13 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
     facts: list[Fact] = []
     for i, (wire, claimed, preds) in enumerate(claims):
         try:
-            fact = Fact(claimed.type, wire.get("fields"), preds, max_depth=limits.max_depth)
+            fact = Fact._from_wire(
+                claimed.type,
+                wire.get("fields"),
+                preds,
+                wire.get("predecessors", _EMPTY),
+                limits.max_depth,
+            )
         except NestingTooDeep as exc:
             raise TooDeep(f"facts[{i}] ({claimed.type}): {exc}") from None
         except InvalidFact as exc:

@@ -50,13 +50,18 @@ class Fact:
     ``Fact`` given as predecessor is remembered so that publishing this fact
     can ship it too.
 
+    Memory: a fact keeps its frozen fields, its hash, its reference and the
+    flags that choose its canonical writer; the read-only views of ``fields``
+    and ``predecessors`` are made on first access, the canonical bytes are
+    rewritten when asked for (:attr:`canonical`), and :meth:`wire_bytes` keeps
+    a right-sized copy (orjson's own output reserves 4 KB).
+
     :raises InvalidFact: empty type, NaN/Infinity, lone surrogates, non-string
         keys, integers outside ±(2^53-1), nesting deeper than ``max_depth``.
     """
 
     __slots__ = (
         "_ancestors",
-        "_canonical",
         "_fields",
         "_fields_view",
         "_hash",
@@ -64,16 +69,19 @@ class Fact:
         "_ref",
         "_type",
         "_wire_bytes",
+        "_writer",
     )
 
     _type: str
     _fields: dict[str, Any]
-    _fields_view: Mapping[str, Any]
-    _predecessors: Mapping[str, PredecessorValue]
+    _fields_view: Mapping[str, Any] | None
+    _predecessors: dict[str, PredecessorValue]
     _hash: str
-    _canonical: bytes
     _ancestors: tuple[Fact, ...]
     _ref: FactRef
+    _wire_bytes: bytes | None
+    _writer: int
+    """Bit 1: the Python writer (UTF-16 key order); bit 2: JavaScript float layout."""
 
     def __init__(
         self,
@@ -107,17 +115,85 @@ class Fact:
                     f"predecessors.{role}",
                     f"must be a Fact, a FactRef or a list of them, not {given!r}",
                 )
-        self._type = type
-        self._fields = frozen.value
-        self._fields_view = MappingProxyType(frozen.value)
-        self._predecessors = MappingProxyType(preds)
-        self._ancestors = tuple(ancestors)
-        self._canonical = canonical_bytes(
-            self._fields, _wire_predecessors(preds), python_writer, frozen.needs_float_layout
+        self._init(
+            type,
+            frozen.value,
+            preds or _NO_PREDECESSORS,
+            tuple(ancestors) if ancestors else (),
+            python_writer | (frozen.needs_float_layout << 1),
+            None,
         )
-        self._hash = digest(self._canonical)
-        self._ref = FactRef(type, self._hash)
-        self._wire_bytes: bytes | None = None
+
+    def _init(
+        self,
+        type: str,
+        fields: dict[str, Any],
+        preds: dict[str, PredecessorValue],
+        ancestors: tuple[Fact, ...],
+        writer: int,
+        wire_predecessors: dict[str, Any] | None,
+    ) -> None:
+        """Set every slot and compute the hash (``wire_predecessors``: the
+        predecessors' wire form when the caller has it, exactly as hashed)."""
+        self._type = _intern(type)
+        self._fields = fields
+        self._fields_view = None
+        self._predecessors = preds
+        self._ancestors = ancestors
+        self._writer = writer
+        if wire_predecessors is None:
+            wire_predecessors = _wire_predecessors(preds)
+        self._hash = digest(
+            canonical_bytes(fields, wire_predecessors, bool(writer & 1), bool(writer & 2))
+        )
+        self._ref = FactRef(self._type, self._hash)
+        self._wire_bytes = None
+
+    @classmethod
+    def _from_wire(
+        cls,
+        type: str,
+        fields: Any,
+        preds: dict[str, FactRef | list[FactRef]],
+        wire_predecessors: dict[str, Any],
+        max_depth: int,
+    ) -> Fact:
+        """A fact as received (see :func:`factbus.envelope.decode`): ``preds`` are
+        checked references; ``wire_predecessors`` their wire form. The hash is
+        computed from the fields and references as always; the wire form is
+        reused for it only when it is exactly what would be hashed (two keys per
+        reference, lists in hash order), else the references are rewritten."""
+        if fields is None:
+            fields = {}
+        elif not isinstance(fields, Mapping):
+            raise InvalidFact("fields", f"must be an object (a mapping), not {fields!r}")
+        frozen = freeze(fields, path="fields", max_depth=max_depth)
+        python_writer = frozen.needs_python_writer
+        refs: dict[str, PredecessorValue] = {}
+        reuse = True
+        for role, given in preds.items():
+            check_role(role)
+            if not role.isascii():
+                python_writer = python_writer or role_needs_python_writer(role)
+            if isinstance(given, list):
+                listed = sorted(given, key=_ref_sort_key)
+                reuse = (
+                    reuse and listed == given and all(len(w) == 2 for w in wire_predecessors[role])
+                )
+                refs[role] = tuple(listed)
+            else:
+                refs[role] = given
+                reuse = reuse and len(wire_predecessors[role]) == 2
+        fact = cls.__new__(cls)
+        fact._init(
+            type,
+            frozen.value,
+            refs or _NO_PREDECESSORS,
+            (),
+            python_writer | (frozen.needs_float_layout << 1),
+            wire_predecessors if reuse else None,
+        )
+        return fact
 
     @property
     def type(self) -> str:
@@ -126,12 +202,15 @@ class Fact:
     @property
     def fields(self) -> Mapping[str, Any]:
         """Read-only; nested objects are read-only mappings and lists are tuples."""
-        return self._fields_view
+        view = self._fields_view
+        if view is None:
+            view = self._fields_view = MappingProxyType(self._fields)
+        return view
 
     @property
     def predecessors(self) -> Mapping[str, PredecessorValue]:
         """Role -> :class:`FactRef`, or a tuple of them sorted as they are hashed."""
-        return self._predecessors
+        return MappingProxyType(self._predecessors)
 
     @property
     def hash(self) -> str:
@@ -143,8 +222,14 @@ class Fact:
 
     @property
     def canonical(self) -> bytes:
-        """The exact bytes the hash is computed from."""
-        return self._canonical
+        """The exact bytes the hash is computed from (written again on each access)."""
+        writer = self._writer
+        return canonical_bytes(
+            self._fields,
+            _wire_predecessors(self._predecessors),
+            bool(writer & 1),
+            bool(writer & 2),
+        )
 
     @property
     def ancestors_given(self) -> tuple[Fact, ...]:
@@ -162,7 +247,10 @@ class Fact:
     def wire_bytes(self) -> bytes:
         """:meth:`to_wire` as compact JSON (computed once): how envelopes and stores carry it."""
         if self._wire_bytes is None:
-            self._wire_bytes = orjson.dumps(self.to_wire(), default=_plain_mapping)
+            # A right-sized copy: orjson's output keeps a 4 KB allocation.
+            self._wire_bytes = bytes(
+                memoryview(orjson.dumps(self.to_wire(), default=_plain_mapping))
+            )
         return self._wire_bytes
 
     def to_wire(self) -> dict[str, Any]:
@@ -184,6 +272,23 @@ class Fact:
 
     def __repr__(self) -> str:
         return f"Fact({self._type!r}, hash={self._hash[:12]}..., fields={self._fields!r})"
+
+
+_NO_PREDECESSORS: dict[str, PredecessorValue] = {}
+"""Shared by every fact without predecessors (never mutated)."""
+
+_TYPES: dict[str, str] = {}
+
+
+def _intern(name: str) -> str:
+    """One string object per fact type name (a received fact's is a fresh copy);
+    bounded: past 4,096 distinct names, new names are kept as given."""
+    kept = _TYPES.get(name)
+    if kept is None:
+        if len(_TYPES) >= 4096:
+            return name
+        kept = _TYPES[name] = name
+    return kept
 
 
 def _plain_mapping(obj: Any) -> Any:

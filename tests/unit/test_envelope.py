@@ -149,3 +149,41 @@ def test_duplicate_keys_are_malformed() -> None:
         decode(body)
     spaced = encode([fact]).replace(b'"v":1,', b'"v": 1, ')  # not orjson's bytes, but fine
     assert decode(spaced)[0].ref == fact.ref
+
+
+def test_received_references_hash_as_the_local_fact_whatever_their_wire_layout() -> None:
+    # decode reuses the wire form of the predecessors for the hash only when it
+    # is exactly what is hashed; a list out of hash order or a reference with
+    # an extra key must still give the hash jinaga.js gives (the sorted refs).
+    parents = [Fact("P", {"i": i}) for i in range(4)]
+    child = Fact("C", {"x": 1.5, "whole": 2.0}, {"parents": parents, "first": parents[0]})
+    wire = child.to_wire()
+    wire["predecessors"]["parents"].reverse()
+    wire["predecessors"]["first"]["note"] = "not hashed"
+    body = orjson.dumps({"v": 1, "facts": [wire]})
+    [back] = decode(body)
+    assert back.hash == child.hash and back.predecessors == child.predecessors
+    assert back.canonical == child.canonical and back.fields == {"x": 1.5, "whole": 2.0}
+    wire["predecessors"]["parents"].pop()
+    with pytest.raises(HashMismatch):
+        decode(orjson.dumps({"v": 1, "facts": [wire]}))
+
+
+def test_a_received_fact_keeps_no_view_and_no_canonical_bytes_until_asked() -> None:
+    import tracemalloc
+
+    facts = random_dag(300, seed=5)
+    bodies = [encode([f]) for f in facts]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        received = [g for body in bodies for g in decode(body)]
+        for fact in received:
+            fact.wire_bytes()
+        per_fact = (tracemalloc.get_traced_memory()[0] - before) / len(received)
+    finally:
+        tracemalloc.stop()
+    # 100 B of payload, mostly independent facts: the bound is 1.2 KB;
+    # orjson's 4 KB output buffers kept per fact would show up far above it.
+    assert per_fact < 2000, per_fact
+    assert [f.ref for f in received] == [f.ref for f in facts]
