@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,25 @@ class Settings:
         return self.group or self.node_name
 
     @classmethod
-    def load(cls, toml_path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then ``toml_path`` (section ``[factbus]`` or top level), then
-        ``FACTBUS_*`` variables, then ``overrides`` (``None`` values are ignored)."""
+    def load(
+        cls,
+        toml_path: str | os.PathLike[str] | None = None,
+        *,
+        file_values: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Defaults, then the file, then ``FACTBUS_*`` variables, then ``overrides``
+        (``None`` values are ignored): arguments > environment > file.
+
+        The file is ``file_values`` when given (a ``[factbus]`` table its caller
+        already parsed, e.g. from a sidecar.toml), else ``toml_path`` or
+        ``FACTBUS_CONFIG`` (section ``[factbus]`` or top level).
+        """
         values: dict[str, Any] = {}
         path = toml_path or os.environ.get(ENV_PREFIX + "CONFIG")
-        if path:
+        if file_values is not None:
+            values.update(file_values)
+        elif path:
             with Path(path).open("rb") as handle:
                 data = tomllib.load(handle)
             values.update(data.get("factbus", data))

@@ -176,3 +176,29 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[sidecar\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+def test_settings_follow_arguments_then_environment_then_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The project rule (factbus.config.Settings.load): arguments beat FACTBUS_*
+    variables, which beat the TOML file; [sidecar] catch_up counts as file."""
+    doc = example()
+    doc["sidecar"]["catch_up"] = ["http://peer:8081"]
+    config = parse_config(doc)
+    unrelated = tmp_path / "other.toml"
+    unrelated.write_text('[factbus]\ntopic = "from-factbus-config"\n')
+    monkeypatch.setenv("FACTBUS_CONFIG", str(unrelated))  # not this sidecar's file
+    monkeypatch.setenv("FACTBUS_STORE", "sqlite:///from-env.db")
+    monkeypatch.setenv("FACTBUS_NODE", "pod-from-env")
+    monkeypatch.delenv("FACTBUS_TOPIC", raising=False)
+    monkeypatch.delenv("FACTBUS_CATCH_UP", raising=False)
+    settings = config.settings()
+    assert settings.store_url == "sqlite:///from-env.db"  # environment beats the file
+    assert settings.node_name == "pod-from-env"
+    assert settings.topic == "shop"  # the file, where no variable is set
+    assert settings.catch_up == ("http://peer:8081",)
+    assert config.settings(node="pod-from-argument").node_name == "pod-from-argument"
+    from factbus.sidecar.service import Sidecar
+
+    assert Sidecar(config, http=False).settings == settings  # one precedence, everywhere

@@ -80,10 +80,9 @@ async def _serve(config: object, listen: str | None) -> int:
 async def _rebuild(config: object, table: str | None) -> int:
     from factbus.sidecar.config import SidecarConfig
     from factbus.sidecar.rebuild import rebuild
-    from factbus.sidecar.service import sidecar_settings
 
     assert isinstance(config, SidecarConfig)
-    store = sidecar_settings(config).store_url
+    store = config.settings().store_url
     counts = await rebuild(config, [table] if table else None, store_url=store)
     replayed = counts.pop("facts", 0)
     rebuilt = ", ".join(f"{name} ({rows} rows)" for name, rows in counts.items())

@@ -153,9 +153,15 @@ class SidecarConfig:
         return tuple(p for p in self.properties if p.table == table)
 
     def settings(self, **overrides: Any) -> Settings:
-        """The Bus :class:`~factbus.config.Settings` from ``[factbus]`` (environment
-        variables ``FACTBUS_*`` and ``overrides`` take precedence)."""
-        return Settings.load(None, **{**self.factbus, **overrides})
+        """The Bus :class:`~factbus.config.Settings`: ``overrides``, then ``FACTBUS_*``
+        environment variables (so a Deployment's Secret overrides what the
+        ConfigMap says), then this file's ``[factbus]`` table and ``[sidecar]
+        catch_up``, then defaults (:meth:`Settings.load`'s rule; ``FACTBUS_CONFIG``
+        is not read: this file is the file)."""
+        table = dict(self.factbus)
+        if self.catch_up:
+            table["catch_up"] = self.catch_up  # the Bus catches up on start
+        return Settings.load(None, file_values=table, **overrides)
 
 
 def load_config(path: str | Path) -> SidecarConfig:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Collection, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 import structlog
 
 from factbus.bus import Bus
-from factbus.config import ENV_PREFIX, Settings
+from factbus.config import Settings
 from factbus.fact import Fact, FactRef
 from factbus.sidecar.archive import FactArchive
 from factbus.sidecar.config import SidecarConfig
@@ -37,21 +36,6 @@ READY_QUIET = 0.5
 the sidecar reports ready: one empty receive can come before a broker's first
 fetch returns the backlog."""
 READY_TICK = 0.05
-
-
-def sidecar_settings(config: SidecarConfig, **overrides: Any) -> Settings:
-    """The Bus settings: defaults, then ``[factbus]`` (and ``[sidecar] catch_up``),
-    then ``FACTBUS_*`` environment variables (so a Deployment's Secret overrides
-    what the ConfigMap says), then ``overrides``."""
-    toml = dict(config.factbus)
-    if config.catch_up:
-        toml["catch_up"] = config.catch_up  # [sidecar] catch_up: the Bus catches up on start
-    from_toml = {
-        key: value
-        for key, value in toml.items()
-        if os.environ.get(ENV_PREFIX + key.upper()) is None
-    }
-    return Settings.load(None, **{**from_toml, **overrides})
 
 
 def _metrics() -> Metrics | None:
@@ -77,7 +61,7 @@ class Sidecar:
         http: bool = True,
     ) -> None:
         self.config = config
-        self.settings = settings or sidecar_settings(config)
+        self.settings = settings or config.settings()
         self.listen = listen or config.listen
         self.metrics = _metrics()
         """The Prometheus registry served at ``GET /metrics`` (``None`` without
