@@ -6,6 +6,8 @@ archive, additive changes applied, incompatible ones refused."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -73,12 +75,12 @@ async def test_rebuild_replaces_tables_while_they_stay_readable(kind: str, tmp_p
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(read_all_the_time())
-        counts = await rebuild(config, store_url=db.url, chunk=50)
+        result = await rebuild(config, store_url=db.url, chunk=50)
         done.set()
         await task
         await reader.aclose()
-        assert counts["facts"] == len(first)
-        assert counts["orders"] == len(before["orders"])
+        assert result.facts == len(first)
+        assert result.rows == {t: len(before[t]) for t in TABLES}
         assert len(snapshots) >= 3 and all(snapshots)
         assert {t: await dump(db, t) for t in TABLES} == dumps
 
@@ -210,3 +212,57 @@ def test_views_need_the_bus_store_and_an_sql_store(tmp_path: Path) -> None:
     bus = Bus("memory://x", f"sqlite:///{tmp_path / 'b.db'}", node="n")
     with pytest.raises(ConfigError, match="is not the views' database"):
         views.attach(bus)
+
+
+async def test_a_view_table_named_facts_is_rebuilt_and_reported(tmp_path: Path) -> None:
+    """The result names the replayed facts apart from the tables: a table called
+    ``facts`` is counted like any other, by the API and by the command."""
+    store = f"sqlite:///{tmp_path / 'app.db'}"
+    transport = f"memory://{uuid.uuid4().hex[:8]}"
+    document = {
+        "factbus": {"transport": transport, "store": store, "topic": "shop", "node": "s"},
+        "sidecar": {
+            "table": [
+                {"name": "facts", "fact": "Shop.Customer", "columns": {"email": "fields.email"}}
+            ]
+        },
+    }
+    config = parse_config(document)
+    customers = [Fact("Shop.Customer", {"email": f"c{n}@example.com"}) for n in range(3)]
+    orders = [Fact("Shop.Order", {"number": n}, {"customer": customers[0]}) for n in range(4)]
+    views = Views(config, store_url=store)
+    bus = Bus(transport, store, topic="shop", node="s")
+    views.attach(bus)
+    await views.open()
+    try:
+        async with bus:
+            await deliver(transport, [*customers, *orders])
+            await bus.drain()
+    finally:
+        await views.aclose()
+
+    result = await rebuild(config, store_url=store)
+    assert result.facts == len(customers) + len(orders)
+    assert result.rows == {"facts": len(customers)}
+
+    config_file = tmp_path / "sidecar.toml"
+    config_file.write_text(
+        f'[factbus]\ntransport = "{transport}"\nstore = "{store}"\ntopic = "shop"\n'
+        'node = "s"\n\n[[sidecar.table]]\nname = "facts"\nfact = "Shop.Customer"\n'
+        'columns = { email = "fields.email" }\n'
+    )
+    command = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "factbus",
+        "sidecar",
+        "rebuild",
+        "--config",
+        str(config_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FACTBUS_")},
+    )
+    out, errors = await command.communicate()
+    assert command.returncode == 0, errors.decode()
+    assert "factbus sidecar rebuild: replayed 7 facts into facts (3 rows)\n" in out.decode()

@@ -83,8 +83,7 @@ async def _rebuild(config: object, table: str | None) -> int:
 
     assert isinstance(config, SidecarConfig)
     store = config.settings().store_url
-    counts = await rebuild(config, [table] if table else None, store_url=store)
-    replayed = counts.pop("facts", 0)
-    rebuilt = ", ".join(f"{name} ({rows} rows)" for name, rows in counts.items())
-    print(f"factbus sidecar rebuild: replayed {replayed} facts into {rebuilt}", flush=True)
+    result = await rebuild(config, [table] if table else None, store_url=store)
+    rebuilt = ", ".join(f"{name} ({rows} rows)" for name, rows in result.rows.items())
+    print(f"factbus sidecar rebuild: replayed {result.facts} facts into {rebuilt}", flush=True)
     return 0

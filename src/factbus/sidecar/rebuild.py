@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 
@@ -26,12 +27,21 @@ from factbus.sidecar.projection import Projection
 from factbus.sidecar.sql import ViewsDb, open_views_db
 from factbus.sidecar.views import definition_of, project
 
-__all__ = ["rebuild", "replace_tables"]
+__all__ = ["RebuildResult", "rebuild", "replace_tables"]
 
 log = structlog.get_logger("factbus.sidecar.rebuild")
 
 NEW_SUFFIX = "__new"
 CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildResult:
+    """What a rebuild did: ``facts`` replayed from the archive, and the ``rows``
+    of each rebuilt table (by table name, in the order asked)."""
+
+    facts: int
+    rows: dict[str, int]
 
 
 async def rebuild(
@@ -40,10 +50,9 @@ async def rebuild(
     *,
     store_url: str | None = None,
     chunk: int = CHUNK,
-) -> dict[str, int]:
+) -> RebuildResult:
     """Rebuild ``tables`` (default: every table of ``config``) from the archive in
     the store of ``config`` (or ``store_url``), ``chunk`` facts per transaction.
-    Returns ``{"facts": replayed, <table>: rows, ...}``.
 
     :raises ConfigError: an unknown table name, or a store that is not SQL.
     """
@@ -64,9 +73,9 @@ async def rebuild(
 
 async def replace_tables(
     db: ViewsDb, config: SidecarConfig, names: Sequence[str], chunk: int = CHUNK
-) -> dict[str, int]:
+) -> RebuildResult:
     """Build ``names`` from the archive into new tables and swap them in (see the
-    module docstring). ``db`` must be open. Returns ``{"facts": replayed, table: rows}``."""
+    module docstring). ``db`` must be open."""
     new = {name: name + NEW_SUFFIX for name in names}
     projection = Projection(config, only=names, names=new)
     async with db.transaction() as conn:
@@ -98,4 +107,4 @@ async def replace_tables(
             rows = await db.page_rows(conn, name, [("hash", "key")], 1 << 62, None)
             counts[name] = len(rows)
     log.info("sidecar tables rebuilt", tables=list(names), facts=replayed)
-    return {"facts": replayed, **counts}
+    return RebuildResult(facts=replayed, rows=counts)
