@@ -128,6 +128,10 @@ class Bus:
         after a clean stop."""
         self._started = False
         self._connected = False
+        self.stage = "stopped"
+        """What the bus is doing, for readiness reports: ``"stopped"``,
+        ``"connecting"``, ``"recovering"``, ``"subscribing"``, ``"catching up from
+        <peer>"`` (URL redacted) during :meth:`start`, then ``"running"``."""
         self._stopping = asyncio.Event()
         self._idle_ticks = 0
         self._idle = asyncio.Condition()
@@ -180,14 +184,18 @@ class Bus:
             group=settings.subscription_group,
         )
         self._instrument()
+        self.stage = "connecting"
         await self.transport.connect()
         await self.store.open()
         if settings.consume:
+            self.stage = "recovering"
             await self.pipeline.recover()
+            self.stage = "subscribing"
             self._subscription = await self._subscribe()
             # Subscribed first, so that nothing published meanwhile is missed;
             # consuming starts once the peers' facts are in.
             for peer in settings.catch_up:
+                self.stage = f"catching up from {redact(peer)}"
                 try:
                     await catch_up(self.pipeline, peer)
                 except CatchUpError as error:
@@ -197,6 +205,7 @@ class Bus:
                 self._lag_task = asyncio.create_task(
                     self._bound_metrics.follow_lag(self, self._stopping), name="factbus-lag"
                 )
+        self.stage = "running"
 
     def _instrument(self) -> None:
         """Build the observer (metrics, tracing) once the node name is final."""
@@ -322,6 +331,7 @@ class Bus:
         self._started = False
         self._connected = False
         self._caught_up = False
+        self.stage = "stopped"
         self._stopping.set()
         # Let the step in flight finish and ack before the subscription closes
         # (the consumer notices `_stopping` within one idle tick).

@@ -11,6 +11,7 @@ Routes (docs/sidecar.md has examples)::
     GET  /tables/{name}/rows/{hash}  one row, with each property's leaves (type, hash, value)
     GET  /healthz                    200 while the sidecar works; 503 once its consumer stopped
     GET  /readyz                     200 once subscribed with no backlog, else 503
+                                     with the reason (e.g. "catching up from <peer>")
     GET  /metrics                    Prometheus text (docs/observability.md); 501 without
                                      prometheus-client installed
     <[sidecar] jinaga>/...           Jinaga's protocol (factbus.jinaga.http), if set
@@ -280,12 +281,10 @@ class _Api:
         return json_response({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        if self.sidecar.ready:
+        reason = self.sidecar.not_ready
+        if reason is None:
             return json_response({"status": "ready"})
-        return json_response(
-            {"status": "not ready", "reason": "not yet subscribed, or a backlog is being handled"},
-            503,
-        )
+        return json_response({"status": "not ready", "reason": reason}, 503)
 
 
 async def _events(

@@ -20,6 +20,7 @@ import structlog
 
 from factbus.bus import Bus
 from factbus.config import Settings
+from factbus.errors import TransportError
 from factbus.fact import Fact, FactRef
 from factbus.sidecar.archive import FactArchive
 from factbus.sidecar.config import SidecarConfig
@@ -95,7 +96,10 @@ class Sidecar:
     # -- life cycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open everything; returns once the HTTP server listens.
+        """Open the archive and views, start the HTTP server, then the Bus (with
+        its catch-up from peers) and the outbox; returns once all run. The HTTP
+        server answers from early on: ``/healthz`` while the Bus starts,
+        ``/readyz`` with 503 and :attr:`not_ready` until ready.
 
         :raises ConfigError: a view or the outbox cannot be set up (named).
         :raises OSError: the listen address is taken.
@@ -107,15 +111,19 @@ class Sidecar:
         try:
             await self.archive.open()
             await self.views.open()
-            await self.bus.start()
-            self._watch = asyncio.create_task(self._watch_ready(), name="factbus-sidecar-ready")
-            if self.outbox is not None:
-                await self.outbox.start()
             if self._http:
+                # Listen before the Bus starts: its start includes the catch-up
+                # from peers, which may take long, and a liveness probe must get
+                # its answer meanwhile (/readyz says what the sidecar waits for).
                 from factbus.sidecar.server import HttpServer, build_app
 
                 self._server = HttpServer(build_app(self), self.listen)
                 await self._server.start()
+                self._log.info("sidecar listening", address=self.address)
+            await self.bus.start()
+            self._watch = asyncio.create_task(self._watch_ready(), name="factbus-sidecar-ready")
+            if self.outbox is not None:
+                await self.outbox.start()
         except BaseException:
             await self.aclose()
             raise
@@ -191,6 +199,24 @@ class Sidecar:
         return self._started and self._ready
 
     @property
+    def not_ready(self) -> str | None:
+        """Why the sidecar is not ready (what ``GET /readyz`` reports with its 503),
+        or ``None`` once :attr:`ready`: ``"starting"``, the Bus's
+        :attr:`~factbus.bus.Bus.stage` while it starts (``"subscribing"``,
+        ``"catching up from <peer>"``, ...), then ``"backlog"`` until it stayed
+        caught up for :data:`READY_QUIET` seconds."""
+        if self.ready:
+            return None
+        if not self._started:
+            return "stopped"
+        stage = self.bus.stage
+        if stage == "stopped":
+            return "starting"
+        if stage != "running":
+            return stage
+        return "backlog: handling deliveries the broker has waiting"
+
+    @property
     def failure(self) -> str | None:
         """Why the sidecar no longer works (its consumer ended), or ``None``: what
         ``GET /healthz`` reports, so that a liveness probe restarts it."""
@@ -217,7 +243,10 @@ class Sidecar:
         their hashes once the broker confirmed every envelope.
 
         :raises PublishError: the broker did not confirm (some may have arrived).
+        :raises TransportError: the Bus has not connected yet (or closed).
         """
+        if self.bus.stage in ("stopped", "connecting"):
+            raise TransportError("the sidecar is not connected to the broker (yet); retry")
         refs = await self.bus.publish(*facts)
         return [ref.hash for ref in refs]
 
