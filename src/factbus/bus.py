@@ -356,7 +356,8 @@ class Bus:
     # -- publishing ---------------------------------------------------------
 
     async def publish(self, *facts: Fact, ancestors: bool = True) -> list[FactRef]:
-        """Publish each fact in an envelope of its own; return their refs.
+        """Publish each fact in an envelope of its own (with ``pack`` > 1: up to
+        ``pack`` facts per envelope, see :func:`pack_chains`); return their refs.
 
         With ``ancestors`` (the default) each envelope also carries those of the
         fact's ancestors, given as :class:`Fact` objects, that this node has not
@@ -378,7 +379,7 @@ class Bus:
             HEADER_PRODUCER: self.settings.node_name,
             HEADER_PUBLISHED_AT: f"{time.time():.6f}",
         }
-        messages: list[Message] = []
+        chains: list[list[Fact]] = []
         refs: list[FactRef] = []
         for fact in facts:
             chain: list[Fact] = []
@@ -389,7 +390,13 @@ class Bus:
             chain.append(fact)
             shipped.add(fact.ref)
             refs.append(fact.ref)
-            messages.append(Message(encode(chain), fact.hash, fact.hash, headers))
+            chains.append(chain)
+        messages = [
+            Message(encode(envelope), envelope[-1].hash, envelope[-1].hash, headers)
+            for envelope in pack_chains(
+                chains, self.settings.pack, self.settings.max_envelope_bytes
+            )
+        ]
         if self._tracing is not None:
             with self._tracing.publishing(headers, [m.message_id for m in messages]):
                 messages = [Message(m.body, m.message_id, m.key, headers) for m in messages]
@@ -547,3 +554,31 @@ def _ancestors(fact: Fact) -> list[Fact]:
         seen[current.ref] = current
         stack.extend(current.ancestors_given)
     return list(seen.values())
+
+
+ENVELOPE_OVERHEAD = len(b'{"v":1,"facts":[]}')
+"""Bytes of an envelope around its facts (plus one comma between two facts)."""
+
+
+def pack_chains(chains: Sequence[list[Fact]], pack: int, max_bytes: int) -> list[list[Fact]]:
+    """The envelopes of one publish call: each fact's chain (its unshipped
+    ancestors, then the fact), consecutive chains together while an envelope
+    holds at most ``pack`` facts and ``max_bytes`` bytes; a chain never splits
+    (it goes alone when it is larger). The facts keep their order, so every
+    envelope stays topological. ``pack`` 1: one envelope per chain, as before.
+    """
+    if pack <= 1:
+        return [list(chain) for chain in chains]
+    envelopes: list[list[Fact]] = []
+    current: list[Fact] = []
+    size = ENVELOPE_OVERHEAD
+    for chain in chains:
+        length = sum(len(f.wire_bytes()) + 1 for f in chain)
+        if current and (len(current) + len(chain) > pack or size + length > max_bytes):
+            envelopes.append(current)
+            current, size = [], ENVELOPE_OVERHEAD
+        current.extend(chain)
+        size += length
+    if current:
+        envelopes.append(current)
+    return envelopes

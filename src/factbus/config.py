@@ -42,6 +42,12 @@ class Settings:
     """Seconds the consumer waits for more deliveries when a step would be small:
     fewer, larger store transactions for a little latency. 0 disables it."""
     max_envelope_bytes: int = 1024 * 1024
+    pack: int = 1
+    """Facts packed into one envelope per publish call, at most (and at most
+    ``max_envelope_bytes``): brokers whose cost is per message (RabbitMQ, kombu)
+    carry many facts per message and per confirm. 1: one envelope per fact. A
+    receiver refuses an envelope as a whole, so one bad fact dead-letters every
+    fact packed with it (see docs/decisions.md, "Packed envelopes")."""
     max_depth: int = 32
     retry_attempts: int = 3
     """Attempts per handler before the fact is dead-lettered."""
@@ -67,6 +73,8 @@ class Settings:
         object.__setattr__(self, "catch_up", tuple(given))
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
+        if self.pack < 1:
+            raise ConfigError("pack must be at least 1")
         if self.retry_attempts < 1:
             raise ConfigError("retry_attempts must be at least 1")
         if not self.topic:

@@ -115,8 +115,15 @@ class Publishers(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _publisher_bus(transport: str, topic: str, index: int) -> Bus:
-    return Bus(transport, "memory://", topic=topic, node=f"{topic}-pub{index}", consume=False)
+def _publisher_bus(transport: str, topic: str, index: int, pack: int = 1) -> Bus:
+    return Bus(
+        transport,
+        "memory://",
+        topic=topic,
+        node=f"{topic}-pub{index}",
+        consume=False,
+        pack=pack,
+    )
 
 
 class PublisherTasks:
@@ -124,8 +131,8 @@ class PublisherTasks:
 
     mode = "task"
 
-    def __init__(self, count: int, transport: str, topic: str) -> None:
-        self._buses = [_publisher_bus(transport, topic, i) for i in range(count)]
+    def __init__(self, count: int, transport: str, topic: str, pack: int = 1) -> None:
+        self._buses = [_publisher_bus(transport, topic, i, pack) for i in range(count)]
         self._workloads: dict[WorkloadSpec, Workload] = {}
 
     def workload(self, spec: WorkloadSpec) -> Workload:
@@ -167,8 +174,9 @@ class PublisherProcesses:
 
     mode = "process"
 
-    def __init__(self, count: int, transport: str, topic: str) -> None:
+    def __init__(self, count: int, transport: str, topic: str, pack: int = 1) -> None:
         self._count = count
+        self._pack = pack
         self._transport = transport
         self._topic = topic
         self._children: list[tuple[Any, Connection]] = []
@@ -179,7 +187,7 @@ class PublisherProcesses:
             parent, child = context.Pipe()
             process = context.Process(
                 target=_child_main,
-                args=(child, index, self._count, self._transport, self._topic),
+                args=(child, index, self._count, self._transport, self._topic, self._pack),
                 name=f"factbus-bench-publisher-{index}",
                 daemon=True,
             )
@@ -237,12 +245,16 @@ def _receive(conn: Connection) -> tuple[str, Any]:
     return reply
 
 
-def _child_main(conn: Connection, index: int, count: int, transport: str, topic: str) -> None:
-    asyncio.run(_child(conn, index, count, transport, topic))
+def _child_main(
+    conn: Connection, index: int, count: int, transport: str, topic: str, pack: int
+) -> None:
+    asyncio.run(_child(conn, index, count, transport, topic, pack))
 
 
-async def _child(conn: Connection, index: int, count: int, transport: str, topic: str) -> None:
-    bus = _publisher_bus(transport, topic, index)
+async def _child(
+    conn: Connection, index: int, count: int, transport: str, topic: str, pack: int
+) -> None:
+    bus = _publisher_bus(transport, topic, index, pack)
     workloads: dict[WorkloadSpec, Workload] = {}
     try:
         await bus.start()

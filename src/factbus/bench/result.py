@@ -106,6 +106,8 @@ class BenchResult:
     """Messages/s of the hand-written floor of the receive work (orjson, SHA-512,
     a set; in-process, no store) over the drain's bodies, in the same run:
     see :mod:`factbus.bench.floor`."""
+    pack: int = 1
+    """Facts per envelope the publishers packed (``Bus(pack=N)``)."""
     memory_per_fact_bytes: float | None = None
     """Bytes a received fact keeps alive once decoded (tracemalloc)."""
     pipeline: dict[str, Any] = field(default_factory=dict)

@@ -75,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--publish-batch", type=int, default=100, help="facts per publish call (default 100)"
     )
     parser.add_argument(
+        "--pack",
+        type=int,
+        default=1,
+        help="facts per envelope the publishers pack, Bus(pack=N) (default 1: one per message)",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=2_000, help="facts handled before measuring (default 2000)"
     )
     parser.add_argument("--seed", type=int, default=1)
@@ -126,6 +132,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         reorder=args.reorder,
         batch_size=args.batch_size,
         publish_batch=args.publish_batch,
+        pack=args.pack,
         warmup=args.warmup,
         seed=args.seed,
         baseline=not args.no_baseline,

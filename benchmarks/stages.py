@@ -1,0 +1,164 @@
+"""CPU µs per fact of each receive stage, next to the hand-written floor, in one run.
+
+    .venv/bin/python benchmarks/stages.py [--facts 10000] [--shape independent] [--write]
+
+Stages (a step is 512 envelopes of one fact, 100 B of payload):
+
+- **floor**: the hand-written loop of :mod:`factbus.bench.floor` (the whole
+  receive work a user would write, no store): the yardstick.
+- **decode+verify**: :func:`factbus.envelope.decode` of each body (every hash
+  recomputed).
+- **dedup/order**: :class:`factbus.causal.CausalBuffer` deciding a step
+  (duplicates, ready, parked) from the store states.
+- **dispatch**: :meth:`factbus.dispatcher.Dispatcher.dispatch` of each fact to
+  one trivial sync handler.
+- **store write**: one SQLite transaction per step recording the handled facts
+  (``tx.record``), BEGIN/COMMIT included.
+
+Best of 7 CPU times (``time.process_time``): a regression shows in the stage
+that has it, whatever else the machine runs. ``--write`` replaces the
+"## Stages" section of benchmarks/RESULTS.md (run_matrix.py keeps it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from factbus.bench.floor import floor_pass
+from factbus.bench.workload import Shape, WorkloadSpec, build_workload
+from factbus.causal import CausalBuffer
+from factbus.dispatcher import Dispatcher
+from factbus.envelope import decode
+from factbus.fact import Fact, FactRef
+from factbus.store.base import FactState, StoreBatch
+from factbus.store.memory import MemoryStore
+from factbus.store.sqlite import SqliteStore
+
+HERE = Path(__file__).resolve().parent
+STEP = 512
+REPEATS = 7
+
+
+def best(run: Callable[[], Any], count: int) -> float:
+    """Best CPU time of :data:`REPEATS` runs, µs per item."""
+    times = []
+    for _ in range(REPEATS):
+        start = time.process_time()
+        run()
+        times.append(time.process_time() - start)
+    return min(times) / count * 1e6
+
+
+async def abest(run: Callable[[], Awaitable[Any]], count: int) -> float:
+    times = []
+    for _ in range(REPEATS):
+        start = time.process_time()
+        await run()
+        times.append(time.process_time() - start)
+    return min(times) / count * 1e6
+
+
+def steps(facts: list[Fact]) -> list[list[Fact]]:
+    return [facts[i : i + STEP] for i in range(0, len(facts), STEP)]
+
+
+async def measure(facts_count: int, shape: Shape) -> list[tuple[str, float]]:
+    bodies = build_workload(WorkloadSpec(facts_count, shape=shape, seed=11)).bodies
+    n = len(bodies)
+    facts = [f for body in bodies for f in decode(body)]
+    rows = [
+        ("floor (hand-written loop, no store)", best(lambda: floor_pass(bodies), n)),
+        ("decode+verify", best(lambda: [decode(b) for b in bodies], n)),
+    ]
+
+    def order() -> None:
+        known: dict[FactRef, FactState] = {}
+        for chunk in steps(facts):
+            buffer = CausalBuffer(known)
+            buffer.add(chunk)
+            for fact in buffer.ready:
+                buffer.admit(fact)
+            buffer.parked()
+            for fact in buffer.ready:
+                known[fact.ref] = FactState.HANDLED
+
+    rows.append(("dedup/order decision (CausalBuffer)", best(order, n)))
+
+    dispatcher = Dispatcher()
+    handled: list[Fact] = []
+    for fact_type in {f.type for f in facts}:
+        dispatcher.register(fact_type, handled.append)
+    memory = MemoryStore()
+    await memory.open()
+
+    async def dispatch() -> None:
+        async with memory.transaction() as tx:
+            for fact in facts:
+                await dispatcher.dispatch(fact, tx)
+
+    rows.append(("dispatch (one sync handler)", await abest(dispatch, n)))
+    await memory.aclose()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        counter = iter(range(1_000_000))
+
+        async def record() -> None:
+            store = SqliteStore(f"sqlite:///{Path(tmp) / f's{next(counter)}.db'}")
+            await store.open()
+            for chunk in steps(facts):
+                async with store.transaction() as tx:
+                    await tx.record(StoreBatch(handled=chunk))
+            await store.aclose()
+
+        rows.append(("store write (SQLite, one transaction per step)", await abest(record, n)))
+    return rows
+
+
+def markdown(rows: list[tuple[str, float]], facts: int, shape: str) -> str:
+    floor = rows[0][1]
+    lines = [
+        "## Stages",
+        "",
+        f"Written by `benchmarks/stages.py --facts {facts} --shape {shape} --write` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: CPU µs per fact of each "
+        f"receive stage alone (best of {REPEATS}, steps of {STEP}), and each as a multiple "
+        "of the hand-written floor measured in the same run.",
+        "",
+        "| stage | CPU µs/fact | × floor |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {us:.2f} | {us / floor:.2f} |" for name, us in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write(section: str) -> None:
+    path = HERE / "RESULTS.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    at = text.find("## Stages")
+    if at >= 0:
+        end = text.find("\n## ", at + 1)
+        text = text[:at] + (text[end + 1 :] if end >= 0 else "")
+    path.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--facts", type=int, default=10_000)
+    parser.add_argument("--shape", default="independent")
+    parser.add_argument("--write", action="store_true", help="update RESULTS.md")
+    args = parser.parse_args()
+    rows = asyncio.run(measure(args.facts, args.shape))
+    section = markdown(rows, args.facts, args.shape)
+    print(section)
+    if args.write:
+        write(section)
+
+
+if __name__ == "__main__":
+    main()
