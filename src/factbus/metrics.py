@@ -43,7 +43,7 @@ import contextlib
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from factbus.errors import ConfigError
 from factbus.headers import HEADER_PUBLISHED_AT
@@ -66,8 +66,23 @@ except ImportError:  # pragma: no cover - exercised by installs without the extr
     Collector = object  # type: ignore[misc,assignment]
 
 if TYPE_CHECKING:
-    from factbus.bus import Bus
+    from factbus.config import Settings
     from factbus.pipeline import PipelineStats
+    from factbus.transport.base import Transport
+
+
+class MeteredBus(Protocol):
+    """What the metrics read of a bus (:class:`factbus.bus.Bus` is one): its
+    settings (topic, node, group), its pipeline's counters and its transport
+    (for ``lag()``, when it has one)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def stats(self) -> PipelineStats: ...
+    @property
+    def transport(self) -> Transport: ...
+
 
 HANDLER_BUCKETS = (
     0.00005,
@@ -195,7 +210,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.registry.register(_StatsCollector(self))
 
-    def bind(self, bus: Bus) -> BusMetrics:
+    def bind(self, bus: MeteredBus) -> BusMetrics:
         """Report ``bus`` (its node and topic as they are now) into this registry."""
         bound = BusMetrics(bus.settings.topic, bus.settings.node_name, bus, self.lag_interval)
         with self._lock:
@@ -258,7 +273,7 @@ class BusMetrics:
     """One bus's numbers beyond its :class:`~factbus.PipelineStats`: rejections by
     reason, histograms, lag. Written on the bus's event-loop thread only."""
 
-    def __init__(self, topic: str, node: str, bus: Bus | None, lag_interval: float) -> None:
+    def __init__(self, topic: str, node: str, bus: MeteredBus | None, lag_interval: float) -> None:
         self.topic = topic
         self.node = node
         self._bus = bus
@@ -285,7 +300,7 @@ class BusMetrics:
             histogram = self.handler_duration[fact_type] = Histogram(HANDLER_BUCKETS)
         return histogram
 
-    async def follow_lag(self, bus: Bus, stopping: asyncio.Event) -> None:
+    async def follow_lag(self, bus: MeteredBus, stopping: asyncio.Event) -> None:
         """Refresh :attr:`lag` from the transport's ``lag()`` every ``lag_interval``
         seconds until ``stopping`` is set (a transport without it reports none)."""
         lag = getattr(bus.transport, "lag", None)

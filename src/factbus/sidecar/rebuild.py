@@ -25,7 +25,7 @@ from factbus.errors import ConfigError
 from factbus.sidecar.config import SidecarConfig
 from factbus.sidecar.projection import Projection
 from factbus.sidecar.sql import ViewsDb, open_views_db
-from factbus.sidecar.views import definition_of, project
+from factbus.sidecar.tables import definition_of, project
 
 __all__ = ["RebuildResult", "rebuild", "replace_tables"]
 

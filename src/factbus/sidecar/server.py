@@ -27,8 +27,8 @@ import asyncio
 import contextlib
 import re
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
@@ -44,7 +44,8 @@ try:
 except ImportError as _error:  # the sidecar's HTTP server is an extra
     raise MissingDriver("http", "sidecar", _error) from _error
 
-from factbus.fact import FactRef
+from factbus.config import Settings
+from factbus.fact import Fact, FactRef
 from factbus.sidecar.api import (
     RequestError,
     decode_json,
@@ -52,11 +53,13 @@ from factbus.sidecar.api import (
     parse_facts_request,
     unknown_predecessor,
 )
+from factbus.sidecar.archive import FactArchive
+from factbus.sidecar.config import SidecarConfig
 from factbus.sidecar.projection import source_value
-from factbus.sidecar.views import Change, UnknownTable
+from factbus.sidecar.views import Change, UnknownTable, Views
 
 if TYPE_CHECKING:
-    from factbus.sidecar.service import Sidecar
+    from factbus.metrics import Metrics
 
 JSON: Final = "application/json"
 TABLE_LIMIT: Final = (100, 1000)
@@ -70,6 +73,45 @@ HEARTBEAT: Final = 15.0
 STREAM_QUEUE: Final = 10_000
 """Changes buffered per event stream; a client that falls further behind gets a
 ``reset`` event and the stream ends (it should re-read the table)."""
+
+
+class SidecarHost(Protocol):
+    """What the HTTP API uses of the running sidecar
+    (:class:`factbus.sidecar.service.Sidecar` is one; so is whatever embeds these
+    routes another way)."""
+
+    @property
+    def config(self) -> SidecarConfig: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def metrics(self) -> Metrics | None: ...
+    @property
+    def archive(self) -> FactArchive: ...
+    @property
+    def views(self) -> Views: ...
+    @property
+    def closing(self) -> asyncio.Event:
+        """Set when the sidecar begins to close: event streams end on it."""
+        ...
+
+    @property
+    def failure(self) -> str | None:
+        """Why the sidecar no longer works (``/healthz`` 503), or ``None``."""
+        ...
+
+    @property
+    def not_ready(self) -> str | None:
+        """Why the sidecar is not ready (``/readyz`` 503), or ``None``."""
+        ...
+
+    async def publish(self, facts: Sequence[Fact]) -> list[str]:
+        """Publish; the hashes once the broker confirmed. :raises TransportError:"""
+        ...
+
+    async def unknown(self, refs: Collection[FactRef]) -> set[FactRef]:
+        """Those of ``refs`` this sidecar neither handled nor published."""
+        ...
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -88,7 +130,7 @@ def error_response(error: RequestError) -> Response:
     return json_response(error.as_json(), error.status)
 
 
-def build_app(sidecar: Sidecar) -> Starlette:
+def build_app(sidecar: SidecarHost) -> Starlette:
     """The ASGI application of ``sidecar``'s HTTP API (see the module docstring).
 
     :raises ConfigError: ``[sidecar] jinaga`` is set but Jinaga's endpoints are
@@ -130,7 +172,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 class _Api:
     """The route handlers; each reads ``sidecar``'s public parts only."""
 
-    def __init__(self, sidecar: Sidecar) -> None:
+    def __init__(self, sidecar: SidecarHost) -> None:
         self.sidecar = sidecar
 
     async def metrics(self, request: Request) -> Response:
@@ -367,7 +409,7 @@ def _cursor(given: str | None) -> int:
     return int(given)
 
 
-def _unknown_table(sidecar: Sidecar, name: str) -> RequestError:
+def _unknown_table(sidecar: SidecarHost, name: str) -> RequestError:
     known = ", ".join(sidecar.views.table_names) or "none"
     return RequestError(404, "unknown-table", f"no table {name!r} (tables: {known})", "name")
 
