@@ -382,16 +382,16 @@ def results_md(
         )
     lines += issue15_md(picked)
     lines += ["", "Where we stand:", ""]
-    for name in ("memory", "kafka"):
+    for name in ("memory", "memory+memory-store", "kafka"):
         if name in picked:
             r = picked[name]
             lines.append(
                 f"- **{name}**: the consuming process is the bottleneck: "
                 f"{r.cpu_us_per_msg:.0f} µs of CPU per message against "
-                f"{r.baseline_cpu_us_per_msg or 0:.1f} µs for the raw client (codec + hash and "
-                "the SQLite store are ~80 % of it; see studies/PROFILE.md for the breakdown and "
-                "the ranked fixes). Even the fixes listed there leave these targets out of reach "
-                "for one Python consumer that verifies and durably records every fact."
+                f"{r.baseline_cpu_us_per_msg or 0:.1f} µs for the raw client; its drain is "
+                f"{r.floor_ratio or 0:.2f} of the hand-written floor. Decode+verify is about "
+                "twice the floor's per-fact work and the SQLite store (its layout, see Store "
+                "growth) most of the rest; see Stages for the split."
             )
     for name in ("amqp", "kombu+redis"):
         if name in picked:

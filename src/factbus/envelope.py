@@ -113,7 +113,8 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
     if type(wire_facts) is not list or not wire_facts:
         raise MalformedEnvelope('"facts" must be a non-empty list')
     claims = [_claim(i, wire) for i, wire in enumerate(wire_facts)]
-    _check_order(claims)
+    if len(claims) > 1 or claims[0][2]:  # one fact without predecessors: nothing to order
+        _check_order(claims)
     facts: list[Fact] = []
     for i, (wire, claimed, preds) in enumerate(claims):
         try:
