@@ -42,7 +42,9 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
         half = r.half_load
         out.append(
             [
-                "memory://" if r.scheme == "memory" else r.transport,
+                ("memory://" if r.scheme == "memory" else r.transport)
+                + (" (memory store)" if r.store.startswith("memory") else "")
+                + (f" (pack {r.pack})" if r.pack > 1 else ""),
                 f"{_rate(r.publish_per_s)} ({_ratio(r.publish_ratio)})",
                 _rate(r.facts_per_s),
                 _rate(r.baseline_per_s),
