@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from jinaga_harness import (
     delete_topics,
@@ -31,6 +33,7 @@ from conftest import broker_url
 from factbus import Bus, Fact, FactRef
 from factbus.errors import ConfigError
 from factbus.jinaga.bridge import Feed, JinagaBridge, parse_bridge_config
+from factbus.sidecar.archive import FactArchive
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -315,3 +318,55 @@ async def test_a_fact_whose_hash_does_not_match_is_not_published(tmp_path: Path)
         await server_db.execute(corrupt, item_hash, "1")
         await server_db.close()
         delete_topics(kafka, [topic])
+
+
+async def test_push_reads_the_fact_archive_and_resumes_at_its_cursor(tmp_path: Path) -> None:
+    """The push queue is the store's FactArchive (no table of the bridge's own):
+    every handled fact is archived, the push cursor is kept after each 201, and a
+    restarted bridge pushes only what came after it."""
+    server = jinaga_server_url()
+    transport, tag = f"memory://{unique('jinaga-archive')}", unique("root")
+    store = f"sqlite:///{tmp_path}/bridge.db"
+    document = {
+        "factbus": {"transport": transport, "topic": "t", "node": unique("app")},
+        "jinaga": {"url": server, "store": store, "poll_interval": 0.2},
+    }
+    root = Fact("Bridge.Root", {"id": tag})
+    first = [Fact("Bridge.Item", {"n": n}, {"root": root}) for n in range(3)]
+    later = [Fact("Bridge.Item", {"n": n}, {"root": root}) for n in range(3, 5)]
+
+    async def run_bridge(facts: list[Fact], pushed: int) -> None:
+        async with JinagaBridge(parse_bridge_config(document)) as bridge:
+            async with Bus(transport, "memory://", topic="t", node=unique("w"), consume=False) as w:
+                await w.publish(*facts)
+
+            async def all_pushed() -> bool:
+                return bridge.stats.pushed >= pushed
+
+            await wait_for(all_pushed, 60, f"the bridge to save {pushed} facts")
+            await bridge.bus.drain()
+            await asyncio.sleep(0.5)  # a push loop that re-pushed old facts would count them
+            assert bridge.stats.pushed == pushed
+
+    await run_bridge(first, 4)  # the root travels as the items' ancestor
+    async with FactArchive(store) as archive:
+        kept, cursor = await archive.page(0, 100)
+    assert {f.ref for f in kept} == {root.ref, *(f.ref for f in first)}
+    with sqlite3.connect(tmp_path / "bridge.db") as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        (bookmark,) = db.execute(
+            "SELECT bookmark FROM factbus_jinaga_bookmarks WHERE feed = 'push'"
+        ).fetchone()
+    assert "factbus_jinaga_facts" not in tables
+    assert bookmark == str(cursor)
+
+    await run_bridge(later, 2)  # resumed after the cursor: the first four are not pushed again
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            f"{server}/load",
+            json={"references": [{"type": f.type, "hash": f.hash} for f in [*first, *later]]},
+            headers={"Accept": "application/json"},
+        )
+    assert response.status_code == 200, response.text
+    loaded = {(f["type"], f["hash"]) for f in response.json()["facts"]}
+    assert {(f.type, f.hash) for f in [root, *first, *later]} <= loaded

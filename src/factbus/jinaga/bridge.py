@@ -1,16 +1,17 @@
 """A bridge between a factbus bus and an unmodified jinaga-server (docs/jinaga.md).
 
-Push: every fact the bridge's bus handles (a catch-all transactional handler)
-is kept in the table ``<prefix>jinaga_facts`` of the bridge's store, in the
-same transaction as its handled mark, with an increasing ``seq`` (handling
-order is causal, so ``seq`` order is topological). A push loop saves the facts
-not pushed yet, in ``seq`` order and in batches, to the server with
-``POST /save`` in the graph format (``application/x-jinaga-graph-v1``); a graph
-names predecessors by position in the same body, so each body carries the
-batch's facts plus every ancestor of theirs, each once, ancestors first. A
-batch is marked pushed once the server answered 201; until then it is retried
-(with back-off), so a fact reaches the server at least once and the server
-deduplicates.
+Push: every fact the bridge's bus handles is appended to the sidecar's
+:class:`~factbus.sidecar.archive.FactArchive` in the bridge's store, in the same
+transaction as its handled mark, with an increasing ``seq`` (handling order is
+causal, so ``seq`` order is topological). A push loop reads the archive after
+its push cursor, in ``seq`` order and in batches, and saves those facts to the
+server with ``POST /save`` in the graph format (``application/x-jinaga-graph-v1``);
+a graph names predecessors by position in the same body, so each body carries
+the batch's facts plus every ancestor of theirs (the archive's closure), each
+once, ancestors first. The push cursor (key ``push`` in
+``<prefix>jinaga_bookmarks``) moves past a batch once the server answered 201;
+until then the batch is retried (with back-off), so a fact reaches the server
+at least once and the server deduplicates.
 
 Pull: for each configured feed (root fact, successor type, role) the bridge
 registers the specification with ``POST /feeds``, reads ``GET /feeds/{id}``
@@ -23,8 +24,9 @@ in one transaction after the broker confirmed, so a restart resumes after the
 last page published; a crash between the broker's confirmation and that commit
 republishes that page's facts once more (consumers deduplicate them).
 
-Echoes: a fact the bridge pulled from the server is stored by the push side as
-already pushed, so it is not saved back (it would be harmless: the server
+Echoes: a fact the bridge pulled from the server (recorded in
+``<prefix>jinaga_pulled``, or being published by a pull in flight) is skipped by
+the push loop, so it is not saved back (it would be harmless: the server
 deduplicates too).
 """
 
@@ -49,7 +51,7 @@ from factbus.dispatcher import ANY_TYPE, current_transaction
 from factbus.errors import ConfigError, FactbusError, MissingDriver
 from factbus.fact import Fact, FactRef
 from factbus.jinaga.graph import CONTENT_TYPE_GRAPH, JinagaFormatError, fact_records, write_graph
-from factbus.store.base import fact_from_bytes
+from factbus.sidecar.archive import FactArchive
 from factbus.urls import redact
 
 try:
@@ -219,27 +221,21 @@ def _feed(index: int, table: Any) -> Feed:
 # --------------------------------------------------------------------------- state
 
 
-_Kept = dict[FactRef, tuple[int, Fact]]
-"""Kept facts by ref: (seq, fact)."""
+PUSH_KEY = "push"
+"""The bookmark under which the push cursor (an archive ``seq``) is kept; feed
+keys contain ``#`` and ``@``, so they never equal it."""
 
 
 class _State(Protocol):
-    """The bridge's tables in its store's database, through its own connection
-    (pull side, push loop) or the handler's transaction connection (push side)."""
+    """The bridge's pull-side tables (pulled refs, bookmarks) in its store's
+    database, through a connection of its own. The facts themselves are in the
+    store's :class:`~factbus.sidecar.archive.FactArchive`."""
 
     async def open(self) -> None: ...
     async def aclose(self) -> None: ...
-    async def keep(self, connection: Any, fact: Fact, pushed: bool) -> None: ...
-    async def unpushed(self, limit: int) -> list[tuple[int, Fact]]: ...
-    async def bodies(self, refs: Iterable[FactRef]) -> _Kept: ...
-    async def mark_pushed(self, seqs: Sequence[int]) -> None: ...
     async def pulled(self, refs: Iterable[FactRef]) -> set[FactRef]: ...
     async def record_page(self, feed: str, bookmark: str, refs: Sequence[FactRef]) -> None: ...
     async def bookmark(self, feed: str) -> str: ...
-
-
-def _fact(body: bytes | memoryview) -> Fact:
-    return fact_from_bytes(body)
 
 
 class _SqliteState:
@@ -263,12 +259,6 @@ class _SqliteState:
             db.execute("PRAGMA busy_timeout=30000")
             db.executescript(
                 """
-                CREATE TABLE IF NOT EXISTS factbus_jinaga_facts (
-                    seq INTEGER PRIMARY KEY AUTOINCREMENT, hash TEXT NOT NULL,
-                    type TEXT NOT NULL, body BLOB NOT NULL, pushed INTEGER NOT NULL,
-                    UNIQUE (hash, type));
-                CREATE INDEX IF NOT EXISTS factbus_jinaga_unpushed
-                    ON factbus_jinaga_facts (pushed, seq);
                 CREATE TABLE IF NOT EXISTS factbus_jinaga_pulled (
                     hash TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (hash, type));
                 CREATE TABLE IF NOT EXISTS factbus_jinaga_bookmarks (
@@ -290,43 +280,6 @@ class _SqliteState:
             raise RuntimeError("the bridge state is not open")
         return self.db
 
-    async def keep(self, connection: Any, fact: Fact, pushed: bool) -> None:
-        connection.execute(
-            "INSERT INTO factbus_jinaga_facts (hash, type, body, pushed) "
-            "VALUES (?, ?, ?, ? OR EXISTS (SELECT 1 FROM factbus_jinaga_pulled "
-            "WHERE hash = ? AND type = ?)) ON CONFLICT (hash, type) DO NOTHING",
-            (fact.hash, fact.type, fact.wire_bytes(), int(pushed), fact.hash, fact.type),
-        )
-
-    async def unpushed(self, limit: int) -> list[tuple[int, Fact]]:
-        def read() -> list[tuple[int, Fact]]:
-            rows = self._db().execute(
-                "SELECT seq, body FROM factbus_jinaga_facts WHERE pushed = 0 ORDER BY seq LIMIT ?",
-                (limit,),
-            )
-            return [(seq, _fact(body)) for seq, body in rows.fetchall()]
-
-        result: list[tuple[int, Fact]] = await self._run(read)
-        return result
-
-    async def bodies(self, refs: Iterable[FactRef]) -> _Kept:
-        wanted = list(refs)
-
-        def read() -> _Kept:
-            out: _Kept = {}
-            db = self._db()
-            for ref in wanted:
-                row = db.execute(
-                    "SELECT seq, body FROM factbus_jinaga_facts WHERE hash = ? AND type = ?",
-                    (ref.hash, ref.type),
-                ).fetchone()
-                if row is not None:
-                    out[ref] = (row[0], _fact(row[1]))
-            return out
-
-        result: _Kept = await self._run(read)
-        return result
-
     def _write(self, statements: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
@@ -337,10 +290,6 @@ class _SqliteState:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-
-    async def mark_pushed(self, seqs: Sequence[int]) -> None:
-        sql = "UPDATE factbus_jinaga_facts SET pushed = 1 WHERE seq = ?"
-        await self._run(self._write, [(sql, [(s,) for s in seqs])])
 
     async def pulled(self, refs: Iterable[FactRef]) -> set[FactRef]:
         wanted = list(refs)
@@ -359,7 +308,6 @@ class _SqliteState:
             self._write,
             [
                 ("INSERT OR IGNORE INTO factbus_jinaga_pulled VALUES (?, ?)", keys),
-                ("UPDATE factbus_jinaga_facts SET pushed = 1 WHERE hash = ? AND type = ?", keys),
                 (
                     "INSERT INTO factbus_jinaga_bookmarks VALUES (?, ?) "
                     "ON CONFLICT (feed) DO UPDATE SET bookmark = excluded.bookmark",
@@ -399,9 +347,6 @@ class _PostgresState:
         async with self.pool.acquire() as conn:
             await conn.execute(
                 f'CREATE SCHEMA IF NOT EXISTS "{self.schema}";'
-                f'CREATE TABLE IF NOT EXISTS {t}facts" (seq BIGSERIAL PRIMARY KEY, '
-                "hash TEXT NOT NULL, type TEXT NOT NULL, body BYTEA NOT NULL, "
-                "pushed BOOLEAN NOT NULL, UNIQUE (hash, type));"
                 f'CREATE TABLE IF NOT EXISTS {t}pulled" (hash TEXT NOT NULL, '
                 "type TEXT NOT NULL, PRIMARY KEY (hash, type));"
                 f'CREATE TABLE IF NOT EXISTS {t}bookmarks" (feed TEXT PRIMARY KEY, '
@@ -412,39 +357,6 @@ class _PostgresState:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
-
-    async def keep(self, connection: Any, fact: Fact, pushed: bool) -> None:
-        t = self.t
-        await connection.execute(
-            f'INSERT INTO {t}facts" (hash, type, body, pushed) VALUES ($1, $2, $3, $4 OR EXISTS '
-            f'(SELECT 1 FROM {t}pulled" WHERE hash = $1 AND type = $2)) '
-            "ON CONFLICT (hash, type) DO NOTHING",
-            fact.hash,
-            fact.type,
-            fact.wire_bytes(),
-            pushed,
-        )
-
-    async def unpushed(self, limit: int) -> list[tuple[int, Fact]]:
-        rows = await self.pool.fetch(
-            f'SELECT seq, body FROM {self.t}facts" WHERE NOT pushed ORDER BY seq LIMIT $1', limit
-        )
-        return [(row["seq"], _fact(row["body"])) for row in rows]
-
-    async def bodies(self, refs: Iterable[FactRef]) -> _Kept:
-        refs = list(refs)
-        rows = await self.pool.fetch(
-            f'SELECT f.seq, f.hash, f.type, f.body FROM {self.t}facts" f '
-            "JOIN unnest($1::text[], $2::text[]) AS r(hash, type) USING (hash, type)",
-            [r.hash for r in refs],
-            [r.type for r in refs],
-        )
-        return {FactRef(r["type"], r["hash"]): (r["seq"], _fact(r["body"])) for r in rows}
-
-    async def mark_pushed(self, seqs: Sequence[int]) -> None:
-        await self.pool.execute(
-            f'UPDATE {self.t}facts" SET pushed = TRUE WHERE seq = ANY($1::bigint[])', list(seqs)
-        )
 
     async def pulled(self, refs: Iterable[FactRef]) -> set[FactRef]:
         refs = list(refs)
@@ -461,10 +373,6 @@ class _PostgresState:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.executemany(
                 f'INSERT INTO {t}pulled" VALUES ($1, $2) ON CONFLICT DO NOTHING',
-                [(r.hash, r.type) for r in refs],
-            )
-            await conn.executemany(
-                f'UPDATE {t}facts" SET pushed = TRUE WHERE hash = $1 AND type = $2',
                 [(r.hash, r.type) for r in refs],
             )
             await conn.execute(
@@ -532,6 +440,9 @@ class JinagaBridge:
             settings = Settings.load(None, **{**_as_dict(settings), "consume": False})
         self.bus = Bus(settings=settings)
         self.state = _open_state(settings.store_url)
+        self.archive = FactArchive(settings.store_url)
+        """The facts the bus handled, in ``seq`` order: the push queue."""
+        self._push_cursor = 0
         self.stats = BridgeStats()
         self._pulling: set[FactRef] = set()
         self._wake = asyncio.Event()
@@ -540,10 +451,10 @@ class JinagaBridge:
         self._http: httpx.AsyncClient | None = None
         self._log = log.bind(server=config.url, node=settings.node_name)
         if config.push:
-            self.bus.handler(ANY_TYPE, transactional=True)(self._keep)
+            self.archive.attach(self.bus)
+            self.bus.handler(ANY_TYPE)(self._handled)
 
-    async def _keep(self, fact: Fact, connection: Any) -> None:
-        await self.state.keep(connection, fact, fact.ref in self._pulling)
+    def _handled(self, fact: Fact) -> None:
         current_transaction().after_commit(self._wake.set)  # the push loop sees it then
 
     async def __aenter__(self) -> JinagaBridge:
@@ -554,8 +465,12 @@ class JinagaBridge:
         await self.aclose()
 
     async def start(self) -> None:
-        """Open the state, start the bus, the push loop and the pull loops."""
+        """Open the state and the archive, start the bus, the push loop and the pull
+        loops."""
         await self.state.open()
+        await self.archive.open()
+        bookmark = await self.state.bookmark(PUSH_KEY)
+        self._push_cursor = int(bookmark) if bookmark.isdigit() else 0
         self._http = httpx.AsyncClient(timeout=self.config.timeout)
         await self.bus.start()
         if self.config.push:
@@ -579,6 +494,7 @@ class JinagaBridge:
                     await task
         self._tasks.clear()
         await self.bus.aclose()
+        await self.archive.aclose()
         await self.state.aclose()
         if self._http is not None:
             await self._http.aclose()
@@ -587,33 +503,33 @@ class JinagaBridge:
     # -- push ---------------------------------------------------------------
 
     async def push_once(self) -> int:
-        """Save one batch of facts not pushed yet; return how many (0: none left).
+        """Save the next batch of archived facts after the push cursor, except those
+        pulled from the server, then move the cursor past it; return how many
+        facts the cursor passed (0: none left).
 
-        :raises BridgeError: the server did not answer 201.
+        :raises BridgeError: the server did not answer 201 (the cursor stays).
         """
-        batch = await self.state.unpushed(self.config.batch_size)
-        if not batch:
+        facts, following = await self.archive.page(self._push_cursor, self.config.batch_size)
+        if not facts:
             return 0
-        chosen: _Kept = {fact.ref: (seq, fact) for seq, fact in batch}
-        missing = {ref for _, f in batch for ref in f.predecessor_refs()} - set(chosen)
-        while missing:
-            found = await self.state.bodies(missing)
-            lost = missing - set(found)
-            if lost:
-                raise BridgeError(f"the bridge does not keep ancestors {sorted(lost)}")
-            chosen.update(found)
-            missing = {r for _, f in found.values() for r in f.predecessor_refs()} - set(chosen)
-        facts = [f for _, f in sorted(chosen.values(), key=lambda item: item[0])]
-        body = write_graph(facts)
-        response = await self._client().post(
-            f"{self.config.url}/save", content=body, headers={"Content-Type": CONTENT_TYPE_GRAPH}
-        )
-        if response.status_code != 201:
-            raise BridgeError(f"POST /save answered {response.status_code}: {response.text[:300]}")
-        await self.state.mark_pushed([seq for seq, _ in batch])
+        pulled = await self.state.pulled(f.ref for f in facts)
+        batch = [f.ref for f in facts if f.ref not in pulled and f.ref not in self._pulling]
+        if batch:
+            graph = await self.archive.closure(batch)  # ancestors first, each once
+            response = await self._client().post(
+                f"{self.config.url}/save",
+                content=write_graph(graph),
+                headers={"Content-Type": CONTENT_TYPE_GRAPH},
+            )
+            if response.status_code != 201:
+                raise BridgeError(
+                    f"POST /save answered {response.status_code}: {response.text[:300]}"
+                )
+            self._log.debug("pushed", facts=len(batch), graph=len(graph))
+        await self.state.record_page(PUSH_KEY, str(following), [])
+        self._push_cursor = following
         self.stats.pushed += len(batch)
-        self._log.debug("pushed", facts=len(batch), graph=len(facts))
-        return len(batch)
+        return len(facts)
 
     async def _pause(self, seconds: float, event: asyncio.Event | None = None) -> None:
         """Sleep ``seconds``, less if the bridge is stopping (or ``event`` is set)."""
