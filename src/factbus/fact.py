@@ -163,10 +163,11 @@ class Fact:
         computed from the fields and references as always; the wire form is
         reused for it only when it is exactly what would be hashed (two keys per
         reference, lists in hash order), else the references are rewritten."""
-        if fields is None:
-            fields = {}
-        elif not isinstance(fields, Mapping):
-            raise InvalidFact("fields", f"must be an object (a mapping), not {fields!r}")
+        if fields.__class__ is not dict:  # what orjson gives; else as Fact() takes it
+            if fields is None:
+                fields = {}
+            elif not isinstance(fields, Mapping):
+                raise InvalidFact("fields", f"must be an object (a mapping), not {fields!r}")
         frozen = freeze(fields, path="fields", max_depth=max_depth)
         python_writer = frozen.needs_python_writer
         refs: dict[str, PredecessorValue] = {}
