@@ -111,10 +111,15 @@ REDIS_TRANSPORT_DEFAULTS: Final = {
     "unacked_key": "factbus.unacked",
     "unacked_index_key": "factbus.unacked_index",
     "unacked_mutex_key": "factbus.unacked_mutex",
+    "unacked_mutex_expire": 30,
 }
 """kombu redis options the adapter sets unless the URL does: a message whose
 consumer died without acking (kill -9) comes back after 5 minutes, not kombu's
-hour (a copy too many is harmless: facts are deduplicated); and factbus' unacked
+hour (a copy too many is harmless: facts are deduplicated); the mutex that one
+restoring consumer holds expires after 30 s, not kombu's 5 minutes, so that a
+consumer killed while restoring does not stop every restore for that long
+(two restorers are safe: each message is restored in a WATCH transaction, so
+only once); and factbus' unacked
 bookkeeping lives under keys of its own, so that this shorter timeout never
 touches another kombu application's (Celery's) unacked messages in the same
 database."""

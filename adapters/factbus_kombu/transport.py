@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import structlog
 from kombu.exceptions import ChannelError
 
 from factbus.errors import ConfigError, PublishError, TransportError
@@ -32,9 +33,21 @@ from factbus_kombu.link import (
 )
 
 T = TypeVar("T")
+log = structlog.get_logger("factbus.kombu")
 
 DEAD_LETTER_GROUP = "dead-letter"
 """``<topic>.dead-letter`` is the dead-letter queue, so no group may use that name."""
+
+
+RESTORE_BATCH: Final = 5000
+"""At most this many unacked messages are restored per pass (the oldest first)."""
+
+
+def restore_interval(config: KombuConfig) -> float:
+    """Seconds between two restore passes on redis: a quarter of the visibility
+    timeout, between 1 and 30 s."""
+    timeout = float(config.transport_options.get("visibility_timeout", 3600))
+    return min(max(timeout / 4, 1.0), 30.0)
 
 
 class KombuTransport(TransportBase):
@@ -60,6 +73,7 @@ class KombuTransport(TransportBase):
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._restorer: asyncio.Task[None] | None = None
 
     def _shutting_down(self) -> bool:
         return self._closing is not None
@@ -141,7 +155,37 @@ class KombuTransport(TransportBase):
             await subscription.aclose()
             raise TransportError("transport is closed")
         self._subscriptions.append(subscription)
+        if self.config.driver_type == "redis" and self._restorer is None:
+            self._restorer = asyncio.create_task(
+                self._restore_unacked(), name="factbus-kombu-restore"
+            )
         return subscription
+
+    async def _restore_unacked(self) -> None:
+        """redis: give back what dead consumers held (kill -9, lost host), at once
+        and then every :func:`restore_interval` seconds.
+
+        kombu keeps each delivered, unacked message in its unacked hash and puts
+        back those older than ``visibility_timeout``, but only when a consumer's
+        poll finds its queue empty: a consumer that is never idle never restores,
+        and one that is restored only a poll after it starts. This drives
+        kombu's ``QoS.restore_visible`` itself, on the publishing connection,
+        scanning on every call (the throttle is for kombu's per-poll calls).
+        Restored messages go back through the topic's exchange (every group's
+        queue; dedup absorbs the copies).
+        """
+        every = restore_interval(self.config)
+        link = self._link
+
+        def restore(channel: Any) -> None:
+            channel.qos.restore_visible(num=RESTORE_BATCH, interval=1)
+
+        while True:
+            try:
+                await self._call(link.run, restore, self.config.retry_timeout, "restore unacked")
+            except TransportError as exc:
+                log.warning("kombu could not restore unacked messages", error=str(exc))
+            await asyncio.sleep(every)
 
     # -- dead letters ---------------------------------------------------------------
 
@@ -259,10 +303,11 @@ class KombuTransport(TransportBase):
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+        for task in (self._keepalive, self._restorer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         subscriptions, self._subscriptions = self._subscriptions, []
         await asyncio.gather(*(s.aclose() for s in subscriptions), return_exceptions=True)
         executor, self._executor = self._executor, None

@@ -69,6 +69,7 @@ from factbus.store.base import (
     FactState,
     ParkedFact,
     StoreBatch,
+    check_owner,
     fact_from_bytes,
     fact_to_bytes,
 )
@@ -130,6 +131,10 @@ class _Sql:
         self.set_version = (
             f"INSERT INTO {meta} (key, value) VALUES ('schema', $1) ON CONFLICT DO NOTHING"
         )
+        self.set_owner = (
+            f"INSERT INTO {meta} (key, value) VALUES ('owner', $1) ON CONFLICT DO NOTHING"
+        )
+        self.owner = f"SELECT value FROM {meta} WHERE key = 'owner'"
         self.states = (
             f"SELECT f.hash, f.type, f.state FROM unnest($1::text[], $2::text[]) AS u(h, t) "
             f"JOIN {facts} f ON f.hash = u.h AND f.type = u.t"
@@ -440,6 +445,13 @@ class PostgresStore:
                 f"{self.config.schema}.{self.config.prefix}*: store schema {version} "
                 f"is not {SCHEMA_VERSION}"
             )
+
+    async def own(self, owner: str) -> None:
+        """See :meth:`factbus.store.Store.own` (kept in the ``meta`` table)."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(self.sql.set_owner, owner)
+            recorded = await conn.fetchval(self.sql.owner)
+        check_owner(f"{self.config.schema}.{self.config.prefix}*", recorded, owner)
 
     async def aclose(self) -> None:
         """Close the pool (waits for connections in use, then terminates). Idempotent."""

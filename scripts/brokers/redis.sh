@@ -1,5 +1,8 @@
 # shellcheck shell=bash
-# Redis from Debian on 127.0.0.1:6379, no persistence.
+# Redis from Debian on 127.0.0.1:6379, with AOF persistence (appendfsync everysec):
+# every write is in the append-only file (the OS's page cache) before redis
+# answers, so a crash or restart of redis loses nothing acknowledged; a power
+# loss or OS crash may lose the last second or two (docs/adapters/kombu.md).
 # Sourced by scripts/brokers.sh (after scripts/brokers/common.sh); never run alone.
 # Defines redis_packages, _up, _launch, _wait, _stop, _kill9, _info and
 # redis_install, _start, _status, _env (see scripts/brokers.sh).
@@ -17,10 +20,10 @@ redis_launch() {
     local user=root
     if id redis >/dev/null 2>&1; then user=redis; chown redis: "$REDIS_DIR"; fi
     if redis_alive; then log "redis: process exists, waiting for it"; return 0; fi
-    log "redis: starting redis-server on 127.0.0.1:6379 (user $user, no persistence)"
+    log "redis: starting redis-server on 127.0.0.1:6379 (user $user, AOF everysec)"
     runuser -u "$user" -- redis-server --bind 127.0.0.1 --port 6379 --protected-mode yes \
         --daemonize yes --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" --dir "$REDIS_DIR" \
-        --save '' --appendonly no --databases 16 \
+        --save '' --appendonly yes --appendfsync everysec --databases 16 \
         || { tail_log "$REDIS_LOG"; die "redis: redis-server failed to start"; }
 }
 
@@ -29,6 +32,7 @@ redis_wait() { wait_until redis "$TIMEOUT" redis_up redis_alive "$REDIS_LOG" red
 
 redis_stop() {
     if ! port_open 6379; then log "redis: not running"; return 0; fi
+    # NOSAVE: no RDB snapshot; with AOF on, SHUTDOWN still flushes and fsyncs the AOF.
     log "redis: SHUTDOWN NOSAVE"
     redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1 || true
     wait_port_closed 6379 30 || die "redis: port 6379 still open after SHUTDOWN"

@@ -20,12 +20,13 @@ from factbus.envelope import (
     encode,
     topological,
 )
-from factbus.errors import FatalTransportError
+from factbus.errors import FatalTransportError, StoreOwnedError
 from factbus.fact import Fact, FactRef
 from factbus.headers import HEADER_PRODUCER, HEADER_PUBLISHED_AT
 from factbus.logging import configure_logging
 from factbus.pipeline import Pipeline, PipelineStats, RefCache
 from factbus.store import Store, StoreBatch, open_store
+from factbus.store.base import owner_of
 from factbus.transport import LogReader, Message, Subscription, Transport, open_transport
 from factbus.urls import redact
 
@@ -145,6 +146,13 @@ class Bus:
         self._instrumentation: Instrumentation | None = None
         self._lag_task: asyncio.Task[None] | None = None
 
+    @property
+    def owner(self) -> str:
+        """Who the store belongs to once this bus handles facts in it: its group, or
+        its node in fan-out (recorded by :meth:`Store.own`; another owner's store
+        is refused with :class:`~factbus.errors.StoreOwnedError`)."""
+        return owner_of(self.settings.group, self.settings.node_name)
+
     # -- handlers -----------------------------------------------------------
 
     def handler(
@@ -188,6 +196,11 @@ class Bus:
         await self.transport.connect()
         await self.store.open()
         if settings.consume:
+            try:
+                await self.store.own(self.owner)
+            except StoreOwnedError:
+                await self.aclose()
+                raise
             self.stage = "recovering"
             await self.pipeline.recover()
             self.stage = "subscribing"
@@ -262,6 +275,7 @@ class Bus:
             await self.transport.connect()
             await self.store.open()
             self._connected = True  # aclose() closes these
+            await self.store.own(self.owner)
             await self.pipeline.recover()
         return await catch_up(self.pipeline, peer, limit=limit)
 

@@ -89,6 +89,24 @@ class ConfigError(FactbusError, ValueError):
     """A setting or URL that factbus cannot use."""
 
 
+class StoreOwnedError(ConfigError):
+    """A store that another group or fan-out node owns (see
+    :func:`factbus.store.base.check_owner`): its handled marks are that owner's,
+    so this bus would skip every fact the owner handled."""
+
+    def __init__(self, store: str, owner: str, wanted: str) -> None:
+        super().__init__(
+            f"store {store} belongs to {owner}, not to {wanted}: its handled marks are "
+            f"{owner}'s, so {wanted} would skip every fact {owner} already handled. "
+            f"Give {wanted} a store of its own: another `schema` or `prefix` in a "
+            f"PostgreSQL store URL (e.g. ?schema=..., one per group), another SQLite "
+            f"file (the default is .factbus/<node>.db), or run it as {owner}"
+        )
+        self.store = store
+        self.owner = owner
+        self.wanted = wanted
+
+
 class MissingDriver(FactbusError, ImportError):
     """An optional broker or store driver that is not installed."""
 

@@ -6,9 +6,10 @@ the ``amqp://`` adapter and over ``kombu+amqp://``; Kafka is killed with SIGKILL
 and started again on the same log directory (``scripts/brokers.sh kill9 kafka``).
 The publisher (``publish`` blocks or retries while the broker is away; it must
 not fail) and the consumer (SQLite store, transactional effects, as in
-``test_kill_consumer.py``) are subprocesses. redis is not restarted: the test
-redis keeps nothing on disk, so its adapter declares
-``survives_broker_restart=False``.
+``test_kill_consumer.py``) are subprocesses. redis (``kombu+redis://``) is
+stopped and started too: ``scripts/brokers.sh`` runs it with AOF persistence, and
+what the consumer held unacked when its connection dropped comes back after the
+visibility timeout (10 s here).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ PATIENCE = {
     "amqp": "publish_timeout=120",
     "kafka": "publish_timeout=120",
     "kombu_amqp": "factbus_retry_timeout=120",
+    "redis": "factbus_retry_timeout=120&transport.visibility_timeout=10",
 }
 
 
@@ -51,6 +53,7 @@ PATIENCE = {
         ("amqp", "restart", "rabbitmq"),
         ("kombu_amqp", "restart", "rabbitmq"),
         ("kafka", "kill9", "kafka"),
+        ("redis", "restart", "redis"),
     ],
 )
 def test_broker_restart_mid_stream(name: str, command: str, broker: str) -> None:

@@ -60,7 +60,7 @@ POINTS = ("handler", "commit", "ack")
 # Kafka: static group membership, so that a restarted consumer takes its partitions
 # back at once instead of waiting for the killed member's session to time out.
 # redis (kombu): what a killed consumer had not acked comes back after the visibility
-# timeout (300 s by default in the adapter).
+# timeout (300 s by default in the adapter), restored by the next consumer.
 RESTART_OPTIONS = {
     "kafka": "consumer.group.instance.id={node}",
     "redis": "transport.visibility_timeout=10",
@@ -84,10 +84,7 @@ def tail(path: Path, lines: int = 40) -> str:
 # -- real brokers: subprocess, kill -9 ---------------------------------------------
 
 
-# kombu+redis is left out: in CI on 2026-11-27 it lost 4,960 of 20,000 facts over
-# 20 kills (not redelivered within 300 s, visibility_timeout=10). Known issue,
-# named in the README's limitations; RabbitMQ and Kafka pass.
-@pytest.mark.parametrize("name", ["amqp", "kafka"])
+@pytest.mark.parametrize("name", ["amqp", "kafka", "redis"])
 def test_kill9_consumer_nothing_lost(name: str) -> None:
     tmp_path = work_dir(f"kill-{name}")
     topic, node = unique("kill"), unique("node")

@@ -40,6 +40,7 @@ PUBLIC_API = {
     "PipelineStats",
     "PredecessorCycle",
     "PublishError",
+    "StoreOwnedError",
     "RetryPolicy",
     "Settings",
     "Store",

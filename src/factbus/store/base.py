@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from factbus.errors import StoreOwnedError
 from factbus.fact import Fact, FactRef
 
 log = structlog.get_logger("factbus.store")
@@ -152,6 +153,14 @@ class Store(Protocol):
     async def aclose(self) -> None:
         """Close connections. Idempotent."""
 
+    async def own(self, owner: str) -> None:
+        """Record ``owner`` (``"group G"`` or ``"node N"``, see :func:`owner_of`)
+        as the store's owner if it has none yet; the bus calls it before it
+        handles anything. Idempotent for the same owner.
+
+        :raises StoreOwnedError: another owner was recorded first.
+        """
+
     async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
         """The state of each of ``refs`` that the store knows (unknown ones are absent)."""
         ...
@@ -211,3 +220,15 @@ def fact_from_bytes(body: bytes | memoryview) -> Fact:
     if fact.hash != wire["hash"]:
         raise ValueError(f"stored fact {wire['type']} is corrupt: hash mismatch")
     return fact
+
+
+def owner_of(group: str | None, node: str) -> str:
+    """The owner a consuming bus records in its store: its group in group mode (every
+    worker of the group shares the store), else its node (fan-out)."""
+    return f"group {group!r}" if group else f"node {node!r}"
+
+
+def check_owner(store: str, recorded: str, wanted: str) -> None:
+    """:raises StoreOwnedError: ``recorded`` (the store's owner) is not ``wanted``."""
+    if recorded != wanted:
+        raise StoreOwnedError(store, recorded, wanted)

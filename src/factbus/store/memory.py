@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from factbus.fact import Fact, FactRef
-from factbus.store.base import CommitHooks, FactState, ParkedFact, StoreBatch
+from factbus.store.base import CommitHooks, FactState, ParkedFact, StoreBatch, check_owner
 from factbus.urls import query_options
 
 
@@ -56,12 +56,19 @@ class MemoryStore:
         )  # missing -> parked
         self._published: set[FactRef] = set()
         self._positions: dict[str, int] = {}
+        self._owner: str | None = None
 
     async def open(self) -> None:
         return None
 
     async def aclose(self) -> None:
         return None
+
+    async def own(self, owner: str) -> None:
+        """See :meth:`factbus.store.Store.own`."""
+        if self._owner is None:
+            self._owner = owner
+        check_owner(self.url, self._owner, owner)
 
     async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
         state = self._state

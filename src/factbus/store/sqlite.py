@@ -26,6 +26,7 @@ from factbus.store.base import (
     FactState,
     ParkedFact,
     StoreBatch,
+    check_owner,
     fact_from_bytes,
     fact_to_bytes,
 )
@@ -167,6 +168,13 @@ class SqliteStore:
         self._seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM factbus_facts").fetchone()[0]
         self._db = db
         self._count_waiting()
+
+    async def own(self, owner: str) -> None:
+        """See :meth:`factbus.store.Store.own` (kept in ``factbus_meta``)."""
+        db = self.db
+        db.execute("INSERT OR IGNORE INTO factbus_meta VALUES ('owner', ?)", (owner,))
+        recorded = db.execute("SELECT value FROM factbus_meta WHERE key='owner'").fetchone()[0]
+        check_owner(self.path, recorded, owner)
 
     def _count_waiting(self) -> None:
         self._waiting_rows = self.db.execute("SELECT COUNT(*) FROM factbus_waiting").fetchone()[0]
