@@ -43,7 +43,16 @@ Consuming
     ``fetch_batch`` [1000]
         Messages taken from librdkafka per ``consume`` call.
     ``max_buffered`` [10000]
-        Received messages buffered per subscription before fetching pauses.
+        Received messages buffered per subscription before fetching pauses. Also
+        bounds librdkafka's own prefetch queue in messages (``queued.min.messages``;
+        librdkafka's default is 100,000 per partition).
+    ``prefetch_kbytes`` [4096]
+        KiB librdkafka may prefetch ahead of the subscription's buffer
+        (``queued.max.messages.kbytes``; librdkafka's default is 64 MiB) and the
+        most one fetch response may carry (``fetch.max.bytes``; default 50 MiB).
+        A consumer holds at most about ``max_buffered`` messages plus this many
+        KiB, whatever the backlog on the broker. A record larger than this is
+        still fetched (alone).
     ``group_protocol`` [classic]
         ``classic`` or ``consumer`` (KIP-848, ``group.protocol``).
 
@@ -114,6 +123,7 @@ class KafkaConfig:
     fetch_wait: float = 0.1
     fetch_batch: int = 1000
     max_buffered: int = 10000
+    prefetch_kbytes: int = 4096
     group_protocol: str = "classic"
     client_id: str = "factbus"
     request_timeout: float = 30.0
@@ -127,7 +137,13 @@ class KafkaConfig:
     def __post_init__(self) -> None:
         if not self.brokers:
             raise ConfigError("kafka:// URL names no broker (kafka://host:9092)")
-        for name in ("partitions", "replication_factor", "fetch_batch", "max_buffered"):
+        for name in (
+            "partitions",
+            "replication_factor",
+            "fetch_batch",
+            "max_buffered",
+            "prefetch_kbytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"kafka option {name} must be at least 1")
         for name in (
@@ -247,6 +263,11 @@ class KafkaConfig:
                 "auto.commit.interval.ms": int(self.commit_interval * 1000),
                 "enable.partition.eof": False,
                 "fetch.wait.max.ms": int(self.fetch_wait * 1000),
+                # Prefetch bounded by the subscription's own buffer (see max_buffered
+                # and prefetch_kbytes), not librdkafka's defaults (hundreds of MB).
+                "queued.min.messages": self.max_buffered,
+                "queued.max.messages.kbytes": self.prefetch_kbytes,
+                "fetch.max.bytes": self.prefetch_kbytes * 1024,
             }
         )
         if self.group_protocol == "classic":

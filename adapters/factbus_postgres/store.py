@@ -163,7 +163,7 @@ class _Sql:
             f"SELECT f.hash, f.type, f.body FROM {facts} f WHERE f.state = 2 AND NOT EXISTS "
             f"(SELECT 1 FROM {waiting} w WHERE w.hash = f.hash AND w.type = f.type "
             f"AND NOT EXISTS (SELECT 1 FROM {facts} p WHERE p.hash = w.missing_hash "
-            f"AND p.type = w.missing_type AND p.state = 1)) ORDER BY f.seq"
+            f"AND p.type = w.missing_type AND p.state = 1)) ORDER BY f.seq LIMIT $1"
         )
         self.counts = (
             f"SELECT (SELECT count(*) FROM {facts} WHERE state = 1), "
@@ -493,8 +493,8 @@ class PostgresStore:
         decode = self._facts.decode
         return [ParkedFact(decode(h, t, body), _missing(missing)) for h, t, body, missing in rows]
 
-    async def ready_parked(self) -> list[Fact]:
-        rows = await self.pool.fetch(self.sql.ready_parked)
+    async def ready_parked(self, limit: int | None = None) -> list[Fact]:
+        rows = await self.pool.fetch(self.sql.ready_parked, limit)
         decode = self._facts.decode
         return [decode(h, t, body) for h, t, body in rows]
 

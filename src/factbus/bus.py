@@ -119,6 +119,7 @@ class Bus:
             handled_cache=settings.handled_cache,
             shared_store=self.store.shared,
             store_lock=self._store_lock,
+            release_batch=settings.batch_size,
         )
         self._published = RefCache(settings.handled_cache)
         self._subscription: Subscription | None = None

@@ -99,6 +99,7 @@ class Pipeline:
         handled_cache: int = 65536,
         shared_store: bool = False,
         store_lock: asyncio.Lock | None = None,
+        release_batch: int = 512,
     ) -> None:
         self.topic = topic
         self.transport = transport
@@ -108,6 +109,10 @@ class Pipeline:
         self.stats = PipelineStats()
         self._cache = RefCache(handled_cache)
         self._store_lock = store_lock or asyncio.Lock()
+        self.release_batch = release_batch
+        """About how many facts one transaction hands on: a release of parked
+        facts goes on in further transactions of about this many (see
+        :meth:`sweep`), so a large backlog is never held in memory at once."""
         self.pending_published: list[FactRef] = []
         """Published refs not yet written; recorded with the next transaction."""
         # With a store of its own, the node knows whether anything is parked and
@@ -186,10 +191,32 @@ class Pipeline:
         positions: dict[str, int] | None = None,
     ) -> None:
         """Sort ``facts`` causally, dispatch and record what is ready, park the
-        rest, all in one transaction; then ack ``deliveries``."""
+        rest, all in one transaction; then ack ``deliveries``. What the step
+        releases beyond :attr:`release_batch` facts is handed on afterwards, in
+        further transactions (:meth:`sweep`)."""
+        buffer, handled, parked, cut = await self._round(facts, from_store, positions)
+        for delivery in deliveries:
+            await delivery.ack()
+        if self.shared_store:
+            await self._follow_up(handled, [*parked, *buffer.still_parked])
+        if cut:
+            await self.sweep()
+
+    async def _round(
+        self,
+        facts: list[Fact],
+        from_store: Iterable[FactRef],
+        positions: dict[str, int] | None,
+    ) -> tuple[CausalBuffer, list[Fact], list[ParkedFact], bool]:
+        """One transaction: settle ``facts`` and release what waited on them until
+        about :attr:`release_batch` facts are ready; dead-letter what failed once
+        it committed. Returns the buffer, what was handled and parked, and whether
+        the release was cut short (then facts the store holds parked no longer
+        miss anything: :meth:`sweep` hands them on)."""
         buffer = CausalBuffer(await self._states(facts), from_store=from_store)
         frontier = buffer.add(facts)
-        while frontier:
+        limit = self.release_batch
+        while frontier and len(buffer.ready) < limit:
             stored = await self.store.waiting_on(frontier) if self._may_wait() else ()
             frontier = buffer.release(frontier, stored)
         handled, dead, parked = await self._commit(buffer, positions)
@@ -197,10 +224,7 @@ class Pipeline:
         # After the commit, before the acks: a crash in between re-delivers, and
         # the failure was not recorded, so the fact fails and is dead-lettered again.
         await self._dead_letter_facts(dead)
-        for delivery in deliveries:
-            await delivery.ack()
-        if self.shared_store:
-            await self._follow_up(handled, [*parked, *buffer.still_parked])
+        return buffer, handled, parked, bool(frontier)
 
     def _may_wait(self) -> bool:
         """Whether the store may hold parked facts (a shared one always may)."""
@@ -289,11 +313,23 @@ class Pipeline:
             await self._settle([], list(again.values()), from_store=set(again))
 
     async def sweep(self) -> None:
-        """Hand on parked facts that no longer miss anything (a shared store's
-        safety net for a worker that died between claim and commit)."""
-        ready = await self.store.ready_parked()
-        if ready:
-            await self._settle([], ready, from_store={f.ref for f in ready})
+        """Hand on parked facts that no longer miss anything, about
+        :attr:`release_batch` per transaction, until none is left: the rest of
+        a release cut short, facts left ready by a crash (recovery), and a
+        shared store's safety net for a worker that died between claim and
+        commit. A fact that cannot be handled now (its handlers failed, another
+        worker holds it) is not offered again in the same sweep."""
+        given_up: set[FactRef] = set()
+        while True:
+            batch = await self.store.ready_parked(self.release_batch + len(given_up))
+            ready = [fact for fact in batch if fact.ref not in given_up]
+            if not ready:
+                return
+            buffer, handled, parked, _ = await self._round(ready, {f.ref for f in ready}, None)
+            done = {fact.ref for fact in handled}
+            given_up.update(fact.ref for fact in ready if fact.ref not in done)
+            if self.shared_store:
+                await self._follow_up(handled, [*parked, *buffer.still_parked])
 
     async def _states(self, facts: Collection[Fact]) -> dict[FactRef, FactState]:
         cache = self._cache

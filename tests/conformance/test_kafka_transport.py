@@ -315,6 +315,13 @@ def test_defaults_and_several_brokers() -> None:
     assert consumer["auto.offset.reset"] == "earliest"
     assert consumer["enable.auto.offset.store"] is False
     assert consumer["enable.auto.commit"] is True
+    # Prefetch bounded from the subscription's buffer, not librdkafka's defaults.
+    assert consumer["queued.min.messages"] == 10000
+    assert consumer["queued.max.messages.kbytes"] == 4096
+    assert consumer["fetch.max.bytes"] == 4096 * 1024
+    small = KafkaConfig.from_url("kafka://k:9092?max_buffered=500&prefetch_kbytes=1024")
+    assert small.consumer_settings("g")["queued.min.messages"] == 500
+    assert small.consumer_settings("g")["queued.max.messages.kbytes"] == 1024
 
 
 def test_options_are_parsed() -> None:

@@ -174,9 +174,11 @@ class Store(Protocol):
         """Parked facts that wait for any of ``refs``, each once, ``missing`` as stored."""
         ...
 
-    async def ready_parked(self) -> list[Fact]:
-        """Parked facts that no longer miss anything (left so by a crash between
-        handling a predecessor and handling them); recovery hands them on."""
+    async def ready_parked(self, limit: int | None = None) -> list[Fact]:
+        """Parked facts that no longer miss anything, oldest first, at most
+        ``limit`` (all when ``None``): left so by a release cut short into
+        bounded steps, or by a crash between handling a predecessor and
+        handling them. The pipeline's sweep hands them on."""
         ...
 
     async def parked(self, limit: int = 1000) -> list[ParkedFact]:

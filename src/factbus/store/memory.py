@@ -116,8 +116,9 @@ class MemoryStore:
                     out[waiter] = ParkedFact(self._facts[waiter], frozenset(self._missing[waiter]))
         return list(out.values())
 
-    async def ready_parked(self) -> list[Fact]:
-        return [self._facts[ref] for ref, missing in self._missing.items() if not missing]
+    async def ready_parked(self, limit: int | None = None) -> list[Fact]:
+        ready = [self._facts[ref] for ref, missing in self._missing.items() if not missing]
+        return ready if limit is None else ready[:limit]
 
     async def parked(self, limit: int = 1000) -> list[ParkedFact]:
         return [

@@ -309,11 +309,12 @@ class SqliteStore:
             if ref in bodies
         ]
 
-    async def ready_parked(self) -> list[Fact]:
+    async def ready_parked(self, limit: int | None = None) -> list[Fact]:
         rows = self.db.execute(
             "SELECT body FROM factbus_facts f WHERE state = 2 AND NOT EXISTS "
             "(SELECT 1 FROM factbus_waiting w WHERE w.hash = f.hash AND w.type = f.type) "
-            "ORDER BY seq"
+            "ORDER BY seq LIMIT ?",
+            (-1 if limit is None else limit,),
         )
         return [fact_from_bytes(body) for (body,) in rows]
 

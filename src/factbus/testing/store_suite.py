@@ -83,6 +83,19 @@ class StoreConformance:
         await _record(store, StoreBatch(handled=[other]))
         assert await store.ready_parked() == [joined]
 
+    async def test_ready_parked_takes_at_most_limit_oldest_first(self, store: Store) -> None:
+        root = Fact("Suite.Root", {"r": 1})
+        waiting = [Fact("Suite.Leaf", {"i": i}, {"root": root}) for i in range(5)]
+        await _record(
+            store, StoreBatch(parked=[ParkedFact(f, frozenset({root.ref})) for f in waiting])
+        )
+        assert await store.ready_parked(3) == []
+        await _record(store, StoreBatch(handled=[root]))
+        assert await store.ready_parked(3) == waiting[:3]
+        assert await store.ready_parked() == waiting
+        await _record(store, StoreBatch(handled=waiting[:3]))
+        assert await store.ready_parked(3) == waiting[3:]
+
     async def test_handling_a_parked_fact_unparks_it(self, store: Store) -> None:
         a, b = _chain(2)
         await _record(store, StoreBatch(parked=[ParkedFact(b, frozenset({a.ref}))]))
