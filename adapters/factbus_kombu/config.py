@@ -305,6 +305,15 @@ class KombuConfig:
         }
         if self.ssl is not None:
             kwargs["ssl"] = self.ssl
+        if self.driver_type == "redis":
+            # kombu's redis transport, with a take that cannot lose a message.
+            from factbus_kombu.redis_channel import Transport as RedisTransport
+
+            kwargs["transport"] = RedisTransport
+            if self.transport == "rediss" and not kwargs.get("ssl"):
+                # What kombu does for a rediss:// URL without TLS options (it only
+                # recognises the scheme by name, which a transport class hides).
+                kwargs["ssl"] = {"ssl_cert_reqs": ssl.CERT_NONE}
         return Connection(self.kombu_url, **kwargs)
 
 

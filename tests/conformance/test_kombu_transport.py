@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 from kombu import Connection, Exchange, Queue
+from kombu.transport import redis as kombu_redis
 
 from conftest import broker_url
 from factbus.errors import ConfigError, MissingDriver, TransportError
@@ -37,6 +38,7 @@ from factbus_kombu.config import (
     REDIS_CAPABILITIES,
     REDIS_TRANSPORT_DEFAULTS,
 )
+from factbus_kombu.redis_channel import Transport as RedisTransport
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
 BROKERS = {"redis": "redis", "kombu_amqp": "rabbitmq"}
@@ -293,8 +295,12 @@ def test_tls_options_pass_through_to_redis() -> None:
         "&transport.client_name=factbus"
     )
     connection = config.connection()
-    assert connection.transport_cls == "rediss"
+    # kombu's redis transport with the adapter's lossless take (redis_channel.py).
+    assert connection.transport_cls is RedisTransport
+    assert issubclass(RedisTransport, kombu_redis.Transport)
     assert connection.ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/etc/ca.pem"}
+    bare = KombuConfig.from_url("kombu+rediss://redis.example:6380/0").connection()
+    assert bare.ssl == {"ssl_cert_reqs": ssl.CERT_NONE}  # kombu's own default for rediss
     assert (connection.userid, connection.password) == ("app", "pw")
     assert connection.transport_options == {**REDIS_TRANSPORT_DEFAULTS, "client_name": "factbus"}
 

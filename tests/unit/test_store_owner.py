@@ -9,8 +9,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import broker_url
 
+from conftest import broker_url
 from factbus import Bus, Fact, StoreOwnedError
 from factbus.store.memory import MemoryStore
 
@@ -53,7 +53,7 @@ async def test_another_group_is_refused_on_a_memory_store() -> None:
     url, topic = f"memory://{uuid.uuid4().hex[:8]}", "owned"
     store = MemoryStore()
     await consume_all(Bus(url, store, topic=topic, group="g1", node="w1"), [], url, topic)
-    with pytest.raises(StoreOwnedError, match="group 'g1'.*group 'g2'"):
+    with pytest.raises(StoreOwnedError, match=r"group 'g1'.*group 'g2'"):
         await Bus(url, store, topic=topic, group="g2", node="w1").start()
 
 
