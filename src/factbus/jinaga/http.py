@@ -62,6 +62,7 @@ from factbus.jinaga.spec import (
     UnsupportedSpecification,
     parse_request,
 )
+from factbus.sidecar.api import RequestError, read_body
 
 CONTENT_TYPE_JSON: Final = "application/json"
 CONTENT_TYPE_FEED_STREAM: Final = "application/x-jinaga-feed-stream"
@@ -113,17 +114,10 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 async def _body(request: HttpRequest, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _Refused(413, "too-large", f"request body of {declared} bytes exceeds {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _Refused(413, "too-large", f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_body(request.stream(), limit, request.headers.get("content-length"))
+    except RequestError as error:
+        raise _Refused(error.status, error.code, error.message) from None
 
 
 class _Endpoints:

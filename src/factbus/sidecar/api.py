@@ -18,7 +18,7 @@ is, as a path into the request (``facts[0].fields.total``,
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,25 @@ class RequestError(FactbusError):
     def reason(self) -> str:
         """``code: message``, as recorded for a refused outbox row."""
         return f"{self.code}: {self.message}"
+
+
+async def read_body(chunks: AsyncIterable[bytes], limit: int, declared: str | None = None) -> bytes:
+    """A request body read from ``chunks`` (e.g. Starlette's ``request.stream()``),
+    refused as soon as it is known to exceed ``limit`` bytes: from the declared
+    ``Content-Length`` (``declared``) before reading, else while reading.
+
+    :raises RequestError: 413 ``too-large``.
+    """
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "too-large", f"the body of {declared} bytes exceeds {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "too-large", f"the body is larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 @dataclass

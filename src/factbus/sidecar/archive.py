@@ -16,14 +16,13 @@ committed facts.
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from factbus.bus import Bus
-from factbus.dispatcher import current_transaction
 from factbus.fact import Fact, FactRef
+from factbus.sidecar.collect import TransactionCollector
 from factbus.sidecar.sql import ViewsDb, open_views_db
 
 if TYPE_CHECKING:
@@ -53,8 +52,7 @@ class FactArchive:
         self.store_url = store_url
         self.db: ViewsDb = open_views_db(store_url)
         self._opened = False
-        self._tx: StoreTransaction | None = None
-        self._batch: list[Fact] = []
+        self._collector = TransactionCollector(self._flush)
 
     async def open(self) -> None:
         """Connect and create the archive's tables if missing. Idempotent."""
@@ -83,18 +81,9 @@ class FactArchive:
         Does nothing if :class:`~factbus.sidecar.views.Views` (or another
         archive) already archives for ``bus``."""
         if claim_archive_writer(bus, self):
-            bus.handler("*")(self._collect)
-
-    def _collect(self, fact: Fact) -> None:
-        tx = current_transaction()
-        if tx is not self._tx:
-            self._tx = tx
-            self._batch = []
-            tx.before_commit(functools.partial(self._flush, tx, self._batch))
-        self._batch.append(fact)
+            bus.handler("*")(self._collector.collect)
 
     async def _flush(self, tx: StoreTransaction, batch: list[Fact]) -> None:
-        self._tx = None
         await self.db.archive(tx.connection, batch)
 
     # -- reads --------------------------------------------------------------------

@@ -51,6 +51,7 @@ from factbus.sidecar.api import (
     decode_json,
     is_hash,
     parse_facts_request,
+    read_body,
     unknown_predecessor,
 )
 from factbus.sidecar.archive import FactArchive
@@ -375,14 +376,7 @@ def _event(change: Change) -> bytes:
 
 
 async def _body(request: Request) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise RequestError(413, "too-large", f"the body is larger than {MAX_BODY} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_body(request.stream(), MAX_BODY, request.headers.get("content-length"))
 
 
 def _limit(given: str | None, bounds: tuple[int, int]) -> int:

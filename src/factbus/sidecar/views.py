@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from factbus.dispatcher import current_transaction
 from factbus.errors import ConfigError, FactbusError
 from factbus.fact import Fact
+from factbus.sidecar.collect import TransactionCollector
 from factbus.sidecar.config import SidecarConfig, TableSpec
 from factbus.sidecar.projection import Change, Kind, Projection
 from factbus.sidecar.rebuild import replace_tables
@@ -70,8 +70,7 @@ class Views:
             name: self.projection.column_kinds(name) for name in self.table_names
         }
         self._listeners: list[Callable[[Change], None]] = []
-        self._tx: StoreTransaction | None = None
-        self._batch: list[Fact] = []
+        self._collector = TransactionCollector(self._flush)
         self._opened = False
         self._archive = True
         self._tuned: Any = None
@@ -147,18 +146,9 @@ class Views:
         from factbus.sidecar.archive import claim_archive_writer
 
         self._archive = claim_archive_writer(bus, self)
-        bus.handler("*")(self._collect)
-
-    def _collect(self, fact: Fact) -> None:
-        tx = current_transaction()
-        if tx is not self._tx:
-            self._tx = tx
-            self._batch = []
-            tx.before_commit(functools.partial(self._flush, tx, self._batch))
-        self._batch.append(fact)
+        bus.handler("*")(self._collector.collect)
 
     async def _flush(self, tx: StoreTransaction, batch: list[Fact]) -> None:
-        self._tx = None
         if not self._opened:
             raise RuntimeError("await views.open() before the bus handles facts")
         if self._tuned is not tx.connection:
