@@ -25,10 +25,11 @@ to notify others once they are durable).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, Protocol
@@ -135,6 +136,7 @@ class Dispatcher:
         self.timeout = timeout or None
         self.middleware: list[Middleware] = list(middleware)
         self._handlers: dict[str, list[HandlerSpec]] = defaultdict(list)
+        self._plain: dict[str, list[Handler] | None] = {}
         self.timings: DispatchTimings | None = None
         """Set (metrics are on): each dispatch is recorded there. Whoever set it
         empties it (once per pipeline step)."""
@@ -159,6 +161,7 @@ class Dispatcher:
             thread,
         )
         self._handlers[fact_type].append(spec)
+        self._plain.clear()
         return spec
 
     def observe(self, observer: PipelineObserver | None) -> None:
@@ -177,6 +180,45 @@ class Dispatcher:
                 await observer.dispatch(fact, plain(self, fact, tx))
 
         self.dispatch = observed  # type: ignore[method-assign]
+
+    def plain_handlers(self, fact_type: str) -> list[Handler] | None:
+        """The handlers of ``fact_type`` when a plain call runs them exactly as
+        :meth:`dispatch` would on a first attempt: every one sync, not
+        transactional, not in a thread, and no middleware, observer or timings.
+        The pipeline then calls them without a coroutine per fact (and calls
+        :meth:`resume` if one raises). ``None``: use :meth:`dispatch`."""
+        if self.middleware or self.timings is not None or "dispatch" in self.__dict__:
+            return None
+        funcs = self._plain.get(fact_type)
+        if funcs is None and fact_type not in self._plain:
+            specs = self.handlers_for(fact_type)
+            plain = all(not (s.is_async or s.transactional or s.thread) for s in specs)
+            funcs = self._plain[fact_type] = [s.func for s in specs] if plain else None
+        return funcs
+
+    async def resume(self, fact: Fact, tx: StoreTransaction, index: int, error: Exception) -> None:
+        """After ``plain_handlers(fact.type)[index]`` raised ``error`` on its first
+        attempt: its further attempts, then the handlers after it, as
+        :meth:`dispatch` goes on.
+
+        :raises HandlerFailed: as :meth:`dispatch`.
+        """
+        specs = self.handlers_for(fact.type)
+        token = _TRANSACTION.set(tx)
+        try:
+            await self._retry(specs[index], fact, tx, error)
+            await self._run(specs[index + 1 :], fact, tx)
+        finally:
+            _TRANSACTION.reset(token)
+
+    @contextlib.contextmanager
+    def bound(self, tx: StoreTransaction) -> Iterator[None]:
+        """:func:`current_transaction` is ``tx`` inside (for handlers called plainly)."""
+        token = _TRANSACTION.set(tx)
+        try:
+            yield
+        finally:
+            _TRANSACTION.reset(token)
 
     def handlers_for(self, fact_type: str) -> list[HandlerSpec]:
         """The handlers a fact of ``fact_type`` runs through: its type's, then catch-alls."""

@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import structlog
@@ -75,13 +76,17 @@ class RefCache:
     def __contains__(self, ref: FactRef) -> bool:
         return ref in self._refs
 
+    def known(self, refs: set[FactRef]) -> set[FactRef]:
+        """Those of ``refs`` in the cache (one set operation)."""
+        return refs & self._refs.keys()
+
     def add_all(self, refs: Iterable[FactRef]) -> None:
         store = self._refs
-        for ref in refs:
-            store[ref] = None
+        store.update(dict.fromkeys(refs))
         excess = len(store) - self._capacity
         if excess > 0:
-            for ref in list(store)[:excess]:
+            # The oldest first: O(excess), not O(capacity), per step.
+            for ref in list(islice(store, excess)):
                 del store[ref]
 
 
@@ -248,16 +253,28 @@ class Pipeline:
                 for fact in ready:
                     if fact.ref not in claimed:
                         buffer.block(fact.ref)
-            for fact in ready:
-                if not buffer.admit(fact):
-                    continue
-                try:
-                    await self.dispatcher.dispatch(fact, tx)
-                except HandlerFailed as failure:
-                    buffer.block(fact.ref)
-                    dead.append((fact, failure.reason))
-                    continue
-                handled.append(fact)
+            dispatcher = self.dispatcher
+            with dispatcher.bound(tx):
+                for fact in ready:
+                    if not buffer.admit(fact):
+                        continue
+                    # Plain sync handlers are called here: no coroutine per fact.
+                    funcs = dispatcher.plain_handlers(fact.type)
+                    try:
+                        if funcs is None:
+                            await dispatcher.dispatch(fact, tx)
+                        else:
+                            for index, func in enumerate(funcs):
+                                try:
+                                    func(fact)
+                                except Exception as error:
+                                    await dispatcher.resume(fact, tx, index, error)
+                                    break
+                    except HandlerFailed as failure:
+                        buffer.block(fact.ref)
+                        dead.append((fact, failure.reason))
+                        continue
+                    handled.append(fact)
             parked = buffer.parked()
             published = self.pending_published[:]
             await tx.record(
@@ -332,20 +349,14 @@ class Pipeline:
                 await self._follow_up(handled, [*parked, *buffer.still_parked])
 
     async def _states(self, facts: Collection[Fact]) -> dict[FactRef, FactState]:
-        cache = self._cache
-        wanted: set[FactRef] = set()
-        known: dict[FactRef, FactState] = {}
+        """The state of every fact of the step and of their predecessors: the
+        handled cache first, the store for the rest (set operations, one query)."""
+        refs = {fact.ref for fact in facts}
         for fact in facts:
-            ref = fact.ref
-            if ref in cache:
-                known[ref] = FactState.HANDLED
-            else:
-                wanted.add(ref)
-            for pred in fact.predecessor_refs():
-                if pred in cache:
-                    known[pred] = FactState.HANDLED
-                else:
-                    wanted.add(pred)
+            refs.update(fact.predecessor_refs())
+        cached = self._cache.known(refs)
+        known: dict[FactRef, FactState] = dict.fromkeys(cached, FactState.HANDLED)
+        wanted = refs - cached
         if wanted:
             known.update(await self.store.states(wanted))
         return known
