@@ -230,3 +230,31 @@ def test_floor_verifies_every_hash_and_memory_is_measured() -> None:
     with pytest.raises(ValueError, match="hash mismatch"):
         floor_pass([*bodies[:3], tampered])
     assert memory_per_fact(bodies) > 100
+
+
+@pytest.mark.broker("amqp")
+def test_packed_envelopes_on_rabbitmq_carry_many_facts_per_message() -> None:
+    """``--pack``: the publishers (processes) pack 25 facts per envelope; every fact
+    is handled once, in fewer deliveries than facts."""
+    import asyncio
+
+    from conftest import broker_url
+
+    url = broker_url("amqp")
+    config = BenchConfig(
+        transport=url,
+        facts=300,
+        warmup=0,
+        publish_batch=100,
+        pack=25,
+        shape="chains",
+        half_load=False,
+        baseline=False,
+        timeout=60.0,
+    )
+    result = asyncio.run(run_bench(config))
+    assert result.pack == 25
+    stats = result.pipeline
+    assert stats["handled"] == 600 and stats["duplicates"] == 0  # peak and drain
+    assert stats["facts_received"] == 600
+    assert stats["messages"] <= 600 // 25 + 2 * 6  # ~25 per envelope (chains never split)
