@@ -153,7 +153,7 @@ class _Sql:
             f"JOIN {waiting} w ON w.missing_hash = u.h AND w.missing_type = u.t) "
             f"SELECT f.hash, f.type, f.body, {still_missing} AS missing FROM waiters "
             f"JOIN {facts} f ON f.hash = waiters.hash AND f.type = waiters.type "
-            f"WHERE f.state = 2 ORDER BY f.seq"
+            f"WHERE f.state = 2 ORDER BY f.seq LIMIT $3"
         )
         self.parked = (
             f"SELECT f.hash, f.type, f.body, {still_missing} AS missing FROM {facts} f "
@@ -486,10 +486,12 @@ class PostgresStore:
                 await tx.run_before_commit()
             tx.run_after_commit()
 
-    async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
+    async def waiting_on(
+        self, refs: Collection[FactRef], limit: int | None = None
+    ) -> list[ParkedFact]:
         if not refs:
             return []
-        rows = await self.pool.fetch(self.sql.waiting_on, *_columns(refs))
+        rows = await self.pool.fetch(self.sql.waiting_on, *_columns(refs), limit)
         decode = self._facts.decode
         return [ParkedFact(decode(h, t, body), _missing(missing)) for h, t, body, missing in rows]
 

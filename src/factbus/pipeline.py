@@ -221,15 +221,25 @@ class Pipeline:
         buffer = CausalBuffer(await self._states(facts), from_store=from_store)
         frontier = buffer.add(facts)
         limit = self.release_batch
+        cut = False
         while frontier and len(buffer.ready) < limit:
-            stored = await self.store.waiting_on(frontier) if self._may_wait() else ()
+            if not self._may_wait():
+                frontier = buffer.release(frontier, ())
+                continue
+            # At most one batch of waiters: a fact many others wait on (a root of
+            # thousands) must not load them all. Those not read now lose that wait
+            # with this commit and are swept afterwards.
+            stored = await self.store.waiting_on(frontier, limit)
             frontier = buffer.release(frontier, stored)
+            if len(stored) >= limit:
+                cut = True
+                break
         handled, dead, parked = await self._commit(buffer, positions)
         self._count(buffer, handled, dead, parked)
         # After the commit, before the acks: a crash in between re-delivers, and
         # the failure was not recorded, so the fact fails and is dead-lettered again.
         await self._dead_letter_facts(dead)
-        return buffer, handled, parked, bool(frontier)
+        return buffer, handled, parked, cut or bool(frontier)
 
     def _may_wait(self) -> bool:
         """Whether the store may hold parked facts (a shared one always may)."""

@@ -170,8 +170,12 @@ class Store(Protocol):
         back when it raises."""
         ...
 
-    async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
-        """Parked facts that wait for any of ``refs``, each once, ``missing`` as stored."""
+    async def waiting_on(
+        self, refs: Collection[FactRef], limit: int | None = None
+    ) -> list[ParkedFact]:
+        """Parked facts that wait for any of ``refs``, each once, ``missing`` as
+        stored; at most ``limit`` of them (all when ``None``; which ones is up to
+        the store, oldest first where it can)."""
         ...
 
     async def ready_parked(self, limit: int | None = None) -> list[Fact]:

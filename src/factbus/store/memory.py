@@ -108,10 +108,14 @@ class MemoryStore:
         self._published.update(batch.published)
         self._positions.update(batch.positions)
 
-    async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
+    async def waiting_on(
+        self, refs: Collection[FactRef], limit: int | None = None
+    ) -> list[ParkedFact]:
         out: dict[FactRef, ParkedFact] = {}
         for ref in refs:
             for waiter in self._waiting.get(ref, ()):
+                if limit is not None and len(out) >= limit:
+                    return list(out.values())
                 if waiter not in out:
                     out[waiter] = ParkedFact(self._facts[waiter], frozenset(self._missing[waiter]))
         return list(out.values())

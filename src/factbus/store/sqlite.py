@@ -263,7 +263,9 @@ class SqliteStore:
                 list(batch.positions.items()),
             )
 
-    async def waiting_on(self, refs: Collection[FactRef]) -> list[ParkedFact]:
+    async def waiting_on(
+        self, refs: Collection[FactRef], limit: int | None = None
+    ) -> list[ParkedFact]:
         waiters: list[FactRef] = []
         seen: set[FactRef] = set()
         wanted = set(refs)
@@ -273,13 +275,18 @@ class SqliteStore:
                 + _in_hashes("missing_hash", len(chunk)),
                 _hashes(chunk),
             )
-            for missing_hash, missing_type, fact_hash, fact_type in rows:
-                if FactRef(missing_type, missing_hash) not in wanted:
-                    continue
-                ref = FactRef(fact_type, fact_hash)
-                if ref not in seen:
-                    seen.add(ref)
-                    waiters.append(ref)
+            try:
+                for missing_hash, missing_type, fact_hash, fact_type in rows:
+                    if FactRef(missing_type, missing_hash) not in wanted:
+                        continue
+                    ref = FactRef(fact_type, fact_hash)
+                    if ref not in seen:
+                        seen.add(ref)
+                        waiters.append(ref)
+                        if limit is not None and len(waiters) >= limit:
+                            return self._parked_facts(waiters)
+            finally:
+                rows.close()  # a cursor left open would hold its read snapshot
         return self._parked_facts(waiters)
 
     def _parked_facts(self, refs: list[FactRef]) -> list[ParkedFact]:
