@@ -41,8 +41,8 @@ jinaga-server-stop:
 	bash scripts/jinaga-server.sh stop
 
 lint: $(STAMP)
-	$(BIN)/ruff check src adapters tests benchmarks
-	$(BIN)/ruff format --check src adapters tests benchmarks
+	$(BIN)/ruff check src adapters tests benchmarks scripts
+	$(BIN)/ruff format --check src adapters tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

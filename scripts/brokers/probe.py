@@ -13,6 +13,7 @@ Exit status 0 when the service answered correctly, 1 otherwise (reason on stderr
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import sys
@@ -80,7 +81,9 @@ def probe_amqp(host: str, port: int, user: str = "guest", password: str = "guest
             raise ProbeError(f"expected connection.start, got {cid}.{mid}")
         response = b"\x00" + user.encode() + b"\x00" + password.encode()
         _amqp_send_method(
-            sock, 10, 11,
+            sock,
+            10,
+            11,
             struct.pack("!I", 0) + _shortstr(b"PLAIN") + _longstr(response) + _shortstr(b"en_US"),
         )
         try:
@@ -88,7 +91,8 @@ def probe_amqp(host: str, port: int, user: str = "guest", password: str = "guest
         except ProbeError as exc:
             raise ProbeError(f"login as {user} refused ({exc})") from exc
         if (cid, mid) == (10, 50):
-            raise ProbeError(f"server closed connection: {args[3:3 + args[2]].decode(errors='replace')}")
+            reason = args[3 : 3 + args[2]].decode(errors="replace")
+            raise ProbeError(f"server closed connection: {reason}")
         if (cid, mid) != (10, 30):
             raise ProbeError(f"expected connection.tune, got {cid}.{mid}")
         channel_max, frame_max, _hb = struct.unpack("!HIH", args[:8])
@@ -96,14 +100,14 @@ def probe_amqp(host: str, port: int, user: str = "guest", password: str = "guest
         _amqp_send_method(sock, 10, 40, _shortstr(b"/") + _shortstr(b"") + b"\x00")
         cid, mid, args = _amqp_read_method(sock)
         if (cid, mid) == (10, 50):
-            raise ProbeError(f"vhost / refused: {args[3:3 + args[2]].decode(errors='replace')}")
+            reason = args[3 : 3 + args[2]].decode(errors="replace")
+            raise ProbeError(f"vhost / refused: {reason}")
         if (cid, mid) != (10, 41):
             raise ProbeError(f"expected connection.open-ok, got {cid}.{mid}")
-        _amqp_send_method(sock, 10, 50, struct.pack("!H", 200) + _shortstr(b"probe") + struct.pack("!HH", 0, 0))
-        try:
+        close = struct.pack("!H", 200) + _shortstr(b"probe") + struct.pack("!HH", 0, 0)
+        _amqp_send_method(sock, 10, 50, close)
+        with contextlib.suppress(ProbeError):
             _amqp_read_method(sock)  # close-ok
-        except ProbeError:
-            pass
     finally:
         sock.close()
 
@@ -134,7 +138,8 @@ def probe_kafka(host: str, port: int) -> None:
     """Send a Metadata v4 request (all topics, no auto-create) and require >= 1 live broker."""
     client_id = b"factbus-probe"
     body = struct.pack("!hhih", 3, 4, 4242, len(client_id)) + client_id  # api_key=Metadata, v4
-    body += struct.pack("!i", -1) + b"\x00"  # topics = null (all), allow_auto_topic_creation = false
+    # topics = null (all), allow_auto_topic_creation = false
+    body += struct.pack("!i", -1) + b"\x00"
     sock = _connect(host, port)
     try:
         sock.sendall(struct.pack("!i", len(body)) + body)
