@@ -167,12 +167,13 @@ class KombuTransport(TransportBase):
 
         kombu keeps each delivered, unacked message in its unacked hash and puts
         back those older than ``visibility_timeout``, but only when a consumer's
-        poll finds its queue empty: a consumer that is never idle never restores,
-        and one that is restored only a poll after it starts. This drives
+        poll finds its queue empty: a consumer that is never idle never restores.
+        This drives
         kombu's ``QoS.restore_visible`` itself, on the publishing connection,
         scanning on every call (the throttle is for kombu's per-poll calls).
         Restored messages go back through the topic's exchange (every group's
-        queue; dedup absorbs the copies).
+        queue; dedup absorbs the copies). A pass shares the publishing thread, so
+        publishes wait while it restores (up to :data:`RESTORE_BATCH` messages).
         """
         every = restore_interval(self.config)
         link = self._link
