@@ -31,8 +31,7 @@ from factbus.logging import configure_logging
 from factbus.pipeline import PipelineStats
 from factbus.store import Store, open_store
 from factbus.transport import Capabilities, Delivery, Message, Transport, open_transport
-
-__version__ = "0.1.0"
+from factbus.version import __version__
 
 __all__ = [
     "Bus",

@@ -7,8 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from factbus import __version__
 from factbus.errors import FactbusError
+from factbus.version import __version__
 
 # Command name -> module in factbus.commands (see that package's docstring).
 COMMANDS = {

@@ -70,7 +70,7 @@ class Tracing:
             raise ConfigError(
                 "factbus tracing needs opentelemetry-api: pip install 'factbus[tracing]'"
             )
-        from factbus import __version__
+        from factbus.version import __version__
 
         self._tracer = trace.get_tracer("factbus", __version__)
         self.topic = topic

@@ -14,7 +14,7 @@ Routes (docs/sidecar.md has examples)::
                                      with the reason (e.g. "catching up from <peer>")
     GET  /metrics                    Prometheus text (docs/observability.md); 501 without
                                      prometheus-client installed
-    <[sidecar] jinaga>/...           Jinaga's protocol (factbus.jinaga.http), if set
+    <[sidecar] jinaga>/...           Jinaga's protocol, if set (see :data:`PROTOCOLS_GROUP`)
 
 Every refusal is a 4xx with ``{"error": {"code", "message"[, "field"]}}`` and
 changes nothing: a ``POST /facts`` is validated whole before anything is
@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
-from factbus.errors import ConfigError, MissingDriver, TransportError
+from factbus import plugins
+from factbus.errors import ConfigError, FactbusError, MissingDriver, TransportError
 
 try:
     import uvicorn
@@ -74,6 +75,15 @@ HEARTBEAT: Final = 15.0
 STREAM_QUEUE: Final = 10_000
 """Changes buffered per event stream; a client that falls further behind gets a
 ``reset`` event and the stream ends (it should re-read the table)."""
+PROTOCOLS_GROUP: Final = "factbus.sidecar.protocols"
+"""Entry-point group of the protocols a sidecar serves beside its own API: each
+entry is named by the ``[sidecar]`` key that sets its path prefix (``jinaga``)
+and points at ``routes(host: SidecarHost) -> list[BaseRoute]`` (paths relative
+to that prefix). The protocol's package registers itself there (pyproject.toml),
+so this module never imports it."""
+_BUILTIN_PROTOCOLS: Final[plugins.Builtins] = {"jinaga": ("factbus.jinaga.http:routes", "sidecar")}
+"""Used when factbus runs from a source tree whose entry points are not installed
+(as :mod:`factbus.plugins` does for transports and stores)."""
 
 
 class SidecarHost(Protocol):
@@ -150,17 +160,25 @@ def build_app(sidecar: SidecarHost) -> Starlette:
         Route("/metrics", api.metrics, methods=["GET"]),
     ]
     if sidecar.config.jinaga:
-        try:
-            from factbus.jinaga.http import (  # type: ignore[import-not-found,unused-ignore]
-                routes as jinaga_routes,
-            )
-        except ImportError as error:
-            raise ConfigError(
-                f"[sidecar] jinaga = {sidecar.config.jinaga!r}: Jinaga's endpoints are not "
-                f"available ({error})"
-            ) from None
-        routes.append(Mount(sidecar.config.jinaga, routes=jinaga_routes(sidecar)))
+        routes.append(_protocol(sidecar, "jinaga", sidecar.config.jinaga))
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+
+def _protocol(sidecar: SidecarHost, key: str, prefix: str) -> Mount:
+    """The routes of the protocol registered as ``key`` in :data:`PROTOCOLS_GROUP`,
+    mounted at ``prefix``.
+
+    :raises ConfigError: nothing is registered, or it cannot be imported (named).
+    """
+    try:
+        provider = plugins.load(PROTOCOLS_GROUP, key, _BUILTIN_PROTOCOLS, what="sidecar protocol")
+    except (FactbusError, ImportError) as error:
+        raise ConfigError(
+            f"[sidecar] {key} = {prefix!r}: {key.capitalize()}'s endpoints are not "
+            f"available ({error})"
+        ) from None
+    mounted: list[BaseRoute] = provider(sidecar)
+    return Mount(prefix, routes=mounted)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
