@@ -250,7 +250,16 @@ class TestKafkaTransport(TransportConformance):
 
     async def test_close_releases_the_librdkafka_clients(self, ctx: ConformanceContext) -> None:
         def os_threads() -> int:
-            return len(os.listdir("/proc/self/task"))
+            # librdkafka names its threads "rdk:..."; counting only those keeps
+            # other tests' threads (executors, servers) out of the comparison.
+            count = 0
+            for task in os.listdir("/proc/self/task"):
+                try:
+                    with open(f"/proc/self/task/{task}/comm") as comm:
+                        count += comm.read().startswith("rdk:")
+                except FileNotFoundError:  # the thread ended while we looked
+                    continue
+            return count
 
         async def cycle() -> None:
             transport = open_transport(ctx.url)
@@ -266,6 +275,14 @@ class TestKafkaTransport(TransportConformance):
         await cycle()  # starts the executor threads that stay
         before = os_threads()
         await cycle()  # no gc.collect(): closing alone must stop librdkafka's threads
+        # librdkafka's destroy returns before its threads have exited: wait for
+        # them (bounded), then require that none of this cycle's threads stayed.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        for _ in range(100):
+            if os_threads() <= before or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.1)
         assert os_threads() <= before
 
     @pytest.mark.faults
