@@ -179,14 +179,17 @@ class Store(Protocol):
         ...
 
     async def ready_parked(self, limit: int | None = None) -> list[Fact]:
-        """Parked facts that no longer miss anything, oldest first, at most
+        """Parked facts that no longer miss anything, oldest first (by the
+        :meth:`StoreTransaction.record` that parked them; those parked by one
+        record come in any order), at most
         ``limit`` (all when ``None``): left so by a release cut short into
         bounded steps, or by a crash between handling a predecessor and
         handling them. The pipeline's sweep hands them on."""
         ...
 
     async def parked(self, limit: int = 1000) -> list[ParkedFact]:
-        """Up to ``limit`` parked facts, oldest first, with what each misses."""
+        """Up to ``limit`` parked facts, oldest first (as :meth:`ready_parked`),
+        with what each misses."""
         ...
 
     async def counts(self) -> dict[str, int]:

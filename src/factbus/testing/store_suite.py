@@ -83,13 +83,28 @@ class StoreConformance:
         await _record(store, StoreBatch(handled=[other]))
         assert await store.ready_parked() == [joined]
 
-    async def test_ready_parked_takes_at_most_limit(self, store: Store) -> None:
+    async def test_ready_parked_takes_at_most_limit_oldest_first(self, store: Store) -> None:
+        # "Oldest" is by the record that parked a fact (facts parked by one record
+        # are equally old and may come in any order: PostgreSQL writes a record's
+        # rows sorted by hash, for its lock order), so each is parked on its own.
         root = Fact("Suite.Root", {"r": 1})
         waiting = [Fact("Suite.Leaf", {"i": i}, {"root": root}) for i in range(5)]
+        for fact in reversed(waiting):  # arrival decides, not the list
+            await _record(store, StoreBatch(parked=[ParkedFact(fact, frozenset({root.ref}))]))
+        oldest = waiting[::-1]
+        assert await store.ready_parked(3) == []
+        await _record(store, StoreBatch(handled=[root]))
+        assert await store.ready_parked(3) == oldest[:3]
+        assert await store.ready_parked() == oldest
+        await _record(store, StoreBatch(handled=oldest[:3]))
+        assert await store.ready_parked(3) == oldest[3:]
+
+    async def test_ready_parked_in_one_record_takes_at_most_limit(self, store: Store) -> None:
+        root = Fact("Suite.Root", {"r": 3})
+        waiting = [Fact("Suite.Leaf", {"j": i}, {"root": root}) for i in range(5)]
         await _record(
             store, StoreBatch(parked=[ParkedFact(f, frozenset({root.ref})) for f in waiting])
         )
-        assert await store.ready_parked(3) == []
         await _record(store, StoreBatch(handled=[root]))
         first = await store.ready_parked(3)
         assert len(first) == 3 and set(first) <= set(waiting)
