@@ -4,7 +4,7 @@ librdkafka's consumer is not safe to share between threads, and it must be
 polled continuously to take part in rebalances (a member that stops polling
 holds up every join of its group). So each :class:`KafkaSubscription` runs a
 dedicated thread that alone touches its ``Consumer``: it calls
-``consume(num_messages=fetch_batch)``, serves rebalance callbacks, stores
+``consume``, serves rebalance callbacks, stores
 acknowledged offsets, seeks for nacks, pauses when the buffer is full and
 finally commits and closes. Batches reach the event loop with one
 ``call_soon_threadsafe`` each; ``next_batch`` hands out what is buffered.
@@ -323,7 +323,13 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
                     elif paused and len(self._buffer) <= buffer_limit // 2:
                         consumer.resume(consumer.assignment())
                         paused = False
-                    messages = consumer.consume(config.fetch_batch, config.poll_interval)
+                    # librdkafka's batch consume waits until it has fetch_batch
+                    # messages or the timeout passes, so below fetch_batch per
+                    # poll_interval every message would wait up to poll_interval.
+                    # Wait for the first message only, then take what is queued.
+                    messages = consumer.consume(1, config.poll_interval)
+                    if messages and config.fetch_batch > 1:
+                        messages.extend(consumer.consume(config.fetch_batch - 1, 0))
                 except KafkaException as exc:
                     error = exc.args[0] if exc.args else None
                     if not isinstance(error, KafkaError) or error.fatal():
