@@ -41,7 +41,9 @@ Consuming
         Low values make newly assigned partitions and seeks (nacks) take effect
         sooner, at the cost of more idle fetch requests.
     ``fetch_batch`` [1000]
-        Messages taken from librdkafka per ``consume`` call.
+        Messages taken from librdkafka at once, at most: the consumer thread waits
+        for one message and then takes what is already queued, never for a full
+        batch (waiting for one held every message up to ``poll_interval``).
     ``max_buffered`` [10000]
         Received messages buffered per subscription before fetching pauses. Also
         bounds librdkafka's own prefetch queue in messages (``queued.min.messages``;

@@ -3,10 +3,11 @@
 librdkafka's consumer is not safe to share between threads, and it must be
 polled continuously to take part in rebalances (a member that stops polling
 holds up every join of its group). So each :class:`KafkaSubscription` runs a
-dedicated thread that alone touches its ``Consumer``: it calls
-``consume``, serves rebalance callbacks, stores
-acknowledged offsets, seeks for nacks, pauses when the buffer is full and
-finally commits and closes. Batches reach the event loop with one
+dedicated thread that alone touches its ``Consumer``: it consumes (waits up
+to ``poll_interval`` for one message, then takes what librdkafka has queued,
+up to ``fetch_batch``; never waits for a full batch), serves rebalance
+callbacks, stores acknowledged offsets, seeks for nacks, pauses when the
+buffer is full and finally commits and closes. Batches reach the event loop with one
 ``call_soon_threadsafe`` each; ``next_batch`` hands out what is buffered.
 
 Acknowledgement: Kafka commits a position, not single messages. Each assigned
