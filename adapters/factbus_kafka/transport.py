@@ -176,6 +176,28 @@ class _ProducerThread:
         await asyncio.to_thread(self._thread.join)
 
 
+class _Admin:
+    """The transport's AdminClient, held here so that ``aclose`` can drop the only
+    reference: confluent-kafka's AdminClient has no ``close`` (its librdkafka threads
+    stop when it is deallocated), and frames kept alive by an exception's traceback
+    (a reference cycle) hold this holder, never the client itself."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: AdminClient) -> None:
+        self._client: AdminClient | None = client
+
+    @property
+    def client(self) -> AdminClient:
+        client = self._client
+        if client is None:
+            raise TransportError("transport is closed")
+        return client
+
+    def close(self) -> None:
+        self._client = None
+
+
 class KafkaTransport(TransportBase):
     """The transport for ``kafka://host:port[,host:port...]?options``.
 
@@ -191,7 +213,7 @@ class KafkaTransport(TransportBase):
         self._url = url
         self.config = KafkaConfig.from_url(url)
         self._producer: _ProducerThread | None = None
-        self._admin: AdminClient | None = None
+        self._admin: _Admin | None = None
         self._topics: dict[str, asyncio.Future[int]] = {}
         self._subscriptions: set[KafkaSubscription] = set()
         self._round_robin = itertools.count()
@@ -219,12 +241,15 @@ class KafkaTransport(TransportBase):
             settings = self.config.admin()
             settings["logger"] = librdkafka_log
             try:
-                admin = AdminClient(settings)
+                admin = _Admin(AdminClient(settings))
             except (KafkaException, ValueError, TypeError) as exc:
                 raise TransportError(f"cannot create a Kafka admin client: {exc}") from exc
             try:
-                await asyncio.to_thread(admin.list_topics, timeout=self.config.request_timeout)
+                await asyncio.to_thread(
+                    admin.client.list_topics, timeout=self.config.request_timeout
+                )
             except KafkaException as exc:
+                admin.close()
                 raise TransportError(
                     f"no Kafka broker answered at {', '.join(self.config.brokers)}: {exc}"
                 ) from exc
@@ -232,7 +257,7 @@ class KafkaTransport(TransportBase):
             self._producer = _ProducerThread(self.config)
             self._closed = False
 
-    async def _ready(self) -> tuple[AdminClient, _ProducerThread]:
+    async def _ready(self) -> tuple[_Admin, _ProducerThread]:
         if self._closed:
             raise TransportError("transport is closed")
         if self._producer is None or self._admin is None:
@@ -262,11 +287,13 @@ class KafkaTransport(TransportBase):
         for future in self._topics.values():
             future.cancel()
         self._topics.clear()
-        self._admin = None
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            admin.close()  # the last reference: librdkafka's admin threads stop now
 
     # -- topics ---------------------------------------------------------------------
 
-    async def _ensure_topic(self, admin: AdminClient, topic: str, partitions: int) -> int:
+    async def _ensure_topic(self, admin: _Admin, topic: str, partitions: int) -> int:
         """Create ``topic`` unless it exists; return its partition count (cached)."""
         future = self._topics.get(topic)
         if future is None:
@@ -279,9 +306,9 @@ class KafkaTransport(TransportBase):
                 del self._topics[topic]
             raise
 
-    async def _create_topic(self, admin: AdminClient, topic: str, partitions: int) -> int:
+    async def _create_topic(self, admin: _Admin, topic: str, partitions: int) -> int:
         config = self.config
-        futures = admin.create_topics(
+        futures = admin.client.create_topics(
             [
                 NewTopic(
                     topic,
@@ -303,13 +330,15 @@ class KafkaTransport(TransportBase):
                 raise TransportError(f"cannot create Kafka topic {topic!r}: {exc}") from exc
         return await asyncio.to_thread(self._wait_for_leaders, admin, topic)
 
-    def _wait_for_leaders(self, admin: AdminClient, topic: str) -> int:
+    def _wait_for_leaders(self, admin: _Admin, topic: str) -> int:
         """Block until the metadata shows every partition of ``topic`` with a leader."""
         deadline = time.monotonic() + self.config.request_timeout
         problem = "no metadata"
         while time.monotonic() < deadline:
             try:
-                metadata = admin.list_topics(topic, timeout=min(5.0, self.config.request_timeout))
+                metadata = admin.client.list_topics(
+                    topic, timeout=min(5.0, self.config.request_timeout)
+                )
             except KafkaException as exc:
                 problem = str(exc)
             else:
@@ -407,7 +436,7 @@ class KafkaTransport(TransportBase):
             raise
         return subscription
 
-    async def _check_history(self, admin: AdminClient, topic: str, group: str, count: int) -> None:
+    async def _check_history(self, admin: _Admin, topic: str, group: str, count: int) -> None:
         """Log a warning when ``topic`` no longer starts at offset 0 (see :meth:`subscribe`)."""
         partitions = [TopicPartition(topic, p) for p in range(count)]
         try:
@@ -519,7 +548,7 @@ class KafkaTransport(TransportBase):
         admin, _ = await self._ready()
         target = dead_letter_topic(topic)
         metadata = await asyncio.to_thread(
-            admin.list_topics, target, timeout=self.config.request_timeout
+            admin.client.list_topics, target, timeout=self.config.request_timeout
         )
         found = metadata.topics.get(target)
         if found is None or found.error is not None or not found.partitions:
@@ -533,7 +562,7 @@ class KafkaTransport(TransportBase):
             ]
             if not doomed:
                 return 0
-            futures = admin.delete_records(
+            futures = admin.client.delete_records(
                 doomed,
                 request_timeout=self.config.request_timeout,
                 operation_timeout=self.config.request_timeout,
@@ -554,7 +583,7 @@ class KafkaTransport(TransportBase):
         admin, _ = await self._ready()
         try:
             metadata = await asyncio.to_thread(
-                admin.list_topics, topic, timeout=self.config.request_timeout
+                admin.client.list_topics, topic, timeout=self.config.request_timeout
             )
             found = metadata.topics.get(topic)
             if found is None or found.error is not None or not found.partitions:
@@ -562,7 +591,7 @@ class KafkaTransport(TransportBase):
             partitions = [TopicPartition(topic, n) for n in found.partitions]
             lows = await self._offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
             highs = await self._offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
-            futures = admin.list_consumer_group_offsets(
+            futures = admin.client.list_consumer_group_offsets(
                 [ConsumerGroupTopicPartitions(group, partitions)],
                 request_timeout=self.config.request_timeout,
             )
@@ -581,13 +610,20 @@ class KafkaTransport(TransportBase):
         return lag
 
     async def _offsets(
-        self, admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec
+        self, admin: _Admin, partitions: list[TopicPartition], spec: OffsetSpec
     ) -> dict[int, int]:
-        futures = admin.list_offsets(
+        futures = admin.client.list_offsets(
             dict.fromkeys(partitions, spec), request_timeout=self.config.request_timeout
         )
-        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
-        return {tp.partition: result.offset for tp, result in zip(futures, results, strict=True)}
+        try:
+            results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures.values()))
+            return {
+                tp.partition: result.offset for tp, result in zip(futures, results, strict=True)
+            }
+        finally:
+            # A failed future holds the exception whose traceback holds this frame:
+            # drop the futures so that no reference cycle outlives the call.
+            del futures
 
 
 if TYPE_CHECKING:
