@@ -492,7 +492,7 @@ def results_md(
         f"- CPU: {box.get('cpu')}, {box.get('cores')} cores; memory {box.get('memory_gb')} GB",
         f"- Python {box.get('python')} on {box.get('platform')}",
         "- Brokers on the same machine (loopback): RabbitMQ (Debian package), Apache Kafka "
-        "(KRaft, JDK 17), Redis (no persistence); see docs/brokers.md.",
+        "(KRaft, JDK 17), Redis (AOF, appendfsync everysec); see docs/brokers.md.",
         f"- Load average at the end of each picked run: {loads}. The machine is shared with "
         "other work (builds, test suites, the brokers themselves), so absolute rates move "
         "from run to run by a factor of two or more; ratios and CPU µs/msg are the figures "
