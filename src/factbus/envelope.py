@@ -13,7 +13,7 @@ Metadata that is not part of identity travels in broker headers.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -156,43 +156,72 @@ def _refuse_duplicate_keys(body: bytes) -> None:
 
 _Claim = tuple[dict[str, Any], FactRef, dict[str, FactRef | list[FactRef]]]
 
+HASH_CHARS: Final = 88
+"""Length of a fact hash as text: SHA-512, standard base64 with padding."""
 
-def _claim(index: int, wire: Any) -> _Claim:
-    if type(wire) is not dict:
-        raise MalformedEnvelope(f"facts[{index}] must be an object")
-    fact_type, fact_hash = wire.get("type"), wire.get("hash")
+RecordShape = tuple[str, Any, dict[str, Any], dict[str, FactRef | list[FactRef]]]
+"""A fact record's ``(type, claimed hash, fields, predecessors)``, shape-checked."""
+
+
+def record_shape(
+    where: str,
+    record: Any,
+    error: Callable[[str], Exception],
+    *,
+    check_hash_length: bool = True,
+) -> RecordShape:
+    """Check the shape of one wire fact record ``{type, hash, fields, predecessors}``.
+
+    The one place that reads that shape, for envelopes and for jinaga saves.
+    ``type`` must be a non-empty string, ``hash`` a string (of
+    :data:`HASH_CHARS` characters unless ``check_hash_length`` is false: the
+    caller then compares it with the recomputed hash itself), ``fields`` and
+    ``predecessors`` objects (missing: empty), each predecessor a reference
+    ``{type, hash}`` or a list of them, with a non-empty type and a hash of
+    :data:`HASH_CHARS` characters. Nothing is hashed or verified here.
+
+    :param where: the record's place, e.g. ``facts[3]``; every message starts with it.
+    :param error: builds the exception to raise from a message.
+    :raises: ``error(message)``, the message naming the place and the problem.
+    """
+    if type(record) is not dict:
+        raise error(f"{where} must be an object")
+    fact_type, fact_hash = record.get("type"), record.get("hash")
     if type(fact_type) is not str or not fact_type:
-        raise MalformedEnvelope(f"facts[{index}].type must be a non-empty string")
-    if type(fact_hash) is not str or len(fact_hash) != 88:
-        raise MalformedEnvelope(f"facts[{index}].hash must be an 88-character string")
-    fields = wire.get("fields", {})
+        raise error(f"{where}.type must be a non-empty string")
+    if check_hash_length:
+        if type(fact_hash) is not str or len(fact_hash) != HASH_CHARS:
+            raise error(f"{where}.hash must be an {HASH_CHARS}-character string")
+    elif type(fact_hash) is not str:
+        raise error(f"{where}.hash must be a string")
+    fields = record.get("fields", {})
     if type(fields) is not dict:
-        raise MalformedEnvelope(f"facts[{index}].fields must be an object")
-    wire_preds = wire.get("predecessors", {})
+        raise error(f"{where}.fields must be an object")
+    wire_preds = record.get("predecessors", {})
     if type(wire_preds) is not dict:
-        raise MalformedEnvelope(f"facts[{index}].predecessors must be an object")
+        raise error(f"{where}.predecessors must be an object")
     preds: dict[str, FactRef | list[FactRef]] = {}
     for role, value in wire_preds.items():
         if type(value) is list:
-            preds[role] = [_ref(index, role, item) for item in value]
+            preds[role] = [_ref(where, role, item, error) for item in value]
         else:
-            preds[role] = _ref(index, role, value)
+            preds[role] = _ref(where, role, value, error)
+    return fact_type, fact_hash, fields, preds
+
+
+def _claim(index: int, wire: Any) -> _Claim:
+    fact_type, fact_hash, _, preds = record_shape(f"facts[{index}]", wire, MalformedEnvelope)
     return wire, FactRef(fact_type, fact_hash), preds
 
 
-def _ref(index: int, role: str, value: Any) -> FactRef:
+def _ref(where: str, role: str, value: Any, error: Callable[[str], Exception]) -> FactRef:
     if type(value) is not dict:
-        raise MalformedEnvelope(f"facts[{index}].predecessors.{role} must be a reference object")
+        raise error(f"{where}.predecessors.{role} must be a reference object")
     ref_type, ref_hash = value.get("type"), value.get("hash")
-    if (
-        type(ref_type) is not str
-        or type(ref_hash) is not str
-        or len(ref_hash) != 88
-        or not ref_type
-    ):
-        raise MalformedEnvelope(
-            f"facts[{index}].predecessors.{role} needs a type and an 88-character hash"
-        )
+    if type(ref_type) is not str or not ref_type or type(ref_hash) is not str:
+        raise error(f"{where}.predecessors.{role} needs a string type and hash")
+    if len(ref_hash) != HASH_CHARS:
+        raise error(f"{where}.predecessors.{role}.hash must be {HASH_CHARS} characters")
     return FactRef(ref_type, ref_hash)
 
 

@@ -80,6 +80,23 @@ def test_malformed_envelopes(body: bytes, error: type[Exception], text: str) -> 
         decode(body)
 
 
+_SOME_HASH = "A" * 86 + "=="
+
+
+@pytest.mark.parametrize(
+    ("predecessors", "text"),
+    [
+        ({"p": 1}, r"facts\[0\]\.predecessors\.p must be a reference object"),
+        ({"p": [{"hash": _SOME_HASH}]}, r"facts\[0\]\.predecessors\.p needs a string type"),
+        ({"p": {"type": "U", "hash": "x"}}, r"facts\[0\]\.predecessors\.p\.hash must be 88"),
+    ],
+)
+def test_malformed_predecessor_reference(predecessors: dict[str, Any], text: str) -> None:
+    wire = {"type": "T", "hash": _SOME_HASH, "predecessors": predecessors}
+    with pytest.raises(MalformedEnvelope, match=text):
+        decode(orjson.dumps({"v": 1, "facts": [wire]}))
+
+
 def test_oversized_envelope() -> None:
     body = encode([Fact("Big", {"pad": "x" * 5000})])
     with pytest.raises(OversizedEnvelope, match="exceeds the limit of 1000"):

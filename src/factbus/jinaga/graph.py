@@ -36,7 +36,7 @@ from typing import Any, Final
 import orjson
 
 from factbus.canonical import DEFAULT_MAX_DEPTH
-from factbus.envelope import topological
+from factbus.envelope import record_shape, topological
 from factbus.errors import FactbusError, InvalidFact
 from factbus.fact import Fact, FactRef
 
@@ -304,25 +304,9 @@ def fact_records(records: Sequence[Any], *, max_depth: int = DEFAULT_MAX_DEPTH) 
     facts: list[Fact] = []
     for i, record in enumerate(records):
         where = f"facts[{i}]"
-        if type(record) is not dict:
-            raise JinagaFormatError(f"{where} must be an object")
-        fact_type, claimed = record.get("type"), record.get("hash")
-        if type(fact_type) is not str or not fact_type:
-            raise JinagaFormatError(f"{where}.type must be a non-empty string")
-        if type(claimed) is not str:
-            raise JinagaFormatError(f"{where}.hash must be a string")
-        fields = record.get("fields", {})
-        if type(fields) is not dict:
-            raise JinagaFormatError(f"{where}.fields must be an object")
-        wire_preds = record.get("predecessors", {})
-        if type(wire_preds) is not dict:
-            raise JinagaFormatError(f"{where}.predecessors must be an object")
-        predecessors: dict[str, FactRef | list[FactRef]] = {}
-        for role, value in wire_preds.items():
-            if type(value) is list:
-                predecessors[role] = [_record_ref(where, role, item) for item in value]
-            else:
-                predecessors[role] = _record_ref(where, role, value)
+        fact_type, claimed, fields, predecessors = record_shape(
+            where, record, JinagaFormatError, check_hash_length=False
+        )
         try:
             fields = js_numbers(fields, max_depth)
             fact = Fact(fact_type, fields, predecessors, max_depth=max_depth)
@@ -335,17 +319,6 @@ def fact_records(records: Sequence[Any], *, max_depth: int = DEFAULT_MAX_DEPTH) 
             )
         facts.append(fact)
     return facts
-
-
-def _record_ref(where: str, role: str, value: Any) -> FactRef:
-    if type(value) is not dict:
-        raise JinagaFormatError(f"{where}.predecessors.{role} must be a reference object")
-    ref_type, ref_hash = value.get("type"), value.get("hash")
-    if type(ref_type) is not str or not ref_type or type(ref_hash) is not str:
-        raise JinagaFormatError(f"{where}.predecessors.{role} needs a string type and hash")
-    if len(ref_hash) != 88:
-        raise JinagaFormatError(f"{where}.predecessors.{role}.hash must be 88 characters")
-    return FactRef(ref_type, ref_hash)
 
 
 def fact_record(fact: Fact) -> dict[str, Any]:
