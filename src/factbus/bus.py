@@ -7,8 +7,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -23,6 +22,7 @@ from factbus.envelope import (
 from factbus.errors import FatalTransportError, StoreOwnedError
 from factbus.fact import Fact, FactRef
 from factbus.headers import HEADER_PRODUCER, HEADER_PUBLISHED_AT
+from factbus.lifecycle import AsyncLifecycle
 from factbus.logging import configure_logging
 from factbus.pipeline import Pipeline, PipelineStats, RefCache
 from factbus.store import Store, StoreBatch, open_store
@@ -43,7 +43,7 @@ IDLE_TICK = 0.05  # seconds a consumer waits for messages before it counts as id
 SWEEP_INTERVAL = 2.0  # seconds between sweeps of a shared store's parked facts, when idle
 
 
-class Bus:
+class Bus(AsyncLifecycle):
     """Publish facts and handle them once each, never before their predecessors.
 
     ``async with Bus(...) as bus:`` connects the transport, opens the store,
@@ -295,17 +295,8 @@ class Bus:
                 return await transport.subscribe_log(settings.topic, settings.node_name, position)
         return await self.transport.subscribe(settings.topic, settings.subscription_group)
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self) -> None:
         await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the step in progress."""

@@ -51,6 +51,7 @@ from factbus.dispatcher import ANY_TYPE, current_transaction
 from factbus.errors import ConfigError, FactbusError, MissingDriver
 from factbus.fact import Fact, FactRef
 from factbus.jinaga.graph import CONTENT_TYPE_GRAPH, JinagaFormatError, fact_records, write_graph
+from factbus.lifecycle import AsyncLifecycle
 from factbus.sidecar.archive import FactArchive
 from factbus.urls import redact
 
@@ -425,7 +426,7 @@ class BridgeStats:
     """Feed key -> last bookmark kept."""
 
 
-class JinagaBridge:
+class JinagaBridge(AsyncLifecycle):
     """Push the bus's facts to a jinaga-server and pull its feeds onto the bus.
 
     ``async with JinagaBridge(config) as bridge:`` starts the bus (its catch-all
@@ -457,12 +458,8 @@ class JinagaBridge:
     def _handled(self, fact: Fact) -> None:
         current_transaction().after_commit(self._wake.set)  # the push loop sees it then
 
-    async def __aenter__(self) -> JinagaBridge:
+    async def _enter(self) -> None:
         await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def start(self) -> None:
         """Open the state and the archive, start the bus, the push loop and the pull

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from factbus.bus import Bus
 from factbus.fact import Fact, FactRef
+from factbus.lifecycle import AsyncLifecycle
 from factbus.sidecar.collect import TransactionCollector
 from factbus.sidecar.sql import ViewsDb, open_views_db
 
@@ -42,7 +43,7 @@ def claim_archive_writer(bus: Bus, writer: object) -> bool:
     return True
 
 
-class FactArchive:
+class FactArchive(AsyncLifecycle):
     """The archive in the database of ``store_url`` (``sqlite:///`` or ``postgresql://``).
 
     :raises ConfigError: another kind of store URL.
@@ -68,12 +69,8 @@ class FactArchive:
         self._opened = False
         await self.db.aclose()
 
-    async def __aenter__(self) -> FactArchive:
+    async def _enter(self) -> None:
         await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def attach(self, bus: Bus) -> None:
         """Append every fact ``bus`` handles, in its handled-mark transaction

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Collection, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -22,6 +21,7 @@ from factbus.bus import Bus
 from factbus.config import Settings
 from factbus.errors import TransportError
 from factbus.fact import Fact, FactRef
+from factbus.lifecycle import AsyncLifecycle
 from factbus.sidecar.archive import FactArchive
 from factbus.sidecar.config import SidecarConfig
 from factbus.sidecar.outbox import Outbox
@@ -45,7 +45,7 @@ def _metrics() -> Metrics | None:
     return metrics.Metrics() if metrics.AVAILABLE else None
 
 
-class Sidecar:
+class Sidecar(AsyncLifecycle):
     """A sidecar's parts, started and stopped together (see the module docstring).
 
     ``config``, ``settings``, ``bus``, ``views``, ``archive`` and ``outbox`` (or
@@ -152,17 +152,8 @@ class Sidecar:
         await self.archive.aclose()
         self._log.info("sidecar closed")
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self) -> None:
         await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def stop(self) -> None:
         """Ask :meth:`run` to close (e.g. from a SIGTERM handler)."""

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 from factbus.headers import dead_letter_reason
+from factbus.lifecycle import AsyncLifecycle
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,23 +260,11 @@ def dead_letter_topic(topic: str) -> str:
     return f"{topic}.dead-letter"
 
 
-class TransportBase:
+class TransportBase(AsyncLifecycle):
     """Optional base class: ``async with`` on top of ``connect``/``aclose``."""
 
     async def connect(self) -> None:
         raise NotImplementedError
 
-    async def aclose(self) -> None:
-        raise NotImplementedError
-
-    async def __aenter__(self) -> Self:
+    async def _enter(self) -> None:
         await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
