@@ -84,43 +84,19 @@ class MeteredBus(Protocol):
     def transport(self) -> Transport: ...
 
 
-HANDLER_BUCKETS = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-)
+def _one_two_five(first: int, last: int) -> tuple[float, ...]:
+    """Histogram bounds 1, 2.5 and 5 times each power of ten from ``10**first``
+    to ``10**last``, ascending: ``_one_two_five(-1, 0)`` is ``(0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0)``. Each bound is the float its decimal text reads as (so a
+    bucket's ``le`` label is that text, e.g. ``0.00025``, never a rounding
+    artefact)."""
+    return tuple(float(f"{m}e{e}") for e in range(first, last + 1) for m in ("1", "2.5", "5"))
+
+
+HANDLER_BUCKETS = (0.00005, *_one_two_five(-4, 0), 10.0)
+"""Seconds: handler and pipeline-step durations, 50 µs to 10 s."""
+LATENCY_BUCKETS = (*_one_two_five(-3, 0), 10.0, 30.0, 60.0, 300.0)
+"""Seconds: publish-to-handled latency, 1 ms to 5 min."""
 
 # (metric name without _total, PipelineStats attribute, help)
 COUNTERS: tuple[tuple[str, str, str], ...] = (

@@ -37,6 +37,19 @@ async def test_asgi_app_serves_the_registry() -> None:
                 lambda s: value(s, "factbus_facts_handled_total", node="asgi") == 3,
             )
         assert value(samples, "factbus_handler_duration_seconds_count", node="asgi") == 3
+        # The bucket bounds dashboards rely on: 50 µs, then 1-2.5-5 per decade to 10 s.
+        bounds = sorted(
+            (float(le), le)
+            for (name, labels), _ in samples.items()
+            if name == "factbus_handler_duration_seconds_bucket" and ("node", "asgi") in labels
+            for key, le in labels
+            if key == "le"
+        )
+        assert [le for _, le in bounds] == [
+            *("5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005"),
+            *("0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0"),
+            "+Inf",
+        ]
     finally:
         server.should_exit = True
         await serving
