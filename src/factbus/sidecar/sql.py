@@ -65,6 +65,14 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
         yield items[start : start + size]
 
 
+def columnwise(rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """``rows`` as one list per column: the array parameters ``$1, $2, ...`` of a
+    PostgreSQL statement that reads them back as rows with ``unnest(...)``, so
+    that one round trip serves every row. ``rows`` must be non-empty and of
+    equal length (else there are no columns, or ``ValueError``)."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 def quote(name: str) -> str:
     """A quoted identifier (names are checked identifiers; quoting keeps them exact)."""
     return '"' + name.replace('"', '""') + '"'
@@ -339,28 +347,26 @@ class SqliteViewsDb:
         kinds: Mapping[str, list[tuple[str, Kind]]],
         writes: Writes,
     ) -> None:
-        if writes.leaves_dropped:
-            conn.executemany(
+        bookkeeping: list[tuple[Sequence[Sequence[str]], str]] = [
+            (
+                writes.leaves_dropped,
                 "DELETE FROM factbus_sidecar_leaves WHERE tbl = ? AND col = ? AND entity = ? "
                 "AND leaf = ?",
-                writes.leaves_dropped,
-            )
-        if writes.leaves_added:
-            conn.executemany(
+            ),
+            (
+                writes.leaves_added,
                 "INSERT OR REPLACE INTO factbus_sidecar_leaves (tbl, col, entity, leaf, value) "
                 "VALUES (?, ?, ?, ?, ?)",
-                writes.leaves_added,
-            )
-        if writes.hiders_dropped:
-            conn.executemany(
-                "DELETE FROM factbus_sidecar_hiders WHERE tbl = ? AND row = ? AND hider = ?",
+            ),
+            (
                 writes.hiders_dropped,
-            )
-        if writes.hiders_added:
-            conn.executemany(
-                "INSERT OR IGNORE INTO factbus_sidecar_hiders VALUES (?, ?, ?)",
-                writes.hiders_added,
-            )
+                "DELETE FROM factbus_sidecar_hiders WHERE tbl = ? AND row = ? AND hider = ?",
+            ),
+            (writes.hiders_added, "INSERT OR IGNORE INTO factbus_sidecar_hiders VALUES (?, ?, ?)"),
+        ]
+        for records, statement in bookkeeping:
+            if records:
+                conn.executemany(statement, records)
         for table, keys in writes.deleted.items():
             conn.executemany(f"DELETE FROM {quote(table)} WHERE hash = ?", [(k,) for k in keys])
         for table, rows in writes.rows.items():
@@ -650,27 +656,22 @@ class PostgresViewsDb:
         hiders: Collection[tuple[str, str]],
     ) -> None:
         if leaves:
-            keys = list(leaves)
-            for key in keys:
+            for key in leaves:
                 state.leaves.setdefault(key, {})
             rows = await conn.fetch(
                 f"SELECT l.tbl, l.entity, l.col, l.leaf, l.value "
                 f"FROM unnest($1::text[], $2::text[]) AS u(t, e) "
                 f"JOIN {self.leaves} l ON l.tbl = u.t AND l.entity = u.e",
-                [k[0] for k in keys],
-                [k[1] for k in keys],
+                *columnwise(leaves),
             )
             for tbl, entity, col, leaf, value in rows:
                 state.leaves[(tbl, entity)].setdefault(col, {})[leaf] = orjson.loads(value)
         if hiders:
-            keys = list(hiders)
-            for key in keys:
-                state.hiders[key] = set()
+            state.hiders.update((key, set()) for key in hiders)
             rows = await conn.fetch(
                 f"SELECT h.tbl, h.row, h.hider FROM unnest($1::text[], $2::text[]) AS u(t, r) "
                 f"JOIN {self.hiders} h ON h.tbl = u.t AND h.row = u.r",
-                [k[0] for k in keys],
-                [k[1] for k in keys],
+                *columnwise(hiders),
             )
             for tbl, row, hider in rows:
                 state.hiders[(tbl, row)].add(hider)
@@ -678,36 +679,33 @@ class PostgresViewsDb:
     async def write(
         self, conn: Any, kinds: Mapping[str, list[tuple[str, Kind]]], writes: Writes
     ) -> None:
-        if writes.leaves_dropped:
-            cols = list(zip(*writes.leaves_dropped, strict=True))
-            await conn.execute(
+        bookkeeping: list[tuple[Sequence[Sequence[str]], str]] = [
+            (
+                writes.leaves_dropped,
                 f"DELETE FROM {self.leaves} l USING unnest($1::text[], $2::text[], $3::text[], "
                 "$4::text[]) AS u(t, c, e, f) "
                 "WHERE l.tbl = u.t AND l.col = u.c AND l.entity = u.e AND l.leaf = u.f",
-                *[list(c) for c in cols],
-            )
-        if writes.leaves_added:
-            cols = list(zip(*writes.leaves_added, strict=True))
-            await conn.execute(
+            ),
+            (
+                writes.leaves_added,
                 f"INSERT INTO {self.leaves} (tbl, col, entity, leaf, value) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) "
                 "ON CONFLICT DO NOTHING",
-                *[list(c) for c in cols],
-            )
-        if writes.hiders_dropped:
-            cols = list(zip(*writes.hiders_dropped, strict=True))
-            await conn.execute(
+            ),
+            (
+                writes.hiders_dropped,
                 f"DELETE FROM {self.hiders} h USING unnest($1::text[], $2::text[], $3::text[]) "
                 "AS u(t, r, x) WHERE h.tbl = u.t AND h.row = u.r AND h.hider = u.x",
-                *[list(c) for c in cols],
-            )
-        if writes.hiders_added:
-            cols = list(zip(*writes.hiders_added, strict=True))
-            await conn.execute(
+            ),
+            (
+                writes.hiders_added,
                 f"INSERT INTO {self.hiders} (tbl, row, hider) "
                 "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-                *[list(c) for c in cols],
-            )
+            ),
+        ]
+        for records, statement in bookkeeping:
+            if records:
+                await conn.execute(statement, *columnwise(records))
         for table, keys in writes.deleted.items():
             await conn.execute(f"DELETE FROM {quote(table)} WHERE hash = ANY($1::text[])", keys)
         for table, rows in writes.rows.items():
