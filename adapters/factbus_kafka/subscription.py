@@ -78,15 +78,18 @@ class KafkaDelivery(SettleOnce):
 
     __slots__ = ("_headers", "_message", "_owner", "_partition", "_redelivered", "_state", "offset")
 
-    def __init__(self, message: Message, owner: KafkaSubscription, partition: _Partition) -> None:
-        super().__init__()
+    def __init__(
+        self, message: Message, owner: KafkaSubscription, partition: _Partition, offset: int
+    ) -> None:
+        # SettleOnce.__init__ inlined: one of these per received record.
+        self._settled = False
         self._message = message
         self._owner = owner
         self._partition = partition
         self._state = _PENDING
         self._redelivered = False
         self._headers: dict[str, str] | None = None
-        self.offset: int = message.offset() or 0
+        self.offset = offset
 
     @property
     def body(self) -> bytes:
@@ -230,31 +233,37 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
     # -- events from the thread (event loop) ---------------------------------------
 
     def _receive(self, messages: list[Message]) -> None:
+        """One batch from the thread (one ``call_soon_threadsafe`` per batch)."""
         if self._closed:
             return
         partitions = self._partitions
         buffer: list[KafkaDelivery] = []
+        append = buffer.append
+        partition: _Partition | None = None
+        number = -1
         for message in messages:
             error = message.error()
             if error is not None:
                 self._on_message_error(error)
                 continue
-            number = message.partition() or 0
-            partition = partitions.get(number)
-            if partition is None:  # not announced by on_assign: track it anyway
-                partition = partitions[number] = _Partition(number)
+            at = message.partition() or 0
+            if at != number or partition is None:  # records come in runs per partition
+                number = at
+                partition = partitions.get(number)
+                if partition is None:  # not announced by on_assign: track it anyway
+                    partition = partitions[number] = _Partition(number)
             offset = message.offset() or 0
             if offset < partition.next_offset:
                 # Re-read after a seek: deliver again only what was nacked.
                 again = partition.nacked.pop(offset, None)
                 if again is not None:
                     again._again(message)
-                    buffer.append(again)
+                    append(again)
                 continue
-            delivery = KafkaDelivery(message, self, partition)
+            delivery = KafkaDelivery(message, self, partition, offset)
             partition.unsettled.append(delivery)
             partition.next_offset = offset + 1
-            buffer.append(delivery)
+            append(delivery)
         self._deliver(buffer)
 
     def _assigned(self, numbers: list[int]) -> None:

@@ -4,8 +4,18 @@ Either kind publishes a workload's messages with ``P`` publishers, each on a
 :class:`~factbus.Bus` of its own (publish-only, ``memory://`` store), chunks
 of ``publish_batch`` messages dealt round-robin; each publish call is stamped
 (``time.perf_counter()`` just before the call) and a fact's publish time is
-the stamp of its first copy. With a ``rate`` the chunks are paced so that all
-publishers together send ``rate`` messages per second.
+the stamp of its first copy.
+
+With a ``rate`` (the half-load phase) publishing is paced per message, not
+per chunk: message ``i`` of the workload is due ``i / rate`` seconds after the
+start, and each publisher makes a call, as soon as they are due, with the
+messages due by then (at most ``publish_batch``; at a few thousand messages
+per second one or a few per call), without waiting for its earlier calls to be
+confirmed (at most :data:`PACED_IN_FLIGHT` calls in flight), as an application
+publishing facts as they arise does. So a fact's stamp is the moment its own
+publish call is made, within a millisecond or so of its due time, and not the
+start of a chunk of up to ``publish_batch`` messages whose writes and confirms
+it would otherwise wait for (docs/decisions.md, "Latency at half load").
 
 Publisher processes are started with ``spawn``; each rebuilds the workload
 from its :class:`~factbus.bench.workload.WorkloadSpec` (deterministic), so
@@ -29,6 +39,9 @@ from typing import Any, Protocol
 from factbus.bench.workload import Workload, WorkloadSpec, WorkloadSummary, build_workload
 from factbus.bus import Bus
 from factbus.errors import FactbusError
+
+PACED_IN_FLIGHT = 256
+"""Publish calls a paced publisher keeps in flight at most (awaiting confirms)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +82,17 @@ async def publish_share(
 ) -> PublishReport:
     """Publish ``publisher``'s share of ``workload`` on ``bus`` (see the module docstring)."""
     stamps = array("d", bytes(8 * workload.unique))
-    order, numbers = workload.order, workload.numbers
     chunks = workload.chunks(job.publish_batch, publisher, publishers)
     delay = job.start_at - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
     start = time.perf_counter()
-    rate = job.rate
+    if job.rate:
+        sent = await _publish_paced(bus, workload, chunks, job, start, stamps)
+        return PublishReport(start, time.perf_counter(), sent, stamps)
+    order, numbers = workload.order, workload.numbers
     sent = 0
     for chunk in chunks:
-        if rate:
-            wait = start + chunk.start / rate - time.perf_counter()
-            if wait > 0:
-                await asyncio.sleep(wait)
         now = time.perf_counter()
         for i in chunk:
             n = numbers[i]
@@ -90,6 +101,53 @@ async def publish_share(
         await bus.publish(*(order[i] for i in chunk), ancestors=False)
         sent += len(chunk)
     return PublishReport(start, time.perf_counter(), sent, stamps)
+
+
+async def _publish_paced(
+    bus: Bus,
+    workload: Workload,
+    chunks: list[range],
+    job: PublishJob,
+    start: float,
+    stamps: array[float],
+) -> int:
+    """Publish ``chunks``' messages each at its due time ``start + i / rate``
+    (see the module docstring); stamp each fact when its call is made."""
+    assert job.rate
+    order, numbers = workload.order, workload.numbers
+    indices = [i for chunk in chunks for i in chunk]
+    period = 1.0 / job.rate
+    limit = job.publish_batch
+    in_flight: set[asyncio.Task[Any]] = set()
+    position, total = 0, len(indices)
+    while position < total:
+        now = time.perf_counter()
+        due = start + indices[position] * period
+        if due > now:
+            await asyncio.sleep(due - now)
+            continue
+        end = position + 1
+        while end < total and end - position < limit and start + indices[end] * period <= now:
+            end += 1
+        while len(in_flight) >= PACED_IN_FLIGHT:
+            done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a failed publish fails the phase
+            now = time.perf_counter()
+        call = indices[position:end]
+        for i in call:
+            n = numbers[i]
+            if not stamps[n]:
+                stamps[n] = now
+        in_flight.add(asyncio.create_task(bus.publish(*(order[i] for i in call), ancestors=False)))
+        position = end
+        done = {task for task in in_flight if task.done()}
+        for task in done:
+            task.result()
+        in_flight -= done
+    if in_flight:
+        await asyncio.gather(*in_flight)
+    return total
 
 
 class Publishers(Protocol):

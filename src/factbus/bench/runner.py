@@ -14,8 +14,9 @@ Order of a run (one consumer process, this one):
    ends when every distinct fact is handled and every message was taken (its
    step committed). Throughput is messages (and distinct facts) over that time.
 4. **half load**: a new workload of the same size, publishing paced at half of
-   the peak's end-to-end rate; its latency percentiles are the latency at
-   half of peak load.
+   the peak's end-to-end rate message by message (each message published when
+   it is due, see :mod:`factbus.bench.publisher`); its latency percentiles are
+   the latency at half of peak load.
 5. **drain**: the bus closes; a new workload is published as a backlog; a new
    bus (same node, store and group) drains it. Then the raw consumer drains a
    backlog of the same bodies. Consumer capacity alone, publishers idle.
@@ -24,8 +25,8 @@ Order of a run (one consumer process, this one):
    fact takes (tracemalloc); ``floor_ratio = drain_per_s / floor_per_s``.
 
 The handler stamps ``perf_counter()`` per fact (by its ``n`` field); the
-publishers stamp each publish call; latency is the difference, per distinct
-fact. Resident memory is sampled every 0.1 s while the bus runs.
+publishers stamp each publish call (each fact: the call that carries it); latency
+is the difference, per distinct fact. Resident memory is sampled every 0.1 s while the bus runs.
 
 Concurrency: everything runs on the caller's event loop; publisher processes
 (``publisher_mode="process"``) are spawned and reaped by the run.
