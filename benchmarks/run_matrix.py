@@ -392,7 +392,8 @@ def results_md(
         "backlog the peak builds); p99 @50%: the same with publishing paced at half of the peak's "
         "end-to-end rate, message by message: each is published as soon as it is due, in a call "
         "with whatever else is due (one or a few messages; calls do not wait for each other's "
-        "confirms), and stamped when its own call is made. CPU µs/msg: CPU time of the consuming process (all threads) per message "
+        "confirms), and stamped when its own call is made. CPU µs/msg: CPU time of the consuming "
+        "process (all threads) per message "
         "during the peak, in parentheses the same for the raw consumer — far less sensitive to "
         "the machine's load than the rates.",
         "",
