@@ -20,6 +20,7 @@ import orjson
 from factbus.fact import Fact, FactRef
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
+from factbus.testing import shop
 
 _ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
@@ -63,39 +64,9 @@ async def fresh_database(prefix: str = "fbhttp") -> AsyncIterator[str]:
 def shop_document(
     transport: str, store: str, topic: str, node: str, *, outbox: str | None = None
 ) -> dict[str, Any]:
-    """A parsed sidecar.toml: orders with a convergent status, hidden once cancelled."""
-    sidecar: dict[str, Any] = {
-        "listen": "127.0.0.1:8081",
-        "table": [
-            {
-                "name": "customers",
-                "fact": "Shop.Customer",
-                "columns": {"email": "fields.email"},
-            },
-            {
-                "name": "orders",
-                "fact": "Shop.Order",
-                "columns": {"number": "fields.number", "customer": "predecessors.customer"},
-                "unless": ["Shop.Order.Cancelled.order"],
-            },
-        ],
-        "property": [
-            {
-                "table": "orders",
-                "column": "status",
-                "fact": "Shop.Order.Status",
-                "entity": "order",
-                "value": "fields.value",
-                "prior": "prior",
-            }
-        ],
-    }
-    if outbox:
-        sidecar["outbox"] = outbox
-    return {
-        "factbus": {"transport": transport, "store": store, "topic": topic, "node": node},
-        "sidecar": sidecar,
-    }
+    """A parsed sidecar.toml: orders with a convergent status, hidden once cancelled
+    (examples/shop/sidecar.toml's views)."""
+    return shop.shop_document(transport, store, topic, node, customers=True, outbox=outbox)
 
 
 # -- running sidecars and talking to them -------------------------------------------

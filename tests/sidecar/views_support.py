@@ -20,6 +20,7 @@ import asyncpg
 from factbus import Bus, Fact
 from factbus.sidecar.config import SidecarConfig, parse_config
 from factbus.sidecar.views import Views
+from factbus.testing.shop import shop_views
 
 _ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
@@ -35,53 +36,10 @@ def broker_url(name: str) -> str:
 
 
 def shop_config(**sidecar: Any) -> SidecarConfig:
-    return parse_config(
-        {
-            "factbus": {"topic": "shop"},
-            "sidecar": {
-                "table": [
-                    {
-                        "name": "orders",
-                        "fact": "Shop.Order",
-                        "columns": {
-                            "number": "fields.number",
-                            "customer": "predecessors.customer",
-                            "tag": "fields.meta.tag",
-                        },
-                        "unless": [
-                            {
-                                "fact": "Shop.Order.Cancelled",
-                                "role": "order",
-                                "unless": ["Shop.Order.Cancelled.Revoked.cancelled"],
-                            }
-                        ],
-                    },
-                    {
-                        "name": "customers",
-                        "fact": "Shop.Customer",
-                        "columns": {"name": "fields.name"},
-                    },
-                    {
-                        "name": "open_orders",
-                        "fact": "Shop.Order",
-                        "columns": {"number": "fields.number"},
-                        "unless": ["Shop.Order.Shipped.order"],
-                    },
-                ],
-                "property": [
-                    {
-                        "table": "orders",
-                        "column": "status",
-                        "fact": "Shop.Order.Status",
-                        "entity": "order",
-                        "value": "fields.value",
-                        "prior": "prior",
-                    }
-                ],
-                **sidecar,
-            },
-        }
-    )
+    """The shop example's views (with a nested ``tag`` column); ``sidecar`` adds
+    or replaces ``[sidecar]`` keys."""
+    views = shop_views(tag="fields.meta.tag")
+    return parse_config({"factbus": {"topic": "shop"}, "sidecar": {**views, **sidecar}})
 
 
 TABLES = ("orders", "customers", "open_orders")

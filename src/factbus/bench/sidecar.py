@@ -32,6 +32,7 @@ from factbus.bus import Bus
 from factbus.fact import Fact
 from factbus.sidecar.config import SidecarConfig, parse_config
 from factbus.sidecar.views import Views
+from factbus.testing.shop import shop_views
 from factbus.transport.memory import MemoryTransport
 
 TOPIC = "shop"
@@ -46,53 +47,8 @@ TYPES = (
 
 
 def shop_config() -> SidecarConfig:
-    """The views the benchmark projects (the README's shop example, extended)."""
-    return parse_config(
-        {
-            "factbus": {"topic": TOPIC},
-            "sidecar": {
-                "table": [
-                    {
-                        "name": "orders",
-                        "fact": "Shop.Order",
-                        "columns": {
-                            "number": "fields.number",
-                            "customer": "predecessors.customer",
-                            "note": "fields.note",
-                        },
-                        "unless": [
-                            {
-                                "fact": "Shop.Order.Cancelled",
-                                "role": "order",
-                                "unless": ["Shop.Order.Cancelled.Revoked.cancelled"],
-                            }
-                        ],
-                    },
-                    {
-                        "name": "customers",
-                        "fact": "Shop.Customer",
-                        "columns": {"name": "fields.name"},
-                    },
-                    {
-                        "name": "open_orders",
-                        "fact": "Shop.Order",
-                        "columns": {"number": "fields.number"},
-                        "unless": ["Shop.Order.Shipped.order"],
-                    },
-                ],
-                "property": [
-                    {
-                        "table": "orders",
-                        "column": "status",
-                        "fact": "Shop.Order.Status",
-                        "entity": "order",
-                        "value": "fields.value",
-                        "prior": "prior",
-                    }
-                ],
-            },
-        }
-    )
+    """The views the benchmark projects (the shop example's, with a note column)."""
+    return parse_config({"factbus": {"topic": TOPIC}, "sidecar": shop_views(note="fields.note")})
 
 
 def shop_workload(count: int, seed: int, payload: int) -> list[Fact]:

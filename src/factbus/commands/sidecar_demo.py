@@ -32,6 +32,7 @@ from factbus.fact import Fact
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
 from factbus.testing.scenario import shuffled_with_duplicates
+from factbus.testing.shop import shop_document
 
 NODES = ("a", "b", "c")
 
@@ -75,33 +76,6 @@ def shop_with_edits() -> tuple[list[Fact], dict[str, str]]:
     return facts, story
 
 
-def _document(transport: str, store: str, topic: str, node: str) -> dict[str, Any]:
-    return {
-        "factbus": {"transport": transport, "store": store, "topic": topic, "node": node},
-        "sidecar": {
-            "listen": "127.0.0.1:8081",
-            "table": [
-                {
-                    "name": "orders",
-                    "fact": "Shop.Order",
-                    "columns": {"number": "fields.number", "customer": "predecessors.customer"},
-                    "unless": ["Shop.Order.Cancelled.order"],
-                }
-            ],
-            "property": [
-                {
-                    "table": "orders",
-                    "column": "status",
-                    "fact": "Shop.Order.Status",
-                    "entity": "order",
-                    "value": "fields.value",
-                    "prior": "prior",
-                }
-            ],
-        },
-    }
-
-
 def _handled(sidecar: Sidecar, count: int) -> bool:
     return sidecar.bus.stats.handled >= count
 
@@ -135,7 +109,7 @@ async def run_sidecar_demo(args: argparse.Namespace) -> int:
         for name in NODES:
             node = f"sidecar-{name}-{run_id}"
             config = parse_config(
-                _document(transport, f"sqlite:///{store_dir / node}.db", f"shop-{node}", node)
+                shop_document(transport, f"sqlite:///{store_dir / node}.db", f"shop-{node}", node)
             )
             sidecars.append(Sidecar(config, listen="127.0.0.1:0"))
         started = time.perf_counter()

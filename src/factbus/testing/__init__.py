@@ -5,4 +5,6 @@
 - :mod:`factbus.testing.store_suite`: the store suite (:class:`StoreConformance`).
 - :mod:`factbus.testing.scenario`: fact graphs, hostile delivery orders and a
   causal checker.
+- :mod:`factbus.testing.shop`: the shop example's sidecar views (demo,
+  benchmark, tests).
 """
