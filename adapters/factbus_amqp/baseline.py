@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
 
+from factbus.bench.baseline import Arrivals
 from factbus.errors import MissingDriver, TransportError
 from factbus_amqp.config import AmqpConfig
 
@@ -27,15 +28,13 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise MissingDriver("amqp", "amqp") from error
 
 
-class AmqpBaseline:
+class AmqpBaseline(Arrivals):
     """See the module docstring."""
 
     def __init__(self, url: str, destination: str) -> None:
         self.config = AmqpConfig.from_url(url)
         self.exchange = destination
         self.queue = f"{destination}.raw"
-        self.received = 0
-        self.first_at = 0.0
         self.client = f"aio-pika {version('aio-pika')} (publisher confirms)"
         self._connection: Any = None
         self._channel: Any = None
@@ -98,9 +97,7 @@ class AmqpBaseline:
             async for message in messages:
                 message.body  # noqa: B018 - touch the bytes like a real consumer
                 await message.ack()
-                if not self.received:
-                    self.first_at = time.perf_counter()
-                self.received += 1
+                self.arrived()
                 if self.received >= count:
                     last = time.perf_counter()
                     break

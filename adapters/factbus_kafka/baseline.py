@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from factbus.bench.baseline import Arrivals
 from factbus.errors import MissingDriver, PublishError, TransportError
 from factbus_kafka.config import KafkaConfig
 
@@ -30,15 +31,13 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise MissingDriver("kafka", "kafka") from error
 
 
-class KafkaBaseline:
+class KafkaBaseline(Arrivals):
     """See the module docstring."""
 
     def __init__(self, url: str, destination: str) -> None:
         self.config = KafkaConfig.from_url(url)
         self.topic = destination
         self.group = f"{destination}.raw"
-        self.received = 0
-        self.first_at = 0.0
         self.client = f"confluent-kafka {confluent_kafka.version()} (acks=all, idempotent)"
         self._consumer: Any = None
 
@@ -133,9 +132,7 @@ class KafkaBaseline:
         for message in messages:
             if message.error() is None:
                 message.value()
-                if not self.received:
-                    self.first_at = time.perf_counter()
-                self.received += 1
+                self.arrived()
         return bool(messages)
 
     async def teardown(self) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any
 
+from factbus.bench.baseline import Arrivals
 from factbus.errors import MissingDriver, TransportError
 from factbus_kombu.config import KombuConfig
 
@@ -30,7 +31,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise MissingDriver("kombu", "kombu") from error
 
 
-class KombuBaseline:
+class KombuBaseline(Arrivals):
     """See the module docstring."""
 
     def __init__(self, url: str, destination: str) -> None:
@@ -41,8 +42,6 @@ class KombuBaseline:
             f"{destination}.raw", self.exchange, routing_key=destination, durable=True
         )
         self.routing_key = destination
-        self.received = 0
-        self.first_at = 0.0
         confirms = " (confirm_publish)" if self.amqp else ""
         self.client = f"kombu {version('kombu')} on {self.config.transport}{confirms}"
 
@@ -128,10 +127,7 @@ class KombuBaseline:
         def on_message(body: Any, message: Any) -> None:
             nonlocal last
             message.ack()
-            last = time.perf_counter()
-            if not self.received:
-                self.first_at = last
-            self.received += 1
+            last = self.arrived()
 
         with self._connection() as connection:
             queue = self.queue(connection.default_channel)

@@ -26,6 +26,7 @@ across processes of one machine).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -73,6 +74,25 @@ class Baseline(Protocol):
         groups' queues, dead letters). Best effort; never raises."""
 
 
+class Arrivals:
+    """The consumer-side counters of a :class:`Baseline`, kept in one way by
+    every baseline: :attr:`received` and :attr:`first_at` as the protocol
+    describes them, moved only by :meth:`arrived`. Base class of the shipped
+    baselines; written by the consuming thread, read from any."""
+
+    received: int = 0
+    first_at: float = 0.0
+
+    def arrived(self) -> float:
+        """Count one message consumed now; the first one sets :attr:`first_at`.
+        Returns now (``time.perf_counter()``)."""
+        now = time.perf_counter()
+        if not self.received:
+            self.first_at = now
+        self.received += 1
+        return now
+
+
 GROUP = "factbus.baselines"
 
 # Used when factbus runs from a source tree without installed entry points.
@@ -101,4 +121,4 @@ def baseline_for(url: str, destination: str) -> Baseline:
     return baseline
 
 
-__all__ = ["Baseline", "baseline_for"]
+__all__ = ["Arrivals", "Baseline", "baseline_for"]

@@ -11,8 +11,10 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from factbus.bench.baseline import Arrivals
 
-class MemoryBaseline:
+
+class MemoryBaseline(Arrivals):
     """See the module docstring."""
 
     client = "asyncio.Queue"
@@ -20,8 +22,6 @@ class MemoryBaseline:
     def __init__(self, url: str, destination: str) -> None:
         self.url = url
         self.destination = destination
-        self.received = 0
-        self.first_at = 0.0
         self._queue: asyncio.Queue[bytes] | None = None
 
     def _q(self) -> asyncio.Queue[bytes]:
@@ -51,9 +51,7 @@ class MemoryBaseline:
         async with asyncio.timeout(timeout):
             while self.received < count:
                 await queue.get()
-                if not self.received:
-                    self.first_at = time.perf_counter()
-                self.received += 1
+                self.arrived()
         return time.perf_counter()
 
     async def teardown(self) -> None:
