@@ -63,7 +63,7 @@ from factbus_amqp.connection import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
     from pamqp.common import FieldTable
 
@@ -470,22 +470,33 @@ class AmqpTransport(TransportBase):
         """
         if not messages:
             return
+        async with self._publishing() as link:
+            mandatory = self.config.unroutable == "error"
+            routed = [
+                (m.body, _routing_key(m.key), _properties(m.message_id, m.headers))
+                for m in messages
+            ]
+
+            async def declare(live: Live) -> None:
+                await link.declare_topic(live, topic)
+
+            await self._confirmed(link, topic, topic, routed, declare, mandatory)
+
+    @contextlib.asynccontextmanager
+    async def _publishing(self) -> AsyncIterator[RecoveringConnection]:
+        """The connection to publish on; the block counts as a publish in flight,
+        which :meth:`aclose` waits for.
+
+        :raises PublishError: the broker cannot be reached.
+        """
         try:
             link = await self._link()
         except TransportError as error:
             raise PublishError(str(error)) from None
-        mandatory = self.config.unroutable == "error"
-        routed = [
-            (m.body, _routing_key(m.key), _properties(m.message_id, m.headers)) for m in messages
-        ]
-
-        async def declare(live: Live) -> None:
-            await link.declare_topic(live, topic)
-
         self._inflight += 1
         self._idle.clear()
         try:
-            await self._confirmed(link, topic, topic, routed, declare, mandatory)
+            yield link
         finally:
             self._inflight -= 1
             if not self._inflight:
@@ -632,26 +643,16 @@ class AmqpTransport(TransportBase):
 
         :raises PublishError: not confirmed within ``publish_timeout``.
         """
-        try:
-            link = await self._link()
-        except TransportError as error:
-            raise PublishError(str(error)) from None
-        letter: FieldTable = {**dead_letter_headers(headers, topic, reason)}
-        properties = spec.Basic.Properties(delivery_mode=PERSISTENT, headers=letter)
+        async with self._publishing() as link:
+            letter: FieldTable = {**dead_letter_headers(headers, topic, reason)}
+            properties = spec.Basic.Properties(delivery_mode=PERSISTENT, headers=letter)
 
-        async def declare(live: Live) -> None:
-            await link.declare_dead_letter(live, topic)
+            async def declare(live: Live) -> None:
+                await link.declare_dead_letter(live, topic)
 
-        self._inflight += 1
-        self._idle.clear()
-        try:
             await self._confirmed(
                 link, topic, dead_letter_topic(topic), [(body, "", properties)], declare, True
             )
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
 
     async def read_dead_letters(self, topic: str, limit: int) -> list[DeadLetter]:
         """Return up to ``limit`` dead letters of ``topic``, oldest first, leaving
