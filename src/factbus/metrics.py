@@ -316,70 +316,81 @@ class _StatsCollector(Collector):
 
     def _families(self, buses: Sequence[BusMetrics]) -> Iterable[Metric]:
         labels = ["topic", "node"]
+        live = [(bound, stats) for bound in buses if (stats := bound.stats) is not None]
         for name, attribute, text in COUNTERS:
-            family = CounterMetricFamily(name, text, labels=labels)
-            for bound in buses:
-                stats = bound.stats
-                if stats is not None:
-                    family.add_metric([bound.topic, bound.node], getattr(stats, attribute))
-            yield family
-        waiting = GaugeMetricFamily(WAITING, "Facts parked right now.", labels=labels)
-        for bound in buses:
-            stats = bound.stats
-            if stats is not None:
-                waiting.add_metric([bound.topic, bound.node], stats.waiting)
-        yield waiting
-        lag = GaugeMetricFamily(
-            LAG,
-            "Messages of the node's subscription not consumed yet (Kafka: high "
-            "watermark minus committed offset per partition; queues: queue depth).",
-            labels=[*labels, "partition"],
-        )
-        for bound in buses:
-            for partition, value in bound.lag.items():
-                lag.add_metric([bound.topic, bound.node, partition], value)
-        yield lag
-        rejected = CounterMetricFamily(
-            REJECTED,
-            "Envelopes dead-lettered on receipt, by reason code.",
-            labels=[*labels, "reason"],
-        )
-        for bound in buses:
-            for reason, count in sorted(bound.rejected.items()):
-                rejected.add_metric([bound.topic, bound.node, reason], count)
-        yield rejected
-        handler = HistogramMetricFamily(
-            HANDLER_DURATION,
-            "Seconds spent in a fact's handlers (every handler of its type, with retries).",
-            labels=[*labels, "fact_type"],
-        )
-        for bound in buses:
-            for fact_type, histogram in sorted(bound.handler_duration.items()):
-                handler.add_metric(
-                    [bound.topic, bound.node, fact_type], histogram.cumulative(), histogram.sum
-                )
-        yield handler
-        step = HistogramMetricFamily(
-            STEP_DURATION,
-            "Seconds per pipeline step (verify, dedup, order, handle, record, ack a batch).",
-            labels=labels,
-        )
-        latency = HistogramMetricFamily(
-            END_TO_END,
-            "Seconds from the publisher's publish-time header to the fact being handled "
-            "(facts handled in the step that received them).",
-            labels=labels,
-        )
-        for bound in buses:
-            step.add_metric(
-                [bound.topic, bound.node],
-                bound.step_duration.cumulative(),
-                bound.step_duration.sum,
+            yield _filled(
+                CounterMetricFamily(name, text, labels=labels),
+                (([b.topic, b.node], getattr(stats, attribute)) for b, stats in live),
             )
-            latency.add_metric(
-                [bound.topic, bound.node],
-                bound.end_to_end.cumulative(),
-                bound.end_to_end.sum,
-            )
-        yield step
-        yield latency
+        yield _filled(
+            GaugeMetricFamily(WAITING, "Facts parked right now.", labels=labels),
+            (([b.topic, b.node], stats.waiting) for b, stats in live),
+        )
+        yield _filled(
+            GaugeMetricFamily(
+                LAG,
+                "Messages of the node's subscription not consumed yet (Kafka: high "
+                "watermark minus committed offset per partition; queues: queue depth).",
+                labels=[*labels, "partition"],
+            ),
+            (([b.topic, b.node, part], value) for b in buses for part, value in b.lag.items()),
+        )
+        yield _filled(
+            CounterMetricFamily(
+                REJECTED,
+                "Envelopes dead-lettered on receipt, by reason code.",
+                labels=[*labels, "reason"],
+            ),
+            (
+                ([b.topic, b.node, reason], count)
+                for b in buses
+                for reason, count in sorted(b.rejected.items())
+            ),
+        )
+        yield _histograms(
+            HistogramMetricFamily(
+                HANDLER_DURATION,
+                "Seconds spent in a fact's handlers (every handler of its type, with retries).",
+                labels=[*labels, "fact_type"],
+            ),
+            (
+                ([b.topic, b.node, fact_type], histogram)
+                for b in buses
+                for fact_type, histogram in sorted(b.handler_duration.items())
+            ),
+        )
+        yield _histograms(
+            HistogramMetricFamily(
+                STEP_DURATION,
+                "Seconds per pipeline step (verify, dedup, order, handle, record, ack a batch).",
+                labels=labels,
+            ),
+            (([b.topic, b.node], b.step_duration) for b in buses),
+        )
+        yield _histograms(
+            HistogramMetricFamily(
+                END_TO_END,
+                "Seconds from the publisher's publish-time header to the fact being handled "
+                "(facts handled in the step that received them).",
+                labels=labels,
+            ),
+            (([b.topic, b.node], b.end_to_end) for b in buses),
+        )
+
+
+def _filled(
+    family: CounterMetricFamily | GaugeMetricFamily, samples: Iterable[tuple[list[str], float]]
+) -> Metric:
+    """``family`` with one sample per ``(label values, value)`` of ``samples``, in order."""
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
+
+
+def _histograms(
+    family: HistogramMetricFamily, samples: Iterable[tuple[list[str], Histogram]]
+) -> Metric:
+    """``family`` with one histogram per ``(label values, histogram)`` of ``samples``."""
+    for values, histogram in samples:
+        family.add_metric(values, histogram.cumulative(), histogram.sum)
+    return family
