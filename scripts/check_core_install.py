@@ -68,32 +68,8 @@ def main() -> int:
         problems.append(f"factbus --help fails without the drivers:\n{cli.stderr}")
     else:
         print("ok   factbus --help")
-    bridge = subprocess.run(
-        [sys.executable, "-m", "factbus", "jinaga-bridge", "--config", "absent.toml"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if bridge.returncode != 2 or "pip install 'factbus[jinaga]'" not in bridge.stderr:
-        problems.append(
-            f"factbus jinaga-bridge without httpx: exit {bridge.returncode}, {bridge.stderr!r}"
-            " (expected exit 2 and the hint pip install 'factbus[jinaga]')"
-        )
-    else:
-        print(f"ok   factbus jinaga-bridge: {bridge.stderr.strip()}")
-    sidecar = subprocess.run(
-        [sys.executable, "-m", "factbus", "sidecar", "--config", "absent.toml"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if sidecar.returncode != 2 or "pip install 'factbus[sidecar]'" not in sidecar.stderr:
-        problems.append(
-            f"factbus sidecar without starlette: exit {sidecar.returncode}, {sidecar.stderr!r}"
-            " (expected exit 2 and the hint pip install 'factbus[sidecar]')"
-        )
-    else:
-        print(f"ok   factbus sidecar: {sidecar.stderr.strip()}")
+    expect_refusal(["jinaga-bridge", "--config", "absent.toml"], "jinaga", "httpx", problems)
+    expect_refusal(["sidecar", "--config", "absent.toml"], "sidecar", "starlette", problems)
     check_observability(problems)
     if problems:
         print("\n".join(f"FAIL {problem}" for problem in problems), file=sys.stderr)
@@ -142,19 +118,23 @@ def check_observability(problems: list[str]) -> None:
             problems.append(f"Metrics() without prometheus-client: {error} (no hint)")
     else:
         problems.append("Metrics() worked without prometheus-client")
-    top = subprocess.run(
-        [sys.executable, "-m", "factbus", "top", "--metrics", "http://127.0.0.1:9/", "--once"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if top.returncode != 2 or "pip install 'factbus[metrics]'" not in top.stderr:
+    top = ["top", "--metrics", "http://127.0.0.1:9/", "--once"]
+    expect_refusal(top, "metrics", "prometheus-client", problems)
+
+
+def expect_refusal(args: list[str], extra: str, missing: str, problems: list[str]) -> None:
+    """``factbus ARGS`` without ``missing`` (a library of ``extra``) must exit 2 with
+    the hint ``pip install 'factbus[EXTRA]'``; anything else is added to ``problems``."""
+    hint = f"pip install 'factbus[{extra}]'"
+    command = [sys.executable, "-m", "factbus", *args]
+    run = subprocess.run(command, capture_output=True, text=True, check=False)
+    if run.returncode != 2 or hint not in run.stderr:
         problems.append(
-            f"factbus top without prometheus-client: exit {top.returncode}, "
-            f"{top.stderr!r} (expected exit 2 and the hint)"
+            f"factbus {args[0]} without {missing}: exit {run.returncode}, {run.stderr!r}"
+            f" (expected exit 2 and the hint {hint})"
         )
     else:
-        print(f"ok   factbus top: {top.stderr.strip()}")
+        print(f"ok   factbus {args[0]}: {run.stderr.strip()}")
 
 
 if __name__ == "__main__":
