@@ -8,20 +8,16 @@ the stamp of its first copy.
 
 With a ``rate`` (the half-load phase) publishing is paced per message, not
 per chunk: message ``i`` of the workload is due ``i / rate`` seconds after the
-start, and each publisher makes a call, as soon as they are due, with the
-messages due by then (at most ``publish_batch``; at a few thousand messages
-per second one or a few per call), without waiting for its earlier calls to be
-confirmed (at most :data:`PACED_IN_FLIGHT` calls in flight), as an application
-publishing facts as they arise does. So a fact's stamp is the moment its own
-publish call is made, within a millisecond or so of its due time, and not the
-start of a chunk of up to ``publish_batch`` messages whose writes and confirms
-it would otherwise wait for (docs/decisions.md, "Latency at half load").
-
-Publisher processes are started with ``spawn``; each rebuilds the workload
-from its :class:`~factbus.bench.workload.WorkloadSpec` (deterministic), so
-only small commands and the stamps cross the pipe. Processes also run the
-baseline's producer, so that factbus and the raw client are measured with
-the same process layout.
+start, as if an application had it to publish then, and a fact's stamp is its
+due time. Each publisher makes a call as soon as a message is due (with
+``pack`` N: as soon as N are, one full envelope, so the first fact of an
+envelope waits for the others), with every message due by then (at most
+``publish_batch``; at a few thousand messages per second one or a few per call),
+without waiting for its earlier calls' confirms (at most
+:data:`PACED_IN_FLIGHT` calls in flight). So a fact's latency includes its own
+call, the broker and the consumer, and any lag of the publisher behind the
+schedule, but not the writes and confirms of a chunk of up to ``publish_batch``
+other messages (docs/decisions.md, "Latency at half load").
 """
 
 from __future__ import annotations
@@ -111,34 +107,35 @@ async def _publish_paced(
     start: float,
     stamps: array[float],
 ) -> int:
-    """Publish ``chunks``' messages each at its due time ``start + i / rate``
-    (see the module docstring); stamp each fact when its call is made."""
+    """Publish ``chunks``' messages each when due, ``start + i / rate`` (see the
+    module docstring); stamp each fact with its due time."""
     assert job.rate
     order, numbers = workload.order, workload.numbers
     indices = [i for chunk in chunks for i in chunk]
     period = 1.0 / job.rate
     limit = job.publish_batch
+    fill = max(1, min(bus.settings.pack, limit))
     in_flight: set[asyncio.Task[Any]] = set()
     position, total = 0, len(indices)
     while position < total:
+        # A call is due once `fill` messages are (pack N: a full envelope).
+        end = min(position + fill, total)
         now = time.perf_counter()
-        due = start + indices[position] * period
+        due = start + indices[end - 1] * period
         if due > now:
             await asyncio.sleep(due - now)
             continue
-        end = position + 1
         while end < total and end - position < limit and start + indices[end] * period <= now:
             end += 1
         while len(in_flight) >= PACED_IN_FLIGHT:
             done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # a failed publish fails the phase
-            now = time.perf_counter()
         call = indices[position:end]
         for i in call:
             n = numbers[i]
             if not stamps[n]:
-                stamps[n] = now
+                stamps[n] = start + i * period
         in_flight.add(asyncio.create_task(bus.publish(*(order[i] for i in call), ancestors=False)))
         position = end
         done = {task for task in in_flight if task.done()}
