@@ -36,19 +36,6 @@ def amqp_url(options: str = "") -> str:
     return f"{url}{'&' if '?' in url else '?'}{options}"
 
 
-class _TidyContext(ConformanceContext):
-    """Remembers the names a test made, so its queues and exchanges can be deleted."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.names: list[str] = []
-
-    def name(self, prefix: str) -> str:  # type: ignore[override]
-        made = ConformanceContext.name(prefix)
-        self.names.append(made)
-        return made
-
-
 async def _delete_topology(url: str, names: list[str]) -> None:
     """Delete every queue and exchange the names could have made (best effort)."""
     if not names:
@@ -78,7 +65,7 @@ class TestAmqpTransport(TransportConformance):
 
     @pytest.fixture
     async def ctx(self) -> AsyncIterator[ConformanceContext]:
-        context = _TidyContext(amqp_url(), self.restart_command, self.timeout)
+        context = ConformanceContext(amqp_url(), self.restart_command, self.timeout)
         try:
             yield context
         finally:

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,19 +41,6 @@ def kafka_url(options: str = TEST_OPTIONS) -> str:
     return f"{url}{'&' if '?' in url else '?'}{options}"
 
 
-@dataclass
-class KafkaContext(ConformanceContext):
-    """Remembers the names a test made, so that its topics and groups can be deleted
-    afterwards (a broker with thousands of leftover partitions restarts slowly)."""
-
-    names: list[str] = field(default_factory=list)
-
-    def name(self, prefix: str) -> str:  # type: ignore[override]
-        made = ConformanceContext.name(prefix)
-        self.names.append(made)
-        return made
-
-
 def _topics(admin: AdminClient) -> set[str]:
     return set(admin.list_topics(timeout=30).topics)
 
@@ -79,7 +65,7 @@ class TestKafkaTransport(TransportConformance):
         url = kafka_url()
         admin = AdminClient({"bootstrap.servers": url.split("://", 1)[1].split("?", 1)[0]})
         before = await asyncio.to_thread(_topics, admin)
-        context = KafkaContext(url, self.restart_command, self.timeout)
+        context = ConformanceContext(url, self.restart_command, self.timeout)
         try:
             yield context
         finally:

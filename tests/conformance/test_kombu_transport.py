@@ -70,27 +70,13 @@ def delete_topology(url: str, names: list[str]) -> None:
                 channel = connection.channel()
 
 
-class KombuContext(ConformanceContext):
-    """Remembers the names a test made, so that their queues and exchanges can be
-    deleted. (Capabilities come from a transport instance: they depend on the URL.)"""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.names: list[str] = []
-
-    def name(self, prefix: str) -> str:  # type: ignore[override]
-        made = ConformanceContext.name(prefix)
-        self.names.append(made)
-        return made
-
-
 class _KombuConformance(TransportConformance):
     broker: ClassVar[str]
     timeout = 30.0
 
     @pytest.fixture
     async def ctx(self) -> AsyncIterator[ConformanceContext]:
-        context = KombuContext(broker_url(self.broker), self.restart_command, self.timeout)
+        context = ConformanceContext(broker_url(self.broker), self.restart_command, self.timeout)
         try:
             yield context
         finally:

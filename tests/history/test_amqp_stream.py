@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aio_pika
 import pytest
@@ -30,19 +29,6 @@ pytestmark = pytest.mark.broker("amqp")
 def stream_url() -> str:
     url = broker_url("amqp")
     return f"{url}{'&' if '?' in url else '?'}history=stream&reconnect_delay=0.1"
-
-
-class _TidyContext(ConformanceContext):
-    """Remembers the names a test made, so its queues and exchanges can be deleted."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.names: list[str] = []
-
-    def name(self, prefix: str) -> str:  # type: ignore[override]
-        made = ConformanceContext.name(prefix)
-        self.names.append(made)
-        return made
 
 
 async def delete_topology(url: str, names: list[str]) -> None:
@@ -73,7 +59,7 @@ class TestAmqpStreamTransport(TransportConformance):
 
     @pytest.fixture
     async def ctx(self) -> AsyncIterator[ConformanceContext]:
-        context = _TidyContext(stream_url(), None, self.timeout)
+        context = ConformanceContext(stream_url(), None, self.timeout)
         try:
             yield context
         finally:

@@ -47,6 +47,9 @@ class ConformanceContext:
     timeout: float = 30.0
     """Seconds a test waits for expected messages before it fails."""
     _transports: list[Transport] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    """Every name :meth:`name` made, in order: what an adapter's tests delete on the
+    broker once a test ends (leftover topics and queues slow a broker down)."""
 
     async def transport(self) -> Transport:
         """A new, connected transport; closed when the test ends."""
@@ -62,9 +65,12 @@ class ConformanceContext:
         caps: Capabilities = open_transport(self.url).capabilities
         return caps
 
-    @staticmethod
-    def name(prefix: str) -> str:
-        return f"conf-{prefix}-{uuid.uuid4().hex[:10]}"
+    def name(self, prefix: str) -> str:
+        """A fresh topic, group or queue name, ``conf-PREFIX-<random>``, remembered
+        in :attr:`names`."""
+        made = f"conf-{prefix}-{uuid.uuid4().hex[:10]}"
+        self.names.append(made)
+        return made
 
     async def restart_broker(self) -> None:
         if not self.restart_command:
