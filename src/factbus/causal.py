@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from factbus.fact import Fact, FactRef
+from factbus.fact import Fact, FactRef, ref_of
 from factbus.store.base import FactState, ParkedFact
 
 __all__ = ["CausalBuffer"]
@@ -41,12 +41,12 @@ class CausalBuffer:
     """
 
     __slots__ = (
-        "_blocked",
         "_from_store",
         "_known",
         "_new_parked",
         "_ready_refs",
         "_waiting_here",
+        "blocked",
         "duplicates",
         "ready",
         "released",
@@ -64,7 +64,8 @@ class CausalBuffer:
         self._new_parked: dict[FactRef, ParkedFact] = {}
         self._waiting_here: dict[FactRef, list[FactRef]] = {}
         """Predecessor -> facts of this step parked on it."""
-        self._blocked: set[FactRef] = set()
+        self.blocked: set[FactRef] = set()
+        """Refs blocked in this step (read only: :meth:`block` adds to it)."""
         self.duplicates = 0
         """Facts of the step recognised as duplicates."""
         self.released = 0
@@ -83,6 +84,11 @@ class CausalBuffer:
 
         The returned refs are the first frontier for :meth:`release`.
         """
+        facts = facts if type(facts) is list else list(facts)
+        if not self._ready_refs and not self._new_parked and not self._from_store:
+            quick = self._add_ready(facts)
+            if quick is not None:
+                return quick
         added: list[FactRef] = []
         known, ready_refs, new_parked = self._known, self._ready_refs, self._new_parked
         for fact in facts:
@@ -104,6 +110,32 @@ class CausalBuffer:
                 added.append(ref)
         return added
 
+    def _add_ready(self, facts: list[Fact]) -> list[FactRef] | None:
+        """The whole step at once when every fact is new, none is there twice and
+        each predecessor is handled or comes earlier in the step (the usual
+        step): all are ready, in the order given. ``None``, nothing changed:
+        :meth:`add` sorts them one by one."""
+        refs = list(map(ref_of, facts))
+        unique = set(refs)
+        known = self._known
+        if len(unique) != len(refs) or not unique.isdisjoint(known):
+            return None
+        handled = FactState.HANDLED
+        position: dict[FactRef, int] | None = None
+        for i, fact in enumerate(facts):
+            if not fact._predecessors:
+                continue
+            for pred in fact.predecessor_refs():
+                if known.get(pred) is handled:
+                    continue
+                if position is None:
+                    position = dict(zip(refs, range(len(refs)), strict=True))
+                if position.get(pred, i) >= i:
+                    return None
+        self.ready.extend(facts)
+        self._ready_refs = unique
+        return refs
+
     def _make_ready(self, fact: Fact) -> None:
         self.ready.append(fact)
         self._ready_refs.add(fact.ref)
@@ -117,12 +149,17 @@ class CausalBuffer:
         becomes ready; the refs that did are returned: the next frontier. Call
         again until it is empty.
         """
-        candidates = [
-            self._new_parked[w]
-            for r in frontier
-            for w in self._waiting_here.get(r, ())
-            if w in self._new_parked
-        ]
+        waiting_here = self._waiting_here
+        candidates = (
+            [
+                self._new_parked[w]
+                for r in frontier
+                for w in waiting_here.get(r, ())
+                if w in self._new_parked
+            ]
+            if waiting_here
+            else []
+        )
         candidates.extend(stored)
         next_frontier: list[FactRef] = []
         for parked in candidates:
@@ -137,6 +174,11 @@ class CausalBuffer:
                 self.released += 1
         return next_frontier
 
+    @property
+    def has_from_store(self) -> bool:
+        """Whether any fact of the step came out of the store's wait list."""
+        return bool(self._from_store)
+
     def from_store(self, ref: FactRef) -> bool:
         """Whether the fact came out of the store's wait list (it is parked there)."""
         return ref in self._from_store
@@ -144,7 +186,7 @@ class CausalBuffer:
     def block(self, ref: FactRef) -> None:
         """A ready fact will not be handled in this step (its handlers failed, or
         another worker holds it): whatever depends on it must keep waiting."""
-        self._blocked.add(ref)
+        self.blocked.add(ref)
 
     def admit(self, fact: Fact) -> bool:
         """Whether the ready ``fact`` may be dispatched now.
@@ -154,7 +196,7 @@ class CausalBuffer:
         :attr:`ready`, after blocking what came before.
         """
         ref = fact.ref
-        blocked = self._blocked
+        blocked = self.blocked
         if ref in blocked:
             return False
         if not blocked:
@@ -176,7 +218,7 @@ class CausalBuffer:
         ready then; those later blocked are added to what it waits for, or it
         would be released without them.
         """
-        blocked = self._blocked
+        blocked = self.blocked
         if not blocked:
             return list(self._new_parked.values())
         result: list[ParkedFact] = []

@@ -12,7 +12,10 @@ Metadata that is not part of identity travels in broker headers.
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,7 +34,16 @@ from factbus.errors import (
     TooDeep,
     UnknownVersion,
 )
-from factbus.fact import Fact, FactRef
+from factbus.fact import Fact, FactRef, _ref_sort_key, received_fact
+
+_WIRE_KEYS: Final = frozenset(("type", "hash", "fields", "predecessors"))
+_SORT_STRICT: Final = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+# A number orjson writes otherwise than JavaScript: integral (``37.0``, ``1e+16``)
+# or tiny (``4.8e-6``). Searched in orjson's canonical output; a match inside a
+# string only sends the fact down the full path (never the reverse).
+_JS_FLOAT_LAYOUT: Final = re.compile(rb"[:,\[]-?[0-9]+(?:\.0[,\]}]|(?:\.[0-9]+)?e)")
+# A UTF-8 lead byte of a character outside the BMP (UTF-16 key order differs).
+_ASTRAL_UTF8: Final = re.compile(rb"[\xf0-\xf4]")
 
 VERSION: Final = 1
 _EMPTY: Final[dict[str, Any]] = {}
@@ -112,6 +124,13 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
     wire_facts = doc.get("facts")
     if type(wire_facts) is not list or not wire_facts:
         raise MalformedEnvelope('"facts" must be a non-empty list')
+    facts = _decode_plain(wire_facts, limits.max_depth)
+    return facts if facts is not None else _decode_checked(wire_facts, limits.max_depth)
+
+
+def _decode_checked(wire_facts: list[Any], max_depth: int) -> list[Fact]:
+    """The full path of :func:`decode`: every value walked and frozen, every
+    refusal named."""
     claims = [_claim(i, wire) for i, wire in enumerate(wire_facts)]
     if len(claims) > 1 or claims[0][2]:  # one fact without predecessors: nothing to order
         _check_order(claims)
@@ -123,7 +142,7 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
                 wire.get("fields"),
                 preds,
                 wire.get("predecessors", _EMPTY),
-                limits.max_depth,
+                max_depth,
             )
         except NestingTooDeep as exc:
             raise TooDeep(f"facts[{i}] ({claimed.type}): {exc}") from None
@@ -136,6 +155,139 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
             )
         facts.append(fact)
     return facts
+
+
+def _decode_plain(wire_facts: list[Any], max_depth: int) -> list[Fact] | None:
+    """The facts of a well-formed envelope whose values orjson judges alone, or
+    ``None``: then :func:`decode` takes its full path (which also names what is
+    wrong with a malformed envelope).
+
+    What is checked here, with one ``orjson.dumps`` of the canonical form per
+    fact and no walk of nested values: the structure (exactly ``type``,
+    ``hash``, ``fields``, ``predecessors``, each of its type; references of
+    exactly a type and an 88-character hash, lists in hash order; topological
+    order); the value rules: ``orjson.loads`` already refused NaN, Infinity,
+    lone surrogates and invalid UTF-8, ``OPT_STRICT_INTEGER`` refuses integers
+    beyond ±(2^53-1), the fields' own floats are ones orjson writes as
+    JavaScript does (not integral, not below 1e-5), and when the fields nest
+    lists or objects, a scan of the canonical bytes finds no number laid out
+    otherwise (``37.0``, ``1e+16``, ``4.8e-6``) and fewer brackets than
+    ``max_depth`` (so nothing nests that deep); no character beyond the BMP
+    (keys would need UTF-16 order); the hash, recomputed from those bytes.
+    Anything else, or any doubt (a scan may match inside a string), returns
+    ``None``: the full path decides. The fields stay the parsed dict, owned by
+    the fact, which freezes nested values when they are first read
+    (:attr:`Fact.fields`).
+    """
+    dumps, sha512, b64 = orjson.dumps, hashlib.sha512, binascii.b2a_base64
+    layout, astral = _JS_FLOAT_LAYOUT.search, _ASTRAL_UTF8.search
+    make = received_fact
+    facts: list[Fact] = []
+    preds: dict[str, FactRef | tuple[FactRef, ...]] | None = None
+    for wire in wire_facts:
+        if type(wire) is not dict or wire.keys() != _WIRE_KEYS:
+            return None
+        fact_type = wire["type"]
+        fact_hash = wire["hash"]
+        fields = wire["fields"]
+        wire_preds = wire["predecessors"]
+        if (
+            type(fact_type) is not str
+            or not fact_type
+            or type(fact_hash) is not str
+            or len(fact_hash) != 88
+            or type(fields) is not dict
+            or type(wire_preds) is not dict
+        ):
+            return None
+        if wire_preds:
+            plain = _plain_predecessors(wire_preds)
+            if plain is None:
+                return None
+            preds, structure = plain
+        else:
+            preds, structure = None, 3
+        try:
+            canonical = dumps({"fields": fields, "predecessors": wire_preds}, option=_SORT_STRICT)
+        except orjson.JSONEncodeError:
+            return None  # an integer beyond ±(2^53-1), or too deep for orjson
+        nested = False
+        for value in fields.values():
+            kind = type(value)
+            if kind is float:
+                if value.is_integer() or -1e-5 < value < 1e-5:
+                    return None  # JavaScript lays it out otherwise than orjson
+            elif kind is dict or kind is list:
+                nested = True
+        if nested and (
+            # Brackets beyond the canonical object's, the fields', the
+            # predecessors' and their references' open containers nested in
+            # the fields (or appear in strings): fewer than max_depth cannot
+            # nest that deep.
+            canonical.count(b"{") + canonical.count(b"[") - structure >= max_depth
+            or layout(canonical) is not None
+        ):
+            return None
+        if not canonical.isascii() and astral(canonical) is not None:
+            return None  # a key may need UTF-16 order
+        if b64(sha512(canonical).digest(), newline=False).decode() != fact_hash:
+            return None
+        facts.append(make(fact_type, fact_hash, fields, preds, not nested))
+    if len(facts) > 1:
+        order = {fact.ref: i for i, fact in enumerate(facts)}
+        if len(order) == len(facts):
+            for i, fact in enumerate(facts):
+                for ref in fact.predecessor_refs():
+                    if order.get(ref, -1) >= i:
+                        return None  # misordered or a cycle: the full path names it
+    elif preds is not None and facts[0].ref in set(facts[0].predecessor_refs()):
+        return None  # names itself
+    return facts
+
+
+def _plain_predecessors(
+    wire_preds: dict[str, Any],
+) -> tuple[dict[str, FactRef | tuple[FactRef, ...]], int] | None:
+    """The references of ``wire_preds`` when each is exactly a type and an
+    88-character hash and each list is in hash order, and the number of
+    brackets the canonical form has without the fields' contents; else ``None``."""
+    preds: dict[str, FactRef | tuple[FactRef, ...]] = {}
+    structure = 3
+    for role, value in wire_preds.items():
+        if not role:
+            return None
+        if type(value) is list:
+            refs = []
+            for item in value:
+                ref = _plain_ref(item)
+                if ref is None:
+                    return None
+                refs.append(ref)
+            if len(refs) > 1 and sorted(refs, key=_ref_sort_key) != refs:
+                return None
+            preds[role] = tuple(refs)
+            structure += 1 + len(refs)
+        else:
+            ref = _plain_ref(value)
+            if ref is None:
+                return None
+            preds[role] = ref
+            structure += 1
+    return preds, structure
+
+
+def _plain_ref(value: Any) -> FactRef | None:
+    if type(value) is not dict or len(value) != 2:
+        return None
+    ref_type, ref_hash = value.get("type"), value.get("hash")
+    if (
+        type(ref_type) is not str
+        or not ref_type
+        or type(ref_hash) is not str
+        or len(ref_hash) != 88
+    ):
+        return None
+    return FactRef(ref_type, ref_hash)
 
 
 def _refuse_duplicate_keys(body: bytes) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from operator import attrgetter
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -81,7 +82,9 @@ class Fact:
     _ref: FactRef
     _wire_bytes: bytes | None
     _writer: int
-    """Bit 1: the Python writer (UTF-16 key order); bit 2: JavaScript float layout."""
+    """Bit 1: the Python writer (UTF-16 key order); bit 2: JavaScript float layout;
+    bit 4: ``_fields`` is a received dict whose nested lists and objects are not
+    frozen yet (frozen when :attr:`fields` is first read)."""
 
     def __init__(
         self,
@@ -205,6 +208,10 @@ class Fact:
         """Read-only; nested objects are read-only mappings and lists are tuples."""
         view = self._fields_view
         if view is None:
+            if self._writer & 4:
+                # Received and verified: freezing cannot fail (no depth limit here).
+                self._fields = freeze(self._fields, path="fields", max_depth=1 << 30).value
+                self._writer &= ~4
             view = self._fields_view = MappingProxyType(self._fields)
         return view
 
@@ -274,6 +281,50 @@ class Fact:
     def __repr__(self) -> str:
         return f"Fact({self._type!r}, hash={self._hash[:12]}..., fields={self._fields!r})"
 
+
+def received_fact(
+    type: str,
+    hash: str,
+    fields: dict[str, Any],
+    preds: dict[str, PredecessorValue] | None,
+    flat: bool,
+) -> Fact:
+    """A fact :func:`factbus.envelope.decode` verified itself: ``hash`` is the
+    hash it recomputed from ``fields`` (the parsed dict, which the fact now
+    owns) and ``preds``, checked references; ``flat``: no list or object nested
+    in ``fields`` (else they are frozen when :attr:`Fact.fields` is first read)."""
+    fact = _new_fact(Fact)
+    fact._type = type = _intern(type)
+    fact._fields = fields
+    fact._fields_view = None
+    fact._predecessors = preds or _NO_PREDECESSORS
+    fact._ancestors = ()
+    fact._writer = 0 if flat else 4
+    fact._hash = hash
+    fact._ref = FactRef(type, hash)
+    fact._wire_bytes = None
+    return fact
+
+
+_new_fact = object.__new__
+
+ref_of: Final = attrgetter("_ref")
+"""``ref_of(fact)`` is ``fact.ref`` (``map(ref_of, facts)`` runs in C)."""
+
+
+def predecessors_of(facts: Iterable[Fact]) -> set[FactRef]:
+    """Every predecessor reference of ``facts`` (a step's, for one store look-up)."""
+    out: set[FactRef] = set()
+    for preds in filter(None, map(_predecessors_of, facts)):
+        for value in preds.values():
+            if type(value) is FactRef:
+                out.add(value)
+            else:
+                out.update(value)
+    return out
+
+
+_predecessors_of = attrgetter("_predecessors")
 
 _NO_PREDECESSORS: dict[str, PredecessorValue] = {}
 """Shared by every fact without predecessors (never mutated)."""

@@ -26,14 +26,14 @@ from typing import Any
 import structlog
 
 from factbus.causal import CausalBuffer
-from factbus.dispatcher import Dispatcher, HandlerFailed
+from factbus.dispatcher import Dispatcher, Handler, HandlerFailed
 from factbus.envelope import CodecLimits, decode, encode
 from factbus.errors import EnvelopeError
-from factbus.fact import Fact, FactRef
+from factbus.fact import Fact, FactRef, predecessors_of, ref_of
 from factbus.headers import HEADER_DEAD_LETTER_REASON
 from factbus.observer import PipelineObserver
 from factbus.store.base import FactState, ParkedFact, Store, StoreBatch
-from factbus.transport.base import Delivery, Transport, delivery_position
+from factbus.transport.base import Delivery, Transport, ack_all, delivery_position
 
 log = structlog.get_logger("factbus.pipeline")
 
@@ -157,16 +157,18 @@ class Pipeline:
         """The facts of the well-formed deliveries; the others are dead-lettered and acked."""
         facts: list[Fact] = []
         accepted: list[Delivery] = []
+        limits, observer = self.limits, self.observer
+        add, accept = facts.extend, accepted.append
         for delivery in deliveries:
             try:
-                decoded = decode(delivery.body, self.limits)
+                decoded = decode(delivery.body, limits)
             except EnvelopeError as error:
                 await self._reject(delivery, error)
                 continue
-            if self.observer is not None:
-                self.observer.received(delivery, decoded)
-            facts.extend(decoded)
-            accepted.append(delivery)
+            if observer is not None:
+                observer.received(delivery, decoded)
+            add(decoded)
+            accept(delivery)
         return facts, accepted
 
     async def ingest(self, facts: list[Fact], positions: dict[str, int]) -> None:
@@ -200,8 +202,7 @@ class Pipeline:
         releases beyond :attr:`release_batch` facts is handed on afterwards, in
         further transactions (:meth:`sweep`)."""
         buffer, handled, parked, cut = await self._round(facts, from_store, positions)
-        for delivery in deliveries:
-            await delivery.ack()
+        await ack_all(deliveries)
         if self.shared_store:
             await self._follow_up(handled, [*parked, *buffer.still_parked])
         if cut:
@@ -239,7 +240,8 @@ class Pipeline:
         # After the commit, before the acks: a crash in between re-delivers, and
         # the failure was not recorded, so the fact fails and is dead-lettered again.
         await self._dead_letter_facts(dead)
-        return buffer, handled, parked, cut or bool(frontier)
+        # Refs left on the frontier matter only if something may wait on them.
+        return buffer, handled, parked, cut or (bool(frontier) and self._may_wait())
 
     def _may_wait(self) -> bool:
         """Whether the store may hold parked facts (a shared one always may)."""
@@ -264,12 +266,19 @@ class Pipeline:
                     if fact.ref not in claimed:
                         buffer.block(fact.ref)
             dispatcher = self.dispatcher
+            blocked = buffer.blocked  # a live view: block() adds to it
+            plain: dict[str, list[Handler] | None] = {}
+            done = handled.append
             with dispatcher.bound(tx):
                 for fact in ready:
-                    if not buffer.admit(fact):
+                    if blocked and not buffer.admit(fact):
                         continue
                     # Plain sync handlers are called here: no coroutine per fact.
-                    funcs = dispatcher.plain_handlers(fact.type)
+                    fact_type = fact.type
+                    try:
+                        funcs = plain[fact_type]
+                    except KeyError:
+                        funcs = plain[fact_type] = dispatcher.plain_handlers(fact_type)
                     try:
                         if funcs is None:
                             await dispatcher.dispatch(fact, tx)
@@ -284,7 +293,7 @@ class Pipeline:
                         buffer.block(fact.ref)
                         dead.append((fact, failure.reason))
                         continue
-                    handled.append(fact)
+                    done(fact)
             parked = buffer.parked()
             published = self.pending_published[:]
             await tx.record(
@@ -306,13 +315,15 @@ class Pipeline:
         parked: list[ParkedFact],
     ) -> None:
         stats = self.stats
-        self._cache.add_all(f.ref for f in handled)
+        self._cache.add_all(map(ref_of, handled))
         stats.duplicates += buffer.duplicates
         stats.released += buffer.released
         stats.handled += len(handled)
         stats.failed += len(dead)
         stats.parked += len(parked)
-        released_from_store = sum(1 for f in handled if buffer.from_store(f.ref))
+        released_from_store = (
+            sum(1 for f in handled if buffer.from_store(f.ref)) if buffer.has_from_store else 0
+        )
         stats.waiting += len(parked) - released_from_store
         stats.steps += 1
         stats.last_step_at = time.monotonic()
@@ -361,9 +372,8 @@ class Pipeline:
     async def _states(self, facts: Collection[Fact]) -> dict[FactRef, FactState]:
         """The state of every fact of the step and of their predecessors: the
         handled cache first, the store for the rest (set operations, one query)."""
-        refs = {fact.ref for fact in facts}
-        for fact in facts:
-            refs.update(fact.predecessor_refs())
+        refs = set(map(ref_of, facts))
+        refs |= predecessors_of(facts)
         cached = self._cache.known(refs)
         known: dict[FactRef, FactState] = dict.fromkeys(cached, FactState.HANDLED)
         wanted = refs - cached

@@ -3,6 +3,8 @@ and a byte-for-byte cross-check against the real jinaga.js (tests/js)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import os
@@ -12,12 +14,26 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from factbus import Fact, FactRef, InvalidFact
+from factbus import (
+    CodecLimits,
+    Fact,
+    FactRef,
+    HashMismatch,
+    InvalidFact,
+    InvalidValue,
+    TooDeep,
+    decode,
+    encode,
+    envelope,
+    topological,
+)
 from factbus.canonical import js_number
+from factbus.testing.scenario import random_dag
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 
@@ -283,3 +299,111 @@ def test_astral_keys_sort_like_javascript() -> None:
     fact = Fact("T", {"\U0001f600": 1, "\ufffd": 2, "a": 3})
     assert fact.canonical.decode().index("\ufffd") > fact.canonical.decode().index("\U0001f600")
     assert _node_hashes([fact]) == [fact.hash]
+
+
+# -- the receive path's plain decode (envelope._decode_plain) ----------------------
+# decode() verifies most envelopes with one orjson.dumps per fact and no walk of
+# the values (the full path walks and freezes them). Both must agree on every
+# fact, and the plain path must never accept what the full path refuses.
+
+
+def _same_fact(got: Fact, want: Fact) -> None:
+    assert got.ref == want.ref
+    assert _plain(got.fields) == _plain(want.fields)
+    assert got.predecessors == want.predecessors
+    assert got.canonical == want.canonical
+    assert got.wire_bytes() == want.wire_bytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_facts(), min_size=1, max_size=6))
+def test_plain_decode_agrees_with_the_full_path_and_jinaga_js(facts: list[Fact]) -> None:
+    wire_facts = orjson.loads(encode(topological(facts)))["facts"]
+    plain = envelope._decode_plain(orjson.loads(encode(topological(facts)))["facts"], 32)
+    full = envelope._decode_checked(wire_facts, 32)
+    if plain is not None:
+        assert len(plain) == len(full)
+        for got, want in zip(plain, full, strict=True):
+            _same_fact(got, want)
+    decoded = decode(encode(topological(facts)))
+    assert _node_hashes(decoded) == [fact.hash for fact in decoded]
+
+
+def test_plain_decode_takes_typical_facts() -> None:
+    facts = random_dag(300, seed=5, shape="mixed", payload=20)
+    facts = [
+        f for f in facts if not any(v == int(v) for v in f.fields.values() if type(v) is float)
+    ]
+    for fact in facts:
+        body = encode([fact])
+        plain = envelope._decode_plain(orjson.loads(body)["facts"], 32)
+        assert plain is not None, fact
+        _same_fact(plain[0], fact)
+    nested = Fact("N", {"l": [1, 2.5, {"a": [None, "x"]}], "o": {"k": "v"}})
+    [got] = decode(encode([nested]))
+    assert got.fields["l"] == (1, 2.5, got.fields["l"][2])
+    assert dict(got.fields["l"][2]) == {"a": (None, "x")}
+    with pytest.raises(TypeError):
+        got.fields["o"]["k"] = "w"  # type: ignore[index]
+    _same_fact(got, nested)
+
+
+def _nest(levels: int) -> Any:
+    """``levels`` lists, one inside the other, around a 1."""
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _careless_body(fields: Any, fact_type: str = "T") -> bytes:
+    """An envelope whose hash a sender computed over orjson's own output (sorted
+    keys by code point, Python/orjson number layout): not what jinaga.js hashes."""
+    canonical = orjson.dumps({"fields": fields, "predecessors": {}}, option=orjson.OPT_SORT_KEYS)
+    claimed = base64.b64encode(hashlib.sha512(canonical).digest()).decode()
+    fact = {"type": fact_type, "hash": claimed, "fields": fields, "predecessors": {}}
+    return orjson.dumps({"v": 1, "facts": [fact]})
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"x": 37.0},
+        {"x": -0.0},
+        {"x": 4.8e-6},
+        {"x": 1e16},
+        {"x": 18446744073709551615.0},
+        {"l": [1, 37.0]},
+        {"o": {"deep": [4.8e-6]}},
+        {"\U0001f600": 1, "\ufffd": 2},
+        {"o": {"\U0001f600": 1, "\ufffd": 2}},
+    ],
+)
+def test_a_hash_over_orjsons_layout_is_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(HashMismatch):
+        decode(_careless_body(fields))
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"x": 2**53}, InvalidValue),
+        ({"x": -(2**53)}, InvalidValue),
+        ({"l": [2**60]}, InvalidValue),
+        ({"x": 2**64 - 1}, InvalidValue),
+        ({"d": _nest(32)}, TooDeep),
+    ],
+)
+def test_values_orjson_writes_but_facts_refuse_are_refused(
+    fields: dict[str, Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        decode(_careless_body(fields))
+
+
+def test_depth_limit_is_exact_on_the_plain_path() -> None:
+    ok = Fact("D", {"d": _nest(31)})
+    [got] = decode(encode([ok]))
+    assert got.ref == ok.ref
+    with pytest.raises(TooDeep):
+        decode(encode([ok]), CodecLimits(max_depth=31))

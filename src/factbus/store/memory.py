@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-from factbus.fact import Fact, FactRef
+from factbus.fact import Fact, FactRef, ref_of
 from factbus.store.base import CommitHooks, FactState, ParkedFact, StoreBatch, check_owner
 from factbus.urls import query_options
 
@@ -72,7 +72,8 @@ class MemoryStore:
 
     async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
         state = self._state
-        return {ref: state[ref] for ref in refs if ref in state}
+        known = state.keys() & refs  # one set operation; usually few are known
+        return {ref: state[ref] for ref in known}
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[MemoryTransaction]:
@@ -93,10 +94,18 @@ class MemoryStore:
             self._missing[ref] = set(parked.missing)
             for missing in parked.missing:
                 self._waiting[missing].add(ref)
-        for fact in batch.handled:
-            ref = fact.ref
-            self._facts[ref] = fact
-            self._state[ref] = FactState.HANDLED
+        handled = batch.handled
+        refs = list(map(ref_of, handled))
+        self._facts.update(zip(refs, handled, strict=True))
+        self._state.update(dict.fromkeys(refs, FactState.HANDLED))
+        if self._missing or self._waiting:
+            self._unpark(refs)
+        self._published.update(batch.published)
+        self._positions.update(batch.positions)
+
+    def _unpark(self, refs: list[FactRef]) -> None:
+        """Handled ``refs`` no longer wait, and no longer hold up their waiters."""
+        for ref in refs:
             for missing in self._missing.pop(ref, ()):
                 waiters = self._waiting.get(missing)
                 if waiters is not None:
@@ -105,8 +114,6 @@ class MemoryStore:
                 still = self._missing.get(waiter)
                 if still is not None:
                     still.discard(ref)
-        self._published.update(batch.published)
-        self._positions.update(batch.positions)
 
     async def waiting_on(
         self, refs: Collection[FactRef], limit: int | None = None

@@ -22,6 +22,7 @@ from factbus.transport.base import (
     Subscription,
     Transport,
     TransportBase,
+    ack_all,
     dead_letter_topic,
     delivery_position,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Subscription",
     "Transport",
     "TransportBase",
+    "ack_all",
     "dead_letter_topic",
     "delivery_position",
     "open_transport",

@@ -21,7 +21,7 @@ exception is treated as transient.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -241,6 +241,25 @@ def delivery_position(delivery: Delivery) -> int | None:
     """The ``position`` of a delivery from a :class:`LogReader` subscription, else ``None``."""
     position = getattr(delivery, "position", None)
     return position if isinstance(position, int) else None
+
+
+async def ack_all(deliveries: Iterable[Delivery]) -> None:
+    """Ack each of ``deliveries``, in order, as ``await delivery.ack()`` would.
+
+    A delivery whose class has an ``ack_inline()`` method (a plain call that
+    acks without I/O, as the memory transport's) is acked by that call, so a
+    step of deliveries does not make one coroutine each.
+    """
+    kind: type | None = None
+    inline = False
+    for delivery in deliveries:
+        if type(delivery) is not kind:
+            kind = type(delivery)
+            inline = hasattr(kind, "ack_inline")
+        if inline:
+            delivery.ack_inline()  # type: ignore[attr-defined]
+        else:
+            await delivery.ack()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ import asyncio
 import collections
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from types import MappingProxyType
+from typing import ClassVar, Final
 from urllib.parse import urlsplit
 
 from factbus.errors import ConfigError, TransportError
@@ -34,19 +35,15 @@ _CAPABILITIES = Capabilities(
 )
 
 
-@dataclass(slots=True)
-class _Stored:
-    body: bytes
-    headers: Mapping[str, str]
-    delivered: bool = False
-
-
 @dataclass
 class _Queue:
     """One group's queue on one topic, shared by the group's subscribers."""
 
     items: collections.deque[MemoryDelivery] = field(default_factory=collections.deque)
     readable: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 class _Namespace:
@@ -63,46 +60,45 @@ class _Namespace:
             queue = groups[group] = _Queue()
         return queue
 
-    def put(self, topic: str, stored: Sequence[_Stored]) -> None:
+    def put(self, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]) -> None:
+        """One delivery per message and group (body and headers are shared: immutable)."""
         for queue in self.queues.get(topic, {}).values():
-            queue.items.extend(MemoryDelivery(_Stored(s.body, s.headers)) for s in stored)
+            queue.items.extend([MemoryDelivery(body, headers) for body, headers in messages])
             queue.readable.set()
 
 
 class MemoryDelivery(SettleOnce):
-    """A delivery from a memory queue; it belongs to the subscriber that took it."""
+    """A delivery from a memory queue; it belongs to the subscriber that took it.
 
-    __slots__ = ("_owner", "_stored")
+    One object per delivery (body and headers are plain attributes); acking
+    it is a plain call (:meth:`ack_inline`), which :func:`~factbus.transport.ack_all`
+    uses instead of a coroutine per delivery."""
 
-    def __init__(self, stored: _Stored) -> None:
-        super().__init__()
-        self._stored = stored
+    __slots__ = ("_owner", "body", "headers", "redelivered")
+
+    def __init__(self, body: bytes, headers: Mapping[str, str], redelivered: bool = False) -> None:
+        self._settled = False
+        self.body = body
+        self.headers = headers
+        self.redelivered = redelivered
         self._owner: MemorySubscription | None = None
 
-    @property
-    def body(self) -> bytes:
-        return self._stored.body
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._stored.headers
-
-    @property
-    def redelivered(self) -> bool:
-        return self._stored.delivered
-
     async def ack(self) -> None:
-        self._settle()
+        self.ack_inline()
 
     async def nack(self, requeue: bool = True) -> None:
-        self._settle()
+        self.ack_inline()
         if requeue and self._owner is not None:
-            self._owner.requeue(self._stored)
+            self._owner.requeue(self)
 
-    def _settle(self) -> None:
+    def ack_inline(self) -> None:
+        """Settle, without I/O (see :func:`~factbus.transport.ack_all`).
+
+        :raises TransportError: it was acked or nacked before.
+        """
         self._settle_once()
         if self._owner is not None:
-            self._owner.unacked.pop(id(self), None)
+            self._owner.unacked.pop(self, None)
 
 
 class MemorySubscription(BufferedSubscription[MemoryDelivery]):
@@ -114,29 +110,30 @@ class MemorySubscription(BufferedSubscription[MemoryDelivery]):
         self._queue = queue
         self._buffer = queue.items
         self._readable = queue.readable
-        self.unacked: dict[int, MemoryDelivery] = {}
+        self.unacked: dict[MemoryDelivery, None] = {}
+        """Taken and not settled yet, in the order taken."""
 
-    def requeue(self, stored: _Stored) -> None:
-        stored.delivered = True
-        self._queue.items.appendleft(MemoryDelivery(stored))
+    def requeue(self, delivery: MemoryDelivery) -> None:
+        """Put a copy of a settled ``delivery`` back at the head of the queue."""
+        self._queue.items.appendleft(MemoryDelivery(delivery.body, delivery.headers, True))
         self._queue.readable.set()
 
     def _take(self, count: int) -> list[MemoryDelivery]:
         batch = super()._take(count)
         for delivery in batch:
             delivery._owner = self
-            self.unacked[id(delivery)] = delivery
+        self.unacked.update(dict.fromkeys(batch))
         return batch
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._close_buffer(clear=False)  # the queue stays, for the group's others
-        pending = list(self.unacked.values())
+        pending = list(self.unacked)
         self.unacked.clear()
         for delivery in reversed(pending):
             delivery._settled = True
-            self.requeue(delivery._stored)
+            self.requeue(delivery)
         self._queue.readable.set()  # wake a next_batch waiting on this queue
 
 
@@ -176,7 +173,9 @@ class MemoryTransport(TransportBase):
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         if self._closed:
             raise TransportError("transport is closed")
-        self._space().put(topic, [_Stored(m.body, dict(m.headers)) for m in messages])
+        self._space().put(
+            topic, [(m.body, dict(m.headers) if m.headers else _NO_HEADERS) for m in messages]
+        )
 
     async def subscribe(self, topic: str, group: str) -> MemorySubscription:
         if self._closed:
