@@ -195,7 +195,7 @@ def _decode_plain(wire_facts: list[Any], max_depth: int) -> list[Fact] | None:
             type(fact_type) is not str
             or not fact_type
             or type(fact_hash) is not str
-            or len(fact_hash) != 88
+            or len(fact_hash) != HASH_CHARS
             or type(fields) is not dict
             or type(wire_preds) is not dict
         ):
@@ -284,7 +284,7 @@ def _plain_ref(value: Any) -> FactRef | None:
         type(ref_type) is not str
         or not ref_type
         or type(ref_hash) is not str
-        or len(ref_hash) != 88
+        or len(ref_hash) != HASH_CHARS
     ):
         return None
     return FactRef(ref_type, ref_hash)
