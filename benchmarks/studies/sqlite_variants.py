@@ -5,8 +5,9 @@
 
 Each variant records the same facts as handled, 512 per transaction, into a
 fresh database file with the store's pragmas (WAL, synchronous=NORMAL), and
-reports µs per fact (best of 3). ``current`` is :class:`SqliteStore` itself;
-the others replay its statements with one change each, to size the
+reports µs per fact (best of 3). ``current`` is :class:`SqliteStore` itself
+(schema 2 since issue 15: the fact log); the others replay schema 1's statements
+with one change each, to size the
 suggestions in benchmarks/studies/PROFILE.md. Nothing here changes the store.
 """
 
@@ -24,7 +25,31 @@ from pathlib import Path
 from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.fact import Fact
 from factbus.store.base import StoreBatch
-from factbus.store.sqlite import _SCHEMA, SqliteStore
+from factbus.store.sqlite import SqliteStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS factbus_facts (
+    hash TEXT NOT NULL, type TEXT NOT NULL,
+    state INTEGER NOT NULL,          -- 1 handled, 2 parked
+    seq INTEGER NOT NULL,            -- arrival order, for listing parked facts
+    body BLOB,                       -- parked facts; handled ones only with keep_bodies
+    PRIMARY KEY (hash, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS factbus_facts_parked ON factbus_facts (state, seq);
+CREATE TABLE IF NOT EXISTS factbus_waiting (
+    missing_hash TEXT NOT NULL, missing_type TEXT NOT NULL,
+    hash TEXT NOT NULL, type TEXT NOT NULL,
+    PRIMARY KEY (missing_hash, missing_type, hash, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS factbus_waiting_by_fact ON factbus_waiting (hash, type);
+CREATE TABLE IF NOT EXISTS factbus_published (
+    hash TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (hash, type)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS factbus_positions (key TEXT PRIMARY KEY, next INTEGER NOT NULL);
+"""
+"""Schema 1, the store's layout before the fact log (schema 2), which the variants
+below replay; ``current`` is the store as it is now."""
 
 BATCH = 512
 

@@ -1,5 +1,19 @@
 """``sqlite:///path.db``: the embedded default store (one file per node, WAL mode).
 
+Layout (schema 2, docs/decisions.md "SQLite store: a fact log"): handled facts
+are appended to ``factbus_log`` (a rowid table, written once, never updated),
+so recording a step appends to the end of one B-tree whatever the store's
+size. Which identities are handled is known from an index kept in memory
+(``hash[:22]`` -> log row, about 134 bytes per handled fact), rebuilt from the
+log on :meth:`SqliteStore.open`; a hit is confirmed against the log row. Parked
+facts live in the small ``factbus_parked`` table (with their wait lists) until
+handled, then move to the log. ``factbus_facts`` is a read-only view with
+schema 1's columns. A schema 1 file is migrated on open.
+
+Another connection (another process, or the sidecar's) may write the file: the
+store notices it by ``PRAGMA data_version`` at each transaction and look-up,
+and indexes the log rows appended meanwhile.
+
 Calls run on the event-loop thread: each pipeline step makes a handful of
 batched statements that take microseconds, and a thread hop per step would cost
 more than it saves. ``synchronous=NORMAL`` in WAL mode survives a process
@@ -19,6 +33,8 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
+import structlog
+
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
 from factbus.store.base import (
@@ -32,20 +48,27 @@ from factbus.store.base import (
 )
 from factbus.urls import parse_bool, query_options, redact
 
-SCHEMA_VERSION: Final = 1
-_CHUNK: Final = 500  # hashes per IN (...) query; SQLite allows 32766 parameters
-_STATES: Final = {1: FactState.HANDLED, 2: FactState.PARKED}
+log = structlog.get_logger("factbus.store.sqlite")
 
-_SCHEMA = """
+SCHEMA_VERSION: Final = 2
+"""1: one ``factbus_facts`` table keyed by (hash, type); 2: the fact log (below)."""
+_CHUNK: Final = 500  # values per IN (...) query; SQLite allows 32766 parameters
+_KEY: Final = 22
+"""Characters of the base64 hash that key the in-memory index (132 bits); a hit is
+confirmed against the log row, so a shared prefix never merges two facts."""
+
+_TABLES = """
 CREATE TABLE IF NOT EXISTS factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS factbus_facts (
+CREATE TABLE IF NOT EXISTS factbus_log (
+    id INTEGER PRIMARY KEY,          -- append order: rows are never updated or deleted
     hash TEXT NOT NULL, type TEXT NOT NULL,
-    state INTEGER NOT NULL,          -- 1 handled, 2 parked
-    seq INTEGER NOT NULL,            -- arrival order, for listing parked facts
-    body BLOB,                       -- parked facts; handled ones only with keep_bodies
-    PRIMARY KEY (hash, type)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS factbus_facts_parked ON factbus_facts (state, seq);
+    body BLOB                        -- only with keep_bodies
+);
+CREATE TABLE IF NOT EXISTS factbus_parked (
+    seq INTEGER PRIMARY KEY,         -- parking order
+    hash TEXT NOT NULL, type TEXT NOT NULL, body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS factbus_parked_identity ON factbus_parked (hash, type);
 CREATE TABLE IF NOT EXISTS factbus_waiting (
     missing_hash TEXT NOT NULL, missing_type TEXT NOT NULL,
     hash TEXT NOT NULL, type TEXT NOT NULL,
@@ -57,6 +80,23 @@ CREATE TABLE IF NOT EXISTS factbus_published (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS factbus_positions (key TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """
+
+_VIEW = """
+CREATE VIEW IF NOT EXISTS factbus_facts (hash, type, state, seq, body) AS
+    SELECT hash, type, 1, 0, body FROM factbus_log
+    UNION ALL SELECT hash, type, 2, seq, body FROM factbus_parked
+"""
+"""Schema 1's table as a read-only view (state 1 handled, 2 parked), for readers
+that query it (tools, tests)."""
+
+_MIGRATE_FROM_1 = (
+    "INSERT INTO factbus_log (hash, type, body) "
+    "SELECT hash, type, body FROM factbus_facts WHERE state = 1",
+    "INSERT INTO factbus_parked (seq, hash, type, body) "
+    "SELECT seq, hash, type, body FROM factbus_facts WHERE state = 2 ORDER BY seq",
+    "DROP INDEX IF EXISTS factbus_facts_parked",
+    "DROP TABLE factbus_facts",
+)
 
 
 def sqlite_path(url: str) -> str:
@@ -90,6 +130,10 @@ def _in_hashes(column: str, count: int) -> str:
     return f"{column} IN ({','.join('?' * count)})"
 
 
+def _in_ids(count: int) -> str:
+    return f"id IN ({','.join('?' * count)})"
+
+
 def _hashes(refs: list[FactRef]) -> list[str]:
     return [ref.hash for ref in refs]
 
@@ -111,12 +155,14 @@ class SqliteTransaction(CommitHooks):
     async def savepoint(self) -> AsyncIterator[None]:
         self._savepoints += 1
         name = f"factbus_sp{self._savepoints}"
+        mark = self._store._undo_mark()
         self._db.execute(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
             self._db.execute(f"ROLLBACK TO {name}")
             self._db.execute(f"RELEASE {name}")
+            self._store._undo(mark)
             raise
         self._db.execute(f"RELEASE {name}")
 
@@ -128,7 +174,7 @@ class SqliteTransaction(CommitHooks):
 
 
 class SqliteStore:
-    """SQLite store; see the module docstring for its threading and durability."""
+    """SQLite store; see the module docstring for its layout, threading and durability."""
 
     shared: Final = False
     """One node per file: see :attr:`factbus.store.Store.shared`."""
@@ -141,7 +187,17 @@ class SqliteStore:
         """Keep handled facts' content (for :meth:`load`); off by default: dedup
         needs only identities, and bodies triple the bytes written per fact."""
         self._db: sqlite3.Connection | None = None
-        self._seq = 0
+        self._index: dict[str, int] = {}
+        """``hash[:_KEY]`` -> the log row of a handled fact with that prefix."""
+        self._overflow: dict[FactRef, int] = {}
+        """Handled facts whose prefix the index gives to another row (same hash of
+        another type, or a prefix shared by chance): exact refs -> log row."""
+        self._last_id = 0
+        """The highest log row this connection knows of (its own and others')."""
+        self._journal: list[str | FactRef] = []
+        """Index entries added by the open transaction, undone if it rolls back."""
+        self._data_version = -1
+        self._parked_rows = 0
         self._waiting_rows = 0
 
     @property
@@ -151,23 +207,88 @@ class SqliteStore:
         return self._db
 
     async def open(self) -> None:
+        """Create the schema (or migrate schema 1 to the fact log) and load the
+        in-memory identity index from the log.
+
+        :raises ConfigError: the file has a schema newer than this factbus knows.
+        """
         if self._db is not None:
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=10000")
-        db.executescript(_SCHEMA)
-        version = db.execute("SELECT value FROM factbus_meta WHERE key='schema'").fetchone()
-        if version is None:
-            db.execute("INSERT INTO factbus_meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(version[0]) != SCHEMA_VERSION:
-            raise ConfigError(f"{self.path}: schema {version[0]} is not {SCHEMA_VERSION}")
-        self._seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM factbus_facts").fetchone()[0]
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            self._schema(db)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
+        self._index.clear()
+        self._overflow.clear()
+        self._last_id = 0
+        self._data_version = -1
+        self._refresh()
+
+    def _schema(self, db: sqlite3.Connection) -> None:
+        """Create schema 2, or migrate schema 1 in one transaction (a crash leaves
+        the file as it was; the next open migrates again)."""
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT value FROM factbus_meta WHERE key='schema'").fetchone()
+            version = SCHEMA_VERSION if row is None else int(row[0])
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path}: store schema {version} is newer than this factbus "
+                    f"knows ({SCHEMA_VERSION}): upgrade factbus"
+                )
+            for statement in _TABLES.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if version == 1:
+                for statement in _MIGRATE_FROM_1:
+                    db.execute(statement)
+                log.info("migrated sqlite store to schema 2 (fact log)", path=self.path)
+            db.execute(_VIEW)
+            db.execute(
+                "INSERT INTO factbus_meta VALUES ('schema', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _refresh(self) -> None:
+        """Catch up with what another connection committed (``PRAGMA data_version``
+        moved): index the log rows it appended, recount parked facts and wait lists.
+        Costs one pragma when nothing changed."""
+        db = self.db
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return
+        self._data_version = version
+        self._load_log(db)
         self._count_waiting()
+
+    def _load_log(self, db: sqlite3.Connection) -> None:
+        index, overflow = self._index, self._overflow
+        rows = db.execute(
+            "SELECT id, hash, type FROM factbus_log WHERE id > ? ORDER BY id", (self._last_id,)
+        )
+        for row_id, fact_hash, fact_type in rows:
+            key = fact_hash[:_KEY]
+            if key in index:
+                overflow[FactRef(fact_type, fact_hash)] = row_id
+            else:
+                index[key] = row_id
+            self._last_id = row_id
 
     async def own(self, owner: str) -> None:
         """See :meth:`factbus.store.Store.own` (kept in ``factbus_meta``)."""
@@ -177,80 +298,99 @@ class SqliteStore:
         check_owner(self.path, recorded, owner)
 
     def _count_waiting(self) -> None:
-        self._waiting_rows = self.db.execute("SELECT COUNT(*) FROM factbus_waiting").fetchone()[0]
+        db = self.db
+        self._waiting_rows = db.execute("SELECT COUNT(*) FROM factbus_waiting").fetchone()[0]
+        self._parked_rows = db.execute("SELECT COUNT(*) FROM factbus_parked").fetchone()[0]
 
     async def aclose(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
 
-    async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
-        out: dict[FactRef, FactState] = {}
-        wanted = refs if isinstance(refs, set | frozenset | dict) else set(refs)
-        for chunk in _chunks(wanted):
+    def _handled(self, refs: Iterable[FactRef]) -> dict[FactRef, int]:
+        """The log row of each of ``refs`` that is handled: the index proposes a row
+        by prefix, the row's own hash and type confirm it (one query per chunk)."""
+        index, overflow = self._index, self._overflow
+        refs = refs if isinstance(refs, Collection) else list(refs)
+        out: dict[FactRef, int] = {}
+        proposed: dict[int, list[FactRef]] = {}
+        for ref in refs:
+            row_id = index.get(ref.hash[:_KEY])
+            if row_id is not None:
+                proposed.setdefault(row_id, []).append(ref)
+        if overflow:
+            for ref in refs:
+                if (row_id := overflow.get(ref)) is not None:
+                    out[ref] = row_id
+        ids = list(proposed)
+        for at in range(0, len(ids), _CHUNK):
+            chunk = ids[at : at + _CHUNK]
             rows = self.db.execute(
-                "SELECT hash, type, state FROM factbus_facts WHERE "
-                + _in_hashes("hash", len(chunk)),
-                _hashes(chunk),
+                "SELECT id, hash, type FROM factbus_log WHERE " + _in_ids(len(chunk)),
+                chunk,
             )
-            for fact_hash, fact_type, state in rows:
-                ref = FactRef(fact_type, fact_hash)
-                if ref in wanted:
-                    out[ref] = _STATES[state]
+            for row_id, fact_hash, fact_type in rows:
+                for ref in proposed[row_id]:
+                    if ref.hash == fact_hash and ref.type == fact_type:
+                        out[ref] = row_id
+        return out
+
+    async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
+        self._refresh()
+        wanted = refs if isinstance(refs, set | frozenset | dict) else set(refs)
+        out = dict.fromkeys(self._handled(wanted), FactState.HANDLED)
+        if self._parked_rows > 0:
+            rest = [ref for ref in wanted if ref not in out]
+            for chunk in _chunks(rest):
+                rows = self.db.execute(
+                    "SELECT hash, type FROM factbus_parked WHERE " + _in_hashes("hash", len(chunk)),
+                    _hashes(chunk),
+                )
+                for fact_hash, fact_type in rows:
+                    ref = FactRef(fact_type, fact_hash)
+                    if ref in wanted:
+                        out[ref] = FactState.PARKED
         return out
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
+        last_id = self._last_id
         tx = SqliteTransaction(self, db)
         try:
+            self._refresh()  # under the write lock: nobody appends until we end
+            last_id = self._last_id
             yield tx
             await tx.run_before_commit()
         except BaseException:
             db.execute("ROLLBACK")
-            self._count_waiting()  # the counter may have moved with the undone writes
+            self._undo(0)
+            self._last_id = last_id
+            self._count_waiting()  # the counters may have moved with the undone writes
             raise
         db.execute("COMMIT")
+        self._journal.clear()
         tx.run_after_commit()
+
+    def _undo_mark(self) -> int:
+        return len(self._journal)
+
+    def _undo(self, mark: int) -> None:
+        """Forget the index entries added since ``mark`` (their rows were rolled back)."""
+        journal = self._journal
+        while len(journal) > mark:
+            entry = journal.pop()
+            if isinstance(entry, FactRef):
+                self._overflow.pop(entry, None)
+            else:
+                self._index.pop(entry, None)
 
     def _apply(self, db: sqlite3.Connection, batch: StoreBatch) -> None:
         if batch.parked:
-            rows = []
-            for parked in batch.parked:
-                self._seq += 1
-                ref = parked.fact.ref
-                rows.append((ref.hash, ref.type, self._seq, fact_to_bytes(parked.fact)))
-            db.executemany(
-                "INSERT INTO factbus_facts (hash, type, state, seq, body) VALUES (?, ?, 2, ?, ?) "
-                "ON CONFLICT (hash, type) DO NOTHING",
-                rows,
-            )
-            added = db.executemany(
-                "INSERT OR IGNORE INTO factbus_waiting VALUES (?, ?, ?, ?)",
-                [
-                    (missing.hash, missing.type, p.fact.hash, p.fact.type)
-                    for p in batch.parked
-                    for missing in p.missing
-                ],
-            )
-            self._waiting_rows += max(added.rowcount, 0)
+            self._park(db, batch.parked)
         if batch.handled:
-            keep = self.keep_bodies
-            db.executemany(
-                "INSERT INTO factbus_facts (hash, type, state, seq, body) VALUES (?, ?, 1, 0, ?) "
-                "ON CONFLICT (hash, type) DO UPDATE SET state = 1, body = excluded.body",
-                [(f.hash, f.type, fact_to_bytes(f) if keep else None) for f in batch.handled],
-            )
-            if self._waiting_rows > 0:  # nothing waits: no wait list to trim
-                keys = [(fact.hash, fact.type) for fact in batch.handled]
-                released = db.executemany(
-                    "DELETE FROM factbus_waiting WHERE missing_hash = ? AND missing_type = ?", keys
-                )
-                unparked = db.executemany(
-                    "DELETE FROM factbus_waiting WHERE hash = ? AND type = ?", keys
-                )
-                self._waiting_rows -= max(released.rowcount, 0) + max(unparked.rowcount, 0)
+            self._append(db, batch.handled)
         if batch.published:
             db.executemany(
                 "INSERT OR IGNORE INTO factbus_published VALUES (?, ?)",
@@ -262,6 +402,74 @@ class SqliteStore:
                 "ON CONFLICT (key) DO UPDATE SET next = excluded.next",
                 list(batch.positions.items()),
             )
+
+    def _park(self, db: sqlite3.Connection, parked: list[ParkedFact]) -> None:
+        handled = self._handled(p.fact.ref for p in parked)
+        fresh = [p for p in parked if p.fact.ref not in handled]
+        added = db.executemany(
+            "INSERT OR IGNORE INTO factbus_parked (hash, type, body) VALUES (?, ?, ?)",
+            [(p.fact.hash, p.fact.type, fact_to_bytes(p.fact)) for p in fresh],
+        )
+        self._parked_rows += max(added.rowcount, 0)
+        added = db.executemany(
+            "INSERT OR IGNORE INTO factbus_waiting VALUES (?, ?, ?, ?)",
+            [
+                (missing.hash, missing.type, p.fact.hash, p.fact.type)
+                for p in fresh
+                for missing in p.missing
+            ],
+        )
+        self._waiting_rows += max(added.rowcount, 0)
+
+    def _append(self, db: sqlite3.Connection, facts: list[Fact]) -> None:
+        """Append the facts not handled yet to the log and index them; unpark them
+        and trim the wait lists (only while anything is parked)."""
+        index, journal = self._index, self._journal
+        keep = self.keep_bodies
+        rows: list[tuple[int, str, str, bytes | None]] = []
+        suspects: list[Fact] = []  # their prefix is indexed: handled already, or not
+        row_id = self._last_id
+        for fact in facts:
+            fact_hash = fact.hash
+            key = fact_hash[:_KEY]
+            if key in index:
+                suspects.append(fact)
+                continue
+            row_id += 1
+            index[key] = row_id
+            journal.append(key)
+            rows.append((row_id, fact_hash, fact.type, fact_to_bytes(fact) if keep else None))
+        if suspects:
+            # Rows of this call are not written yet: their refs confirm them.
+            written = {(r[1], r[2]) for r in rows}
+            done = self._handled(s.ref for s in suspects)
+            for fact in suspects:
+                ref = fact.ref
+                if ref in done or (ref.hash, ref.type) in written:
+                    continue
+                row_id += 1
+                self._overflow[ref] = row_id
+                journal.append(ref)
+                written.add((ref.hash, ref.type))
+                rows.append((row_id, ref.hash, ref.type, fact_to_bytes(fact) if keep else None))
+        if rows:
+            db.executemany("INSERT INTO factbus_log VALUES (?, ?, ?, ?)", rows)
+            self._last_id = row_id
+        if self._parked_rows > 0 or self._waiting_rows > 0:
+            keys = [(fact.hash, fact.type) for fact in facts]
+            if self._parked_rows > 0:
+                unparked = db.executemany(
+                    "DELETE FROM factbus_parked WHERE hash = ? AND type = ?", keys
+                )
+                self._parked_rows -= max(unparked.rowcount, 0)
+            if self._waiting_rows > 0:
+                released = db.executemany(
+                    "DELETE FROM factbus_waiting WHERE missing_hash = ? AND missing_type = ?", keys
+                )
+                unwaited = db.executemany(
+                    "DELETE FROM factbus_waiting WHERE hash = ? AND type = ?", keys
+                )
+                self._waiting_rows -= max(released.rowcount, 0) + max(unwaited.rowcount, 0)
 
     async def waiting_on(
         self, refs: Collection[FactRef], limit: int | None = None
@@ -294,10 +502,8 @@ class SqliteStore:
         missing: dict[FactRef, set[FactRef]] = {ref: set() for ref in refs}
         for chunk in _chunks(refs):
             hashes = _hashes(chunk)
-            # "+state" keeps SQLite on the primary key (hash) instead of scanning every
-            # parked row through the state index, which made release quadratic.
             for fact_hash, fact_type, body in self.db.execute(
-                "SELECT hash, type, body FROM factbus_facts WHERE +state = 2 AND "
+                "SELECT hash, type, body FROM factbus_parked WHERE "
                 + _in_hashes("hash", len(chunk)),
                 hashes,
             ):
@@ -318,8 +524,8 @@ class SqliteStore:
 
     async def ready_parked(self, limit: int | None = None) -> list[Fact]:
         rows = self.db.execute(
-            "SELECT body FROM factbus_facts f WHERE state = 2 AND NOT EXISTS "
-            "(SELECT 1 FROM factbus_waiting w WHERE w.hash = f.hash AND w.type = f.type) "
+            "SELECT body FROM factbus_parked p WHERE NOT EXISTS "
+            "(SELECT 1 FROM factbus_waiting w WHERE w.hash = p.hash AND w.type = p.type) "
             "ORDER BY seq LIMIT ?",
             (-1 if limit is None else limit,),
         )
@@ -327,17 +533,17 @@ class SqliteStore:
 
     async def parked(self, limit: int = 1000) -> list[ParkedFact]:
         rows = self.db.execute(
-            "SELECT hash, type FROM factbus_facts WHERE state = 2 ORDER BY seq LIMIT ?", (limit,)
+            "SELECT hash, type FROM factbus_parked ORDER BY seq LIMIT ?", (limit,)
         )
         return self._parked_facts([FactRef(t, h) for h, t in rows])
 
     async def counts(self) -> dict[str, int]:
+        self._refresh()
         db = self.db
-        by_state = dict(db.execute("SELECT state, COUNT(*) FROM factbus_facts GROUP BY state"))
         published = db.execute("SELECT COUNT(*) FROM factbus_published").fetchone()[0]
         return {
-            "handled": by_state.get(1, 0),
-            "parked": by_state.get(2, 0),
+            "handled": len(self._index) + len(self._overflow),
+            "parked": db.execute("SELECT COUNT(*) FROM factbus_parked").fetchone()[0],
             "published": published,
         }
 
@@ -357,13 +563,23 @@ class SqliteStore:
         return None if row is None else int(row[0])
 
     async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
+        self._refresh()
         out: dict[FactRef, Fact] = {}
         wanted = set(refs)
-        for chunk in _chunks(wanted):
+        ids = list(self._handled(wanted).values())
+        for at in range(0, len(ids), _CHUNK):
+            chunk = ids[at : at + _CHUNK]
+            for (body,) in self.db.execute(
+                "SELECT body FROM factbus_log WHERE body IS NOT NULL AND " + _in_ids(len(chunk)),
+                chunk,
+            ):
+                fact = fact_from_bytes(body)
+                out[fact.ref] = fact
+        for refs_chunk in _chunks(wanted - out.keys()):
             rows = self.db.execute(
-                "SELECT hash, type, body FROM factbus_facts WHERE "
-                + _in_hashes("hash", len(chunk)),
-                _hashes(chunk),
+                "SELECT hash, type, body FROM factbus_parked WHERE "
+                + _in_hashes("hash", len(refs_chunk)),
+                _hashes(refs_chunk),
             )
             for fact_hash, fact_type, body in rows:
                 if FactRef(fact_type, fact_hash) in wanted:

@@ -1,0 +1,241 @@
+"""The SQLite store's fact log (schema 2): the in-memory identity index, its
+confirmation against the log, other connections' writes, and the migration of
+a schema 1 file (docs/decisions.md, "SQLite store: a fact log")."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from factbus.errors import ConfigError
+from factbus.fact import Fact, FactRef
+from factbus.store.base import FactState, ParkedFact, StoreBatch, fact_to_bytes
+from factbus.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+# Schema 1 exactly as factbus wrote it before the fact log (src/factbus/store/sqlite.py
+# up to schema 1): a migration test must start from the old layout, not from ours.
+SCHEMA_1 = """
+CREATE TABLE IF NOT EXISTS factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS factbus_facts (
+    hash TEXT NOT NULL, type TEXT NOT NULL,
+    state INTEGER NOT NULL,          -- 1 handled, 2 parked
+    seq INTEGER NOT NULL,            -- arrival order, for listing parked facts
+    body BLOB,                       -- parked facts; handled ones only with keep_bodies
+    PRIMARY KEY (hash, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS factbus_facts_parked ON factbus_facts (state, seq);
+CREATE TABLE IF NOT EXISTS factbus_waiting (
+    missing_hash TEXT NOT NULL, missing_type TEXT NOT NULL,
+    hash TEXT NOT NULL, type TEXT NOT NULL,
+    PRIMARY KEY (missing_hash, missing_type, hash, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS factbus_waiting_by_fact ON factbus_waiting (hash, type);
+CREATE TABLE IF NOT EXISTS factbus_published (
+    hash TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (hash, type)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS factbus_positions (key TEXT PRIMARY KEY, next INTEGER NOT NULL);
+"""
+
+
+def _fact(n: int, fact_type: str = "Log.Fact") -> Fact:
+    return Fact(fact_type, {"n": n})
+
+
+async def _record(store: SqliteStore, batch: StoreBatch) -> None:
+    async with store.transaction() as tx:
+        await tx.record(batch)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(f"sqlite:///{tmp_path}/node.db")
+    await opened.open()
+    yield opened
+    await opened.aclose()
+
+
+def _log_rows(path: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT hash, type FROM factbus_log ORDER BY id").fetchall()
+
+
+async def test_a_handled_fact_is_appended_once(store: SqliteStore) -> None:
+    a, b = _fact(1), _fact(2)
+    await _record(store, StoreBatch(handled=[a, b, a]))
+    await _record(store, StoreBatch(handled=[b, a]))
+    assert _log_rows(store.path) == [(a.hash, a.type), (b.hash, b.type)]
+    assert (await store.counts())["handled"] == 2
+
+
+async def test_same_hash_of_another_type_is_its_own_fact(store: SqliteStore) -> None:
+    # The type is not hashed: these two facts share a hash and an index key.
+    a, other = Fact("Log.A", {"n": 1}), Fact("Log.B", {"n": 1})
+    assert a.hash == other.hash
+    await _record(store, StoreBatch(handled=[a]))
+    assert await store.states([other.ref]) == {}
+    await _record(store, StoreBatch(handled=[other, a]))
+    assert await store.states([a.ref, other.ref]) == {
+        a.ref: FactState.HANDLED,
+        other.ref: FactState.HANDLED,
+    }
+    assert len(_log_rows(store.path)) == 2
+    await store.aclose()
+    await store.open()  # rebuilt from the log: both found again
+    assert len(await store.states([a.ref, other.ref])) == 2
+    assert (await store.counts())["handled"] == 2
+
+
+async def test_a_shared_prefix_is_not_a_match(store: SqliteStore) -> None:
+    a = _fact(1)
+    await _record(store, StoreBatch(handled=[a]))
+    lookalike = FactRef(a.type, a.hash[:22] + "A" * (len(a.hash) - 22))
+    assert lookalike.hash != a.hash
+    assert await store.states([lookalike, a.ref]) == {a.ref: FactState.HANDLED}
+
+
+async def test_rolled_back_writes_leave_no_index_entry(store: SqliteStore) -> None:
+    a, b = _fact(1), _fact(2)
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx:
+            await tx.record(StoreBatch(handled=[a]))
+            raise RuntimeError("handler crashed")
+    async with store.transaction() as tx:
+        with pytest.raises(RuntimeError):
+            async with tx.savepoint():
+                await tx.record(StoreBatch(handled=[b]))
+                raise RuntimeError("undone")
+        await tx.record(StoreBatch(handled=[_fact(3)]))
+    assert await store.states([a.ref, b.ref]) == {}
+    await _record(store, StoreBatch(handled=[a, b]))
+    assert await store.states([a.ref, b.ref]) == {
+        a.ref: FactState.HANDLED,
+        b.ref: FactState.HANDLED,
+    }
+    assert len(_log_rows(store.path)) == 3
+
+
+async def test_another_connection_s_writes_are_seen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/node.db"
+    first, second = SqliteStore(url), SqliteStore(url)
+    await first.open()
+    await second.open()
+    try:
+        a, b, c = _fact(1), _fact(2), _fact(3)
+        await _record(first, StoreBatch(handled=[a]))
+        await _record(second, StoreBatch(handled=[b], parked=[ParkedFact(c, frozenset({a.ref}))]))
+        # first learns b (and c parked) at its next look-up, and appends after b
+        assert await first.states([b.ref, c.ref]) == {
+            b.ref: FactState.HANDLED,
+            c.ref: FactState.PARKED,
+        }
+        await _record(first, StoreBatch(handled=[c, b]))
+        assert await second.states([c.ref]) == {c.ref: FactState.HANDLED}
+        assert (await second.counts()) == {"handled": 3, "parked": 0, "published": 0}
+        assert len(_log_rows(first.path)) == 3
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_parked_then_handled_moves_to_the_log(store: SqliteStore) -> None:
+    a, b = _fact(1), _fact(2, "Log.Kid")
+    await _record(store, StoreBatch(parked=[ParkedFact(b, frozenset({a.ref}))]))
+    with sqlite3.connect(store.path) as db:  # the schema 1 view still answers
+        assert db.execute("SELECT type, state FROM factbus_facts").fetchall() == [("Log.Kid", 2)]
+    await _record(store, StoreBatch(handled=[a, b]))
+    assert await store.parked() == []
+    assert await store.waiting_on([a.ref]) == []
+    assert await store.counts() == {"handled": 2, "parked": 0, "published": 0}
+    with sqlite3.connect(store.path) as db:
+        assert sorted(db.execute("SELECT type, state FROM factbus_facts")) == [
+            ("Log.Fact", 1),
+            ("Log.Kid", 1),
+        ]
+
+
+async def test_keep_bodies_loads_handled_facts(tmp_path: Path) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path}/node.db?keep_bodies=1")
+    await store.open()
+    try:
+        a, b = _fact(1), _fact(2)
+        await _record(store, StoreBatch(handled=[a], parked=[ParkedFact(b, frozenset())]))
+        assert await store.load([a.ref, b.ref, _fact(3).ref]) == {a.ref: a, b.ref: b}
+    finally:
+        await store.aclose()
+
+
+async def test_a_schema_1_store_is_migrated_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    handled = [_fact(n) for n in range(5)]
+    root, kid, ready = _fact(100), _fact(101, "Log.Kid"), _fact(102, "Log.Kid")
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_1)
+        db.execute("INSERT INTO factbus_meta VALUES ('schema', '1'), ('owner', ?)", ("node 'n'",))
+        db.executemany(
+            "INSERT INTO factbus_facts VALUES (?, ?, 1, 0, NULL)",
+            [(f.hash, f.type) for f in handled],
+        )
+        db.executemany(
+            "INSERT INTO factbus_facts VALUES (?, ?, 2, ?, ?)",
+            [(kid.hash, kid.type, 7, fact_to_bytes(kid)), (ready.hash, ready.type, 3, b"")],
+        )
+        db.execute(
+            "UPDATE factbus_facts SET body = ? WHERE hash = ?", (fact_to_bytes(ready), ready.hash)
+        )
+        db.execute(
+            "INSERT INTO factbus_waiting VALUES (?, ?, ?, ?)",
+            (root.hash, root.type, kid.hash, kid.type),
+        )
+        db.execute("INSERT INTO factbus_published VALUES (?, ?)", (root.hash, root.type))
+        db.execute("INSERT INTO factbus_positions VALUES ('log:t', 42)")
+    store = SqliteStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        states = await store.states([f.ref for f in [*handled, root, kid, ready]])
+        assert states == {
+            **{f.ref: FactState.HANDLED for f in handled},
+            kid.ref: FactState.PARKED,
+            ready.ref: FactState.PARKED,
+        }
+        assert [p.fact for p in await store.parked()] == [ready, kid]  # by seq
+        assert await store.ready_parked() == [ready]
+        assert [(p.fact, p.missing) for p in await store.waiting_on([root.ref])] == [
+            (kid, frozenset({root.ref}))
+        ]
+        assert await store.counts() == {"handled": 5, "parked": 2, "published": 1}
+        assert await store.position("log:t") == 42
+        await store.own("node 'n'")
+        await _record(store, StoreBatch(handled=[root, kid, handled[0]]))
+        assert await store.ready_parked() == [ready]
+        assert (await store.counts())["handled"] == 7
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM factbus_meta WHERE key='schema'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
+        kinds = dict(db.execute("SELECT name, type FROM sqlite_master WHERE name LIKE 'factbus_%'"))
+        assert kinds["factbus_facts"] == "view"
+        assert "factbus_facts_parked" not in kinds
+        assert db.execute("SELECT COUNT(*) FROM factbus_facts WHERE state = 1").fetchone() == (7,)
+    again = SqliteStore(f"sqlite:///{path}")  # opening a migrated file again changes nothing
+    await again.open()
+    try:
+        assert (await again.counts())["handled"] == 7
+    finally:
+        await again.aclose()
+
+
+async def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO factbus_meta VALUES ('schema', '99')")
+    with pytest.raises(ConfigError, match="schema 99 is newer than this factbus knows"):
+        await SqliteStore(f"sqlite:///{path}").open()
+    with sqlite3.connect(path) as db:
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "factbus_log" not in names
