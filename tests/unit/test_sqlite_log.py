@@ -135,6 +135,14 @@ async def test_another_connection_s_writes_are_seen(tmp_path: Path) -> None:
         assert await second.states([c.ref]) == {c.ref: FactState.HANDLED}
         assert (await second.counts()) == {"handled": 3, "parked": 0, "published": 0}
         assert len(_log_rows(first.path)) == 3
+        # a fact with the hash of one first knows, of another type (its prefix is taken)
+        twin = Fact("Log.Twin", {"n": 1})
+        assert twin.hash == a.hash
+        await _record(second, StoreBatch(handled=[twin]))
+        assert await first.states([twin.ref, a.ref]) == {
+            twin.ref: FactState.HANDLED,
+            a.ref: FactState.HANDLED,
+        }
     finally:
         await first.aclose()
         await second.aclose()

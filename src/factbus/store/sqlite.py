@@ -278,7 +278,31 @@ class SqliteStore:
         self._count_waiting()
 
     def _load_log(self, db: sqlite3.Connection) -> None:
+        """Index the log rows above :attr:`_last_id` (all of them on open)."""
         index, overflow = self._index, self._overflow
+        if not index and not overflow:
+            # The whole log: one C-level dict update, then the few shared prefixes.
+            count, top = db.execute(
+                "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM factbus_log"
+            ).fetchone()
+            index.update(db.execute(f"SELECT substr(hash, 1, {_KEY}), id FROM factbus_log"))
+            if len(index) < count:  # a later row took a shared prefix's slot
+                index_shared = db.execute(
+                    "SELECT id, hash, type FROM factbus_log WHERE substr(hash, 1, ?) IN "
+                    "(SELECT substr(hash, 1, ?) FROM factbus_log GROUP BY 1 HAVING COUNT(*) > 1) "
+                    "ORDER BY id",
+                    (_KEY, _KEY),
+                )
+                first: set[str] = set()
+                for row_id, fact_hash, fact_type in index_shared:
+                    key = fact_hash[:_KEY]
+                    if key in first:
+                        overflow[FactRef(fact_type, fact_hash)] = row_id
+                    else:
+                        first.add(key)
+                        index[key] = row_id
+            self._last_id = top
+            return
         rows = db.execute(
             "SELECT id, hash, type FROM factbus_log WHERE id > ? ORDER BY id", (self._last_id,)
         )
