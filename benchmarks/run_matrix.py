@@ -390,9 +390,9 @@ def results_md(
         "publish msgs/s: all publishers together, broker-confirmed, in parentheses the ratio to "
         "the raw producer. p50/p95/p99: publish call → handler, per fact, at peak (includes the "
         "backlog the peak builds); p99 @50%: the same with publishing paced at half of the peak's "
-        "end-to-end rate, message by message: each is stamped with its due time and published "
-        "as soon as it is due, in a call with whatever else is due (one or a few messages, with "
-        "`--pack N` N; calls do not wait for each other's confirms). CPU µs/msg: CPU time of "
+        "end-to-end rate, message by message: each is published as soon as it is due, in a call "
+        "with whatever else is due (one or a few messages, with `--pack N` N; calls do not wait "
+        "for each other's confirms), and stamped when its call is made. CPU µs/msg: CPU time of "
         "the consuming process (all threads) per message during the peak, in parentheses the "
         "same for the raw consumer — far less sensitive to "
         "the machine's load than the rates.",

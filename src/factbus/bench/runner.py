@@ -309,7 +309,9 @@ class _Run:
                 slow = await self._phase(
                     bus, recorder, "half load", config.spec(config.seed + 1), rate=target
                 )
-                half = HalfLoad(round(target, 1), round(slow.messages_per_s, 1), slow.latency)
+                half = HalfLoad(
+                    round(target, 1), round(slow.messages_per_s, 1), slow.latency, slow.lag_ms
+                )
         finally:
             await bus.aclose()
         drain = baseline_drain = None
@@ -553,6 +555,7 @@ class _Run:
             messages_per_s=sent / elapsed,
             latency=Latency.of(latencies(stamps, phase.handled_at)),
             cpu_s=cpu,
+            lag_ms=max(r.lag_p99_ms for r in reports),
         )
 
 
@@ -565,6 +568,7 @@ class _Measured:
     messages_per_s: float
     latency: Latency
     cpu_s: float
+    lag_ms: float = 0.0
 
 
 def process_cpu() -> float:
