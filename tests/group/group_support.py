@@ -9,34 +9,16 @@ with ``in_order = false``, a lost fact as a missing row.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from factbus.fact import Fact
-
-_ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
-
-
-def broker_url(name: str) -> str:
-    """``tests/conftest.py``'s ``broker_url`` (skips, or fails in CI, when down).
-
-    Loaded by path: a ``conftest`` module name is ambiguous under pytest's
-    import mode for test folders without ``__init__.py``.
-    """
-    spec = importlib.util.spec_from_file_location("factbus_tests_root_conftest", _ROOT_CONFTEST)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    url: str = module.broker_url(name)
-    return url
 
 
 def env_int(name: str, default: int) -> int:

@@ -29,7 +29,6 @@ import pytest
 from group_support import (
     EffectTable,
     Verdict,
-    broker_url,
     drop_schema,
     env_int,
     new_schema_name,
@@ -37,6 +36,7 @@ from group_support import (
 )
 
 from factbus import Bus
+from factbus.testing.brokers import broker_url
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 from factbus.transport import open_transport
 

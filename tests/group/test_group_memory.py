@@ -21,7 +21,6 @@ import asyncpg
 import pytest
 from group_support import (
     EffectTable,
-    broker_url,
     drop_schema,
     env_int,
     new_schema_name,
@@ -31,6 +30,7 @@ from group_support import (
 
 from factbus import Bus, Fact
 from factbus.errors import ConfigError
+from factbus.testing.brokers import broker_url
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 from factbus.transport.memory import MemoryTransport
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import asyncpg
 import psutil
 import pytest
-from group_support import EffectTable, broker_url, drop_schema, new_schema_name, with_options
+from group_support import EffectTable, drop_schema, new_schema_name, with_options
+
+from factbus.testing.brokers import broker_url
 
 HERE = Path(__file__).resolve().parent
 

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-_ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+from factbus.testing.brokers import broker_url
 
 # Short heartbeats make Kafka group joins quick; one partition keeps publish order.
 KAFKA_OPTIONS = "session_timeout=6&heartbeat_interval=0.5&commit_interval=0.2&partitions=1"
-
-
-def broker_url(name: str) -> str:
-    """``tests/conftest.py``'s ``broker_url`` (skips, or fails in CI, when down)."""
-    spec = importlib.util.spec_from_file_location("factbus_tests_root_conftest", _ROOT_CONFTEST)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    url: str = module.broker_url(name)
-    return url
 
 
 def transport_url(kind: str, namespace: str) -> str:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -21,19 +19,7 @@ from factbus.fact import Fact, FactRef
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
 from factbus.testing import shop
-
-_ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
-
-
-def broker_url(name: str) -> str:
-    """``tests/conftest.py``'s ``broker_url`` (skips, or fails in CI, when down),
-    loaded by path (``conftest`` is ambiguous for folders without ``__init__.py``)."""
-    spec = importlib.util.spec_from_file_location("factbus_tests_root_conftest", _ROOT_CONFTEST)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    url: str = module.broker_url(name)
-    return url
+from factbus.testing.brokers import broker_url
 
 
 def unique(prefix: str) -> str:

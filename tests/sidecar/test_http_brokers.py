@@ -16,7 +16,6 @@ import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
 from http_support import (
-    broker_url,
     eventually,
     exercise_api,
     fresh_database,
@@ -29,6 +28,7 @@ from http_support import (
 from factbus import Bus, Fact
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
+from factbus.testing.brokers import broker_url
 
 
 @contextlib.asynccontextmanager

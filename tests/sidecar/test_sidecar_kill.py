@@ -28,7 +28,9 @@ from typing import Any
 
 import pytest
 from sidecar_worker import kill_fact_set
-from views_support import TABLES, broker_url, expected_rows
+from views_support import TABLES, expected_rows
+
+from factbus.testing.brokers import broker_url
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker("amqp"), pytest.mark.timeout(900)]
 

@@ -4,7 +4,6 @@ Views attached) on SQLite or PostgreSQL, and table dumps."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import sqlite3
 import uuid
@@ -20,19 +19,8 @@ import asyncpg
 from factbus import Bus, Fact
 from factbus.sidecar.config import SidecarConfig, parse_config
 from factbus.sidecar.views import Views
+from factbus.testing.brokers import broker_url
 from factbus.testing.shop import shop_views
-
-_ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
-
-
-def broker_url(name: str) -> str:
-    """``tests/conftest.py``'s ``broker_url`` (skips, or fails in CI, when down)."""
-    spec = importlib.util.spec_from_file_location("factbus_tests_root_conftest", _ROOT_CONFTEST)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    url: str = module.broker_url(name)
-    return url
 
 
 def shop_config(**sidecar: Any) -> SidecarConfig:

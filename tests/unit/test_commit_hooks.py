@@ -4,7 +4,6 @@ everything back. ``current_transaction()`` gives handlers the transaction."""
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
 import uuid
 from pathlib import Path
@@ -15,17 +14,7 @@ import pytest
 from factbus import Bus, Fact
 from factbus.dispatcher import current_transaction
 from factbus.store import Store, StoreBatch, open_store
-
-_ROOT_CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
-
-
-def broker_url(name: str) -> str:
-    spec = importlib.util.spec_from_file_location("factbus_tests_root_conftest", _ROOT_CONFTEST)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    url: str = module.broker_url(name)
-    return url
+from factbus.testing.brokers import broker_url
 
 
 @pytest.fixture(

@@ -7,4 +7,6 @@
   causal checker.
 - :mod:`factbus.testing.shop`: the shop example's sidecar views (demo,
   benchmark, tests).
+- :mod:`factbus.testing.brokers`: the URLs of factbus's own test brokers
+  (``FACTBUS_TEST_*_URL``; skip, or fail in CI, when one does not answer).
 """

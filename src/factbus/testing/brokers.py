@@ -1,0 +1,43 @@
+"""The test brokers of factbus's own suite, and of scripts and apps its tests start.
+
+Broker URLs come from ``FACTBUS_TEST_<NAME>_URL`` variables (``scripts/brokers.sh
+env`` prints them), else the local defaults below. In CI (``FACTBUS_CI=1``) a
+test whose broker does not answer fails instead of skipping. An installed
+module, so that helper modules imported outside pytest's path (an app a test
+runs with ``factbus worker``, a worker script) reach it the same way as tests
+(``tests/conftest.py`` re-exports it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Final
+from urllib.parse import urlsplit
+
+import pytest
+
+DEFAULT_URLS: Final = {
+    "amqp": "amqp://guest:guest@127.0.0.1:5672/",
+    "kafka": "kafka://127.0.0.1:9092",
+    "redis": "kombu+redis://127.0.0.1:6379/0",
+    "kombu_amqp": "kombu+amqp://guest:guest@127.0.0.1:5672//",
+    "postgres": "postgresql://factbus:factbus@127.0.0.1:5432/factbus",
+}
+
+
+def broker_url(name: str) -> str:
+    """The URL of test broker ``name`` (a key of :data:`DEFAULT_URLS`); skips the
+    calling test (or, in CI, fails it) when the broker does not answer."""
+    url = os.environ.get(f"FACTBUS_TEST_{name.upper()}_URL", DEFAULT_URLS[name])
+    parts = urlsplit(url.split(",")[0])
+    host, port = parts.hostname or "127.0.0.1", parts.port
+    try:
+        with socket.create_connection((host, port or 0), timeout=2):
+            pass
+    except OSError as error:
+        message = f"{name} broker at {host}:{port} does not answer ({error}); run `make brokers`"
+        if os.environ.get("FACTBUS_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
