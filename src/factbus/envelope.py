@@ -24,6 +24,7 @@ import orjson
 
 from factbus.canonical import DEFAULT_MAX_DEPTH
 from factbus.errors import (
+    EnvelopeError,
     HashMismatch,
     InvalidFact,
     InvalidValue,
@@ -36,6 +37,7 @@ from factbus.errors import (
 )
 from factbus.fact import Fact, FactRef, _ref_sort_key, received_fact
 
+_ENVELOPE_KEYS: Final = frozenset(("v", "facts"))
 _WIRE_KEYS: Final = frozenset(("type", "hash", "fields", "predecessors"))
 _SORT_STRICT: Final = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 # A number orjson writes otherwise than JavaScript: integral (``37.0``, ``1e+16``)
@@ -104,6 +106,34 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
     :raises OversizedEnvelope, MalformedEnvelope, UnknownVersion, TooDeep,
         InvalidValue, PredecessorCycle, HashMismatch: with a precise message.
     """
+    facts = _decode_plain(body, limits.max_bytes, limits.max_depth)
+    return facts if facts is not None else _decode_full(body, limits)
+
+
+def decode_each(
+    bodies: Iterable[bytes], limits: CodecLimits = CodecLimits()
+) -> tuple[list[list[Fact]], dict[int, EnvelopeError]]:
+    """:func:`decode` of each body (a pipeline step's): each body's facts (``[]``
+    for one refused), and the error :func:`decode` raises for each refused body,
+    by its position."""
+    plain, max_bytes, max_depth = _decode_plain, limits.max_bytes, limits.max_depth
+    out: list[list[Fact]] = []
+    errors: dict[int, EnvelopeError] = {}
+    add = out.append
+    for body in bodies:
+        facts = plain(body, max_bytes, max_depth)
+        if facts is None:
+            try:
+                facts = _decode_full(body, limits)
+            except EnvelopeError as error:
+                errors[len(out)] = error
+                facts = []
+        add(facts)
+    return out, errors
+
+
+def _decode_full(body: bytes, limits: CodecLimits) -> list[Fact]:
+    """:func:`decode` with every check spelled out and every refusal named."""
     if len(body) > limits.max_bytes:
         raise OversizedEnvelope(f"{len(body)} bytes exceeds the limit of {limits.max_bytes}")
     try:
@@ -124,8 +154,7 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
     wire_facts = doc.get("facts")
     if type(wire_facts) is not list or not wire_facts:
         raise MalformedEnvelope('"facts" must be a non-empty list')
-    facts = _decode_plain(wire_facts, limits.max_depth)
-    return facts if facts is not None else _decode_checked(wire_facts, limits.max_depth)
+    return _decode_checked(wire_facts, limits.max_depth)
 
 
 def _decode_checked(wire_facts: list[Any], max_depth: int) -> list[Fact]:
@@ -157,31 +186,47 @@ def _decode_checked(wire_facts: list[Any], max_depth: int) -> list[Fact]:
     return facts
 
 
-def _decode_plain(wire_facts: list[Any], max_depth: int) -> list[Fact] | None:
+def _decode_plain(body: bytes, max_bytes: int, max_depth: int) -> list[Fact] | None:
     """The facts of a well-formed envelope whose values orjson judges alone, or
-    ``None``: then :func:`decode` takes its full path (which also names what is
-    wrong with a malformed envelope).
+    ``None``: then :func:`decode` takes its full path (:func:`_decode_full`,
+    which also names what is wrong with a malformed envelope).
 
     What is checked here, with one ``orjson.dumps`` of the canonical form per
-    fact and no walk of nested values: the structure (exactly ``type``,
-    ``hash``, ``fields``, ``predecessors``, each of its type; references of
-    exactly a type and an 88-character hash, lists in hash order; topological
-    order); the value rules: ``orjson.loads`` already refused NaN, Infinity,
-    lone surrogates and invalid UTF-8, ``OPT_STRICT_INTEGER`` refuses integers
-    beyond ±(2^53-1), the fields' own floats are ones orjson writes as
-    JavaScript does (not integral, not below 1e-5), and when the fields nest
-    lists or objects, a scan of the canonical bytes finds no number laid out
-    otherwise (``37.0``, ``1e+16``, ``4.8e-6``) and fewer brackets than
-    ``max_depth`` (so nothing nests that deep); no character beyond the BMP
-    (keys would need UTF-16 order); the hash, recomputed from those bytes.
-    Anything else, or any doubt (a scan may match inside a string), returns
-    ``None``: the full path decides. The fields stay the parsed dict, owned by
-    the fact, which freezes nested values when they are first read
-    (:attr:`Fact.fields`).
+    fact and no walk of nested values: the envelope (within ``max_bytes``,
+    exactly ``v`` (1) and a non-empty ``facts``; no duplicate key: as many
+    ``:`` in the body as keys parsed, or the body is byte for byte orjson's own
+    writing); each fact's structure (exactly ``type``, ``hash``, ``fields``,
+    ``predecessors``, each of its type; references of exactly a type and an
+    88-character hash, lists in hash order; topological order); the value
+    rules: ``orjson.loads`` already refused NaN, Infinity, lone surrogates and
+    invalid UTF-8, ``OPT_STRICT_INTEGER`` refuses integers beyond ±(2^53-1),
+    the fields' own floats are ones orjson writes as JavaScript does (not
+    integral, not below 1e-5), and when the fields nest lists or objects, a
+    scan of the canonical bytes finds no number laid out otherwise (``37.0``,
+    ``1e+16``, ``4.8e-6``) and fewer brackets than ``max_depth`` (so nothing
+    nests that deep); no character beyond the BMP (keys would need UTF-16
+    order); the hash, recomputed from those bytes. Anything else, or any doubt
+    (a scan may match inside a string), returns ``None``. The fields stay the
+    parsed dict, owned by the fact, which freezes nested values when they are
+    first read (:attr:`Fact.fields`).
     """
+    if len(body) > max_bytes:
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or doc.keys() != _ENVELOPE_KEYS:
+        return None
+    version = doc["v"]
+    wire_facts = doc["facts"]
+    if version != VERSION or type(version) is not int or type(wire_facts) is not list:
+        return None
     dumps, sha512, b64 = orjson.dumps, hashlib.sha512, binascii.b2a_base64
     layout, astral = _JS_FLOAT_LAYOUT.search, _ASTRAL_UTF8.search
     make = received_fact
+    keys = 2  # v, facts; then each object's keys (not counted once values nest)
+    counted = True
     facts: list[Fact] = []
     preds: dict[str, FactRef | tuple[FactRef, ...]] | None = None
     for wire in wire_facts:
@@ -204,9 +249,11 @@ def _decode_plain(wire_facts: list[Any], max_depth: int) -> list[Fact] | None:
             plain = _plain_predecessors(wire_preds)
             if plain is None:
                 return None
-            preds, structure = plain
+            preds, structure, pred_keys = plain
+            keys += 4 + len(fields) + pred_keys
         else:
             preds, structure = None, 3
+            keys += 4 + len(fields)
         try:
             canonical = dumps({"fields": fields, "predecessors": wire_preds}, option=_SORT_STRICT)
         except orjson.JSONEncodeError:
@@ -219,6 +266,7 @@ def _decode_plain(wire_facts: list[Any], max_depth: int) -> list[Fact] | None:
                     return None  # JavaScript lays it out otherwise than orjson
             elif kind is dict or kind is list:
                 nested = True
+                counted = False  # nested keys are not counted
         if nested and (
             # Brackets beyond the canonical object's, the fields', the
             # predecessors' and their references' open containers nested in
@@ -233,6 +281,11 @@ def _decode_plain(wire_facts: list[Any], max_depth: int) -> list[Fact] | None:
         if b64(sha512(canonical).digest(), newline=False).decode() != fact_hash:
             return None
         facts.append(make(fact_type, fact_hash, fields, preds, not nested))
+    if not facts:
+        return None
+    if (not counted or body.count(b":") != keys) and dumps(doc) != body:
+        # Maybe a duplicate key (orjson keeps the last silently): the full path judges.
+        return None
     if len(facts) > 1:
         order = {fact.ref: i for i, fact in enumerate(facts)}
         if len(order) == len(facts):
@@ -247,12 +300,14 @@ def _decode_plain(wire_facts: list[Any], max_depth: int) -> list[Fact] | None:
 
 def _plain_predecessors(
     wire_preds: dict[str, Any],
-) -> tuple[dict[str, FactRef | tuple[FactRef, ...]], int] | None:
+) -> tuple[dict[str, FactRef | tuple[FactRef, ...]], int, int] | None:
     """The references of ``wire_preds`` when each is exactly a type and an
-    88-character hash and each list is in hash order, and the number of
-    brackets the canonical form has without the fields' contents; else ``None``."""
+    88-character hash and each list is in hash order, the number of brackets
+    the canonical form has without the fields' contents, and the number of
+    keys in ``wire_preds`` (roles and references'); else ``None``."""
     preds: dict[str, FactRef | tuple[FactRef, ...]] = {}
     structure = 3
+    keys = len(wire_preds)
     for role, value in wire_preds.items():
         if not role:
             return None
@@ -267,13 +322,15 @@ def _plain_predecessors(
                 return None
             preds[role] = tuple(refs)
             structure += 1 + len(refs)
+            keys += 2 * len(refs)
         else:
             ref = _plain_ref(value)
             if ref is None:
                 return None
             preds[role] = ref
             structure += 1
-    return preds, structure
+            keys += 2
+    return preds, structure, keys
 
 
 def _plain_ref(value: Any) -> FactRef | None:

@@ -294,19 +294,22 @@ def received_fact(
     owns) and ``preds``, checked references; ``flat``: no list or object nested
     in ``fields`` (else they are frozen when :attr:`Fact.fields` is first read)."""
     fact = _new_fact(Fact)
-    fact._type = type = _intern(type)
+    fact._type = type = _TYPES.get(type) or _intern(type)
     fact._fields = fields
     fact._fields_view = None
     fact._predecessors = preds or _NO_PREDECESSORS
     fact._ancestors = ()
     fact._writer = 0 if flat else 4
     fact._hash = hash
-    fact._ref = FactRef(type, hash)
+    fact._ref = _new_ref(FactRef, (type, hash))
     fact._wire_bytes = None
     return fact
 
 
 _new_fact = object.__new__
+_new_ref = tuple.__new__
+"""``_new_ref(FactRef, (type, hash))`` is ``FactRef(type, hash)`` without the
+Python-level ``__new__`` a NamedTuple has."""
 
 ref_of: Final = attrgetter("_ref")
 """``ref_of(fact)`` is ``fact.ref`` (``map(ref_of, facts)`` runs in C)."""

@@ -20,14 +20,15 @@ import asyncio
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
+from operator import attrgetter
 from typing import Any
 
 import structlog
 
 from factbus.causal import CausalBuffer
 from factbus.dispatcher import Dispatcher, Handler, HandlerFailed
-from factbus.envelope import CodecLimits, decode, encode
+from factbus.envelope import CodecLimits, decode_each, encode
 from factbus.errors import EnvelopeError
 from factbus.fact import Fact, FactRef, predecessors_of, ref_of
 from factbus.headers import HEADER_DEAD_LETTER_REASON
@@ -36,6 +37,8 @@ from factbus.store.base import FactState, ParkedFact, Store, StoreBatch
 from factbus.transport.base import Delivery, Transport, ack_all, delivery_position
 
 log = structlog.get_logger("factbus.pipeline")
+
+_body = attrgetter("body")
 
 
 @dataclass
@@ -155,20 +158,21 @@ class Pipeline:
 
     async def _decode(self, deliveries: Sequence[Delivery]) -> tuple[list[Fact], list[Delivery]]:
         """The facts of the well-formed deliveries; the others are dead-lettered and acked."""
+        decoded, errors = decode_each(map(_body, deliveries), self.limits)
+        observer = self.observer
+        if not errors and observer is None:
+            return list(chain.from_iterable(decoded)), list(deliveries)
         facts: list[Fact] = []
         accepted: list[Delivery] = []
-        limits, observer = self.limits, self.observer
-        add, accept = facts.extend, accepted.append
-        for delivery in deliveries:
-            try:
-                decoded = decode(delivery.body, limits)
-            except EnvelopeError as error:
+        for i, (delivery, each) in enumerate(zip(deliveries, decoded, strict=True)):
+            error = errors.get(i)
+            if error is not None:
                 await self._reject(delivery, error)
                 continue
             if observer is not None:
-                observer.received(delivery, decoded)
-            add(decoded)
-            accept(delivery)
+                observer.received(delivery, each)
+            facts += each
+            accepted.append(delivery)
         return facts, accepted
 
     async def ingest(self, facts: list[Fact], positions: dict[str, int]) -> None:
@@ -267,7 +271,7 @@ class Pipeline:
                         buffer.block(fact.ref)
             dispatcher = self.dispatcher
             blocked = buffer.blocked  # a live view: block() adds to it
-            plain: dict[str, list[Handler] | None] = {}
+            plain: dict[str, tuple[tuple[int, Handler], ...] | None] = {}
             done = handled.append
             with dispatcher.bound(tx):
                 for fact in ready:
@@ -278,12 +282,15 @@ class Pipeline:
                     try:
                         funcs = plain[fact_type]
                     except KeyError:
-                        funcs = plain[fact_type] = dispatcher.plain_handlers(fact_type)
+                        found = dispatcher.plain_handlers(fact_type)
+                        funcs = plain[fact_type] = (
+                            None if found is None else tuple(enumerate(found))
+                        )
                     try:
                         if funcs is None:
                             await dispatcher.dispatch(fact, tx)
                         else:
-                            for index, func in enumerate(funcs):
+                            for index, func in funcs:
                                 try:
                                     func(fact)
                                 except Exception as error:

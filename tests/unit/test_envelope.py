@@ -168,6 +168,27 @@ def test_duplicate_keys_are_malformed() -> None:
     assert decode(spaced)[0].ref == fact.ref
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # A key written with a space before its colon, then again (the last wins in orjson).
+        (b'"fields":{"a":1}', b'"fields":{"a" :1,"a":1}'),
+        (b'"fields":{"a":1}', b'"fields":{"a":1, "a" : 1}'),
+        (b'"type":"T",', b'"type" :"T","type":"T",'),
+        (b'"v":1,', b'"v" :1,"v":1,'),
+        (b'{"hash":"', b'{"type" :"P","hash":"'),
+    ],
+)
+def test_duplicate_keys_are_found_however_they_are_spaced(old: bytes, new: bytes) -> None:
+    # The plain decode path counts colons against the keys it parsed; a key
+    # hidden from that count (a space before its colon) must not hide a duplicate.
+    fact = Fact("T", {"a": 1}, {"p": Fact("P", {})})
+    body = encode([fact])
+    assert old in body
+    with pytest.raises(MalformedEnvelope, match="duplicate JSON key"):
+        decode(body.replace(old, new, 1))
+
+
 def test_received_references_hash_as_the_local_fact_whatever_their_wire_layout() -> None:
     # decode reuses the wire form of the predecessors for the hash only when it
     # is exactly what is hashed; a list out of hash order or a reference with

@@ -318,9 +318,9 @@ def _same_fact(got: Fact, want: Fact) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_facts(), min_size=1, max_size=6))
 def test_plain_decode_agrees_with_the_full_path_and_jinaga_js(facts: list[Fact]) -> None:
-    wire_facts = orjson.loads(encode(topological(facts)))["facts"]
-    plain = envelope._decode_plain(orjson.loads(encode(topological(facts)))["facts"], 32)
-    full = envelope._decode_checked(wire_facts, 32)
+    body = encode(topological(facts))
+    plain = envelope._decode_plain(body, len(body), 32)
+    full = envelope._decode_full(body, CodecLimits())
     if plain is not None:
         assert len(plain) == len(full)
         for got, want in zip(plain, full, strict=True):
@@ -336,7 +336,7 @@ def test_plain_decode_takes_typical_facts() -> None:
     ]
     for fact in facts:
         body = encode([fact])
-        plain = envelope._decode_plain(orjson.loads(body)["facts"], 32)
+        plain = envelope._decode_plain(body, len(body), 32)
         assert plain is not None, fact
         _same_fact(plain[0], fact)
     nested = Fact("N", {"l": [1, 2.5, {"a": [None, "x"]}], "o": {"k": "v"}})

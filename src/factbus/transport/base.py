@@ -248,8 +248,15 @@ async def ack_all(deliveries: Iterable[Delivery]) -> None:
 
     A delivery whose class has an ``ack_inline()`` method (a plain call that
     acks without I/O, as the memory transport's) is acked by that call, so a
-    step of deliveries does not make one coroutine each.
+    step of deliveries does not make one coroutine each; when every delivery
+    is of one class with an ``ack_inline_all(deliveries)`` class method, that
+    one call acks them all.
     """
+    if isinstance(deliveries, list) and deliveries:
+        ack_inline_all = getattr(type(deliveries[0]), "ack_inline_all", None)
+        if ack_inline_all is not None and len(set(map(type, deliveries))) == 1:
+            ack_inline_all(deliveries)
+            return
     kind: type | None = None
     inline = False
     for delivery in deliveries:

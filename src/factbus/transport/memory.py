@@ -91,6 +91,17 @@ class MemoryDelivery(SettleOnce):
         if requeue and self._owner is not None:
             self._owner.requeue(self)
 
+    @staticmethod
+    def ack_inline_all(deliveries: Sequence[MemoryDelivery]) -> None:
+        """:meth:`ack_inline` of each (see :func:`~factbus.transport.ack_all`)."""
+        for delivery in deliveries:
+            if delivery._settled:
+                raise TransportError("delivery already acked or nacked")
+            delivery._settled = True
+            owner = delivery._owner
+            if owner is not None:
+                owner.unacked.pop(delivery, None)
+
     def ack_inline(self) -> None:
         """Settle, without I/O (see :func:`~factbus.transport.ack_all`).
 
