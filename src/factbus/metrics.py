@@ -42,8 +42,8 @@ import asyncio
 import contextlib
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from factbus.errors import ConfigError
 from factbus.headers import HEADER_PUBLISHED_AT
@@ -326,56 +326,57 @@ class _StatsCollector(Collector):
             GaugeMetricFamily(WAITING, "Facts parked right now.", labels=labels),
             (([b.topic, b.node], stats.waiting) for b, stats in live),
         )
-        yield _filled(
-            GaugeMetricFamily(
-                LAG,
-                "Messages of the node's subscription not consumed yet (Kafka: high "
-                "watermark minus committed offset per partition; queues: queue depth).",
-                labels=[*labels, "partition"],
-            ),
-            (([b.topic, b.node, part], value) for b in buses for part, value in b.lag.items()),
+        lag_text = (
+            "Messages of the node's subscription not consumed yet (Kafka: high "
+            "watermark minus committed offset per partition; queues: queue depth)."
         )
         yield _filled(
-            CounterMetricFamily(
-                REJECTED,
-                "Envelopes dead-lettered on receipt, by reason code.",
-                labels=[*labels, "reason"],
-            ),
-            (
-                ([b.topic, b.node, reason], count)
-                for b in buses
-                for reason, count in sorted(b.rejected.items())
-            ),
+            GaugeMetricFamily(LAG, lag_text, labels=[*labels, "partition"]),
+            _keyed(buses, lambda b: b.lag.items()),
+        )
+        rejected_text = "Envelopes dead-lettered on receipt, by reason code."
+        yield _filled(
+            CounterMetricFamily(REJECTED, rejected_text, labels=[*labels, "reason"]),
+            _keyed(buses, lambda b: sorted(b.rejected.items())),
+        )
+        handler_text = (
+            "Seconds spent in a fact's handlers (every handler of its type, with retries)."
         )
         yield _histograms(
-            HistogramMetricFamily(
-                HANDLER_DURATION,
-                "Seconds spent in a fact's handlers (every handler of its type, with retries).",
-                labels=[*labels, "fact_type"],
-            ),
-            (
-                ([b.topic, b.node, fact_type], histogram)
-                for b in buses
-                for fact_type, histogram in sorted(b.handler_duration.items())
-            ),
+            HistogramMetricFamily(HANDLER_DURATION, handler_text, labels=[*labels, "fact_type"]),
+            _keyed(buses, lambda b: sorted(b.handler_duration.items())),
         )
-        yield _histograms(
-            HistogramMetricFamily(
+        per_bus: list[tuple[str, str, Callable[[BusMetrics], Histogram]]] = [
+            (
                 STEP_DURATION,
                 "Seconds per pipeline step (verify, dedup, order, handle, record, ack a batch).",
-                labels=labels,
+                lambda b: b.step_duration,
             ),
-            (([b.topic, b.node], b.step_duration) for b in buses),
-        )
-        yield _histograms(
-            HistogramMetricFamily(
+            (
                 END_TO_END,
                 "Seconds from the publisher's publish-time header to the fact being handled "
                 "(facts handled in the step that received them).",
-                labels=labels,
+                lambda b: b.end_to_end,
             ),
-            (([b.topic, b.node], b.end_to_end) for b in buses),
-        )
+        ]
+        for name, text, pick in per_bus:
+            yield _histograms(
+                HistogramMetricFamily(name, text, labels=labels),
+                (([b.topic, b.node], pick(b)) for b in buses),
+            )
+
+
+V = TypeVar("V")
+
+
+def _keyed(
+    buses: Iterable[BusMetrics], items: Callable[[BusMetrics], Iterable[tuple[str, V]]]
+) -> Iterator[tuple[list[str], V]]:
+    """``([topic, node, key], value)`` for each bus and each ``(key, value)`` of
+    ``items(bus)``, in that order: the samples of a family with one more label."""
+    for bound in buses:
+        for key, value in items(bound):
+            yield [bound.topic, bound.node, key], value
 
 
 def _filled(
