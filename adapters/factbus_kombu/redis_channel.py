@@ -13,6 +13,24 @@ message *and* records it as unacknowledged in the same atomic step. At every
 instant a message is therefore in its queue or in the unacked hash, where the
 adapter's periodic restore finds it once ``visibility_timeout`` has passed.
 
+Restoring puts a message back where it was taken from. kombu records each
+unacked message with the exchange and routing key it was published with, and
+its ``restore_visible`` routes it through that exchange again; but it learns an
+exchange's type only from a declaration made on the *same* connection, and
+takes an unknown exchange for a ``direct`` one. factbus binds its group queues
+to ``topic`` exchanges with ``#``, which a direct lookup never matches: a
+restore run by a connection that had not declared the topic (the adapter's
+publishing connection in a consumer-only process, or another process
+altogether) removed the message from the unacked hash and pushed it nowhere.
+So :class:`Channel` records and hands out every message it takes as sent
+through the default exchange to the queue it came from (``exchange ""``,
+``routing_key <queue>``): any connection restores it into that queue, and only
+that one (not a copy into every group's queue through the topic's exchange),
+under a delivery tag of its own per queue (:func:`queue_tag`).
+Where kombu's own ``BRPOP`` runs (below), an exchange this connection has not
+declared is taken as ``topic`` (the only type factbus declares on virtual
+transports), so that a restore still finds the bound queues.
+
 Used only where the plain case holds: one queue consumed on the channel, no
 ``global_keyprefix`` and no message priorities (factbus publishes none);
 otherwise kombu's own ``BRPOP`` runs. Needs redis >= 6.2 (``BLMOVE``).
@@ -33,20 +51,49 @@ local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
   local raw = redis.call('RPOP', KEYS[1])
   if not raw then break end
-  local props = cjson.decode(raw)['properties']
-  local tag = props['delivery_tag']
-  local info = props['delivery_info']
+  local tag = tostring(cjson.decode(raw)['properties']['delivery_tag'])
+  if string.sub(tag, 1, #ARGV[2]) ~= ARGV[2] then tag = ARGV[2] .. tag end
   redis.call('ZADD', KEYS[3], at, tag)
-  redis.call('HSET', KEYS[2], tag,
-    '[' .. raw .. ',' .. cjson.encode(info['exchange']) .. ','
-        .. cjson.encode(info['routing_key']) .. ']')
+  redis.call('HSET', KEYS[2], tag, '[' .. raw .. ',"",' .. cjson.encode(KEYS[1]) .. ']')
   taken[#taken + 1] = raw
 end
 return taken
 """
 """Pop up to ARGV[1] messages of KEYS[1] and record each, atomically, as kombu's
-``QoS.append`` does: ``HSET unacked tag [payload, exchange, routing_key]`` and
-``ZADD unacked_index now tag`` (KEYS[2], KEYS[3])."""
+``QoS.append`` does: ``HSET unacked tag [payload, "", KEYS[1]]`` (exchange and
+routing key that lead back to this queue, see the module docstring) and
+``ZADD unacked_index now tag`` (KEYS[2], KEYS[3]), where ``tag`` is the
+message's delivery tag prefixed with ARGV[2] (:func:`queue_tag`)."""
+
+
+def tag_prefix(queue: str) -> str:
+    """What :func:`queue_tag` puts before a delivery tag taken from ``queue``."""
+    return queue + "/"
+
+
+def queue_tag(tag: Any, queue: str) -> str:
+    """The delivery tag of a message taken from ``queue``: kombu's tag prefixed with
+    the queue's name (once). kombu gives a message one tag when it is published
+    and the topic exchange copies it, tag and all, into every group's queue; the
+    unacked hash is keyed by tag, so one group's take overwrote another's record
+    and its ack deleted it (a message the other group's dead consumer held was
+    then never restored)."""
+    text, prefix = str(tag), tag_prefix(queue)
+    return text if text.startswith(prefix) else prefix + text
+
+
+def back_to(payload: dict[str, Any], queue: str) -> dict[str, Any]:
+    """``payload`` (a kombu message taken from ``queue``) marked as sent through the
+    default exchange to ``queue``, under its :func:`queue_tag`: kombu's
+    ``QoS.append`` records that, so a restore or a requeue puts it back into
+    ``queue`` (see the module docstring), and acks and restores of other groups'
+    copies never touch its record."""
+    properties = payload["properties"]
+    properties["delivery_tag"] = queue_tag(properties.get("delivery_tag"), queue)
+    info = properties.setdefault("delivery_info", {})
+    info["exchange"] = ""
+    info["routing_key"] = queue
+    return payload
 
 
 class Channel(kombu_redis.Channel):
@@ -91,8 +138,14 @@ class Channel(kombu_redis.Channel):
         if not taken:  # another consumer of the queue was quicker
             raise kombu_redis.Empty()
         for raw in taken:
-            self.connection._deliver(loads(bytes_to_str(raw)), queue)
+            self.connection._deliver(back_to(loads(bytes_to_str(raw)), queue), queue)
         return True
+
+    def typeof(self, exchange: str, default: str = "topic") -> Any:
+        """The exchange type kombu routes ``exchange`` with: as declared on this
+        connection, else ``topic`` (kombu's default, ``direct``, matches none of
+        factbus' ``#`` bindings, so a restore would drop the message)."""
+        return super().typeof(exchange, default)
 
     def _take(self, queue: str) -> list[bytes]:
         """Pop and record as unacked, atomically, what the prefetch allows."""
@@ -103,7 +156,7 @@ class Channel(kombu_redis.Channel):
                 self._factbus_take = client.register_script(TAKE)
             result = self._factbus_take(
                 keys=[queue, qos.unacked_key, qos.unacked_index_key],
-                args=[allowance],
+                args=[allowance, tag_prefix(queue)],
                 client=client,
             )
         return list(result or [])

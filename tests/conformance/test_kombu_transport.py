@@ -10,6 +10,7 @@ import contextlib
 import ssl
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -572,6 +573,49 @@ async def test_redis_messages_of_a_dead_consumer_come_back_after_the_visibility_
     received = await collect(subscription, 5, 30.0)
     assert sorted(bodies(received)) == sorted(m.body for m in sent)
     assert all(d.redelivered for d in received)
+
+
+@pytest.mark.faults
+async def test_redis_messages_of_a_dead_consumer_come_back_whoever_restores_them(
+    names: Names, transports: list[KombuTransport]
+) -> None:
+    """The restore is run by a transport that never declared the topic (it
+    consumes another one), as a consumer-only process' publishing connection:
+    kombu took the topic exchange for a ``direct`` one there and dropped every
+    message it restored. They must come back, into their own group's queue only.
+    (Unacked bookkeeping under keys of its own: tests running meanwhile on the
+    same redis neither delay this one's restores nor get theirs restored early.)"""
+    keys = f"factbus.test-{uuid.uuid4().hex[:8]}"
+    url = with_options(
+        broker_url("redis"),
+        f"transport.visibility_timeout=1&transport.unacked_key={keys}.unacked"
+        f"&transport.unacked_index_key={keys}.index&transport.unacked_mutex_key={keys}.mutex",
+    )
+    publisher = await open_kombu(transports, url, names)
+    topic, group, other = fresh(names, "t"), fresh(names, "g"), fresh(names, "g")
+    bystander = await publisher.subscribe(topic, other)  # another group of the topic
+    dying = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DYING_CONSUMER, url, topic, group, stdout=asyncio.subprocess.PIPE
+    )
+    assert dying.stdout is not None
+    assert (await asyncio.wait_for(dying.stdout.readline(), 30)).strip() == b"ready"
+    sent = messages(5)
+    await publisher.publish(topic, sent)
+    assert (await asyncio.wait_for(dying.stdout.readline(), 30)).strip() == b"got 5"
+    assert await asyncio.wait_for(dying.wait(), 30) == 0
+    assert sorted(bodies(await collect(bystander, 5, 30.0))) == sorted(m.body for m in sent)
+
+    restorer = await open_kombu(transports, url, names)
+    await restorer.subscribe(fresh(names, "t"), fresh(names, "g"))  # starts its restorer
+    deadline = time.monotonic() + 30
+    while (await publisher.lag(topic, group)).get("queue", 0) < 5:
+        assert time.monotonic() < deadline, "the dead consumer's messages did not come back"
+        await asyncio.sleep(0.2)
+    subscription = await publisher.subscribe(topic, group)
+    received = await collect(subscription, 5, 30.0)
+    assert sorted(bodies(received)) == sorted(m.body for m in sent)
+    assert all(d.redelivered for d in received)
+    assert await settle_quietly(bystander, 1.0) == []  # no restored copy for the other group
 
 
 def kill_redis_clients(name: str) -> int:
