@@ -36,7 +36,8 @@ async def test_a_waiting_next_batch_wakes_on_delivery_and_on_close() -> None:
     await sub.aclose()
     assert await asyncio.wait_for(waiting, 1) == []
     sub._deliver([8])  # after close: dropped
-    assert await sub.next_batch(10) == []
+    with pytest.raises(FatalTransportError, match="closed"):  # never [] at once, for ever
+        await sub.next_batch(10)
 
 
 async def test_withdrawn_deliveries_are_not_handed_out() -> None:

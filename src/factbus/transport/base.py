@@ -111,14 +111,17 @@ class Subscription(Protocol):
 
         :raises TransportError: receiving failed for now (transient: the caller
             may call again, after a pause).
-        :raises FatalTransportError: the subscription failed and will not recover.
+        :raises FatalTransportError: the subscription failed and will not recover,
+            or it is closed (:meth:`aclose`, or its transport's ``aclose``) and
+            this call began after.
         """
         ...
 
     async def aclose(self) -> None:
         """Stop receiving. Unacknowledged deliveries go back to the group.
         Idempotent; safe to call concurrently with :meth:`next_batch`, which then
-        returns ``[]``."""
+        returns ``[]``; a later :meth:`next_batch` raises
+        :class:`~factbus.errors.FatalTransportError`."""
 
 
 @runtime_checkable

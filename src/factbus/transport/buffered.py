@@ -19,7 +19,7 @@ import collections
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Generic, TypeVar
 
-from factbus.errors import TransportError
+from factbus.errors import FatalTransportError, TransportError
 
 __all__ = ["BufferedSubscription", "SettleOnce"]
 
@@ -48,7 +48,8 @@ class BufferedSubscription(Generic[D]):
     """A subscription's buffer, its wake-up event and its ``next_batch``.
 
     Only one task consumes (``next_batch`` or iteration); :meth:`_close_buffer`
-    may run concurrently and makes a waiting ``next_batch`` return ``[]``.
+    may run concurrently and makes a waiting ``next_batch`` return ``[]`` (and
+    any later one raise :class:`~factbus.errors.FatalTransportError`).
     Subclasses implement ``aclose`` (calling :meth:`_close_buffer`) and may
     override :meth:`_take` (to wrap what they buffered).
     """
@@ -89,8 +90,9 @@ class BufferedSubscription(Generic[D]):
         self._error = None
 
     def _close_buffer(self, *, clear: bool = True) -> None:
-        """Closed: ``next_batch`` returns ``[]`` from now on; what was buffered is
-        dropped (``clear``; the broker gives it back to the group)."""
+        """Closed: a waiting ``next_batch`` returns ``[]``, later ones raise
+        :class:`FatalTransportError`; what was buffered is dropped (``clear``; the
+        broker gives it back to the group)."""
         self._closed = True
         if clear:
             self._buffer = collections.deque()
@@ -106,6 +108,11 @@ class BufferedSubscription(Generic[D]):
         popleft = buffer.popleft
         return [popleft() for _ in range(count)]
 
+    def _closed_meanwhile(self) -> bool:
+        """Whether the subscription closed while ``next_batch`` waited (a method, so
+        that the type checker does not take ``_closed`` as fixed across the wait)."""
+        return self._closed
+
     # -- the Subscription protocol -----------------------------------------------
 
     def __aiter__(self) -> AsyncIterator[D]:
@@ -119,13 +126,16 @@ class BufferedSubscription(Generic[D]):
     async def next_batch(self, max_messages: int, timeout: float | None = None) -> list[D]:
         """Wait until at least one delivery is buffered (or ``timeout`` seconds pass:
         then ``[]``), then return up to ``max_messages`` of those buffered, without
-        waiting for more. ``[]`` once the subscription is closed.
+        waiting for more. A call in progress when the subscription closes returns
+        ``[]``; a call made after it closed raises (it would never find anything,
+        and returning ``[]`` at once would let a consuming loop spin).
 
+        :raises FatalTransportError: the subscription is closed.
         :raises TransportError: the subscription failed (see :meth:`_fail`).
         """
+        if self._closed:
+            raise FatalTransportError("the subscription is closed")
         while not self._buffer:
-            if self._closed:
-                return []
             if self._error is not None:
                 raise self._error
             self._readable.clear()
@@ -134,8 +144,8 @@ class BufferedSubscription(Generic[D]):
                     await self._readable.wait()
             except TimeoutError:
                 return []
-        if self._closed:
-            return []
+            if self._closed_meanwhile():
+                return []
         batch = self._take(max(min(max_messages, len(self._buffer)), 0))
         if self._buffer:
             self._readable.set()  # a sibling subscriber (memory) may take the rest
