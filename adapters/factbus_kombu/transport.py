@@ -171,8 +171,9 @@ class KombuTransport(TransportBase):
         This drives
         kombu's ``QoS.restore_visible`` itself, on the publishing connection,
         scanning on every call (the throttle is for kombu's per-poll calls).
-        Restored messages go back through the topic's exchange (every group's
-        queue; dedup absorbs the copies). A pass shares the publishing thread, so
+        Restored messages go back to the queue they were taken from (the redis
+        channel records them so, see ``redis_channel``: this connection need not
+        have declared their topics). A pass shares the publishing thread, so
         publishes wait while it restores (up to :data:`RESTORE_BATCH` messages).
         """
         every = restore_interval(self.config)
