@@ -21,7 +21,8 @@ from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
 from conftest import broker_url
-from factbus.errors import ConfigError, MissingDriver, TransportError
+from factbus import Bus, Fact
+from factbus.errors import ConfigError, FatalTransportError, MissingDriver, TransportError
 from factbus.testing.conformance import (
     ConformanceContext,
     TransportConformance,
@@ -342,12 +343,47 @@ async def test_settling_twice_raises_and_settling_after_close_is_ignored(
     with pytest.raises(TransportError, match="already"):
         await first[0].nack()
     await subscription.aclose()
+    with pytest.raises(FatalTransportError, match="closed"):  # never [] at once, for ever
+        await subscription.next_batch(10, timeout=1)
     await first[1].ack()  # given back on close: ignored, comes again
     reopened = await transport.subscribe(topic, group)
     again = await collect(reopened, 2, 30.0)
     assert sorted(bodies(again)) == [b"m-1", b"m-2"]
     assert all(d.redelivered for d in again)
     assert await settle_quietly(reopened, 0.5) == []
+
+
+async def test_a_transport_closed_under_a_running_bus_ends_it_loudly(
+    url: str, names: Names
+) -> None:
+    """Closing the transport instead of the bus: the consumer ends with
+    FatalTransportError (kept in ``bus.failure``), it does not poll a closed
+    subscription for ever."""
+    names.url = url
+    topic = fresh(names, "t")
+    bus = Bus(url, "memory://", topic=topic, node=fresh(names, "g"))
+    handled: list[Fact] = []
+
+    @bus.handler("Closed.Kombu")
+    async def record(fact: Fact) -> None:
+        handled.append(fact)
+
+    async with Bus(url, "memory://", topic=topic, node="p", consume=False) as publisher:
+        await bus.start()
+        try:
+            await publisher.publish(Fact("Closed.Kombu", {"n": 1}))
+            await bus.drain(timeout=30)
+            assert len(handled) == 1
+            consumer = bus.consumer
+            assert consumer is not None
+            await bus.transport.aclose()  # under the running bus
+            done, _ = await asyncio.wait([consumer], timeout=30)
+            assert done, "the consumer still runs on a closed transport"
+            assert isinstance(consumer.exception(), FatalTransportError)
+        finally:
+            await bus.aclose()
+    assert isinstance(bus.failure, FatalTransportError)
+    assert "closed" in str(bus.failure)
 
 
 async def test_small_prefetch_still_delivers_everything_in_order(
@@ -553,11 +589,25 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
+def redis_with_own_unacked(visibility_timeout: float) -> str:
+    """The test redis with a short visibility timeout and unacked bookkeeping under
+    keys of its own: tests running meanwhile on the same redis neither delay this
+    one's restores (a restore pass of their messages holding kombu's mutex) nor get
+    their messages restored early by it."""
+    keys = f"factbus.test-{uuid.uuid4().hex[:8]}"
+    return with_options(
+        broker_url("redis"),
+        f"transport.visibility_timeout={visibility_timeout:g}"
+        f"&transport.unacked_key={keys}.unacked&transport.unacked_index_key={keys}.index"
+        f"&transport.unacked_mutex_key={keys}.mutex",
+    )
+
+
 @pytest.mark.faults
 async def test_redis_messages_of_a_dead_consumer_come_back_after_the_visibility_timeout(
     names: Names, transports: list[KombuTransport]
 ) -> None:
-    url = with_options(broker_url("redis"), "transport.visibility_timeout=1")
+    url = redis_with_own_unacked(1)
     publisher = await open_kombu(transports, url, names)
     topic, group = fresh(names, "t"), fresh(names, "g")
     dying = await asyncio.create_subprocess_exec(
@@ -582,15 +632,8 @@ async def test_redis_messages_of_a_dead_consumer_come_back_whoever_restores_them
     """The restore is run by a transport that never declared the topic (it
     consumes another one), as a consumer-only process' publishing connection:
     kombu took the topic exchange for a ``direct`` one there and dropped every
-    message it restored. They must come back, into their own group's queue only.
-    (Unacked bookkeeping under keys of its own: tests running meanwhile on the
-    same redis neither delay this one's restores nor get theirs restored early.)"""
-    keys = f"factbus.test-{uuid.uuid4().hex[:8]}"
-    url = with_options(
-        broker_url("redis"),
-        f"transport.visibility_timeout=1&transport.unacked_key={keys}.unacked"
-        f"&transport.unacked_index_key={keys}.index&transport.unacked_mutex_key={keys}.mutex",
-    )
+    message it restored. They must come back, into their own group's queue only."""
+    url = redis_with_own_unacked(1)
     publisher = await open_kombu(transports, url, names)
     topic, group, other = fresh(names, "t"), fresh(names, "g"), fresh(names, "g")
     bystander = await publisher.subscribe(topic, other)  # another group of the topic
