@@ -131,6 +131,14 @@ class AmqpDelivery(SettleOnce):
         """Settle the message. Sent with the other acks of this step when the
         consuming task next yields; a no-op if the channel was lost meanwhile
         (then the broker delivers the message again)."""
+        self.ack_inline()
+
+    def ack_inline(self) -> None:
+        """``ack`` as a plain call (it does no I/O itself), which
+        :func:`~factbus.transport.ack_all` uses instead of a coroutine per delivery.
+
+        :raises TransportError: it was acked or nacked before.
+        """
         self._settle_once()
         self._channel.settle(self._tag, None)
         if self.position is not None:

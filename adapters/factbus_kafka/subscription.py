@@ -115,6 +115,14 @@ class KafkaDelivery(SettleOnce):
     async def ack(self) -> None:
         self._owner._settle(self, _ACKED)
 
+    def ack_inline(self) -> None:
+        """``ack`` as a plain call (it does no I/O), which
+        :func:`~factbus.transport.ack_all` uses instead of a coroutine per delivery.
+
+        :raises TransportError: it was acked or nacked before.
+        """
+        self._owner._settle(self, _ACKED)
+
     async def nack(self, requeue: bool = True) -> None:
         self._owner._settle(self, _NACKED if requeue else _ACKED)
 

@@ -4,7 +4,7 @@ A backlog of ``--messages`` messages (347-byte bodies, like a fact envelope
 with 100 bytes of payload, keyed like the Bus keys them) is put on a fresh
 topic with the adapter's producer; then a :class:`~factbus_kafka.KafkaTransport`
 subscription drains it as the pipeline does (``next_batch(512)``, read each
-body, ``await ack()`` each), with no pipeline behind it. Then the raw
+body, ``ack_all`` the batch), with no pipeline behind it. Then the raw
 confluent-kafka consumer of ``factbus bench``'s baseline
 (:class:`factbus_kafka.baseline.KafkaBaseline`, same client settings) drains
 a backlog of the same bodies. Reported for each: messages/s from the first
@@ -31,7 +31,7 @@ import os
 import time
 import uuid
 
-from factbus.transport.base import Message
+from factbus.transport.base import Message, ack_all
 from factbus_kafka.baseline import KafkaBaseline
 from factbus_kafka.transport import KafkaTransport
 
@@ -61,7 +61,7 @@ async def adapter(url: str, count: int) -> tuple[float, float]:
                 first, cpu_start, start = len(batch), cpu(), time.perf_counter()
             for delivery in batch:
                 _ = delivery.body
-                await delivery.ack()
+            await ack_all(batch)
             received += len(batch)
         elapsed, used = time.perf_counter() - start, cpu() - cpu_start
         await subscription.aclose()
