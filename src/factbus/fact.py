@@ -51,11 +51,14 @@ class Fact:
     ``Fact`` given as predecessor is remembered so that publishing this fact
     can ship it too.
 
-    Memory: a fact keeps its frozen fields, its hash, its reference and the
-    flags that choose its canonical writer; the read-only views of ``fields``
-    and ``predecessors`` are made on first access, the canonical bytes are
-    rewritten when asked for (:attr:`canonical`), and :meth:`wire_bytes` keeps
-    a right-sized copy (orjson's own output reserves 4 KB).
+    Memory: a fact keeps its fields, its reference (type and hash: no other
+    copy of either) and the flags that choose its canonical writer; the
+    read-only views of ``fields`` and ``predecessors`` are made on first
+    access, the canonical bytes are rewritten when asked for
+    (:attr:`canonical`), and :meth:`wire_bytes` keeps a right-sized copy
+    (orjson's own output reserves 4 KB). A fact decoded from an envelope keeps
+    the parsed fields dict and freezes nested lists and objects in it when
+    :attr:`fields` is first read.
 
     :raises InvalidFact: empty type, NaN/Infinity, lone surrogates, non-string
         keys, integers outside ±(2^53-1), nesting deeper than ``max_depth``.
@@ -65,19 +68,15 @@ class Fact:
         "_ancestors",
         "_fields",
         "_fields_view",
-        "_hash",
         "_predecessors",
         "_ref",
-        "_type",
         "_wire_bytes",
         "_writer",
     )
 
-    _type: str
     _fields: dict[str, Any]
     _fields_view: Mapping[str, Any] | None
     _predecessors: dict[str, PredecessorValue]
-    _hash: str
     _ancestors: tuple[Fact, ...]
     _ref: FactRef
     _wire_bytes: bytes | None
@@ -138,7 +137,7 @@ class Fact:
     ) -> None:
         """Set every slot and compute the hash (``wire_predecessors``: the
         predecessors' wire form when the caller has it, exactly as hashed)."""
-        self._type = _intern(type)
+        type = _intern(type)
         self._fields = fields
         self._fields_view = None
         self._predecessors = preds
@@ -146,10 +145,10 @@ class Fact:
         self._writer = writer
         if wire_predecessors is None:
             wire_predecessors = _wire_predecessors(preds)
-        self._hash = digest(
-            canonical_bytes(fields, wire_predecessors, bool(writer & 1), bool(writer & 2))
+        self._ref = FactRef(
+            type,
+            digest(canonical_bytes(fields, wire_predecessors, bool(writer & 1), bool(writer & 2))),
         )
-        self._ref = FactRef(self._type, self._hash)
         self._wire_bytes = None
 
     @classmethod
@@ -201,7 +200,7 @@ class Fact:
 
     @property
     def type(self) -> str:
-        return self._type
+        return self._ref[0]
 
     @property
     def fields(self) -> Mapping[str, Any]:
@@ -222,7 +221,7 @@ class Fact:
 
     @property
     def hash(self) -> str:
-        return self._hash
+        return self._ref[1]
 
     @property
     def ref(self) -> FactRef:
@@ -264,22 +263,22 @@ class Fact:
     def to_wire(self) -> dict[str, Any]:
         """The fact as carried in an envelope: type, hash, fields, predecessors."""
         return {
-            "type": self._type,
-            "hash": self._hash,
+            "type": self._ref[0],
+            "hash": self._ref[1],
             "fields": self._fields,
             "predecessors": _wire_predecessors(self._predecessors),
         }
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Fact):
-            return self._hash == other._hash and self._type == other._type
+            return self._ref == other._ref
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((self._type, self._hash))
+        return hash(self._ref)
 
     def __repr__(self) -> str:
-        return f"Fact({self._type!r}, hash={self._hash[:12]}..., fields={self._fields!r})"
+        return f"Fact({self._ref[0]!r}, hash={self._ref[1][:12]}..., fields={self._fields!r})"
 
 
 def received_fact(
@@ -294,13 +293,12 @@ def received_fact(
     owns) and ``preds``, checked references; ``flat``: no list or object nested
     in ``fields`` (else they are frozen when :attr:`Fact.fields` is first read)."""
     fact = _new_fact(Fact)
-    fact._type = type = _TYPES.get(type) or _intern(type)
+    type = _TYPES.get(type) or _intern(type)
     fact._fields = fields
     fact._fields_view = None
     fact._predecessors = preds or _NO_PREDECESSORS
     fact._ancestors = ()
     fact._writer = 0 if flat else 4
-    fact._hash = hash
     fact._ref = _new_ref(FactRef, (type, hash))
     fact._wire_bytes = None
     return fact
