@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Final
 
 import orjson
@@ -35,7 +36,7 @@ from factbus.errors import (
     TooDeep,
     UnknownVersion,
 )
-from factbus.fact import Fact, FactRef, _ref_sort_key, received_fact
+from factbus.fact import Fact, FactRef, _ref_sort_key, new_ref, received_fact
 
 _ENVELOPE_KEYS: Final = frozenset(("v", "facts"))
 _WIRE_KEYS: Final = frozenset(("type", "hash", "fields", "predecessors"))
@@ -317,7 +318,7 @@ def _plain_predecessors(
                 if ref is None:
                     return None
                 refs.append(ref)
-            if len(refs) > 1 and sorted(refs, key=_ref_sort_key) != refs:
+            if len(refs) > 1 and not _in_hash_order(refs):
                 return None
             preds[role] = tuple(refs)
             structure += 1 + len(refs)
@@ -332,6 +333,18 @@ def _plain_predecessors(
     return preds, structure, keys
 
 
+def _in_hash_order(refs: list[FactRef]) -> bool:
+    """Whether ``refs`` are in the order jinaga.js sorts a predecessor list (hash,
+    then type, by UTF-16 code units)."""
+    hashes = list(map(_hash_of, refs))
+    if hashes == sorted(hashes) and len(set(hashes)) == len(hashes) and "".join(hashes).isascii():
+        return True  # distinct ASCII hashes in order: code points order as UTF-16 does
+    return sorted(refs, key=_ref_sort_key) == refs
+
+
+_hash_of = itemgetter(1)
+
+
 def _plain_ref(value: Any) -> FactRef | None:
     if type(value) is not dict or len(value) != 2:
         return None
@@ -343,7 +356,7 @@ def _plain_ref(value: Any) -> FactRef | None:
         or len(ref_hash) != HASH_CHARS
     ):
         return None
-    return FactRef(ref_type, ref_hash)
+    return new_ref((ref_type, ref_hash))
 
 
 def _refuse_duplicate_keys(body: bytes) -> None:

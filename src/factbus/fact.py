@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
@@ -306,8 +307,9 @@ def received_fact(
 
 _new_fact = object.__new__
 _new_ref = tuple.__new__
-"""``_new_ref(FactRef, (type, hash))`` is ``FactRef(type, hash)`` without the
-Python-level ``__new__`` a NamedTuple has."""
+new_ref: Final = partial(_new_ref, FactRef)
+"""``new_ref((type, hash))`` is ``FactRef(type, hash)`` without the Python-level
+``__new__`` a NamedTuple has (no check: for references already checked)."""
 
 ref_of: Final = attrgetter("_ref")
 """``ref_of(fact)`` is ``fact.ref`` (``map(ref_of, facts)`` runs in C)."""
