@@ -262,7 +262,11 @@ class Fact:
         return self._wire_bytes
 
     def to_wire(self) -> dict[str, Any]:
-        """The fact as carried in an envelope: type, hash, fields, predecessors."""
+        """The fact as carried in an envelope: type, hash, fields, predecessors.
+
+        For serializing: ``fields`` is the fact's own dict (not a copy; read
+        :attr:`fields` for a read-only view), so the result must not be changed.
+        """
         return {
             "type": self._ref[0],
             "hash": self._ref[1],
