@@ -117,6 +117,25 @@ async def test_rolled_back_writes_leave_no_index_entry(store: SqliteStore) -> No
     assert len(_log_rows(store.path)) == 3
 
 
+async def test_a_failed_commit_leaves_no_index_entry(store: SqliteStore) -> None:
+    # A transactional handler's table with a deferred foreign key fails at COMMIT.
+    store.db.execute("PRAGMA foreign_keys=ON")
+    store.db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    store.db.execute(
+        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    a = _fact(1)
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        async with store.transaction() as tx:
+            tx.connection.execute("INSERT INTO child VALUES (42)")
+            await tx.record(StoreBatch(handled=[a]))
+    assert not store.db.in_transaction
+    assert await store.states([a.ref]) == {}
+    await _record(store, StoreBatch(handled=[a]))
+    assert await store.states([a.ref]) == {a.ref: FactState.HANDLED}
+    assert len(_log_rows(store.path)) == 1
+
+
 async def test_another_connection_s_writes_are_seen(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/node.db"
     first, second = SqliteStore(url), SqliteStore(url)

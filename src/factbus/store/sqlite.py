@@ -387,13 +387,16 @@ class SqliteStore:
             last_id = self._last_id
             yield tx
             await tx.run_before_commit()
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # Also when COMMIT itself fails (a deferred constraint of a handler's
+            # table): SQLite may keep the transaction open; nothing of it stays.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             self._undo(0)
             self._last_id = last_id
             self._count_waiting()  # the counters may have moved with the undone writes
             raise
-        db.execute("COMMIT")
         self._journal.clear()
         tx.run_after_commit()
 
