@@ -353,7 +353,7 @@ def issue15_md(picked: dict[str, BenchResult]) -> list[str]:
         "store cost as it grows (SQLite)",
         "1,000,000th fact ≤ 1.5x the 10,000th",
         "see Store growth below (benchmarks/store_growth.py)",
-        "NOT met by the store (met by the append-only log layout, not built)",
+        "see Store growth (the store keeps an append-only fact log since schema 2)",
     )
     return lines
 
@@ -424,7 +424,7 @@ def results_md(
                 + (
                     ", and the per-fact steps of the pipeline the rest"
                     if r.store.startswith("memory")
-                    else " and the SQLite store (its layout, see Store growth) most of the rest"
+                    else " and the SQLite store's write (see Stages) and the pipeline the rest"
                 )
                 + "; see Stages for the split."
             )

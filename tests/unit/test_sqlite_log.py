@@ -4,7 +4,9 @@ a schema 1 file (docs/decisions.md, "SQLite store: a fact log")."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
 from factbus.store.base import FactState, ParkedFact, StoreBatch, fact_to_bytes
-from factbus.store.sqlite import SCHEMA_VERSION, SqliteStore
+from factbus.store.sqlite import CHECKPOINT_EVERY, SCHEMA_VERSION, SqliteStore
 
 # Schema 1 exactly as factbus wrote it before the fact log (src/factbus/store/sqlite.py
 # up to schema 1): a migration test must start from the old layout, not from ours.
@@ -266,3 +268,25 @@ async def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
     assert "factbus_log" not in names
+
+
+async def test_wal_checkpoints_run_beside_the_commits(store: SqliteStore) -> None:
+    """The store's COMMITs never checkpoint; every CHECKPOINT_EVERY commits a worker
+    thread copies the WAL into the database file."""
+
+    def file_size() -> int:
+        return Path(store.path).stat().st_size
+
+    size_before = file_size()
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    steps = [[_fact(n * 50 + i) for i in range(50)] for n in range(CHECKPOINT_EVERY)]
+    for facts in steps[:-1]:
+        await _record(store, StoreBatch(handled=facts))
+    await asyncio.sleep(0.2)
+    assert file_size() == size_before  # all still in the WAL
+    await _record(store, StoreBatch(handled=steps[-1]))
+    deadline = time.monotonic() + 30
+    while file_size() < size_before + 100_000:  # 3,200 log rows copied
+        assert time.monotonic() < deadline, "no checkpoint ran"
+        await asyncio.sleep(0.05)
+    assert (await store.counts())["handled"] == 50 * CHECKPOINT_EVERY
