@@ -211,7 +211,7 @@ def _decode_plain(body: bytes, max_bytes: int, max_depth: int) -> list[Fact] | N
     parsed dict, owned by the fact, which freezes nested values when they are
     first read (:attr:`Fact.fields`).
     """
-    if len(body) > max_bytes:
+    if len(body) > max_bytes or max_depth < 1:  # below 1 even the fields object is too deep
         return None
     try:
         doc = orjson.loads(body)

@@ -407,3 +407,7 @@ def test_depth_limit_is_exact_on_the_plain_path() -> None:
     assert got.ref == ok.ref
     with pytest.raises(TooDeep):
         decode(encode([ok]), CodecLimits(max_depth=31))
+    flat = encode([Fact("F", {"a": 1})])
+    assert decode(flat, CodecLimits(max_depth=1))[0].fields == {"a": 1}
+    with pytest.raises(TooDeep):
+        decode(flat, CodecLimits(max_depth=0))
