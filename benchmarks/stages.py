@@ -10,8 +10,13 @@ Stages (a step is 512 envelopes of one fact, 100 B of payload):
   recomputed).
 - **dedup/order**: :class:`factbus.causal.CausalBuffer` deciding a step
   (duplicates, ready, parked) from the store states.
-- **dispatch**: :meth:`factbus.dispatcher.Dispatcher.dispatch` of each fact to
-  one trivial sync handler.
+- **dispatch**: what the pipeline's step does per ready fact with a plain
+  sync handler (``Pipeline``'s step transaction, pipeline.py): inside
+  ``Dispatcher.bound(tx)``, the type's handlers looked up once per type per
+  step (``Dispatcher.plain_handlers``) and called directly, no coroutine per
+  fact. Keep it in step with that loop. A second row times the coroutine
+  path, :meth:`factbus.dispatcher.Dispatcher.dispatch`, which the pipeline
+  takes only for middleware, async, transactional or threaded handlers.
 - **store write**: one SQLite transaction per step recording the handled facts
   (``tx.record``), BEGIN/COMMIT included.
 
@@ -24,9 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +103,38 @@ async def measure(facts_count: int, shape: Shape) -> list[tuple[str, float]]:
     memory = MemoryStore()
     await memory.open()
 
-    async def dispatch() -> None:
-        async with memory.transaction() as tx:
-            for fact in facts:
-                await dispatcher.dispatch(fact, tx)
+    async def dispatch_plain() -> None:
+        # The pipeline's loop for plain sync handlers, step by step.
+        for chunk in steps(facts):
+            async with memory.transaction() as tx, _bound(dispatcher, tx):
+                plain: dict[str, list[Any] | None] = {}
+                for fact in chunk:
+                    fact_type = fact.type
+                    try:
+                        funcs = plain[fact_type]
+                    except KeyError:
+                        funcs = plain[fact_type] = dispatcher.plain_handlers(fact_type)
+                    if funcs is None:
+                        await dispatcher.dispatch(fact, tx)
+                    else:
+                        for func in funcs:
+                            func(fact)
 
-    rows.append(("dispatch (one sync handler)", await abest(dispatch, n)))
+    async def dispatch_coroutine() -> None:
+        for chunk in steps(facts):
+            async with memory.transaction() as tx:
+                for fact in chunk:
+                    await dispatcher.dispatch(fact, tx)
+
+    if any(dispatcher.plain_handlers(t) is None for t in {f.type for f in facts}):
+        raise RuntimeError("stages.py: the handlers are not plain: the dispatch row would lie")
+    rows.append(
+        ("dispatch (one sync handler, plain call as the pipeline)", await abest(dispatch_plain, n))
+    )
+    handled.clear()
+    rows.append(
+        ("dispatch via Dispatcher.dispatch (coroutine path)", await abest(dispatch_coroutine, n))
+    )
     await memory.aclose()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,6 +150,12 @@ async def measure(facts_count: int, shape: Shape) -> list[tuple[str, float]]:
 
         rows.append(("store write (SQLite, one transaction per step)", await abest(record, n)))
     return rows
+
+
+@contextlib.asynccontextmanager
+async def _bound(dispatcher: Dispatcher, tx: Any) -> AsyncIterator[None]:
+    with dispatcher.bound(tx):
+        yield
 
 
 def markdown(rows: list[tuple[str, float]], facts: int, shape: str) -> str:

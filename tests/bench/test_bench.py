@@ -67,6 +67,12 @@ async def test_ratio_comes_from_a_baseline_measured_in_the_same_run() -> None:
     assert result.floor_per_s is not None and result.floor_per_s > 0
     assert result.floor_ratio == pytest.approx(result.drain_per_s / result.floor_per_s)
     assert phases.done["floor"] == result.messages
+    # The CPU figures of the drain and the floor, and their ratio (issue 15).
+    assert result.drain_cpu_us_per_msg is not None and result.drain_cpu_us_per_msg > 0
+    assert result.floor_cpu_us_per_msg is not None and result.floor_cpu_us_per_msg > 0
+    assert result.floor_cpu_ratio == pytest.approx(
+        result.floor_cpu_us_per_msg / result.drain_cpu_us_per_msg
+    )
     assert result.memory_per_fact_bytes is not None and result.memory_per_fact_bytes > 100
 
 
@@ -124,6 +130,9 @@ def test_cli_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
         "rss_mb",
         "floor_per_s",
         "floor_ratio",
+        "drain_cpu_us_per_msg",
+        "floor_cpu_us_per_msg",
+        "floor_cpu_ratio",
         "memory_per_fact_bytes",
         "cpu_us_per_msg",
     ):
@@ -138,6 +147,10 @@ def test_cli_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
     again = BenchResult.from_json(data)
     assert again.ratio == pytest.approx(data["ratio"], abs=1e-3)
     assert again.floor_ratio == pytest.approx(data["floor_ratio"], abs=1e-3)
+    assert again.floor_cpu_ratio == pytest.approx(data["floor_cpu_ratio"], abs=1e-3)
+    assert data["floor_cpu_ratio"] == pytest.approx(
+        data["floor_cpu_us_per_msg"] / data["drain_cpu_us_per_msg"], abs=1e-3
+    )
     assert "| memory://" in markdown([again])
 
 
@@ -230,6 +243,21 @@ def test_floor_verifies_every_hash_and_memory_is_measured() -> None:
     with pytest.raises(ValueError, match="hash mismatch"):
         floor_pass([*bodies[:3], tampered])
     assert memory_per_fact(bodies) > 100
+
+
+def test_floor_measure_runs_enough_passes_for_a_steady_figure() -> None:
+    from factbus.bench.floor import floor_measure
+
+    bodies = build_workload(WorkloadSpec(40, seed=3)).bodies
+    quick = floor_measure(bodies, min_passes=3, min_seconds=0.0)
+    assert quick.passes == 3
+    assert quick.per_s > 0 and quick.cpu_us_per_msg > 0
+    timed = floor_measure(bodies, min_passes=2, min_seconds=0.2, max_passes=10_000)
+    assert timed.passes > 2  # 40 bodies take far less than 0.2 s: more passes were made
+    capped = floor_measure(bodies, min_passes=2, min_seconds=60.0, max_passes=4)
+    assert capped.passes == 4
+    with pytest.raises(ValueError, match="needs bodies"):
+        floor_measure([])
 
 
 @pytest.mark.broker("amqp")

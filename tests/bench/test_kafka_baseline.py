@@ -39,3 +39,23 @@ async def test_the_warm_up_message_is_not_counted() -> None:
         assert baseline.received == count
     finally:
         await baseline.teardown()
+
+
+async def test_a_drain_counts_every_message_from_the_subscription_on() -> None:
+    """The drain contract: ``subscribe`` (assigned) counts nothing; ``consume``
+    counts every message of the backlog, also those received while ``subscribe``
+    waited for the assignment."""
+    baseline = KafkaBaseline(broker_url("kafka"), f"bench-raw-{uuid.uuid4().hex[:10]}")
+    await baseline.setup(subscribe=False)
+    try:
+        count = 300
+        bodies = [b"backlog-%d" % i for i in range(count)]
+        keys = [f"k{i}" for i in range(count)]
+        await baseline.produce(bodies, keys, [range(150), range(150, count)])
+        await baseline.subscribe()
+        assert baseline.received == 0
+        await baseline.consume(count, 30.0)
+        assert baseline.received == count
+        assert baseline._held == []
+    finally:
+        await baseline.teardown()

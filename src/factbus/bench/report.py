@@ -17,6 +17,7 @@ COLUMNS = (
     "ratio",
     "drain msgs/s (ratio)",
     "floor msgs/s (ratio)",
+    "CPU µs/msg drain / floor (ratio)",
     "p50 ms",
     "p95 ms",
     "p99 ms",
@@ -35,6 +36,14 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _cpu_pair(r: BenchResult) -> str:
+    if r.drain_cpu_us_per_msg is None or r.floor_cpu_us_per_msg is None:
+        return "-"
+    return (
+        f"{r.drain_cpu_us_per_msg:.1f} / {r.floor_cpu_us_per_msg:.1f} ({_ratio(r.floor_cpu_ratio)})"
+    )
+
+
 def rows(results: Sequence[BenchResult]) -> list[list[str]]:
     """One row of :data:`COLUMNS` per result."""
     out = []
@@ -51,6 +60,7 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
                 _ratio(r.ratio),
                 f"{_rate(r.drain_per_s)} ({_ratio(r.drain_ratio)})",
                 f"{_rate(r.floor_per_s)} ({_ratio(r.floor_ratio)})",
+                _cpu_pair(r),
                 f"{r.latency_ms.p50:.1f}",
                 f"{r.latency_ms.p95:.1f}",
                 f"{r.latency_ms.p99:.1f}",

@@ -92,9 +92,10 @@ class BenchResult:
     baseline_publish_per_s: float | None
     baseline_elapsed_s: float | None
     drain_per_s: float | None
-    """Messages/s a new consuming bus drains from a backlog (no publishing meanwhile)."""
+    """Messages/s a new consuming bus drains from a backlog (no publishing
+    meanwhile), from subscribed (Kafka: assigned) to the last step's commit."""
     baseline_drain_per_s: float | None
-    """The same for the raw consumer."""
+    """The same for the raw consumer, timed the same way (to its last receipt)."""
     cpu_us_per_msg: float
     """CPU time of the consuming process (every thread; publisher tasks too when
     they run in it) per message during the peak: less noisy than rates."""
@@ -110,6 +111,12 @@ class BenchResult:
     """Messages/s of the hand-written floor of the receive work (orjson, SHA-512,
     a set; in-process, no store) over the drain's bodies, in the same run:
     see :mod:`factbus.bench.floor`."""
+    drain_cpu_us_per_msg: float | None = None
+    """CPU time of the consuming process (every thread) per message during the
+    drain, same window as ``drain_per_s``."""
+    floor_cpu_us_per_msg: float | None = None
+    """CPU time per message of the hand-written floor over the same bodies
+    (median pass)."""
     pack: int = 1
     """Facts per envelope the publishers packed (``Bus(pack=N)``)."""
     memory_per_fact_bytes: float | None = None
@@ -145,17 +152,27 @@ class BenchResult:
         return self.drain_per_s / self.floor_per_s
 
     @property
+    def floor_cpu_ratio(self) -> float | None:
+        """The floor's CPU µs per message over the drain's (same bodies, same
+        run): like ``floor_ratio`` but in CPU time, so the machine's load at
+        the two moments does not enter it."""
+        if not self.drain_cpu_us_per_msg or not self.floor_cpu_us_per_msg:
+            return None
+        return self.floor_cpu_us_per_msg / self.drain_cpu_us_per_msg
+
+    @property
     def scheme(self) -> str:
         return self.transport.split("://", 1)[0]
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict: every field plus ``ratio``, ``publish_ratio``,
-        ``drain_ratio``, ``floor_ratio`` and ``scheme``."""
+        ``drain_ratio``, ``floor_ratio``, ``floor_cpu_ratio`` and ``scheme``."""
         data = asdict(self)
         data["ratio"] = _round(self.ratio)
         data["publish_ratio"] = _round(self.publish_ratio)
         data["drain_ratio"] = _round(self.drain_ratio)
         data["floor_ratio"] = _round(self.floor_ratio)
+        data["floor_cpu_ratio"] = _round(self.floor_cpu_ratio)
         data["scheme"] = self.scheme
         for key in (
             "publish_per_s",

@@ -20,9 +20,19 @@ Order of a run (one consumer process, this one):
 5. **drain**: the bus closes; a new workload is published as a backlog; a new
    bus (same node, store and group) drains it. Then the raw consumer drains a
    backlog of the same bodies. Consumer capacity alone, publishers idle.
+   Both drains are timed the same way (docs/decisions.md, "Drain
+   measurement"): from the moment the consumer is subscribed (Kafka: has its
+   partition assignment; factbus: ``Bus.start()`` returned) to the last
+   message handled (factbus: the last step's commit; raw: the last receipt),
+   every message counted, so joining a group is left out and fetching the
+   backlog is not. The consuming process's CPU time over the same window
+   gives ``drain_cpu_us_per_msg``.
 6. **floor**: the hand-written receive loop of :mod:`factbus.bench.floor`
    (in-process, no store) over the drain's bodies, and the memory a received
-   fact takes (tracemalloc); ``floor_ratio = drain_per_s / floor_per_s``.
+   fact takes (tracemalloc); ``floor_ratio = drain_per_s / floor_per_s`` (wall
+   time: drain and floor run at different moments of a shared machine) and
+   ``floor_cpu_ratio = floor_cpu_us_per_msg / drain_cpu_us_per_msg`` (CPU
+   time: far steadier).
 
 The handler stamps ``perf_counter()`` per fact (by its ``n`` field); the
 publishers stamp each publish call (each fact: the call that carries it); latency
@@ -36,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import tempfile
 import time
 import uuid
@@ -47,7 +56,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from factbus.bench.baseline import Baseline, baseline_for
-from factbus.bench.floor import floor_rate, memory_per_fact
+from factbus.bench.floor import floor_measure, memory_per_fact
 from factbus.bench.publisher import (
     PublisherProcesses,
     Publishers,
@@ -314,19 +323,22 @@ class _Run:
                 )
         finally:
             await bus.aclose()
-        drain = baseline_drain = None
+        drain = baseline_drain = drain_cpu = None
         if config.drain:
-            drain = await self._drain(recorder, config.spec(config.seed + 2))
+            drain, drain_cpu = await self._drain(recorder, config.spec(config.seed + 2))
             if config.baseline:
                 baseline_drain = await self._baseline_drain(peak_spec, messages)
         # The floor and memory per fact, on the drain's bodies (the peak's without a drain).
         floor_spec = config.spec(config.seed + 2) if config.drain else peak_spec
         bodies = build_workload(floor_spec).bodies
         self.observer.phase("floor", len(bodies))
-        floor = floor_rate(bodies)
+        floor = floor_measure(bodies)
         memory = memory_per_fact(bodies)
         self.observer.advance("floor", len(bodies))
-        observer.note(f"hand-written floor: {floor:,.0f} msgs/s; {memory:,.0f} B per received fact")
+        observer.note(
+            f"hand-written floor: {floor.per_s:,.0f} msgs/s, {floor.cpu_us_per_msg:.2f} CPU µs/msg "
+            f"({floor.passes} passes); {memory:,.0f} B per received fact"
+        )
         return BenchResult(
             transport=redact(self.transport),
             store=redact(self.store),
@@ -358,7 +370,9 @@ class _Run:
             half_load=half,
             rss_mb=round(self.sampler.peak_mb, 1),
             rss_start_mb=round(rss_start, 1),
-            floor_per_s=floor,
+            floor_per_s=floor.per_s,
+            drain_cpu_us_per_msg=drain_cpu,
+            floor_cpu_us_per_msg=floor.cpu_us_per_msg,
             pack=config.pack,
             memory_per_fact_bytes=memory,
             pipeline={**self.stats, "strays": recorder.strays},
@@ -399,12 +413,14 @@ class _Run:
                 total[key] = total.get(key, 0) + value
         return total
 
-    async def _drain(self, recorder: Recorder, spec: WorkloadSpec) -> float:
-        """Messages/s of a new consuming bus draining a backlog published while none ran.
+    async def _drain(self, recorder: Recorder, spec: WorkloadSpec) -> tuple[float, float]:
+        """(messages/s, CPU µs per message) of a new consuming bus draining a
+        backlog published while none ran.
 
-        Measured from the moment the first step's facts were handled (the
-        ``batch_size``-th fact) to the last step's commit, so joining the
-        group and the first fetch do not count.
+        Measured from the moment ``Bus.start()`` returned (subscribed; on Kafka
+        with its first partition assignment: joining the group does not count)
+        to the last step's commit; the CPU time is this process's (every thread)
+        over the same window. The raw drain is timed the same way.
         """
         summary = await self.publishers.prepare(spec)
         self.observer.phase("backlog", summary.messages)
@@ -417,6 +433,7 @@ class _Run:
         bus = self._bus(recorder)
         try:
             await bus.start()
+            start, cpu_before = time.perf_counter(), process_cpu()
             stats = bus.stats
             async with asyncio.timeout(self.config.timeout):
                 await phase.done.wait()
@@ -424,18 +441,18 @@ class _Run:
                     await asyncio.sleep(0.001)
                 while stats.handled < spec.facts:  # noqa: ASYNC110
                     await asyncio.sleep(0.001)
-            end = time.perf_counter()
+            end, cpu = time.perf_counter(), process_cpu() - cpu_before
         finally:
             watcher.cancel()
             self.observer.advance("drain", phase.count)
             await bus.aclose()
-        stamps = sorted(phase.handled_at)
-        skip = max(1, min(self.config.batch_size, spec.facts // 10))
-        facts_per_s = (spec.facts - skip) / max(end - stamps[skip - 1], 1e-9)
-        return round(facts_per_s * summary.messages / spec.facts, 1)
+        per_s = summary.messages / max(end - start, 1e-9)
+        return round(per_s, 1), round(cpu / summary.messages * 1e6, 3)
 
     async def _baseline_drain(self, spec: WorkloadSpec, messages: int) -> float:
-        """Messages/s of the raw consumer draining a backlog, first to last receipt."""
+        """Messages/s of the raw consumer draining a backlog: from the moment
+        ``subscribe()`` returned (on Kafka: assigned) to the last receipt, every
+        message counted (see :meth:`_drain`)."""
         destination = f"{self.topic}-raw-drain"
         baseline = baseline_for(self.transport, destination)
         await baseline.setup(subscribe=False)
@@ -446,13 +463,14 @@ class _Run:
             watcher = self._watch("raw drain", messages, lambda: baseline.received)
             try:
                 await baseline.subscribe()
+                start = time.perf_counter()
                 last = await baseline.consume(messages, self.config.timeout)
             finally:
                 watcher.cancel()
                 self.observer.advance("raw drain", baseline.received)
         finally:
             await baseline.teardown()
-        return round((messages - 1) / max(last - baseline.first_at, 1e-9), 1)
+        return round(messages / max(last - start, 1e-9), 1)
 
     def _watch(self, name: str, total: int, count: Callable[[], int]) -> asyncio.Task[None]:
         """Announce phase ``name`` now; report its progress and sample memory until cancelled."""
@@ -572,9 +590,10 @@ class _Measured:
 
 
 def process_cpu() -> float:
-    """CPU seconds (user + system, every thread) this process has used."""
-    times = os.times()
-    return times.user + times.system
+    """CPU seconds (user + system, every thread) this process has used
+    (``CLOCK_PROCESS_CPUTIME_ID``: nanoseconds, where ``os.times`` counts
+    10 ms ticks, too coarse for a drain of a few hundred ms)."""
+    return time.process_time()
 
 
 async def _first(main: Awaitable[T], guard: asyncio.Future[Any]) -> T:

@@ -20,6 +20,14 @@ or after it (draining a backlog: ``setup(subscribe=False)``, ``produce``,
 ``produce`` may run in another process on another instance made with the
 same URL and destination (except ``memory://``, which is in-process by
 nature); ``teardown`` removes what ``setup`` created.
+A drain is timed from ``subscribe``'s return to ``consume``'s result, as the
+bench times factbus's drain from ``Bus.start()`` to the last commit (docs/
+decisions.md, "Drain measurement"): ``subscribe`` waits for what the broker
+needs before it delivers (Kafka: the partition assignment) and counts nothing,
+``consume`` counts every message of the backlog (also any received while
+``subscribe`` waited), and the consumer prefetches no more than the factbus
+adapter's consumer does (nor than the client's defaults). amqp and kombu
+register their consumer inside ``consume`` (one round trip, inside the window).
 Times are ``time.perf_counter()`` values (CLOCK_MONOTONIC on Linux: comparable
 across processes of one machine).
 """
