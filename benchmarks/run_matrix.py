@@ -398,11 +398,13 @@ def standing(picked: dict[str, BenchResult]) -> list[str]:
             f"{r.cpu_us_per_msg:.1f} CPU µs per message (raw consumer "
             f"{'-' if r.baseline_cpu_us_per_msg is None else f'{r.baseline_cpu_us_per_msg:.1f}'}"
             f"), so the consuming process used {share:.0%} of a core at peak"
+            + (" (its publisher tasks included)" if r.publisher_mode == "task" else "")
             + (
                 ": it was CPU-bound."
                 if share >= 0.8
-                else ": it waited (for the broker, the publishers or the machine) the rest "
-                "of the time."
+                else ": it waited ("
+                + ("for" if r.scheme == "memory" else "for the broker,")
+                + " the publishers or the machine) the rest of the time."
             )
         )
         if r.drain_cpu_us_per_msg is not None and r.floor_cpu_us_per_msg is not None:
