@@ -19,6 +19,7 @@ import asyncio
 import signal
 
 from factbus.errors import ConfigError
+from factbus.gc_freeze import freeze_after_start
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,7 @@ async def _serve(config: object, listen: str | None) -> int:
         loop.add_signal_handler(signum, sidecar.stop)
     try:
         await sidecar.start()
+        freeze_after_start()  # full collections no longer walk the start-up's objects
         print(
             f"factbus sidecar: listening on {sidecar.url} "
             f"(node {sidecar.settings.node_name}, topic {sidecar.settings.topic})",

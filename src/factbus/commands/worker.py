@@ -53,6 +53,7 @@ import orjson
 
 from factbus.bus import Bus
 from factbus.errors import ConfigError, FatalTransportError
+from factbus.gc_freeze import freeze_after_start
 
 if TYPE_CHECKING:
     from factbus.metrics import MetricsServer
@@ -228,6 +229,7 @@ async def _worker_main(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):
             await bus.aclose()
         return EXIT_FATAL if isinstance(error, FatalTransportError) else 1
+    freeze_after_start()  # full collections no longer walk the start-up's objects
     consumer = bus.consumer
     status = 0
     try:
