@@ -14,6 +14,7 @@ import pytest
 
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
+from factbus.store import sqlite as sqlite_store
 from factbus.store.base import FactState, ParkedFact, StoreBatch, fact_to_bytes
 from factbus.store.sqlite import CHECKPOINT_EVERY, SCHEMA_VERSION, SqliteStore
 
@@ -290,3 +291,26 @@ async def test_wal_checkpoints_run_beside_the_commits(store: SqliteStore) -> Non
         assert time.monotonic() < deadline, "no checkpoint ran"
         await asyncio.sleep(0.05)
     assert (await store.counts())["handled"] == 50 * CHECKPOINT_EVERY
+
+
+async def test_the_wal_stays_bounded_under_back_to_back_commits(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits without a pause: the worker's checkpoint never copies the last
+    commit, so the store finishes it past WAL_BOUND and the WAL restarts (sizes
+    scaled down here: 4 commits per checkpoint, a bound of 50 frames)."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setattr(sqlite_store, "WAL_BOUND", 50)
+
+    def wal_size() -> int:
+        return Path(f"{store.path}-wal").stat().st_size
+
+    sizes = []
+    for n in range(600):
+        await _record(store, StoreBatch(handled=[_fact(n * 40 + i) for i in range(40)]))
+        sizes.append(wal_size())
+    # Never restarted, the WAL would grow by the same few frames per commit all along
+    # (as over the first three commits, before any checkpoint ran).
+    unbounded = sizes[0] + (sizes[3] - sizes[0]) / 3 * 599
+    assert max(sizes) < unbounded * 0.75, (max(sizes), unbounded)
+    assert (await store.counts())["handled"] == 600 * 40

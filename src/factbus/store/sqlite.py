@@ -62,6 +62,12 @@ CHECKPOINT_EVERY: Final = 64
 """Commits between two WAL checkpoints. They run in a worker thread on a connection
 of their own (``PRAGMA wal_checkpoint(PASSIVE)``); the store's connection does not
 checkpoint (``wal_autocheckpoint=0``), so no step's COMMIT waits for one."""
+WAL_BOUND: Final = 2000
+"""WAL frames (pages) past which the store finishes a checkpoint itself: under
+back-to-back commits the worker's checkpoint never catches the last commit, and
+SQLite restarts the WAL only once every frame is copied, so before its next
+transaction the store copies the few frames committed meanwhile (on the loop
+thread; the next write then restarts the WAL)."""
 _KEY: Final = 22
 """Characters of the base64 hash that key the in-memory index (132 bits); a hit is
 confirmed against the log row, so a shared prefix never merges two facts."""
@@ -210,6 +216,8 @@ class SqliteStore:
         self._waiting_rows = 0
         self._commits = 0
         self._checkpointer: sqlite3.Connection | None = None
+        self._wal_frames = 0
+        """WAL size in frames that the last worker checkpoint found."""
         self._checkpoint_lock = threading.Lock()
 
     @property
@@ -399,6 +407,9 @@ class SqliteStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         db = self.db
+        if self._wal_frames > WAL_BOUND and not self._checkpoint_lock.locked():
+            self._wal_frames = 0
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # see WAL_BOUND
         db.execute("BEGIN IMMEDIATE")
         last_id = self._last_id
         tx = SqliteTransaction(self, db)
@@ -437,7 +448,10 @@ class SqliteStore:
                     self._checkpointer = sqlite3.connect(
                         self.path, isolation_level=None, check_same_thread=False
                     )
-                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                # fetchall: a statement left unfinished would hold a read lock on
+                # the WAL, and SQLite would never restart it.
+                [row] = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self._wal_frames = int(row[1])
             except sqlite3.Error:
                 log.warning("sqlite WAL checkpoint failed", path=self.path, exc_info=True)
 
