@@ -207,7 +207,8 @@ class Store(Protocol):
 
     async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
         """The content of parked facts among ``refs``, and of handled ones where the
-        store keeps content (memory; SQLite with ``keep_bodies=1``)."""
+        store keeps content (SQLite with ``keep_bodies=1``; the memory store keeps
+        none)."""
         ...
 
 

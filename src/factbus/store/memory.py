@@ -3,6 +3,11 @@
 It passes the same store suite as SQLite but forgets everything when the
 process ends. Transactions are applied at commit; a savepoint is a no-op scope
 (the memory store has no handler tables to roll back).
+
+Handled facts are kept as ``hash -> type`` strings, not as ``Fact`` objects
+(as the SQLite fact log keeps no bodies by default): strings are invisible to
+the garbage collector, so a node that handled millions of facts does not make
+every full collection walk them. Parked facts keep their content until handled.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ class MemoryStore:
     def __init__(self, url: str = "memory://") -> None:
         query_options(url, (), what="memory store")
         self.url = url
-        self._facts: dict[FactRef, Fact] = {}
-        self._state: dict[FactRef, FactState] = {}
+        self._handled: dict[str, str] = {}  # hash -> type, untracked by the collector
+        self._handled_other: set[FactRef] = set()  # a handled hash under a second type
+        self._facts: dict[FactRef, Fact] = {}  # parked facts only
         self._missing: dict[FactRef, set[FactRef]] = {}  # parked ref -> what it still misses
         self._waiting: dict[FactRef, set[FactRef]] = collections.defaultdict(
             set
@@ -71,9 +77,19 @@ class MemoryStore:
         check_owner(self.url, self._owner, owner)
 
     async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
-        state = self._state
-        known = state.keys() & refs  # one set operation; usually few are known
-        return {ref: state[ref] for ref in known}
+        handled = self._handled
+        other = self._handled_other
+        parked = self._facts
+        out: dict[FactRef, FactState] = {}
+        for ref in refs:
+            if handled.get(ref[1]) == ref[0] or (other and ref in other):
+                out[ref] = FactState.HANDLED
+            elif ref in parked:
+                out[ref] = FactState.PARKED
+        return out
+
+    def _is_handled(self, ref: FactRef) -> bool:
+        return self._handled.get(ref[1]) == ref[0] or ref in self._handled_other
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[MemoryTransaction]:
@@ -87,17 +103,22 @@ class MemoryStore:
     def _apply(self, batch: StoreBatch) -> None:
         for parked in batch.parked:
             ref = parked.fact.ref
-            if self._state.get(ref) is FactState.HANDLED:
+            if self._is_handled(ref):
                 continue
             self._facts[ref] = parked.fact
-            self._state[ref] = FactState.PARKED
             self._missing[ref] = set(parked.missing)
             for missing in parked.missing:
                 self._waiting[missing].add(ref)
         handled = batch.handled
         refs = list(map(ref_of, handled))
-        self._facts.update(zip(refs, handled, strict=True))
-        self._state.update(dict.fromkeys(refs, FactState.HANDLED))
+        index = self._handled
+        for fact_type, fact_hash in refs:
+            known = index.setdefault(fact_hash, fact_type)
+            if known != fact_type:
+                self._handled_other.add(FactRef(fact_type, fact_hash))
+        if self._facts:
+            for ref in refs:
+                self._facts.pop(ref, None)
         if self._missing or self._waiting:
             self._unpark(refs)
         self._published.update(batch.published)
@@ -139,7 +160,7 @@ class MemoryStore:
 
     async def counts(self) -> dict[str, int]:
         return {
-            "handled": len(self._state) - len(self._missing),
+            "handled": len(self._handled) + len(self._handled_other),
             "parked": len(self._missing),
             "published": len(self._published),
         }
