@@ -25,29 +25,9 @@ from pathlib import Path
 from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.fact import Fact
 from factbus.store.base import StoreBatch
-from factbus.store.sqlite import SqliteStore
+from factbus.store.sqlite import SCHEMA_1, SqliteStore
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS factbus_facts (
-    hash TEXT NOT NULL, type TEXT NOT NULL,
-    state INTEGER NOT NULL,          -- 1 handled, 2 parked
-    seq INTEGER NOT NULL,            -- arrival order, for listing parked facts
-    body BLOB,                       -- parked facts; handled ones only with keep_bodies
-    PRIMARY KEY (hash, type)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS factbus_facts_parked ON factbus_facts (state, seq);
-CREATE TABLE IF NOT EXISTS factbus_waiting (
-    missing_hash TEXT NOT NULL, missing_type TEXT NOT NULL,
-    hash TEXT NOT NULL, type TEXT NOT NULL,
-    PRIMARY KEY (missing_hash, missing_type, hash, type)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS factbus_waiting_by_fact ON factbus_waiting (hash, type);
-CREATE TABLE IF NOT EXISTS factbus_published (
-    hash TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (hash, type)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS factbus_positions (key TEXT PRIMARY KEY, next INTEGER NOT NULL);
-"""
+_SCHEMA = SCHEMA_1
 """Schema 1, the store's layout before the fact log (schema 2), which the variants
 below replay; ``current`` is the store as it is now."""
 

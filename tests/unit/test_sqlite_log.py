@@ -16,31 +16,7 @@ from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
 from factbus.store import sqlite as sqlite_store
 from factbus.store.base import FactState, ParkedFact, StoreBatch, fact_to_bytes
-from factbus.store.sqlite import CHECKPOINT_EVERY, SCHEMA_VERSION, SqliteStore
-
-# Schema 1 exactly as factbus wrote it before the fact log (src/factbus/store/sqlite.py
-# up to schema 1): a migration test must start from the old layout, not from ours.
-SCHEMA_1 = """
-CREATE TABLE IF NOT EXISTS factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS factbus_facts (
-    hash TEXT NOT NULL, type TEXT NOT NULL,
-    state INTEGER NOT NULL,          -- 1 handled, 2 parked
-    seq INTEGER NOT NULL,            -- arrival order, for listing parked facts
-    body BLOB,                       -- parked facts; handled ones only with keep_bodies
-    PRIMARY KEY (hash, type)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS factbus_facts_parked ON factbus_facts (state, seq);
-CREATE TABLE IF NOT EXISTS factbus_waiting (
-    missing_hash TEXT NOT NULL, missing_type TEXT NOT NULL,
-    hash TEXT NOT NULL, type TEXT NOT NULL,
-    PRIMARY KEY (missing_hash, missing_type, hash, type)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS factbus_waiting_by_fact ON factbus_waiting (hash, type);
-CREATE TABLE IF NOT EXISTS factbus_published (
-    hash TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (hash, type)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS factbus_positions (key TEXT PRIMARY KEY, next INTEGER NOT NULL);
-"""
+from factbus.store.sqlite import CHECKPOINT_EVERY, SCHEMA_1, SCHEMA_VERSION, SqliteStore
 
 
 def _fact(n: int, fact_type: str = "Log.Fact") -> Fact:

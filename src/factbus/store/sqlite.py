@@ -96,6 +96,31 @@ CREATE TABLE IF NOT EXISTS factbus_published (
 CREATE TABLE IF NOT EXISTS factbus_positions (key TEXT PRIMARY KEY, next INTEGER NOT NULL);
 """
 
+# Schema 1 as factbus wrote it before the fact log: what the migration reads from
+# (and what its test and benchmarks/studies/sqlite_variants.py start from). Frozen.
+SCHEMA_1 = """
+CREATE TABLE IF NOT EXISTS factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS factbus_facts (
+    hash TEXT NOT NULL, type TEXT NOT NULL,
+    state INTEGER NOT NULL,          -- 1 handled, 2 parked
+    seq INTEGER NOT NULL,            -- arrival order, for listing parked facts
+    body BLOB,                       -- parked facts; handled ones only with keep_bodies
+    PRIMARY KEY (hash, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS factbus_facts_parked ON factbus_facts (state, seq);
+CREATE TABLE IF NOT EXISTS factbus_waiting (
+    missing_hash TEXT NOT NULL, missing_type TEXT NOT NULL,
+    hash TEXT NOT NULL, type TEXT NOT NULL,
+    PRIMARY KEY (missing_hash, missing_type, hash, type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS factbus_waiting_by_fact ON factbus_waiting (hash, type);
+CREATE TABLE IF NOT EXISTS factbus_published (
+    hash TEXT NOT NULL, type TEXT NOT NULL, PRIMARY KEY (hash, type)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS factbus_positions (key TEXT PRIMARY KEY, next INTEGER NOT NULL);
+"""
+
+
 _VIEW = """
 CREATE VIEW IF NOT EXISTS factbus_facts (hash, type, state, seq, body) AS
     SELECT hash, type, 1, 0, body FROM factbus_log
