@@ -31,7 +31,9 @@ kombu transport options (prefix ``transport.``)
     connection; the value is read as JSON when it parses (numbers, ``true``,
     objects), else kept as a string: ``transport.visibility_timeout=600``,
     ``transport.global_keyprefix=app:``, ``transport.health_check_interval=10``.
-    ``transport.confirm_publish`` is refused: confirms are always on (batched).
+    ``transport.confirm_publish`` is refused: confirms are always on (batched);
+    so is ``transport.ack_emulation=false`` on redis (a consumer that dies would
+    lose what it took).
     On redis the adapter sets ``visibility_timeout=300`` and
     ``unacked_key``/``unacked_index_key``/``unacked_mutex_key`` under
     ``factbus.`` unless given (see :data:`REDIS_TRANSPORT_DEFAULTS`).
@@ -266,6 +268,13 @@ class KombuConfig:
             (kombu_scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment)
         )
         if driver_type == "redis":
+            if not transport_options.get("ack_emulation", True):
+                raise ConfigError(
+                    f"transport.ack_emulation={transport_options['ack_emulation']}: without "
+                    "kombu's ack emulation redis forgets a message as soon as a consumer "
+                    "takes it, so a consumer that dies before acking (kill -9) loses it; "
+                    "leave the option out (on by default)"
+                )
             transport_options = {**REDIS_TRANSPORT_DEFAULTS, **transport_options}
         values = _typed_options(options)
         return cls(

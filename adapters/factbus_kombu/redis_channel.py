@@ -27,19 +27,38 @@ through the default exchange to the queue it came from (``exchange ""``,
 ``routing_key <queue>``): any connection restores it into that queue, and only
 that one (not a copy into every group's queue through the topic's exchange),
 under a delivery tag of its own per queue (:func:`queue_tag`).
-Where kombu's own ``BRPOP`` runs (below), an exchange this connection has not
-declared is taken as ``topic`` (the only type factbus declares on virtual
-transports), so that a restore still finds the bound queues.
+A record written that way by an older factbus (or a message kombu itself recorded
+with its topic's exchange) still finds its queues on restore: an exchange this
+connection has not declared is taken as ``topic`` (the only type factbus
+declares on virtual transports), not as kombu's ``direct``.
 
-Used only where the plain case holds: one queue consumed on the channel, no
-``global_keyprefix`` and no message priorities (factbus publishes none);
-otherwise kombu's own ``BRPOP`` runs. Needs redis >= 6.2 (``BLMOVE``).
+Every configuration takes this way; there is no fallback to kombu's ``BRPOP``:
+
+- ``global_keyprefix``: kombu's client prefixes the keys of the commands it
+  knows (and only the first key of a script); the channel writes every key of
+  its own commands in full (:meth:`Channel.key`), so the take, kombu's acks and
+  kombu's restore all use ``<prefix><queue>`` and ``<prefix><unacked_key>``.
+  The record's routing key is the queue's unprefixed name, which kombu's
+  restore prefixes again when it pushes the message back.
+- ``priority_steps``/``sep``: factbus publishes and gives back at priority 0;
+  the channel waits on and takes from the list kombu files priority 0 under
+  (``_q_for_pri(queue, 0)``), which is the queue's own name with the default
+  steps. Messages another producer publishes at a higher priority go to other
+  lists and are not read.
+- ``basic_get`` (the dead-letter peek) takes through the same script.
+- A channel consuming more than one queue (the adapter never does: one queue
+  per subscription, one channel per connection) is refused with an error.
+- ``ack_emulation=false`` (no unacked hash at all) is refused by the adapter's
+  URL parsing (``KombuConfig``).
+
+Needs redis >= 6.2 (``BLMOVE``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -47,6 +66,7 @@ from kombu.utils.json import loads
 TAKE: str = """
 local now = redis.call('TIME')
 local at = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local back = cjson.encode(ARGV[3])
 local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
   local raw = redis.call('RPOP', KEYS[1])
@@ -54,16 +74,21 @@ for _ = 1, tonumber(ARGV[1]) do
   local tag = tostring(cjson.decode(raw)['properties']['delivery_tag'])
   if string.sub(tag, 1, #ARGV[2]) ~= ARGV[2] then tag = ARGV[2] .. tag end
   redis.call('ZADD', KEYS[3], at, tag)
-  redis.call('HSET', KEYS[2], tag, '[' .. raw .. ',"",' .. cjson.encode(KEYS[1]) .. ']')
+  redis.call('HSET', KEYS[2], tag, '[' .. raw .. ',"",' .. back .. ']')
   taken[#taken + 1] = raw
 end
 return taken
 """
-"""Pop up to ARGV[1] messages of KEYS[1] and record each, atomically, as kombu's
-``QoS.append`` does: ``HSET unacked tag [payload, "", KEYS[1]]`` (exchange and
-routing key that lead back to this queue, see the module docstring) and
-``ZADD unacked_index now tag`` (KEYS[2], KEYS[3]), where ``tag`` is the
-message's delivery tag prefixed with ARGV[2] (:func:`queue_tag`)."""
+"""Pop up to ARGV[1] messages of the list KEYS[1] and record each, atomically, as
+kombu's ``QoS.append`` does: ``HSET unacked tag [payload, "", ARGV[3]]`` (the
+exchange and routing key that lead back to the queue ARGV[3], see the module
+docstring) and ``ZADD unacked_index now tag`` (KEYS[2], KEYS[3]), where ``tag``
+is the message's delivery tag prefixed with ARGV[2] (:func:`queue_tag`). Every
+key is given in full (with kombu's ``global_keyprefix``)."""
+
+
+class ChannelMisuse(RuntimeError):
+    """The channel was used in a way that would bring kombu's lossy ``BRPOP`` back."""
 
 
 def tag_prefix(queue: str) -> str:
@@ -102,27 +127,37 @@ class Channel(kombu_redis.Channel):
     _factbus_queue: str | None = None
     _factbus_take: Any = None
 
-    def _plain(self, queues: list[str]) -> bool:
-        return len(queues) == 1 and not self.global_keyprefix
+    def key(self, name: str) -> str:
+        """The redis key kombu keeps ``name`` under (``global_keyprefix`` + ``name``):
+        what a command the channel sends itself must name."""
+        return str(self.global_keyprefix) + name
+
+    def list_key(self, queue: str) -> str:
+        """The redis list ``queue``'s messages wait in: the one kombu files priority
+        0 under (factbus publishes and gives back at priority 0), prefixed."""
+        return self.key(str(self._q_for_pri(queue, 0)))
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
-        if not self._plain(queues):
-            self._factbus_queue = None
-            super()._brpop_start(timeout)
+        if not queues:
             return
+        if len(queues) != 1:
+            raise ChannelMisuse(
+                f"factbus' redis channel consumes one queue per channel, not {len(queues)} "
+                f"({', '.join(queues)}): kombu's BRPOP over several would lose a message "
+                "taken while its consumer is killed"
+            )
         if timeout is None:
             timeout = self.brpop_timeout
         queue = queues[0]
+        key = self.list_key(queue)
         self._factbus_queue = queue
         self._in_poll = self.client.connection
         self._brpop_sent_at = kombu_redis.monotonic()  # type: ignore[assignment]
-        self.client.connection.send_command("BLMOVE", queue, queue, "RIGHT", "RIGHT", timeout or 0)
+        self.client.connection.send_command("BLMOVE", key, key, "RIGHT", "RIGHT", timeout or 0)
 
     def _brpop_read(self, **options: Any) -> bool:
         queue = self._factbus_queue
-        if queue is None:
-            return bool(super()._brpop_read(**options))
         try:
             try:
                 waited = self.client.parse_response(self.client.connection, "BLMOVE", **options)
@@ -132,7 +167,7 @@ class Channel(kombu_redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]
             self._flush_brpop_reauth()
-        if waited is None:
+        if waited is None or queue is None:
             raise kombu_redis.Empty()
         taken = self._take(queue)
         if not taken:  # another consumer of the queue was quicker
@@ -141,23 +176,49 @@ class Channel(kombu_redis.Channel):
             self.connection._deliver(back_to(loads(bytes_to_str(raw)), queue), queue)
         return True
 
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """One message of ``queue`` or None. Unless ``no_ack``, taken and recorded as
+        unacked in one step (kombu's own ``RPOP`` and then a record loses the
+        message if the process dies in between)."""
+        if no_ack:  # nothing to record: kombu's RPOP
+            return super().basic_get(queue, no_ack=True, **kwargs)
+        taken = self._take(queue, limit=1)
+        if not taken:
+            return None
+        message = self.Message(back_to(loads(bytes_to_str(taken[0])), queue), channel=self)
+        self.qos.append(message, message.delivery_tag)
+        return message
+
     def typeof(self, exchange: str, default: str = "topic") -> Any:
         """The exchange type kombu routes ``exchange`` with: as declared on this
         connection, else ``topic`` (kombu's default, ``direct``, matches none of
         factbus' ``#`` bindings, so a restore would drop the message)."""
         return super().typeof(exchange, default)
 
-    def _take(self, queue: str) -> list[bytes]:
-        """Pop and record as unacked, atomically, what the prefetch allows."""
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        # kombu asks EXISTS, which its prefixing client leaves unprefixed: with a
+        # global_keyprefix a passive declare (the adapter's lag) never found a queue.
+        with self.conn_or_acquire() as client, client.pipeline() as pipe:
+            for priority in self.priority_steps:
+                pipe.exists(self.key(str(self._q_for_pri(queue, priority))))
+            return any(pipe.execute())
+
+    def _take(self, queue: str, limit: int | None = None) -> list[bytes]:
+        """Pop and record as unacked, atomically, what the prefetch allows (at most
+        ``limit``)."""
         qos = self.qos
         allowance = max(1, int(qos.can_consume_max_estimate() or 1))
+        if limit is not None:
+            allowance = min(allowance, limit)
+        keys = [self.list_key(queue), self.key(qos.unacked_key), self.key(qos.unacked_index_key)]
         with self.conn_or_acquire() as client:
+            if self.global_keyprefix:
+                # kombu's client would prefix the script's first key (again) and no other.
+                client = redis.Redis(connection_pool=client.connection_pool)
             if self._factbus_take is None:
                 self._factbus_take = client.register_script(TAKE)
             result = self._factbus_take(
-                keys=[queue, qos.unacked_key, qos.unacked_index_key],
-                args=[allowance, tag_prefix(queue)],
-                client=client,
+                keys=keys, args=[allowance, tag_prefix(queue), queue], client=client
             )
         return list(result or [])
 

@@ -40,6 +40,7 @@ from factbus_kombu.config import (
     REDIS_CAPABILITIES,
     REDIS_TRANSPORT_DEFAULTS,
 )
+from factbus_kombu.redis_channel import ChannelMisuse
 from factbus_kombu.redis_channel import Transport as RedisTransport
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
@@ -107,8 +108,17 @@ class TestKombuAmqp(_KombuConformance):
 # -- fixtures for the adapter's own tests ------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "kombu_amqp"])
+def prefixed_redis(options: str = "") -> str:
+    """The test redis under a ``global_keyprefix`` of its own (every key kombu and the
+    adapter write starts with it), plus ``options``."""
+    prefix = f"transport.global_keyprefix=factbus-test-{uuid.uuid4().hex[:8]}:"
+    return with_options(broker_url("redis"), f"{prefix}&{options}" if options else prefix)
+
+
+@pytest.fixture(params=["redis", "redis_prefixed", "kombu_amqp"])
 def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis_prefixed":
+        return prefixed_redis()
     return broker_url(request.param)
 
 
@@ -202,6 +212,8 @@ def test_adapter_and_transport_options_are_taken_out_of_the_url() -> None:
         ("factbus_color=blue", "unknown kombu option .factbus_color."),
         ("visibility_timeout=60", "unknown URL option 'visibility_timeout'"),
         ("transport.confirm_publish=true", "always uses publisher confirms"),
+        ("transport.ack_emulation=false", "ack_emulation=False: without kombu's ack emulation"),
+        ("transport.ack_emulation=0", "consumer that dies before acking .kill -9. loses it"),
         ("ssl=true", "secure scheme"),
         ("heartbeat=soon", "not a valid duration"),
     ],
@@ -589,18 +601,42 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
-def redis_with_own_unacked(visibility_timeout: float) -> str:
-    """The test redis with a short visibility timeout and unacked bookkeeping under
-    keys of its own: tests running meanwhile on the same redis neither delay this
-    one's restores (a restore pass of their messages holding kombu's mutex) nor get
-    their messages restored early by it."""
+def redis_with_own_unacked(visibility_timeout: float, base: str = "") -> str:
+    """The test redis (or ``base``) with a short visibility timeout and unacked
+    bookkeeping under keys of its own: tests running meanwhile on the same redis
+    neither delay this one's restores (a restore pass of their messages holding
+    kombu's mutex) nor get their messages restored early by it."""
     keys = f"factbus.test-{uuid.uuid4().hex[:8]}"
     return with_options(
-        broker_url("redis"),
+        base or broker_url("redis"),
         f"transport.visibility_timeout={visibility_timeout:g}"
         f"&transport.unacked_key={keys}.unacked&transport.unacked_index_key={keys}.index"
         f"&transport.unacked_mutex_key={keys}.mutex",
     )
+
+
+def redis_keys(url: str, pattern: str) -> list[str]:
+    """The keys matching ``pattern`` (as written, whatever ``global_keyprefix``)."""
+    import redis
+
+    client = redis.Redis.from_url(KombuConfig.from_url(url).kombu_url, decode_responses=True)
+    try:
+        return sorted(client.keys(pattern))
+    finally:
+        client.close()
+
+
+def unacked_tags(url: str) -> list[str]:
+    """The delivery tags in the unacked hash the transport at ``url`` records in."""
+    import redis
+
+    config = KombuConfig.from_url(url)
+    options = config.transport_options
+    client = redis.Redis.from_url(config.kombu_url, decode_responses=True)
+    try:
+        return sorted(client.hkeys(options.get("global_keyprefix", "") + options["unacked_key"]))
+    finally:
+        client.close()
 
 
 @pytest.mark.faults
@@ -626,14 +662,26 @@ async def test_redis_messages_of_a_dead_consumer_come_back_after_the_visibility_
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize("setup", ["plain", "global_keyprefix", "global_keyprefix+priority_steps"])
 async def test_redis_messages_of_a_dead_consumer_come_back_whoever_restores_them(
-    names: Names, transports: list[KombuTransport]
+    setup: str, names: Names, transports: list[KombuTransport]
 ) -> None:
     """The restore is run by a transport that never declared the topic (it
     consumes another one), as a consumer-only process' publishing connection:
     kombu took the topic exchange for a ``direct`` one there and dropped every
-    message it restored. They must come back, into their own group's queue only."""
-    url = redis_with_own_unacked(1)
+    message it restored. They must come back, into their own group's queue only.
+
+    Also under kombu's ``global_keyprefix`` (where the adapter used to fall back to
+    kombu's BRPOP and shared delivery tags: the other group's ack deleted the dead
+    consumer's records, and its messages never came back), and with priority steps
+    that file priority 0 under a list of its own (``<queue>\\x06\\x165``)."""
+    base = {
+        "plain": broker_url("redis"),
+        "global_keyprefix": prefixed_redis(),
+        "global_keyprefix+priority_steps": prefixed_redis("transport.priority_steps=[1,5]"),
+    }[setup]
+    url = redis_with_own_unacked(1, base)
+    prefix = KombuConfig.from_url(url).transport_options.get("global_keyprefix", "")
     publisher = await open_kombu(transports, url, names)
     topic, group, other = fresh(names, "t"), fresh(names, "g"), fresh(names, "g")
     bystander = await publisher.subscribe(topic, other)  # another group of the topic
@@ -647,6 +695,14 @@ async def test_redis_messages_of_a_dead_consumer_come_back_whoever_restores_them
     assert (await asyncio.wait_for(dying.stdout.readline(), 30)).strip() == b"got 5"
     assert await asyncio.wait_for(dying.wait(), 30) == 0
     assert sorted(bodies(await collect(bystander, 5, 30.0))) == sorted(m.body for m in sent)
+    await asyncio.sleep(0.3)  # the bystander's acks reach redis
+    held = await asyncio.to_thread(unacked_tags, url)
+    assert len([tag for tag in held if tag.startswith(f"{topic}.{group}/")]) == 5, held
+    # Every key of the topic is under the prefix (nothing written beside it).
+    assert await asyncio.to_thread(redis_keys, url, f"*{topic}*")
+    assert all(
+        key.startswith(prefix) for key in await asyncio.to_thread(redis_keys, url, f"*{topic}*")
+    )
 
     restorer = await open_kombu(transports, url, names)
     await restorer.subscribe(fresh(names, "t"), fresh(names, "g"))  # starts its restorer
@@ -659,6 +715,22 @@ async def test_redis_messages_of_a_dead_consumer_come_back_whoever_restores_them
     assert sorted(bodies(received)) == sorted(m.body for m in sent)
     assert all(d.redelivered for d in received)
     assert await settle_quietly(bystander, 1.0) == []  # no restored copy for the other group
+
+
+def test_redis_channel_refuses_to_consume_two_queues(names: Names) -> None:
+    """kombu's BRPOP over several queues would lose a message taken during a kill;
+    the adapter's channel refuses it (the adapter itself never does it)."""
+    names.url = url = broker_url("redis")
+    topic, one, two = fresh(names, "t"), fresh(names, "g"), fresh(names, "h")
+    exchange = Exchange(topic, type="topic")
+    with KombuConfig.from_url(url).connection() as connection:
+        channel = connection.channel()
+        queues = [Queue(f"{topic}.{g}", exchange, routing_key="#")(channel) for g in (one, two)]
+        for queue in queues:
+            queue.declare()
+        consumer = connection.Consumer(queues, channel=channel, accept=None)
+        with consumer, pytest.raises(ChannelMisuse, match="one queue per channel, not 2"):
+            connection.drain_events(timeout=1)
 
 
 def kill_redis_clients(name: str) -> int:
