@@ -315,10 +315,15 @@ class KombuConfig:
         if self.ssl is not None:
             kwargs["ssl"] = self.ssl
         if self.driver_type == "redis":
-            # kombu's redis transport, with a take that cannot lose a message.
-            from factbus_kombu.redis_channel import Transport as RedisTransport
+            # kombu's redis transport (or its Sentinel one), with a take that cannot
+            # lose a message.
+            from factbus_kombu import redis_channel
 
-            kwargs["transport"] = RedisTransport
+            kwargs["transport"] = (
+                redis_channel.SentinelTransport
+                if self.transport == "sentinel"
+                else redis_channel.Transport
+            )
             if self.transport == "rediss" and not kwargs.get("ssl"):
                 # What kombu does for a rediss:// URL without TLS options (it only
                 # recognises the scheme by name, which a transport class hides).

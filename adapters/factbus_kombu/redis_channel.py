@@ -51,6 +51,7 @@ Every configuration takes this way; there is no fallback to kombu's ``BRPOP``:
 - ``ack_emulation=false`` (no unacked hash at all) is refused by the adapter's
   URL parsing (``KombuConfig``).
 
+The same channel runs behind redis Sentinel (:class:`SentinelTransport`).
 Needs redis >= 6.2 (``BLMOVE``).
 """
 
@@ -227,3 +228,13 @@ class Transport(kombu_redis.Transport):
     """kombu's redis transport with :class:`Channel`."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """:class:`Channel` on the master a redis Sentinel names (kombu's ``sentinel://``)."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's redis Sentinel transport with :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import pytest
 from kombu import Connection, Exchange, Queue
@@ -40,7 +44,7 @@ from factbus_kombu.config import (
     REDIS_CAPABILITIES,
     REDIS_TRANSPORT_DEFAULTS,
 )
-from factbus_kombu.redis_channel import ChannelMisuse
+from factbus_kombu.redis_channel import ChannelMisuse, SentinelTransport
 from factbus_kombu.redis_channel import Transport as RedisTransport
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
@@ -731,6 +735,70 @@ def test_redis_channel_refuses_to_consume_two_queues(names: Names) -> None:
         consumer = connection.Consumer(queues, channel=channel, accept=None)
         with consumer, pytest.raises(ChannelMisuse, match="one queue per channel, not 2"):
             connection.drain_events(timeout=1)
+
+
+@contextlib.contextmanager
+def sentinel_of_test_redis(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A redis Sentinel of its own (``redis-server --sentinel``, ephemeral port) that
+    names the test redis master under a name of its own; yields (host:port, name).
+    It only watches (quorum 1, no replica to fail over to)."""
+    target = urlsplit(KombuConfig.from_url(broker_url("redis")).kombu_url)
+    server = shutil.which("redis-server")
+    if server is None:
+        message = "redis-server is not installed (scripts/brokers.sh installs it)"
+        if os.environ.get("FACTBUS_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    name = f"factbus-test-{uuid.uuid4().hex[:8]}"
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"bind 127.0.0.1\nport {port}\ndir {tmp_path}\n"
+        f"sentinel monitor {name} {target.hostname} {target.port or 6379} 1\n"
+    )
+    process = subprocess.Popen(
+        [server, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert process.poll() is None, "redis-server --sentinel exited"
+            assert time.monotonic() < deadline, "the sentinel did not start"
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}", name
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def test_redis_sentinel_urls_take_losslessly_too(
+    tmp_path: Path, names: Names, transports: list[KombuTransport]
+) -> None:
+    """``kombu+sentinel://`` used to be turned into a plain redis connection to the
+    sentinel's own address; it runs kombu's Sentinel transport with the adapter's
+    channel (group-prefixed tags in the unacked hash show that channel took)."""
+    with sentinel_of_test_redis(tmp_path) as (address, master):
+        url = redis_with_own_unacked(
+            300, f"kombu+sentinel://{address}/0?transport.master_name={master}"
+        )
+        assert KombuConfig.from_url(url).connection().transport_cls is SentinelTransport
+        transport = await open_kombu(transports, url, names)
+        names.url = broker_url("redis")  # clean up directly: the sentinel is gone by then
+        topic, group = fresh(names, "t"), fresh(names, "g")
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(5))
+        taken = await collect(subscription, 5, 30.0, ack=False)
+        assert bodies(taken) == [m.body for m in messages(5)]
+        direct = with_options(broker_url("redis"), url.split("?", 1)[1])  # same unacked keys
+        tags = await asyncio.to_thread(unacked_tags, direct)
+        assert len([t for t in tags if t.startswith(f"{topic}.{group}/")]) == 5, tags
+        for delivery in taken:
+            await delivery.ack()
+        await transport.aclose()
 
 
 def kill_redis_clients(name: str) -> int:
