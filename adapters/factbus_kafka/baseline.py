@@ -53,6 +53,9 @@ class KafkaBaseline(Arrivals):
         self.group = f"{destination}.raw"
         self.client = f"confluent-kafka {confluent_kafka.version()} (acks=all, idempotent)"
         self._consumer: Any = None
+        self.produce_cpu_s: float | None = None
+        """CPU seconds of this process (every thread) over ``produce``'s timed
+        window, from its first message to the last delivery report."""
         self._held: list[Any] = []
         """Messages received while ``subscribe`` waited for the assignment."""
 
@@ -116,7 +119,7 @@ class KafkaBaseline(Arrivals):
         # msgs/s at random. factbus's publishers are warm by then; so is this one.
         producer.produce(topic, b"", WARM_UP_KEY, on_delivery=report)
         producer.flush(self.config.publish_timeout)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for chunk in chunks:
             for i in chunk:
                 while True:
@@ -128,6 +131,7 @@ class KafkaBaseline(Arrivals):
             producer.poll(0)
         left = producer.flush(self.config.publish_timeout)
         end = time.perf_counter()
+        self.produce_cpu_s = time.process_time() - cpu
         if left or failed:
             raise PublishError(f"raw producer: {left} unconfirmed, {len(failed)} failed")
         return start, end

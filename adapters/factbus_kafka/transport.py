@@ -81,6 +81,9 @@ keyed by their head fact's hash, but two envelopes with the same head may carry
 different ancestors (each producer ships the ancestors it has not shipped before),
 so compaction could drop the only copy of an ancestor."""
 
+_YIELD_EVERY: Final = 4096
+"""Messages ``publish`` hands to librdkafka between two yields to the event loop."""
+
 log = structlog.get_logger("factbus.kafka")
 # librdkafka's own log lines (connection state, retries) go to stdlib logging here.
 librdkafka_log = logging.getLogger("factbus.kafka.librdkafka")
@@ -375,29 +378,34 @@ class KafkaTransport(TransportBase):
         confirmations = _Confirmations(asyncio.get_running_loop(), len(messages))
         report = confirmations.report
         produce = thread.producer.produce
-        for index, message in enumerate(messages):
-            if index and not index % 4096:
+        # The messages of one publish call share one headers mapping: its pairs
+        # are listed once, and each message adds its id to a copy.
+        shared: Mapping[str, str] | None = None
+        pairs: HeaderList = []
+        for start in range(0, len(messages), _YIELD_EVERY):
+            if start:
                 await asyncio.sleep(0)  # a huge batch must not hold the event loop
-            headers: HeaderList = [
-                *message.headers.items(),
-                (HEADER_MESSAGE_ID, message.message_id),
-            ]
-            key = message.key
-            while True:
-                try:
-                    produce(
-                        topic,
-                        message.body,
-                        key,
-                        keyless if key is None else -1,
-                        on_delivery=report,
-                        headers=headers,
-                    )
-                    break
-                except BufferError:
-                    await asyncio.sleep(0.005)  # local queue full: the poller drains it
-                except (KafkaException, ValueError, TypeError) as exc:
-                    raise PublishError(f"kafka refused a message for {topic!r}: {exc}") from exc
+            for message in messages[start : start + _YIELD_EVERY]:
+                if message.headers is not shared:
+                    shared = message.headers
+                    pairs = list(shared.items())
+                key = message.key
+                headers = [*pairs, (HEADER_MESSAGE_ID, message.message_id)]
+                while True:
+                    try:
+                        produce(
+                            topic,
+                            message.body,
+                            key,
+                            keyless if key is None else -1,
+                            on_delivery=report,
+                            headers=headers,
+                        )
+                        break
+                    except BufferError:
+                        await asyncio.sleep(0.005)  # local queue full: the poller drains it
+                    except (KafkaException, ValueError, TypeError) as exc:
+                        raise PublishError(f"kafka refused a message for {topic!r}: {exc}") from exc
         timeout = self.config.publish_timeout + self.config.request_timeout
         try:
             await asyncio.wait_for(confirmations.future, timeout)

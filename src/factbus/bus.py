@@ -17,6 +17,7 @@ from factbus.dispatcher import Dispatcher, Handler, Middleware, RetryPolicy
 from factbus.envelope import (
     CodecLimits,
     encode,
+    encode_one,
     topological,
 )
 from factbus.errors import FatalTransportError, StoreOwnedError
@@ -377,32 +378,22 @@ class Bus(AsyncLifecycle):
             await self.transport.connect()
             await self.store.open()
             self._connected = True  # a publish-only use: aclose() closes these
-        shipped: set[FactRef] = set()
-        if ancestors:
-            known = await self._known_published(facts)
-            shipped.update(known)
         headers = {
             HEADER_PRODUCER: self.settings.node_name,
             HEADER_PUBLISHED_AT: f"{time.time():.6f}",
         }
-        chains: list[list[Fact]] = []
-        refs: list[FactRef] = []
-        for fact in facts:
-            chain: list[Fact] = []
-            if ancestors:
-                chain = [a for a in _ancestors(fact) if a.ref not in shipped]
-                shipped.update(a.ref for a in chain)
-                chain = topological(chain)
-            chain.append(fact)
-            shipped.add(fact.ref)
-            refs.append(fact.ref)
-            chains.append(chain)
-        messages = [
-            Message(encode(envelope), envelope[-1].hash, envelope[-1].hash, headers)
-            for envelope in pack_chains(
-                chains, self.settings.pack, self.settings.max_envelope_bytes
-            )
-        ]
+        refs = [fact.ref for fact in facts]
+        shipped: set[FactRef] = set(refs)
+        if ancestors and any(fact.ancestors_given for fact in facts):
+            messages = self._messages(await self._chains(facts, shipped), headers)
+        elif self.settings.pack <= 1:
+            # Lone facts, one envelope each: no chains to build or pack.
+            messages = [
+                Message(encode_one(fact), ref[1], ref[1], headers)
+                for fact, ref in zip(facts, refs, strict=True)
+            ]
+        else:
+            messages = self._messages([[fact] for fact in facts], headers)
         if self._tracing is not None:
             with self._tracing.publishing(headers, [m.message_id for m in messages]):
                 messages = [Message(m.body, m.message_id, m.key, headers) for m in messages]
@@ -414,6 +405,31 @@ class Bus(AsyncLifecycle):
         if not self._store_lock.locked():
             await self._flush_published()
         return refs
+
+    def _messages(self, chains: Sequence[list[Fact]], headers: dict[str, str]) -> list[Message]:
+        """The messages of ``chains`` packed into envelopes (:func:`pack_chains`)."""
+        settings = self.settings
+        return [
+            Message(encode(envelope), envelope[-1].hash, envelope[-1].hash, headers)
+            for envelope in pack_chains(chains, settings.pack, settings.max_envelope_bytes)
+        ]
+
+    async def _chains(self, facts: Sequence[Fact], shipped: set[FactRef]) -> list[list[Fact]]:
+        """Each fact's chain: those of its ancestors (given as Fact objects) that
+        this node has not published before nor ships earlier in this call, in
+        topological order, then the fact. Adds what it ships to ``shipped``."""
+        known = await self._known_published(facts)
+        sent: set[FactRef] = set(known)
+        chains: list[list[Fact]] = []
+        for fact in facts:
+            chain = [a for a in _ancestors(fact) if a.ref not in sent]
+            sent.update(a.ref for a in chain)
+            chain = topological(chain)
+            chain.append(fact)
+            sent.add(fact.ref)
+            chains.append(chain)
+        shipped.update(sent)
+        return chains
 
     async def _known_published(self, facts: Sequence[Fact]) -> set[FactRef]:
         candidates = {a.ref for fact in facts for a in _ancestors(fact)}

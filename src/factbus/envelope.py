@@ -95,10 +95,22 @@ def topological(facts: Iterable[Fact]) -> list[Fact]:
     return ordered
 
 
+_OPEN: Final = b'{"v":1,"facts":['
+_CLOSE: Final = b"]}"
+
+
 def encode(facts: Sequence[Fact]) -> bytes:
     """One envelope body carrying ``facts``, which must already be topologically ordered."""
     # Version 1, written by hand around each fact's cached wire bytes.
-    return b'{"v":1,"facts":[' + b",".join([fact.wire_bytes() for fact in facts]) + b"]}"
+    if len(facts) == 1:
+        return _OPEN + facts[0].wire_bytes() + _CLOSE
+    return _OPEN + b",".join([fact.wire_bytes() for fact in facts]) + _CLOSE
+
+
+def encode_one(fact: Fact) -> bytes:
+    """``encode([fact])``: the envelope of one fact, without a list (a publish of
+    many lone facts makes one of these each)."""
+    return _OPEN + fact.wire_bytes() + _CLOSE
 
 
 def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:

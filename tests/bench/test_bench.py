@@ -74,6 +74,9 @@ async def test_ratio_comes_from_a_baseline_measured_in_the_same_run() -> None:
         result.floor_cpu_us_per_msg / result.drain_cpu_us_per_msg
     )
     assert result.memory_per_fact_bytes is not None and result.memory_per_fact_bytes > 100
+    # Publishers are tasks of this process on memory://: no CPU of their own.
+    assert result.publisher_cpu_us_per_msg is None
+    assert result.baseline_publisher_cpu_us_per_msg is None
 
 
 async def test_duplicates_and_reorder_are_absorbed_by_the_pipeline() -> None:
@@ -204,6 +207,15 @@ def test_publisher_processes_and_raw_baseline_on_rabbitmq() -> None:
     assert result.ratio is not None and result.drain_ratio is not None
     assert result.pipeline["handled"] == 400  # peak and drain
     assert "guest:***@" in result.transport
+    # The publisher processes' CPU, and the raw producer's (its process's).
+    assert result.publisher_cpu_us_per_msg is not None and result.publisher_cpu_us_per_msg > 0
+    assert result.baseline_publisher_cpu_us_per_msg is not None
+    assert result.baseline_publisher_cpu_us_per_msg > 0
+    data = result.as_json()
+    assert data["publisher_cpu_us_per_msg"] == result.publisher_cpu_us_per_msg
+    assert BenchResult.from_json(data).baseline_publisher_cpu_us_per_msg == (
+        result.baseline_publisher_cpu_us_per_msg
+    )
 
 
 def test_each_adapter_registers_its_own_baseline() -> None:

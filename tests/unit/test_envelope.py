@@ -21,6 +21,7 @@ from factbus import (
     encode,
     topological,
 )
+from factbus.envelope import encode_one
 from factbus.testing.scenario import random_dag
 
 
@@ -34,6 +35,14 @@ def chain(n: int) -> list[Fact]:
 def test_round_trip_keeps_every_fact_and_hash() -> None:
     facts = random_dag(200, seed=3)
     assert [f.ref for f in decode(encode(facts))] == [f.ref for f in facts]
+
+
+def test_an_envelope_of_one_fact_is_the_same_either_way() -> None:
+    for fact in random_dag(20, seed=4, shape="chains"):
+        body = encode_one(fact)
+        assert body == encode([fact]) == b'{"v":1,"facts":[' + fact.wire_bytes() + b"]}"
+        assert orjson.loads(body) == {"v": 1, "facts": [fact.to_wire()]}
+        assert [f.ref for f in decode(body)] == [fact.ref]
 
 
 def test_rich_values_round_trip() -> None:

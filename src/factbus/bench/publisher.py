@@ -63,6 +63,9 @@ class PublishReport:
     """``stamps[n]``: when fact ``n`` was first published by this publisher (0: not)."""
     lag_p99_ms: float = 0.0
     """Paced publishing: p99 over messages of call time minus due time, ms."""
+    cpu_s: float = 0.0
+    """CPU seconds (every thread) of the process the publisher ran in, from
+    ``start`` to ``end``: the publisher's own when it is a process of its own."""
 
 
 def merge_stamps(reports: Sequence[PublishReport], facts: int) -> array[float]:
@@ -84,10 +87,12 @@ async def publish_share(
     delay = job.start_at - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if job.rate:
         sent, lag = await _publish_paced(bus, workload, chunks, job, start, stamps)
-        return PublishReport(start, time.perf_counter(), sent, stamps, lag)
+        return PublishReport(
+            start, time.perf_counter(), sent, stamps, lag, time.process_time() - cpu
+        )
     order, numbers = workload.order, workload.numbers
     sent = 0
     for chunk in chunks:
@@ -96,9 +101,9 @@ async def publish_share(
             n = numbers[i]
             if not stamps[n]:
                 stamps[n] = now
-        await bus.publish(*(order[i] for i in chunk), ancestors=False)
+        await bus.publish(*order[chunk.start : chunk.stop], ancestors=False)
         sent += len(chunk)
-    return PublishReport(start, time.perf_counter(), sent, stamps)
+    return PublishReport(start, time.perf_counter(), sent, stamps, 0.0, time.process_time() - cpu)
 
 
 async def _publish_paced(
@@ -169,9 +174,11 @@ class Publishers(Protocol):
 
     async def baseline(
         self, spec: WorkloadSpec, destination: str, publish_batch: int, produce: Any
-    ) -> tuple[float, float]:
-        """Run the raw producer once (one producer) on ``spec``'s bodies.
-        ``produce`` is the in-process baseline's ``produce``, used by tasks."""
+    ) -> tuple[float, float, float | None]:
+        """Run the raw producer once (one producer) on ``spec``'s bodies: its
+        (start, end) and, when it ran in a process of its own, that process's
+        CPU seconds while it produced (else ``None``). ``produce`` is the
+        in-process baseline's ``produce``, used by tasks."""
         ...
 
     async def aclose(self) -> None: ...
@@ -220,10 +227,10 @@ class PublisherTasks:
 
     async def baseline(
         self, spec: WorkloadSpec, destination: str, publish_batch: int, produce: Any
-    ) -> tuple[float, float]:
+    ) -> tuple[float, float, float | None]:
         workload = self.workload(spec)
         start, end = await produce(workload.bodies, workload.keys, workload.chunks(publish_batch))
-        return float(start), float(end)
+        return float(start), float(end), None
 
     async def aclose(self) -> None:
         for bus in self._buses:
@@ -281,11 +288,11 @@ class PublisherProcesses:
 
     async def baseline(
         self, spec: WorkloadSpec, destination: str, publish_batch: int, produce: Any
-    ) -> tuple[float, float]:
+    ) -> tuple[float, float, float | None]:
         first = self._children[:1]
         first[0][1].send(("baseline", (spec, destination, publish_batch)))
         (times,) = await self._replies(first)
-        return float(times[0]), float(times[1])
+        return float(times[0]), float(times[1]), float(times[2])
 
     async def aclose(self) -> None:
         children, self._children = self._children, []
@@ -342,10 +349,14 @@ async def _child(
                     spec, destination, publish_batch = payload
                     workload = workloads.get(spec) or build_workload(spec)
                     producer = baseline_for(transport, destination)
-                    times = await producer.produce(
+                    cpu = time.process_time()
+                    start, end = await producer.produce(
                         workload.bodies, workload.keys, workload.chunks(publish_batch)
                     )
-                    conn.send(("ok", times))
+                    cpu = time.process_time() - cpu
+                    # A baseline that times its own window gives that window's CPU.
+                    measured = getattr(producer, "produce_cpu_s", None)
+                    conn.send(("ok", (start, end, cpu if measured is None else measured)))
                 else:
                     conn.send(("error", f"unknown command {command!r}"))
             except Exception as error:

@@ -119,6 +119,14 @@ class BenchResult:
     (median pass)."""
     pack: int = 1
     """Facts per envelope the publishers packed (``Bus(pack=N)``)."""
+    publisher_cpu_us_per_msg: float | None = None
+    """CPU time of the publisher processes (every thread: the bus, the client
+    library's threads) per message while they published the peak, each from
+    its first publish call to the return of its last (broker-confirmed);
+    ``None`` when the publishers are tasks of the consuming process (memory://)."""
+    baseline_publisher_cpu_us_per_msg: float | None = None
+    """The same for the raw producer (its process, from its first message to
+    the last confirmation); ``None`` when it runs in the consuming process."""
     memory_per_fact_bytes: float | None = None
     """Bytes a received fact keeps alive once decoded (tracemalloc)."""
     pipeline: dict[str, Any] = field(default_factory=dict)

@@ -300,13 +300,18 @@ class _Run:
 
         client = ""
         baseline_rate = baseline_publish = baseline_elapsed = baseline_cpu = None
+        baseline_producer_cpu: float | None = None
         if config.baseline:
             baseline = baseline_for(self.transport, f"{self.topic}-raw")
             client = baseline.client
-            elapsed, published, cpu = await self._baseline(baseline, peak_spec, messages)
+            elapsed, published, cpu, producer_cpu = await self._baseline(
+                baseline, peak_spec, messages
+            )
             baseline_rate, baseline_publish = messages / elapsed, messages / published
             baseline_elapsed = elapsed
             baseline_cpu = round(cpu / messages * 1e6, 2)
+            if producer_cpu is not None:
+                baseline_producer_cpu = round(producer_cpu / messages * 1e6, 2)
             observer.note(f"baseline ({client}): {baseline_rate:,.0f} msgs/s end to end")
 
         recorder = Recorder()
@@ -322,6 +327,16 @@ class _Run:
             peak = await self._phase(
                 bus, recorder, "peak", peak_spec, profile=config.profile or None
             )
+            if self.publishers.mode == "process":
+                raw = (
+                    ""
+                    if baseline_producer_cpu is None
+                    else f" (raw producer {baseline_producer_cpu:.1f})"
+                )
+                observer.note(
+                    f"peak: publishers {peak.publisher_cpu_s / peak.messages * 1e6:.1f} CPU "
+                    f"µs/msg{raw}, consumer {peak.cpu_s / peak.messages * 1e6:.1f}"
+                )
             half: HalfLoad | None = None
             if config.half_load:
                 target = peak.messages_per_s / 2
@@ -376,6 +391,12 @@ class _Run:
             baseline_drain_per_s=baseline_drain,
             cpu_us_per_msg=round(peak.cpu_s / peak.messages * 1e6, 2),
             baseline_cpu_us_per_msg=baseline_cpu,
+            publisher_cpu_us_per_msg=(
+                None
+                if self.publishers.mode != "process"
+                else round(peak.publisher_cpu_s / peak.messages * 1e6, 2)
+            ),
+            baseline_publisher_cpu_us_per_msg=baseline_producer_cpu,
             latency_ms=peak.latency,
             half_load=half,
             rss_mb=round(self.sampler.peak_mb, 1),
@@ -506,8 +527,9 @@ class _Run:
 
     async def _baseline(
         self, baseline: Baseline, spec: WorkloadSpec, messages: int
-    ) -> tuple[float, float, float]:
-        """(end-to-end seconds, publish seconds, CPU seconds here) of the raw client."""
+    ) -> tuple[float, float, float, float | None]:
+        """(end-to-end seconds, publish seconds, CPU seconds here, CPU seconds of
+        the producer's process or ``None`` when it is this one) of the raw client."""
         timeout = self.config.timeout
         await baseline.setup()
         cpu_before = process_cpu()
@@ -515,7 +537,7 @@ class _Run:
             watcher = self._watch("baseline", messages, lambda: baseline.received)
             consumer = asyncio.create_task(baseline.consume(messages, timeout))
             try:
-                start, end = await _first(
+                start, end, producer_cpu = await _first(
                     self.publishers.baseline(
                         spec,
                         f"{self.topic}-raw",
@@ -532,7 +554,7 @@ class _Run:
                 self.observer.advance("baseline", baseline.received)
         finally:
             await baseline.teardown()
-        return last - start, end - start, cpu
+        return last - start, end - start, cpu, producer_cpu
 
     async def _phase(
         self,
@@ -595,6 +617,7 @@ class _Run:
             latency=Latency.of(latencies(stamps, phase.handled_at)),
             cpu_s=cpu,
             lag_ms=max(r.lag_p99_ms for r in reports),
+            publisher_cpu_s=sum(r.cpu_s for r in reports),
         )
 
 
@@ -608,6 +631,8 @@ class _Measured:
     latency: Latency
     cpu_s: float
     lag_ms: float = 0.0
+    publisher_cpu_s: float = 0.0
+    """The publishers' CPU seconds (their processes, each over its publishing)."""
 
 
 def process_cpu() -> float:

@@ -166,6 +166,35 @@ class TransportConformance:
             assert delivery.headers.get("x-trace") == "abc"
             assert delivery.headers.get("x-unicode") == "été"
 
+    async def test_messages_of_one_call_keep_their_own_headers(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """One call whose messages share a headers mapping (as ``Bus.publish``
+        makes them) for some and carry their own for others: each arrives with
+        exactly its own."""
+        transport = await ctx.transport()
+        topic, group = ctx.name("t"), ctx.name("g")
+        subscription = await transport.subscribe(topic, group)
+        shared = {"x-call": "shared"}
+        sent = [
+            Message(b"a", "id-a", None, shared),
+            Message(b"b", "id-b", None, shared),
+            Message(b"c", "id-c", None, {"x-call": "own", "x-extra": "c"}),
+            Message(b"d", "id-d", None, shared),
+            Message(b"e", "id-e", None, {}),
+        ]
+        await transport.publish(topic, sent)
+        received = {d.body: d for d in await collect(subscription, len(sent), ctx.timeout)}
+        assert set(received) == {m.body for m in sent}
+        for message in sent:
+            headers = received[message.body].headers
+            for name, value in message.headers.items():
+                assert headers.get(name) == value
+            if message.body != b"c":
+                assert "x-extra" not in headers
+            if message.body == b"e":
+                assert "x-call" not in headers
+
     async def test_binary_bodies_arrive_byte_for_byte(self, ctx: ConformanceContext) -> None:
         transport = await ctx.transport()
         topic, group = ctx.name("t"), ctx.name("g")

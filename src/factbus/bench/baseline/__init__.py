@@ -67,6 +67,10 @@ class Baseline(Protocol):
         in order, and return (start, end) once the broker confirmed every one."""
         ...
 
+    # Optional: ``produce_cpu_s: float | None``, CPU seconds of the producing
+    # process over ``produce``'s own (start, end) window, set by ``produce``;
+    # without it the bench counts the whole call (client set-up included).
+
     async def consume(self, count: int, timeout: float) -> float:
         """Receive (and ack) ``count`` messages; return when the last arrived.
 
