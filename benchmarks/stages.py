@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from factbus.bench.floor import floor_pass
+from factbus.bench.report import replace_section
 from factbus.bench.workload import Shape, WorkloadSpec, build_workload
 from factbus.causal import CausalBuffer
 from factbus.dispatcher import Dispatcher
@@ -175,16 +176,6 @@ def markdown(rows: list[tuple[str, float]], facts: int, shape: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(section: str) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    at = text.find("## Stages")
-    if at >= 0:
-        end = text.find("\n## ", at + 1)
-        text = text[:at] + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--facts", type=int, default=10_000)
@@ -195,7 +186,7 @@ def main() -> None:
     section = markdown(rows, args.facts, args.shape)
     print(section)
     if args.write:
-        write(section)
+        replace_section(HERE / "RESULTS.md", "## Stages", section)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from factbus.bench.report import replace_section
 from factbus.fact import Fact
 from factbus.store.base import StoreBatch
 from factbus.store.sqlite import SqliteStore
@@ -239,16 +240,6 @@ def markdown(curves: dict[str, Curve], total: int, index_facts: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(section: str) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    at = text.find("## Store growth")
-    if at >= 0:
-        end = text.find("\n## ", at + 1)
-        text = text[:at] + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--facts", type=int, default=1_000_000)
@@ -282,7 +273,7 @@ def main() -> None:
         section += index_markdown(costs)
     print(section)
     if args.write:
-        write(section)
+        replace_section(HERE / "RESULTS.md", "## Store growth", section)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE.parents[1] / "tests" / "history"))
 from peer_support import peer_sidecar, wait_exported  # noqa: E402
 
 from factbus import Bus  # noqa: E402
+from factbus.bench.report import replace_section  # noqa: E402
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates  # noqa: E402
 from factbus.urls import redact  # noqa: E402
 
@@ -127,18 +128,6 @@ def section(args: argparse.Namespace, results: dict[str, dict[str, list[float]]]
     )
 
 
-def write(text: str) -> None:
-    path = HERE.parent / "RESULTS.md"
-    current = path.read_text(encoding="utf-8") if path.exists() else ""
-    at = current.find(HEADING)
-    if at >= 0:
-        end = current.find("\n## ", at + len(HEADING))
-        current = current[:at] + text + ("" if end < 0 else current[end:])
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    path.write_text(current, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transport", action="append", required=True, help="repeatable")
@@ -154,7 +143,7 @@ def main() -> None:
     text = section(args, results)
     print(text)
     if args.write:
-        write(text)
+        replace_section(HERE.parent / "RESULTS.md", HEADING, text)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from factbus import Bus, Fact
+from factbus.bench.report import replace_section
 from factbus.metrics import Metrics
 from factbus.transport.memory import MemoryTransport
 
@@ -267,18 +268,6 @@ def _best_off(by_store: dict[str, list[list[Run]]], total: float) -> str:
     return "; ".join(parts)
 
 
-def write(text: str) -> None:
-    """Replace (or append) the section in RESULTS.md; run_matrix.py keeps it."""
-    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    head, _, rest = current.partition(MARKER)
-    after = rest.find("\n## ")
-    tail = rest[after + 1 :] if rest and after >= 0 else ""
-    RESULTS.write_text(
-        f"{head.rstrip()}\n\n{text}" + (f"\n{tail}" if tail else ""), encoding="utf-8"
-    )
-    print(f"wrote {RESULTS}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--facts", type=int, default=20_000)
@@ -295,7 +284,8 @@ def main() -> None:
     text = section(by_store, args.facts, args.rounds, costs)
     print(text)
     if args.write:
-        write(text)
+        replace_section(RESULTS, MARKER, text)  # run_matrix.py keeps it
+        print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 
 from factbus.bench import BenchConfig, BenchResult, Latency, run_bench
 from factbus.bench.publisher import PublishReport, merge_stamps
-from factbus.bench.report import markdown
+from factbus.bench.report import markdown, replace_section
 from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.cli import main
 from factbus.errors import ConfigError
@@ -298,3 +298,16 @@ def test_packed_envelopes_on_rabbitmq_carry_many_facts_per_message() -> None:
     assert stats["handled"] == 600 and stats["duplicates"] == 0  # peak and drain
     assert stats["facts_received"] == 600
     assert stats["messages"] <= 600 // 25 + 2 * 6  # ~25 per envelope (chains never split)
+
+
+def test_replace_section_keeps_the_other_sections(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    replace_section(results, "## Stages", "## Stages\n\nfirst\n")  # a missing file
+    assert results.read_text(encoding="utf-8") == "## Stages\n\nfirst\n"
+    results.write_text("# Results\n\n## Matrix\n\nm\n\n## Stages\n\nold\n\n## Sidecar\n\ns\n")
+    replace_section(results, "## Stages", "## Stages\n\nnew\n")  # in place
+    assert results.read_text(encoding="utf-8") == (
+        "# Results\n\n## Matrix\n\nm\n\n## Stages\n\nnew\n\n## Sidecar\n\ns\n"
+    )
+    replace_section(results, "## Store growth", "## Store growth\n\ng")  # appended
+    assert results.read_text(encoding="utf-8").endswith("## Sidecar\n\ns\n\n## Store growth\n\ng\n")

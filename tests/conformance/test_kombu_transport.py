@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import socket
 import ssl
@@ -26,7 +25,8 @@ from kombu.transport import redis as kombu_redis
 
 from conftest import broker_url
 from factbus import Bus, Fact
-from factbus.errors import ConfigError, FatalTransportError, MissingDriver, TransportError
+from factbus.errors import ConfigError, FatalTransportError, TransportError
+from factbus.testing.brokers import unavailable
 from factbus.testing.conformance import (
     ConformanceContext,
     TransportConformance,
@@ -44,6 +44,7 @@ from factbus_kombu.config import (
     REDIS_CAPABILITIES,
     REDIS_TRANSPORT_DEFAULTS,
 )
+from factbus_kombu.consumer import KombuSubscription
 from factbus_kombu.redis_channel import ChannelMisuse, SentinelTransport
 from factbus_kombu.redis_channel import Transport as RedisTransport
 
@@ -309,23 +310,6 @@ def test_tls_options_pass_through_to_redis() -> None:
     assert connection.transport_options == {**REDIS_TRANSPORT_DEFAULTS, "client_name": "factbus"}
 
 
-def test_missing_driver_names_the_extra() -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['kombu'] = None\n"
-        "from factbus.errors import MissingDriver\n"
-        "try:\n"
-        "    import factbus_kombu\n"
-        "except MissingDriver as error:\n"
-        "    print(error)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert "pip install 'factbus[kombu]'" in result.stdout
-    assert issubclass(MissingDriver, ImportError)
-
-
 async def test_dead_letter_group_name_is_reserved() -> None:
     transport = KombuTransport("kombu+redis://127.0.0.1:6379/0")
     with pytest.raises(ConfigError, match="reserved"):
@@ -421,15 +405,24 @@ async def test_small_prefetch_still_delivers_everything_in_order(
     assert bodies(received) == [m.body for m in sent]
 
 
+async def two_groups(
+    url: str, names: Names, transports: list[KombuTransport]
+) -> tuple[KombuTransport, str, str, KombuSubscription, KombuSubscription]:
+    """A transport on ``url`` and a fresh topic with two groups subscribed:
+    (transport, topic, the first group's name, its subscription, the other's)."""
+    transport = await open_kombu(transports, url, names)
+    topic, group, other = fresh(names, "t"), fresh(names, "g"), fresh(names, "h")
+    first = await transport.subscribe(topic, group)
+    second = await transport.subscribe(topic, other)
+    return transport, topic, group, first, second
+
+
 async def test_nack_requeue_comes_back_to_its_group_only(
     url: str, names: Names, transports: list[KombuTransport]
 ) -> None:
     # kombu's own requeue on redis re-routes through the exchange (to every group);
     # the adapter gives the message back to the nacking group's queue alone.
-    transport = await open_kombu(transports, url, names)
-    topic, nacking, other = fresh(names, "t"), fresh(names, "g"), fresh(names, "h")
-    first = await transport.subscribe(topic, nacking)
-    second = await transport.subscribe(topic, other)
+    transport, topic, _, first, second = await two_groups(url, names, transports)
     await transport.publish(topic, messages(4, headers={"x-trace": "t1"}))
     taken = await collect(first, 4, 30.0, ack=False)
     for delivery in taken:
@@ -445,10 +438,7 @@ async def test_nack_requeue_comes_back_to_its_group_only(
 async def test_close_gives_back_to_its_group_only(
     url: str, names: Names, transports: list[KombuTransport]
 ) -> None:
-    transport = await open_kombu(transports, url, names)
-    topic, closing, other = fresh(names, "t"), fresh(names, "g"), fresh(names, "h")
-    first = await transport.subscribe(topic, closing)
-    second = await transport.subscribe(topic, other)
+    transport, topic, closing, first, second = await two_groups(url, names, transports)
     sent = messages(20)
     await transport.publish(topic, sent)
     assert len(await collect(first, 20, 30.0, ack=False)) == 20
@@ -495,17 +485,25 @@ async def test_message_key_is_the_routing_key(
 # -- broker specifics ----------------------------------------------------------------------
 
 
-async def test_amqp_nack_without_requeue_dead_letters_natively(
-    names: Names, transports: list[KombuTransport]
-) -> None:
-    url = broker_url("kombu_amqp")
-    transport = await open_kombu(transports, url, names)
+async def nack_first_of_two(
+    broker: str, names: Names, transports: list[KombuTransport]
+) -> tuple[KombuTransport, str, Any]:
+    """Publish two messages to a fresh topic on ``broker``, take both, nack the first
+    without requeue and ack the second; return (transport, topic, subscription)."""
+    transport = await open_kombu(transports, broker_url(broker), names)
     topic, group = fresh(names, "t"), fresh(names, "g")
     subscription = await transport.subscribe(topic, group)
     await transport.publish(topic, messages(2))
     first, second = await collect(subscription, 2, 30.0, ack=False)
     await first.nack(requeue=False)
     await second.ack()
+    return transport, topic, subscription
+
+
+async def test_amqp_nack_without_requeue_dead_letters_natively(
+    names: Names, transports: list[KombuTransport]
+) -> None:
+    transport, topic, _ = await nack_first_of_two("kombu_amqp", names, transports)
     letters: list[Any] = []
     for _ in range(50):
         letters = await transport.read_dead_letters(topic, 10)
@@ -533,14 +531,7 @@ async def test_amqp_idle_publisher_keeps_its_connection_with_heartbeats(
 async def test_redis_nack_without_requeue_drops(
     names: Names, transports: list[KombuTransport]
 ) -> None:
-    url = broker_url("redis")
-    transport = await open_kombu(transports, url, names)
-    topic, group = fresh(names, "t"), fresh(names, "g")
-    subscription = await transport.subscribe(topic, group)
-    await transport.publish(topic, messages(2))
-    first, second = await collect(subscription, 2, 30.0, ack=False)
-    await first.nack(requeue=False)
-    await second.ack()
+    transport, topic, subscription = await nack_first_of_two("redis", names, transports)
     assert await settle_quietly(subscription, 0.5) == []
     assert await transport.read_dead_letters(topic, 10) == []
 
@@ -643,13 +634,11 @@ def unacked_tags(url: str) -> list[str]:
         client.close()
 
 
-@pytest.mark.faults
-async def test_redis_messages_of_a_dead_consumer_come_back_after_the_visibility_timeout(
-    names: Names, transports: list[KombuTransport]
-) -> None:
-    url = redis_with_own_unacked(1)
-    publisher = await open_kombu(transports, url, names)
-    topic, group = fresh(names, "t"), fresh(names, "g")
+async def died_holding_five(
+    url: str, publisher: KombuTransport, topic: str, group: str
+) -> list[Message]:
+    """Run a consumer of ``group`` in a process of its own, publish 5 messages and let
+    it die holding them unacked; return what was published."""
     dying = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _DYING_CONSUMER, url, topic, group, stdout=asyncio.subprocess.PIPE
     )
@@ -659,6 +648,17 @@ async def test_redis_messages_of_a_dead_consumer_come_back_after_the_visibility_
     await publisher.publish(topic, sent)
     assert (await asyncio.wait_for(dying.stdout.readline(), 30)).strip() == b"got 5"
     assert await asyncio.wait_for(dying.wait(), 30) == 0
+    return sent
+
+
+@pytest.mark.faults
+async def test_redis_messages_of_a_dead_consumer_come_back_after_the_visibility_timeout(
+    names: Names, transports: list[KombuTransport]
+) -> None:
+    url = redis_with_own_unacked(1)
+    publisher = await open_kombu(transports, url, names)
+    topic, group = fresh(names, "t"), fresh(names, "g")
+    sent = await died_holding_five(url, publisher, topic, group)
     subscription = await publisher.subscribe(topic, group)
     received = await collect(subscription, 5, 30.0)
     assert sorted(bodies(received)) == sorted(m.body for m in sent)
@@ -689,15 +689,7 @@ async def test_redis_messages_of_a_dead_consumer_come_back_whoever_restores_them
     publisher = await open_kombu(transports, url, names)
     topic, group, other = fresh(names, "t"), fresh(names, "g"), fresh(names, "g")
     bystander = await publisher.subscribe(topic, other)  # another group of the topic
-    dying = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _DYING_CONSUMER, url, topic, group, stdout=asyncio.subprocess.PIPE
-    )
-    assert dying.stdout is not None
-    assert (await asyncio.wait_for(dying.stdout.readline(), 30)).strip() == b"ready"
-    sent = messages(5)
-    await publisher.publish(topic, sent)
-    assert (await asyncio.wait_for(dying.stdout.readline(), 30)).strip() == b"got 5"
-    assert await asyncio.wait_for(dying.wait(), 30) == 0
+    sent = await died_holding_five(url, publisher, topic, group)
     assert sorted(bodies(await collect(bystander, 5, 30.0))) == sorted(m.body for m in sent)
     await asyncio.sleep(0.3)  # the bystander's acks reach redis
     held = await asyncio.to_thread(unacked_tags, url)
@@ -745,10 +737,7 @@ def sentinel_of_test_redis(tmp_path: Path) -> Iterator[tuple[str, str]]:
     target = urlsplit(KombuConfig.from_url(broker_url("redis")).kombu_url)
     server = shutil.which("redis-server")
     if server is None:
-        message = "redis-server is not installed (scripts/brokers.sh installs it)"
-        if os.environ.get("FACTBUS_CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("redis-server is not installed (scripts/brokers.sh installs it)")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import subprocess
 import uuid
@@ -18,6 +17,7 @@ from structlog.testing import capture_logs
 
 from conftest import broker_url
 from factbus.errors import ConfigError
+from factbus.testing.brokers import unavailable
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect
 from factbus.transport import Message, delivery_position
 from factbus_amqp import AmqpTransport
@@ -88,10 +88,7 @@ async def test_reading_a_truncated_stream_warns() -> None:
     offset 0 and is warned that it misses history (catch up from a peer)."""
     rabbitmqctl = shutil.which("rabbitmqctl")
     if rabbitmqctl is None:
-        message = "rabbitmqctl is not installed (scripts/brokers.sh installs RabbitMQ)"
-        if os.environ.get("FACTBUS_CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("rabbitmqctl is not installed (scripts/brokers.sh installs RabbitMQ)")
     url = stream_url()
     topic = f"trunc-{uuid.uuid4().hex[:10]}"
     policy = f"factbus-test-{topic}"

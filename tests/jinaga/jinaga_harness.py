@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+from factbus.testing.brokers import unavailable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -35,10 +36,7 @@ def jinaga_server_url() -> str:
         if "x-jinaga-graph-v1" not in response.headers.get("accept-post", ""):
             raise OSError(f"OPTIONS /save answered {response.status_code} {response.headers}")
     except (OSError, httpx.HTTPError) as error:
-        message = f"jinaga-server at {url} does not answer ({error}); run `make jinaga-server`"
-        if os.environ.get("FACTBUS_CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"jinaga-server at {url} does not answer ({error}); run `make jinaga-server`")
     return url
 
 

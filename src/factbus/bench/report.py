@@ -140,3 +140,19 @@ def plot(results: Sequence[BenchResult], path: str | Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def replace_section(path: Path, heading: str, section: str) -> None:
+    """Put ``section`` (Markdown that starts with ``heading``, a ``## `` line) into the
+    file at ``path``: in place of what stands under that heading up to the next
+    ``## `` heading, or at the end when the file has no such section (a missing file
+    is created). Every other section is kept as it is."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    section = section.rstrip("\n") + "\n"
+    at = text.find(heading)
+    if at < 0:
+        text = f"{text.rstrip()}\n\n{section}" if text.strip() else section
+    else:
+        end = text.find("\n## ", at + len(heading))
+        text = text[:at] + section + ("" if end < 0 else text[end:])
+    path.write_text(text, encoding="utf-8")

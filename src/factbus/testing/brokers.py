@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Final
+from typing import Final, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -36,8 +36,13 @@ def broker_url(name: str) -> str:
         with socket.create_connection((host, port or 0), timeout=2):
             pass
     except OSError as error:
-        message = f"{name} broker at {host}:{port} does not answer ({error}); run `make brokers`"
-        if os.environ.get("FACTBUS_CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} broker at {host}:{port} does not answer ({error}); run `make brokers`")
     return url
+
+
+def unavailable(message: str) -> NoReturn:
+    """Stop the calling test for want of something it needs (a broker, a server, a
+    command): skip it, or, in CI (``FACTBUS_CI=1``), fail it with ``message``."""
+    if os.environ.get("FACTBUS_CI"):
+        pytest.fail(message)
+    pytest.skip(message)
