@@ -67,6 +67,24 @@ async def test_same_hash_of_another_type_is_its_own_fact(store: SqliteStore) -> 
     assert (await store.counts())["handled"] == 2
 
 
+async def test_new_facts_sharing_a_hash_in_one_step_are_both_appended(
+    store: SqliteStore,
+) -> None:
+    # The step's new facts are appended in one go unless two share an index key:
+    # then each is confirmed on its own (and nothing of the first try stays).
+    a, other = Fact("Log.A", {"n": 7}), Fact("Log.B", {"n": 7})
+    fresh = [_fact(n) for n in range(300)]  # more than one multi-row INSERT
+    await _record(store, StoreBatch(handled=[*fresh[:150], a, other, *fresh[150:]]))
+    rows = _log_rows(store.path)
+    assert len(rows) == 302
+    assert set(rows) == {(f.hash, f.type) for f in [*fresh, a, other]}
+    assert len(await store.states([f.ref for f in [*fresh, a, other]])) == 302
+    await store.aclose()
+    await store.open()
+    assert len(await store.states([f.ref for f in [*fresh, a, other]])) == 302
+    assert (await store.counts())["handled"] == 302
+
+
 async def test_a_shared_prefix_is_not_a_match(store: SqliteStore) -> None:
     a = _fact(1)
     await _record(store, StoreBatch(handled=[a]))
