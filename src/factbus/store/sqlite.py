@@ -14,13 +14,18 @@ Another connection (another process, or the sidecar's) may write the file: the
 store notices it by ``PRAGMA data_version`` at each transaction and look-up,
 and indexes the log rows appended meanwhile.
 
-Calls run on the event-loop thread: each pipeline step makes a handful of
-batched statements that take microseconds, and a thread hop per step would cost
-more than it saves. WAL checkpoints, which SQLite would otherwise run inside
-every thousand pages' COMMIT (a stall of tens of ms for the whole step), run in
-a worker thread every :data:`CHECKPOINT_EVERY` commits. ``synchronous=NORMAL``
-in WAL mode survives a process crash (``kill -9``); only a power loss can drop
-the last commits.
+Threads: a transaction's statements run on the event-loop thread (handlers
+write through the same connection, between awaits); its ``COMMIT`` runs in the
+store's writer thread, so a COMMIT slowed by the disk stalls only the step that
+waits for it (its deliveries are acked once it returned), not the loop: other
+tasks (receiving, publishing, HTTP) go on. Every other call that uses the
+connection first waits until the writer thread is done with it, so the
+connection is never used from two threads at once. WAL checkpoints, which
+SQLite would otherwise run inside every thousand pages' COMMIT (tens of ms),
+run in a worker thread on a connection of their own every
+:data:`CHECKPOINT_EVERY` commits (docs/decisions.md, "SQLite store: COMMIT in a
+writer thread"). ``synchronous=NORMAL`` in WAL mode survives a process crash
+(``kill -9``); only a power loss can drop the last commits.
 
 ``sqlite:///:memory:`` gives a private in-memory database (tests). Option
 ``?keep_bodies=1`` keeps handled facts' content for :meth:`SqliteStore.load`;
@@ -32,7 +37,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from itertools import chain
 from operator import itemgetter
@@ -67,9 +73,10 @@ checkpoint (``wal_autocheckpoint=0``), so no step's COMMIT waits for one."""
 WAL_BOUND: Final = 2000
 """WAL frames (pages) past which the store finishes a checkpoint itself: under
 back-to-back commits the worker's checkpoint never catches the last commit, and
-SQLite restarts the WAL only once every frame is copied, so before its next
-transaction the store copies the few frames committed meanwhile (on the loop
-thread; the next write then restarts the WAL)."""
+SQLite restarts the WAL only once every frame is copied, so right after a commit
+the store copies the few frames committed meanwhile (in the writer thread, on
+its own connection, before its next transaction; the next write then restarts
+the WAL)."""
 _KEY: Final = 22
 """Characters of the base64 hash that key the in-memory index (132 bits); a hit is
 confirmed against the log row, so a shared prefix never merges two facts."""
@@ -179,6 +186,23 @@ def _insert_many(
             db.execute(insert + ",".join(["(" + ",".join("?" * width) + ")"] * rows_left), part)
 
 
+async def _wait_out(pending: asyncio.Future[None], *, reraise: bool = False) -> bool:
+    """Wait until ``pending`` (a statement in the writer thread) is done, even when
+    the waiting task is cancelled meanwhile: the statement runs on whatever the
+    task does, and what follows depends on its outcome. Returns whether the task
+    was cancelled (or, with ``reraise``, raises :class:`asyncio.CancelledError`
+    then, once ``pending`` is done). Never cancels ``pending``."""
+    cancelled = False
+    while not pending.done():
+        try:
+            await asyncio.wait((pending,))
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled and reraise:
+        raise asyncio.CancelledError
+    return cancelled
+
+
 def _chunks(refs: Iterable[FactRef]) -> Iterator[list[FactRef]]:
     chunk: list[FactRef] = []
     for ref in refs:
@@ -272,6 +296,11 @@ class SqliteStore:
         self._wal_frames = 0
         """WAL size in frames that the last worker checkpoint found."""
         self._checkpoint_lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
+        """The thread that runs each COMMIT (and a checkpoint past WAL_BOUND) on the
+        store's connection; nothing else uses the connection meanwhile."""
+        self._pending: asyncio.Future[None] | None = None
+        """The writer thread's last statement, until a call saw it done."""
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -301,6 +330,8 @@ class SqliteStore:
             db.close()
             raise
         self._db = db
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="factbus-sqlite-writer")
+        self._pending = None
         self._index.clear()
         self._overflow.clear()
         self._last_id = 0
@@ -391,6 +422,7 @@ class SqliteStore:
 
     async def own(self, owner: str) -> None:
         """See :meth:`factbus.store.Store.own` (kept in ``factbus_meta``)."""
+        await self._idle()
         db = self.db
         db.execute("INSERT OR IGNORE INTO factbus_meta VALUES ('owner', ?)", (owner,))
         recorded = db.execute("SELECT value FROM factbus_meta WHERE key='owner'").fetchone()[0]
@@ -402,8 +434,12 @@ class SqliteStore:
         self._parked_rows = db.execute("SELECT COUNT(*) FROM factbus_parked").fetchone()[0]
 
     async def aclose(self) -> None:
-        """Close the connections (waits for a checkpoint under way); the last
-        connection to the file closing checkpoints the WAL completely."""
+        """Close the connections (waits for a COMMIT or checkpoint under way); the
+        last connection to the file closing checkpoints the WAL completely."""
+        await self._idle()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
         with self._checkpoint_lock:
             if self._checkpointer is not None:
                 self._checkpointer.close()
@@ -443,6 +479,7 @@ class SqliteStore:
         return out
 
     async def states(self, refs: Collection[FactRef]) -> dict[FactRef, FactState]:
+        await self._idle()
         self._refresh()
         wanted = refs if isinstance(refs, set | frozenset | dict) else set(refs)
         out = dict.fromkeys(self._handled(wanted), FactState.HANDLED)
@@ -461,10 +498,8 @@ class SqliteStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        await self._idle()
         db = self.db
-        if self._wal_frames > WAL_BOUND and not self._checkpoint_lock.locked():
-            self._wal_frames = 0
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # see WAL_BOUND
         db.execute("BEGIN IMMEDIATE")
         last_id = self._last_id
         tx = SqliteTransaction(self, db)
@@ -473,23 +508,74 @@ class SqliteStore:
             last_id = self._last_id
             yield tx
             await tx.run_before_commit()
-            db.execute("COMMIT")
         except BaseException:
-            # Also when COMMIT itself fails (a deferred constraint of a handler's
-            # table): SQLite may keep the transaction open; nothing of it stays.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            self._undo(0)
-            self._last_id = last_id
-            self._count_waiting()  # the counters may have moved with the undone writes
+            self._roll_back(db, last_id)
             raise
+        # COMMIT in the writer thread: the loop runs on meanwhile (other tasks, not
+        # this one: it resumes, and its deliveries are acked, once COMMIT returned).
+        commit = self._in_writer(self._commit)
+        cancelled = await _wait_out(commit)
+        error = commit.exception()
+        if error is not None:
+            # A deferred constraint of a handler's table, a full disk, ...: SQLite
+            # may keep the transaction open; nothing of it stays.
+            self._roll_back(db, last_id)
+            if cancelled:
+                raise asyncio.CancelledError from error
+            raise error
         self._journal.clear()
         self._commits += 1
         if self._commits >= CHECKPOINT_EVERY and self.path != ":memory:":
             self._commits = 0
             if not self._checkpoint_lock.locked():
                 asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+        if self._wal_frames > WAL_BOUND and not self._checkpoint_lock.locked():
+            self._wal_frames = 0
+            self._in_writer(self._finish_checkpoint)  # see WAL_BOUND; awaited by the next call
         tx.run_after_commit()
+        if cancelled:
+            raise asyncio.CancelledError  # committed: the deliveries come again, as duplicates
+
+    def _roll_back(self, db: sqlite3.Connection, last_id: int) -> None:
+        """Undo the open transaction (if SQLite still has it) and its index entries."""
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        self._undo(0)
+        self._last_id = last_id
+        self._count_waiting()  # the counters may have moved with the undone writes
+
+    def _in_writer(self, work: Callable[[], None]) -> asyncio.Future[None]:
+        """Run ``work`` in the store's writer thread; calls that use the connection
+        wait for it (:meth:`_idle`) until it returns."""
+        if self._writer is None:
+            raise RuntimeError("SqliteStore is not open: await store.open() first")
+        pending = asyncio.get_running_loop().run_in_executor(self._writer, work)
+        self._pending = pending
+        return pending
+
+    async def _idle(self) -> None:
+        """Wait until the writer thread is done with the connection (a COMMIT of
+        another task's transaction, a checkpoint). Costs one test when it is."""
+        while (pending := self._pending) is not None:
+            if not pending.done():
+                await _wait_out(pending, reraise=True)
+            if self._pending is pending:
+                self._pending = None
+
+    def _commit(self) -> None:
+        """COMMIT (writer thread). With ``synchronous=NORMAL`` in WAL mode it appends
+        the transaction's pages to the WAL, no fsync: milliseconds, but tens of ms
+        when the disk is busy (another process, the worker's checkpoint)."""
+        self.db.execute("COMMIT")
+
+    def _finish_checkpoint(self) -> None:
+        """Copy the frames committed since the worker's last checkpoint (writer
+        thread, between two transactions; see :data:`WAL_BOUND`). A failure is
+        logged: the next one retries."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            log.warning("sqlite WAL checkpoint failed", path=self.path, exc_info=True)
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file (worker thread). PASSIVE: it neither
@@ -654,6 +740,7 @@ class SqliteStore:
         self, refs: Collection[FactRef], limit: int | None = None
     ) -> list[ParkedFact]:
         waiters: list[FactRef] = []
+        await self._idle()
         seen: set[FactRef] = set()
         wanted = set(refs)
         for chunk in _chunks(wanted):
@@ -702,6 +789,7 @@ class SqliteStore:
         ]
 
     async def ready_parked(self, limit: int | None = None) -> list[Fact]:
+        await self._idle()
         rows = self.db.execute(
             "SELECT body FROM factbus_parked p WHERE NOT EXISTS "
             "(SELECT 1 FROM factbus_waiting w WHERE w.hash = p.hash AND w.type = p.type) "
@@ -711,12 +799,14 @@ class SqliteStore:
         return [fact_from_bytes(body) for (body,) in rows]
 
     async def parked(self, limit: int = 1000) -> list[ParkedFact]:
+        await self._idle()
         rows = self.db.execute(
             "SELECT hash, type FROM factbus_parked ORDER BY seq LIMIT ?", (limit,)
         )
         return self._parked_facts([FactRef(t, h) for h, t in rows])
 
     async def counts(self) -> dict[str, int]:
+        await self._idle()
         self._refresh()
         db = self.db
         published = db.execute("SELECT COUNT(*) FROM factbus_published").fetchone()[0]
@@ -727,6 +817,7 @@ class SqliteStore:
         }
 
     async def published(self, refs: Collection[FactRef]) -> set[FactRef]:
+        await self._idle()
         out: set[FactRef] = set()
         wanted = set(refs)
         for chunk in _chunks(wanted):
@@ -738,10 +829,12 @@ class SqliteStore:
         return out
 
     async def position(self, key: str) -> int | None:
+        await self._idle()
         row = self.db.execute("SELECT next FROM factbus_positions WHERE key = ?", (key,)).fetchone()
         return None if row is None else int(row[0])
 
     async def load(self, refs: Collection[FactRef]) -> dict[FactRef, Fact]:
+        await self._idle()
         self._refresh()
         out: dict[FactRef, Fact] = {}
         wanted = set(refs)

@@ -1,0 +1,258 @@
+"""The SQLite store's COMMIT runs in its writer thread (docs/decisions.md, "SQLite
+store: COMMIT in a writer thread"): the event loop runs on while it does, no
+other call uses the connection meanwhile, a step's deliveries are acked only
+once its COMMIT returned, a failed COMMIT surfaces as before, and a task
+cancelled while its COMMIT runs leaves the store as the COMMIT's outcome says."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from factbus.dispatcher import Dispatcher
+from factbus.envelope import CodecLimits, encode
+from factbus.fact import Fact
+from factbus.pipeline import Pipeline
+from factbus.store.base import FactState, StoreBatch
+from factbus.store.sqlite import SqliteStore
+from factbus.transport import Message
+from factbus.transport.memory import MemoryDelivery, MemoryTransport
+
+
+def _facts(count: int, tag: str = "w") -> list[Fact]:
+    return [Fact("Writer.Fact", {"n": n, "tag": tag}) for n in range(count)]
+
+
+def _logged(path: str, fact: Fact) -> bool:
+    """Whether another connection sees ``fact`` in the log (committed)."""
+    with sqlite3.connect(path) as db:
+        row = db.execute(
+            "SELECT COUNT(*) FROM factbus_log WHERE hash = ? AND type = ?", (fact.hash, fact.type)
+        ).fetchone()
+    return bool(row[0])
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(f"sqlite:///{tmp_path}/node.db")
+    await opened.open()
+    yield opened
+    await opened.aclose()
+
+
+@contextmanager
+def writer_held(store: SqliteStore) -> Iterator[threading.Event]:
+    """Keep the store's writer thread busy until the event is set (or the block
+    ends): a COMMIT queued meanwhile waits, as one slowed by the disk would."""
+    release = threading.Event()
+    assert store._writer is not None
+    busy = store._writer.submit(release.wait, 30)
+    try:
+        yield release
+    finally:
+        release.set()
+        busy.result(timeout=30)
+
+
+async def _until(condition: object, what: str) -> None:
+    for _ in range(3000):
+        if callable(condition) and condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_commit_runs_in_the_writer_thread(store: SqliteStore) -> None:
+    statements: list[tuple[int, str]] = []
+    store.db.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
+    async with store.transaction() as tx:
+        await tx.record(StoreBatch(handled=_facts(3)))
+    store.db.set_trace_callback(None)
+    loop_thread = threading.get_ident()
+    begins = [thread for thread, sql in statements if sql.startswith("BEGIN")]
+    commits = [thread for thread, sql in statements if sql == "COMMIT"]
+    inserts = [thread for thread, sql in statements if sql.startswith("INSERT")]
+    assert begins == [loop_thread]
+    assert inserts and set(inserts) == {loop_thread}  # handlers' writes stay on the loop
+    assert len(commits) == 1 and commits[0] != loop_thread
+
+
+async def test_the_loop_runs_on_while_a_commit_waits(store: SqliteStore) -> None:
+    first, second = _facts(2)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def record() -> None:
+        async with store.transaction() as tx:
+            await tx.record(StoreBatch(handled=[first]))
+
+    ticker = asyncio.create_task(tick())
+    try:
+        with writer_held(store) as release:
+            writing = asyncio.create_task(record())
+            await _until(lambda: store._pending is not None, "the COMMIT to be queued")
+            before = ticks
+            # Another task's look-up waits for the writer (one thread at a time).
+            looking = asyncio.create_task(store.states([first.ref, second.ref]))
+            await asyncio.sleep(0.05)
+            assert ticks > before + 10  # the loop ran other tasks meanwhile
+            assert not writing.done() and not looking.done()
+            assert not _logged(store.path, first)
+            release.set()
+            await writing
+            assert await looking == {first.ref: FactState.HANDLED}
+    finally:
+        ticker.cancel()
+    assert _logged(store.path, first)
+
+
+async def test_a_failed_commit_in_the_writer_surfaces_and_leaves_nothing(
+    store: SqliteStore,
+) -> None:
+    # A transactional handler's table with a deferred foreign key fails at COMMIT.
+    store.db.execute("PRAGMA foreign_keys=ON")
+    store.db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    store.db.execute(
+        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    facts = _facts(5)
+    committed: list[bool] = []
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        async with store.transaction() as tx:
+            tx.after_commit(lambda: committed.append(True))
+            tx.connection.execute("INSERT INTO child VALUES (42)")
+            await tx.record(StoreBatch(handled=facts))
+    assert committed == []
+    assert not store.db.in_transaction
+    assert await store.states([f.ref for f in facts]) == {}
+    assert not any(_logged(store.path, f) for f in facts)
+    async with store.transaction() as tx:  # the store goes on
+        await tx.record(StoreBatch(handled=facts))
+    assert all(_logged(store.path, f) for f in facts)
+
+
+async def test_cancelled_while_committing_keeps_what_was_committed(store: SqliteStore) -> None:
+    facts = _facts(4, "cancel")
+    committed: list[bool] = []
+
+    async def record() -> None:
+        async with store.transaction() as tx:
+            tx.after_commit(lambda: committed.append(True))
+            await tx.record(StoreBatch(handled=facts))
+
+    with writer_held(store) as release:
+        writing = asyncio.create_task(record())
+        await _until(lambda: store._pending is not None, "the COMMIT to be queued")
+        writing.cancel()
+        await asyncio.sleep(0.02)
+        assert not writing.done()  # it waits for the COMMIT's outcome first
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+    # The COMMIT went through: the facts are handled, in the log once, and the
+    # index knows them (recording them again appends nothing).
+    assert committed == [True]
+    assert all(_logged(store.path, f) for f in facts)
+    async with store.transaction() as tx:
+        await tx.record(StoreBatch(handled=facts))
+    assert (await store.counts())["handled"] == len(facts)
+    assert set((await store.states([f.ref for f in facts])).values()) == {FactState.HANDLED}
+
+
+async def test_cancelled_while_a_failing_commit_runs_leaves_nothing(store: SqliteStore) -> None:
+    store.db.execute("PRAGMA foreign_keys=ON")
+    store.db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    store.db.execute(
+        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    facts = _facts(3, "fail")
+
+    async def record() -> None:
+        async with store.transaction() as tx:
+            tx.connection.execute("INSERT INTO child VALUES (7)")
+            await tx.record(StoreBatch(handled=facts))
+
+    with writer_held(store) as release:
+        writing = asyncio.create_task(record())
+        await _until(lambda: store._pending is not None, "the COMMIT to be queued")
+        writing.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+    assert not store.db.in_transaction
+    assert await store.states([f.ref for f in facts]) == {}
+    assert (await store.counts())["handled"] == 0
+
+
+class _Probe:
+    """A real memory delivery whose ack first checks, through another connection,
+    that the step's facts are committed."""
+
+    def __init__(self, delivery: MemoryDelivery, path: str, facts: list[Fact]) -> None:
+        self._delivery = delivery
+        self._path = path
+        self._facts = facts
+        self.committed_at_ack: bool | None = None
+
+    @property
+    def body(self) -> bytes:
+        return self._delivery.body
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._delivery.headers)
+
+    @property
+    def redelivered(self) -> bool:
+        return self._delivery.redelivered
+
+    async def ack(self) -> None:
+        self.committed_at_ack = all(_logged(self._path, f) for f in self._facts)
+        await self._delivery.ack()
+
+    async def nack(self, requeue: bool = True) -> None:
+        await self._delivery.nack(requeue)
+
+
+async def test_a_step_acks_its_deliveries_only_after_its_commit(store: SqliteStore) -> None:
+    topic = f"writer-{uuid.uuid4().hex[:8]}"
+    transport = MemoryTransport(f"memory://{topic}")
+    await transport.connect()
+    subscription = await transport.subscribe(topic, "g")
+    facts = _facts(40, topic)
+    await transport.publish(topic, [Message(encode([f]), {}) for f in facts])
+    batch = await subscription.next_batch(100, timeout=5)
+    assert len(batch) == len(facts)
+    probes = [_Probe(d, store.path, facts) for d in batch]
+    dispatcher = Dispatcher()
+    handled: list[Fact] = []
+    dispatcher.register("Writer.Fact", handled.append)
+    pipeline = Pipeline(
+        topic=topic,
+        transport=transport,
+        store=store,
+        dispatcher=dispatcher,
+        limits=CodecLimits(),
+    )
+    with writer_held(store) as release:
+        stepping = asyncio.create_task(pipeline.step(probes))  # type: ignore[arg-type]
+        await _until(lambda: len(handled) == len(facts), "the handlers")
+        await asyncio.sleep(0.05)
+        assert [p.committed_at_ack for p in probes] == [None] * len(probes)  # none acked yet
+        release.set()
+        await stepping
+    assert [p.committed_at_ack for p in probes] == [True] * len(probes)
+    assert subscription.unacked == {}
+    await transport.aclose()
