@@ -32,10 +32,11 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from factbus.bench.cputime import REPEATS, best_cpu_us, best_cpu_us_async
 from factbus.bench.floor import floor_pass
 from factbus.bench.report import replace_section
 from factbus.bench.workload import Shape, WorkloadSpec, build_workload
@@ -49,26 +50,6 @@ from factbus.store.sqlite import SqliteStore
 
 HERE = Path(__file__).resolve().parent
 STEP = 512
-REPEATS = 7
-
-
-def best(run: Callable[[], Any], count: int) -> float:
-    """Best CPU time of :data:`REPEATS` runs, µs per item."""
-    times = []
-    for _ in range(REPEATS):
-        start = time.process_time()
-        run()
-        times.append(time.process_time() - start)
-    return min(times) / count * 1e6
-
-
-async def abest(run: Callable[[], Awaitable[Any]], count: int) -> float:
-    times = []
-    for _ in range(REPEATS):
-        start = time.process_time()
-        await run()
-        times.append(time.process_time() - start)
-    return min(times) / count * 1e6
 
 
 def steps(facts: list[Fact]) -> list[list[Fact]]:
@@ -80,8 +61,8 @@ async def measure(facts_count: int, shape: Shape) -> list[tuple[str, float]]:
     n = len(bodies)
     facts = [f for body in bodies for f in decode(body)]
     rows = [
-        ("floor (hand-written loop, no store)", best(lambda: floor_pass(bodies), n)),
-        ("decode+verify", best(lambda: [decode(b) for b in bodies], n)),
+        ("floor (hand-written loop, no store)", best_cpu_us(lambda: floor_pass(bodies), n)),
+        ("decode+verify", best_cpu_us(lambda: [decode(b) for b in bodies], n)),
     ]
 
     def order() -> None:
@@ -95,7 +76,7 @@ async def measure(facts_count: int, shape: Shape) -> list[tuple[str, float]]:
             for fact in buffer.ready:
                 known[fact.ref] = FactState.HANDLED
 
-    rows.append(("dedup/order decision (CausalBuffer)", best(order, n)))
+    rows.append(("dedup/order decision (CausalBuffer)", best_cpu_us(order, n)))
 
     dispatcher = Dispatcher()
     handled: list[Fact] = []
@@ -130,11 +111,17 @@ async def measure(facts_count: int, shape: Shape) -> list[tuple[str, float]]:
     if any(dispatcher.plain_handlers(t) is None for t in {f.type for f in facts}):
         raise RuntimeError("stages.py: the handlers are not plain: the dispatch row would lie")
     rows.append(
-        ("dispatch (one sync handler, plain call as the pipeline)", await abest(dispatch_plain, n))
+        (
+            "dispatch (one sync handler, plain call as the pipeline)",
+            await best_cpu_us_async(dispatch_plain, n),
+        )
     )
     handled.clear()
     rows.append(
-        ("dispatch via Dispatcher.dispatch (coroutine path)", await abest(dispatch_coroutine, n))
+        (
+            "dispatch via Dispatcher.dispatch (coroutine path)",
+            await best_cpu_us_async(dispatch_coroutine, n),
+        )
     )
     await memory.aclose()
 
@@ -149,7 +136,9 @@ async def measure(facts_count: int, shape: Shape) -> list[tuple[str, float]]:
                     await tx.record(StoreBatch(handled=chunk))
             await store.aclose()
 
-        rows.append(("store write (SQLite, one transaction per step)", await abest(record, n)))
+        rows.append(
+            ("store write (SQLite, one transaction per step)", await best_cpu_us_async(record, n))
+        )
     return rows
 
 

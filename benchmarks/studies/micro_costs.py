@@ -14,13 +14,12 @@ import asyncio
 import base64
 import hashlib
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from factbus.bench.cputime import best_cpu_us, best_cpu_us_async
 from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.bus import Bus
 from factbus.canonical import canonical_bytes, freeze
@@ -30,25 +29,6 @@ from factbus.store.base import StoreBatch
 from factbus.store.sqlite import SqliteStore
 from factbus.transport.base import Message
 from factbus.transport.memory import MemoryTransport
-
-
-def best(run: Callable[[], Any], count: int, repeats: int = 7) -> float:
-    """Best time of ``repeats`` runs of ``run``, in µs per item (``count`` items a run)."""
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        run()
-        times.append(time.process_time() - start)
-    return min(times) / count * 1e6
-
-
-async def abest(run: Callable[[], Any], count: int, repeats: int = 7) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        await run()
-        times.append(time.process_time() - start)
-    return min(times) / count * 1e6
 
 
 def main() -> None:
@@ -75,17 +55,17 @@ def main() -> None:
     frozen = [freeze(w["fields"], path="fields") for w in wires]
     canon = [f.canonical for f in facts]
     rows: list[tuple[str, float]] = []
-    rows.append(("orjson.loads(body)", best(lambda: [orjson.loads(b) for b in bodies], n)))
+    rows.append(("orjson.loads(body)", best_cpu_us(lambda: [orjson.loads(b) for b in bodies], n)))
     rows.append(
         (
             "freeze(fields) (validate + immutable copy)",
-            best(lambda: [freeze(w["fields"], path="fields") for w in wires], n),
+            best_cpu_us(lambda: [freeze(w["fields"], path="fields") for w in wires], n),
         )
     )
     rows.append(
         (
             "canonical_bytes (floats as fragments, sorted dumps)",
-            best(
+            best_cpu_us(
                 lambda: [
                     canonical_bytes(f.value, _wire(p), f.needs_python_writer, f.has_float)
                     for f, p in zip(frozen, preds, strict=True)
@@ -97,13 +77,15 @@ def main() -> None:
     rows.append(
         (
             "SHA-512 + base64",
-            best(lambda: [base64.b64encode(hashlib.sha512(c).digest()).decode() for c in canon], n),
+            best_cpu_us(
+                lambda: [base64.b64encode(hashlib.sha512(c).digest()).decode() for c in canon], n
+            ),
         )
     )
     rows.append(
         (
             "Fact(type, fields, preds) (freeze + canonical + hash + object)",
-            best(
+            best_cpu_us(
                 lambda: [
                     Fact(w["type"], w["fields"], p) for w, p in zip(wires, preds, strict=True)
                 ],
@@ -114,7 +96,7 @@ def main() -> None:
     rows.append(
         (
             "envelope.decode(body) (all of the above + checks)",
-            best(lambda: [decode(b) for b in bodies], n),
+            best_cpu_us(lambda: [decode(b) for b in bodies], n),
         )
     )
     fresh = [decode(b)[0] for b in bodies]
@@ -122,13 +104,13 @@ def main() -> None:
     rows.append(
         (
             "fact.wire_bytes() of a received fact (store form, not cached yet)",
-            best(lambda: [f.wire_bytes() for f in next(copies)], n),
+            best_cpu_us(lambda: [f.wire_bytes() for f in next(copies)], n),
         )
     )
     rows.append(
         (
             "envelope.encode([fact]) (wire bytes cached)",
-            best(lambda: [encode([f]) for f in facts], n),
+            best_cpu_us(lambda: [encode([f]) for f in facts], n),
         )
     )
     asyncio.run(_async_rows(rows, fresh, bodies))
@@ -167,7 +149,7 @@ async def _async_rows(
         rows.append(
             (
                 "SQLite: record handled, 512 per transaction (incl. BEGIN/COMMIT)",
-                await abest(record, n),
+                await best_cpu_us_async(record, n),
             )
         )
         store = SqliteStore(f"sqlite:///{Path(tmp) / 'states.db'}")
@@ -180,7 +162,9 @@ async def _async_rows(
             for start in range(0, n, 512):
                 await store.states(refs[start : start + 512])
 
-        rows.append(("SQLite: states() look-up, 512 refs per call", await abest(states, n)))
+        rows.append(
+            ("SQLite: states() look-up, 512 refs per call", await best_cpu_us_async(states, n))
+        )
         await store.aclose()
 
     async def memory_hop() -> None:
@@ -195,7 +179,10 @@ async def _async_rows(
 
     counter = iter(range(1_000_000))
     rows.append(
-        ("memory transport: publish + next_batch + ack (512 a batch)", await abest(memory_hop, n))
+        (
+            "memory transport: publish + next_batch + ack (512 a batch)",
+            await best_cpu_us_async(memory_hop, n),
+        )
     )
 
     async def publish() -> None:
@@ -207,7 +194,12 @@ async def _async_rows(
             await bus.publish(*facts[start : start + 100], ancestors=False)
         await bus.aclose()
 
-    rows.append(("Bus.publish(100 facts, ancestors=False), memory store", await abest(publish, n)))
+    rows.append(
+        (
+            "Bus.publish(100 facts, ancestors=False), memory store",
+            await best_cpu_us_async(publish, n),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,24 +30,14 @@ import asyncio
 import gc
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, get_args
+from typing import get_args
 
 from factbus import Bus, Fact
+from factbus.bench.cputime import best_cpu_us
 from factbus.bench.floor import floor_pass
 from factbus.bench.workload import Shape, WorkloadSpec, build_workload
 from factbus.envelope import decode_each
 from factbus.transport.base import Message
-
-
-def best(run: Callable[[], Any], count: int, rounds: int) -> float:
-    """Best CPU time of ``rounds`` runs of ``run``, in µs per fact."""
-    times = []
-    for _ in range(rounds):
-        start = time.process_time()
-        run()
-        times.append(time.process_time() - start)
-    return min(times) / count * 1e6
 
 
 async def drain_cpu(bodies: list[bytes], types: set[str], rounds: int) -> float:
@@ -90,8 +80,8 @@ async def main() -> None:
     workload = build_workload(WorkloadSpec(args.facts, shape=args.shape, seed=7))
     bodies = workload.bodies
     n = len(bodies)
-    floor = best(lambda: floor_pass(bodies), n, args.rounds)
-    decode = best(lambda: decode_each(bodies), n, args.rounds)
+    floor = best_cpu_us(lambda: floor_pass(bodies), n, args.rounds)
+    decode = best_cpu_us(lambda: decode_each(bodies), n, args.rounds)
     drain = await drain_cpu(bodies, {fact.type for fact in workload.order}, args.rounds)
     print(
         f"CPU µs per fact ({n} facts, {args.shape}, best of {args.rounds}"
