@@ -4,8 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JS     := tests/js/node_modules/.installed
+# The optional native receive helper (native/, a separate distribution
+# factbus-native importing as factbus_native; docs/decisions.md "Receive path:
+# a native helper"). Built when cargo is found (rustup puts it in ~/.cargo/bin).
+CARGO  ?= $(shell command -v cargo 2>/dev/null || ls $(HOME)/.cargo/bin/cargo 2>/dev/null)
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 
-.PHONY: demo test lint typecheck unit core-only brokers brokers-stop jinaga-server jinaga-server-stop bench clean help
+.PHONY: native demo test lint typecheck unit core-only brokers brokers-stop jinaga-server jinaga-server-stop bench clean help
 
 help:
 	@echo "make demo     - set up a virtualenv and run 'factbus demo' (memory transport, SQLite stores)"
@@ -14,11 +19,27 @@ help:
 	@echo "make jinaga-server - install (npm) and start jinaga-server 3.7.5 on PostgreSQL, 127.0.0.1:8091"
 	@echo "make bench    - run the benchmark matrix (see benchmarks/RESULTS.md)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(NATIVE_SRC)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(MAKE) --no-print-directory native
 	touch $@
+
+# Without cargo, or if the build fails, factbus runs its pure-Python receive
+# path (a warning says so; in CI a test then fails: tests/unit/test_envelope.py).
+# FACTBUS_NATIVE=0 skips the build.
+native:
+	@if [ "$$FACTBUS_NATIVE" = "0" ]; then \
+	  echo "FACTBUS_NATIVE=0: factbus_native not built"; \
+	elif [ -z "$(CARGO)" ]; then \
+	  echo "cargo not found: factbus_native not built; factbus uses its pure-Python receive path"; \
+	else \
+	  $(BIN)/pip install --quiet 'maturin>=1.7,<2' && \
+	  PATH="$(dir $(CARGO)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" \
+	    $(BIN)/maturin develop --release --quiet -m native/Cargo.toml \
+	  || echo "WARNING: factbus_native did not build; factbus uses its pure-Python receive path"; \
+	fi
 
 $(JS): tests/js/package.json tests/js/package-lock.json
 	bash scripts/jinaga-server.sh node
@@ -65,4 +86,4 @@ bench: $(STAMP) brokers
 	eval "$$(bash scripts/brokers.sh env)" && $(BIN)/python benchmarks/run_matrix.py
 
 clean:
-	rm -rf $(VENV) .venv-core tests/js/node_modules scripts/jinaga-server/node_modules .factbus .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-core native/target tests/js/node_modules scripts/jinaga-server/node_modules .factbus .mypy_cache .ruff_cache .pytest_cache

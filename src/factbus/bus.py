@@ -15,6 +15,7 @@ from factbus.catchup import PAGE_LIMIT, CatchUpError, CatchUpReport, catch_up
 from factbus.config import Settings
 from factbus.dispatcher import Dispatcher, Handler, Middleware, RetryPolicy
 from factbus.envelope import (
+    NATIVE,
     CodecLimits,
     encode,
     encode_one,
@@ -193,6 +194,7 @@ class Bus(AsyncLifecycle):
             store=redact(settings.store_url),
             group=settings.subscription_group,
         )
+        self._log.debug("receive path", native=NATIVE)
         self._instrument()
         self.stage = "connecting"
         await self.transport.connect()

@@ -8,18 +8,29 @@ Wire format, version 1 (orjson, compact)::
 Facts are in topological order (predecessors first); the last fact is the
 *head*, whose hash is the broker message id. Receivers recompute every hash.
 Metadata that is not part of identity travels in broker headers.
+
+Three paths verify a body, each falling back to the next on any doubt: the
+native helper (the optional ``factbus_native`` extension, built from
+``native/`` by ``make``; :data:`NATIVE` says whether it is in use,
+``FACTBUS_NATIVE=0`` turns it off), the plain Python path
+(:func:`_decode_plain`) and the full path (:func:`_decode_full`), which alone
+refuses a body and names its problem. The first two accept only what the full
+path accepts, with the same hash.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import importlib
 import json
+import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, Protocol, cast
 
 import orjson
 
@@ -36,7 +47,15 @@ from factbus.errors import (
     TooDeep,
     UnknownVersion,
 )
-from factbus.fact import Fact, FactRef, _ref_sort_key, new_ref, received_fact
+from factbus.fact import (
+    _NO_PREDECESSORS,
+    _TYPES,
+    Fact,
+    FactRef,
+    _ref_sort_key,
+    new_ref,
+    received_fact,
+)
 
 _ENVELOPE_KEYS: Final = frozenset(("v", "facts"))
 _WIRE_KEYS: Final = frozenset(("type", "hash", "fields", "predecessors"))
@@ -59,6 +78,51 @@ class CodecLimits:
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
+
+
+class _Native(Protocol):
+    """The ``factbus_native`` extension (native/src/lib.rs; stub: native/factbus_native.pyi)."""
+
+    def setup(
+        self,
+        fact_cls: type,
+        ref_cls: type,
+        types: dict[str, str],
+        no_predecessors: dict[str, Any],
+    ) -> None: ...
+
+    def decode_bodies(
+        self, bodies: Iterable[bytes], max_bytes: int, max_depth: int
+    ) -> list[list[Fact] | None]: ...
+
+    def decode(self, body: bytes, max_bytes: int, max_depth: int) -> list[Fact] | None: ...
+
+    def canonical_forms(self, body: bytes, max_depth: int) -> list[tuple[bytes, str]] | None: ...
+
+
+def _load_native() -> _Native | None:
+    """The native helper, set up with this module's classes, or ``None``: not
+    installed, turned off (``FACTBUS_NATIVE=0``), or built for another
+    factbus (logged as a warning)."""
+    if os.environ.get("FACTBUS_NATIVE", "1").strip() == "0":
+        return None
+    try:
+        module = cast(_Native, importlib.import_module("factbus_native"))
+    except ImportError:
+        return None
+    try:
+        module.setup(Fact, FactRef, _TYPES, _NO_PREDECESSORS)
+    except (AttributeError, TypeError, KeyError) as error:
+        logging.getLogger("factbus.envelope").warning(
+            "factbus_native does not fit this factbus (%s); using the Python receive path", error
+        )
+        return None
+    return module
+
+
+_native: Final = _load_native()
+NATIVE: Final[bool] = _native is not None
+"""Whether the native helper verifies received envelopes (else pure Python)."""
 
 
 def topological(facts: Iterable[Fact]) -> list[Fact]:
@@ -119,6 +183,10 @@ def decode(body: bytes, limits: CodecLimits = CodecLimits()) -> list[Fact]:
     :raises OversizedEnvelope, MalformedEnvelope, UnknownVersion, TooDeep,
         InvalidValue, PredecessorCycle, HashMismatch: with a precise message.
     """
+    if _native is not None:
+        facts = _native.decode(body, limits.max_bytes, limits.max_depth)
+        if facts is not None:
+            return facts
     facts = _decode_plain(body, limits.max_bytes, limits.max_depth)
     return facts if facts is not None else _decode_full(body, limits)
 
@@ -130,8 +198,22 @@ def decode_each(
     for one refused), and the error :func:`decode` raises for each refused body,
     by its position."""
     plain, max_bytes, max_depth = _decode_plain, limits.max_bytes, limits.max_depth
-    out: list[list[Fact]] = []
     errors: dict[int, EnvelopeError] = {}
+    if _native is not None:
+        bodies = bodies if type(bodies) is list else list(bodies)
+        decoded = _native.decode_bodies(bodies, max_bytes, max_depth)
+        for i, facts in enumerate(decoded):
+            if facts is None:
+                facts = plain(bodies[i], max_bytes, max_depth)
+                if facts is None:
+                    try:
+                        facts = _decode_full(bodies[i], limits)
+                    except EnvelopeError as error:
+                        errors[i] = error
+                        facts = []
+                decoded[i] = facts
+        return cast(list[list[Fact]], decoded), errors
+    out: list[list[Fact]] = []
     add = out.append
     for body in bodies:
         facts = plain(body, max_bytes, max_depth)

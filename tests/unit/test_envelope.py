@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import importlib.util
+import os
+import subprocess
+import sys
 from typing import Any
 
 import orjson
@@ -19,9 +24,11 @@ from factbus import (
     UnknownVersion,
     decode,
     encode,
+    envelope,
     topological,
 )
 from factbus.envelope import encode_one
+from factbus.errors import EnvelopeError
 from factbus.testing.scenario import random_dag
 
 
@@ -234,3 +241,75 @@ def test_a_received_fact_keeps_no_view_and_no_canonical_bytes_until_asked() -> N
     # orjson's 4 KB output buffers kept per fact would show up far above it.
     assert per_fact < 2000, per_fact
     assert [f.ref for f in received] == [f.ref for f in facts]
+
+
+# -- the native helper: which path runs, and decode_each with and without it ------
+
+
+def _native_expected() -> bool:
+    if os.environ.get("FACTBUS_NATIVE", "").strip() == "0":
+        return False
+    if os.environ.get("FACTBUS_CI"):
+        return True  # CI builds it (make .venv/.installed): a broken build fails here
+    return importlib.util.find_spec("factbus_native") is not None
+
+
+def test_the_native_helper_is_in_use_where_it_is_built() -> None:
+    assert envelope.NATIVE is _native_expected()
+
+
+def test_factbus_native_0_forces_the_python_path() -> None:
+    code = "import factbus.envelope as e; print(e.NATIVE, e._native is None)"
+    env = {**os.environ, "FACTBUS_NATIVE": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, check=True, text=True
+    )
+    assert done.stdout.split() == ["False", "True"]
+
+
+def _seen(facts: list[Fact]) -> list[Any]:
+    return [(f.ref, f.canonical, f.wire_bytes(), dict(f.predecessors)) for f in facts]
+
+
+def test_decode_each_gives_the_same_facts_and_errors_on_every_path() -> None:
+    facts = random_dag(200, seed=9, shape="mixed", payload=30)
+    bodies = [encode(topological([f, *facts[max(0, i - 3) : i]])) for i, f in enumerate(facts)]
+    bad = doc(chain(2))
+    bad["facts"][1]["fields"]["i"] = 99
+    bodies[7] = orjson.dumps(bad)  # hash mismatch
+    bodies[50] = b"{not json"
+    bodies[51] = encode([Fact("T", {"a": 1})]).replace(
+        b'"fields":{"a":1}', b'"fields":{"a":1,"a":1}'
+    )
+    bodies[120] = encode([Fact("W", {"x": 37.0, "y": -0.0})])  # doubted natively, accepted
+    limits = CodecLimits()
+    got, errors = envelope.decode_each(iter(bodies), limits)
+    want: list[list[Fact]] = []
+    want_errors: dict[int, str] = {}
+    for i, body in enumerate(bodies):
+        plain = envelope._decode_plain(body, limits.max_bytes, limits.max_depth)
+        try:
+            want.append(plain if plain is not None else envelope._decode_full(body, limits))
+        except EnvelopeError as error:
+            want_errors[i] = f"{type(error).__name__}: {error}"
+            want.append([])
+    assert [_seen(g) for g in got] == [_seen(w) for w in want]
+    assert {i: f"{type(e).__name__}: {e}" for i, e in errors.items()} == want_errors
+    assert sorted(want_errors) == [7, 50, 51]
+
+
+def test_a_natively_decoded_fact_behaves_as_any_received_fact() -> None:
+    parent = Fact("P", {"i": 1})
+    fact = Fact("N", {"l": [1, 2.5, {"a": [None, "x"]}], "o": {"k": "v"}, "w": 2.0}, {"p": parent})
+    [got] = decode(encode([fact]))
+    assert got == fact and hash(got) == hash(fact) and got.ref == fact.ref
+    assert got.fields["l"] == (1, 2.5, got.fields["l"][2])
+    assert dict(got.fields["l"][2]) == {"a": (None, "x")}
+    with pytest.raises(TypeError):
+        got.fields["o"]["k"] = "w"  # type: ignore[index]
+    assert got.canonical == fact.canonical and got.wire_bytes() == fact.wire_bytes()
+    assert got.predecessors == {"p": parent.ref} and list(got.predecessor_refs()) == [parent.ref]
+    assert got.ancestors_given == () and got.type == "N"
+    # Natively decoded facts and references hold no cycle: the collector skips them.
+    assert gc.is_tracked(got) is not envelope.NATIVE
+    assert gc.is_tracked(got.ref) is not envelope.NATIVE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -32,7 +33,9 @@ from factbus import (
     envelope,
     topological,
 )
+from factbus import fact as fact_module
 from factbus.canonical import js_number
+from factbus.errors import EnvelopeError
 from factbus.testing.scenario import random_dag
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
@@ -411,3 +414,321 @@ def test_depth_limit_is_exact_on_the_plain_path() -> None:
     assert decode(flat, CodecLimits(max_depth=1))[0].fields == {"a": 1}
     with pytest.raises(TooDeep):
         decode(flat, CodecLimits(max_depth=0))
+
+
+# -- the native helper (factbus_native, built from native/ by `make`) ----------------
+# One native call per body must accept only what the full path accepts, with the
+# same facts, hashes, canonical bytes and wire bytes; anything else is a doubt
+# (None) and the Python paths decide exactly as without it. These tests use the
+# extension directly, so they also run under FACTBUS_NATIVE=0 (which only keeps
+# decode() from using it); where it is not built they skip, and fail in CI.
+
+
+def native_module() -> Any:
+    """``factbus_native``, set up as :mod:`factbus.envelope` sets it up."""
+    try:
+        module = importlib.import_module("factbus_native")
+    except ImportError:
+        message = "factbus_native is not built (cargo + `make .venv/.installed` build it)"
+        if os.environ.get("FACTBUS_CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    module.setup(Fact, FactRef, fact_module._TYPES, fact_module._NO_PREDECESSORS)
+    return module
+
+
+_LIMITS = CodecLimits()
+
+
+def pure_decode(body: bytes, limits: CodecLimits = _LIMITS) -> list[Fact]:
+    """decode() without the native helper: the plain path, else the full path."""
+    facts = envelope._decode_plain(body, limits.max_bytes, limits.max_depth)
+    return facts if facts is not None else envelope._decode_full(body, limits)
+
+
+def native_decode(body: bytes, limits: CodecLimits = _LIMITS) -> list[Fact]:
+    """decode() with the native helper first, whatever FACTBUS_NATIVE says."""
+    facts = native_module().decode(body, limits.max_bytes, limits.max_depth)
+    return facts if facts is not None else pure_decode(body, limits)
+
+
+def outcome(decoder: Any, body: bytes, limits: CodecLimits = _LIMITS) -> Any:
+    """Everything a caller can see of decoding ``body``: the facts (identity,
+    fields, predecessors, canonical and wire bytes), or the error's class and text."""
+    try:
+        facts = decoder(body, limits)
+    except EnvelopeError as error:
+        return type(error), str(error)
+    return [
+        (f.ref, _plain(f.fields), dict(f.predecessors), f.canonical, f.wire_bytes()) for f in facts
+    ]
+
+
+def _native_may_doubt(value: Any) -> bool:
+    """Values the native helper leaves to the full path although it accepts them:
+    negative zero and integral floats beyond 2^53 (serde_json reads ``-0`` and
+    integers beyond 64 bits as such floats, orjson otherwise)."""
+    if type(value) is float:
+        return (value == 0 and math.copysign(1, value) < 0) or (
+            value.is_integer() and abs(value) >= 2**53
+        )
+    if isinstance(value, tuple | list):
+        return any(map(_native_may_doubt, value))
+    if hasattr(value, "values"):
+        return any(map(_native_may_doubt, value.values()))
+    return False
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_facts(), min_size=1, max_size=6))
+def test_native_decode_agrees_with_the_full_path_and_jinaga_js(facts: list[Fact]) -> None:
+    native = native_module()
+    body = encode(topological(facts))
+    full = envelope._decode_full(body, CodecLimits())
+    got = native.decode(body, len(body), 32)
+    if any(_native_may_doubt(f.fields) for f in full):
+        assert got is None
+    else:
+        # Floats of every layout, astral and escaped keys, nested values: all taken.
+        assert got is not None, body
+        assert len(got) == len(full)
+        for mine, want in zip(got, full, strict=True):
+            _same_fact(mine, want)
+        assert _node_hashes(got) == [fact.hash for fact in got]
+    forms = native.canonical_forms(body, 32)
+    if forms is not None:
+        assert forms == [(f.canonical, f.hash) for f in full]
+
+
+def test_native_decode_takes_typical_facts_with_the_flags_the_full_path_sets() -> None:
+    native = native_module()
+    facts = random_dag(300, seed=5, shape="mixed", payload=20)
+    facts += [
+        Fact("W", {"whole": 4247.0, "tiny": 4.8e-6, "e": 1.5e-7, "zero": 0.0}),
+        Fact("K", {"\U0001f600": 1, "\ufffd": [2, {"\U0001f601": 3.5}]}, {"r\U0001f600": facts[0]}),
+    ]
+    bodies = [encode([fact]) for fact in facts]
+    decoded = native.decode_bodies(bodies, 1 << 20, 32)
+    assert all(got is not None for got in decoded)
+    for got, fact in zip(decoded, facts, strict=True):
+        full = envelope._decode_full(encode([fact]), CodecLimits())[0]
+        assert got[0]._writer & 3 == full._writer & 3  # the canonical writer's flags
+        _same_fact(got[0], fact)
+        _same_fact(got[0], full)
+    assert _node_hashes([got[0] for got in decoded[-2:]]) == [f.hash for f in facts[-2:]]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"x": 37.0},
+        {"x": -0.0},
+        {"x": 4.8e-6},
+        {"x": 1e16},
+        {"x": 18446744073709551615.0},
+        {"l": [1, 37.0]},
+        {"o": {"deep": [4.8e-6]}},
+        {"\U0001f600": 1, "\ufffd": 2},
+        {"o": {"\U0001f600": 1, "\ufffd": 2}},
+        {"x": 2**53},
+        {"l": [2**60]},
+        {"d": _nest(32)},
+    ],
+)
+def test_native_doubts_what_the_full_path_refuses(fields: dict[str, Any]) -> None:
+    body = _careless_body(fields)
+    assert native_module().decode(body, len(body), 32) is None
+    assert outcome(native_decode, body) == outcome(pure_decode, body)
+    assert outcome(pure_decode, body)[0] in (HashMismatch, InvalidValue, TooDeep)
+
+
+def _hashed(fields_text: bytes, preds_text: bytes = b"{}") -> bytes:
+    """An envelope of one fact of type ``T`` written by hand, with the hash the
+    full path computes for it where it can compute one (else any hash): so that
+    what is at stake is the text itself, not the hash."""
+    claimed = AIRLINE
+    try:
+        fields, wire_preds = orjson.loads(fields_text), orjson.loads(preds_text)
+        preds = {
+            role: [FactRef(r["type"], r["hash"]) for r in v]
+            if isinstance(v, list)
+            else FactRef(v["type"], v["hash"])
+            for role, v in wire_preds.items()
+        }
+        claimed = Fact("T", fields, preds).hash
+    except (orjson.JSONDecodeError, InvalidFact, TypeError, KeyError, AttributeError):
+        pass
+    return (
+        b'{"v":1,"facts":[{"type":"T","hash":"'
+        + claimed.encode()
+        + b'","fields":'
+        + fields_text
+        + b',"predecessors":'
+        + preds_text
+        + b"}]}"
+    )
+
+
+_REF = b'{"type":"P","hash":"' + AIRLINE.encode() + b'"}'
+_REF2 = b'{"type":"P","hash":"' + DAY.encode() + b'"}'
+
+# Bodies written by hand: each either decodes the same with and without the
+# native helper, or is refused with the same error and message.
+_ODD_FIELDS = [
+    b'{"a":1}',
+    b'{"a":-0}',
+    b'{"a":-0.0}',
+    b'{"a":0}',
+    b'{"a":1.0}',
+    b'{"a":1E2}',
+    b'{"a":1e-400}',
+    b'{"a":1e400}',
+    b'{"a":NaN}',
+    b'{"a":Infinity}',
+    b'{"a":9007199254740991}',
+    b'{"a":-9007199254740991}',
+    b'{"a":9007199254740992}',
+    b'{"a":-9007199254740992}',
+    b'{"a":18446744073709551616}',
+    b'{"a":123456789012345678901234567890}',
+    b'{"a":0.1000000000000000055511151231257827}',
+    b'{"a":01}',
+    b'{"a":1.}',
+    b'{"a":.5}',
+    b'{"a":+1}',
+    b'{"a":"\\ud800"}',
+    b'{"a":"\\udc00x"}',
+    b'{"a":"\\ud83d\\ude00"}',
+    b'{"a":"\xff"}',
+    b'{"a":"\xed\xa0\x80"}',
+    b'{"a":"tab\there"}',
+    b'{"a":"\\u0000\\u001f\\"\\\\\\/"}',
+    b'{"a\\u0000":1,"a":2}',
+    b'{"a":1,"a":1}',
+    b'{"a":1,"b":{"c":1,"c":2}}',
+    b'{"a" :1,"a":1}',
+    b'{"\\u0061":1,"a":1}',
+    b'{"a":[1,2,]}',
+    b'{"a":1,}',
+    b'{"a":1 /* c */}',
+    b'{ "a" : [ 1 , { "b" : null } ] }',
+    b'{"\xf0\x9f\x98\x80":1,"\xef\xbf\xbd":2}',
+    b'{"a":true,"b":false,"c":null,"d":[],"e":{}}',
+    b"[1]",
+    b'"text"',
+    b"null",
+]
+
+_ODD_PREDS = [
+    b'{"p":' + _REF + b"}",
+    b'{"p":[' + _REF + b"," + _REF2 + b"]}",
+    b'{"p":[' + _REF2 + b"," + _REF + b"]}",
+    b'{"p":[' + _REF + b"," + _REF + b"]}",
+    b'{"p":[]}',
+    b'{"":' + _REF + b"}",
+    b'{"p":' + _REF + b',"p":' + _REF + b"}",
+    b'{"p":{"type":"P","hash":"' + AIRLINE.encode() + b'","x":1}}',
+    b'{"p":{"type":"P","hash":"' + AIRLINE.encode() + b'","type":"P"}}',
+    b'{"p":{"type":"","hash":"' + AIRLINE.encode() + b'"}}',
+    b'{"p":{"type":"P","hash":"short"}}',
+    b'{"p":{"type":"P","hash":"' + "é".encode() * 44 + b'"}}',
+    b'{"p":{"type":"P"}}',
+    b'{"p":1}',
+    b'{"p":[1]}',
+    b"[]",
+]
+
+
+def _odd_bodies() -> list[bytes]:
+    bodies = [_hashed(fields) for fields in _ODD_FIELDS]
+    bodies += [_hashed(b"{}", preds) for preds in _ODD_PREDS]
+    good = encode([Fact("T", {"a": 1})])
+    bodies += [
+        good.replace(b'"hash":"', b'"hash":"x', 1),  # bad hash
+        good.replace(b"1}", b"2}", 1),  # tampered field
+        b"\xef\xbb\xbf" + good,  # BOM
+        good + b" ",
+        b" \n" + good,
+        good + b"x",
+        good.replace(b'"v":1', b'"v":1.0'),
+        good.replace(b'"v":1', b'"v":true'),
+        good.replace(b'"v":1', b'"v":2'),
+        good.replace(b'"v":1,', b'"v":1,"v":1,'),
+        good.replace(b'"v":1,', b'"v":1,"x":0,'),
+        good.replace(b'"v":1,', b""),
+        b'{"v":1,"facts":[]}',
+        b'{"v":1,"facts":{}}',
+        good.replace(b'"type":"T",', b""),
+        good.replace(b'"type":"T"', b'"type":""'),
+        good.replace(b'"type":"T"', b'"type":1'),
+        good.replace(b',"predecessors":{}', b""),
+        good.replace(b'"fields":{"a":1},', b""),
+        good.replace(b'"predecessors":{}', b'"predecessors":{},"extra":1'),
+        good.replace(b'"type":"T",', b'"type":"T","type":"T",'),
+        good.replace(b'"fields":{"a":1}', b'"fields":null'),
+        good.replace(b'"fields":{"a":1}', b'"fields":[]'),
+    ]
+    a, b = Fact("C", {"i": 0}), Fact("C", {"i": 1}, {"prior": Fact("C", {"i": 0})})
+    pair = orjson.loads(encode([a, b]))
+    bodies.append(encode([a, b]))
+    bodies.append(encode([a, a, b]))
+    bodies.append(orjson.dumps({"v": 1, "facts": pair["facts"][::-1]}))  # misordered
+    selfish = orjson.loads(encode([a]))
+    selfish["facts"][0]["predecessors"] = {"me": {"type": "C", "hash": a.hash}}
+    bodies.append(orjson.dumps(selfish))
+    cycle = orjson.loads(encode([a, b]))
+    cycle["facts"][0]["predecessors"] = {"next": {"type": "C", "hash": b.hash}}
+    bodies.append(orjson.dumps(cycle))
+    bodies.append(encode([Fact("D", {"d": _nest(31)})]))
+    bodies.append(b"[" * 2000 + b"]" * 2000)
+    return bodies
+
+
+@pytest.mark.parametrize("body", _odd_bodies())
+def test_native_and_pure_paths_agree_on_odd_bodies(body: bytes) -> None:
+    assert outcome(native_decode, body) == outcome(pure_decode, body)
+    for limits in (CodecLimits(max_depth=1), CodecLimits(max_depth=31), CodecLimits(max_bytes=60)):
+        assert outcome(native_decode, body, limits) == outcome(pure_decode, body, limits)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        encode([Fact("T", {"a": 1})]).replace(b'"hash":"', b'"hash":"x', 1),
+        _hashed(b'{"a":NaN}'),
+        _hashed(b'{"a":"\\ud800"}'),
+        _hashed(b'{"a":1,"a":1}'),
+        _hashed(b'{"a":9007199254740992}'),
+        _careless_body({"d": _nest(32)}),
+        encode([Fact("T", {"a": 1})]).replace(b'"v":1,', b""),
+    ],
+)
+def test_native_refuses_nothing_itself(body: bytes) -> None:
+    # Bad hash, NaN, a lone surrogate, a duplicate key, an unsafe integer, depth,
+    # bad structure: a doubt, so the full path names the problem.
+    assert native_module().decode(body, len(body), 32) is None
+    refused = outcome(native_decode, body)
+    assert refused == outcome(pure_decode, body)
+    assert issubclass(refused[0], EnvelopeError)
+
+
+_MUTATIONS = st.sampled_from(
+    [
+        *(b'"', b"\\", b"{", b"}", b"[", b"]", b":", b",", b"0", b"9", b"e", b".", b"-", b" "),
+        *(b"\x00", b"\xff", b"\xf0", b"n", b"t", b"\\u", b"\\ud800", b""),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 10_000), _MUTATIONS, st.integers(0, 3))
+def test_native_and_pure_paths_agree_on_mutated_bodies(at: int, text: bytes, cut: int) -> None:
+    fact = Fact(
+        "M",
+        {"n": 12, "f": 2.5, "w": 3.0, "s": 'x"y', "l": [1, {"k": None}], "u": "é😀"},
+        {"p": Fact("P", {}), "q": [Fact("Q", {"i": 1}), Fact("Q", {"i": 2})]},
+    )
+    body = encode([fact])
+    at %= len(body)
+    mutated = body[:at] + text + body[at + cut :]
+    assert outcome(native_decode, mutated) == outcome(pure_decode, mutated)

@@ -1,0 +1,444 @@
+//! factbus_native: the receive path's common case in one native call per
+//! envelope body (docs/decisions.md, "Receive path: a native helper").
+//!
+//! For a body the plain path of ``factbus.envelope`` would accept, this
+//! parses it, checks its structure and the value rules, writes each fact's
+//! canonical form, recomputes its SHA-512/base64 hash, compares it with the
+//! claimed one and builds the :class:`factbus.fact.Fact` objects. For anything
+//! else it answers ``None`` ("doubt") and never raises on bad input: the
+//! Python full path then decides exactly as without this module, and names
+//! the problem. So this can only accept what the full path accepts, with the
+//! same hash.
+
+mod canon;
+mod wire;
+
+use canon::{Flags, Writer};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple, PyType};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Mutex;
+use wire::{Obj, Pred, Val};
+
+/// FxHash (rustc's): short keys, no DoS concern (bounded caches of names).
+#[derive(Default)]
+struct Fx(u64);
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+}
+
+type Cache = HashMap<Box<str>, Py<PyString>, BuildHasherDefault<Fx>>;
+
+/// Names kept as one string object each (keys, roles, types), as orjson's key
+/// cache and ``factbus.fact._intern`` do; bounded.
+const CACHE_LIMIT: usize = 4096;
+const CACHE_KEY_BYTES: usize = 64;
+
+/// The Fact slots, in this order.
+const SLOTS: [&str; 7] = [
+    "_ancestors",
+    "_fields",
+    "_fields_view",
+    "_predecessors",
+    "_ref",
+    "_wire_bytes",
+    "_writer",
+];
+
+struct State {
+    fact_type: Py<PyType>,
+    ref_type: Py<PyType>,
+    slots: Vec<Py<PyAny>>,
+    types: Py<PyDict>,
+    no_predecessors: Py<PyDict>,
+    empty: Py<PyTuple>,
+    keys: Cache,
+    names: Cache,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// Hand over the classes received facts are built of: ``Fact`` (its slots
+/// are set directly), ``FactRef`` (a tuple subclass), the dict of interned
+/// type names (``factbus.fact._TYPES``) and the shared empty predecessors dict.
+#[pyfunction]
+fn setup(
+    py: Python<'_>,
+    fact_cls: &Bound<'_, PyType>,
+    ref_cls: &Bound<'_, PyType>,
+    types: &Bound<'_, PyDict>,
+    no_predecessors: &Bound<'_, PyDict>,
+) -> PyResult<()> {
+    if !ref_cls.is_subclass_of::<PyTuple>()? {
+        return Err(PyTypeError::new_err("ref_cls must be a tuple subclass"));
+    }
+    let member = py.import("types")?.getattr("MemberDescriptorType")?;
+    let mut slots = Vec::new();
+    for name in SLOTS {
+        let descr = fact_cls.getattr("__dict__")?.get_item(name)?;
+        if !descr.is_instance(&member)? {
+            return Err(PyTypeError::new_err(format!(
+                "fact_cls.{name} must be a slot"
+            )));
+        }
+        slots.push(descr.unbind());
+    }
+    *STATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(State {
+        fact_type: fact_cls.clone().unbind(),
+        ref_type: ref_cls.clone().unbind(),
+        slots,
+        types: types.clone().unbind(),
+        no_predecessors: no_predecessors.clone().unbind(),
+        empty: PyTuple::empty(py).unbind(),
+        keys: Cache::default(),
+        names: Cache::default(),
+    });
+    Ok(())
+}
+
+fn cached<'py>(py: Python<'py>, cache: &mut Cache, text: &str) -> Bound<'py, PyString> {
+    if let Some(s) = cache.get(text) {
+        return s.bind(py).clone();
+    }
+    let s = PyString::intern(py, text);
+    if text.len() <= CACHE_KEY_BYTES && cache.len() < CACHE_LIMIT {
+        cache.insert(text.into(), s.clone().unbind());
+    }
+    s
+}
+
+impl State {
+    /// A type name: one object per name, shared with ``factbus.fact._TYPES``.
+    fn type_name<'py>(&mut self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyString>> {
+        if let Some(s) = self.names.get(text) {
+            return Ok(s.bind(py).clone());
+        }
+        let fresh = PyString::new(py, text);
+        let types = self.types.bind(py);
+        let kept = match types.get_item(&fresh)? {
+            Some(kept) => kept.cast_into::<PyString>()?,
+            None if types.len() < CACHE_LIMIT => {
+                types.set_item(&fresh, &fresh)?;
+                fresh
+            }
+            None => return Ok(fresh),
+        };
+        if self.names.len() < CACHE_LIMIT {
+            self.names.insert(text.into(), kept.clone().unbind());
+        }
+        Ok(kept)
+    }
+
+    fn value<'py>(&mut self, py: Python<'py>, value: &Val) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match value {
+            Val::Null => py.None().into_bound(py),
+            Val::Bool(b) => pyo3::types::PyBool::new(py, *b).to_owned().into_any(),
+            Val::Int(i) => i.into_pyobject(py)?.into_any(),
+            Val::Float(f) => PyFloat::new(py, *f).into_any(),
+            Val::Str(s) => PyString::new(py, s).into_any(),
+            Val::List(items) => {
+                let list = PyList::empty(py);
+                for item in items {
+                    list.append(self.value(py, item)?)?;
+                }
+                list.into_any()
+            }
+            Val::Obj(obj) => self.object(py, obj)?.into_any(),
+        })
+    }
+
+    fn object<'py>(&mut self, py: Python<'py>, obj: &Obj) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (key, value) in obj {
+            let key = cached(py, &mut self.keys, key);
+            dict.set_item(key, self.value(py, value)?)?;
+        }
+        Ok(dict)
+    }
+
+    fn new_ref<'py>(
+        &mut self,
+        py: Python<'py>,
+        ty: &str,
+        hash: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ty = self.type_name(py, ty)?;
+        let hash = PyString::new(py, hash);
+        // What tuple.__new__(FactRef, (ty, hash)) does, without the call.
+        unsafe {
+            let tp = self.ref_type.as_ptr() as *mut ffi::PyTypeObject;
+            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+            let obj = alloc(tp, 2);
+            if obj.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            ffi::PyTuple_SET_ITEM(obj, 0, ty.into_ptr());
+            ffi::PyTuple_SET_ITEM(obj, 1, hash.into_ptr());
+            // Two strings: never part of a cycle (CPython untracks such exact
+            // tuples itself, never a subclass's: see docs/decisions.md).
+            ffi::PyObject_GC_UnTrack(obj.cast());
+            Ok(Bound::from_owned_ptr(py, obj))
+        }
+    }
+
+    fn fact<'py>(
+        &mut self,
+        py: Python<'py>,
+        wire: &wire::WireFact,
+        flags: &Flags,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let fields = self.object(py, &wire.fields)?.into_any();
+        let preds = if wire.preds.is_empty() {
+            self.no_predecessors.bind(py).clone()
+        } else {
+            let dict = PyDict::new(py);
+            for (role, pred) in &wire.preds {
+                let role = cached(py, &mut self.keys, role);
+                let value = match pred {
+                    Pred::One(r) => self.new_ref(py, &r.ty, &r.hash)?,
+                    Pred::Many(refs) => {
+                        let items = refs
+                            .iter()
+                            .map(|r| self.new_ref(py, &r.ty, &r.hash))
+                            .collect::<PyResult<Vec<_>>>()?;
+                        let tuple = PyTuple::new(py, items)?;
+                        unsafe { ffi::PyObject_GC_UnTrack(tuple.as_ptr().cast()) };
+                        tuple.into_any()
+                    }
+                };
+                dict.set_item(role, value)?;
+            }
+            // Roles to references: no cycle (nobody writes to it after this).
+            unsafe { ffi::PyObject_GC_UnTrack(dict.as_ptr().cast()) };
+            dict
+        };
+        let own = self.new_ref(py, &wire.ty, &wire.hash)?;
+        let writer =
+            (flags.astral_key as u8) | (flags.float_layout as u8) << 1 | (flags.nested as u8) << 2;
+        let values: [Bound<'py, PyAny>; 7] = [
+            self.empty.bind(py).clone().into_any(),
+            fields,
+            py.None().into_bound(py),
+            preds.into_any(),
+            own,
+            py.None().into_bound(py),
+            writer.into_pyobject(py)?.into_any(),
+        ];
+        // What object.__new__(Fact) and the slot assignments of
+        // factbus.fact.received_fact do.
+        unsafe {
+            let tp = self.fact_type.as_ptr() as *mut ffi::PyTypeObject;
+            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+            let obj = alloc(tp, 0);
+            if obj.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let obj = Bound::from_owned_ptr(py, obj);
+            for (descr, value) in self.slots.iter().zip(values.iter()) {
+                let set = (*ffi::Py_TYPE(descr.as_ptr()))
+                    .tp_descr_set
+                    .ok_or_else(|| PyRuntimeError::new_err("slot"))?;
+                if set(descr.as_ptr(), obj.as_ptr(), value.as_ptr()) < 0 {
+                    return Err(PyErr::fetch(py));
+                }
+            }
+            // A received fact cannot be part of a reference cycle: what its
+            // slots hold (now and once Fact fills its caches) never refers
+            // back to it. The collector need not walk it (docs/decisions.md).
+            ffi::PyObject_GC_UnTrack(obj.as_ptr().cast());
+            Ok(obj)
+        }
+    }
+}
+
+/// The state, unless another thread holds it: building objects may run a
+/// finalizer that lets another thread decode meanwhile; that thread then
+/// leaves its bodies to the full path rather than wait (it holds the GIL).
+fn lock() -> Option<std::sync::MutexGuard<'static, Option<State>>> {
+    match STATE.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+/// Verify one body; ``None`` on any doubt.
+fn decode_one<'py>(
+    py: Python<'py>,
+    state: &mut State,
+    writer: &mut Writer,
+    body: &[u8],
+    max_bytes: usize,
+) -> PyResult<Option<Bound<'py, PyList>>> {
+    if body.len() > max_bytes {
+        return Ok(None);
+    }
+    let Some(envelope) = wire::parse(body) else {
+        return Ok(None);
+    };
+    let facts = &envelope.0;
+    let mut flags = Vec::with_capacity(facts.len());
+    for fact in facts {
+        if fact.ty.is_empty()
+            || writer.fact(&fact.fields, &fact.preds).is_err()
+            || !writer.hash_is(&fact.hash)
+        {
+            return Ok(None);
+        }
+        flags.push(std::mem::take(&mut writer.flags));
+    }
+    if !in_order(facts) {
+        return Ok(None);
+    }
+    let out = PyList::empty(py);
+    for (fact, flags) in facts.iter().zip(&flags) {
+        out.append(state.fact(py, fact, flags)?)?;
+    }
+    Ok(Some(out))
+}
+
+/// No fact names itself, or a fact at or after its own place (misordered, a
+/// cycle, or a duplicate of a later fact: the full path decides those).
+fn in_order(facts: &[wire::WireFact]) -> bool {
+    if facts.len() == 1 {
+        let own = &facts[0];
+        return refs(own).all(|r| r.hash != own.hash || r.ty != own.ty);
+    }
+    let mut last: HashMap<(&str, &str), usize, BuildHasherDefault<Fx>> = HashMap::default();
+    for (i, fact) in facts.iter().enumerate() {
+        last.insert((&fact.ty, &fact.hash), i);
+    }
+    facts
+        .iter()
+        .enumerate()
+        .all(|(i, fact)| refs(fact).all(|r| last.get(&(&*r.ty, &*r.hash)).is_none_or(|&j| j < i)))
+}
+
+fn refs<'a>(fact: &'a wire::WireFact) -> impl Iterator<Item = &'a wire::Ref<'a>> {
+    fact.preds.iter().flat_map(|(_, pred)| match pred {
+        Pred::One(r) => std::slice::from_ref(r).iter(),
+        Pred::Many(refs) => refs.iter(),
+    })
+}
+
+fn limits(max_bytes: i64, max_depth: i64) -> Option<(usize, usize)> {
+    // max_depth below 1: even the fields object is too deep (the full path says so).
+    if max_bytes < 0 || max_depth < 1 {
+        return None;
+    }
+    Some((max_bytes as usize, max_depth.min(1 << 20) as usize))
+}
+
+/// The facts of each body (an iterable of ``bytes``), or ``None`` for a body
+/// left to the full path.
+#[pyfunction]
+fn decode_bodies<'py>(
+    py: Python<'py>,
+    bodies: &Bound<'py, PyAny>,
+    max_bytes: i64,
+    max_depth: i64,
+) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    let mut guard = match lock() {
+        Some(guard) => guard,
+        None => {
+            for _ in bodies.try_iter()? {
+                out.append(py.None())?;
+            }
+            return Ok(out);
+        }
+    };
+    let state = guard
+        .as_mut()
+        .ok_or_else(|| PyRuntimeError::new_err("factbus_native.setup() was not called"))?;
+    let Some((max_bytes, max_depth)) = limits(max_bytes, max_depth) else {
+        for _ in bodies.try_iter()? {
+            out.append(py.None())?;
+        }
+        return Ok(out);
+    };
+    let mut writer = Writer::new(max_depth);
+    for body in bodies.try_iter()? {
+        let body = body?;
+        let facts = match body.cast::<PyBytes>() {
+            Ok(bytes) => decode_one(py, state, &mut writer, bytes.as_bytes(), max_bytes)?,
+            Err(_) => None, // bytearray, memoryview...: the full path reads those
+        };
+        match facts {
+            Some(list) => out.append(list)?,
+            None => out.append(py.None())?,
+        }
+    }
+    Ok(out)
+}
+
+/// :func:`decode_bodies` of one body.
+#[pyfunction]
+fn decode<'py>(
+    py: Python<'py>,
+    body: &Bound<'py, PyAny>,
+    max_bytes: i64,
+    max_depth: i64,
+) -> PyResult<Option<Bound<'py, PyList>>> {
+    let Some(mut guard) = lock() else {
+        return Ok(None);
+    };
+    let state = guard
+        .as_mut()
+        .ok_or_else(|| PyRuntimeError::new_err("factbus_native.setup() was not called"))?;
+    let (Some((max_bytes, max_depth)), Ok(bytes)) =
+        (limits(max_bytes, max_depth), body.cast::<PyBytes>())
+    else {
+        return Ok(None);
+    };
+    let mut writer = Writer::new(max_depth);
+    decode_one(py, state, &mut writer, bytes.as_bytes(), max_bytes)
+}
+
+/// The canonical bytes and hash this module computes for one body's facts,
+/// ``[(canonical, hash), ...]``, or ``None`` where it doubts (for tests).
+#[pyfunction]
+fn canonical_forms<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    max_depth: i64,
+) -> PyResult<Option<Vec<(Bound<'py, PyBytes>, String)>>> {
+    let Some((_, max_depth)) = limits(0, max_depth) else {
+        return Ok(None);
+    };
+    let Some(envelope) = wire::parse(body) else {
+        return Ok(None);
+    };
+    let mut writer = Writer::new(max_depth);
+    let mut out = Vec::new();
+    for fact in &envelope.0 {
+        if writer.fact(&fact.fields, &fact.preds).is_err() {
+            return Ok(None);
+        }
+        out.push((PyBytes::new(py, &writer.out), writer.hash()));
+    }
+    Ok(Some(out))
+}
+
+#[pymodule]
+fn factbus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(setup, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_bodies, m)?)?;
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
+    m.add_function(wrap_pyfunction!(canonical_forms, m)?)?;
+    Ok(())
+}
