@@ -48,6 +48,7 @@ import asyncpg
 import psutil
 
 from factbus import Bus, Fact
+from factbus.testing.brokers import remove_topic
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 from factbus.transport import open_transport
 from factbus.urls import redact
@@ -124,30 +125,6 @@ def _with_query(url: str, **options: Any) -> str:
     parts = urlsplit(url)
     query = "&".join(q for q in (parts.query, urlencode(options)) if q)
     return urlunsplit(parts._replace(query=query))
-
-
-async def _remove_topic(url: str, topic: str) -> None:
-    """Best effort: delete what the cell created on the broker."""
-    try:
-        if url.startswith("amqp"):
-            import aio_pika
-
-            connection = await aio_pika.connect(url)
-            async with connection:
-                channel = await connection.channel()
-                for queue in (f"{topic}.{GROUP}", f"{topic}.dead-letter"):
-                    await channel.queue_delete(queue)
-                for exchange in (topic, f"{topic}.dead-letter"):
-                    await channel.exchange_delete(exchange)
-        elif url.startswith("kafka"):
-            from confluent_kafka.admin import AdminClient
-
-            bootstrap = url.split("://", 1)[1].split("?", 1)[0]
-            admin = AdminClient({"bootstrap.servers": bootstrap})
-            for future in admin.delete_topics([topic, f"{topic}.dead-letter"]).values():
-                await asyncio.wrap_future(future)
-    except Exception as error:
-        print(f"(could not remove {topic}: {error})", file=sys.stderr)
 
 
 def _store_options() -> dict[str, str]:
@@ -254,7 +231,7 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
-        await _remove_topic(url, topic)
+        await remove_topic(url, topic, [GROUP])
     times = [float(row["t"]) for row in rows]
     n = len(times)
     lo, hi = times[n // 10], times[(9 * n) // 10]

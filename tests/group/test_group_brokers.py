@@ -36,7 +36,7 @@ from group_support import (
 )
 
 from factbus import Bus
-from factbus.testing.brokers import broker_url
+from factbus.testing.brokers import broker_url, remove_topic
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 from factbus.transport import open_transport
 
@@ -68,30 +68,6 @@ async def _prepare_topic(url: str, topic: str, group: str) -> None:
         await subscription.aclose()
     finally:
         await transport.aclose()
-
-
-async def _cleanup_broker(url: str, topic: str, group: str) -> None:
-    """Best effort: remove what the test created on the broker."""
-    with contextlib.suppress(Exception):
-        if url.startswith("amqp"):
-            import aio_pika
-
-            connection = await aio_pika.connect(url)
-            async with connection:
-                channel = await connection.channel()
-                for queue in (f"{topic}.{group}", f"{topic}.dead-letter"):
-                    await channel.queue_delete(queue)
-                for exchange in (topic, f"{topic}.dead-letter"):
-                    await channel.exchange_delete(exchange)
-        elif url.startswith("kafka"):
-            from confluent_kafka.admin import AdminClient
-
-            bootstrap = url.split("://", 1)[1].split("?", 1)[0]
-            admin = AdminClient({"bootstrap.servers": bootstrap})
-            futures = admin.delete_topics([topic, f"{topic}.dead-letter"], operation_timeout=10)
-            for future in futures.values():
-                with contextlib.suppress(Exception):
-                    await asyncio.wrap_future(future)
 
 
 class _Supervisor:
@@ -252,7 +228,7 @@ async def run_group_with_kill(transport_url: str, pg: str, schema: str) -> Verdi
             await supervisor.stop(timeout=30)
         await publisher.aclose()
         await conn.close()
-        await _cleanup_broker(transport_url, topic, "workers")
+        await remove_topic(transport_url, topic, ["workers"])
 
 
 @pytest.mark.timeout(360)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -64,35 +63,3 @@ async def scrape_until(
             }
             raise AssertionError(f"metrics never satisfied the check: {interesting}")
         await asyncio.sleep(0.2)
-
-
-async def cleanup_broker(url: str, topic: str, groups: list[str]) -> None:
-    """Best effort: remove the queues, exchanges or topics a test created."""
-    with contextlib.suppress(Exception):
-        if url.startswith("amqp"):
-            import aio_pika
-
-            connection = await aio_pika.connect(url)
-            async with connection:
-                channel = await connection.channel()
-                for queue in [*(f"{topic}.{g}" for g in groups), f"{topic}.dead-letter"]:
-                    await channel.queue_delete(queue)
-                for exchange in (topic, f"{topic}.dead-letter"):
-                    await channel.exchange_delete(exchange)
-        elif url.startswith("kafka"):
-            from confluent_kafka.admin import AdminClient
-
-            bootstrap = url.split("://", 1)[1].split("?", 1)[0]
-            admin = AdminClient({"bootstrap.servers": bootstrap})
-            futures = admin.delete_topics([topic, f"{topic}.dead-letter"], operation_timeout=10)
-            for future in futures.values():
-                with contextlib.suppress(Exception):
-                    await asyncio.wrap_future(future)
-        elif url.startswith("kombu+redis"):
-            import redis.asyncio as aioredis
-
-            client = aioredis.from_url("redis://" + url.split("://", 1)[1])
-            async with client:
-                keys = [k async for k in client.scan_iter(f"*{topic}*")]
-                if keys:
-                    await client.delete(*keys)

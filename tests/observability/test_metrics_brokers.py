@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from obs_support import cleanup_broker, scrape, scrape_until, transport_url, value
+from obs_support import scrape, scrape_until, transport_url, value
 
 from factbus import Bus, Fact, Message
 from factbus.envelope import encode
 from factbus.metrics import Metrics, MetricsServer
+from factbus.testing.brokers import remove_topic
 from factbus.transport import open_transport
 
 KINDS = [
@@ -130,7 +131,7 @@ async def test_scraped_counters_equal_the_workload(
                 ),
             )
     finally:
-        await cleanup_broker(url, topic, [NODE])
+        await remove_topic(url, topic, [NODE])
 
     assert value(samples, "factbus_facts_handled_total", **node) == 20
     assert value(samples, "factbus_facts_duplicates_total", **node) == 5
@@ -193,7 +194,7 @@ async def test_lag_goes_to_zero_when_drained(
         assert sum(after.values()) == 0, after
     finally:
         await probe.aclose()
-        await cleanup_broker(url, topic, [NODE])
+        await remove_topic(url, topic, [NODE])
 
 
 async def test_a_closed_bus_leaves_the_registry(topic: str) -> None:

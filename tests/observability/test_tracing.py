@@ -22,7 +22,9 @@ from typing import Any
 
 import orjson
 import pytest
-from obs_support import cleanup_broker, transport_url
+from obs_support import transport_url
+
+from factbus.testing.brokers import remove_topic
 
 HERE = Path(__file__).resolve().parent
 NODE = str(HERE / "trace_node.py")
@@ -80,7 +82,7 @@ async def test_the_handler_continues_the_publishers_trace(kind: str) -> None:
             if process is not None and process.returncode is None:
                 process.kill()
                 await process.wait()
-        await cleanup_broker(url, topic, ["trace-consumer"])
+        await remove_topic(url, topic, ["trace-consumer"])
 
     checkout = next(s for s in sent if s["name"] == "checkout")
     publish = next(s for s in sent if s["name"] == f"publish {topic}")

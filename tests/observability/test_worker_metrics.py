@@ -12,9 +12,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from obs_support import cleanup_broker, scrape_until, transport_url, value
+from obs_support import scrape_until, transport_url, value
 
 from factbus import Bus, Fact
+from factbus.testing.brokers import remove_topic
 
 HERE = Path(__file__).resolve().parent
 
@@ -74,5 +75,5 @@ async def test_worker_serves_its_metrics() -> None:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
         status = await asyncio.wait_for(process.wait(), 60)
-        await cleanup_broker(url, topic, ["obs-worker-0"])
+        await remove_topic(url, topic, ["obs-worker-0"])
     assert status == 0

@@ -10,8 +10,11 @@ runs with ``factbus worker``, a worker script) reach it the same way as tests
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
+from collections.abc import Sequence
 from typing import Final, NoReturn
 from urllib.parse import urlsplit
 
@@ -46,3 +49,38 @@ def unavailable(message: str) -> NoReturn:
     if os.environ.get("FACTBUS_CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+async def remove_topic(url: str, topic: str, groups: Sequence[str] = ()) -> None:
+    """Best effort: remove what ``topic`` made on the broker at ``url`` (errors are
+    ignored). AMQP: the groups' queues, the dead-letter queue and both exchanges;
+    Kafka: the topic and its dead-letter topic; kombu+redis: every key that names
+    the topic (use a unique topic name)."""
+    with contextlib.suppress(Exception):
+        if url.startswith("amqp"):
+            import aio_pika
+
+            connection = await aio_pika.connect(url)
+            async with connection:
+                channel = await connection.channel()
+                for queue in [*(f"{topic}.{g}" for g in groups), f"{topic}.dead-letter"]:
+                    await channel.queue_delete(queue)
+                for exchange in (topic, f"{topic}.dead-letter"):
+                    await channel.exchange_delete(exchange)
+        elif url.startswith("kafka"):
+            from confluent_kafka.admin import AdminClient
+
+            bootstrap = url.split("://", 1)[1].split("?", 1)[0]
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            futures = admin.delete_topics([topic, f"{topic}.dead-letter"], operation_timeout=10)
+            for future in futures.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(future)
+        elif url.startswith("kombu+redis"):
+            import redis.asyncio as aioredis
+
+            client = aioredis.from_url("redis://" + url.split("://", 1)[1].split("?", 1)[0])
+            async with client:
+                keys = [key async for key in client.scan_iter(f"*{topic}*")]
+                if keys:
+                    await client.delete(*keys)
