@@ -4,6 +4,23 @@ broker fails instead of skipping: :mod:`factbus.testing.brokers`."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
 from factbus.testing.brokers import DEFAULT_URLS, broker_url
+from factbus.transport import Transport
 
 __all__ = ["DEFAULT_URLS", "broker_url"]
+
+
+@pytest.fixture
+async def transports() -> AsyncIterator[list[Transport]]:
+    """The transports a test opened (it appends them): each is closed after the test,
+    whatever it left them in (errors on closing are ignored)."""
+    made: list[Transport] = []
+    yield made
+    for transport in made:
+        with contextlib.suppress(Exception):
+            await transport.aclose()

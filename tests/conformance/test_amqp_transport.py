@@ -91,15 +91,6 @@ def fresh(names: list[str], prefix: str) -> str:
     return name
 
 
-@pytest.fixture
-async def transports() -> AsyncIterator[list[AmqpTransport]]:
-    made: list[AmqpTransport] = []
-    yield made
-    for transport in made:
-        with contextlib.suppress(Exception):
-            await transport.aclose()
-
-
 async def open_amqp(made: list[AmqpTransport], url: str) -> AmqpTransport:
     transport = AmqpTransport(url)
     made.append(transport)

@@ -142,15 +142,6 @@ async def names() -> AsyncIterator[Names]:
             await asyncio.to_thread(delete_topology, made.url, made)
 
 
-@pytest.fixture
-async def transports() -> AsyncIterator[list[KombuTransport]]:
-    made: list[KombuTransport] = []
-    yield made
-    for transport in made:
-        with contextlib.suppress(Exception):
-            await transport.aclose()
-
-
 def fresh(names: Names, prefix: str) -> str:
     name = f"kombu-{prefix}-{uuid.uuid4().hex[:10]}"
     names.append(name)
