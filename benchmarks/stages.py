@@ -6,8 +6,12 @@ Stages (a step is 512 envelopes of one fact, 100 B of payload):
 
 - **floor**: the hand-written loop of :mod:`factbus.bench.floor` (the whole
   receive work a user would write, no store): the yardstick.
-- **decode+verify**: :func:`factbus.envelope.decode` of each body (every hash
-  recomputed).
+- **decode+verify**: :func:`factbus.envelope.decode_each` of each step's
+  bodies, as the pipeline calls it (every hash recomputed), on the path in
+  use: the native helper (``factbus_native``) unless it is not built or
+  ``FACTBUS_NATIVE=0``; the row's name says which. When the helper is in use,
+  a second row times the Python path on the same bodies in the same run (the
+  plain path, else the full path: what ``FACTBUS_NATIVE=0`` runs).
 - **dedup/order**: :class:`factbus.causal.CausalBuffer` deciding a step
   (duplicates, ready, parked) from the store states.
 - **dispatch**: what the pipeline's step does per ready fact with a plain
@@ -36,13 +40,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from factbus import envelope
 from factbus.bench.cputime import REPEATS, best_cpu_us, best_cpu_us_async
 from factbus.bench.floor import floor_pass
 from factbus.bench.report import replace_section
 from factbus.bench.workload import Shape, WorkloadSpec, build_workload
 from factbus.causal import CausalBuffer
 from factbus.dispatcher import Dispatcher
-from factbus.envelope import decode
+from factbus.envelope import CodecLimits, decode, decode_each
 from factbus.fact import Fact, FactRef
 from factbus.store.base import FactState, StoreBatch
 from factbus.store.memory import MemoryStore
@@ -60,10 +65,23 @@ async def measure(facts_count: int, shape: Shape) -> list[tuple[str, float]]:
     bodies = build_workload(WorkloadSpec(facts_count, shape=shape, seed=11)).bodies
     n = len(bodies)
     facts = [f for body in bodies for f in decode(body)]
+    limits = CodecLimits()
+    body_steps = [bodies[i : i + STEP] for i in range(0, n, STEP)]
+    path = "native helper" if envelope.NATIVE else "Python"
     rows = [
         ("floor (hand-written loop, no store)", best_cpu_us(lambda: floor_pass(bodies), n)),
-        ("decode+verify", best_cpu_us(lambda: [decode(b) for b in bodies], n)),
+        (
+            f"decode+verify ({path}, decode_each per step)",
+            best_cpu_us(lambda: [decode_each(step, limits) for step in body_steps], n),
+        ),
     ]
+    if envelope.NATIVE:
+        rows.append(
+            (
+                "decode+verify (Python path, as FACTBUS_NATIVE=0)",
+                best_cpu_us(lambda: [_python_decode(b, limits) for b in bodies], n),
+            )
+        )
 
     def order() -> None:
         known: dict[FactRef, FactState] = {}
@@ -140,6 +158,12 @@ async def measure(facts_count: int, shape: Shape) -> list[tuple[str, float]]:
             ("store write (SQLite, one transaction per step)", await best_cpu_us_async(record, n))
         )
     return rows
+
+
+def _python_decode(body: bytes, limits: CodecLimits) -> list[Fact]:
+    """What :func:`decode` does without the native helper."""
+    facts = envelope._decode_plain(body, limits.max_bytes, limits.max_depth)
+    return facts if facts is not None else envelope._decode_full(body, limits)
 
 
 @contextlib.asynccontextmanager

@@ -46,12 +46,28 @@ pub fn utf16_cmp(a: &str, b: &str) -> Ordering {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Bytes ``JSON.stringify`` escapes: ``"``, ``\\`` and control characters.
+static ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// ``JSON.stringify(s)``: escapes ``"``, ``\\`` and control characters only.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    while let Some(at) = bytes[start..].iter().position(|&b| ESCAPE[b as usize]) {
+        let i = start + at;
+        let b = bytes[i];
+        out.extend_from_slice(&bytes[start..i]);
         let short: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -60,10 +76,8 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
-        out.extend_from_slice(&bytes[start..i]);
         if short.is_empty() {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[(b >> 4) as usize]);
@@ -75,6 +89,33 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// The indexes ``0..n`` of an object's members, on the stack when few.
+enum Order {
+    Few([usize; 16], usize),
+    Many(Vec<usize>),
+}
+
+impl Order {
+    fn new(n: usize) -> Order {
+        if n <= 16 {
+            let mut few = [0; 16];
+            for (i, slot) in few.iter_mut().enumerate() {
+                *slot = i;
+            }
+            Order::Few(few, n)
+        } else {
+            Order::Many((0..n).collect())
+        }
+    }
+
+    fn as_mut(&mut self) -> &mut [usize] {
+        match self {
+            Order::Few(few, n) => &mut few[..*n],
+            Order::Many(many) => many,
+        }
+    }
 }
 
 impl Writer {
@@ -98,8 +139,9 @@ impl Writer {
         self.out.extend_from_slice(b"{\"fields\":");
         self.object(fields, 0)?;
         self.out.extend_from_slice(b",\"predecessors\":{");
-        let mut order: Vec<usize> = (0..preds.len()).collect();
-        self.sort_keys(&mut order, |i| &preds[i].0)?;
+        let mut keep = Order::new(preds.len());
+        let order = keep.as_mut();
+        self.sort_keys(order, |i| &preds[i].0)?;
         for (n, &i) in order.iter().enumerate() {
             let (role, pred) = (&preds[i].0, &preds[i].1);
             if role.is_empty() {
@@ -173,8 +215,9 @@ impl Writer {
         if depth >= self.max_depth {
             return Err(Doubt);
         }
-        let mut order: Vec<usize> = (0..obj.len()).collect();
-        self.sort_keys(&mut order, |i| &obj[i].0)?;
+        let mut keep = Order::new(obj.len());
+        let order = keep.as_mut();
+        self.sort_keys(order, |i| &obj[i].0)?;
         self.out.push(b'{');
         for (n, &i) in order.iter().enumerate() {
             if n > 0 {

@@ -62,11 +62,12 @@ const SLOTS: [&str; 7] = [
 struct State {
     fact_type: Py<PyType>,
     ref_type: Py<PyType>,
-    slots: Vec<Py<PyAny>>,
+    /// Byte offsets of the Fact slots (in ``SLOTS`` order) in an instance.
+    offsets: [isize; 7],
     types: Py<PyDict>,
     no_predecessors: Py<PyDict>,
     empty: Py<PyTuple>,
-    keys: Cache,
+    keys: Keys,
     names: Cache,
 }
 
@@ -87,38 +88,66 @@ fn setup(
         return Err(PyTypeError::new_err("ref_cls must be a tuple subclass"));
     }
     let member = py.import("types")?.getattr("MemberDescriptorType")?;
-    let mut slots = Vec::new();
-    for name in SLOTS {
+    let mut offsets = [0isize; 7];
+    for (name, offset) in SLOTS.iter().zip(offsets.iter_mut()) {
         let descr = fact_cls.getattr("__dict__")?.get_item(name)?;
-        if !descr.is_instance(&member)? {
+        if !descr.is_exact_instance(&member) {
             return Err(PyTypeError::new_err(format!(
                 "fact_cls.{name} must be a slot"
             )));
         }
-        slots.push(descr.unbind());
+        // A __slots__ entry is an object member (T_OBJECT_EX) at a fixed
+        // offset in the instance: where object.__setattr__ stores it.
+        let def = unsafe { &*(*(descr.as_ptr() as *mut ffi::PyMemberDescrObject)).d_member };
+        if def.type_code != ffi::Py_T_OBJECT_EX || def.offset <= 0 {
+            return Err(PyTypeError::new_err(format!(
+                "fact_cls.{name} is not an object slot"
+            )));
+        }
+        *offset = def.offset;
     }
     *STATE.lock().unwrap_or_else(|e| e.into_inner()) = Some(State {
         fact_type: fact_cls.clone().unbind(),
         ref_type: ref_cls.clone().unbind(),
-        slots,
+        offsets,
         types: types.clone().unbind(),
         no_predecessors: no_predecessors.clone().unbind(),
         empty: PyTuple::empty(py).unbind(),
-        keys: Cache::default(),
+        keys: Keys::new(),
         names: Cache::default(),
     });
     Ok(())
 }
 
-fn cached<'py>(py: Python<'py>, cache: &mut Cache, text: &str) -> Bound<'py, PyString> {
-    if let Some(s) = cache.get(text) {
-        return s.bind(py).clone();
+/// One string object per key or role (as orjson's key cache): a direct-mapped
+/// table of [`KEY_SLOTS`] names up to [`CACHE_KEY_BYTES`] bytes; a name whose
+/// slot holds another replaces it.
+struct Keys(Vec<Option<(Box<str>, Py<PyString>)>>);
+
+const KEY_SLOTS: usize = 1024;
+
+impl Keys {
+    fn new() -> Keys {
+        Keys((0..KEY_SLOTS).map(|_| None).collect())
     }
-    let s = PyString::intern(py, text);
-    if text.len() <= CACHE_KEY_BYTES && cache.len() < CACHE_LIMIT {
-        cache.insert(text.into(), s.clone().unbind());
+
+    fn get<'py>(&mut self, py: Python<'py>, text: &str) -> Bound<'py, PyString> {
+        let bytes = text.as_bytes();
+        if bytes.len() > CACHE_KEY_BYTES || bytes.is_empty() {
+            return PyString::new(py, text);
+        }
+        let mut h = Fx(bytes.len() as u64);
+        h.write(bytes);
+        let slot = &mut self.0[(h.finish() >> 32) as usize % KEY_SLOTS];
+        if let Some((name, s)) = slot {
+            if **name == *text {
+                return s.bind(py).clone();
+            }
+        }
+        let s = PyString::intern(py, text);
+        *slot = Some((text.into(), s.clone().unbind()));
+        s
     }
-    s
 }
 
 impl State {
@@ -164,7 +193,7 @@ impl State {
     fn object<'py>(&mut self, py: Python<'py>, obj: &Obj) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
         for (key, value) in obj {
-            let key = cached(py, &mut self.keys, key);
+            let key = self.keys.get(py, key);
             dict.set_item(key, self.value(py, value)?)?;
         }
         Ok(dict)
@@ -207,7 +236,7 @@ impl State {
         } else {
             let dict = PyDict::new(py);
             for (role, pred) in &wire.preds {
-                let role = cached(py, &mut self.keys, role);
+                let role = self.keys.get(py, role);
                 let value = match pred {
                     Pred::One(r) => self.new_ref(py, &r.ty, &r.hash)?,
                     Pred::Many(refs) => {
@@ -239,7 +268,8 @@ impl State {
             writer.into_pyobject(py)?.into_any(),
         ];
         // What object.__new__(Fact) and the slot assignments of
-        // factbus.fact.received_fact do.
+        // factbus.fact.received_fact do: the new instance is zeroed, each
+        // slot takes a reference.
         unsafe {
             let tp = self.fact_type.as_ptr() as *mut ffi::PyTypeObject;
             let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
@@ -248,13 +278,9 @@ impl State {
                 return Err(PyErr::fetch(py));
             }
             let obj = Bound::from_owned_ptr(py, obj);
-            for (descr, value) in self.slots.iter().zip(values.iter()) {
-                let set = (*ffi::Py_TYPE(descr.as_ptr()))
-                    .tp_descr_set
-                    .ok_or_else(|| PyRuntimeError::new_err("slot"))?;
-                if set(descr.as_ptr(), obj.as_ptr(), value.as_ptr()) < 0 {
-                    return Err(PyErr::fetch(py));
-                }
+            for (offset, value) in self.offsets.iter().zip(values) {
+                let slot = (obj.as_ptr() as *mut u8).offset(*offset) as *mut *mut ffi::PyObject;
+                *slot = value.into_ptr();
             }
             // A received fact cannot be part of a reference cycle: what its
             // slots hold (now and once Fact fills its caches) never refers
@@ -304,11 +330,12 @@ fn decode_one<'py>(
     if !in_order(facts) {
         return Ok(None);
     }
-    let out = PyList::empty(py);
-    for (fact, flags) in facts.iter().zip(&flags) {
-        out.append(state.fact(py, fact, flags)?)?;
-    }
-    Ok(Some(out))
+    let built = facts
+        .iter()
+        .zip(&flags)
+        .map(|(fact, flags)| state.fact(py, fact, flags))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(Some(PyList::new(py, built)?))
 }
 
 /// No fact names itself, or a fact at or after its own place (misordered, a
@@ -351,39 +378,38 @@ fn decode_bodies<'py>(
     bodies: &Bound<'py, PyAny>,
     max_bytes: i64,
     max_depth: i64,
-) -> PyResult<Bound<'py, PyList>> {
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
     let out = PyList::empty(py);
-    let mut guard = match lock() {
-        Some(guard) => guard,
-        None => {
-            for _ in bodies.try_iter()? {
-                out.append(py.None())?;
-            }
-            return Ok(out);
-        }
+    let doubts = PyList::empty(py);
+    let mut guard = lock();
+    let mut state: Option<&mut State> = match guard.as_mut() {
+        Some(guard) => Some(
+            guard
+                .as_mut()
+                .ok_or_else(|| PyRuntimeError::new_err("factbus_native.setup() was not called"))?,
+        ),
+        None => None, // another thread holds it: the Python paths decide
     };
-    let state = guard
-        .as_mut()
-        .ok_or_else(|| PyRuntimeError::new_err("factbus_native.setup() was not called"))?;
-    let Some((max_bytes, max_depth)) = limits(max_bytes, max_depth) else {
-        for _ in bodies.try_iter()? {
-            out.append(py.None())?;
-        }
-        return Ok(out);
-    };
-    let mut writer = Writer::new(max_depth);
-    for body in bodies.try_iter()? {
+    let limits = limits(max_bytes, max_depth);
+    let mut writer = Writer::new(limits.map_or(1, |l| l.1));
+    for (i, body) in bodies.try_iter()?.enumerate() {
         let body = body?;
-        let facts = match body.cast::<PyBytes>() {
-            Ok(bytes) => decode_one(py, state, &mut writer, bytes.as_bytes(), max_bytes)?,
-            Err(_) => None, // bytearray, memoryview...: the full path reads those
+        let facts = match (state.as_deref_mut(), limits, body.cast::<PyBytes>()) {
+            (Some(state), Some((max_bytes, _)), Ok(bytes)) => {
+                decode_one(py, state, &mut writer, bytes.as_bytes(), max_bytes)?
+            }
+            // Busy, limits below 1, or a bytearray or memoryview: the Python paths.
+            _ => None,
         };
         match facts {
             Some(list) => out.append(list)?,
-            None => out.append(py.None())?,
+            None => {
+                out.append(py.None())?;
+                doubts.append(i)?;
+            }
         }
     }
-    Ok(out)
+    Ok((out, doubts))
 }
 
 /// :func:`decode_bodies` of one body.
@@ -434,11 +460,45 @@ fn canonical_forms<'py>(
     Ok(Some(out))
 }
 
+/// For benchmarks/studies: run the stages of :func:`decode_bodies` up to
+/// ``stage`` (1 parse, 2 + canonical form, 3 + hash, 4 + Python objects) over
+/// ``bodies``; returns how many bodies passed.
+#[pyfunction]
+fn _stages(py: Python<'_>, bodies: Vec<Vec<u8>>, stage: u8) -> PyResult<usize> {
+    let mut guard = lock().ok_or_else(|| PyRuntimeError::new_err("busy"))?;
+    let state = guard
+        .as_mut()
+        .ok_or_else(|| PyRuntimeError::new_err("setup() was not called"))?;
+    let mut writer = Writer::new(32);
+    let mut passed = 0;
+    for body in &bodies {
+        let Some(envelope) = wire::parse(body) else {
+            continue;
+        };
+        let mut ok = true;
+        for fact in &envelope.0 {
+            if stage >= 2 {
+                ok &= writer.fact(&fact.fields, &fact.preds).is_ok();
+            }
+            if stage >= 3 {
+                ok &= writer.hash_is(&fact.hash);
+            }
+            if stage >= 4 {
+                let flags = std::mem::take(&mut writer.flags);
+                state.fact(py, fact, &flags)?;
+            }
+        }
+        passed += ok as usize;
+    }
+    Ok(passed)
+}
+
 #[pymodule]
 fn factbus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(setup, m)?)?;
     m.add_function(wrap_pyfunction!(decode_bodies, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_forms, m)?)?;
+    m.add_function(wrap_pyfunction!(_stages, m)?)?;
     Ok(())
 }

@@ -93,7 +93,7 @@ class _Native(Protocol):
 
     def decode_bodies(
         self, bodies: Iterable[bytes], max_bytes: int, max_depth: int
-    ) -> list[list[Fact] | None]: ...
+    ) -> tuple[list[list[Fact] | None], list[int]]: ...
 
     def decode(self, body: bytes, max_bytes: int, max_depth: int) -> list[Fact] | None: ...
 
@@ -201,17 +201,16 @@ def decode_each(
     errors: dict[int, EnvelopeError] = {}
     if _native is not None:
         bodies = bodies if type(bodies) is list else list(bodies)
-        decoded = _native.decode_bodies(bodies, max_bytes, max_depth)
-        for i, facts in enumerate(decoded):
+        decoded, doubts = _native.decode_bodies(bodies, max_bytes, max_depth)
+        for i in doubts:  # the Python paths decide these
+            facts = plain(bodies[i], max_bytes, max_depth)
             if facts is None:
-                facts = plain(bodies[i], max_bytes, max_depth)
-                if facts is None:
-                    try:
-                        facts = _decode_full(bodies[i], limits)
-                    except EnvelopeError as error:
-                        errors[i] = error
-                        facts = []
-                decoded[i] = facts
+                try:
+                    facts = _decode_full(bodies[i], limits)
+                except EnvelopeError as error:
+                    errors[i] = error
+                    facts = []
+            decoded[i] = facts
         return cast(list[list[Fact]], decoded), errors
     out: list[list[Fact]] = []
     add = out.append
