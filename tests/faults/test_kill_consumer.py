@@ -56,10 +56,13 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 FACTS = scaled(20_000, 1_000)
 KILLS = scaled(20, 5)
 POINTS = ("handler", "commit", "ack")
-SIZES = {"redis_prefixed": (scaled(2_000, 1_000), 6)}
-"""(facts, kills) where not FACTS and KILLS: kombu+redis under a ``global_keyprefix``
-runs the adapter's same take and restore as plain redis (which gets the full size),
-so a short run checks that the prefix reaches every key (20-55 s)."""
+SIZES = {"redis_prefixed": (scaled(2_000, 1_000), 6, 15.0)}
+"""(facts, kills, seconds the publisher spreads the stream over) where not FACTS,
+KILLS and KILLS * 1.2 s: kombu+redis under a ``global_keyprefix`` runs the adapter's
+same take and restore as plain redis (which gets the full size), so a short run
+checks that the prefix reaches every key (20-40 s). Its stream lasts about as long
+as its kills, so that a consumer told to die at its N-th handler call or ack still
+has facts left to reach it (else it is killed from outside after 25 s)."""
 
 # Kafka: static group membership, so that a restarted consumer takes its partitions
 # back at once instead of waiting for the killed member's session to time out.
@@ -102,7 +105,7 @@ def test_kill9_consumer_nothing_lost(name: str) -> None:
     tmp_path = work_dir(f"kill-{name}")
     topic, node = unique("kill"), unique("node")
     url = transport_url(BROKER.get(name, name), RESTART_OPTIONS.get(name, "").format(node=node))
-    facts, kill_count = SIZES.get(name, (FACTS, KILLS))
+    facts, kill_count, pace = SIZES.get(name, (FACTS, KILLS, KILLS * 1.2))
     rng = random.Random(f"kill-{name}-{time.time()}")
     seed = rng.randint(1, 10_000)
     dag, order = scenario(facts, seed, 0.3)
@@ -119,7 +122,7 @@ def test_kill9_consumer_nothing_lost(name: str) -> None:
         count=facts,
         seed=seed,
         log=tmp_path / "published.log",
-        pace=kill_count * 1.2,
+        pace=pace,
         stderr=tmp_path / "publisher.log",
     )
     kills = self_kills = early_kills = 0
