@@ -67,7 +67,7 @@ def main() -> None:
             "canonical_bytes (floats as fragments, sorted dumps)",
             best_cpu_us(
                 lambda: [
-                    canonical_bytes(f.value, _wire(p), f.needs_python_writer, f.has_float)
+                    canonical_bytes(f.value, _wire(p), f.needs_python_writer, f.needs_float_layout)
                     for f, p in zip(frozen, preds, strict=True)
                 ],
                 n,
