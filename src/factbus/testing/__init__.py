@@ -8,5 +8,6 @@
 - :mod:`factbus.testing.shop`: the shop example's sidecar views (demo,
   benchmark, tests).
 - :mod:`factbus.testing.brokers`: the URLs of factbus's own test brokers
-  (``FACTBUS_TEST_*_URL``; skip, or fail in CI, when one does not answer).
+  (``FACTBUS_TEST_*_URL``; skip, or fail in CI, when one does not answer) and
+  the clean-up of a test topic's broker objects.
 """

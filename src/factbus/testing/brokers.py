@@ -6,6 +6,10 @@ test whose broker does not answer fails instead of skipping. An installed
 module, so that helper modules imported outside pytest's path (an app a test
 runs with ``factbus worker``, a worker script) reach it the same way as tests
 (``tests/conftest.py`` re-exports it).
+
+Also: :func:`unavailable` (skip, or fail in CI, for want of a broker, server or
+command) and :func:`remove_topic` (best-effort clean-up of what a test's topic
+made on its broker).
 """
 
 from __future__ import annotations
