@@ -45,7 +45,12 @@ Consuming
         for one message and then takes what is already queued, never for a full
         batch (waiting for one held every message up to ``poll_interval``).
     ``max_buffered`` [10000]
-        Received messages buffered per subscription before fetching pauses. Also
+        Received messages buffered per subscription, at most. When full, the
+        consumer thread stops taking records from librdkafka (whose own queue,
+        bounded below, then stops fetching) until there is room for a
+        ``fetch_batch``; if none comes within ``heartbeat_interval``, it pauses
+        the partitions so that it can go on serving rebalances (a pause drops
+        librdkafka's prefetched records, fetched again on resume). Also
         bounds librdkafka's own prefetch queue in messages (``queued.min.messages``;
         librdkafka's default is 100,000 per partition).
     ``prefetch_kbytes`` [4096]

@@ -6,9 +6,20 @@ holds up every join of its group). So each :class:`KafkaSubscription` runs a
 dedicated thread that alone touches its ``Consumer``: it consumes (waits up
 to ``poll_interval`` for one message, then takes what librdkafka has queued,
 up to ``fetch_batch``; never waits for a full batch), serves rebalance
-callbacks, stores acknowledged offsets, seeks for nacks, pauses when the
+callbacks, stores acknowledged offsets, seeks for nacks, holds back when the
 buffer is full and finally commits and closes. Batches reach the event loop with one
 ``call_soon_threadsafe`` each; ``next_batch`` hands out what is buffered.
+
+Back-pressure: the subscription holds at most ``max_buffered`` received
+deliveries (in its buffer or on their way to it). When full, the thread stops
+taking records from librdkafka and waits (up to ``heartbeat_interval``) for
+``next_batch`` to make room for a ``fetch_batch``; librdkafka's own queue,
+bounded by ``prefetch_kbytes``, then fills and its fetching stops. Only when
+the buffer stays full that long are the partitions paused, so that the thread
+can go on serving rebalances: a pause drops what librdkafka had prefetched,
+which it fetches again on resume, so pausing at every full buffer (as this
+did) fetched most of a backlog twice. A rebalance that comes while the thread
+waits is served up to ``heartbeat_interval`` later.
 
 Acknowledgement: Kafka commits a position, not single messages. Each assigned
 partition keeps its unsettled deliveries in offset order; an ack marks one and
@@ -197,6 +208,18 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         self._seeks: dict[int, int] = {}
         # Thread-side state.
         self._stop = threading.Event()
+        self._room = threading.Event()
+        """Set by the event loop when the buffer has room for a ``fetch_batch``."""
+        self._limit = config.max_buffered
+        self._low = max(config.max_buffered - config.fetch_batch, config.max_buffered // 2)
+        """Occupancy at or below which the thread takes records again."""
+        self.pauses = 0
+        """Times the thread paused the partitions because the buffer stayed full
+        (each drops what librdkafka had prefetched); written by the thread."""
+        self._handed = 0
+        """Records the thread handed to the event loop (written by the thread only)."""
+        self._arrived = 0
+        """Records of those the event loop took in (written by the loop only)."""
         self._owned: set[int] = set()
         self._seek_attempts: dict[int, int] = {}
         self._thread = threading.Thread(
@@ -228,6 +251,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         if not self._closed:
             self._close_buffer()
             self._stop.set()
+            self._room.set()
             if not self._thread.is_alive() and not self._finished.done():
                 self._finished.set_result(None)
             if self._on_close is not None:
@@ -270,6 +294,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
 
     def _receive(self, messages: list[Message]) -> None:
         """One batch from the thread (one ``call_soon_threadsafe`` per batch)."""
+        self._arrived += len(messages)
         if self._closed:
             return
         partitions = self._partitions
@@ -311,6 +336,17 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         if not self._joined.done():
             self._joined.set_result(None)
 
+    def _occupancy(self) -> int:
+        """Received records held: buffered, or handed over by the thread and not
+        yet taken in by the event loop (read from either side)."""
+        return self._handed - self._arrived + len(self._buffer)
+
+    def _take(self, count: int) -> list[KafkaDelivery]:
+        batch = super()._take(count)
+        if self._occupancy() <= self._low:
+            self._room.set()  # the thread may be waiting for room
+        return batch
+
     def _revoked(self, numbers: list[int]) -> None:
         gone = set()
         for number in numbers:
@@ -320,6 +356,8 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
                 gone.add(number)
         if gone:
             self._withdraw(lambda d: d._partition.number not in gone)
+            if self._occupancy() <= self._low:
+                self._room.set()
 
     def _failed(self, error: BaseException) -> None:
         failure = FatalTransportError(f"kafka consumer failed: {error}")
@@ -351,7 +389,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
     def _run(self) -> None:
         consumer = self._consumer
         config = self._config
-        buffer_limit = config.max_buffered
+        limit, low = self._limit, self._low
         paused = False
         try:
             consumer.subscribe(
@@ -363,19 +401,26 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
             while not self._stop.is_set():
                 try:
                     self._apply(consumer)
-                    if len(self._buffer) >= buffer_limit:
+                    if not paused and self._occupancy() >= limit and not self._wait_for_room():
+                        # Still full: pause, so that consume() keeps serving rebalances.
                         consumer.pause(consumer.assignment())
                         paused = True
-                    elif paused and len(self._buffer) <= buffer_limit // 2:
+                        self.pauses += 1
+                    elif paused and self._occupancy() <= low:
                         consumer.resume(consumer.assignment())
                         paused = False
+                    if self._stop.is_set():
+                        break
                     # librdkafka's batch consume waits until it has fetch_batch
                     # messages or the timeout passes, so below fetch_batch per
                     # poll_interval every message would wait up to poll_interval.
                     # Wait for the first message only, then take what is queued.
+                    # Never more than the buffer has room for (paused: 0, but a
+                    # consume() call is what serves rebalances).
+                    room = min(config.fetch_batch, max(limit - self._occupancy(), 1))
                     messages = consumer.consume(1, config.poll_interval)
-                    if messages and config.fetch_batch > 1:
-                        messages.extend(consumer.consume(config.fetch_batch - 1, 0))
+                    if messages and room > 1:
+                        messages.extend(consumer.consume(room - 1, 0))
                 except KafkaException as exc:
                     error = exc.args[0] if exc.args else None
                     if not isinstance(error, KafkaError) or error.fatal():
@@ -384,12 +429,22 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
                     self._stop.wait(config.poll_interval)  # librdkafka recovers by itself
                     continue
                 if messages:
+                    self._handed += len(messages)
                     self._call(self._receive, messages)
         except BaseException as exc:  # surfaced by next_batch
             self._call(self._failed, exc)
         finally:
             self._shut_down(consumer)
             self._call(self._ended)
+
+    def _wait_for_room(self) -> bool:
+        """Thread: wait (at most ``heartbeat_interval``) until the event loop has
+        made room (see the module docstring); whether it did."""
+        self._room.clear()
+        if self._occupancy() <= self._low:  # made room meanwhile
+            return True
+        self._room.wait(self._config.heartbeat_interval)
+        return self._occupancy() <= self._low
 
     def _shut_down(self, consumer: Consumer) -> None:
         try:

@@ -379,7 +379,8 @@ class KafkaTransport(TransportBase):
         report = confirmations.report
         produce = thread.producer.produce
         # The messages of one publish call share one headers mapping: its pairs
-        # are listed once, and each message adds its id to a copy.
+        # are listed (and encoded: librdkafka takes bytes as they are) once, and
+        # each message adds its id to a copy.
         shared: Mapping[str, str] | None = None
         pairs: HeaderList = []
         for start in range(0, len(messages), _YIELD_EVERY):
@@ -388,9 +389,9 @@ class KafkaTransport(TransportBase):
             for message in messages[start : start + _YIELD_EVERY]:
                 if message.headers is not shared:
                     shared = message.headers
-                    pairs = list(shared.items())
+                    pairs = [(name, value.encode()) for name, value in shared.items()]
                 key = message.key
-                headers = [*pairs, (HEADER_MESSAGE_ID, message.message_id)]
+                headers = [*pairs, (HEADER_MESSAGE_ID, message.message_id.encode())]
                 while True:
                     try:
                         produce(

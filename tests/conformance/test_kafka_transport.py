@@ -8,6 +8,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -22,9 +23,10 @@ from factbus.testing.conformance import (
     messages,
     settle_quietly,
 )
-from factbus.transport import Message, open_transport
+from factbus.transport import Message, ack_all, open_transport
 from factbus.urls import redact
 from factbus_kafka import HEADER_MESSAGE_ID, KafkaConfig, KafkaTransport
+from factbus_kafka.subscription import KafkaSubscription
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
 
@@ -200,6 +202,48 @@ class TestKafkaTransport(TransportConformance):
                     await delivery.ack()
                 received.extend(batch)
                 await asyncio.sleep(0.002)
+            assert bodies(received) == [m.body for m in sent]
+        finally:
+            await consumer.aclose()
+
+    async def test_a_full_buffer_holds_back_and_pauses_only_when_it_stays_full(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """A consumer that keeps taking never holds more than ``max_buffered``
+        records and never pauses (a pause drops librdkafka's prefetch, fetched
+        again on resume); one that stops taking for longer than
+        ``heartbeat_interval`` gets its partitions paused; nothing is lost."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        publisher = await ctx.transport()
+        consumer = open_transport(
+            kafka_url("session_timeout=6&heartbeat_interval=1.5&max_buffered=20&fetch_batch=7")
+        )
+        await consumer.connect()
+        try:
+            subscription = await consumer.subscribe(topic, group)
+            assert isinstance(subscription, KafkaSubscription)
+            sent = messages(300)
+            await publisher.publish(topic, sent)  # one call, no key: one partition, in order
+            received: list[Any] = []
+            most = 0
+
+            async def take(count: int) -> None:
+                nonlocal most
+                while len(received) < count:
+                    batch = await subscription.next_batch(5, timeout=ctx.timeout)
+                    assert batch, "stalled"
+                    await ack_all(batch)
+                    received.extend(batch)
+                    most = max(most, subscription._occupancy())
+                    await asyncio.sleep(0.002)
+
+            await take(100)
+            assert subscription.pauses == 0
+            await asyncio.sleep(2.5)  # stop taking for longer than heartbeat_interval
+            most = max(most, subscription._occupancy())
+            assert subscription.pauses >= 1
+            await take(len(sent))
+            assert most <= 20
             assert bodies(received) == [m.body for m in sent]
         finally:
             await consumer.aclose()

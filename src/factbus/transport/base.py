@@ -22,9 +22,9 @@ exception is treated as transient.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 from factbus.headers import dead_letter_reason
 from factbus.lifecycle import AsyncLifecycle
@@ -51,16 +51,22 @@ class Capabilities:
     """Dead letters go to a broker-native destination (DLX, DLT) rather than a plain topic."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One outgoing message: an envelope body plus metadata that is never hashed."""
+class Message(NamedTuple):
+    """One outgoing message: an envelope body plus metadata that is never hashed.
+
+    Immutable. A named tuple rather than a frozen dataclass: a publish call
+    makes one per envelope, and a frozen dataclass's ``__init__`` (one
+    ``object.__setattr__`` per field) cost 0.7 µs of it, 5x a tuple's.
+    """
 
     body: bytes
     message_id: str
     """The head fact's hash: brokers that deduplicate by id help for free."""
     key: str | None = None
     """Partition / routing key hint (the head fact's type or a causal root)."""
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = MappingProxyType({})
+    """Broker headers; several messages may share one mapping (``Bus.publish``
+    gives all of a call's messages the same), so a transport must not change it."""
 
 
 class Delivery(Protocol):
