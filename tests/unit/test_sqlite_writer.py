@@ -1,8 +1,9 @@
-"""The SQLite store's COMMIT runs in its writer thread (docs/decisions.md, "SQLite
-store: COMMIT in a writer thread"): the event loop runs on while it does, no
-other call uses the connection meanwhile, a step's deliveries are acked only
-once its COMMIT returned, a failed COMMIT surfaces as before, and a task
-cancelled while its COMMIT runs leaves the store as the COMMIT's outcome says."""
+"""The SQLite store's writer thread (docs/decisions.md, "SQLite store: the COMMIT's
+thread"): with ``commit_thread=1`` each COMMIT runs there and the event loop runs
+on while it does, no other call uses the connection meanwhile, a step's
+deliveries are acked only once its COMMIT returned, a failed COMMIT surfaces as
+on the loop, and a task cancelled while its COMMIT runs leaves the store as the
+COMMIT's outcome says. By default the COMMIT runs on the loop thread."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import pytest
 
 from factbus.dispatcher import Dispatcher
 from factbus.envelope import CodecLimits, encode
+from factbus.errors import ConfigError
 from factbus.fact import Fact
 from factbus.pipeline import Pipeline
+from factbus.store import sqlite as sqlite_store
 from factbus.store.base import FactState, StoreBatch
 from factbus.store.sqlite import SqliteStore
 from factbus.transport import Message
@@ -41,7 +44,7 @@ def _logged(path: str, fact: Fact) -> bool:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(f"sqlite:///{tmp_path}/node.db")
+    opened = SqliteStore(f"sqlite:///{tmp_path}/node.db?commit_thread=1")
     await opened.open()
     yield opened
     await opened.aclose()
@@ -69,7 +72,17 @@ async def _until(condition: object, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_commit_runs_in_the_writer_thread(store: SqliteStore) -> None:
+@pytest.mark.parametrize("option", ["", "?commit_thread=1", "?commit_thread=0"])
+async def test_commit_runs_in_the_writer_thread_when_told(tmp_path: Path, option: str) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path}/node.db{option}")
+    await store.open()
+    try:
+        await _check_threads(store, in_writer=option == "?commit_thread=1")
+    finally:
+        await store.aclose()
+
+
+async def _check_threads(store: SqliteStore, *, in_writer: bool) -> None:
     statements: list[tuple[int, str]] = []
     store.db.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
     async with store.transaction() as tx:
@@ -81,7 +94,37 @@ async def test_commit_runs_in_the_writer_thread(store: SqliteStore) -> None:
     inserts = [thread for thread, sql in statements if sql.startswith("INSERT")]
     assert begins == [loop_thread]
     assert inserts and set(inserts) == {loop_thread}  # handlers' writes stay on the loop
-    assert len(commits) == 1 and commits[0] != loop_thread
+    assert len(commits) == 1
+    assert (commits[0] != loop_thread) is in_writer
+
+
+async def test_the_store_s_own_checkpoint_runs_in_the_writer_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past WAL_BOUND the store finishes the worker's checkpoint on its own
+    connection: in the writer thread, between two transactions (the default
+    store: its COMMITs stay on the loop)."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(sqlite_store, "WAL_BOUND", 0)
+    store = SqliteStore(f"sqlite:///{tmp_path}/node.db")
+    await store.open()
+    statements: list[tuple[int, str]] = []
+    store.db.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
+    try:
+        for n in range(30):
+            async with store.transaction() as tx:
+                await tx.record(StoreBatch(handled=_facts(20, f"bound{n}")))
+            await asyncio.sleep(0.01)  # the worker's checkpoint finds frames
+        assert (await store.counts())["handled"] == 600
+    finally:
+        store.db.set_trace_callback(None)
+        await store.aclose()
+    loop_thread = threading.get_ident()
+    checkpoints = [thread for thread, sql in statements if "wal_checkpoint" in sql]
+    commits = [thread for thread, sql in statements if sql == "COMMIT"]
+    assert checkpoints, "the store never finished a checkpoint"
+    assert loop_thread not in checkpoints
+    assert set(commits) == {loop_thread}
 
 
 async def test_the_loop_runs_on_while_a_commit_waits(store: SqliteStore) -> None:
@@ -118,9 +161,22 @@ async def test_the_loop_runs_on_while_a_commit_waits(store: SqliteStore) -> None
     assert _logged(store.path, first)
 
 
-async def test_a_failed_commit_in_the_writer_surfaces_and_leaves_nothing(
-    store: SqliteStore,
-) -> None:
+@pytest.mark.parametrize("option", ["", "?commit_thread=1"])
+async def test_a_failed_commit_surfaces_and_leaves_nothing(tmp_path: Path, option: str) -> None:
+    store = SqliteStore(f"sqlite:///{tmp_path}/node.db{option}")
+    await store.open()
+    try:
+        await _check_failed_commit(store)
+    finally:
+        await store.aclose()
+
+
+def test_commit_thread_takes_a_boolean() -> None:
+    with pytest.raises(ConfigError, match="commit_thread"):
+        SqliteStore("sqlite:///x.db?commit_thread=sometimes")
+
+
+async def _check_failed_commit(store: SqliteStore) -> None:
     # A transactional handler's table with a deferred foreign key fails at COMMIT.
     store.db.execute("PRAGMA foreign_keys=ON")
     store.db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")

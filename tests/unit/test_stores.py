@@ -23,9 +23,12 @@ class TestMemoryStore(StoreConformance):
 
 
 class TestSqliteStore(StoreConformance):
+    option = ""
+    """URL options of the store under test."""
+
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
-        store = SqliteStore(f"sqlite:///{tmp_path}/node.db")
+        store = SqliteStore(f"sqlite:///{tmp_path}/node.db{self.option}")
         await store.open()
         yield store
         await store.aclose()
@@ -33,11 +36,17 @@ class TestSqliteStore(StoreConformance):
     @pytest.fixture
     def reopen(self, tmp_path: Path) -> Callable[[], Awaitable[Store]]:
         async def again() -> Store:
-            store = SqliteStore(f"sqlite:///{tmp_path}/node.db")
+            store = SqliteStore(f"sqlite:///{tmp_path}/node.db{self.option}")
             await store.open()
             return store
 
         return again
+
+
+class TestSqliteStoreCommitThread(TestSqliteStore):
+    """The same with ``commit_thread=1`` (each COMMIT in the writer thread)."""
+
+    option = "?commit_thread=1"
 
 
 def test_sqlite_urls_map_to_paths() -> None:

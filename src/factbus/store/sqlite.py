@@ -14,22 +14,26 @@ Another connection (another process, or the sidecar's) may write the file: the
 store notices it by ``PRAGMA data_version`` at each transaction and look-up,
 and indexes the log rows appended meanwhile.
 
-Threads: a transaction's statements run on the event-loop thread (handlers
-write through the same connection, between awaits); its ``COMMIT`` runs in the
-store's writer thread, so a COMMIT slowed by the disk stalls only the step that
-waits for it (its deliveries are acked once it returned), not the loop: other
-tasks (receiving, publishing, HTTP) go on. Every other call that uses the
-connection first waits until the writer thread is done with it, so the
-connection is never used from two threads at once. WAL checkpoints, which
-SQLite would otherwise run inside every thousand pages' COMMIT (tens of ms),
-run in a worker thread on a connection of their own every
-:data:`CHECKPOINT_EVERY` commits (docs/decisions.md, "SQLite store: COMMIT in a
-writer thread"). ``synchronous=NORMAL`` in WAL mode survives a process crash
-(``kill -9``); only a power loss can drop the last commits.
+Threads: a transaction's statements, its COMMIT included, run on the
+event-loop thread (handlers write through the same connection, between
+awaits); each pipeline step makes a handful of batched statements, and its
+COMMIT appends a few pages to the WAL (~0.1 ms). What takes long runs in
+threads: WAL checkpoints, which SQLite would otherwise run inside every
+thousand pages' COMMIT (tens of ms), run in a worker thread on a connection of
+their own every :data:`CHECKPOINT_EVERY` commits; the checkpoint the store
+finishes itself past :data:`WAL_BOUND` runs in the store's writer thread; with
+``?commit_thread=1`` every COMMIT does too (a step's deliveries are still
+acked only once it returned). Every call that uses the connection first waits
+until the writer thread is done with it, so the connection is never used from
+two threads at once (docs/decisions.md, "SQLite store: the COMMIT's thread").
+``synchronous=NORMAL`` in WAL mode survives a process crash (``kill -9``);
+only a power loss can drop the last commits.
 
 ``sqlite:///:memory:`` gives a private in-memory database (tests). Option
 ``?keep_bodies=1`` keeps handled facts' content for :meth:`SqliteStore.load`;
-any other option is refused (:class:`~factbus.errors.ConfigError`).
+``?commit_thread=1`` runs each COMMIT in the store's writer thread instead of
+the event-loop thread (see :attr:`SqliteStore.commit_thread`); any other
+option is refused (:class:`~factbus.errors.ConfigError`).
 """
 
 from __future__ import annotations
@@ -273,10 +277,17 @@ class SqliteStore:
     def __init__(self, url: str = "sqlite:///factbus.db") -> None:
         self.url = url
         self.path = sqlite_path(url)
-        options = query_options(url, ("keep_bodies",), what="sqlite store")
+        options = query_options(url, ("keep_bodies", "commit_thread"), what="sqlite store")
         self.keep_bodies = parse_bool("keep_bodies", options.get("keep_bodies", "0"))
         """Keep handled facts' content (for :meth:`load`); off by default: dedup
         needs only identities, and bodies triple the bytes written per fact."""
+        self.commit_thread = parse_bool("commit_thread", options.get("commit_thread", "0"))
+        """Run each COMMIT in the store's writer thread (``commit_thread=1``): a
+        COMMIT slowed by the disk then stalls only the step waiting for it, not
+        the loop, for a thread hop per transaction (CPU, and two wake-ups that a
+        busy machine delays). Off by default: with the checkpoints in their
+        worker a COMMIT takes ~0.1 ms (docs/decisions.md, "SQLite store: the
+        COMMIT's thread")."""
         self._db: sqlite3.Connection | None = None
         self._index: dict[str, int] = {}
         """``hash[:_KEY]`` -> the log row of a handled fact with that prefix."""
@@ -297,8 +308,9 @@ class SqliteStore:
         """WAL size in frames that the last worker checkpoint found."""
         self._checkpoint_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
-        """The thread that runs each COMMIT (and a checkpoint past WAL_BOUND) on the
-        store's connection; nothing else uses the connection meanwhile."""
+        """The thread that runs the checkpoint past WAL_BOUND (and, with
+        ``commit_thread``, each COMMIT) on the store's connection; nothing else
+        uses the connection meanwhile."""
         self._pending: asyncio.Future[None] | None = None
         """The writer thread's last statement, until a call saw it done."""
 
@@ -511,11 +523,19 @@ class SqliteStore:
         except BaseException:
             self._roll_back(db, last_id)
             raise
-        # COMMIT in the writer thread: the loop runs on meanwhile (other tasks, not
-        # this one: it resumes, and its deliveries are acked, once COMMIT returned).
-        commit = self._in_writer(self._commit)
-        cancelled = await _wait_out(commit)
-        error = commit.exception()
+        cancelled = False
+        if self.commit_thread:
+            # The loop runs on meanwhile (other tasks, not this one: it resumes,
+            # and its deliveries are acked, once COMMIT returned).
+            commit = self._in_writer(self._commit)
+            cancelled = await _wait_out(commit)
+            error = commit.exception()
+        else:
+            try:
+                self._commit()
+                error = None
+            except Exception as failed:
+                error = failed
         if error is not None:
             # A deferred constraint of a handler's table, a full disk, ...: SQLite
             # may keep the transaction open; nothing of it stays.
