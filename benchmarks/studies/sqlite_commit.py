@@ -1,4 +1,4 @@
-"""The SQLite store's COMMIT in its writer thread against on the loop (PROFILE.md §8).
+"""The SQLite store's COMMIT in its writer thread against on the loop (PROFILE.md §10).
 
     .venv/bin/python benchmarks/studies/sqlite_commit.py [--facts 20000] [--repeats 5]
         [--growth-facts 200000]
