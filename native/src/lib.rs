@@ -87,6 +87,14 @@ fn setup(
     if !ref_cls.is_subclass_of::<PyTuple>()? {
         return Err(PyTypeError::new_err("ref_cls must be a tuple subclass"));
     }
+    // Every slot is set here: a slot Fact gained since would stay empty.
+    let mut declared: Vec<String> = fact_cls.getattr("__slots__")?.extract()?;
+    declared.sort();
+    if declared != SLOTS {
+        return Err(PyTypeError::new_err(format!(
+            "fact_cls.__slots__ is {declared:?}, this build sets {SLOTS:?}"
+        )));
+    }
     let member = py.import("types")?.getattr("MemberDescriptorType")?;
     let mut offsets = [0isize; 7];
     for (name, offset) in SLOTS.iter().zip(offsets.iter_mut()) {

@@ -732,3 +732,18 @@ def test_native_and_pure_paths_agree_on_mutated_bodies(at: int, text: bytes, cut
     at %= len(body)
     mutated = body[:at] + text + body[at + cut :]
     assert outcome(native_decode, mutated) == outcome(pure_decode, mutated)
+
+
+def test_native_setup_refuses_classes_it_cannot_fill() -> None:
+    native = native_module()
+
+    class OtherSlots:
+        __slots__ = ("_fields", "_ref")
+
+    with pytest.raises(TypeError, match="__slots__"):
+        native.setup(OtherSlots, FactRef, fact_module._TYPES, fact_module._NO_PREDECESSORS)
+    with pytest.raises(TypeError, match="tuple subclass"):
+        native.setup(Fact, OtherSlots, fact_module._TYPES, fact_module._NO_PREDECESSORS)
+    native_module()  # set up again as factbus.envelope set it up
+    body = encode([Fact("T", {"a": 1})])
+    assert native.decode(body, len(body), 32)[0].fields == {"a": 1}
