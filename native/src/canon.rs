@@ -59,12 +59,40 @@ static ESCAPE: [bool; 256] = {
     table
 };
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of ``w`` is below ``n`` (n <= 128; exact for "any").
+fn has_less(w: u64, n: u8) -> bool {
+    w.wrapping_sub(LO * n as u64) & !w & HI != 0
+}
+
+/// The index of the first byte of ``bytes`` that ``JSON.stringify`` escapes,
+/// eight bytes at a time where none does.
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let w = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        if has_less(w, 0x20)
+            || has_less(w ^ (LO * b'"' as u64), 1)
+            || has_less(w ^ (LO * b'\\' as u64), 1)
+        {
+            break;
+        }
+        at += 8;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&b| ESCAPE[b as usize])
+        .map(|i| at + i)
+}
+
 /// ``JSON.stringify(s)``: escapes ``"``, ``\\`` and control characters only.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    while let Some(at) = bytes[start..].iter().position(|&b| ESCAPE[b as usize]) {
+    while let Some(at) = first_escape(&bytes[start..]) {
         let i = start + at;
         let b = bytes[i];
         out.extend_from_slice(&bytes[start..i]);

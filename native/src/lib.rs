@@ -158,6 +158,25 @@ impl Keys {
     }
 }
 
+/// A str object of ``text``: copied as it is when ASCII (no UTF-8 decoding).
+fn new_str<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+    if !text.is_ascii() {
+        return Ok(PyString::new(py, text).into_any());
+    }
+    unsafe {
+        let obj = ffi::PyUnicode_New(text.len() as ffi::Py_ssize_t, 127);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        std::ptr::copy_nonoverlapping(
+            text.as_ptr(),
+            ffi::PyUnicode_DATA(obj) as *mut u8,
+            text.len(),
+        );
+        Ok(Bound::from_owned_ptr(py, obj))
+    }
+}
+
 impl State {
     /// A type name: one object per name, shared with ``factbus.fact._TYPES``.
     fn type_name<'py>(&mut self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyString>> {
@@ -186,7 +205,7 @@ impl State {
             Val::Bool(b) => pyo3::types::PyBool::new(py, *b).to_owned().into_any(),
             Val::Int(i) => i.into_pyobject(py)?.into_any(),
             Val::Float(f) => PyFloat::new(py, *f).into_any(),
-            Val::Str(s) => PyString::new(py, s).into_any(),
+            Val::Str(s) => new_str(py, s)?.into_any(),
             Val::List(items) => {
                 let list = PyList::empty(py);
                 for item in items {
@@ -214,7 +233,7 @@ impl State {
         hash: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let ty = self.type_name(py, ty)?;
-        let hash = PyString::new(py, hash);
+        let hash = new_str(py, hash)?;
         // What tuple.__new__(FactRef, (ty, hash)) does, without the call.
         unsafe {
             let tp = self.ref_type.as_ptr() as *mut ffi::PyTypeObject;
