@@ -353,7 +353,10 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
 /// The envelope in ``body``, or ``None`` for anything the plain path leaves
 /// to the full path.
 pub fn parse(body: &[u8]) -> Option<Envelope<'_>> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    // The whole body must be UTF-8 (orjson refuses it otherwise): checked
+    // once here, so serde_json need not check each string again.
+    let text = std::str::from_utf8(body).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let envelope = Envelope::deserialize(&mut de).ok()?;
     de.end().ok()?;
     Some(envelope)
