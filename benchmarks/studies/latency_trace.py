@@ -281,6 +281,23 @@ def _install_consumer_hooks() -> None:
         kafka_subscription.Consumer = TracedConsumer  # type: ignore[attr-defined]
 
 
+def _commit_on_loop() -> None:
+    """The SQLite store's writer-thread work done in place, on the calling thread."""
+    from factbus.store import sqlite as sqlite_module
+
+    def in_place(self: Any, work: Callable[[], None]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            work()
+        except BaseException as error:  # the store reads it from the future
+            done.set_exception(error)
+        else:
+            done.set_result(None)
+        return done
+
+    sqlite_module.SqliteStore._in_writer = in_place  # type: ignore[method-assign]
+
+
 async def _ticker(stop: asyncio.Event) -> None:
     """How late a 1 ms sleep wakes: the spans the event loop was held."""
     ticks = TRACE.ticks
@@ -601,7 +618,15 @@ async def main() -> None:
     parser.add_argument("--slow-ms", type=float, default=20.0)
     parser.add_argument("--json", default="")
     parser.add_argument("--timeline", type=int, default=3, help="stalls to print in full")
+    parser.add_argument(
+        "--commit-on-loop",
+        action="store_true",
+        help="run the SQLite store's COMMIT on the event-loop thread, as before its "
+        "writer thread (for an A/B of that thread's effect on latency)",
+    )
     args = parser.parse_args()
+    if args.commit_on_loop:
+        _commit_on_loop()
     trace_dir = Path(tempfile.mkdtemp(prefix="factbus-trace-"))
     os.environ["FACTBUS_TRACE_DIR"] = str(trace_dir)
     _install_consumer_hooks()
