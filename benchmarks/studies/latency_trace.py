@@ -621,8 +621,8 @@ async def main() -> None:
     parser.add_argument(
         "--commit-on-loop",
         action="store_true",
-        help="run the SQLite store's COMMIT on the event-loop thread, as before its "
-        "writer thread (for an A/B of that thread's effect on latency)",
+        help="do the SQLite store's writer-thread work in place, on the event-loop "
+        "thread: with a ?commit_thread=1 store, its COMMITs (an A/B of the thread)",
     )
     args = parser.parse_args()
     if args.commit_on_loop:
