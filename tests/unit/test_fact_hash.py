@@ -368,20 +368,22 @@ def _careless_body(fields: Any, fact_type: str = "T") -> bytes:
     return orjson.dumps({"v": 1, "facts": [fact]})
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"x": 37.0},
-        {"x": -0.0},
-        {"x": 4.8e-6},
-        {"x": 1e16},
-        {"x": 18446744073709551615.0},
-        {"l": [1, 37.0]},
-        {"o": {"deep": [4.8e-6]}},
-        {"\U0001f600": 1, "\ufffd": 2},
-        {"o": {"\U0001f600": 1, "\ufffd": 2}},
-    ],
-)
+# Fields whose canonical form orjson lays out otherwise than JavaScript
+# (integral and tiny floats, keys beyond the BMP in UTF-16 order).
+ORJSON_LAYOUT_FIELDS: list[dict[str, Any]] = [
+    {"x": 37.0},
+    {"x": -0.0},
+    {"x": 4.8e-6},
+    {"x": 1e16},
+    {"x": 18446744073709551615.0},
+    {"l": [1, 37.0]},
+    {"o": {"deep": [4.8e-6]}},
+    {"\U0001f600": 1, "\ufffd": 2},
+    {"o": {"\U0001f600": 1, "\ufffd": 2}},
+]
+
+
+@pytest.mark.parametrize("fields", ORJSON_LAYOUT_FIELDS)
 def test_a_hash_over_orjsons_layout_is_refused(fields: dict[str, Any]) -> None:
     with pytest.raises(HashMismatch):
         decode(_careless_body(fields))
@@ -521,15 +523,7 @@ def test_native_decode_takes_typical_facts_with_the_flags_the_full_path_sets() -
 @pytest.mark.parametrize(
     "fields",
     [
-        {"x": 37.0},
-        {"x": -0.0},
-        {"x": 4.8e-6},
-        {"x": 1e16},
-        {"x": 18446744073709551615.0},
-        {"l": [1, 37.0]},
-        {"o": {"deep": [4.8e-6]}},
-        {"\U0001f600": 1, "\ufffd": 2},
-        {"o": {"\U0001f600": 1, "\ufffd": 2}},
+        *ORJSON_LAYOUT_FIELDS,
         {"x": 2**53},
         {"l": [2**60]},
         {"d": _nest(32)},
