@@ -3,6 +3,8 @@ baseline measured in the same run, workloads. Speed is never asserted."""
 
 from __future__ import annotations
 
+import argparse
+import gc
 import json
 from pathlib import Path
 
@@ -13,7 +15,9 @@ from factbus.bench.publisher import PublishReport, merge_stamps
 from factbus.bench.report import markdown, replace_section
 from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.cli import main
+from factbus.commands.bench import add_arguments, config_from
 from factbus.errors import ConfigError
+from factbus.gc_freeze import ENV as GC_FREEZE_ENV
 
 TINY = {"facts": 300, "warmup": 30, "publish_batch": 25, "batch_size": 64, "timeout": 20.0}
 
@@ -311,3 +315,28 @@ def test_replace_section_keeps_the_other_sections(tmp_path: Path) -> None:
     )
     replace_section(results, "## Store growth", "## Store growth\n\ng")  # appended
     assert results.read_text(encoding="utf-8").endswith("## Sidecar\n\ns\n\n## Store growth\n\ng\n")
+
+
+async def test_gc_freeze_is_the_commands_choice_not_the_librarys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``factbus bench --gc-freeze`` freezes start-up objects as ``factbus worker``
+    does; by default the collector is left as an embedding application has it."""
+    monkeypatch.delenv(GC_FREEZE_ENV, raising=False)
+    gc.unfreeze()
+    try:
+        plain = await run_bench(BenchConfig(store="memory://", baseline=False, drain=False, **TINY))
+        assert gc.get_freeze_count() == 0
+        assert plain.gc_frozen is False
+        frozen = await run_bench(
+            BenchConfig(store="memory://", baseline=False, drain=False, gc_freeze=True, **TINY)
+        )
+        assert gc.get_freeze_count() > 1000  # modules, classes, functions, the bus
+        assert frozen.gc_frozen is True
+        assert frozen.as_json()["gc_frozen"] is True
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        assert config_from(parser.parse_args(["--facts", "10"])).gc_freeze is False
+        assert config_from(parser.parse_args(["--gc-freeze"])).gc_freeze is True
+    finally:
+        gc.unfreeze()  # the test process's collector as it was

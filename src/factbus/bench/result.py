@@ -129,6 +129,9 @@ class BenchResult:
     the last confirmation); ``None`` when it runs in the consuming process."""
     memory_per_fact_bytes: float | None = None
     """Bytes a received fact keeps alive once decoded (tracemalloc)."""
+    gc_frozen: bool = False
+    """The collector's start-up objects were frozen (``--gc-freeze``, as in
+    ``factbus worker``) for the raw client's phase and factbus's alike."""
     pipeline: dict[str, Any] = field(default_factory=dict)
     """The consuming bus's counters (duplicates, parked, released, steps, ...)."""
     machine: dict[str, Any] = field(default_factory=dict)

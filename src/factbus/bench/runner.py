@@ -69,6 +69,7 @@ from factbus.bench.workload import Shape, WorkloadSpec, build_workload
 from factbus.bus import Bus
 from factbus.errors import ConfigError
 from factbus.fact import Fact
+from factbus.gc_freeze import freeze_after_start
 from factbus.urls import redact
 
 T = TypeVar("T")
@@ -117,6 +118,13 @@ class BenchConfig:
     """Profile the peak phase to this path: ``.prof`` (cProfile, wall time),
     ``.cpu.prof`` (cProfile, the event-loop thread's CPU time), ``.html`` or
     anything else (pyinstrument, wall time)."""
+
+    gc_freeze: bool = False
+    """Freeze the collector's start-up objects (:func:`~factbus.gc_freeze.freeze_after_start`,
+    so ``FACTBUS_GC_FREEZE=0`` still turns it off) before the raw client's phase
+    and again once the consuming bus has started, as ``factbus worker`` does
+    (``factbus bench --gc-freeze``). Default False: the consuming process is
+    measured as an embedding application, whose collector a library leaves alone."""
 
     def __post_init__(self) -> None:
         if self.publishers < 1:
@@ -291,6 +299,9 @@ class _Run:
         # bus runs is the pipeline's, not the benchmark's own facts.
         for spec in self._later_specs():
             await self.publishers.prepare(spec)
+        # As in `factbus worker`: what start-up left alive is frozen, so full
+        # collections skip it; for the raw client's phase and factbus's alike.
+        frozen = config.gc_freeze and freeze_after_start()
         observer.note(
             f"{peak_spec.facts} facts as {messages} messages of ~{body_bytes} B "
             f"({config.shape}, duplicates {config.duplicates:g}, "
@@ -319,6 +330,8 @@ class _Run:
         self.sampler.peak_mb = 0.0  # the baseline's own memory does not count
         rss_start = self.sampler.sample()
         await bus.start()
+        if config.gc_freeze:
+            freeze_after_start()  # the started bus too, as `factbus worker` does
         try:
             if config.warmup:
                 await self._phase(
@@ -406,6 +419,7 @@ class _Run:
             floor_cpu_us_per_msg=floor.cpu_us_per_msg,
             pack=config.pack,
             memory_per_fact_bytes=memory,
+            gc_frozen=frozen,
             pipeline={**self.stats, "strays": recorder.strays},
             machine=machine(),
         )

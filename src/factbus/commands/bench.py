@@ -93,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-drain", action="store_true", help="skip draining a backlog with a new bus"
     )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="freeze the collector's start-up objects as `factbus worker` does "
+        "(before the raw client's phase and once the bus has started); "
+        "default: the collector of an embedding application, untouched",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per phase")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--plot", metavar="PATH.png", help="write a throughput/latency plot")
@@ -140,6 +147,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         drain=not args.no_drain,
         timeout=args.timeout,
         profile=args.profile or "",
+        gc_freeze=args.gc_freeze,
     )
 
 
