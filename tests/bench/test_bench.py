@@ -340,3 +340,43 @@ async def test_gc_freeze_is_the_commands_choice_not_the_librarys(
         assert config_from(parser.parse_args(["--gc-freeze"])).gc_freeze is True
     finally:
         gc.unfreeze()  # the test process's collector as it was
+
+
+async def test_publish_inflight_publishes_every_fact_once_and_all_are_handled() -> None:
+    """``--publish-inflight 4``: publish calls overlap (warm-up, peak, drain backlog),
+    every fact is published exactly once and the consumer handles every one."""
+    phases = Phases()
+    result = await run_bench(
+        BenchConfig(
+            store="memory://",
+            publish_inflight=4,
+            baseline=False,
+            half_load=False,
+            **{**TINY, "publish_batch": 10},  # 30 calls per publisher: more than 4 at once
+        ),
+        phases,
+    )
+    assert result.publish_inflight == 4
+    assert result.as_json()["publish_inflight"] == 4
+    assert result.messages == 300  # one message per fact, none twice
+    assert phases.done["peak"] == 300 and phases.done["drain"] == 300
+    stats = result.pipeline
+    assert stats["duplicates"] == 0  # no fact reached the consumer twice
+    assert stats["handled"] == 30 + 300 + 300  # warm-up, peak, drain: each fact once
+    assert result.latency_ms.count == 300  # every fact stamped by its call and handled
+    assert BenchResult.from_json(result.as_json()).publish_inflight == 4
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from(parser.parse_args([])).publish_inflight == 1
+    assert config_from(parser.parse_args(["--publish-inflight", "4"])).publish_inflight == 4
+
+
+@pytest.mark.parametrize("shape", ["chains", "fan-in"])
+def test_publish_inflight_is_refused_where_publish_order_is_causal(shape: str) -> None:
+    """Overlapping calls could put a fact on the broker before its predecessors:
+    refused for ordered shapes, allowed once the order is shuffled anyway."""
+    with pytest.raises(ConfigError, match=f"--shape {shape} needs --publish-inflight 1"):
+        BenchConfig(shape=shape, publish_inflight=2)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="at least 1"):
+        BenchConfig(publish_inflight=0)
+    assert BenchConfig(shape=shape, reorder=True, publish_inflight=2).publish_inflight == 2  # type: ignore[arg-type]

@@ -6,6 +6,15 @@ of ``publish_batch`` messages dealt round-robin; each publish call is stamped
 (``time.perf_counter()`` just before the call) and a fact's publish time is
 the stamp of its first copy.
 
+Without a ``rate`` (the warm-up, the peak and the drain's backlog) each
+publisher makes its calls one chunk after another; with ``inflight`` K > 1 it
+keeps up to K calls in flight (a task per call, over consecutive chunks: a
+call starts as soon as one of the K before it returned), as an application
+wanting throughput from a confirm-per-call API would. Calls then overlap, so
+a chunk may reach the broker before an earlier one: only workloads without a
+causal publish order to keep take K > 1 (``--shape independent``, or
+``--reorder``; :class:`~factbus.bench.runner.BenchConfig` refuses the others).
+
 With a ``rate`` (the half-load phase) publishing is paced per message, not
 per chunk: message ``i`` of the workload is due ``i / rate`` seconds after the
 start, as if an application had it to publish then. Each publisher makes a
@@ -50,6 +59,9 @@ class PublishJob:
     """Messages per second for all publishers together; ``None``: as fast as possible."""
     start_at: float = 0.0
     """``perf_counter()`` time to begin at (all publishers together)."""
+    inflight: int = 1
+    """Without a ``rate``: publish calls each publisher keeps in flight (1: one
+    call after another, each awaiting its confirms). Ignored with a ``rate``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +105,11 @@ async def publish_share(
         return PublishReport(
             start, time.perf_counter(), sent, stamps, lag, time.process_time() - cpu
         )
+    if job.inflight > 1:
+        sent = await _publish_overlapped(bus, workload, chunks, job.inflight, stamps)
+        return PublishReport(
+            start, time.perf_counter(), sent, stamps, 0.0, time.process_time() - cpu
+        )
     order, numbers = workload.order, workload.numbers
     sent = 0
     for chunk in chunks:
@@ -104,6 +121,44 @@ async def publish_share(
         await bus.publish(*order[chunk.start : chunk.stop], ancestors=False)
         sent += len(chunk)
     return PublishReport(start, time.perf_counter(), sent, stamps, 0.0, time.process_time() - cpu)
+
+
+async def _publish_overlapped(
+    bus: Bus, workload: Workload, chunks: list[range], inflight: int, stamps: array[float]
+) -> int:
+    """Publish ``chunks`` in order, one call each, with up to ``inflight`` calls
+    in flight: a call is made (and its facts stamped) as soon as fewer than
+    ``inflight`` are awaiting their confirms. Returns once every call returned;
+    the first failed call fails it (the others are cancelled)."""
+    order, numbers = workload.order, workload.numbers
+    in_flight: set[asyncio.Task[Any]] = set()
+    sent = 0
+    try:
+        for chunk in chunks:
+            while len(in_flight) >= inflight:
+                done, in_flight = await asyncio.wait(
+                    in_flight, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    task.result()  # a failed publish fails the phase
+            now = time.perf_counter()
+            for i in chunk:
+                n = numbers[i]
+                if not stamps[n]:
+                    stamps[n] = now
+            in_flight.add(
+                asyncio.create_task(bus.publish(*order[chunk.start : chunk.stop], ancestors=False))
+            )
+            sent += len(chunk)
+        if in_flight:
+            await asyncio.gather(*in_flight)
+            in_flight = set()
+    finally:
+        for task in in_flight:
+            task.cancel()
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+    return sent
 
 
 async def _publish_paced(

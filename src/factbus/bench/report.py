@@ -53,7 +53,8 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
             [
                 ("memory://" if r.scheme == "memory" else r.transport)
                 + (" (memory store)" if r.store.startswith("memory") else "")
-                + (f" (pack {r.pack})" if r.pack > 1 else ""),
+                + (f" (pack {r.pack})" if r.pack > 1 else "")
+                + (f" (in flight {r.publish_inflight})" if r.publish_inflight > 1 else ""),
                 f"{_rate(r.publish_per_s)} ({_ratio(r.publish_ratio)})",
                 _rate(r.facts_per_s),
                 _rate(r.baseline_per_s),

@@ -132,6 +132,10 @@ class BenchResult:
     gc_frozen: bool = False
     """The collector's start-up objects were frozen (``--gc-freeze``, as in
     ``factbus worker``) for the raw client's phase and factbus's alike."""
+    publish_inflight: int = 1
+    """Publish calls each publisher kept in flight in the warm-up, peak and
+    drain backlog (``--publish-inflight``; 1: each call awaited its confirms
+    before the next). The raw producer is unchanged by it."""
     pipeline: dict[str, Any] = field(default_factory=dict)
     """The consuming bus's counters (duplicates, parked, released, steps, ...)."""
     machine: dict[str, Any] = field(default_factory=dict)

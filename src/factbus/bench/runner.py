@@ -104,6 +104,12 @@ class BenchConfig:
     reorder: bool = False
     batch_size: int = 512
     publish_batch: int = 100
+    publish_inflight: int = 1
+    """Publish calls each publisher keeps in flight in the warm-up, the peak and
+    the drain's backlog (``--publish-inflight``; the half-load phase paces its
+    own). 1: each call awaits its confirms before the next, as before. Above 1
+    only for workloads with no causal publish order to keep: ``shape``
+    ``independent`` or ``reorder`` (see :mod:`factbus.bench.publisher`)."""
     warmup: int = 2_000
     pack: int = 1
     """Facts per envelope the publishers pack (``Bus(pack=N)``); 1: one per message."""
@@ -133,6 +139,15 @@ class BenchConfig:
             raise ConfigError("--pack must be at least 1")
         if self.publish_batch < 1 or self.batch_size < 1:
             raise ConfigError("--publish-batch and --batch-size must be at least 1")
+        if self.publish_inflight < 1:
+            raise ConfigError("--publish-inflight must be at least 1")
+        if self.publish_inflight > 1 and self.shape != "independent" and not self.reorder:
+            raise ConfigError(
+                f"--publish-inflight {self.publish_inflight} overlaps publish calls, so a "
+                f"chunk may reach the broker before the chunks holding its predecessors: "
+                f"--shape {self.shape} needs --publish-inflight 1 (or --shape independent, "
+                "or --reorder, whose order is shuffled anyway)"
+            )
         if self.publisher_mode not in ("auto", "task", "process"):
             raise ConfigError("--publisher-mode must be auto, task or process")
         if self.facts < 1:
@@ -307,6 +322,11 @@ class _Run:
             f"({config.shape}, duplicates {config.duplicates:g}, "
             f"{'reordered' if config.reorder else 'causal order'}), "
             f"{config.publishers} publisher {self.publishers.mode}(s)"
+            + (
+                f", {config.publish_inflight} calls in flight each"
+                if config.publish_inflight > 1
+                else ""
+            )
         )
 
         client = ""
@@ -393,6 +413,7 @@ class _Run:
             batch_size=config.batch_size,
             publish_batch=config.publish_batch,
             warmup=config.warmup,
+            publish_inflight=config.publish_inflight,
             publish_per_s=peak.publish_per_s,
             facts_per_s=peak.facts / peak.elapsed,
             messages_per_s=peak.messages_per_s,
@@ -472,7 +493,12 @@ class _Run:
         """
         summary = await self.publishers.prepare(spec)
         self.observer.phase("backlog", summary.messages)
-        job = PublishJob(spec, self.config.publish_batch, start_at=time.perf_counter() + 0.05)
+        job = PublishJob(
+            spec,
+            self.config.publish_batch,
+            start_at=time.perf_counter() + 0.05,
+            inflight=self.config.publish_inflight,
+        )
         async with asyncio.timeout(self.config.timeout):
             reports = await self.publishers.publish(job)
         self.observer.advance("backlog", sum(r.messages for r in reports))
@@ -592,7 +618,11 @@ class _Run:
             if profiler:
                 profiler.start()
             job = PublishJob(
-                spec, self.config.publish_batch, rate=rate, start_at=time.perf_counter() + 0.05
+                spec,
+                self.config.publish_batch,
+                rate=rate,
+                start_at=time.perf_counter() + 0.05,
+                inflight=1 if rate else self.config.publish_inflight,
             )
             publishing = asyncio.create_task(self.publishers.publish(job))
 

@@ -75,6 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--publish-batch", type=int, default=100, help="facts per publish call (default 100)"
     )
     parser.add_argument(
+        "--publish-inflight",
+        type=int,
+        default=1,
+        metavar="K",
+        help="publish calls each publisher keeps in flight at the peak (and warm-up, "
+        "drain backlog); default 1: each call awaits its confirms before the next. "
+        "K > 1 needs --shape independent or --reorder",
+    )
+    parser.add_argument(
         "--pack",
         type=int,
         default=1,
@@ -139,6 +148,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         reorder=args.reorder,
         batch_size=args.batch_size,
         publish_batch=args.publish_batch,
+        publish_inflight=args.publish_inflight,
         pack=args.pack,
         warmup=args.warmup,
         seed=args.seed,
