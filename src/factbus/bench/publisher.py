@@ -136,9 +136,7 @@ async def _publish_overlapped(
     try:
         for chunk in chunks:
             while len(in_flight) >= inflight:
-                done, in_flight = await asyncio.wait(
-                    in_flight, return_when=asyncio.FIRST_COMPLETED
-                )
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()  # a failed publish fails the phase
             now = time.perf_counter()
