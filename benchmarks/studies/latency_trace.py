@@ -103,9 +103,63 @@ class Trace:
         self.arrived = array("d")
         self.step_of = array("l")
         self.handled = array("d")
+        self.taken = array("d")
+        """Kafka: when the consumer thread took the record from librdkafka."""
+        self.taken_by_key: dict[bytes, float] = {}
+        self.cpu_at_begin: dict[str, Any] = {}
+        self.cpu_at_end: dict[str, Any] = {}
+        self.handled_count = 0
+        self.facts = 0
+
+    def cpu_snapshot(self) -> dict[str, Any]:
+        """Machine CPU (``/proc/stat``: busy and total jiffies) and, for this
+        process's threads, time on a CPU and time runnable but waiting for one
+        (``/proc/self/task/*/schedstat``, ns)."""
+        with open("/proc/stat") as f:
+            parts = [float(x) for x in f.readline().split()[1:]]
+        on_cpu = waiting = 0.0
+        threads: dict[str, float] = {}
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/schedstat") as f:
+                    run, wait, _ = f.read().split()
+                with open(f"/proc/self/task/{task}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            on_cpu += float(run)
+            waiting += float(wait)
+            # librdkafka names its threads rdk:<role>; group them per role.
+            key = name.split("/")[0] if name.startswith("rdk:") else name
+            threads[key] = threads.get(key, 0.0) + float(run)
+        broker = 0.0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"kafka.Kafka" not in f.read():
+                        continue
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            broker = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+            break
+        return {
+            "t": now(),
+            "broker_cpu_s": broker,
+            "total": sum(parts),
+            "idle": parts[3] + parts[4],
+            "on_cpu_ns": on_cpu,
+            "waiting_ns": waiting,
+            "threads": threads,
+        }
 
     def begin(self, run: str, facts: int) -> None:
         self.begins.append((now(), run, facts))
+        self.cpu_at_begin = self.cpu_snapshot()
+        self.handled_count = 0
         # What a full collection walks now, and what one costs (measured once per phase).
         start, cpu = now(), time.thread_time()
         gc.collect()
@@ -117,6 +171,8 @@ class Trace:
             self.arrived = array("d", bytes(8 * facts))
             self.handled = array("d", bytes(8 * facts))
             self.step_of = array("l", [-1]) * facts
+            self.taken = array("d", bytes(8 * facts))
+            self.facts = facts
 
     def number(self, body: bytes) -> int:
         """The head fact's ``n`` if it belongs to the traced run, else -1."""
@@ -143,10 +199,14 @@ def _install_consumer_hooks() -> None:
         trace.delivers.add(t, len(items))
         if trace.run:
             arrived = trace.arrived
+            taken_by_key = trace.taken_by_key
             for d in items:
                 n = trace.number(d.body)
                 if n >= 0 and not arrived[n]:
                     arrived[n] = t
+                    message = getattr(d, "_message", None)
+                    if message is not None:
+                        trace.taken[n] = taken_by_key.pop(message.key(), 0.0)
         deliver(self, items)
 
     buffered.BufferedSubscription._deliver = traced_deliver  # type: ignore[method-assign]
@@ -229,6 +289,9 @@ def _install_consumer_hooks() -> None:
             n = fields["n"]
             if not trace.handled[n]:
                 trace.handled[n] = now()
+                trace.handled_count += 1
+                if trace.handled_count == trace.facts:
+                    trace.cpu_at_end = trace.cpu_snapshot()
 
     bench_runner.Recorder.__call__ = traced_call  # type: ignore[method-assign]
 
@@ -264,7 +327,12 @@ def _install_consumer_hooks() -> None:
 
         def traced_call_threadsafe(self: Any, callback: Callable[..., None], *args: Any) -> None:
             if args and isinstance(args[0], list):
-                trace.thread.add(now(), len(args[0]))
+                t = now()
+                trace.thread.add(t, len(args[0]))
+                if trace.run:
+                    taken_by_key = trace.taken_by_key
+                    for message in args[0]:
+                        taken_by_key[message.key()] = t
             call(self, callback, *args)
 
         kafka_subscription.KafkaSubscription._call = traced_call_threadsafe  # type: ignore[method-assign]
@@ -320,6 +388,7 @@ def traced_child_main(*args: Any) -> None:
     transport call began and when it returned (every confirm in)."""
     trace_dir = Path(os.environ["FACTBUS_TRACE_DIR"])
     calls = Rows(4)  # n, entered, sent, confirmed
+    reports = Rows(2)  # n, when its delivery report came (Kafka)
     from factbus.bus import Bus
 
     publish = Bus.publish
@@ -350,17 +419,41 @@ def traced_child_main(*args: Any) -> None:
 
     Bus.publish = traced_publish  # type: ignore[method-assign]
 
+    try:
+        from factbus_kafka import transport as kafka_transport
+    except ImportError:  # pragma: no cover
+        kafka_transport = None
+    if kafka_transport is not None:
+        report = kafka_transport._Confirmations.report
+
+        def traced_report(self: Any, error: Any, message: Any) -> None:
+            key = message.key()
+            n = number.get(key.decode()) if key else None
+            if n is not None:
+                reports.add(n, now())
+            report(self, error, message)
+
+        kafka_transport._Confirmations.report = traced_report  # type: ignore[method-assign]
+
     share = bench_publisher.publish_share
 
     async def traced_share(
         bus: Any, workload: Any, job: Any, publisher: int, publishers: int
     ) -> Any:
         del calls.data[:]
+        del reports.data[:]
         report = await share(bus, workload, job, publisher, publishers)
         if job.rate:
             path = trace_dir / f"publisher-{os.getpid()}-{time.time_ns()}.pickle"
             path.write_bytes(
-                pickle.dumps({"calls": calls.data.tobytes(), "stamps": report.stamps.tobytes()})
+                pickle.dumps(
+                    {
+                        "calls": calls.data.tobytes(),
+                        "stamps": report.stamps.tobytes(),
+                        "reports": reports.data.tobytes(),
+                        "cores": report.cpu_s / max(report.end - report.start, 1e-9),
+                    }
+                )
             )
         return report
 
@@ -403,6 +496,11 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
     confirmed = array("d", bytes(8 * facts))
     for n, enter, send, confirm in calls:
         entered[int(n)], sent[int(n)], confirmed[int(n)] = enter, send, confirm
+    reported = array("d", bytes(8 * facts))
+    report_rows = Rows(2)
+    report_rows.data.frombytes(pub.get("reports", b""))
+    for n, t in report_rows:
+        reported[int(n)] = t
     steps = list(trace.steps)
     ms = 1e3
     rows = []
@@ -420,6 +518,11 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
                 "call_to_send": (sent[n] - entered[n]) * ms if sent[n] else None,
                 "confirm": (confirmed[n] - stamps[n]) * ms if confirmed[n] else None,
                 "send_to_arrival": (arrived - sent[n]) * ms if sent[n] else None,
+                "send_to_report": (reported[n] - sent[n]) * ms if sent[n] and reported[n] else None,
+                "send_to_taken": (trace.taken[n] - sent[n]) * ms
+                if sent[n] and trace.taken[n]
+                else None,
+                "taken_to_arrival": (arrived - trace.taken[n]) * ms if trace.taken[n] else None,
                 "publish_to_arrival": (arrived - stamps[n]) * ms,
                 "arrival_to_step": (s[0] - arrived) * ms,
                 "step_to_handled": (trace.handled[n] - s[0]) * ms,
@@ -443,6 +546,9 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
         "stamp_to_call",
         "call_to_send",
         "send_to_arrival",
+        "send_to_report",
+        "send_to_taken",
+        "taken_to_arrival",
         "confirm",
         "publish_to_arrival",
         "arrival_to_step",
@@ -452,6 +558,23 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
         "step_size",
     )
     phase_steps = within(trace.steps)
+    # Loop-thread CPU per step against its size: a least-squares line (fixed ms
+    # per step, µs per delivery), and the share of a core the fixed part took.
+    sizes = [e[2] for e in phase_steps]
+    cpus = [e[7] * ms for e in phase_steps]
+    step_fit: dict[str, float] = {}
+    if len(sizes) > 2:
+        mean_x, mean_y = sum(sizes) / len(sizes), sum(cpus) / len(cpus)
+        var = sum((x - mean_x) ** 2 for x in sizes)
+        if var:
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(sizes, cpus, strict=True)) / var
+            fixed = mean_y - slope * mean_x
+            step_fit = {
+                "fixed_ms_per_step": round(fixed, 3),
+                "us_per_delivery": round(slope * 1e3, 2),
+                "steps_per_s": round(len(sizes) / max(end - phase_start, 1e-9), 1),
+                "loop_cpu_ms": round(sum(cpus), 1),
+            }
     arrivals = sorted(t for t in trace.arrived if t)
     gaps = sorted((((b - a) * ms, a) for a, b in itertools.pairwise(arrivals)), reverse=True)
     stamp_times = sorted(s for s in stamps if s)
@@ -469,6 +592,7 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
         "mostly_in_consumer": sum(1 for r in tail if r["publish_to_arrival"] <= r["consumer"]),
         "publish_to_arrival_ms": _summary([r["publish_to_arrival"] for r in tail]),
         "consumer_ms": _summary([r["consumer"] for r in tail]),
+        "segments_ms": {k: _summary([r[k] for r in tail if r[k] is not None]) for k in keys},
     }
     buckets: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
@@ -485,7 +609,28 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
         for k, v in sorted(buckets.items())
     ]
     gcs = within(trace.gcs)
+    a, b = trace.cpu_at_begin, trace.cpu_at_end
+    cpu: dict[str, Any] = {}
+    if a and b:
+        seconds = b["t"] - a["t"]
+        total = b["total"] - a["total"]
+        cpu = {
+            "seconds": round(seconds, 3),
+            "machine_busy": round(1 - (b["idle"] - a["idle"]) / total, 3) if total else None,
+            "broker_cores": round((b["broker_cpu_s"] - a["broker_cpu_s"]) / seconds, 3),
+            "consumer_cores": round((b["on_cpu_ns"] - a["on_cpu_ns"]) / 1e9 / seconds, 3),
+            "consumer_threads_cores": {
+                name: round((ns - a["threads"].get(name, 0.0)) / 1e9 / seconds, 3)
+                for name, ns in sorted(b["threads"].items())
+                if ns - a["threads"].get(name, 0.0) > 1e6
+            },
+            "consumer_runnable_waiting_cores": round(
+                (b["waiting_ns"] - a["waiting_ns"]) / 1e9 / seconds, 3
+            ),
+        }
+    cpu["publisher_cores"] = round(pub.get("cores", 0.0), 3)
     report = {
+        "cpu": cpu,
         "facts": facts,
         "traced": len(rows),
         "segments_ms": {k: _summary([r[k] for r in rows if r[k] is not None]) for k in keys},
@@ -503,6 +648,7 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
             "steps": len(phase_steps),
             "step_ms": _summary([(e[1] - e[0]) * ms for e in phase_steps]),
             "step_size": _summary([e[2] for e in phase_steps]),
+            "step_cpu_fit": step_fit,
             "gc_gen1_2_ms": sorted(
                 ((round((g[1] - g[0]) * ms, 1), int(g[2])) for g in gcs if g[2] >= 1),
                 reverse=True,
