@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -384,16 +387,18 @@ class Bus(AsyncLifecycle):
             HEADER_PRODUCER: self.settings.node_name,
             HEADER_PUBLISHED_AT: f"{time.time():.6f}",
         }
-        refs = [fact.ref for fact in facts]
+        refs = list(map(_REF, facts))
         shipped: set[FactRef] = set(refs)
-        if ancestors and any(fact.ancestors_given for fact in facts):
+        if ancestors and any(map(_ANCESTORS_GIVEN, facts)):
             messages = self._messages(await self._chains(facts, shipped), headers)
         elif self.settings.pack <= 1:
-            # Lone facts, one envelope each: no chains to build or pack.
-            messages = [
-                Message(encode_one(fact), ref[1], ref[1], headers)
-                for fact, ref in zip(facts, refs, strict=True)
-            ]
+            # Lone facts, one envelope each: no chains to build or pack. Built with
+            # C-level map/zip (no Python frame per message): ~0.1 µs a message less
+            # than a comprehension calling Message() (PROFILE.md §14).
+            ids = list(map(_HASH, refs))
+            messages = list(
+                map(_new_message, zip(map(encode_one, facts), ids, ids, repeat(headers)))
+            )
         else:
             messages = self._messages([[fact] for fact in facts], headers)
         if self._tracing is not None:
@@ -578,6 +583,16 @@ def _ancestors(fact: Fact) -> list[Fact]:
         seen[current.ref] = current
         stack.extend(current.ancestors_given)
     return list(seen.values())
+
+
+_REF = attrgetter("ref")
+_ANCESTORS_GIVEN = attrgetter("ancestors_given")
+_HASH = itemgetter(1)
+_new_message: Callable[[tuple[bytes, str, str, Mapping[str, str]]], Message] = partial(
+    tuple.__new__, Message
+)
+"""``Message(body, message_id, key, headers)`` from one tuple, in C (``Message``
+is a named tuple: ``tuple.__new__`` is what its own constructor calls)."""
 
 
 ENVELOPE_OVERHEAD = len(b'{"v":1,"facts":[]}')

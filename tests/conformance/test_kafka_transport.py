@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import broker_url
 from factbus.errors import ConfigError, PublishError, TransportError
@@ -275,6 +276,80 @@ class TestKafkaTransport(TransportConformance):
         transport = await ctx.transport()
         with pytest.raises(PublishError):
             await transport.publish(ctx.name("t"), [Message(b"x" * 2_000_000, "big")])
+
+    async def test_a_message_the_broker_refuses_fails_its_own_call_only(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """A record larger than the topic's ``max.message.bytes`` passes librdkafka's
+        own check and is refused by the broker in its delivery report: the call
+        that carried it raises PublishError naming the count, the message's key
+        and the broker's reason; a call in flight at the same time (another
+        partition) returns normally, and the producer goes on working."""
+        topic = ctx.name("t")
+        admin = AdminClient({"bootstrap.servers": kafka_url("").split("://", 1)[1]})
+        created = admin.create_topics(
+            [NewTopic(topic, num_partitions=6, config={"max.message.bytes": "4000"})]
+        )
+        await asyncio.wrap_future(created[topic])
+        transport = await ctx.transport()
+        refused = [
+            Message(b"a-0", "a-0", None, {}),
+            Message(b"x" * 20_000, "too-big", "too-big", {"x-call": "a"}),
+            Message(b"a-1", "a-1", None, {}),
+        ]
+        fine = messages(5, prefix="b")
+        outcomes = await asyncio.gather(
+            transport.publish(topic, refused),
+            transport.publish(topic, fine),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], PublishError)
+        assert "of 3 message(s)" in str(outcomes[0])
+        assert "'too-big'" in str(outcomes[0])
+        assert "too large" in str(outcomes[0]).lower()
+        assert outcomes[1] is None
+        await transport.publish(topic, messages(3, prefix="c"))  # still working
+
+    async def test_concurrent_calls_return_once_their_own_messages_are_in_the_log(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """Calls of different sizes in flight together: when each returns, the log
+        holds at least the messages of every call returned so far (a call settled
+        on another call's reports would break this)."""
+        topic = ctx.name("t")
+        transport = await ctx.transport()
+        await transport.publish(topic, messages(1, prefix="warm"))
+        reader = Consumer(
+            {"bootstrap.servers": kafka_url("").split("://", 1)[1], "group.id": ctx.name("g")}
+        )
+
+        def records() -> int:
+            metadata = reader.list_topics(topic, timeout=10)
+            total = 0
+            for number in metadata.topics[topic].partitions:
+                low, high = reader.get_watermark_offsets(TopicPartition(topic, number), timeout=10)
+                total += high - low
+            return total
+
+        returned = 1  # the warm-up message
+        checks: list[tuple[int, int]] = []
+
+        async def call(size: int, index: int) -> None:
+            nonlocal returned
+            await transport.publish(topic, messages(size, prefix=f"c{index}"))
+            returned += size
+            expected = returned
+            checks.append((expected, await asyncio.to_thread(records)))
+
+        try:
+            sizes = [1, 500, 3, 2000, 1, 50, 1000, 2, 7, 300]
+            await asyncio.gather(*(call(size, i) for i, size in enumerate(sizes)))
+        finally:
+            await asyncio.to_thread(reader.close)
+        assert len(checks) == len(sizes)
+        for expected, found in checks:
+            assert found >= expected
+        assert checks[-1][1] == 1 + sum(sizes)
 
     async def test_close_releases_the_librdkafka_clients(self, ctx: ConformanceContext) -> None:
         def os_threads() -> int:
