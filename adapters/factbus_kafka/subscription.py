@@ -8,7 +8,12 @@ to ``poll_interval`` for one message, then takes what librdkafka has queued,
 up to ``fetch_batch``; never waits for a full batch), serves rebalance
 callbacks, stores acknowledged offsets, seeks for nacks, holds back when the
 buffer is full and finally commits and closes. Batches reach the event loop with one
-``call_soon_threadsafe`` each; ``next_batch`` hands out what is buffered.
+``call_soon_threadsafe`` each and are buffered as librdkafka's records;
+``next_batch`` hands them out, making each record's :class:`KafkaDelivery` then,
+so that a delivery lives for one pipeline step, not also while it waits in the
+buffer (a delivery and its record waiting among thousands were both promoted to
+the collector's oldest generation and made its full collections come twice as
+often: benchmarks/studies/PROFILE.md §14).
 
 Back-pressure: the subscription holds at most ``max_buffered`` received
 deliveries (in its buffer or on their way to it). When full, the thread stops
@@ -42,7 +47,7 @@ import asyncio
 import collections
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -90,37 +95,54 @@ class KafkaDelivery(SettleOnce):
 
     ``body`` is read from the record when it arrives (every delivery's body is
     read once, by the pipeline); headers are decoded on first access.
+
+    One of these is made per received record, on the event loop, so it is kept
+    small: five slots are written when it is made; ``_state`` alone says
+    whether it was settled (SettleOnce's ``_settled`` is not used), and
+    ``_headers``/``_redelivered`` stay unset until needed (read through
+    properties that fall back to their defaults).
     """
 
     __slots__ = ("_headers", "_message", "_partition", "_redelivered", "_state", "body", "offset")
 
+    _headers: dict[str, str]
+    _redelivered: bool
+
     def __init__(self, message: Message, partition: _Partition, offset: int) -> None:
-        # SettleOnce.__init__ inlined: one of these per received record.
-        self._settled = False
         self._message = message
         self._partition = partition
         self._state = _PENDING
-        self._redelivered = False
-        self._headers: dict[str, str] | None = None
         self.body: bytes = message.value() or b""
         self.offset = offset
 
     @property
     def headers(self) -> Mapping[str, str]:
-        headers = self._headers
-        if headers is None:
+        try:
+            return self._headers
+        except AttributeError:
             headers = self._headers = decode_headers(self._message.headers())
-        return headers
+            return headers
 
     @property
     def redelivered(self) -> bool:
         """True only for a record delivered again after ``nack(requeue=True)`` in this
         subscription (Kafka keeps no delivery count)."""
-        return self._redelivered
+        try:
+            return self._redelivered
+        except AttributeError:
+            return False
 
     @property
     def partition(self) -> int:
         return self._partition.number
+
+    def _settle_once(self) -> None:
+        """Refuse a second ``ack``/``nack`` (``_state`` says it: see the class docstring).
+
+        :raises TransportError: it was acked or nacked before.
+        """
+        if self._state != _PENDING:
+            raise TransportError("delivery already acked or nacked")
 
     async def ack(self) -> None:
         self._partition.owner._settle(self, _ACKED)
@@ -143,13 +165,16 @@ class KafkaDelivery(SettleOnce):
             in ``deliveries`` are acked, it and those after it are not).
         """
         touched: dict[_Partition, None] = {}
+        last: _Partition | None = None
         try:
             for delivery in deliveries:
-                if delivery._settled:
+                if delivery._state != _PENDING:
                     raise TransportError("delivery already acked or nacked")
-                delivery._settled = True
                 delivery._state = _ACKED
-                touched[delivery._partition] = None
+                partition = delivery._partition
+                if partition is not last:  # records come in runs per partition
+                    touched[partition] = None
+                    last = partition
         finally:
             for partition in touched:
                 partition.owner._advance(partition)
@@ -161,9 +186,21 @@ class KafkaDelivery(SettleOnce):
         self._message = message
         self.body = message.value() or b""
         self._state = _PENDING
-        self._settled = False
         self._redelivered = True
-        self._headers = None
+        with contextlib.suppress(AttributeError):
+            del self._headers
+
+
+_Buffered = Message | KafkaDelivery
+"""What the buffer holds: records as received, and deliveries redelivered after a
+nack (already made; see :meth:`KafkaSubscription._take`)."""
+
+
+def _number(item: _Buffered) -> int:
+    """The partition of a buffered item."""
+    if isinstance(item, KafkaDelivery):
+        return item._partition.number
+    return item.partition() or 0
 
 
 class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
@@ -261,7 +298,8 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
     # -- acknowledgement (event loop) ----------------------------------------------
 
     def _settle(self, delivery: KafkaDelivery, state: int) -> None:
-        delivery._settle_once()
+        if delivery._state != _PENDING:
+            raise TransportError("delivery already acked or nacked")
         delivery._state = state
         partition = delivery._partition
         if state == _NACKED:
@@ -293,39 +331,49 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
     # -- events from the thread (event loop) ---------------------------------------
 
     def _receive(self, messages: list[Message]) -> None:
-        """One batch from the thread (one ``call_soon_threadsafe`` per batch)."""
+        """One batch from the thread (one ``call_soon_threadsafe`` per batch).
+
+        The records are buffered as they came; their :class:`KafkaDelivery`
+        objects are made when :meth:`_take` hands them out (see there). Per
+        record only its error, partition and offset are read here; the
+        partition's state is looked up once per run of records of one
+        partition (librdkafka hands them over in runs).
+        """
         self._arrived += len(messages)
         if self._closed:
             return
         partitions = self._partitions
-        buffer: list[KafkaDelivery] = []
-        append = buffer.append
+        buffer = self._records()
         partition: _Partition | None = None
         number = -1
+        next_offset = -1
         for message in messages:
-            error = message.error()
-            if error is not None:
-                self._on_message_error(error)
+            if message.error() is not None:
+                self._on_message_error(message.error())  # type: ignore[arg-type]
                 continue
-            at = message.partition() or 0
-            if at != number or partition is None:  # records come in runs per partition
+            at: int = message.partition()  # type: ignore[assignment]
+            if at != number or partition is None:  # a new run
+                if partition is not None:
+                    partition.next_offset = next_offset
                 number = at
                 partition = partitions.get(number)
                 if partition is None:  # not announced by on_assign: track it anyway
                     partition = partitions[number] = _Partition(number, self)
-            offset = message.offset() or 0
-            if offset < partition.next_offset:
+                next_offset = partition.next_offset
+            offset: int = message.offset()  # type: ignore[assignment]
+            if offset < next_offset:
                 # Re-read after a seek: deliver again only what was nacked.
                 again = partition.nacked.pop(offset, None)
                 if again is not None:
                     again._again(message)
-                    append(again)
+                    buffer.append(again)
                 continue
-            delivery = KafkaDelivery(message, partition, offset)
-            partition.unsettled.append(delivery)
-            partition.next_offset = offset + 1
-            append(delivery)
-        self._deliver(buffer)
+            buffer.append(message)
+            next_offset = offset + 1
+        if partition is not None:
+            partition.next_offset = next_offset
+        if buffer:
+            self._readable.set()
 
     def _assigned(self, numbers: list[int]) -> None:
         for number in numbers:
@@ -341,8 +389,42 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         yet taken in by the event loop (read from either side)."""
         return self._handed - self._arrived + len(self._buffer)
 
+    def _records(self) -> collections.deque[_Buffered]:
+        """The buffer, as what it holds (records, and redelivered deliveries)."""
+        return cast("collections.deque[_Buffered]", self._buffer)
+
     def _take(self, count: int) -> list[KafkaDelivery]:
-        batch = super()._take(count)
+        """Hand out ``count`` buffered records as deliveries, made now: a delivery
+        lives from here to its ack (one step), not also while it waits in the
+        buffer, so few of them outlive the collector's young generations (a
+        delivery and its record waiting in a buffer of thousands were each
+        promoted to the oldest generation, and made its full collections come
+        more often). Each joins its partition's ``unsettled`` here: records of
+        one partition leave the buffer in offset order, so the watermark never
+        passes one still buffered (it has a higher offset than any taken)."""
+        popleft = self._records().popleft
+        partitions = self._partitions
+        batch: list[KafkaDelivery] = []
+        append = batch.append
+        new = KafkaDelivery
+        partition: _Partition | None = None
+        hold = collections.deque[KafkaDelivery]().append  # the run's partition's, below
+        number = -1
+        for _ in range(count):
+            item = popleft()
+            if isinstance(item, KafkaDelivery):  # redelivered: already in unsettled
+                append(item)
+                continue
+            at: int = item.partition()  # type: ignore[assignment]
+            if at != number or partition is None:
+                number = at
+                partition = partitions.get(number)
+                if partition is None:  # revoked meanwhile (withdrawn: never here)
+                    continue
+                hold = partition.unsettled.append
+            delivery = new(item, partition, item.offset())  # type: ignore[arg-type]
+            hold(delivery)
+            append(delivery)
         if self._occupancy() <= self._low:
             self._room.set()  # the thread may be waiting for room
         return batch
@@ -355,7 +437,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
                 partition.alive = False
                 gone.add(number)
         if gone:
-            self._withdraw(lambda d: d._partition.number not in gone)
+            self._withdraw(lambda item: _number(item) not in gone)
             if self._occupancy() <= self._low:
                 self._room.set()
 

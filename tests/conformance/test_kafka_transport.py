@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from factbus.testing.conformance import (
 from factbus.transport import Message, ack_all, open_transport
 from factbus.urls import redact
 from factbus_kafka import HEADER_MESSAGE_ID, KafkaConfig, KafkaTransport
-from factbus_kafka.subscription import KafkaSubscription
+from factbus_kafka.subscription import KafkaDelivery, KafkaSubscription
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
 
@@ -134,6 +135,40 @@ class TestKafkaTransport(TransportConformance):
         reopened = await (await ctx.transport()).subscribe(topic, group)
         again = await collect(reopened, 4, ctx.timeout)
         assert bodies(again)[0] == b"m-1"
+
+    async def test_deliveries_are_made_when_taken_and_the_commit_stops_at_the_untaken(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """Received records wait in the buffer as they came; a delivery is made
+        for each when ``next_batch`` hands it out (so it lives one pipeline step,
+        not also while buffered). Acking the taken ones commits past them only:
+        the records still buffered come again after a close."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        assert isinstance(subscription, KafkaSubscription)
+
+        def made() -> list[KafkaDelivery]:
+            return [
+                o
+                for o in gc.get_objects()
+                if isinstance(o, KafkaDelivery) and o._partition.owner is subscription
+            ]
+
+        await transport.publish(topic, messages(10))  # key-less: one partition, in order
+        async with asyncio.timeout(ctx.timeout):
+            while len(subscription._buffer) < 10:  # noqa: ASYNC110 - the thread fills it
+                await asyncio.sleep(0.02)
+        assert made() == []
+        first = await subscription.next_batch(4)
+        assert bodies(first) == [f"m-{i}".encode() for i in range(4)]
+        assert sorted(made(), key=lambda d: d.offset) == sorted(first, key=lambda d: d.offset)
+        await ack_all(first)
+        await subscription.aclose()
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        again = await collect(reopened, 6, ctx.timeout)
+        assert bodies(again) == [f"m-{i}".encode() for i in range(4, 10)]
+        assert await settle_quietly(reopened, 1.0) == []
 
     async def test_message_id_travels_in_a_header(self, ctx: ConformanceContext) -> None:
         topic, group = ctx.name("t"), ctx.name("g")
