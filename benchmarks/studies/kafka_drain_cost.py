@@ -53,7 +53,7 @@ import time
 import uuid
 from typing import Any
 
-from factbus import Bus
+from factbus import Bus, pipeline
 from factbus.bench.runner import FACT_TYPES
 from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.fact import Fact
@@ -110,6 +110,7 @@ class _Counters:
     def __init__(self) -> None:
         self.handoffs = 0
         self.handoff_cpu = 0.0
+        self.step_cpu = 0.0
         self.collections: collections.Counter[int] = collections.Counter()
         self.gc_cpu: dict[int, float] = dict.fromkeys(range(3), 0.0)
         self._started = 0.0
@@ -127,6 +128,16 @@ COUNTERS = _Counters()
 
 def _install() -> None:
     gc.callbacks.append(COUNTERS.on_gc)
+    step = pipeline.Pipeline.step
+
+    async def timed_step(self: pipeline.Pipeline, deliveries: Any) -> None:
+        started = time.thread_time()
+        try:
+            await step(self, deliveries)
+        finally:
+            COUNTERS.step_cpu += time.thread_time() - started
+
+    pipeline.Pipeline.step = timed_step  # type: ignore[method-assign]
     try:
         from factbus_kafka import subscription
     except ImportError:
@@ -189,6 +200,7 @@ async def drain_once(
             await asyncio.sleep(0.5)  # py-spy attaches
         handoffs, gcs = COUNTERS.handoffs, COUNTERS.collections.copy()
         handoff_cpu, gc_cpu = COUNTERS.handoff_cpu, COUNTERS.gc_cpu.copy()
+        step_cpu = COUNTERS.step_cpu
         threads, cpu0, start = _threads(), time.process_time(), time.perf_counter()
         await asyncio.wait_for(done.wait(), 300)
         end, cpu1, threads1 = time.perf_counter(), time.process_time(), _threads()
@@ -215,6 +227,7 @@ async def drain_once(
         "steps": steps,
         "handoffs": COUNTERS.handoffs - handoffs,
         "handoff_us_per_msg": (COUNTERS.handoff_cpu - handoff_cpu) * per,
+        "step_us_per_msg": (COUNTERS.step_cpu - step_cpu) * per,
         "gc_us_per_msg": [(COUNTERS.gc_cpu[g] - gc_cpu[g]) * per for g in range(3)],
         "collections": collections_,
         "load": os.getloadavg(),
@@ -226,7 +239,8 @@ def _line(r: dict[str, Any]) -> str:
     return (
         f"{r['transport']:7s} {r['store']:7s} {r['msgs_per_s']:9,.0f} msgs/s  "
         f"CPU µs/msg {r['cpu_us_per_msg']:5.2f} = loop {t['loop']:5.2f} rdk {t['rdk']:4.2f} "
-        f"kafka {t['kafka']:4.2f} other {t['other']:4.2f}; loop waits for a CPU "
+        f"kafka {t['kafka']:4.2f} other {t['other']:4.2f} (steps {r['step_us_per_msg']:.2f}); "
+        "loop waits for a CPU "
         f"{r['loop_wait_share']:.0%}; steps {r['steps']} (mean "
         f"{r['messages'] / max(r['steps'], 1):.0f}), hand-offs {r['handoffs']} "
         f"({r['handoff_us_per_msg']:.2f} µs/msg), gc {r['collections'][0]}/"

@@ -40,6 +40,9 @@ class Probe:
         self.phase = ""
         self.steps: list[tuple[str, int, float]] = []
         self.receive_cpu = 0.0
+        self.receives = 0
+        """Hand-offs (``_receive`` calls) in the peak's window."""
+        self.receive_records = 0
         self.gc_cpu: collections.Counter[int] = collections.Counter()
         self.gc_count: collections.Counter[int] = collections.Counter()
         self._gc_start = 0.0
@@ -86,6 +89,9 @@ def install() -> None:
         started = time.thread_time()
         receive(self, messages)
         probe.receive_cpu += time.thread_time() - started
+        if probe.phase == "peak" and "first" in probe.window:
+            probe.receives += 1
+            probe.receive_records += len(messages)
 
     pipeline.Pipeline.step = timed_step  # type: ignore[method-assign]
     kafka_subscription.KafkaSubscription._receive = timed_receive  # type: ignore[method-assign]
@@ -136,6 +142,10 @@ def report(probe: Probe, messages: int) -> None:
         f"(steps {in_steps * per:.2f}, hand-offs {(b[2] - a[2]) * per:.2f}), "
         f"process {(b[1] - a[1]) * per:.2f}; collections "
         + ", ".join(f"gen{g} {v * per:.2f}" for g, v in sorted(gc_window.items()))
+    )
+    print(
+        f"  hand-offs from the first step on: {probe.receives} "
+        f"({probe.receive_records / max(probe.receives, 1):.1f} records each)"
     )
 
 
