@@ -343,7 +343,8 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         if self._closed:
             return
         partitions = self._partitions
-        buffer = self._records()
+        fresh: list[_Buffered] = []
+        append = fresh.append
         partition: _Partition | None = None
         number = -1
         next_offset = -1
@@ -366,14 +367,13 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
                 again = partition.nacked.pop(offset, None)
                 if again is not None:
                     again._again(message)
-                    buffer.append(again)
+                    append(again)
                 continue
-            buffer.append(message)
+            append(message)
             next_offset = offset + 1
         if partition is not None:
             partition.next_offset = next_offset
-        if buffer:
-            self._readable.set()
+        self._deliver(cast("list[KafkaDelivery]", fresh))  # records: see _take
 
     def _assigned(self, numbers: list[int]) -> None:
         for number in numbers:

@@ -201,12 +201,14 @@ def _install_consumer_hooks() -> None:
             arrived = trace.arrived
             taken_by_key = trace.taken_by_key
             for d in items:
-                n = trace.number(d.body)
+                # Kafka buffers librdkafka's records as they came (its
+                # deliveries are made when taken); other adapters, deliveries.
+                record = d if not hasattr(d, "body") else getattr(d, "_message", None)
+                n = trace.number(d.body if record is not d else d.value())
                 if n >= 0 and not arrived[n]:
                     arrived[n] = t
-                    message = getattr(d, "_message", None)
-                    if message is not None:
-                        trace.taken[n] = taken_by_key.pop(message.key(), 0.0)
+                    if record is not None:
+                        trace.taken[n] = taken_by_key.pop(record.key(), 0.0)
         deliver(self, items)
 
     buffered.BufferedSubscription._deliver = traced_deliver  # type: ignore[method-assign]
