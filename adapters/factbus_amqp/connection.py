@@ -221,6 +221,16 @@ class RecoveringConnection:
 
     # -- topology -------------------------------------------------------------------
 
+    async def declare(self, live: Live, what: tuple[str, str]) -> None:
+        """Declare ``("exchange", topic)`` (:meth:`declare_topic`) or
+        ``("dead-letter", topic)`` (:meth:`declare_dead_letter`): the keys of
+        ``Live.declared``, so a caller skips the call when the key is there."""
+        kind, topic = what
+        if kind == "dead-letter":
+            await self.declare_dead_letter(live, topic)
+        else:
+            await self.declare_topic(live, topic)
+
     async def declare_topic(self, live: Live, topic: str) -> None:
         """Declare ``topic``'s exchange once per connection, and restore it after."""
         if ("exchange", topic) in live.declared:
