@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -832,7 +833,86 @@ def _routing_key(key: str | None) -> str:
 
 def _properties(message_id: str, headers: Mapping[str, str]) -> spec.Basic.Properties:
     table: FieldTable | None = {**headers} if headers else None
-    return spec.Basic.Properties(message_id=message_id, delivery_mode=PERSISTENT, headers=table)
+    return MessageProperties(message_id=message_id, delivery_mode=PERSISTENT, headers=table)
+
+
+_FLAGS = struct.Struct(">H")
+_SIZE = struct.Struct(">I")
+
+
+class MessageProperties(spec.Basic.Properties):
+    """The properties of a message ``publish`` sends (text headers, delivery
+    mode, message id), marshalled in one pass.
+
+    pamqp's generic ``Basic.Properties.marshal`` looks up each of the 14
+    properties' types and encodes the header table value by value: ~20 µs of
+    the publisher's CPU per message, at one message per call a tenth of a
+    call's cost. This writes the same bytes (tests/unit/test_amqp_properties.py
+    compares them with pamqp's) for the properties above, and leaves
+    everything else to pamqp: another property set, a header value that is not
+    text, a header name longer than 128 bytes (pamqp truncates it with a
+    warning) or a message id longer than 255 bytes (pamqp refuses it).
+    """
+
+    def marshal(self) -> bytes:
+        fast = self._marshal_fast()
+        return fast if fast is not None else super().marshal()
+
+    def _marshal_fast(self) -> bytes | None:
+        if any(
+            value is not None and value != ""
+            for value in (
+                self.content_type,
+                self.content_encoding,
+                self.priority,
+                self.correlation_id,
+                self.reply_to,
+                self.expiration,
+                self.timestamp,
+                self.message_type,
+                self.user_id,
+                self.app_id,
+                self.cluster_id,
+            )
+        ):
+            return None
+        flags = 0
+        parts: list[bytes] = []
+        # typed, but set by callers: checked as what they may be
+        headers: object = self.headers
+        if headers is not None and headers != "":
+            if not isinstance(headers, dict):
+                return None
+            flags |= 0x2000
+            items: list[bytes] = []
+            for key, value in sorted(headers.items()):
+                if not isinstance(key, str) or not isinstance(value, str):
+                    return None
+                name = key.encode()
+                if len(name) > 128:
+                    return None
+                text = value.encode()
+                items.append(b"%c%bS%b%b" % (len(name), name, _SIZE.pack(len(text)), text))
+            table = b"".join(items)
+            parts.append(_SIZE.pack(len(table)))
+            parts.append(table)
+        mode: object = self.delivery_mode
+        if mode is not None:
+            if not isinstance(mode, int) or not 0 <= mode <= 255:
+                return None
+            flags |= 0x1000
+            parts.append(bytes((mode,)))
+        message_id: object = self.message_id
+        if message_id is not None and message_id != "":
+            if not isinstance(message_id, str):
+                return None
+            raw = message_id.encode()
+            if len(raw) > 255:
+                return None
+            flags |= 0x0080
+            parts.append(bytes((len(raw),)))
+            parts.append(raw)
+        return _FLAGS.pack(flags) + b"".join(parts)
 
 
 def _dead_letter(message: aiormq.abc.DeliveredMessage) -> DeadLetter:
