@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import time
@@ -50,6 +51,16 @@ async def _poll_task(bus: Bus) -> None:
         await asyncio.sleep(0.001)
 
 
+async def _delete(url: str, topic: str) -> None:
+    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+
+    from factbus_kafka.config import KafkaConfig
+
+    admin = AdminClient(KafkaConfig.from_url(url.split("?")[0]).admin())
+    for future in admin.delete_topics([topic]).values():
+        await asyncio.to_thread(future.result, 30)
+
+
 async def one(
     url: str, rate: float, facts: int, seed: int, profile: str, loop_poll: bool = False
 ) -> dict[str, object]:
@@ -66,9 +77,21 @@ async def one(
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
+    collections: list[float] = []
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                collections.append((time.perf_counter() - started[0]) * 1e3)
+
+    gc.callbacks.append(on_gc)
     thread_cpu = time.thread_time()
     report = await publish_share(bus, workload, job, 0, 1)
     thread_cpu = time.thread_time() - thread_cpu
+    gc.callbacks.remove(on_gc)
     if profiler:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -82,6 +105,8 @@ async def one(
         "cores": round(report.cpu_s / seconds, 3),
         "loop_thread_cores": round(thread_cpu / seconds, 3),
         "lag_p99_ms": report.lag_p99_ms,
+        "tracked_objects": len(gc.get_objects()),
+        "gen2_collections_ms": [round(ms, 1) for ms in collections],
         "load_avg": os.getloadavg(),
     }
 

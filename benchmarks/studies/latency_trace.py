@@ -368,6 +368,18 @@ def _commit_on_loop() -> None:
     sqlite_module.SqliteStore._in_writer = in_place  # type: ignore[method-assign]
 
 
+def _fixed_half_rate(rate: float) -> None:
+    """The half-load phase paced at ``rate`` msgs/s, whatever the peak was."""
+    phase = bench_runner._Run._phase
+
+    async def fixed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("rate"):
+            kwargs["rate"] = rate
+        return await phase(self, *args, **kwargs)
+
+    bench_runner._Run._phase = fixed  # type: ignore[method-assign]
+
+
 async def _ticker(stop: asyncio.Event) -> None:
     """How late a 1 ms sleep wakes: the spans the event loop was held."""
     ticks = TRACE.ticks
@@ -391,6 +403,16 @@ def traced_child_main(*args: Any) -> None:
     trace_dir = Path(os.environ["FACTBUS_TRACE_DIR"])
     calls = Rows(4)  # n, entered, sent, confirmed
     reports = Rows(2)  # n, when its delivery report came (Kafka)
+    collections = Rows(3)  # start, end, generation (the publisher process's collector)
+    gc_started = array("d", [0.0])
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_started[0] = now()
+        elif info["generation"] >= 1:
+            collections.add(gc_started[0], now(), info["generation"])
+
+    gc.callbacks.append(on_gc)
     from factbus.bus import Bus
 
     publish = Bus.publish
@@ -444,6 +466,8 @@ def traced_child_main(*args: Any) -> None:
     ) -> Any:
         del calls.data[:]
         del reports.data[:]
+        del collections.data[:]
+        tracked = len(gc.get_objects())
         report = await share(bus, workload, job, publisher, publishers)
         if job.rate:
             path = trace_dir / f"publisher-{os.getpid()}-{time.time_ns()}.pickle"
@@ -454,6 +478,8 @@ def traced_child_main(*args: Any) -> None:
                         "stamps": report.stamps.tobytes(),
                         "reports": reports.data.tobytes(),
                         "cores": report.cpu_s / max(report.end - report.start, 1e-9),
+                        "collections": collections.data.tobytes(),
+                        "tracked": tracked,
                     }
                 )
             )
@@ -631,8 +657,18 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
             ),
         }
     cpu["publisher_cores"] = round(pub.get("cores", 0.0), 3)
+    pub_gcs = Rows(3)
+    pub_gcs.data.frombytes(pub.get("collections", b""))
+    publisher_gc = {
+        "tracked_objects": pub.get("tracked", 0),
+        "gen2_ms": [round((g[1] - g[0]) * 1e3, 1) for g in pub_gcs if g[2] == 2],
+        "gen1_over_5ms": [
+            round((g[1] - g[0]) * 1e3, 1) for g in pub_gcs if g[2] == 1 and g[1] - g[0] > 0.005
+        ],
+    }
     report = {
         "cpu": cpu,
+        "publisher_gc": publisher_gc,
         "facts": facts,
         "traced": len(rows),
         "segments_ms": {k: _summary([r[k] for r in rows if r[k] is not None]) for k in keys},
@@ -772,7 +808,16 @@ async def main() -> None:
         help="do the SQLite store's writer-thread work in place, on the event-loop "
         "thread: with a ?commit_thread=1 store, its COMMITs (an A/B of the thread)",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="publish the half-load phase at this many msgs/s instead of half of "
+        "the run's peak (the same pacing; to compare runs at one rate)",
+    )
     args = parser.parse_args()
+    if args.rate:
+        _fixed_half_rate(args.rate)
     if args.commit_on_loop:
         _commit_on_loop()
     trace_dir = Path(tempfile.mkdtemp(prefix="factbus-trace-"))
