@@ -81,6 +81,8 @@ async def test_ratio_comes_from_a_baseline_measured_in_the_same_run() -> None:
     # Publishers are tasks of this process on memory://: no CPU of their own.
     assert result.publisher_cpu_us_per_msg is None
     assert result.baseline_publisher_cpu_us_per_msg is None
+    assert result.half_load.publisher_cpu_us_per_msg is None
+    assert result.half_load.cpu_us_per_msg is not None and result.half_load.cpu_us_per_msg > 0
 
 
 async def test_duplicates_and_reorder_are_absorbed_by_the_pipeline() -> None:
@@ -202,24 +204,28 @@ def test_publisher_processes_and_raw_baseline_on_rabbitmq() -> None:
     from conftest import broker_url
 
     url = broker_url("amqp")
-    config = BenchConfig(
-        transport=url, facts=200, warmup=0, publish_batch=50, half_load=False, timeout=60.0
-    )
+    config = BenchConfig(transport=url, facts=200, warmup=0, publish_batch=50, timeout=60.0)
     result = asyncio.run(run_bench(config))
     assert result.publisher_mode == "process"
     assert result.client.startswith("aio-pika")
     assert result.ratio is not None and result.drain_ratio is not None
-    assert result.pipeline["handled"] == 400  # peak and drain
+    assert result.pipeline["handled"] == 600  # peak, half load and drain
     assert "guest:***@" in result.transport
     # The publisher processes' CPU, and the raw producer's (its process's).
     assert result.publisher_cpu_us_per_msg is not None and result.publisher_cpu_us_per_msg > 0
     assert result.baseline_publisher_cpu_us_per_msg is not None
     assert result.baseline_publisher_cpu_us_per_msg > 0
+    # The same at half load, where each message is published by a call of its own.
+    half = result.half_load
+    assert half is not None
+    assert half.publisher_cpu_us_per_msg is not None and half.publisher_cpu_us_per_msg > 0
+    assert half.cpu_us_per_msg is not None and half.cpu_us_per_msg > 0
     data = result.as_json()
     assert data["publisher_cpu_us_per_msg"] == result.publisher_cpu_us_per_msg
-    assert BenchResult.from_json(data).baseline_publisher_cpu_us_per_msg == (
-        result.baseline_publisher_cpu_us_per_msg
-    )
+    assert data["half_load"]["publisher_cpu_us_per_msg"] == half.publisher_cpu_us_per_msg
+    again = BenchResult.from_json(data)
+    assert again.baseline_publisher_cpu_us_per_msg == result.baseline_publisher_cpu_us_per_msg
+    assert again.half_load == half
 
 
 def test_each_adapter_registers_its_own_baseline() -> None:

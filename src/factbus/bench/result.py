@@ -59,6 +59,12 @@ class HalfLoad:
     """How far behind its schedule the publishers made their calls (p99 over
     messages, ms): a publisher starved of CPU shows here and in ``achieved_per_s``,
     not in the latency, which starts at the call."""
+    cpu_us_per_msg: float | None = None
+    """CPU time of the consuming process per message over this phase."""
+    publisher_cpu_us_per_msg: float | None = None
+    """CPU time of the publisher processes per message over this phase, one call
+    per message or a few (``None`` when the publishers are tasks of the
+    consuming process, as on ``memory://``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +218,8 @@ class BenchResult:
                 half["achieved_per_s"],
                 Latency(**half["latency_ms"]),
                 half.get("publish_lag_p99_ms", 0.0),
+                half.get("cpu_us_per_msg"),
+                half.get("publisher_cpu_us_per_msg"),
             )
         return cls(**values)
 

@@ -377,7 +377,14 @@ class _Run:
                     bus, recorder, "half load", config.spec(config.seed + 1), rate=target
                 )
                 half = HalfLoad(
-                    round(target, 1), round(slow.messages_per_s, 1), slow.latency, slow.lag_ms
+                    round(target, 1),
+                    round(slow.messages_per_s, 1),
+                    slow.latency,
+                    slow.lag_ms,
+                    round(slow.cpu_s / slow.messages * 1e6, 2),
+                    None
+                    if self.publishers.mode != "process"
+                    else round(slow.publisher_cpu_s / slow.messages * 1e6, 2),
                 )
         finally:
             await bus.aclose()
