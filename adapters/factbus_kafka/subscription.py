@@ -13,7 +13,7 @@ buffer is full and finally commits and closes. Batches reach the event loop with
 so that a delivery lives for one pipeline step, not also while it waits in the
 buffer (a delivery and its record waiting among thousands were both promoted to
 the collector's oldest generation and made its full collections come twice as
-often: benchmarks/studies/PROFILE.md §14).
+often: benchmarks/studies/PROFILE.md §16).
 
 Back-pressure: the subscription holds at most ``max_buffered`` received
 deliveries (in its buffer or on their way to it). When full, the thread stops
