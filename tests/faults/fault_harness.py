@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_worker import scenario
 
 from conftest import broker_url
 from factbus.fact import Fact, FactRef
@@ -314,6 +316,103 @@ def logged_refs(log: Path) -> list[FactRef]:
     return out
 
 
+# -- one run -------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One fault test's stream and where it leaves things: a fresh work directory,
+    a random source seeded from the clock, the scenario DAG and its hostile
+    publishing order for a seed drawn from it, fresh topic and node names, and the
+    consumer's SQLite store and log in the work directory."""
+
+    dir: Path
+    rng: random.Random
+    seed: int
+    dag: list[Fact]
+    order: list[Fact]
+    topic: str
+    node: str
+    store: Path
+    log: Path
+    """The consumers' stderr (appended to by each one started)."""
+    started: float
+
+    def consumer(self, url: str, *, die_at: str | None = None) -> Worker:
+        """A ``fault_worker.py consume`` on this run's store, topic and node."""
+        return consumer(url, self.store, self.topic, self.node, die_at=die_at, log=self.log)
+
+    def publisher(
+        self,
+        url: str,
+        *,
+        pace: float = 0.0,
+        log: str = "published.log",
+        stderr: str = "publisher.log",
+        batch: int = 100,
+    ) -> Worker:
+        """A ``fault_worker.py publish`` of the whole order (same seed), logging what
+        it published to ``log`` and its stderr to ``stderr`` in the work directory."""
+        return publisher(
+            url,
+            self.topic,
+            count=len(self.dag),
+            seed=self.seed,
+            log=self.dir / log,
+            pace=pace,
+            batch=batch,
+            stderr=self.dir / stderr,
+        )
+
+    def settle(self, reader: Worker, *, pause: float = 2.0) -> tuple[int, Verdict]:
+        """Wait (up to 300 s, or until progress stalls) until every fact of the DAG
+        has its effect while ``reader`` lives, then ``pause`` seconds more so that a
+        late duplicate would show; the consumer must still live then. Stop it and
+        judge its store; return the distinct effects seen and the verdict."""
+        seen = wait_for_effects(self.store, len(self.dag), timeout=300, alive=[reader])
+        time.sleep(pause)
+        require(reader.alive(), f"the consumer died: {tail(self.log)}")
+        reader.terminate()
+        return seen, classify(self.store, self.dag)
+
+    def seconds(self) -> float:
+        """Seconds since the run started, rounded for the report."""
+        return round(time.monotonic() - self.started, 1)
+
+    def report(self, test: str, verdict: Verdict, **measured: Any) -> None:
+        """:func:`report` for this run: its facts, messages and seconds so far, the
+        verdict and what else the test ``measured``."""
+        report(
+            test,
+            facts=len(self.dag),
+            messages=len(self.order),
+            verdict=verdict,
+            seconds=self.seconds(),
+            **measured,
+        )
+
+
+def start_run(prefix: str, name: str, facts: int) -> Run:
+    """A :class:`Run` of ``facts`` facts (30 % of them sent twice) for the variant
+    ``name``, in a work directory and on a topic named after ``prefix``."""
+    path = work_dir(f"{prefix}-{name}")
+    rng = random.Random(f"{prefix}-{name}-{time.time()}")
+    seed = rng.randint(1, 10_000)
+    dag, order = scenario(facts, seed, 0.3)
+    return Run(
+        dir=path,
+        rng=rng,
+        seed=seed,
+        dag=dag,
+        order=order,
+        topic=unique(prefix),
+        node=unique("node"),
+        store=path / "node.db",
+        log=path / "consumer.log",
+        started=time.monotonic(),
+    )
+
+
 # -- results ------------------------------------------------------------------
 
 
@@ -329,6 +428,13 @@ def report(test: str, **measured: Any) -> None:
     if path:
         with open(path, "a") as handle:
             handle.write(line + "\n")
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a worker's log, for a failure message."""
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def require(condition: bool, message: str) -> None:

@@ -14,25 +14,16 @@ visibility timeout (10 s here).
 
 from __future__ import annotations
 
-import random
-import time
-
 import pytest
 from fault_harness import (
     brokers,
-    classify,
-    consumer,
     effects_count,
-    publisher,
-    report,
     require,
     scaled,
+    start_run,
     transport_url,
-    unique,
     wait_for_effects,
-    work_dir,
 )
-from fault_worker import scenario
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
@@ -57,51 +48,28 @@ PATIENCE = {
     ],
 )
 def test_broker_restart_mid_stream(name: str, command: str, broker: str) -> None:
-    tmp_path = work_dir(f"restart-{name}")
-    url = transport_url(name, PATIENCE[name])
-    rng = random.Random(f"restart-{name}-{time.time()}")
-    seed = rng.randint(1, 10_000)
-    dag, order = scenario(FACTS, seed, 0.3)
-    topic, node = unique("restart"), unique("node")
-    store = tmp_path / "node.db"
-    log = tmp_path / "consumer.log"
-    started = time.monotonic()
-    reader = consumer(url, store, topic, node, log=log)
+    run = start_run("restart", name, FACTS)
+    url, dag = transport_url(name, PATIENCE[name]), run.dag
+    reader = run.consumer(url)
     reader.wait_ready(120)
-    pace = 10.0 + 12.0 * RESTARTS
-    pub = publisher(
-        url,
-        topic,
-        count=FACTS,
-        seed=seed,
-        log=tmp_path / "published.log",
-        pace=pace,
-        stderr=tmp_path / "publisher.log",
-    )
+    pub = run.publisher(url, pace=10.0 + 12.0 * RESTARTS)
     outages: list[float] = []
     for number in range(RESTARTS):
         # Let part of the stream through first, so that the restart hits it mid-way.
         target = len(dag) * (number + 1) // (RESTARTS + 2)
-        wait_for_effects(store, target, timeout=120, alive=[reader])
+        wait_for_effects(run.store, target, timeout=120, alive=[reader])
         outages.append(round(brokers(command, broker), 1))
-        require(reader.alive(), f"the consumer died with the broker: {log.read_text()[-3000:]}")
+        require(reader.alive(), f"the consumer died with the broker: {run.log.read_text()[-3000:]}")
     require(pub.wait(timeout=600) == 0, "publisher failed: see publisher.log")
-    seen = wait_for_effects(store, len(dag), timeout=300, alive=[reader])
-    time.sleep(2.0)
-    require(reader.alive(), "the consumer died")
-    reader.terminate()
-    verdict = classify(store, dag)
-    report(
+    seen, verdict = run.settle(reader)  # it also requires the consumer alive at the end
+    run.report(
         "broker-restart",
+        verdict,
         transport=name,
         broker=broker,
         command=command,
         restarts=len(outages),
         outage_seconds=outages,
-        facts=len(dag),
-        messages=len(order),
-        verdict=verdict,
-        seconds=round(time.monotonic() - started, 1),
     )
-    require(seen >= len(dag), f"only {effects_count(store)} of {len(dag)} facts handled")
+    require(seen >= len(dag), f"only {effects_count(run.store)} of {len(dag)} facts handled")
     assert verdict.perfect, verdict

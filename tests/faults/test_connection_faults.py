@@ -17,25 +17,18 @@ connection (bootstrap, partition leader, group coordinator) goes through it.
 
 from __future__ import annotations
 
-import random
 import time
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from fault_harness import (
-    classify,
-    consumer,
     effects_count,
-    publisher,
-    report,
     require,
     scaled,
+    start_run,
     transport_url,
-    unique,
     wait_for_effects,
-    work_dir,
 )
-from fault_worker import scenario
 
 from factbus.testing.faultproxy import FaultProxy
 
@@ -60,28 +53,14 @@ def upstream_of(url: str) -> tuple[str, int]:
 
 @pytest.mark.parametrize("name", ["amqp", "kafka", "kombu_amqp"])
 def test_connection_faults_nothing_lost(name: str) -> None:
-    tmp_path = work_dir(f"proxy-{name}")
-    direct = transport_url(name)
-    rng = random.Random(f"proxy-{name}-{time.time()}")
-    seed = rng.randint(1, 10_000)
-    dag, order = scenario(FACTS, seed, 0.3)
-    topic, node = unique("proxy"), unique("node")
-    store, log = tmp_path / "node.db", tmp_path / "consumer.log"
-    started = time.monotonic()
+    run = start_run("proxy", name, FACTS)
+    direct, dag, store, log = transport_url(name), run.dag, run.store, run.log
     faults: dict[str, object] = {}
     with FaultProxy(upstream_of(direct), kafka=name == "kafka").running() as proxy:
         url = through(direct, proxy)
-        reader = consumer(url, store, topic, node, log=log)
+        reader = run.consumer(url)
         reader.wait_ready(120)
-        pub = publisher(
-            url,
-            topic,
-            count=FACTS,
-            seed=seed,
-            log=tmp_path / "published.log",
-            pace=40.0,
-            stderr=tmp_path / "publisher.log",
-        )
+        pub = run.publisher(url, pace=40.0)
 
         def progress(seconds: float) -> None:
             """A healthy spell: the consumer must make progress in it (unless done)."""
@@ -127,24 +106,13 @@ def test_connection_faults_nothing_lost(name: str) -> None:
         progress(2)
 
         require(pub.wait(timeout=300) == 0, "publisher failed: see publisher.log")
-        seen = wait_for_effects(store, len(dag), timeout=300, alive=[reader])
-        time.sleep(2.0)
-        reader.terminate()
+        seen, verdict = run.settle(reader)
         faults["proxy"] = {
             "accepted": proxy.stats.accepted,
             "reset": proxy.stats.reset,
             "kafka_addresses_rewritten": proxy.stats.rewritten,
         }
-    verdict = classify(store, dag)
-    report(
-        "connection-faults",
-        transport=name,
-        facts=len(dag),
-        messages=len(order),
-        faults=faults,
-        verdict=verdict,
-        seconds=round(time.monotonic() - started, 1),
-    )
+    run.report("connection-faults", verdict, transport=name, faults=faults)
     if name == "kafka":
         require(proxy.stats.rewritten > 0, "Kafka clients were never told the proxy's address")
     require(seen >= len(dag), f"only {seen} of {len(dag)} facts handled")

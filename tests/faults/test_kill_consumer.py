@@ -21,23 +21,17 @@ import contextlib
 import random
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from fault_harness import (
-    Verdict,
     Worker,
     classify,
-    consumer,
     effects_count,
-    publisher,
-    report,
     require,
     scaled,
+    start_run,
+    tail,
     transport_url,
-    unique,
-    wait_for_effects,
-    work_dir,
 )
 from fault_worker import (
     SCENARIO_TYPES,
@@ -45,7 +39,6 @@ from fault_worker import (
     install_tripwire,
     prepare_effects,
     register_effects,
-    scenario,
 )
 
 from factbus import Bus
@@ -91,40 +84,21 @@ def random_point(
     return f"{point}:{rng.randint(1, 20) if point == 'commit' else rng.randint(1, per_fact)}"
 
 
-def tail(path: Path, lines: int = 40) -> str:
-    if not path.exists():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 # -- real brokers: subprocess, kill -9 ---------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["amqp", "kafka", "redis", "redis_prefixed"])
 def test_kill9_consumer_nothing_lost(name: str) -> None:
-    tmp_path = work_dir(f"kill-{name}")
-    topic, node = unique("kill"), unique("node")
-    url = transport_url(BROKER.get(name, name), RESTART_OPTIONS.get(name, "").format(node=node))
     facts, kill_count, pace = SIZES.get(name, (FACTS, KILLS, KILLS * 1.2))
-    rng = random.Random(f"kill-{name}-{time.time()}")
-    seed = rng.randint(1, 10_000)
-    dag, order = scenario(facts, seed, 0.3)
-    store = tmp_path / "node.db"
-    log = tmp_path / "consumer.log"
-    started = time.monotonic()
+    run = start_run("kill", name, facts)
+    rng, dag = run.rng, run.dag
+    options = RESTART_OPTIONS.get(name, "").format(node=run.node)
+    url = transport_url(BROKER.get(name, name), options)
 
-    first = consumer(url, store, topic, node, log=log)
+    first = run.consumer(url)
     first.wait_ready(120)
     # Spread the stream over roughly the time the kills take, so most happen mid-stream.
-    pub = publisher(
-        url,
-        topic,
-        count=facts,
-        seed=seed,
-        log=tmp_path / "published.log",
-        pace=pace,
-        stderr=tmp_path / "publisher.log",
-    )
+    pub = run.publisher(url, pace=pace)
     kills = self_kills = early_kills = 0
     current: Worker = first
     for _ in range(kill_count):
@@ -132,13 +106,13 @@ def test_kill9_consumer_nothing_lost(name: str) -> None:
         if roll < 0.35:  # the worker kills itself at a chosen point
             current.kill9()
             point = random_point(rng, facts=facts, kills=kill_count)
-            current = consumer(url, store, topic, node, die_at=point, log=log)
+            current = run.consumer(url, die_at=point)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 current.wait(timeout=25)  # else the point was not reached: kill it from outside
             if current.proc.returncode == -9:
                 self_kills += 1
                 kills += 1
-                current = consumer(url, store, topic, node, log=log)
+                current = run.consumer(url)
                 continue
         elif roll < 0.5:  # somewhere in start-up: connecting, recovering, subscribing
             time.sleep(rng.uniform(0.0, 1.5))
@@ -148,32 +122,26 @@ def test_kill9_consumer_nothing_lost(name: str) -> None:
             time.sleep(rng.uniform(0.05, 1.2))
         require(
             current.alive(),
-            f"consumer exited by itself (rc {current.proc.returncode}): {tail(log)}",
+            f"consumer exited by itself (rc {current.proc.returncode}): {tail(run.log)}",
         )
         assert current.kill9()
         kills += 1
-        current = consumer(url, store, topic, node, log=log)
+        current = run.consumer(url)
 
     killed_at = time.monotonic()
-    require(pub.wait(timeout=600) == 0, f"publisher failed: {tail(tmp_path / 'publisher.log')}")
+    require(pub.wait(timeout=600) == 0, f"publisher failed: {tail(run.dir / 'publisher.log')}")
     current.wait_ready(120)
-    seen = wait_for_effects(store, len(dag), timeout=300, alive=[current])
-    time.sleep(2.0)  # late duplicates would show up now
-    current.terminate()
-    verdict: Verdict = classify(store, dag)
-    report(
+    seen, verdict = run.settle(current)  # its pause: late duplicates would show up then
+    run.report(
         "kill9-consumer",
+        verdict,
         transport=name,
-        facts=len(dag),
-        messages=len(order),
         kills=kills,
         self_kills=self_kills,
         startup_kills=early_kills,
-        verdict=verdict,
-        seconds=round(time.monotonic() - started, 1),
-        kill_phase_seconds=round(killed_at - started, 1),
+        kill_phase_seconds=round(killed_at - run.started, 1),
     )
-    require(seen >= len(dag), f"only {seen} of {len(dag)} facts handled: {tail(log)}")
+    require(seen >= len(dag), f"only {seen} of {len(dag)} facts handled: {tail(run.log)}")
     require(kills >= kill_count, f"only {kills} kills")
     assert verdict.perfect, verdict
 
@@ -190,16 +158,11 @@ def crash() -> None:
 
 
 async def test_memory_consumer_crashes_nothing_lost() -> None:
-    tmp_path = work_dir("crash-memory")
-    url = transport_url("memory")
-    rng = random.Random(f"memory-crash-{time.time()}")
-    seed = rng.randint(1, 10_000)
-    dag, order = scenario(FACTS, seed, 0.3)
-    topic = unique("crash")
-    store = tmp_path / "node.db"
+    run = start_run("crash", "memory", FACTS)
+    url, rng, topic, store = transport_url("memory"), run.rng, run.topic, run.store
+    dag, order = run.dag, run.order
     prepare_effects(store)
     crashes = max(KILLS, 20)
-    started = time.monotonic()
 
     def node(spec: str | None) -> Bus:
         bus = Bus(
@@ -249,15 +212,12 @@ async def test_memory_consumer_crashes_nothing_lost() -> None:
     await bus.drain(timeout=60)
     await bus.aclose()
     verdict = classify(store, dag)
-    report(
+    run.report(
         "crash-consumer-in-process",
+        verdict,
         transport="memory",
-        facts=len(dag),
-        messages=len(order),
         kills=sum(modes.values()),
         modes=modes,
-        verdict=verdict,
-        seconds=round(time.monotonic() - started, 1),
     )
     assert sum(modes.values()) >= 20
     assert verdict.perfect, verdict

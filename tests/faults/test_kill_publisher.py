@@ -14,7 +14,6 @@ variant: the memory broker lives in the publisher's process and dies with it.
 
 from __future__ import annotations
 
-import random
 import sqlite3
 import time
 from pathlib import Path
@@ -22,19 +21,13 @@ from pathlib import Path
 import pytest
 from fault_harness import (
     Worker,
-    classify,
-    consumer,
     logged_refs,
-    publisher,
-    report,
     require,
     scaled,
+    start_run,
     transport_url,
-    unique,
-    wait_for_effects,
-    work_dir,
 )
-from fault_worker import logged_position, scenario
+from fault_worker import logged_position
 
 from factbus.fact import FactRef
 
@@ -90,24 +83,17 @@ def wait_arrived(store: Path, refs: set[FactRef], timeout: float) -> set[FactRef
 
 @pytest.mark.parametrize("name", ["amqp", "kafka", "redis"])
 def test_kill9_publisher_every_confirmed_fact_arrives(name: str) -> None:
-    tmp_path = work_dir(f"pubkill-{name}")
-    url = transport_url(name)
-    rng = random.Random(f"pub-{name}-{time.time()}")
-    seed = rng.randint(1, 10_000)
-    dag, order = scenario(FACTS, seed, 0.3)
-    topic, node = unique("pubkill"), unique("node")
-    store, log = tmp_path / "node.db", tmp_path / "published.log"
-    started = time.monotonic()
-    reader = consumer(url, store, topic, node, log=tmp_path / "consumer.log")
+    run = start_run("pubkill", name, FACTS)
+    url, rng, store, order = transport_url(name), run.rng, run.store, run.order
+    log = run.dir / "published.log"
+    reader = run.consumer(url)
     reader.wait_ready(120)
 
     kills = 0
     outcomes = {"partly": 0, "fully-unlogged": 0, "not-at-all": 0}
     lost_confirmed: set[FactRef] = set()
     while kills < KILLS:
-        pub = publisher(
-            url, topic, count=FACTS, seed=seed, log=log, batch=BATCH, stderr=tmp_path / "pub.log"
-        )
+        pub = run.publisher(url, batch=BATCH, stderr="pub.log")
         pub.wait_ready(120)
         # Kill right after the k-th batch was logged: the next batch is then in
         # flight (the publisher starts it at once), whatever the broker's speed.
@@ -135,24 +121,16 @@ def test_kill9_publisher_every_confirmed_fact_arrives(name: str) -> None:
             )
             outcomes[key] += 1
 
-    final = publisher(
-        url, topic, count=FACTS, seed=seed, log=log, batch=BATCH, stderr=tmp_path / "pub.log"
-    )
+    final = run.publisher(url, batch=BATCH, stderr="pub.log")
     require(final.wait(timeout=300) == 0, "the last publisher run failed")
-    wait_for_effects(store, len(dag), timeout=300, alive=[reader])
-    time.sleep(1.0)
-    reader.terminate()
-    verdict = classify(store, dag)
-    report(
+    _, verdict = run.settle(reader, pause=1.0)
+    run.report(
         "kill9-publisher",
+        verdict,
         transport=name,
-        facts=len(dag),
-        messages=len(order),
         kills=kills,
         kill_outcomes=outcomes,
         confirmed_lost=len(lost_confirmed),
-        verdict=verdict,
-        seconds=round(time.monotonic() - started, 1),
     )
     assert not lost_confirmed, f"{len(lost_confirmed)} facts whose publish returned never arrived"
     assert kills >= min(KILLS, 3)
