@@ -34,7 +34,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import statistics
 import sys
 import time
@@ -48,9 +47,9 @@ import asyncpg
 import psutil
 
 from factbus import Bus, Fact
-from factbus.testing.brokers import remove_topic
+from factbus.testing.brokers import prepare_group, remove_topic
+from factbus.testing.commands import WorkerCommand
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
-from factbus.transport import open_transport
 from factbus.urls import redact
 
 HERE = Path(__file__).resolve().parent
@@ -133,18 +132,6 @@ def _store_options() -> dict[str, str]:
     return dict(part.split("=", 1) for part in raw.split("&") if part)
 
 
-async def _prepare(url: str, topic: str) -> None:
-    """A broker that does not replay history (AMQP) needs the group's queue first."""
-    transport = open_transport(url)
-    if transport.capabilities.replays_history:
-        return
-    await transport.connect()
-    try:
-        await (await transport.subscribe(topic, GROUP)).aclose()
-    finally:
-        await transport.aclose()
-
-
 async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.Namespace) -> Cell:
     schema = f"fbbench_{uuid.uuid4().hex[:10]}"
     topic = f"bench-group-{uuid.uuid4().hex[:8]}"
@@ -160,7 +147,7 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
         order = (
             shuffled_with_duplicates(dag, duplicates=0.3, seed=args.seed) if args.shuffle else dag
         )
-        await _prepare(url, topic)
+        await prepare_group(url, topic, GROUP)
         publisher = Bus(url, "memory://", topic=topic, node="bench-publisher", consume=False)
         await publisher.start()
 
@@ -180,31 +167,18 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
         if args.backlog:
             await publish()
         load = os.getloadavg()[0]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "factbus",
-            "worker",
-            "bench_group_scaling:build_bus",
-            "--workers",
-            str(workers),
-            "--app-dir",
-            str(HERE),
-            "--progress",
-            "log",
-            "--progress-every",
-            "0.5",
-            env=env,
-            stderr=asyncio.subprocess.PIPE,
+        supervisor = WorkerCommand(
+            "bench_group_scaling:build_bus", "--workers", str(workers), app_dir=HERE, env=env
         )
+        await supervisor.start()
         started = time.monotonic()
         try:
             if not args.backlog:
                 # Live: every worker up and the group settled (Kafka rebalances
                 # once per join) before the first fact is published.
-                await _wait_up(process, workers, started + args.timeout)
+                up = f"factbus worker: {workers}/{workers} up"
+                await supervisor.wait_for(up, timeout=args.timeout)
                 await asyncio.sleep(args.settle)
-            drain = asyncio.create_task(_drain(process))
             cpu_before = _cpu_by_pid()
             measured = time.monotonic()
             if not args.backlog:
@@ -213,17 +187,13 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
             while (done := await conn.fetchval(count)) < args.facts:
                 if time.monotonic() - started > args.timeout:
                     raise TimeoutError(f"{broker} x{workers}: {done}/{args.facts} handled")
-                if process.returncode is not None:
-                    raise RuntimeError(f"factbus worker exited with {process.returncode}")
+                supervisor.check_alive()
                 await asyncio.sleep(0.1)
             wall = time.monotonic() - measured
-            cpu = _cpu_used(cpu_before, process.pid)
+            cpu = _cpu_used(cpu_before, supervisor.pid)
         finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            await process.wait()
+            await supervisor.stop(timeout=args.timeout)
             await publisher.aclose()
-        drain.cancel()
         rows = await conn.fetch(
             f'SELECT hash, worker, in_order, extract(epoch FROM at) AS t FROM "{schema}".effects '
             "ORDER BY at"
@@ -259,23 +229,6 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
         cpu_seconds=cpu,
         wall_seconds=round(wall, 2),
     )
-
-
-async def _wait_up(process: asyncio.subprocess.Process, workers: int, deadline: float) -> None:
-    assert process.stderr is not None
-    while time.monotonic() < deadline:
-        line = await process.stderr.readline()
-        if not line:
-            raise RuntimeError(f"factbus worker exited with {await process.wait()}")
-        if line.startswith(f"factbus worker: {workers}/{workers} up".encode()):
-            return
-    raise TimeoutError("workers did not come up")
-
-
-async def _drain(process: asyncio.subprocess.Process) -> None:
-    assert process.stderr is not None
-    while await process.stderr.readline():
-        pass
 
 
 def _cpu_by_pid() -> dict[int, float]:

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import broker_url
 from factbus.errors import ConfigError, PublishError, TransportError
+from factbus.testing.brokers import remove_topics
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect, messages
 from factbus.transport import Message, open_transport
 from factbus_amqp import AmqpTransport
@@ -35,29 +36,6 @@ def amqp_url(options: str = "") -> str:
     return f"{url}{'&' if '?' in url else '?'}{options}"
 
 
-async def _delete_topology(url: str, names: list[str]) -> None:
-    """Delete every queue and exchange the names could have made (best effort)."""
-    if not names:
-        return
-    candidates = {f"{a}.{b}" for a in names for b in names if a != b}
-    candidates |= {f"{n}.dead-letter" for n in names}
-    connection = await aio_pika.connect(AmqpConfig.from_url(url).amqp_url())
-    try:
-        channel = await connection.channel()
-        for queue in sorted(candidates):
-            try:
-                await channel.queue_delete(queue)
-            except Exception:
-                channel = await connection.channel()
-        for exchange in [*names, *(f"{n}.dead-letter" for n in names)]:
-            try:
-                await channel.exchange_delete(exchange)
-            except Exception:
-                channel = await connection.channel()
-    finally:
-        await connection.close()
-
-
 class TestAmqpTransport(TransportConformance):
     restart_command = ("bash", str(BROKERS_SH), "restart", "rabbitmq")
     timeout = 30.0
@@ -69,8 +47,7 @@ class TestAmqpTransport(TransportConformance):
             yield context
         finally:
             await context.aclose()
-            with contextlib.suppress(Exception):
-                await _delete_topology(context.url, context.names)
+            await remove_topics(context.url, context.names, context.names)
 
 
 # -- fixtures for the AMQP-specific tests ---------------------------------------------
@@ -81,8 +58,7 @@ async def names() -> AsyncIterator[list[str]]:
     """Fresh names; their queues and exchanges are deleted after the test."""
     made: list[str] = []
     yield made
-    with contextlib.suppress(Exception):
-        await _delete_topology(amqp_url(), made)
+    await remove_topics(amqp_url(), made, made)
 
 
 def fresh(names: list[str], prefix: str) -> str:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +27,8 @@ import pytest
 
 from conftest import broker_url
 from factbus import Bus, Fact, FatalTransportError
+from factbus.testing.brokers import remove_topic
+from factbus.testing.commands import WorkerCommand
 
 HERE = Path(__file__).resolve().parent
 FACT_TYPE = "Test.ErrorContract"
@@ -55,94 +55,30 @@ async def conflicting_queue() -> AsyncIterator[tuple[str, str]]:
     try:
         yield topic, group
     finally:
-        channel = await connection.channel()
-        await channel.queue_delete(f"{topic}.{group}")
-        for name in (topic, f"{topic}.dead-letter"):
-            await channel.exchange_delete(name)
-        await channel.queue_delete(f"{topic}.dead-letter")
         await connection.close()
+        await remove_topic(broker_url("amqp"), topic, [group])
 
 
-class Worker:
-    """``factbus worker error_app:build_bus`` as a subprocess, stderr collected."""
+def error_worker(transport: str, topic: str, group: str) -> WorkerCommand:
+    """``factbus worker error_app:build_bus`` as a subprocess, stdout and stderr
+    collected as one stream."""
+    env = {
+        **os.environ,
+        "ERROR_APP_TRANSPORT": transport,
+        "ERROR_APP_TOPIC": topic,
+        "ERROR_APP_GROUP": group,
+        "FACTBUS_LOG_LEVEL": "warning",
+    }
+    return WorkerCommand("error_app:build_bus", app_dir=HERE, env=env, merge_stdout=True)
 
-    def __init__(self, transport: str, topic: str, group: str) -> None:
-        self.env = {
-            **os.environ,
-            "ERROR_APP_TRANSPORT": transport,
-            "ERROR_APP_TOPIC": topic,
-            "ERROR_APP_GROUP": group,
-            "FACTBUS_LOG_LEVEL": "warning",
-        }
-        self.lines: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Worker:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "factbus",
-            "worker",
-            "error_app:build_bus",
-            "--app-dir",
-            str(HERE),
-            "--progress",
-            "log",
-            "--progress-every",
-            "0.5",
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            self.lines.append(line.decode(errors="replace").rstrip())
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
-        if self._reader is not None:
-            await self._reader
-
-    async def exit_status(self, timeout: float = 60.0) -> int:
-        assert self.process is not None
-        status = await asyncio.wait_for(self.process.wait(), timeout)
-        if self._reader is not None:
-            await self._reader
-        return status
-
-    async def wait_for(self, text: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
-                return
-            assert self.process is not None
-            assert self.process.returncode is None, "\n".join(self.lines[-30:])
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no line with {text!r}:\n" + "\n".join(self.lines[-30:]))
-
-    async def wait_handled(self, count: int, timeout: float) -> None:
-        """Wait until the progress line says ``count`` facts were handled (no more)."""
-        for _ in range(int(timeout / 0.2)):
-            if self.handled() >= count:
-                break
-            await asyncio.sleep(0.2)
-        assert self.handled() == count, "\n".join(self.lines[-20:])
-
-    def handled(self) -> int:
-        counts = [
-            int(line.split("| handled ")[1].split(" ")[0].replace(",", ""))
-            for line in self.lines
-            if "| handled " in line
-        ]
-        return max(counts, default=0)
+async def wait_handled(worker: WorkerCommand, count: int, timeout: float) -> None:
+    """Wait until the progress line says ``count`` facts were handled (no more)."""
+    for _ in range(int(timeout / 0.2)):
+        if worker.handled() >= count:
+            break
+        await asyncio.sleep(0.2)
+    assert worker.handled() == count, worker.tail(20)
 
 
 @pytest.mark.broker("amqp")
@@ -150,7 +86,7 @@ async def test_a_queue_declared_with_other_arguments_stops_the_worker_with_statu
     conflicting_queue: tuple[str, str],
 ) -> None:
     topic, group = conflicting_queue
-    async with Worker(broker_url("amqp"), topic, group) as worker:
+    async with error_worker(broker_url("amqp"), topic, group) as worker:
         assert await worker.exit_status() == 3, worker.lines
     said = "\n".join(worker.lines)
     assert "PRECONDITION_FAILED" in said, said
@@ -188,33 +124,21 @@ async def test_a_consumer_cut_off_for_longer_than_its_retry_timeout_is_retried()
     with FaultProxy((parts.hostname or "127.0.0.1", parts.port or 5672)).running() as proxy:
         netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
         proxied = urlunsplit((parts.scheme, netloc, parts.path, "factbus_retry_timeout=1", ""))
-        async with Worker(proxied, topic, group) as worker:
+        async with error_worker(proxied, topic, group) as worker:
             await worker.wait_for("1/1 up")
             await publish(direct, topic, 5, "before")
-            await worker.wait_handled(5, timeout=30)
+            await wait_handled(worker, 5, timeout=30)
 
             proxy.refuse()  # the broker is "down" for this worker only
             await worker.wait_for("receiving failed; retrying", timeout=30)
             await publish(direct, topic, 7, "during")  # queued at the broker meanwhile
             proxy.passthrough()
 
-            await worker.wait_handled(12, timeout=45)
+            await wait_handled(worker, 12, timeout=45)
             assert worker.process is not None and worker.process.returncode is None
             worker.process.terminate()
             assert await worker.exit_status() == 0, worker.lines[-20:]
-    await _delete_topic(topic, group)
-
-
-async def _delete_topic(topic: str, group: str) -> None:
-    connection = await aiormq.connect(plain_amqp(broker_url("amqp")))
-    try:
-        channel = await connection.channel()
-        for queue in (f"{topic}.{group}", f"{topic}.dead-letter"):
-            await channel.queue_delete(queue)
-        for exchange in (topic, f"{topic}.dead-letter"):
-            await channel.exchange_delete(exchange)
-    finally:
-        await connection.close()
+    await remove_topic(broker_url("amqp"), topic, [group])
 
 
 @pytest.mark.broker("amqp")
@@ -253,4 +177,4 @@ async def test_a_queue_that_cannot_be_restored_stops_a_running_bus_with_the_erro
             run.cancel()
             with contextlib.suppress(BaseException):
                 await run
-    await _delete_topic(topic, group)
+    await remove_topic(broker_url("amqp"), topic, [group])

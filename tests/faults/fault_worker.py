@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import sqlite3
 import sys
 import time
@@ -37,10 +35,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from factbus import Bus, Fact
 from factbus.store.sqlite import SqliteStore
+from factbus.testing.node_process import die, serve
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 from factbus.transport import Delivery, LogReader, Subscription, Transport, delivery_position
 
@@ -70,11 +67,6 @@ def scenario(count: int, seed: int, duplicates: float) -> tuple[list[Fact], list
     """The DAG and its hostile publishing order (deterministic for a seed)."""
     dag = random_dag(count, seed=seed)
     return dag, shuffled_with_duplicates(dag, duplicates=duplicates, seed=seed)
-
-
-def die() -> None:
-    sys.stdout.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Tripwire:
@@ -213,17 +205,7 @@ async def consume(args: argparse.Namespace) -> None:
     wire = Tripwire(args.die_at)
     register_effects(bus, args.types.split(","), wire)
     install_tripwire(bus, wire)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    await bus.start()
-    print("ready", flush=True)
-    while not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 1.0)
-        print("stats", orjson.dumps(bus.stats.as_dict()).decode(), flush=True)
-    await bus.aclose()
-    print("closed", flush=True)
+    await serve(bus)
 
 
 def logged_position(log_path: Path) -> int:

@@ -37,14 +37,6 @@ def new_schema_name(prefix: str = "fbtest") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
-async def drop_schema(pg_url: str, schema: str) -> None:
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
-
-
 @dataclass(frozen=True)
 class EffectTable:
     """``<schema>.effects``: one row per handler run (no unique key, on purpose)."""

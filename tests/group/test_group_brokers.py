@@ -17,28 +17,25 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import psutil
 import pytest
 from group_support import (
     EffectTable,
     Verdict,
-    drop_schema,
     env_int,
     new_schema_name,
     with_options,
 )
 
 from factbus import Bus
-from factbus.testing.brokers import broker_url, remove_topic
+from factbus.testing.brokers import broker_url, drop_schema, prepare_group, remove_topic
+from factbus.testing.commands import WorkerCommand
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
-from factbus.transport import open_transport
 
 HERE = Path(__file__).resolve().parent
 FACTS = env_int("FACTS", 20_000)
@@ -56,93 +53,15 @@ async def schema() -> AsyncIterator[tuple[str, str]]:
         await drop_schema(pg, name)
 
 
-async def _prepare_topic(url: str, topic: str, group: str) -> None:
-    """On a broker that does not replay history (AMQP), the group's queue must
-    exist before anything is published: subscribe once (the queue stays)."""
-    transport = open_transport(url)
-    if transport.capabilities.replays_history:
-        return
-    await transport.connect()
-    try:
-        subscription = await transport.subscribe(topic, group)
-        await subscription.aclose()
-    finally:
-        await transport.aclose()
-
-
-class _Supervisor:
-    """``factbus worker`` in a subprocess; collects its progress lines."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.lines: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self, *extra: str) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "factbus",
-            "worker",
-            "group_app:build_bus",
-            "--workers",
-            str(WORKERS),
-            "--app-dir",
-            str(HERE),
-            "--progress",
-            "log",
-            "--progress-every",
-            "1",
-            *extra,
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        while line := await self.process.stderr.readline():
-            self.lines.append(line.decode(errors="replace").rstrip())
-
-    def children(self) -> list[psutil.Process]:
-        assert self.process is not None
-        try:
-            return psutil.Process(self.process.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-
-    async def wait_up(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(line.startswith(f"factbus worker: {count}/") for line in self.lines[-3:]):
-                return
-            self.check_alive()
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"workers not up in {timeout}s:\n" + "\n".join(self.lines[-30:]))
-
-    def check_alive(self) -> None:
-        assert self.process is not None
-        if self.process.returncode is not None:
-            raise AssertionError(
-                f"factbus worker exited with {self.process.returncode}:\n"
-                + "\n".join(self.lines[-40:])
-            )
-
-    async def stop(self, timeout: float = 60.0) -> int:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            status = await asyncio.wait_for(self.process.wait(), timeout)
-        finally:
-            if self.process.returncode is None:
-                self.process.kill()
-                await self.process.wait()
-            if self._reader is not None:
-                await self._reader
-        return status
+async def wait_up(supervisor: WorkerCommand, count: int, timeout: float) -> None:
+    """Wait until the supervisor's latest lines say ``count`` workers are up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(line.startswith(f"factbus worker: {count}/") for line in supervisor.lines[-3:]):
+            return
+        supervisor.check_alive()
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"workers not up in {timeout}s:\n{supervisor.tail()}")
 
 
 def _app_env(transport: str, store: str, topic: str, schema: str) -> dict[str, str]:
@@ -167,15 +86,22 @@ async def run_group_with_kill(transport_url: str, pg: str, schema: str) -> Verdi
     topic = f"group-{uuid.uuid4().hex[:10]}"
     dag = random_dag(FACTS, seed=11)
     order = shuffled_with_duplicates(dag, duplicates=0.3, seed=11)
-    await _prepare_topic(transport_url, topic, "workers")
-    supervisor = _Supervisor(_app_env(transport_url, store, topic, schema))
+    await prepare_group(transport_url, topic, "workers")
+    supervisor = WorkerCommand(
+        "group_app:build_bus",
+        "--workers",
+        str(WORKERS),
+        app_dir=HERE,
+        env=_app_env(transport_url, store, topic, schema),
+        every=1,
+    )
     publisher = Bus(transport_url, "memory://", topic=topic, node="publisher", consume=False)
     conn = await asyncpg.connect(pg)
     started = time.monotonic()
     try:
         await publisher.start()  # so that aclose() closes its connection
         await supervisor.start()
-        await supervisor.wait_up(WORKERS, timeout=90)
+        await wait_up(supervisor, WORKERS, timeout=90)
         up = time.monotonic()
         first = {child.pid for child in supervisor.children()}
         assert len(first) == WORKERS

@@ -21,7 +21,6 @@ import asyncpg
 import pytest
 from group_support import (
     EffectTable,
-    drop_schema,
     env_int,
     new_schema_name,
     record_effect,
@@ -30,7 +29,7 @@ from group_support import (
 
 from factbus import Bus, Fact
 from factbus.errors import ConfigError
-from factbus.testing.brokers import broker_url
+from factbus.testing.brokers import broker_url, drop_schema
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 from factbus.transport.memory import MemoryTransport
 

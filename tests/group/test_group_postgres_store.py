@@ -10,12 +10,12 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from group_support import drop_schema, new_schema_name, with_options
+from group_support import new_schema_name, with_options
 
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
 from factbus.store import FactState, ParkedFact, Store, StoreBatch, open_store
-from factbus.testing.brokers import broker_url
+from factbus.testing.brokers import broker_url, drop_schema
 from factbus.testing.store_suite import StoreConformance
 from factbus_postgres import PostgresConfig, PostgresStore
 

@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import psutil
 import pytest
-from group_support import EffectTable, drop_schema, new_schema_name, with_options
+from group_support import EffectTable, new_schema_name, with_options
 
-from factbus.testing.brokers import broker_url
+from factbus.testing.brokers import broker_url, drop_schema
+from factbus.testing.commands import WorkerCommand, handled_in
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,79 +49,9 @@ async def app_env() -> AsyncIterator[dict[str, str]]:
         await drop_schema(pg, schema)
 
 
-class Worker:
-    """``factbus worker`` as a subprocess, its stderr collected line by line."""
-
-    def __init__(self, env: dict[str, str], target: str, *args: str) -> None:
-        self.env = env
-        self.argv = [
-            sys.executable,
-            "-m",
-            "factbus",
-            "worker",
-            target,
-            "--app-dir",
-            str(HERE),
-            "--progress",
-            "log",
-            "--progress-every",
-            "0.5",
-            *args,
-        ]
-        self.lines: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Worker:
-        self.process = await asyncio.create_subprocess_exec(
-            *self.argv, env=self.env, stderr=asyncio.subprocess.PIPE
-        )
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
-        if self._reader is not None:
-            await self._reader
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        while line := await self.process.stderr.readline():
-            self.lines.append(line.decode(errors="replace").rstrip())
-
-    def mark(self) -> int:
-        """A position in the output: ``wait_for(..., after=mark)`` looks past it."""
-        return len(self.lines)
-
-    async def wait_for(self, predicate: str, timeout: float = 60.0, after: int = 0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in reversed(self.lines[after:]):
-                if predicate in line:
-                    return line
-            assert self.process is not None
-            if self.process.returncode is not None:
-                break
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"no line with {predicate!r}:\n" + "\n".join(self.lines[-30:]))
-
-    async def exit_status(self, timeout: float = 60.0) -> int:
-        assert self.process is not None
-        status = await asyncio.wait_for(self.process.wait(), timeout)
-        if self._reader is not None:
-            await self._reader
-        return status
-
-    def children(self) -> list[psutil.Process]:
-        assert self.process is not None
-        return psutil.Process(self.process.pid).children()
-
-
-def _handled(line: str) -> int:
-    return int(line.split("| handled ")[1].split(" ")[0].replace(",", ""))
+def group_worker(env: dict[str, str], target: str, *args: str) -> WorkerCommand:
+    """``factbus worker`` on ``group_app`` as a subprocess, its stderr collected."""
+    return WorkerCommand(target, *args, app_dir=HERE, env=env)
 
 
 async def _effects(env: dict[str, str]) -> tuple[int, int, bool]:
@@ -142,13 +71,13 @@ async def _effects(env: dict[str, str]) -> tuple[int, int, bool]:
 async def test_workers_report_progress_and_stop_gracefully_on_sigterm(
     app_env: dict[str, str],
 ) -> None:
-    async with Worker(app_env, "group_app:build_feeding_bus", "--workers", "2") as worker:
+    async with group_worker(app_env, "group_app:build_feeding_bus", "--workers", "2") as worker:
         await worker.wait_for("2/2 up")
         children = worker.children()
         assert len(children) == 2
         line = await worker.wait_for("handled/s", timeout=30)
         deadline = time.monotonic() + 30
-        while _handled(line) < 200:
+        while handled_in(line) < 200:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.2)
             line = await worker.wait_for("handled/s")
@@ -161,12 +90,12 @@ async def test_workers_report_progress_and_stop_gracefully_on_sigterm(
         for child in children:
             assert not child.is_running()
     rows, distinct, in_order = await _effects(app_env)
-    assert rows == distinct == _handled(final)
+    assert rows == distinct == handled_in(final)
     assert in_order
 
 
 async def test_a_worker_killed_with_9_is_replaced(app_env: dict[str, str]) -> None:
-    async with Worker(app_env, "group_app:build_feeding_bus", "--workers", "2") as worker:
+    async with group_worker(app_env, "group_app:build_feeding_bus", "--workers", "2") as worker:
         await worker.wait_for("2/2 up")
         before = {child.pid for child in worker.children()}
         victim = min(before)
@@ -185,7 +114,7 @@ async def test_a_worker_killed_with_9_is_replaced(app_env: dict[str, str]) -> No
 
 
 async def test_without_restart_a_dead_worker_stops_the_group(app_env: dict[str, str]) -> None:
-    async with Worker(
+    async with group_worker(
         app_env, "group_app:build_feeding_bus", "--workers", "2", "--no-restart"
     ) as worker:
         await worker.wait_for("2/2 up")
@@ -200,17 +129,17 @@ async def test_the_step_in_flight_finishes_before_a_worker_exits(
     """Handlers take 0.2 s each: SIGTERM lands mid-step; the worker still exits 0
     and what it reported handled is exactly what it committed."""
     env = dict(app_env, GROUP_APP_SLOW="0.2", GROUP_APP_BATCH="20", GROUP_APP_FEED="200")
-    async with Worker(env, "group_app:build_feeding_bus", "--grace", "60") as worker:
+    async with group_worker(env, "group_app:build_feeding_bus", "--grace", "60") as worker:
         await worker.wait_for("1/1 up")
         line = await worker.wait_for("handled/s")
-        while _handled(line) < 5:
+        while handled_in(line) < 5:
             await asyncio.sleep(0.2)
             line = await worker.wait_for("handled/s")
         assert worker.process is not None
         worker.process.send_signal(signal.SIGTERM)
         assert await worker.exit_status() == 0
     rows, distinct, in_order = await _effects(env)
-    assert rows == distinct == _handled(worker.lines[-1])
+    assert rows == distinct == handled_in(worker.lines[-1])
     assert in_order
 
 
@@ -227,6 +156,6 @@ async def test_the_step_in_flight_finishes_before_a_worker_exits(
 async def test_configuration_errors_exit_2_with_one_clear_line(
     app_env: dict[str, str], target: str, extra: tuple[str, ...], message: str
 ) -> None:
-    async with Worker(app_env, target, *extra) as worker:
+    async with group_worker(app_env, target, *extra) as worker:
         assert await worker.exit_status() == 2
     assert any(message in line for line in worker.lines), worker.lines

@@ -5,19 +5,17 @@ tests (new reader from the first offset, exact resume, nack), and the URL option
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
 
-import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
 from conftest import broker_url
 from factbus.errors import ConfigError
-from factbus.testing.brokers import unavailable
+from factbus.testing.brokers import remove_topic, remove_topics, unavailable
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect
 from factbus.transport import Message, delivery_position
 from factbus_amqp import AmqpTransport
@@ -31,29 +29,6 @@ def stream_url() -> str:
     return f"{url}{'&' if '?' in url else '?'}history=stream&reconnect_delay=0.1"
 
 
-async def delete_topology(url: str, names: list[str]) -> None:
-    """Delete every queue and exchange the names could have made (best effort)."""
-    if not names:
-        return
-    queues = {f"{a}.{b}" for a in names for b in names if a != b}
-    queues |= {f"{n}.{suffix}" for n in names for suffix in ("dead-letter", "stream")}
-    connection = await aio_pika.connect(AmqpConfig.from_url(url).amqp_url())
-    try:
-        channel = await connection.channel()
-        for queue in sorted(queues):
-            try:
-                await channel.queue_delete(queue)
-            except Exception:
-                channel = await connection.channel()
-        for exchange in [*names, *(f"{n}.dead-letter" for n in names)]:
-            try:
-                await channel.exchange_delete(exchange)
-            except Exception:
-                channel = await connection.channel()
-    finally:
-        await connection.close()
-
-
 class TestAmqpStreamTransport(TransportConformance):
     timeout = 30.0
 
@@ -64,8 +39,7 @@ class TestAmqpStreamTransport(TransportConformance):
             yield context
         finally:
             await context.aclose()
-            with contextlib.suppress(Exception):
-                await delete_topology(context.url, context.names)
+            await remove_topics(context.url, context.names, context.names)
 
 
 def test_history_option() -> None:
@@ -118,4 +92,4 @@ async def test_reading_a_truncated_stream_warns() -> None:
     finally:
         clear = [rabbitmqctl, "clear_policy", policy]
         await asyncio.to_thread(subprocess.run, clear, capture_output=True, timeout=60)
-        await delete_topology(url, [topic])
+        await remove_topic(url, topic)

@@ -5,7 +5,6 @@ is warned. Real broker; each test uses topics of its own and deletes them."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -15,28 +14,22 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from structlog.testing import capture_logs
 
 from conftest import broker_url
+from factbus.testing.brokers import kafka_bootstrap, remove_topics
 from factbus.transport import Message
 from factbus_kafka import KafkaTransport
 
 pytestmark = pytest.mark.broker("kafka")
 
 
-def _bootstrap(url: str) -> str:
-    return url.split("://", 1)[1].split("?", 1)[0]
-
-
 @pytest.fixture
 async def kafka() -> AsyncIterator[tuple[str, AdminClient, list[str]]]:
     url = broker_url("kafka")
-    admin = AdminClient({"bootstrap.servers": _bootstrap(url)})
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap(url)})
     made: list[str] = []
     try:
         yield url, admin, made
     finally:
-        topics = [*made, *(f"{t}.dead-letter" for t in made)]
-        for future in admin.delete_topics(topics, operation_timeout=30).values():
-            with contextlib.suppress(Exception):  # best effort; missing ones fail quietly
-                await asyncio.wrap_future(future)
+        await remove_topics(url, made)
 
 
 def _name(made: list[str], prefix: str) -> str:
@@ -70,7 +63,7 @@ async def test_joining_a_topic_with_deleted_records_warns(
     )
     for future in created.values():
         await asyncio.wrap_future(future)
-    producer = Producer({"bootstrap.servers": _bootstrap(url)})
+    producer = Producer({"bootstrap.servers": kafka_bootstrap(url)})
     for topic in (cut, whole):
         for i in range(10):
             producer.produce(topic, f"m-{i}".encode(), partition=0)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import subprocess
 import sys
 import time
@@ -25,18 +24,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
 
-from fault_harness import (
-    Worker,
-    classify,
-    consumer,
-    publisher,
-    transport_url,
-    unique,
-    wait_for_effects,
-    work_dir,
-)
-from fault_worker import scenario
-from test_amqp_stream import delete_topology
+from fault_harness import Worker, start_run, transport_url
+
+from factbus.testing.brokers import remove_topic
 
 pytestmark = [pytest.mark.broker("amqp"), pytest.mark.timeout(600)]
 
@@ -45,45 +35,38 @@ KILLS = int(os.environ.get("FACTBUS_REPLAY_KILLS", "6"))
 
 
 def test_kill9_during_stream_replay_ends_exactly_once() -> None:
-    tmp = work_dir("replay-kill")
-    topic, node = unique("replay"), unique("node")
+    run = start_run("replay", "kill", FACTS)
+    topic, node, rng, dag, log = run.topic, run.node, run.rng, run.dag, run.log
     url = transport_url("amqp", "history=stream")
-    rng = random.Random(f"replay-{time.time()}")
-    seed = rng.randint(1, 10_000)
-    dag, _ = scenario(FACTS, seed, 0.3)
-    store, log = tmp / "node.db", tmp / "consumer.log"
     try:
-        pub = publisher(url, topic, count=FACTS, seed=seed, log=tmp / "published.log", stderr=log)
+        pub = run.publisher(url, stderr=log.name)
         assert pub.wait(timeout=300) == 0, log.read_text()[-2000:]
 
-        current: Worker = consumer(url, store, topic, node, log=log)
+        current: Worker = run.consumer(url)
         kills = 0
         for _ in range(KILLS):
             if rng.random() < 0.5:
                 point = rng.choice(("handler", "commit", "ack"))
                 at = rng.randint(1, 8) if point == "commit" else rng.randint(1, FACTS // KILLS)
                 current.kill9()
-                current = consumer(url, store, topic, node, die_at=f"{point}:{at}", log=log)
+                current = run.consumer(url, die_at=f"{point}:{at}")
                 # Else the replay ended before that point: killed from outside below.
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     current.wait(timeout=20)
                 if current.proc.returncode == -9:
                     kills += 1
-                    current = consumer(url, store, topic, node, log=log)
+                    current = run.consumer(url)
                     continue
             else:
                 current.wait_ready(60)
                 time.sleep(rng.uniform(0.2, 1.5))
             if current.kill9():
                 kills += 1
-            current = consumer(url, store, topic, node, log=log)
-        seen = wait_for_effects(store, len(dag), timeout=300, alive=[current])
-        time.sleep(2.0)  # a late duplicate would show up now
-        current.terminate()
-        verdict = classify(store, dag)
+            current = run.consumer(url)
+        seen, verdict = run.settle(current)  # its pause: a late duplicate would show then
         print(f"replay-kill: {kills} kills, {verdict}")
         assert seen >= len(dag)
         assert kills >= KILLS // 2
         assert verdict.perfect, verdict
     finally:
-        asyncio.run(delete_topology(url, [topic, node]))
+        asyncio.run(remove_topic(url, topic, [node]))

@@ -11,18 +11,16 @@ duplicates, each in an envelope of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
-from test_amqp_stream import delete_topology
 
 from conftest import broker_url
 from factbus import Bus
+from factbus.testing.brokers import remove_topic
 from factbus.testing.scenario import CausalChecker, random_dag, shuffled_with_duplicates
 
 FACTS = int(os.environ.get("FACTBUS_LATE_FACTS", "10000"))
@@ -39,17 +37,7 @@ def url_of(name: str) -> str:
 async def topic(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     name = f"late-{uuid.uuid4().hex[:10]}"
     yield name
-    transport = request.node.callspec.params["transport"]
-    with contextlib.suppress(Exception):  # cleanup is best effort
-        if transport == "kafka":
-            bootstrap = broker_url("kafka").split("://", 1)[1].split("?", 1)[0]
-            admin = AdminClient({"bootstrap.servers": bootstrap})
-            futures = admin.delete_topics([name, f"{name}.dead-letter"], operation_timeout=30)
-            for future in futures.values():
-                with contextlib.suppress(Exception):
-                    await asyncio.wrap_future(future)
-        else:
-            await delete_topology(url_of("amqp"), [name])
+    await remove_topic(url_of(request.node.callspec.params["transport"]), name)
 
 
 def node(url: str, store: Path, topic: str, name: str, checker: CausalChecker) -> Bus:

@@ -34,6 +34,7 @@ from factbus import Bus, Fact, FactRef
 from factbus.errors import ConfigError
 from factbus.jinaga.bridge import Feed, JinagaBridge, parse_bridge_config
 from factbus.sidecar.archive import FactArchive
+from factbus.testing.brokers import drop_schema
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,14 +45,6 @@ async def wait_for(condition: Any, timeout: float, what: str) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.1)
-
-
-async def drop_schema(pg: str, schema: str) -> None:
-    connection = await asyncpg.connect(pg)
-    try:
-        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await connection.close()
 
 
 def bridge_document(

@@ -19,7 +19,7 @@ from obs_support import scrape, scrape_until, transport_url, value
 from factbus import Bus, Fact, Message
 from factbus.envelope import encode
 from factbus.metrics import Metrics, MetricsServer
-from factbus.testing.brokers import remove_topic
+from factbus.testing.brokers import prepare_group, remove_topic
 from factbus.transport import open_transport
 
 KINDS = [
@@ -44,20 +44,6 @@ async def exporter() -> AsyncIterator[tuple[Metrics, MetricsServer]]:
 @pytest.fixture
 def topic() -> str:
     return f"obs-{uuid.uuid4().hex[:10]}"
-
-
-async def _create_group_queue(url: str, topic: str, group: str) -> None:
-    """Where the broker keeps no history for unknown groups, create the group's
-    queue first, so that what is published before the node starts waits for it."""
-    transport = open_transport(url)
-    if transport.capabilities.replays_history:
-        return
-    await transport.connect()
-    try:
-        subscription = await transport.subscribe(topic, group)
-        await subscription.aclose()
-    finally:
-        await transport.aclose()
 
 
 def _bad_bodies() -> dict[str, list[bytes]]:
@@ -161,7 +147,7 @@ async def test_lag_goes_to_zero_when_drained(
     metrics, server = exporter
     url = transport_url(kind, topic)
     count = 40
-    await _create_group_queue(url, topic, NODE)
+    await prepare_group(url, topic, NODE)
     probe = open_transport(url)
     publisher = Bus(url, "memory://", topic=topic, node="obs-publisher", consume=False)
     try:

@@ -3,11 +3,8 @@ scraped over HTTP while it consumes from RabbitMQ."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import signal
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from obs_support import scrape_until, transport_url, value
 
 from factbus import Bus, Fact
 from factbus.testing.brokers import remove_topic
+from factbus.testing.commands import WorkerCommand
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,31 +28,15 @@ async def test_worker_serves_its_metrics() -> None:
         "OBS_APP_TOPIC": topic,
         "FACTBUS_LOG_LEVEL": "error",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "factbus",
-        "worker",
-        "worker_app:build_bus",
-        "--app-dir",
-        str(HERE),
-        "--metrics-port",
-        "0",
-        "--progress",
-        "off",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
+    worker = WorkerCommand(
+        "worker_app:build_bus", "--metrics-port", "0", app_dir=HERE, env=env, every=None
     )
-    assert process.stderr is not None
+    await worker.start()
     try:
-        metrics_url = ""
-        async with asyncio.timeout(60):
-            while not metrics_url:
-                line = (await process.stderr.readline()).decode()
-                assert line, "the worker exited before serving metrics"
-                found = re.search(r"metrics at (http://\S+)", line)
-                if found:
-                    metrics_url = found.group(1)
+        line = await worker.wait_for("metrics at", timeout=60)
+        found = re.search(r"metrics at (http://\S+)", line)
+        assert found, line
+        metrics_url = found.group(1)
         node = {"node": "obs-worker-0", "topic": topic}
         # The queue exists once the worker consumes: wait for its counters to appear.
         await scrape_until(
@@ -72,8 +54,6 @@ async def test_worker_serves_its_metrics() -> None:
             == 5
         )
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        status = await asyncio.wait_for(process.wait(), 60)
+        status = await worker.stop()
         await remove_topic(url, topic, ["obs-worker-0"])
     assert status == 0

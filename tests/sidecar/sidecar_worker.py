@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import random
-import signal
 import sys
 import time
 
-import orjson
 from views_support import shop_config, shop_facts
 
 from factbus import Bus, Fact
 from factbus.dispatcher import current_transaction
 from factbus.sidecar.views import Views
+from factbus.testing.node_process import die, serve
 
 
 def kill_fact_set(seeds: int) -> list[Fact]:
@@ -37,11 +34,6 @@ def kill_fact_set(seeds: int) -> list[Fact]:
         for fact in shop_facts(seed, orders=5, edits=4, cancels=3):
             out.setdefault(fact.ref, fact)
     return list(out.values())
-
-
-def die() -> None:
-    sys.stdout.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 async def project(args: argparse.Namespace) -> None:
@@ -72,17 +64,7 @@ async def project(args: argparse.Namespace) -> None:
                 tx.after_commit(lambda: crash_point("commit"))
 
     await views.open()
-    stopping = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-    await bus.start()
-    print("ready", flush=True)
-    while not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 1.0)
-        print("stats", orjson.dumps(bus.stats.as_dict()).decode(), flush=True)
-    await bus.aclose()
-    await views.aclose()
-    print("closed", flush=True)
+    await serve(bus, views.aclose)
 
 
 async def publish(args: argparse.Namespace) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from confluent_kafka.admin import AdminClient
 from http_support import (
     eventually,
     exercise_api,
@@ -28,7 +27,7 @@ from http_support import (
 from factbus import Bus, Fact
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
-from factbus.testing.brokers import broker_url
+from factbus.testing.brokers import broker_url, remove_topic
 
 
 @contextlib.asynccontextmanager
@@ -39,11 +38,7 @@ async def kafka_topic() -> AsyncIterator[tuple[str, str]]:
     try:
         yield url, topic
     finally:
-        admin = AdminClient({"bootstrap.servers": url.split("://", 1)[1].split("?", 1)[0]})
-        futures = admin.delete_topics([topic, f"{topic}.dead-letter"], operation_timeout=30)
-        for future in futures.values():
-            with contextlib.suppress(Exception):  # best effort
-                await asyncio.wrap_future(future)
+        await remove_topic(url, topic)
 
 
 async def _ready(client: httpx.AsyncClient) -> None:
@@ -131,22 +126,12 @@ async def test_kafka_readyz_waits_for_the_backlog(tmp_path: Path) -> None:
 async def amqp_topic() -> AsyncIterator[tuple[str, str, str]]:
     """(transport URL, a topic of its own, a node); its exchanges and queues are
     deleted afterwards."""
-    import aio_pika
-
     url = broker_url("amqp")
     topic, node = unique("fbhttp"), unique("n")
     try:
         yield url, topic, node
     finally:
-        connection = await aio_pika.connect(url)
-        async with connection:
-            channel = await connection.channel()
-            for queue in (f"{topic}.{node}", f"{topic}.dead-letter"):
-                with contextlib.suppress(Exception):
-                    await channel.queue_delete(queue)
-            for exchange in (topic, f"{topic}.dead-letter"):
-                with contextlib.suppress(Exception):
-                    await channel.exchange_delete(exchange)
+        await remove_topic(url, topic, [node])
 
 
 @pytest.mark.broker("amqp")

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import sys
 import tomllib
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ import httpx
 from http_support import eventually, wire
 
 from factbus import Fact
+from factbus.testing.commands import run_factbus, start_sidecar
 
 TOML = """
 [factbus]
@@ -42,27 +42,8 @@ async def test_sidecar_command_serves_until_sigterm(tmp_path: Path) -> None:
     assert tomllib.loads(config.read_text())["sidecar"]["outbox"] == "outbox"
     app_db = tmp_path / "app.db"
     env = {**os.environ, "FACTBUS_STORE": f"sqlite:///{app_db}"}  # overrides the TOML
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "factbus",
-        "sidecar",
-        "--config",
-        str(config),
-        "--listen",
-        "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    assert process.stdout is not None and process.stderr is not None
+    process, url = await start_sidecar("--config", str(config), env=env)
     try:
-        async with asyncio.timeout(60):
-            first = (await process.stdout.readline()).decode()
-        assert first.startswith("factbus sidecar: listening on http://127.0.0.1:"), (
-            first + (await process.stderr.read()).decode()
-        )
-        url = first.split()[4]
         customer = Fact("Shop.Customer", {"email": "ada@example.com"})
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             assert (await client.get("/healthz")).status_code == 200
@@ -94,22 +75,11 @@ async def test_sidecar_command_serves_until_sigterm(tmp_path: Path) -> None:
             process.kill()
             await process.wait()
     assert not (tmp_path / "not-this.db").exists()
-    rebuild = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "factbus",
-        "sidecar",
-        "rebuild",
-        "--config",
-        str(config),
-        "customers",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
+    status, out, errors = await run_factbus(
+        "sidecar", "rebuild", "--config", str(config), "customers", env=env
     )
-    out, errors = await rebuild.communicate()
-    assert rebuild.returncode == 0, errors.decode()
-    assert "customers (2 rows)" in out.decode()
+    assert status == 0, errors
+    assert "customers (2 rows)" in out
     with sqlite3.connect(app_db) as db:
         emails = sorted(e for (e,) in db.execute("SELECT email FROM customers"))
     assert emails == ["ada@example.com", "bob@example.com"]
@@ -118,16 +88,6 @@ async def test_sidecar_command_serves_until_sigterm(tmp_path: Path) -> None:
 async def test_sidecar_command_refuses_a_bad_config(tmp_path: Path) -> None:
     config = tmp_path / "sidecar.toml"
     config.write_text('[sidecar]\nlisten = "127.0.0.1:8081"\ntabel = []\n')
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "factbus",
-        "sidecar",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, errors = await process.communicate()
-    assert process.returncode == 2
-    assert "sidecar.tabel: unknown key" in errors.decode()
+    status, _, errors = await run_factbus("sidecar", "--config", str(config))
+    assert status == 2
+    assert "sidecar.tabel: unknown key" in errors

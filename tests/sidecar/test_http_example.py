@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 from http_support import eventually
 
+from factbus.testing.commands import start_sidecar
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop"
 
 
@@ -32,23 +34,8 @@ async def _run(*argv: str, cwd: Path, env: dict[str, str]) -> str:
 async def test_shop_example(tmp_path: Path) -> None:
     shutil.copy(EXAMPLE / "sidecar.toml", tmp_path)
     shutil.copy(EXAMPLE / "app.py", tmp_path)
-    sidecar = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "factbus",
-        "sidecar",
-        "--config",
-        "sidecar.toml",
-        "--listen",
-        "127.0.0.1:0",
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert sidecar.stdout is not None
+    sidecar, url = await start_sidecar("--config", "sidecar.toml", cwd=tmp_path)
     try:
-        async with asyncio.timeout(60):
-            url = (await sidecar.stdout.readline()).decode().split()[4]
         env = {**os.environ, "SIDECAR": url, "DATABASE": str(tmp_path / "shop.db")}
         async with httpx.AsyncClient(base_url=url) as client:
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from factbus.sidecar.archive import FactArchive
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.rebuild import rebuild
 from factbus.sidecar.views import UnknownTable, Views
+from factbus.testing.commands import run_factbus
 
 KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.broker("postgres"))]
 
@@ -251,18 +251,12 @@ async def test_a_view_table_named_facts_is_rebuilt_and_reported(tmp_path: Path) 
         'node = "s"\n\n[[sidecar.table]]\nname = "facts"\nfact = "Shop.Customer"\n'
         'columns = { email = "fields.email" }\n'
     )
-    command = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "factbus",
+    status, out, errors = await run_factbus(
         "sidecar",
         "rebuild",
         "--config",
         str(config_file),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith("FACTBUS_")},
     )
-    out, errors = await command.communicate()
-    assert command.returncode == 0, errors.decode()
-    assert "factbus sidecar rebuild: replayed 7 facts into facts (3 rows)\n" in out.decode()
+    assert status == 0, errors
+    assert "factbus sidecar rebuild: replayed 7 facts into facts (3 rows)\n" in out

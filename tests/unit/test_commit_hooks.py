@@ -14,7 +14,7 @@ import pytest
 from factbus import Bus, Fact
 from factbus.dispatcher import current_transaction
 from factbus.store import Store, StoreBatch, open_store
-from factbus.testing.brokers import broker_url
+from factbus.testing.brokers import broker_url, drop_schema
 
 
 @pytest.fixture(
@@ -32,12 +32,7 @@ async def store(request: Any, tmp_path: Path) -> Any:
     await opened.open()
     yield opened
     if request.param == "postgres":
-        import asyncpg
-
-        schema = url.rsplit("schema=", 1)[1]
-        conn = await asyncpg.connect(base)
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
+        await drop_schema(base, url.rsplit("schema=", 1)[1])
     await opened.aclose()
 
 

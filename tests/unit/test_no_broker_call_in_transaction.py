@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import asyncpg
 import pytest
 
 from conftest import broker_url
 from factbus import Bus, Fact
 from factbus.envelope import decode, encode
 from factbus.errors import EnvelopeError
+from factbus.testing.brokers import drop_schema
 from factbus.transport import Message, open_transport
 
 
@@ -207,8 +207,4 @@ async def test_rabbitmq_and_postgres() -> None:
     try:
         check(await exercise(amqp, store, topic))
     finally:
-        conn = await asyncpg.connect(pg)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(pg, schema)

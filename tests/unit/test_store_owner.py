@@ -7,12 +7,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from conftest import broker_url
 from factbus import Bus, Fact, StoreOwnedError
 from factbus.store.memory import MemoryStore
+from factbus.testing.brokers import drop_schema
 
 
 def facts(n: int, tag: str) -> list[Fact]:
@@ -81,8 +81,4 @@ async def test_groups_on_one_postgres_store() -> None:
         assert "group 'billing'" in message and "group 'audit'" in message
         assert schema in message and "schema" in message
     finally:
-        conn = await asyncpg.connect(pg)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(pg, schema)

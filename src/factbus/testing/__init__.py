@@ -8,6 +8,12 @@
 - :mod:`factbus.testing.shop`: the shop example's sidecar views (demo,
   benchmark, tests).
 - :mod:`factbus.testing.brokers`: the URLs of factbus's own test brokers
-  (``FACTBUS_TEST_*_URL``; skip, or fail in CI, when one does not answer) and
-  the clean-up of a test topic's broker objects.
+  (``FACTBUS_TEST_*_URL``; skip, or fail in CI, when one does not answer), a
+  group's queue made ahead of publishing, and the clean-up of what a test made
+  on them (a topic's broker objects, a PostgreSQL schema).
+- :mod:`factbus.testing.commands`: factbus's commands in subprocesses: one run
+  to its end, a sidecar until it listens, ``factbus worker`` with its log lines
+  collected and waited for.
+- :mod:`factbus.testing.node_process`: the other side, a bus run as a test's
+  worker script (``ready``/``stats``/``closed`` lines, ``kill -9`` of itself).
 """

@@ -8,8 +8,9 @@ runs with ``factbus worker``, a worker script) reach it the same way as tests
 (``tests/conftest.py`` re-exports it).
 
 Also: :func:`unavailable` (skip, or fail in CI, for want of a broker, server or
-command) and :func:`remove_topic` (best-effort clean-up of what a test's topic
-made on its broker).
+command), :func:`prepare_group` (a group's queue made before anything is
+published), :func:`remove_topics` (best-effort clean-up of what a test's topics
+made on its broker), :func:`drop_schema` (PostgreSQL) and :func:`kafka_bootstrap`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Final, NoReturn
 from urllib.parse import urlsplit
 
 import pytest
+
+from factbus.transport import open_transport
 
 DEFAULT_URLS: Final = {
     "amqp": "amqp://guest:guest@127.0.0.1:5672/",
@@ -55,29 +58,44 @@ def unavailable(message: str) -> NoReturn:
     pytest.skip(message)
 
 
+async def prepare_group(url: str, topic: str, group: str) -> None:
+    """Where the broker does not replay history to a group it does not know yet
+    (AMQP: a group is a queue, made when the group first subscribes), subscribe
+    ``group`` to ``topic`` once, so that what is published before its consumers
+    start waits for them in its queue. Elsewhere nothing is done."""
+    transport = open_transport(url)
+    if transport.capabilities.replays_history:
+        return
+    await transport.connect()
+    try:
+        await (await transport.subscribe(topic, group)).aclose()
+    finally:
+        await transport.aclose()
+
+
 async def remove_topic(url: str, topic: str, groups: Sequence[str] = ()) -> None:
-    """Best effort: remove what ``topic`` made on the broker at ``url`` (errors are
-    ignored). AMQP: the groups' queues, the dead-letter queue and both exchanges;
-    Kafka: the topic and its dead-letter topic; kombu+redis: every key that names
-    the topic (use a unique topic name)."""
+    """:func:`remove_topics` for one topic."""
+    await remove_topics(url, [topic], groups)
+
+
+async def remove_topics(url: str, topics: Sequence[str], groups: Sequence[str] = ()) -> None:
+    """Best effort: remove what ``topics`` made on the broker at ``url`` (errors are
+    ignored; what was never made is no error). AMQP: each topic's queues
+    ``<topic>.<group>`` for ``groups``, its ``dead-letter`` and ``stream`` queues
+    and both its exchanges; Kafka: each topic and its dead-letter topic;
+    kombu+redis: every key that names a topic (use unique topic names).
+
+    A name list that mixes topics and groups (the conformance suite's
+    ``ConformanceContext.names``) is cleaned by passing it as both."""
     with contextlib.suppress(Exception):
         if url.startswith("amqp"):
-            import aio_pika
-
-            connection = await aio_pika.connect(url)
-            async with connection:
-                channel = await connection.channel()
-                for queue in [*(f"{topic}.{g}" for g in groups), f"{topic}.dead-letter"]:
-                    await channel.queue_delete(queue)
-                for exchange in (topic, f"{topic}.dead-letter"):
-                    await channel.exchange_delete(exchange)
+            await _remove_amqp(url, topics, groups)
         elif url.startswith("kafka"):
             from confluent_kafka.admin import AdminClient
 
-            bootstrap = url.split("://", 1)[1].split("?", 1)[0]
-            admin = AdminClient({"bootstrap.servers": bootstrap})
-            futures = admin.delete_topics([topic, f"{topic}.dead-letter"], operation_timeout=10)
-            for future in futures.values():
+            admin = AdminClient({"bootstrap.servers": kafka_bootstrap(url)})
+            every = [*topics, *(f"{t}.dead-letter" for t in topics)]
+            for future in admin.delete_topics(every, operation_timeout=30).values():
                 with contextlib.suppress(Exception):
                     await asyncio.wrap_future(future)
         elif url.startswith("kombu+redis"):
@@ -85,6 +103,47 @@ async def remove_topic(url: str, topic: str, groups: Sequence[str] = ()) -> None
 
             client = aioredis.from_url("redis://" + url.split("://", 1)[1].split("?", 1)[0])
             async with client:
-                keys = [key async for key in client.scan_iter(f"*{topic}*")]
-                if keys:
-                    await client.delete(*keys)
+                for topic in topics:
+                    keys = [key async for key in client.scan_iter(f"*{topic}*")]
+                    if keys:
+                        await client.delete(*keys)
+
+
+async def _remove_amqp(url: str, topics: Sequence[str], groups: Sequence[str]) -> None:
+    import aio_pika
+
+    from factbus_amqp.config import AmqpConfig
+
+    queues = [f"{t}.{g}" for t in topics for g in groups if g != t]
+    queues += [f"{t}.{suffix}" for t in topics for suffix in ("dead-letter", "stream")]
+    exchanges = [*topics, *(f"{t}.dead-letter" for t in topics)]
+    connection = await aio_pika.connect(AmqpConfig.from_url(url).amqp_url())
+    async with connection:
+        channel = await connection.channel()
+        for name in queues:
+            try:
+                await channel.queue_delete(name)
+            except Exception:  # the broker closed the channel: go on with a new one
+                channel = await connection.channel()
+        for name in exchanges:
+            try:
+                await channel.exchange_delete(name)
+            except Exception:
+                channel = await connection.channel()
+
+
+async def drop_schema(url: str, schema: str) -> None:
+    """Drop PostgreSQL schema ``schema`` and all it holds, if it exists, on the
+    database at ``url`` (errors are raised: a test's own schema must go)."""
+    import asyncpg
+
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
+
+
+def kafka_bootstrap(url: str) -> str:
+    """The ``bootstrap.servers`` of a ``kafka://`` URL (its options dropped)."""
+    return url.split("://", 1)[1].split("?", 1)[0]
