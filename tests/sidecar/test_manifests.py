@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from factbus.cli import build_parser
 from factbus.config import Settings
-from factbus.sidecar.config import parse_config
+from factbus.sidecar.config import SidecarConfig, parse_config
 from factbus.sidecar.server import build_app, split_listen
 from factbus.sidecar.service import Sidecar
 
@@ -72,6 +72,19 @@ def test_native_sidecar_runs_the_sidecar_command(docs: dict[str, dict[str, Any]]
     assert Path(args.config).name in configmap["data"]
 
 
+def _routes(config: SidecarConfig, tmp_path: Path) -> dict[str, set[str]]:
+    """The HTTP methods of each route of the sidecar app ``config`` describes."""
+    sidecar = Sidecar(
+        config,
+        settings=Settings(transport="memory://manifests", store=f"sqlite:///{tmp_path / 'app.db'}"),
+    )
+    return {
+        route.path: route.methods or set()
+        for route in build_app(sidecar).routes
+        if isinstance(route, Route)
+    }
+
+
 def test_ports_and_probes_are_the_servers(docs: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     container = _sidecar_container(docs)
     toml = tomllib.loads(docs["ConfigMap/shop-factbus"]["data"]["sidecar.toml"])
@@ -80,15 +93,7 @@ def test_ports_and_probes_are_the_servers(docs: dict[str, dict[str, Any]], tmp_p
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert port in named.values()
     assert port in _dockerfile()["EXPOSE"]
-    sidecar = Sidecar(
-        config,
-        settings=Settings(transport="memory://manifests", store=f"sqlite:///{tmp_path / 'app.db'}"),
-    )
-    routes = {
-        route.path: route.methods or set()
-        for route in build_app(sidecar).routes
-        if isinstance(route, Route)
-    }
+    routes = _routes(config, tmp_path)
     probes = {
         kind: container[kind]["httpGet"]
         for kind in ("startupProbe", "readinessProbe", "livenessProbe")
@@ -124,15 +129,7 @@ def test_prometheus_annotations_point_at_the_metrics_route(
     _, port = split_listen(config.listen)
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == port
-    sidecar = Sidecar(
-        config,
-        settings=Settings(transport="memory://manifests", store=f"sqlite:///{tmp_path / 'app.db'}"),
-    )
-    routes = {
-        route.path: route.methods or set()
-        for route in build_app(sidecar).routes
-        if isinstance(route, Route)
-    }
+    routes = _routes(config, tmp_path)
     assert "GET" in routes[annotations["prometheus.io/path"]]
     extras = re.search(r"pip install .*'\.\[([a-z,]+)\]'", (ROOT / "Dockerfile").read_text())
     assert extras is not None
