@@ -41,13 +41,12 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import psutil
 
 from factbus import Bus, Fact
-from factbus.testing.brokers import prepare_group, remove_topic
+from factbus.testing.brokers import prepare_group, remove_topic, with_options
 from factbus.testing.commands import WorkerCommand
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 from factbus.urls import redact
@@ -120,12 +119,6 @@ class Cell:
     wall_seconds: float
 
 
-def _with_query(url: str, **options: Any) -> str:
-    parts = urlsplit(url)
-    query = "&".join(q for q in (parts.query, urlencode(options)) if q)
-    return urlunsplit(parts._replace(query=query))
-
-
 def _store_options() -> dict[str, str]:
     """Extra store URL options from ``BENCH_GROUP_STORE_OPTIONS`` (``a=1&b=2``)."""
     raw = os.environ.get("BENCH_GROUP_STORE_OPTIONS", "")
@@ -158,7 +151,7 @@ async def run_cell(broker: str, url: str, pg: str, workers: int, args: argparse.
         env = dict(
             os.environ,
             BENCH_GROUP_TRANSPORT=url,
-            BENCH_GROUP_STORE=_with_query(pg, schema=schema, pool_max=3, **_store_options()),
+            BENCH_GROUP_STORE=with_options(pg, schema=schema, pool_max=3, **_store_options()),
             BENCH_GROUP_TOPIC=topic,
             BENCH_GROUP_SCHEMA=schema,
             BENCH_GROUP_HANDLER_MS=str(args.handler_ms),

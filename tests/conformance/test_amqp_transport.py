@@ -20,7 +20,7 @@ import pytest
 
 from conftest import broker_url
 from factbus.errors import ConfigError, PublishError, TransportError
-from factbus.testing.brokers import remove_topics
+from factbus.testing.brokers import remove_topics, with_options
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect, messages
 from factbus.transport import Message, open_transport
 from factbus_amqp import AmqpTransport
@@ -30,10 +30,7 @@ BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
 
 
 def amqp_url(options: str = "") -> str:
-    url = broker_url("amqp")
-    if not options:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}{options}"
+    return with_options(broker_url("amqp"), options)
 
 
 class TestAmqpTransport(TransportConformance):

@@ -17,6 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import broker_url
 from factbus.errors import ConfigError, PublishError, TransportError
+from factbus.testing.brokers import with_options
 from factbus.testing.conformance import (
     ConformanceContext,
     TransportConformance,
@@ -37,10 +38,7 @@ TEST_OPTIONS = "session_timeout=6&heartbeat_interval=0.5&commit_interval=0.5"
 
 
 def kafka_url(options: str = TEST_OPTIONS) -> str:
-    url = broker_url("kafka")
-    if not options:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}{options}"
+    return with_options(broker_url("kafka"), options)
 
 
 def _topics(admin: AdminClient) -> set[str]:

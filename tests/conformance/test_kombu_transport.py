@@ -26,7 +26,7 @@ from kombu.transport import redis as kombu_redis
 from conftest import broker_url
 from factbus import Bus, Fact
 from factbus.errors import ConfigError, FatalTransportError, TransportError
-from factbus.testing.brokers import unavailable
+from factbus.testing.brokers import unavailable, with_options
 from factbus.testing.conformance import (
     ConformanceContext,
     TransportConformance,
@@ -51,10 +51,6 @@ from factbus_kombu.redis_channel import Transport as RedisTransport
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
 BROKERS = {"redis": "redis", "kombu_amqp": "rabbitmq"}
 """broker_url name -> scripts/brokers.sh name."""
-
-
-def with_options(url: str, options: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}{options}" if options else url
 
 
 def delete_topology(url: str, names: list[str]) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -27,15 +26,11 @@ import pytest
 
 from conftest import broker_url
 from factbus import Bus, Fact, FatalTransportError
-from factbus.testing.brokers import remove_topic
+from factbus.testing.brokers import remove_topic, unique, with_options
 from factbus.testing.commands import WorkerCommand
 
 HERE = Path(__file__).resolve().parent
 FACT_TYPE = "Test.ErrorContract"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def plain_amqp(url: str) -> str:
@@ -116,14 +111,12 @@ async def publish(url: str, topic: str, count: int, tag: str) -> None:
 @pytest.mark.broker("amqp")
 @pytest.mark.faults
 async def test_a_consumer_cut_off_for_longer_than_its_retry_timeout_is_retried() -> None:
-    from factbus.testing.faultproxy import FaultProxy
+    from factbus.testing.faultproxy import FaultProxy, through, upstream_of
 
     direct = broker_url("kombu_amqp")
-    parts = urlsplit(direct)
     topic, group = unique("errc-t"), "g"
-    with FaultProxy((parts.hostname or "127.0.0.1", parts.port or 5672)).running() as proxy:
-        netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
-        proxied = urlunsplit((parts.scheme, netloc, parts.path, "factbus_retry_timeout=1", ""))
+    with FaultProxy(upstream_of(direct)).running() as proxy:
+        proxied = with_options(through(plain_amqp(direct), proxy), "factbus_retry_timeout=1")
         async with error_worker(proxied, topic, group) as worker:
             await worker.wait_for("1/1 up")
             await publish(direct, topic, 5, "before")
@@ -146,14 +139,12 @@ async def test_a_consumer_cut_off_for_longer_than_its_retry_timeout_is_retried()
 async def test_a_queue_that_cannot_be_restored_stops_a_running_bus_with_the_error() -> None:
     """Mid-run: after a lost connection the group queue is declared again, and it
     now exists with other arguments: ``Bus.run`` raises, it does not retry forever."""
-    from factbus.testing.faultproxy import FaultProxy
+    from factbus.testing.faultproxy import FaultProxy, through, upstream_of
 
     direct = broker_url("amqp")
-    parts = urlsplit(direct)
     topic, group = unique("errc-t"), "g"
-    with FaultProxy((parts.hostname or "127.0.0.1", parts.port or 5672)).running() as proxy:
-        netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
-        proxied = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    with FaultProxy(upstream_of(direct)).running() as proxy:
+        proxied = through(plain_amqp(direct), proxy)
         bus = Bus(proxied, "memory://", topic=topic, group=group, node="errc")
         run = asyncio.create_task(bus.run())
         try:

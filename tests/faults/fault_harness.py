@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from fault_worker import scenario
 
 from conftest import broker_url
 from factbus.fact import Fact, FactRef
+from factbus.testing.brokers import unique, with_options
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -44,10 +44,6 @@ SCALE = float(os.environ.get("FACTBUS_FAULT_SCALE", "1"))
 def scaled(full: int, floor: int) -> int:
     """``full`` times the scale, never below ``floor``."""
     return max(floor, int(full * SCALE))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 WORK_ROOT = Path(tempfile.gettempdir()) / "factbus-faults"
@@ -69,12 +65,6 @@ def work_dir(name: str) -> Path:
     path = WORK_ROOT / f"{time.strftime('%H%M%S')}-{unique(name)}"
     path.mkdir()
     return path
-
-
-def with_options(url: str, options: str) -> str:
-    if not options:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}{options}"
 
 
 # Options that make each adapter notice a dead peer within seconds. Each is

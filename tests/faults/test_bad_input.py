@@ -37,12 +37,13 @@ from typing import Any
 
 import orjson
 import pytest
-from fault_harness import report, scaled, transport_url, unique
+from fault_harness import report, scaled, transport_url
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from factbus import Bus, Fact, FactRef
 from factbus.envelope import encode
+from factbus.testing.brokers import unique
 from factbus.transport import Message, Transport, open_transport
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]

@@ -45,11 +45,11 @@ from fault_harness import (
     require,
     scaled,
     transport_url,
-    unique,
     work_dir,
 )
 
 from factbus import Bus, Fact, FactRef
+from factbus.testing.brokers import unique
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 

@@ -18,7 +18,6 @@ connection (bootstrap, partition leader, group coordinator) goes through it.
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from fault_harness import (
@@ -30,25 +29,13 @@ from fault_harness import (
     wait_for_effects,
 )
 
-from factbus.testing.faultproxy import FaultProxy
+from factbus.testing.faultproxy import FaultProxy, through, upstream_of
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
 FACTS = scaled(10_000, 2_000)
 DROP_LIMIT = 20.0
 """Seconds a silent drop may last before someone must have noticed it."""
-
-
-def through(url: str, proxy: FaultProxy) -> str:
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@{proxy.address}" if userinfo else proxy.address
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def upstream_of(url: str) -> tuple[str, int]:
-    parts = urlsplit(url.split(",")[0])
-    return parts.hostname or "127.0.0.1", parts.port or 0
 
 
 @pytest.mark.parametrize("name", ["amqp", "kafka", "kombu_amqp"])

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import structlog
-from fault_harness import transport_url, unique
+from fault_harness import transport_url
 
 from factbus import Bus, Fact
 from factbus.cli import main
 from factbus.envelope import encode
 from factbus.logging import configure_logging
+from factbus.testing.brokers import unique
 from factbus.transport import Message, open_transport
 from factbus.transport.memory import MemoryTransport
 

@@ -10,11 +10,8 @@ with ``in_order = false``, a lost fact as a missing row.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -24,17 +21,6 @@ from factbus.fact import Fact
 def env_int(name: str, default: int) -> int:
     """A size knob: ``FACTBUS_GROUP_<NAME>`` shrinks a test for quick local runs."""
     return int(os.environ.get(f"FACTBUS_GROUP_{name}", default))
-
-
-def with_options(url: str, **options: Any) -> str:
-    """``url`` with query options added."""
-    parts = urlsplit(url)
-    query = "&".join(q for q in (parts.query, urlencode(options)) if q)
-    return urlunsplit(parts._replace(query=query))
-
-
-def new_schema_name(prefix: str = "fbtest") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,17 @@ from group_support import (
     EffectTable,
     Verdict,
     env_int,
-    new_schema_name,
-    with_options,
 )
 
 from factbus import Bus
-from factbus.testing.brokers import broker_url, drop_schema, prepare_group, remove_topic
+from factbus.testing.brokers import (
+    broker_url,
+    drop_schema,
+    prepare_group,
+    remove_topic,
+    unique,
+    with_options,
+)
 from factbus.testing.commands import WorkerCommand
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 
@@ -46,7 +51,7 @@ DEADLINE = float(os.environ.get("FACTBUS_GROUP_DEADLINE", "240"))
 @pytest.fixture
 async def schema() -> AsyncIterator[tuple[str, str]]:
     pg = broker_url("postgres")
-    name = new_schema_name("fbgroup")
+    name = unique("fbgroup", "_")
     try:
         yield pg, name
     finally:

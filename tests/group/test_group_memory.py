@@ -22,14 +22,12 @@ import pytest
 from group_support import (
     EffectTable,
     env_int,
-    new_schema_name,
     record_effect,
-    with_options,
 )
 
 from factbus import Bus, Fact
 from factbus.errors import ConfigError
-from factbus.testing.brokers import broker_url, drop_schema
+from factbus.testing.brokers import broker_url, drop_schema, unique, with_options
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
 from factbus.transport.memory import MemoryTransport
 
@@ -40,7 +38,7 @@ FACTS = env_int("MEMORY_FACTS", 5_000)
 async def group_store() -> AsyncIterator[tuple[str, str, EffectTable]]:
     """(PostgreSQL URL, store URL on a fresh schema, its effect table)."""
     pg = broker_url("postgres")
-    schema = new_schema_name("fbmem")
+    schema = unique("fbmem", "_")
     table = EffectTable(schema)
     await table.create(pg)
     try:

@@ -10,12 +10,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from group_support import new_schema_name, with_options
 
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
 from factbus.store import FactState, ParkedFact, Store, StoreBatch, open_store
-from factbus.testing.brokers import broker_url, drop_schema
+from factbus.testing.brokers import broker_url, drop_schema, unique, with_options
 from factbus.testing.store_suite import StoreConformance
 from factbus_postgres import PostgresConfig, PostgresStore
 
@@ -24,7 +23,7 @@ from factbus_postgres import PostgresConfig, PostgresStore
 async def pg_schema() -> AsyncIterator[tuple[str, str]]:
     """(base URL, store URL on a fresh schema); the schema is dropped afterwards."""
     base = broker_url("postgres")
-    schema = new_schema_name()
+    schema = unique("fbtest", "_")
     try:
         yield base, with_options(base, schema=schema)
     finally:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from group_support import EffectTable, new_schema_name, with_options
+from group_support import EffectTable
 
-from factbus.testing.brokers import broker_url, drop_schema
+from factbus.testing.brokers import broker_url, drop_schema, unique, with_options
 from factbus.testing.commands import WorkerCommand, handled_in
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 async def app_env() -> AsyncIterator[dict[str, str]]:
     """Environment for ``group_app`` on a fresh schema (dropped afterwards)."""
     pg = broker_url("postgres")
-    schema = new_schema_name("fbcmd")
+    schema = unique("fbcmd", "_")
     await EffectTable(schema).create(pg)
     env = dict(os.environ)
     env.update(

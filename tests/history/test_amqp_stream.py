@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from conftest import broker_url
 from factbus.errors import ConfigError
-from factbus.testing.brokers import remove_topic, remove_topics, unavailable
+from factbus.testing.brokers import remove_topic, remove_topics, unavailable, with_options
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect
 from factbus.transport import Message, delivery_position
 from factbus_amqp import AmqpTransport
@@ -25,8 +25,7 @@ pytestmark = pytest.mark.broker("amqp")
 
 
 def stream_url() -> str:
-    url = broker_url("amqp")
-    return f"{url}{'&' if '?' in url else '?'}history=stream&reconnect_delay=0.1"
+    return with_options(broker_url("amqp"), "history=stream&reconnect_delay=0.1")
 
 
 class TestAmqpStreamTransport(TransportConformance):

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import broker_url
 from factbus import Bus
-from factbus.testing.brokers import remove_topic
+from factbus.testing.brokers import remove_topic, with_options
 from factbus.testing.scenario import CausalChecker, random_dag, shuffled_with_duplicates
 
 FACTS = int(os.environ.get("FACTBUS_LATE_FACTS", "10000"))
@@ -29,8 +29,7 @@ FACTS = int(os.environ.get("FACTBUS_LATE_FACTS", "10000"))
 def url_of(name: str) -> str:
     if name == "kafka":
         return f"{broker_url('kafka')}?session_timeout=6&heartbeat_interval=0.5"
-    url = broker_url("amqp")
-    return f"{url}{'&' if '?' in url else '?'}history=stream"
+    return with_options(broker_url("amqp"), "history=stream")
 
 
 @pytest.fixture

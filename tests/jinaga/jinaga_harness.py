@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import httpx
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from factbus.testing.brokers import unavailable
+from factbus.testing.brokers import unavailable, unique
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -38,10 +37,6 @@ def jinaga_server_url() -> str:
     except (OSError, httpx.HTTPError) as error:
         unavailable(f"jinaga-server at {url} does not answer ({error}); run `make jinaga-server`")
     return url
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 async def jinaga_js(command: str, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:

@@ -20,21 +20,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from jinaga_harness import (
-    delete_topics,
-    items,
-    jinaga_js,
-    jinaga_server_url,
-    key_counts,
-    unique,
-)
+from jinaga_harness import delete_topics, items, jinaga_js, jinaga_server_url, key_counts
 
 from conftest import broker_url
 from factbus import Bus, Fact, FactRef
 from factbus.errors import ConfigError
 from factbus.jinaga.bridge import Feed, JinagaBridge, parse_bridge_config
 from factbus.sidecar.archive import FactArchive
-from factbus.testing.brokers import drop_schema
+from factbus.testing.brokers import drop_schema, unique
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,7 +86,7 @@ async def test_node_to_kafka_to_bridge_to_server_to_fresh_jinaga_client(
 ) -> None:
     server, kafka = jinaga_server_url(), broker_url("kafka")
     topic, tag = unique("jinaga-push"), unique("root")
-    schema = unique("jbp").replace("-", "_")
+    schema = unique("jbp", "_")
     pg = broker_url("postgres") if store == "postgres" else ""
     store_url = f"{pg}?schema={schema}" if pg else f"sqlite:///{tmp_path}/bridge.db"
     root = Fact("Bridge.Root", {"id": tag})
@@ -131,7 +124,7 @@ async def test_node_to_kafka_to_bridge_to_server_to_fresh_jinaga_client(
 
 async def test_bridge_command_restart_resumes_from_kept_bookmark(tmp_path: Path) -> None:
     server, kafka, pg = jinaga_server_url(), broker_url("kafka"), broker_url("postgres")
-    topic, tag, schema = unique("jinaga-restart"), unique("root"), unique("jb").replace("-", "_")
+    topic, tag, schema = unique("jinaga-restart"), unique("root"), unique("jb", "_")
     root = {"type": "Bridge.Root", "fields": {"id": tag}}
     config = tmp_path / "bridge.toml"
     config.write_text(

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
-from jinaga_harness import delete_topics, unique
+from jinaga_harness import delete_topics
 from test_jinaga_spec import jinaga_specs
 
 from conftest import broker_url
@@ -34,6 +34,7 @@ from factbus import Bus, Fact, FactRef
 from factbus.jinaga.graph import JinagaFormatError, fact_record, parse_graph, write_graph
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
+from factbus.testing.brokers import unique
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from jinaga_harness import SERVER_JS, delete_topics, items, jinaga_js, jinaga_server_url, unique
+from jinaga_harness import SERVER_JS, delete_topics, items, jinaga_js, jinaga_server_url
 
 from conftest import broker_url
 from factbus import Bus, Fact, FactRef
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
+from factbus.testing.brokers import unique
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from factbus.testing.brokers import broker_url
+from factbus.testing.brokers import broker_url, with_options
 
 # Short heartbeats make Kafka group joins quick; one partition keeps publish order.
 KAFKA_OPTIONS = "session_timeout=6&heartbeat_interval=0.5&commit_interval=0.2&partitions=1"
@@ -19,10 +19,7 @@ def transport_url(kind: str, namespace: str) -> str:
     """The URL of transport ``kind`` (memory, amqp, kafka, redis) for a test."""
     if kind == "memory":
         return f"memory://{namespace}"
-    url = broker_url(kind)
-    if kind == "kafka":
-        return url + ("&" if "?" in url else "?") + KAFKA_OPTIONS
-    return url
+    return with_options(broker_url(kind), KAFKA_OPTIONS if kind == "kafka" else "")
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

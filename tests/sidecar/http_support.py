@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -19,18 +18,14 @@ from factbus.fact import Fact, FactRef
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
 from factbus.testing import shop
-from factbus.testing.brokers import broker_url
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+from factbus.testing.brokers import broker_url, unique
 
 
 @contextlib.asynccontextmanager
 async def fresh_database(prefix: str = "fbhttp") -> AsyncIterator[str]:
     """A PostgreSQL database of its own (the app's database), dropped afterwards."""
     base = broker_url("postgres")
-    name = unique(prefix)
+    name = unique(prefix, "_")
     admin = await asyncpg.connect(base)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')

@@ -3,7 +3,6 @@ speaks HTTP and SQL), and `factbus demo --sidecar` converges."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -13,22 +12,15 @@ from pathlib import Path
 import httpx
 from http_support import eventually
 
-from factbus.testing.commands import start_sidecar
+from factbus.testing.commands import run_command, start_sidecar
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop"
 
 
 async def _run(*argv: str, cwd: Path, env: dict[str, str]) -> str:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, (argv, err.decode())
-    return out.decode().strip()
+    status, out, err = await run_command(argv, cwd=cwd, env=env)
+    assert status == 0, (argv, err)
+    return out.strip()
 
 
 async def test_shop_example(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ import pytest
 from sidecar_worker import kill_fact_set
 from views_support import TABLES, expected_rows
 
-from factbus.testing.brokers import broker_url
+from factbus.testing.brokers import broker_url, with_options
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker("amqp"), pytest.mark.timeout(900)]
 
@@ -104,8 +104,7 @@ def counts(path: Path) -> tuple[int, int, int]:
 
 
 def test_kill9_sidecar_ends_with_the_exact_rows(tmp_path: Path) -> None:
-    url = broker_url("amqp")
-    url += ("&" if "?" in url else "?") + "heartbeat=2&connect_timeout=5&reconnect_delay=0.5"
+    url = with_options(broker_url("amqp"), "heartbeat=2&connect_timeout=5&reconnect_delay=0.5")
     facts = kill_fact_set(SEEDS)
     assert len(facts) >= 10_000 or "FACTBUS_SIDECAR_KILL_SEEDS" in os.environ
     expected = expected_rows(facts)

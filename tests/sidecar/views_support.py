@@ -12,14 +12,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from factbus import Bus, Fact
 from factbus.sidecar.config import SidecarConfig, parse_config
 from factbus.sidecar.views import Views
-from factbus.testing.brokers import broker_url
+from factbus.testing.brokers import broker_url, with_options
 from factbus.testing.shop import shop_views
 
 
@@ -128,12 +127,6 @@ def expected_rows(facts: Sequence[Fact]) -> dict[str, list[dict[str, Any]]]:
             ("open_orders", open_orders),
         )
     }
-
-
-def with_options(url: str, **options: Any) -> str:
-    parts = urlsplit(url)
-    query = "&".join(q for q in (parts.query, urlencode(options)) if q)
-    return urlunsplit(parts._replace(query=query))
 
 
 @dataclass

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 
@@ -26,7 +25,7 @@ from conftest import broker_url
 from factbus import Bus, Fact
 from factbus.envelope import decode, encode
 from factbus.errors import EnvelopeError
-from factbus.testing.brokers import drop_schema
+from factbus.testing.brokers import drop_schema, with_options
 from factbus.transport import Message, open_transport
 
 
@@ -202,8 +201,7 @@ async def test_rabbitmq_and_postgres() -> None:
     pg = broker_url("postgres")
     schema = f"guard_{uuid.uuid4().hex[:12]}"
     topic = f"guard-{uuid.uuid4().hex[:8]}"
-    separator = "&" if "?" in pg else "?"
-    store = PostgresStore(f"{pg}{separator}{urlencode({'schema': schema})}")
+    store = PostgresStore(with_options(pg, schema=schema))
     try:
         check(await exercise(amqp, store, topic))
     finally:

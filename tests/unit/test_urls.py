@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from conftest import broker_url
 from factbus.errors import ConfigError
 from factbus.store import open_store
+from factbus.testing.brokers import with_options
 from factbus.transport import open_transport
 from factbus.urls import (
     coerce,
@@ -178,10 +179,6 @@ def _with_password(url: str, password: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
 
 
-def _with_query(url: str, query: str) -> str:
-    return url + ("&" if "?" in url else "?") + query
-
-
 @pytest.mark.parametrize(
     ("name", "options"),
     [
@@ -196,7 +193,7 @@ def test_no_secret_in_logs_of_a_failed_login(
 ) -> None:
     """A real broker refuses a wrong password: neither the error nor any log line
     (structlog or stdlib, every level) shows it."""
-    url = _with_query(_with_password(broker_url(name), SECRET), options)
+    url = with_options(_with_password(broker_url(name), SECRET), options)
     caplog.set_level(logging.DEBUG)
     structlog.reset_defaults()
 

@@ -7,10 +7,12 @@ module, so that helper modules imported outside pytest's path (an app a test
 runs with ``factbus worker``, a worker script) reach it the same way as tests
 (``tests/conftest.py`` re-exports it).
 
-Also: :func:`unavailable` (skip, or fail in CI, for want of a broker, server or
-command), :func:`prepare_group` (a group's queue made before anything is
-published), :func:`remove_topics` (best-effort clean-up of what a test's topics
-made on its broker), :func:`drop_schema` (PostgreSQL) and :func:`kafka_bootstrap`.
+Also: :func:`unique` (a name of a test's own), :func:`with_options` (a URL with
+query options added), :func:`unavailable`
+(skip, or fail in CI, for want of a broker, server or command),
+:func:`prepare_group` (a group's queue made before anything is published),
+:func:`remove_topics` (best-effort clean-up of what a test's topics made on its
+broker), :func:`drop_schema` (PostgreSQL) and :func:`kafka_bootstrap`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import asyncio
 import contextlib
 import os
 import socket
+import uuid
 from collections.abc import Sequence
 from typing import Final, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
@@ -48,6 +51,22 @@ def broker_url(name: str) -> str:
     except OSError as error:
         unavailable(f"{name} broker at {host}:{port} does not answer ({error}); run `make brokers`")
     return url
+
+
+def unique(prefix: str, sep: str = "-") -> str:
+    """A name no other test uses, for a test's own topic, queue, node, database or
+    schema on the shared brokers: ``prefix``, ``sep`` and 10 random hex digits
+    (``sep="_"`` for a name PostgreSQL takes unquoted)."""
+    return f"{prefix}{sep}{uuid.uuid4().hex[:10]}"
+
+
+def with_options(url: str, options: str = "", /, **named: object) -> str:
+    """``url`` with query options added after those it has: ``options`` as written
+    (``a=1&b=2``), then ``named`` ones URL-encoded. Nothing to add: ``url``."""
+    added = "&".join(part for part in (options, urlencode(named)) if part)
+    if not added:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{added}"
 
 
 def unavailable(message: str) -> NoReturn:

@@ -1,8 +1,8 @@
 """factbus's commands in subprocesses, for tests and studies that run a command
 itself, always with this Python (``python -m factbus ...``): one run to its end
-(:func:`run_factbus`), a sidecar until it listens (:func:`start_sidecar`), and
-``factbus worker`` with its log lines collected as they come
-(:class:`WorkerCommand`).
+(:func:`run_factbus`; any other command: :func:`run_command`), a sidecar until
+it listens (:func:`start_sidecar`), and ``factbus worker`` with its log lines
+collected as they come (:class:`WorkerCommand`).
 
 Needs ``psutil`` (the ``bench`` extra) only for :meth:`WorkerCommand.children`.
 """
@@ -13,7 +13,7 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,8 +34,15 @@ async def run_factbus(
     *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[int, str, str]:
     """Run ``factbus ARGS`` to its end; its exit status, stdout and stderr."""
+    return await run_command(factbus_argv(*args), env=env, cwd=cwd)
+
+
+async def run_command(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, str, str]:
+    """Run ``argv`` to its end; its exit status, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
-        *factbus_argv(*args),
+        *argv,
         env=env,
         cwd=cwd,
         stdout=asyncio.subprocess.PIPE,

@@ -42,8 +42,10 @@ Threading: :meth:`FaultProxy.running` serves from a daemon thread with its own
 event loop, so a test's own loop (or blocking code) cannot delay forwarding;
 every control method may be called from any thread and returns once the change
 is in effect. :meth:`FaultProxy.start` serves from the running loop instead.
-``python -m factbus.testing.faultproxy --upstream 127.0.0.1:5672`` runs one
-from the command line (faults switched by typing their names on stdin).
+:func:`upstream_of` and :func:`through` put it in front of the broker a
+transport URL names. ``python -m factbus.testing.faultproxy --upstream
+127.0.0.1:5672`` runs one from the command line (faults switched by typing
+their names on stdin).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
 
@@ -578,6 +581,22 @@ class _Reader:
 
 
 # -- command line ------------------------------------------------------------
+
+
+def upstream_of(url: str) -> tuple[str, int]:
+    """The ``(host, port)`` of the broker a transport URL names (its first host, if
+    it names several), to put a proxy in front of it."""
+    parts = urlsplit(url.split(",")[0])
+    return parts.hostname or "127.0.0.1", parts.port or 0
+
+
+def through(url: str, proxy: FaultProxy) -> str:
+    """``url`` with its host and port replaced by the proxy's address; credentials,
+    path and options are kept."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{proxy.address}" if userinfo else proxy.address
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _parse_address(text: str) -> tuple[str, int]:
