@@ -4,7 +4,6 @@ runs, the jinaga.js client (tests/jinaga/client.js), Kafka topic clean-up and co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -15,9 +14,8 @@ from typing import Any
 
 import httpx
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
-from factbus.testing.brokers import unavailable, unique
+from factbus.testing.brokers import kafka_bootstrap, unavailable, unique
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -39,33 +37,32 @@ def jinaga_server_url() -> str:
     return url
 
 
-async def jinaga_js(command: str, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Run ``node client.js <command> <endpoint>`` (the unmodified jinaga.js 6.11.3)."""
+async def node_json(
+    script: Path, *args: str, request: dict[str, Any], timeout: float = 60.0
+) -> dict[str, Any]:
+    """Run ``node SCRIPT ARGS`` with ``request`` as JSON on stdin, within ``timeout``
+    seconds; what it prints, parsed as JSON. AssertionError with its stderr if it
+    exits with an error."""
     process = await asyncio.create_subprocess_exec(
         "node",
-        str(CLIENT_JS),
-        command,
-        endpoint,
+        str(script),
+        *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), 60)
+    out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), timeout)
     if process.returncode != 0:
-        raise AssertionError(f"client.js {command} failed ({process.returncode}): {err.decode()}")
+        raise AssertionError(
+            f"{script.name} {' '.join(args)} failed ({process.returncode}): {err.decode()}"
+        )
     result: dict[str, Any] = json.loads(out)
     return result
 
 
-def kafka_bootstrap(url: str) -> str:
-    return url.removeprefix("kafka://").split("?", 1)[0]
-
-
-def delete_topics(url: str, topics: list[str]) -> None:
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap(url)})
-    for future in admin.delete_topics(topics, operation_timeout=10).values():
-        with contextlib.suppress(KafkaException):  # never created
-            future.result(timeout=15)
+async def jinaga_js(command: str, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Run ``node client.js <command> <endpoint>`` (the unmodified jinaga.js 6.11.3)."""
+    return await node_json(CLIENT_JS, command, endpoint, request=request)
 
 
 def key_counts(url: str, topic: str, attempts: int = 20) -> Counter[str]:

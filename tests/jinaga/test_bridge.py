@@ -20,24 +20,17 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from jinaga_harness import delete_topics, items, jinaga_js, jinaga_server_url, key_counts
+from jinaga_harness import items, jinaga_js, jinaga_server_url, key_counts
 
 from conftest import broker_url
 from factbus import Bus, Fact, FactRef
 from factbus.errors import ConfigError
 from factbus.jinaga.bridge import Feed, JinagaBridge, parse_bridge_config
 from factbus.sidecar.archive import FactArchive
-from factbus.testing.brokers import drop_schema, unique
+from factbus.testing.brokers import drop_schema, remove_topic, unique
+from factbus.testing.polling import eventually
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def bridge_document(
@@ -68,7 +61,7 @@ async def test_jinaga_client_to_server_to_bridge_to_kafka_to_node(tmp_path: Path
             async def all_received() -> bool:
                 return len(received) >= 4
 
-            await wait_for(all_received, 60, "the 4 facts on the factbus node")
+            await eventually(all_received, 60, "the 4 facts on the factbus node")
             assert {ref.hash for ref in received if ref.type == "Bridge.Item"} == set(hashes[1:])
             assert FactRef("Bridge.Root", hashes[0]) in received
             assert received[FactRef("Bridge.Root", hashes[0])].fields == {"id": tag}
@@ -77,7 +70,7 @@ async def test_jinaga_client_to_server_to_bridge_to_kafka_to_node(tmp_path: Path
             assert bridge.stats.pulled == 4
             assert bridge.stats.pushed == 0
     finally:
-        delete_topics(kafka, [topic])
+        await remove_topic(kafka, topic)
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
@@ -111,13 +104,13 @@ async def test_node_to_kafka_to_bridge_to_server_to_fresh_jinaga_client(
             async def all_pushed() -> bool:
                 return bridge.stats.pushed >= 4
 
-            await wait_for(all_pushed, 60, "the bridge to save 4 facts to jinaga-server")
+            await eventually(all_pushed, 60, "the bridge to save 4 facts to jinaga-server")
         found = await jinaga_js("query", server, query)
         assert {r["hash"] for r in found["results"]} == {c.hash for c in children}
         assert sorted(r["fields"]["n"] for r in found["results"]) == [0, 1, 2]
         assert all(r["fields"]["note"] == 'a "quoted" é' for r in found["results"])
     finally:
-        delete_topics(kafka, [topic])
+        await remove_topic(kafka, topic)
         if pg:
             await drop_schema(pg, schema)
 
@@ -180,7 +173,7 @@ role = "root"
         )
         process = await start()
         try:
-            await wait_for(on_kafka(first["hashes"]), 60, "the first facts on Kafka")
+            await eventually(on_kafka(first["hashes"]), 60, "the first facts on Kafka")
         finally:
             await stop(process)
         connection = await asyncpg.connect(pg)
@@ -195,7 +188,7 @@ role = "root"
         )
         process = await start()
         try:
-            await wait_for(on_kafka(second["hashes"][1:]), 60, "the new facts on Kafka")
+            await eventually(on_kafka(second["hashes"][1:]), 60, "the new facts on Kafka")
             await asyncio.sleep(1.0)  # a few more polls: nothing else may come
         finally:
             await stop(process)
@@ -204,7 +197,7 @@ role = "root"
         assert set(counts) == expected
         assert all(n == 1 for n in counts.values()), counts
     finally:
-        delete_topics(kafka, [topic])
+        await remove_topic(kafka, topic)
         await drop_schema(pg, schema)
 
 
@@ -287,7 +280,7 @@ async def test_a_fact_whose_hash_does_not_match_is_not_published(tmp_path: Path)
             async def refused_twice() -> bool:
                 return bridge.stats.errors >= 2
 
-            await wait_for(refused_twice, 30, "the bridge to refuse the corrupted page")
+            await eventually(refused_twice, 30, "the bridge to refuse the corrupted page")
             assert bridge.stats.pulled == 0
             assert "but its content hashes to" in bridge.stats.last_error
             assert item_hash[:16] in bridge.stats.last_error
@@ -297,13 +290,13 @@ async def test_a_fact_whose_hash_does_not_match_is_not_published(tmp_path: Path)
             async def published() -> bool:
                 return bridge.stats.pulled == 2
 
-            await wait_for(published, 60, "the repaired page on the bus")
+            await eventually(published, 60, "the repaired page on the bus")
         counts = await asyncio.to_thread(key_counts, kafka, topic)
         assert counts == {saved["hashes"][0]: 1, item_hash: 1}
     finally:
         await server_db.execute(corrupt, item_hash, "1")
         await server_db.close()
-        delete_topics(kafka, [topic])
+        await remove_topic(kafka, topic)
 
 
 async def test_push_reads_the_fact_archive_and_resumes_at_its_cursor(tmp_path: Path) -> None:
@@ -329,7 +322,7 @@ async def test_push_reads_the_fact_archive_and_resumes_at_its_cursor(tmp_path: P
             async def all_pushed() -> bool:
                 return bridge.stats.pushed >= pushed
 
-            await wait_for(all_pushed, 60, f"the bridge to save {pushed} facts")
+            await eventually(all_pushed, 60, f"the bridge to save {pushed} facts")
             await bridge.bus.drain()
             await asyncio.sleep(0.5)  # a push loop that re-pushed old facts would count them
             assert bridge.stats.pushed == pushed

@@ -19,14 +19,14 @@ import asyncio
 import json
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from jinaga_harness import delete_topics
+from jinaga_harness import node_json
 from test_jinaga_spec import jinaga_specs
 
 from conftest import broker_url
@@ -34,20 +34,13 @@ from factbus import Bus, Fact, FactRef
 from factbus.jinaga.graph import JinagaFormatError, fact_record, parse_graph, write_graph
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
-from factbus.testing.brokers import unique
+from factbus.testing.brokers import remove_topic, unique
+from factbus.testing.polling import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 FUZZ_HTTP = int(os.environ.get("FACTBUS_FUZZ_HTTP", "300"))
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def transport_url(name: str) -> str:
@@ -82,29 +75,16 @@ async def sidecar_and_node(
             async def ready() -> bool:
                 return sidecar.ready
 
-            await wait_for(ready, 60, "the sidecar to be ready")
+            await eventually(ready, 60, "the sidecar to be ready")
             yield sidecar, node, received
     finally:
         if transport == "kafka":
-            delete_topics(url, [topic])
+            await remove_topic(url, topic)
 
 
 async def jinaga_js(command: str, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
     """``node tests/js/client.js <command> <endpoint>``: the unmodified jinaga.js client."""
-    process = await asyncio.create_subprocess_exec(
-        "node",
-        "client.js",
-        command,
-        endpoint,
-        cwd=JS_DIR,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(json.dumps(request).encode()), 90)
-    if process.returncode != 0:
-        raise AssertionError(f"client.js {command} exited {process.returncode}: {err.decode()}")
-    return json.loads(out)  # type: ignore[no-any-return]
+    return await node_json(JS_DIR / "client.js", command, endpoint, request=request, timeout=90)
 
 
 def shop(store_id: str) -> tuple[Fact, list[Fact]]:
@@ -137,7 +117,7 @@ async def test_jinaga_client_saves_reach_another_node_with_its_hashes(
         async def all_there() -> bool:
             return all(ref in received for ref in refs)
 
-        await wait_for(all_there, 60, "jinaga.js's facts on the other node")
+        await eventually(all_there, 60, "jinaga.js's facts on the other node")
         _, expected = shop(store_id)
         # The same facts, built here from their content: same hashes as jinaga.js gave.
         assert set(refs) == {fact.ref for fact in expected}
@@ -157,7 +137,7 @@ async def test_node_facts_reach_jinaga_client_query_and_subscription(
         async def archived() -> bool:
             return len(await sidecar.archive.get([f.ref for f in facts])) == len(facts)
 
-        await wait_for(archived, 60, "the node's facts in the sidecar's archive")
+        await eventually(archived, 60, "the node's facts in the sidecar's archive")
         result = await jinaga_js("query", endpoint, {"store": store_id})
         assert result == {
             "orders": [{"number": 1, "lines": ["a", "b"]}, {"number": 3, "lines": []}]
@@ -195,7 +175,7 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
             async def all_archived() -> bool:
                 return len(await sidecar.archive.get([f.ref for f in facts])) == len(facts)
 
-            await wait_for(all_archived, 30, "the saved facts in the archive")
+            await eventually(all_archived, 30, "the saved facts in the archive")
 
             # Saved again with one new fact (jinaga.js resends closures): only that one travels.
             await node.drain()
@@ -290,7 +270,7 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
             async def order4_archived() -> bool:
                 return bool(await sidecar.archive.get([order4.ref]))
 
-            await wait_for(order4_archived, 30, "order 4 in the archive")
+            await eventually(order4_archived, 30, "order 4 in the archive")
             later = (await http.get(f"/feeds/{feeds[1]}", params={"b": first["bookmark"]})).json()
             assert [r["hash"] for r in later["references"]] == [store.hash, order4.hash]
             assert later["bookmark"] != first["bookmark"]
@@ -391,7 +371,7 @@ async def test_fuzz_bad_graphs_over_http_publish_nothing(tmp_path: Path) -> None
         async def settled() -> bool:
             return accepted <= set(received)
 
-        await wait_for(settled, 30, "the accepted facts on the other node")
+        await eventually(settled, 30, "the accepted facts on the other node")
         print(f"\nHTTP graph fuzz: {counts['201']} accepted (201), {counts['4xx']} refused (4xx)")
         assert set(received) == accepted  # nothing from a refused graph reached the bus
         assert counts["4xx"] > counts["201"] > 0
@@ -417,7 +397,7 @@ async def test_readme_snippet_works(tmp_path: Path) -> None:
         async def archived() -> bool:
             return bool(await sidecar.archive.get([other.ref]))
 
-        await wait_for(archived, 30, "the other node's order in the archive")
+        await eventually(archived, 30, "the other node's order in the archive")
         script = _readme_script(f"{sidecar.url}/jinaga")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -439,7 +419,7 @@ async def test_readme_snippet_works(tmp_path: Path) -> None:
                 in received
             )
 
-        await wait_for(saved, 30, "the snippet's order on the other node")
+        await eventually(saved, 30, "the snippet's order on the other node")
 
 
 async def test_feeds_of_each_supported_shape(tmp_path: Path) -> None:
@@ -454,7 +434,7 @@ async def test_feeds_of_each_supported_shape(tmp_path: Path) -> None:
         async def archived() -> bool:
             return len(await sidecar.archive.get([f.ref for f in [*facts, shipped]])) == 8
 
-        await wait_for(archived, 30, "the facts in the archive")
+        await eventually(archived, 30, "the facts in the archive")
         expected = {
             "successors": [{store, order1, order2, order3}],
             "notExists": [{store, order2, cancelled}, {store, order1, order3}],

@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from jinaga_harness import SERVER_JS, delete_topics, items, jinaga_js, jinaga_server_url
+from jinaga_harness import SERVER_JS, items, jinaga_js, jinaga_server_url
 
 from conftest import broker_url
 from factbus import Bus, Fact, FactRef
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
-from factbus.testing.brokers import unique
+from factbus.testing.brokers import remove_topic, unique
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,7 +90,7 @@ async def forward_round_trip(tmp_path: Path, pg_store: str | None, wait: float) 
         assert {ref.hash for ref in received} == set(saved["hashes"])
         assert received[FactRef("Upstream.Root", saved["hashes"][0])].fields == {"id": tag}
     finally:
-        delete_topics(kafka, [topic])
+        await remove_topic(kafka, topic)
 
 
 async def test_jinaga_server_forwards_saves_to_sidecar_upstream(tmp_path: Path) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -19,6 +18,7 @@ from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
 from factbus.testing import shop
 from factbus.testing.brokers import broker_url, unique
+from factbus.testing.polling import eventually
 
 
 @contextlib.asynccontextmanager
@@ -51,17 +51,6 @@ def shop_document(
 
 
 # -- running sidecars and talking to them -------------------------------------------
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
-) -> None:
-    """Wait until ``check()`` is true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

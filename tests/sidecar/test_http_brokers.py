@@ -14,12 +14,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from http_support import eventually, exercise_api, fresh_database, rows, running, shop_document
+from http_support import exercise_api, fresh_database, rows, running, shop_document
 
 from factbus import Bus, Fact
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
 from factbus.testing.brokers import broker_url, remove_topic, unique
+from factbus.testing.polling import eventually
 
 
 @contextlib.asynccontextmanager

@@ -9,11 +9,12 @@ import uuid
 from pathlib import Path
 
 import httpx
-from http_support import eventually, nested, rows, running, shop_document
+from http_support import nested, rows, running, shop_document
 
 from factbus import Fact
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
+from factbus.testing.polling import eventually
 
 
 async def test_a_late_sidecar_catches_up_from_a_peer(tmp_path: Path) -> None:

@@ -12,10 +12,11 @@ import uuid
 from pathlib import Path
 
 import httpx
-from http_support import eventually, wire
+from http_support import wire
 
 from factbus import Fact
 from factbus.testing.commands import run_factbus, start_sidecar
+from factbus.testing.polling import eventually
 
 TOML = """
 [factbus]

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import httpx
-from http_support import eventually
 
 from factbus.testing.commands import run_command, start_sidecar
+from factbus.testing.polling import eventually
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "shop"
 

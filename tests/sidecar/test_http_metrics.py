@@ -6,10 +6,11 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from http_support import eventually, running, shop_document, wire
+from http_support import running, shop_document, wire
 from prometheus_client.parser import text_string_to_metric_families
 
 from factbus import Fact
+from factbus.testing.polling import eventually
 
 CUSTOMER = Fact("Shop.Customer", {"email": "grace@example.com"})
 ORDER = Fact("Shop.Order", {"number": 7}, {"customer": CUSTOMER})

@@ -13,11 +13,12 @@ from pathlib import Path
 import asyncpg
 import orjson
 import pytest
-from http_support import eventually, fresh_database
+from http_support import fresh_database
 
 from factbus import Bus, Fact, FactRef
 from factbus.errors import ConfigError
 from factbus.sidecar.outbox import Outbox
+from factbus.testing.polling import eventually
 
 CUSTOMER = Fact("Shop.Customer", {"email": "ada@example.com"})
 ORDER = Fact("Shop.Order", {"number": 1}, {"customer": CUSTOMER})

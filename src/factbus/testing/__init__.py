@@ -14,6 +14,8 @@
 - :mod:`factbus.testing.commands`: factbus's commands in subprocesses: one run
   to its end, a sidecar until it listens, ``factbus worker`` with its log lines
   collected and waited for.
+- :mod:`factbus.testing.polling`: :func:`~factbus.testing.polling.eventually`,
+  a check awaited until it holds.
 - :mod:`factbus.testing.node_process`: the other side, a bus run as a test's
   worker script (``ready``/``stats``/``closed`` lines, ``kill -9`` of itself).
 """
