@@ -1,6 +1,6 @@
 """The AMQP transport (aio-pika) against a real RabbitMQ: the conformance suite plus
 what only AMQP has (URL options, topology, unroutable messages, native dead
-letters, coalesced acks, outages through a cut TCP proxy, TLS option mapping)."""
+letters, coalesced acks, outages through the fault proxy, TLS option mapping)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from conftest import broker_url
 from factbus.errors import ConfigError, PublishError, TransportError
 from factbus.testing.brokers import remove_topics, with_options
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect, messages
+from factbus.testing.faultproxy import FaultProxy, through, upstream_of
 from factbus.transport import Message, open_transport
 from factbus_amqp import AmqpTransport
 from factbus_amqp.config import AmqpConfig
@@ -397,7 +398,7 @@ async def test_consumer_comes_back_when_its_queue_is_deleted(
     assert sorted(d.body for d in received) == sorted(m.body for m in sent)
 
 
-# -- outages, through a TCP proxy we can cut -------------------------------------------
+# -- outages, through the fault proxy ------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -409,86 +410,14 @@ def socket_port() -> Any:
         yield sock.getsockname()[1]
 
 
-class Proxy:
-    """A TCP relay to the broker that can drop every connection and refuse new ones,
-    or freeze the open ones: swallow their traffic while keeping them open."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._sessions: list[dict[str, bool]] = []
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def freeze(self) -> None:
-        """Make every open connection a black hole (new ones still pass)."""
-        for session in self._sessions:
-            session["frozen"] = True
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Stop listening and reset every relayed connection."""
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        session = {"frozen": False}
-        self._sessions.append(session)
-        pumps = [
-            asyncio.create_task(self._pump(reader, up_writer, session)),
-            asyncio.create_task(self._pump(up_reader, writer, session)),
-        ]
-        self._tasks.update(pumps)
-        await asyncio.gather(*pumps, return_exceptions=True)
-        for w in (writer, up_writer):
-            self._writers.discard(w)
-            w.transport.abort()
-
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: dict[str, bool]
-    ) -> None:
-        try:
-            with contextlib.suppress(OSError):
-                while data := await reader.read(65536):
-                    if not session["frozen"]:
-                        writer.write(data)
-                        await writer.drain()
-            if session["frozen"]:  # a black hole passes no close either
-                await asyncio.Event().wait()
-        finally:
-            writer.transport.abort()
-            task = asyncio.current_task()
-            if task is not None:
-                self._tasks.discard(task)
-
-
 async def test_outage_publish_times_out_then_everything_recovers(
     names: list[str], transports: list[AmqpTransport]
 ) -> None:
-    broker_port = AmqpConfig.from_url(amqp_url()).port
-    proxy = Proxy(broker_port)
+    proxy = FaultProxy(upstream_of(amqp_url()))
     await proxy.start()
-    base = AmqpConfig.from_url(amqp_url())
-    url = (
-        f"amqp://{base.username}:{base.password}@127.0.0.1:{proxy.port}/"
-        "?publish_timeout=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2"
+    url = with_options(
+        through(amqp_url(), proxy),
+        "publish_timeout=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2",
     )
     try:
         transport = await open_amqp(transports, url)
@@ -497,14 +426,14 @@ async def test_outage_publish_times_out_then_everything_recovers(
         await transport.publish(topic, messages(10, "before"))
         assert len(await collect(subscription, 10, 10)) == 10
 
-        await proxy.cut()
+        proxy.refuse()  # every connection reset, every new one too
         started = time.monotonic()
         with pytest.raises(PublishError):
             await transport.publish(topic, messages(10, "lost"))
         assert time.monotonic() - started < 5
         assert await subscription.next_batch(10, timeout=0.2) == []
 
-        await proxy.start()
+        proxy.passthrough()
         after = messages(10, "after")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
@@ -522,30 +451,34 @@ async def test_outage_publish_times_out_then_everything_recovers(
         assert transport.link is not None
         assert transport.link.reconnects >= 1
     finally:
-        with contextlib.suppress(Exception):
-            await proxy.cut()
+        await proxy.stop()
 
 
 async def test_heartbeat_notices_a_silent_connection(
     names: list[str], transports: list[AmqpTransport]
 ) -> None:
-    base = AmqpConfig.from_url(amqp_url())
-    proxy = Proxy(base.port)
+    proxy = FaultProxy(upstream_of(amqp_url()))
     await proxy.start()
-    url = (
-        f"amqp://{base.username}:{base.password}@127.0.0.1:{proxy.port}/"
-        "?heartbeat=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2"
+    url = with_options(
+        through(amqp_url(), proxy),
+        "heartbeat=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2",
     )
     try:
         transport = await open_amqp(transports, url)
         topic = fresh(names, "t")
         subscription = await transport.subscribe(topic, fresh(names, "g"))
-        proxy.freeze()
+        accepted = proxy.stats.accepted
+        proxy.drop()  # silence: nothing forwarded, no connection closed
         # With heartbeat=1 the client gives up on a silent connection after about
-        # 3 x (1 + 1) s, then reconnects through the proxy (new connections pass).
+        # 3 x (1 + 1) s and opens a new one; from then on the proxy forwards again.
         loop = asyncio.get_running_loop()
         started = loop.time()
         assert transport.link is not None
+        for _ in range(100):
+            if proxy.stats.accepted > accepted:
+                break
+            await asyncio.sleep(0.1)
+        proxy.passthrough()
         for _ in range(100):
             if transport.link.reconnects:
                 break
@@ -555,5 +488,4 @@ async def test_heartbeat_notices_a_silent_connection(
         await transport.publish(topic, messages(5))
         assert len(await collect(subscription, 5, 10)) == 5
     finally:
-        with contextlib.suppress(Exception):
-            await proxy.cut()
+        await proxy.stop()
