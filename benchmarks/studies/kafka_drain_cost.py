@@ -23,6 +23,9 @@ own threads), ``kafka`` (the subscription's consumer thread and the producer's
 poller, ``factbus-kafka-*``), ``other`` (executor threads: the SQLite store's
 checkpoints).
 
+``--batch-size N`` sets the consuming bus's batch size (default 512, the
+bench's), e.g. to see what a step costs beyond its messages.
+
 ``--pyspy PATH`` also samples the process with py-spy over the first round's
 Kafka window (``--threads --format raw``, 500 Hz; py-spy must be installed):
 collapsed stacks per thread, for a profile of the window alone.
@@ -60,6 +63,8 @@ from factbus.fact import Fact
 from factbus.transport.memory import MemoryTransport
 
 KINDS = ("loop", "rdk", "kafka", "other")
+BATCH_SIZE = [512]
+"""The consuming bus's ``batch_size`` (``--batch-size``)."""
 
 
 def _threads() -> dict[int, tuple[str, int, int]]:
@@ -184,7 +189,7 @@ async def drain_once(
         if seen >= total:
             done.set()
 
-    bus = Bus(transport, store_url, topic=topic, node=node, batch_size=512)
+    bus = Bus(transport, store_url, topic=topic, node=node, batch_size=BATCH_SIZE[0])
     for fact_type in FACT_TYPES:
         bus.handler(fact_type)(handler)
     spy: subprocess.Popen[bytes] | None = None
@@ -275,6 +280,7 @@ def main() -> None:
     parser.add_argument("--store", default="sqlite", help="sqlite (a fresh file) or memory://")
     parser.add_argument("--facts", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--pyspy", help="py-spy's collapsed stacks of the first Kafka drain")
     parser.add_argument("--json", help="write every drain's figures here")
     parser.add_argument(
@@ -284,6 +290,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.transport = args.transport or ["kafka://127.0.0.1:9092", "memory://"]
+    BATCH_SIZE[0] = args.batch_size
     _install()
     results = asyncio.run(main_async(args))
     if args.json:
