@@ -46,15 +46,18 @@ class Probe:
         self.gc_cpu: collections.Counter[int] = collections.Counter()
         self.gc_count: collections.Counter[int] = collections.Counter()
         self._gc_start = 0.0
-        self.window: dict[str, tuple[float, float, float, float, dict[int, float]]] = {}
+        self.window: dict[
+            str, tuple[float, float, float, float, dict[int, float], dict[int, int]]
+        ] = {}
 
-    def mark(self) -> tuple[float, float, float, float, dict[int, float]]:
+    def mark(self) -> tuple[float, float, float, float, dict[int, float], dict[int, int]]:
         return (
             time.thread_time(),
             time.process_time(),
             self.receive_cpu,
             time.perf_counter(),
             dict(self.gc_cpu),
+            dict(self.gc_count),
         )
 
     def on_gc(self, phase: str, info: dict[str, Any]) -> None:
@@ -144,7 +147,9 @@ def report(probe: Probe, messages: int) -> None:
         + ", ".join(f"gen{g} {v * per:.2f}" for g, v in sorted(gc_window.items()))
     )
     print(
-        f"  hand-offs from the first step on: {probe.receives} "
+        "  collections in the window (gen: count): "
+        f"{ {g: b[5].get(g, 0) - a[5].get(g, 0) for g in sorted(b[5])} }; "
+        f"hand-offs from the first step on: {probe.receives} "
         f"({probe.receive_records / max(probe.receives, 1):.1f} records each)"
     )
 
