@@ -23,7 +23,7 @@ from factbus.errors import ConfigError, PublishError, TransportError
 from factbus.testing.brokers import remove_topics, with_options
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect, messages
 from factbus.testing.faultproxy import FaultProxy, through, upstream_of
-from factbus.transport import Message, open_transport
+from factbus.transport import Message, Subscription, open_transport
 from factbus_amqp import AmqpTransport
 from factbus_amqp.config import AmqpConfig
 
@@ -410,19 +410,28 @@ def socket_port() -> Any:
         yield sock.getsockname()[1]
 
 
+@contextlib.asynccontextmanager
+async def behind_proxy(
+    names: list[str], transports: list[AmqpTransport], options: str
+) -> AsyncIterator[tuple[FaultProxy, AmqpTransport, str, Subscription]]:
+    """(the proxy, a transport connected through it with the URL ``options`` added,
+    a fresh topic, a subscription of a fresh group to it); the proxy, in front of
+    the test broker, is stopped afterwards."""
+    proxy = FaultProxy(upstream_of(amqp_url()))
+    await proxy.start()
+    try:
+        transport = await open_amqp(transports, with_options(through(amqp_url(), proxy), options))
+        topic = fresh(names, "t")
+        yield proxy, transport, topic, await transport.subscribe(topic, fresh(names, "g"))
+    finally:
+        await proxy.stop()
+
+
 async def test_outage_publish_times_out_then_everything_recovers(
     names: list[str], transports: list[AmqpTransport]
 ) -> None:
-    proxy = FaultProxy(upstream_of(amqp_url()))
-    await proxy.start()
-    url = with_options(
-        through(amqp_url(), proxy),
-        "publish_timeout=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2",
-    )
-    try:
-        transport = await open_amqp(transports, url)
-        topic = fresh(names, "t")
-        subscription = await transport.subscribe(topic, fresh(names, "g"))
+    options = "publish_timeout=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2"
+    async with behind_proxy(names, transports, options) as (proxy, transport, topic, subscription):
         await transport.publish(topic, messages(10, "before"))
         assert len(await collect(subscription, 10, 10)) == 10
 
@@ -450,23 +459,13 @@ async def test_outage_publish_times_out_then_everything_recovers(
         assert want <= seen
         assert transport.link is not None
         assert transport.link.reconnects >= 1
-    finally:
-        await proxy.stop()
 
 
 async def test_heartbeat_notices_a_silent_connection(
     names: list[str], transports: list[AmqpTransport]
 ) -> None:
-    proxy = FaultProxy(upstream_of(amqp_url()))
-    await proxy.start()
-    url = with_options(
-        through(amqp_url(), proxy),
-        "heartbeat=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2",
-    )
-    try:
-        transport = await open_amqp(transports, url)
-        topic = fresh(names, "t")
-        subscription = await transport.subscribe(topic, fresh(names, "g"))
+    options = "heartbeat=1&reconnect_delay=0.1&reconnect_max_delay=0.3&connect_timeout=2"
+    async with behind_proxy(names, transports, options) as (proxy, transport, topic, subscription):
         accepted = proxy.stats.accepted
         proxy.drop()  # silence: nothing forwarded, no connection closed
         # With heartbeat=1 the client gives up on a silent connection after about
@@ -487,5 +486,3 @@ async def test_heartbeat_notices_a_silent_connection(
         assert loop.time() - started < 15
         await transport.publish(topic, messages(5))
         assert len(await collect(subscription, 5, 10)) == 5
-    finally:
-        await proxy.stop()
