@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlite_support import FAILS_AT_COMMIT, deferred_foreign_key
 
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
@@ -115,16 +116,11 @@ async def test_rolled_back_writes_leave_no_index_entry(store: SqliteStore) -> No
 
 
 async def test_a_failed_commit_leaves_no_index_entry(store: SqliteStore) -> None:
-    # A transactional handler's table with a deferred foreign key fails at COMMIT.
-    store.db.execute("PRAGMA foreign_keys=ON")
-    store.db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
-    store.db.execute(
-        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
-    )
+    deferred_foreign_key(store.db)
     a = _fact(1)
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
         async with store.transaction() as tx:
-            tx.connection.execute("INSERT INTO child VALUES (42)")
+            tx.connection.execute(FAILS_AT_COMMIT)
             await tx.record(StoreBatch(handled=[a]))
     assert not store.db.in_transaction
     assert await store.states([a.ref]) == {}

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlite_support import FAILS_AT_COMMIT, deferred_foreign_key
 
 from factbus.dispatcher import Dispatcher
 from factbus.envelope import CodecLimits, encode
@@ -177,18 +178,13 @@ def test_commit_thread_takes_a_boolean() -> None:
 
 
 async def _check_failed_commit(store: SqliteStore) -> None:
-    # A transactional handler's table with a deferred foreign key fails at COMMIT.
-    store.db.execute("PRAGMA foreign_keys=ON")
-    store.db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
-    store.db.execute(
-        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
-    )
+    deferred_foreign_key(store.db)
     facts = _facts(5)
     committed: list[bool] = []
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
         async with store.transaction() as tx:
             tx.after_commit(lambda: committed.append(True))
-            tx.connection.execute("INSERT INTO child VALUES (42)")
+            tx.connection.execute(FAILS_AT_COMMIT)
             await tx.record(StoreBatch(handled=facts))
     assert committed == []
     assert not store.db.in_transaction
