@@ -4,10 +4,13 @@ It passes the same store suite as SQLite but forgets everything when the
 process ends. Transactions are applied at commit; a savepoint is a no-op scope
 (the memory store has no handler tables to roll back).
 
-Handled facts are kept as ``hash -> type`` strings, not as ``Fact`` objects
-(as the SQLite fact log keeps no bodies by default): strings are invisible to
-the garbage collector, so a node that handled millions of facts does not make
-every full collection walk them. Parked facts keep their content until handled.
+Handled and published facts are kept as ``hash -> type`` strings, not as
+``Fact`` objects or :class:`~factbus.fact.FactRef` tuples (as the SQLite fact
+log keeps no bodies by default): a dict of strings is invisible to the garbage
+collector, so a node that handled or published millions of facts does not make
+every full collection walk them, nor does each fact count as a long-lived object
+towards the next one (a ``FactRef``, a ``NamedTuple``, stays tracked for good:
+benchmarks/studies/PROFILE.md §15). Parked facts keep their content until handled.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ class MemoryStore:
         self._waiting: dict[FactRef, set[FactRef]] = collections.defaultdict(
             set
         )  # missing -> parked
-        self._published: set[FactRef] = set()
+        self._published: dict[str, str] = {}  # hash -> type, as _handled
+        self._published_other: set[FactRef] = set()  # a published hash under a second type
         self._positions: dict[str, int] = {}
         self._owner: str | None = None
 
@@ -121,7 +125,12 @@ class MemoryStore:
                 self._facts.pop(ref, None)
         if self._missing or self._waiting:
             self._unpark(refs)
-        self._published.update(batch.published)
+        if batch.published:
+            published = self._published
+            for fact_type, fact_hash in batch.published:
+                known = published.setdefault(fact_hash, fact_type)
+                if known != fact_type:
+                    self._published_other.add(FactRef(fact_type, fact_hash))
         self._positions.update(batch.positions)
 
     def _unpark(self, refs: list[FactRef]) -> None:
@@ -162,11 +171,12 @@ class MemoryStore:
         return {
             "handled": len(self._handled) + len(self._handled_other),
             "parked": len(self._missing),
-            "published": len(self._published),
+            "published": len(self._published) + len(self._published_other),
         }
 
     async def published(self, refs: Collection[FactRef]) -> set[FactRef]:
-        return {ref for ref in refs if ref in self._published}
+        published, other = self._published, self._published_other
+        return {ref for ref in refs if published.get(ref[1]) == ref[0] or ref in other}
 
     async def position(self, key: str) -> int | None:
         return self._positions.get(key)

@@ -170,14 +170,23 @@ _ROWS_PER_INSERT: Final = 128
 per row than ``executemany`` (one statement step per 128 rows, not per row)."""
 _LOG_WITH_BODY: Final = "INSERT INTO factbus_log (id, hash, type, body) VALUES "
 _LOG_WITHOUT_BODY: Final = "INSERT INTO factbus_log (id, hash, type) VALUES "
+_CACHED_STATEMENTS: Final = 512
+"""Prepared statements the connection keeps (sqlite3's default: 128). A step's
+log insert is one of up to ``2 * _ROWS_PER_INSERT`` texts (its row count modulo
+:data:`_ROWS_PER_INSERT`, with or without bodies), and its look-ups a few
+dozen more: with 128 they evicted each other, each step compiled one afresh,
+and the evicted statements, having lived through young collections, were
+counted as long-lived objects towards the next full collection
+(benchmarks/studies/PROFILE.md §15)."""
 
 
 def _insert_many(
-    db: sqlite3.Connection, insert: str, width: int, rows: Iterable[tuple[Any, ...]]
+    db: sqlite3.Cursor, insert: str, width: int, rows: Iterable[tuple[Any, ...]]
 ) -> None:
     """``insert`` (``INSERT INTO t (c1, ...) VALUES ``) of ``rows`` of ``width``
     values each, :data:`_ROWS_PER_INSERT` rows per statement (full ones reuse
-    one cached statement)."""
+    one cached statement; a partial one, one of the ``_ROWS_PER_INSERT - 1``
+    others, each cached too: see :data:`_CACHED_STATEMENTS`)."""
     values = list(chain.from_iterable(rows))
     step = _ROWS_PER_INSERT * width
     full = insert + ",".join(["(" + ",".join("?" * width) + ")"] * _ROWS_PER_INSERT)
@@ -289,6 +298,14 @@ class SqliteStore:
         worker a COMMIT takes ~0.1 ms (docs/decisions.md, "SQLite store: the
         COMMIT's thread")."""
         self._db: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
+        """One cursor for the statements of every step (``BEGIN``, the data-version
+        pragma, the log inserts, ``COMMIT``), whose results are read at once:
+        ``Connection.execute`` makes a cursor per call, and the connection keeps
+        a weak reference to each until its 200th next, so a step's four left
+        four weak references that outlived young collections and counted as
+        long-lived objects (benchmarks/studies/PROFILE.md §15). The connection is
+        never used by two threads at once (:meth:`_idle`), nor is this cursor."""
         self._index: dict[str, int] = {}
         """``hash[:_KEY]`` -> the log row of a handled fact with that prefix."""
         self._overflow: dict[FactRef, int] = {}
@@ -320,6 +337,13 @@ class SqliteStore:
             raise RuntimeError("SqliteStore is not open: await store.open() first")
         return self._db
 
+    @property
+    def cursor(self) -> sqlite3.Cursor:
+        """The step statements' cursor (see ``_cursor``)."""
+        if self._cursor is None:
+            raise RuntimeError("SqliteStore is not open: await store.open() first")
+        return self._cursor
+
     async def open(self) -> None:
         """Create the schema (or migrate schema 1 to the fact log) and load the
         in-memory identity index from the log.
@@ -330,7 +354,12 @@ class SqliteStore:
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=_CACHED_STATEMENTS,
+        )
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -342,6 +371,7 @@ class SqliteStore:
             db.close()
             raise
         self._db = db
+        self._cursor = db.cursor()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="factbus-sqlite-writer")
         self._pending = None
         self._index.clear()
@@ -388,7 +418,7 @@ class SqliteStore:
         moved): index the log rows it appended, recount parked facts and wait lists.
         Costs one pragma when nothing changed."""
         db = self.db
-        version = db.execute("PRAGMA data_version").fetchone()[0]
+        version = self.cursor.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return
         self._data_version = version
@@ -457,6 +487,7 @@ class SqliteStore:
                 self._checkpointer.close()
                 self._checkpointer = None
             if self._db is not None:
+                self._cursor = None
                 self._db.close()
                 self._db = None
 
@@ -512,7 +543,7 @@ class SqliteStore:
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         await self._idle()
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
+        self.cursor.execute("BEGIN IMMEDIATE")
         last_id = self._last_id
         tx = SqliteTransaction(self, db)
         try:
@@ -586,7 +617,7 @@ class SqliteStore:
         """COMMIT (writer thread). With ``synchronous=NORMAL`` in WAL mode it appends
         the transaction's pages to the WAL, no fsync: milliseconds, but tens of ms
         when the disk is busy (another process, the worker's checkpoint)."""
-        self.db.execute("COMMIT")
+        self.cursor.execute("COMMIT")
 
     def _finish_checkpoint(self) -> None:
         """Copy the frames committed since the worker's last checkpoint (writer
@@ -691,9 +722,11 @@ class SqliteStore:
         hashes, types = map(itemgetter(1), refs), map(itemgetter(0), refs)
         if self.keep_bodies:
             bodies = map(fact_to_bytes, facts)
-            _insert_many(db, _LOG_WITH_BODY, 4, zip(ids, hashes, types, bodies, strict=True))
+            _insert_many(
+                self.cursor, _LOG_WITH_BODY, 4, zip(ids, hashes, types, bodies, strict=True)
+            )
         else:
-            _insert_many(db, _LOG_WITHOUT_BODY, 3, zip(ids, hashes, types, strict=True))
+            _insert_many(self.cursor, _LOG_WITHOUT_BODY, 3, zip(ids, hashes, types, strict=True))
         self._last_id = first + len(keys) - 1
         return True
 
@@ -731,7 +764,7 @@ class SqliteStore:
                 written.add((ref.hash, ref.type))
                 rows.append((row_id, ref.hash, ref.type, fact_to_bytes(fact) if keep else None))
         if rows:
-            _insert_many(db, _LOG_WITH_BODY, 4, rows)
+            _insert_many(self.cursor, _LOG_WITH_BODY, 4, rows)
             self._last_id = row_id
 
     def _append(self, db: sqlite3.Connection, facts: list[Fact]) -> None:

@@ -1,0 +1,68 @@
+"""Handling facts leaves nothing behind for the cyclic garbage collector.
+
+Full (generation-2) collections come when enough tracked objects survived into
+the oldest generation since the last one (benchmarks/studies/PROFILE.md §15);
+each walks every tracked object alive, tens of ms in a consumer. So a bus that
+handled N facts must hold about as many tracked objects as before: no per-fact
+record, cached tuple, future or cursor kept past its step. Counted, not timed.
+"""
+
+from __future__ import annotations
+
+import gc
+import uuid
+from pathlib import Path
+
+from factbus import Bus, Fact
+
+ROUND = 500
+ROUNDS = 4
+BOUND = 60
+"""Tracked objects a bus may hold more after ``ROUNDS * ROUND`` facts than after
+one round (its caches of strings add none; a per-fact leak adds ≥ 2,000)."""
+
+
+def _facts(round_: int) -> list[Fact]:
+    return [
+        Fact("Gc.Survivor", {"round": round_, "n": n, "text": "x" * 100}) for n in range(ROUND)
+    ]
+
+
+async def _handle_rounds(store: str) -> int:
+    """Tracked objects alive after ``ROUNDS`` rounds minus after the first (each
+    round: ``ROUND`` new facts published in calls of 50 and handled)."""
+    url = f"memory://gc-{uuid.uuid4().hex[:8]}"
+    handled: list[int] = [0]
+    bus = Bus(url, store, node="consumer")
+
+    @bus.handler("Gc.Survivor")
+    def count(fact: Fact) -> None:
+        handled[0] += fact.fields["n"] >= 0
+
+    before = 0
+    async with bus, Bus(url, "memory://", node="p", consume=False) as publisher:
+        for round_ in range(ROUNDS):
+            facts = _facts(round_)
+            for at in range(0, ROUND, 50):
+                await publisher.publish(*facts[at : at + 50], ancestors=False)
+            await bus.drain()
+            del facts
+            if round_ == 0:  # caches, prepared statements and imports are warm now
+                gc.collect()
+                before = len(gc.get_objects())
+        gc.collect()
+        after = len(gc.get_objects())
+    assert handled[0] == ROUNDS * ROUND
+    return after - before
+
+
+async def test_a_bus_with_the_sqlite_store_keeps_no_tracked_object_per_fact(
+    tmp_path: Path,
+) -> None:
+    grew = await _handle_rounds(f"sqlite:///{tmp_path / 'gc.db'}")
+    assert grew < BOUND, f"{grew} more tracked objects after {(ROUNDS - 1) * ROUND} facts"
+
+
+async def test_a_bus_with_the_memory_store_keeps_no_tracked_object_per_fact() -> None:
+    grew = await _handle_rounds("memory://")
+    assert grew < BOUND, f"{grew} more tracked objects after {(ROUNDS - 1) * ROUND} facts"
