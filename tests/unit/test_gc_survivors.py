@@ -23,9 +23,7 @@ one round (its caches of strings add none; a per-fact leak adds ≥ 2,000)."""
 
 
 def _facts(round_: int) -> list[Fact]:
-    return [
-        Fact("Gc.Survivor", {"round": round_, "n": n, "text": "x" * 100}) for n in range(ROUND)
-    ]
+    return [Fact("Gc.Survivor", {"round": round_, "n": n, "text": "x" * 100}) for n in range(ROUND)]
 
 
 async def _handle_rounds(store: str) -> int:
