@@ -513,7 +513,7 @@ class KafkaTransport(TransportBase):
         # (librdkafka copies the headers during produce()). Arguments are passed
         # by position (topic, value, key, partition, on_delivery, callback alias,
         # timestamp 0 = now, headers): confluent-kafka parses keywords by name,
-        # ~0.4 µs a message (PROFILE.md §14).
+        # ~0.4 µs a message (PROFILE.md §17).
         shared: Mapping[str, str] | None = None
         headers: HeaderList = []
         last = 0

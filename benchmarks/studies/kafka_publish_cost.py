@@ -18,11 +18,19 @@ the main thread, no event loop):
 * ``raw per call``: each call waits for its own reports (``flush()``), the
   rhythm ``publish``'s contract asks for; Python callback per message.
 * ``+ 3 headers``: the same with the three headers a factbus record carries
-  (producer, published-at, message id), listed as the adapter lists them.
+  (producer, published-at, message id), keyword arguments and a new header
+  list per message (the adapter before PROFILE.md §17).
+* ``+ 3 headers, by position``: ``produce()``'s arguments by position and one
+  header list per call, its last pair replaced per message (the adapter now).
 * ``+ only errors``: and ``delivery.report.only.error=true`` (confluent-kafka
   then skips the Python callback for a delivered message).
 * ``+ no callback``: and no callback at all (failures unseen: a floor, not a
   contract).
+
+``produce()`` alone: the calling thread's CPU inside ``produce()`` (reports
+served apart) for those argument forms, and for bursts of 1 and 10 messages
+into a producer idle for 2 ms (as small calls find it), with the whole
+process's CPU per message at that rhythm.
 
 factbus (on an event loop, the adapter's poller thread):
 
@@ -34,7 +42,9 @@ factbus (on an event loop, the adapter's poller thread):
 Then the parts alone (no broker; best of 7, µs per message): ``Message``
 construction, ``encode_one`` (wire bytes cached), the per-message header
 lists, the published-refs store write per call, and the per-call future with
-``call_soon_threadsafe`` and ``wait_for`` (per call, µs).
+``call_soon_threadsafe`` and ``wait_for`` (per call, µs), and ``Bus.publish``
+over a transport whose ``publish`` does nothing (per message at calls of
+``--batch``, per call at calls of one).
 
 Small calls (``--small``): ``Bus.publish`` of 1, 2 and 3 facts a call, one
 call after another and with 64 calls in flight (as the half-load phase makes
@@ -69,8 +79,17 @@ from factbus.headers import HEADER_MESSAGE_ID, HEADER_PRODUCER, HEADER_PUBLISHED
 from factbus.store.base import StoreBatch
 from factbus.store.memory import MemoryStore
 from factbus.transport.base import Message
+from factbus.transport.memory import MemoryTransport
 from factbus_kafka.config import KafkaConfig
 from factbus_kafka.transport import KafkaTransport
+
+
+class _Idle(MemoryTransport):
+    """A memory:// transport whose ``publish`` does nothing: ``Bus.publish``'s own cost."""
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        return None
+
 
 Sync = Callable[[], None]
 Async = Callable[[], Awaitable[None]]
@@ -222,6 +241,23 @@ class RawVariants:
                 used = (time.thread_time() - start) / count * 1e6
                 best[name] = min(best.get(name, used), used)
                 self._flush(self.producer)
+        for burst in (1, 10):
+            # As small calls make them: a burst into a producer idle for 2 ms
+            # (its queues empty), reports served before the next; median.
+            times: list[float] = []
+            process = time.process_time()
+            for n in range(300):
+                start = time.thread_time()
+                for i in call[:burst]:
+                    produce(topic, bodies[i], f"{keys[i]}-{n}", -1, report)
+                times.append((time.thread_time() - start) / burst * 1e6)
+                self.producer.poll(0)
+                time.sleep(0.002)
+            self._flush(self.producer)
+            process = (time.process_time() - process) / (300 * burst) * 1e6
+            times.sort()
+            best[f"produce(), {burst} a burst after 2 ms idle (median)"] = times[len(times) // 2]
+            best[f"  the whole process per message, {burst} a burst every 2 ms"] = process
         return list(best.items())
 
 
@@ -344,6 +380,31 @@ async def parts(facts: Sequence[Fact], batch: int) -> list[tuple[str, float]]:
             await asyncio.wait_for(future, 60)
 
     per_call = await best_cpu_us_async(calls, 200)
+    bus = Bus(_Idle("memory://study-idle"), "memory://", topic="t", node="study", consume=False)
+    await bus.start()
+    many = list(facts[: 20 * batch])
+
+    async def bus_calls_of_batch() -> None:
+        for start in range(0, len(many), batch):
+            await bus.publish(*many[start : start + batch], ancestors=False)
+
+    async def bus_calls_of_one() -> None:
+        for fact in many[:2000]:
+            await bus.publish(fact, ancestors=False)
+
+    rows.append(
+        (
+            f"Bus.publish over a transport that does nothing, calls of {batch}, per message",
+            await best_cpu_us_async(bus_calls_of_batch, len(many)),
+        )
+    )
+    rows.append(
+        (
+            "Bus.publish over a transport that does nothing, calls of 1, per CALL",
+            await best_cpu_us_async(bus_calls_of_one, 2000),
+        )
+    )
+    await bus.aclose()
     stop = True
     ready.set()
     thread.join()

@@ -394,7 +394,7 @@ class Bus(AsyncLifecycle):
         elif self.settings.pack <= 1:
             # Lone facts, one envelope each: no chains to build or pack. Built with
             # C-level map/zip (no Python frame per message): ~0.1 µs a message less
-            # than a comprehension calling Message() (PROFILE.md §14).
+            # than a comprehension calling Message() (PROFILE.md §17).
             ids = list(map(_HASH, refs))
             messages = list(
                 map(_new_message, zip(map(encode_one, facts), ids, ids, repeat(headers)))

@@ -343,6 +343,27 @@ class TestKafkaTransport(TransportConformance):
         assert outcomes[1] is None
         await transport.publish(topic, messages(3, prefix="c"))  # still working
 
+    async def test_a_call_never_confirmed_fails_at_its_deadline(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """The poller's safety net: a producer pointed at a port where no broker
+        listens (the admin client, which creates the topic, reaches the real one)
+        and told to retry for 8 s reports nothing before then; the call fails with
+        PublishError once ``publish_timeout + request_timeout`` passed."""
+        transport = open_transport(
+            kafka_url(f"{TEST_OPTIONS}&publish_timeout=1&request_timeout=3")
+            + "&producer.bootstrap.servers=127.0.0.1:1&producer.message.timeout.ms=8000"
+        )
+        await transport.connect()
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(PublishError, match="did not confirm 1 message"):
+                await transport.publish(ctx.name("t"), messages(1))
+            assert 3.5 < loop.time() - started < 30
+        finally:
+            await transport.aclose()
+
     async def test_concurrent_calls_return_once_their_own_messages_are_in_the_log(
         self, ctx: ConformanceContext
     ) -> None:
