@@ -48,6 +48,10 @@ async def _poll_task(bus: Bus) -> None:
         thread = getattr(bus.transport, "_producer", None)
         if thread is not None:
             thread.producer.poll(0)
+            # The reports only count; the poller settles the completed calls
+            # after its poll round (PROFILE.md §17): do it here instead.
+            if thread.settled:
+                thread._hand_over()
         await asyncio.sleep(0.001)
 
 
