@@ -55,13 +55,14 @@ Run (brokers up, ``eval "$(bash scripts/brokers.sh env)"``)::
     .venv/bin/python benchmarks/studies/kafka_publish_cost.py --repeats 5 --small
 
 ``--only NAME`` (repeatable) limits the broker variants to those whose name
-starts with NAME.
+starts with NAME. The topics the run creates are deleted at its end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -69,6 +70,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from factbus.bench.cputime import best_cpu_us, best_cpu_us_async
 from factbus.bench.workload import WorkloadSpec, build_workload
@@ -89,6 +91,20 @@ class _Idle(MemoryTransport):
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         return None
+
+
+MADE: list[str] = []
+"""Topics this run created, deleted at its end."""
+
+
+def delete_topics(url: str) -> None:
+    """Delete the topics this run created (best effort: the broker is shared)."""
+    if not MADE:
+        return
+    admin = AdminClient(KafkaConfig.from_url(url).admin())
+    for future in admin.delete_topics(MADE, operation_timeout=30).values():
+        with contextlib.suppress(Exception):
+            future.result()
 
 
 Sync = Callable[[], None]
@@ -272,6 +288,7 @@ async def broker_variants(
     the ``produce()``-only figures."""
     config = KafkaConfig.from_url(url)
     topic = f"study-pubcost-{uuid.uuid4().hex[:8]}"
+    MADE.append(topic)
     transport = KafkaTransport(url)
     await transport.connect()
     bus = Bus(url, "memory://", topic=topic, node="study-pub0", consume=False)
@@ -417,6 +434,7 @@ async def small_calls(
 ) -> list[tuple[str, float, float]]:
     """``Bus.publish`` of 1-3 facts a call: CPU µs per message and per call."""
     topic = f"study-pubcost-small-{uuid.uuid4().hex[:8]}"
+    MADE.append(topic)
     bus = Bus(url, "memory://", topic=topic, node="study-pub0", consume=False)
     await bus.start()
     rows: list[tuple[str, float, float]] = []
@@ -472,6 +490,13 @@ async def main() -> None:
     facts = workload.order
     _ = workload.bodies  # wire bytes computed, as the bench's raw phase leaves them
     print(f"# {len(facts)} facts, calls of {args.batch}, best of {args.repeats}", flush=True)
+    try:
+        await report(args, facts)
+    finally:
+        await asyncio.to_thread(delete_topics, args.url)
+
+
+async def report(args: argparse.Namespace, facts: Sequence[Fact]) -> None:
     print("| variant | CPU µs/msg |\n|---|---:|")
     rows, produce_rows = await broker_variants(args.url, facts, args.batch, args.repeats, args.only)
     for name, us in rows:
