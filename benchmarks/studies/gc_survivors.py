@@ -17,8 +17,8 @@ phases, e.g. building the next workload):
 
 - counts collections by generation, and each full collection's wall and
   thread-CPU time and the objects it walked;
-- counts **survivors**: at each generation-1 collection, the young objects it
-  did not free (what it adds to ``long_lived_pending``), printed per 1,000
+- counts **survivors**: at each generation-1 collection, the objects it moved
+  into generation 2 (what it adds to ``long_lived_pending``), printed per 1,000
   facts of the phase, with our estimate of ``long_lived_pending`` against a
   quarter of ``long_lived_total`` when the phase ended;
 - with ``--types``, what the survivors are: they are the tail of
@@ -83,7 +83,7 @@ class Probe:
         self.phases: dict[str, PhaseGC] = {}
         self.current = self._phase("start-up")
         self.totals: dict[str, int] = {}
-        self._young = 0
+        self._old = 0
         self._walked = 0
         self._wall = 0.0
         self._cpu = 0.0
@@ -123,7 +123,7 @@ class Probe:
         generation = info["generation"]
         if stage == "start":
             if generation == 1:
-                self._young = len(gc.get_objects(0)) + len(gc.get_objects(1))
+                self._old = len(gc.get_objects(2))
             elif generation == 2:
                 self._walked = sum(len(gc.get_objects(g)) for g in range(3))
             self._wall, self._cpu = time.perf_counter(), time.thread_time()
@@ -136,7 +136,10 @@ class Probe:
             self.pending = 0
             self.long_lived = len(gc.get_objects(2))
         elif generation == 1:
-            survived = max(self._young - info["collected"], 0)
+            # What generation 2 gained. Not the young objects less those freed:
+            # exact tuples of untracked items (and a dict's) are untracked during
+            # the collection, neither freed nor moved.
+            survived = max(len(gc.get_objects(2)) - self._old, 0)
             phase.survivors += survived
             self.pending += survived
             if survived and self.want_types:
