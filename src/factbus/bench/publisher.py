@@ -283,13 +283,16 @@ class PublisherTasks:
         return self.workload(spec).summary()
 
     async def publish(self, job: PublishJob) -> list[PublishReport]:
+        """Publish ``job``'s workload, then forget it (see :func:`forget_published`)."""
         workload = self.workload(job.spec)
         count = len(self._buses)
-        return list(
+        reports = list(
             await asyncio.gather(
                 *(publish_share(bus, workload, job, i, count) for i, bus in enumerate(self._buses))
             )
         )
+        forget_published(self._workloads, job.spec)
+        return reports
 
     async def baseline(
         self, spec: WorkloadSpec, destination: str, publish_batch: int, produce: Any
@@ -372,6 +375,18 @@ class PublisherProcesses:
             conn.close()
 
 
+def forget_published(workloads: dict[WorkloadSpec, Workload], spec: WorkloadSpec) -> None:
+    """Drop ``spec``'s workload once it was published: every phase's workload is
+    built before the bus runs (:meth:`~factbus.bench.runner._Run.execute`), and
+    each holds two tracked objects per fact (a ``Fact`` and its ``FactRef``)
+    that every full collection of the publishing process walks; kept to the end,
+    the peak's and warm-up's made a memory:// half-load phase's full collection
+    walk ~400,000 objects (benchmarks/studies/PROFILE.md §17). A later phase that
+    needs the same bodies (the raw drain) builds them again, outside its timed
+    window."""
+    workloads.pop(spec, None)
+
+
 def _receive(conn: Connection) -> tuple[str, Any]:
     try:
         reply: tuple[str, Any] = conn.recv()
@@ -408,6 +423,7 @@ async def _child(
                     if job.spec not in workloads:
                         workloads[job.spec] = build_workload(job.spec)
                     report = await publish_share(bus, workloads[job.spec], job, index, count)
+                    forget_published(workloads, job.spec)
                     conn.send(("ok", report))
                 elif command == "baseline":
                     from factbus.bench.baseline import baseline_for

@@ -118,8 +118,11 @@ def build_workload(spec: WorkloadSpec) -> Workload:
         order = shuffled_with_duplicates(facts, duplicates=spec.duplicates, seed=spec.seed)
     else:
         order = _with_late_duplicates(facts, spec.duplicates, spec.seed)
-    run = facts[0].fields["run"]
-    return Workload(spec, run, order, [fact.fields["n"] for fact in order])
+    # Read through to_wire(), not Fact.fields: its read-only view is made on first
+    # access and kept, a tracked object per fact for the collector to walk in the
+    # bench's own process (benchmarks/studies/PROFILE.md §17).
+    run = facts[0].to_wire()["fields"]["run"]
+    return Workload(spec, run, order, [fact.to_wire()["fields"]["n"] for fact in order])
 
 
 def _with_late_duplicates(facts: list[Fact], duplicates: float, seed: int) -> list[Fact]:
