@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from itertools import repeat
 from operator import attrgetter, itemgetter
@@ -439,11 +439,31 @@ class Bus(AsyncLifecycle):
         return chains
 
     async def _known_published(self, facts: Sequence[Fact]) -> set[FactRef]:
-        candidates = {a.ref for fact in facts for a in _ancestors(fact)}
-        unknown = {ref for ref in candidates if ref not in self._published}
-        known = candidates - unknown
-        if unknown:
-            known |= await self.store.published(unknown)
+        return await self.published({a.ref for fact in facts for a in _ancestors(fact)})
+
+    async def published(self, refs: Collection[FactRef]) -> set[FactRef]:
+        """Those of ``refs`` that this node has published: the one place that
+        answers it (ancestors shipped once, the sidecar's known predecessors).
+
+        Read contract: a ref counts from the moment a :meth:`publish` that
+        shipped it returned, whether or not the store has recorded it yet. While
+        a pipeline step holds the store, published refs wait in
+        ``pipeline.pending_published`` and are written with that step's
+        transaction or the next flush; a ref leaves that list only once its
+        transaction committed, so it is always in memory or in the store. The
+        recent-published cache and the waiting refs answer first, the store
+        answers for the rest. (What the store persists, and when, is unchanged:
+        see :class:`~factbus.store.base.StoreBatch`.)
+        """
+        wanted = set(refs)
+        known = self._published.known(wanted)
+        rest = wanted - known
+        pending = self.pipeline.pending_published
+        if rest and pending:
+            known.update(ref for ref in pending if ref in rest)
+            rest -= known
+        if rest:
+            known |= await self.store.published(rest)
         return known
 
     async def _flush_published(self) -> None:
@@ -451,10 +471,13 @@ class Bus(AsyncLifecycle):
         if not pending:
             return
         async with self._store_lock:
-            batch = StoreBatch(published=list(pending))
-            pending.clear()
+            published = pending[:]
+            if not published:
+                return
             async with self.store.transaction() as tx:
-                await tx.record(batch)
+                await tx.record(StoreBatch(published=published))
+            # Only once committed (see `published`): publish may have appended meanwhile.
+            del pending[: len(published)]
 
     # -- consuming ----------------------------------------------------------
 

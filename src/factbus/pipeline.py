@@ -145,7 +145,8 @@ class Pipeline:
         facts goes on in further transactions of about this many (see
         :meth:`sweep`), so a large backlog is never held in memory at once."""
         self.pending_published: list[FactRef] = []
-        """Published refs not yet written; recorded with the next transaction."""
+        """Published refs not yet written; recorded with the next transaction and
+        removed only once it committed (:meth:`factbus.bus.Bus.published` reads them)."""
         # With a store of its own, the node knows whether anything is parked and
         # skips the wait-list query when nothing is; a shared store may be
         # parked into by other workers at any time.

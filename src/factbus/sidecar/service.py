@@ -243,10 +243,12 @@ class Sidecar(AsyncLifecycle):
 
     async def unknown(self, refs: Collection[FactRef]) -> set[FactRef]:
         """Those of ``refs`` that this sidecar neither handled (its archive) nor
-        published itself."""
+        published itself. A fact counts as published as soon as :meth:`publish`
+        returned it, even while a step holds the store and the published refs
+        wait to be written (:meth:`factbus.bus.Bus.published`)."""
         missing = set(refs)
         if missing:
             missing -= set(await self.archive.get(missing))
         if missing:
-            missing -= await self.bus.store.published(missing)
+            missing -= await self.bus.published(missing)
         return missing

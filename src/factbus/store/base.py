@@ -197,7 +197,10 @@ class Store(Protocol):
         ...
 
     async def published(self, refs: Collection[FactRef]) -> set[FactRef]:
-        """Those of ``refs`` that this node has published."""
+        """Those of ``refs`` that this node has published, as recorded: what
+        committed ``StoreBatch.published`` lists. A Bus records its published refs
+        after the broker confirmed them, later while a step holds the store, so
+        this lags :meth:`factbus.bus.Bus.published`, which callers should ask."""
         ...
 
     async def position(self, key: str) -> int | None:
