@@ -131,12 +131,12 @@ async def remove_topics(url: str, topics: Sequence[str], groups: Sequence[str] =
 async def _remove_amqp(url: str, topics: Sequence[str], groups: Sequence[str]) -> None:
     import aio_pika
 
-    from factbus_amqp.config import AmqpConfig
-
     queues = [f"{t}.{g}" for t in topics for g in groups if g != t]
     queues += [f"{t}.{suffix}" for t in topics for suffix in ("dead-letter", "stream")]
     exchanges = [*topics, *(f"{t}.dead-letter" for t in topics)]
-    connection = await aio_pika.connect(AmqpConfig.from_url(url).amqp_url())
+    # The URL without its query: factbus's options there mean nothing to aio-pika,
+    # and the clean-up needs none of the client's (the core imports no adapter).
+    connection = await aio_pika.connect(url.split("?", 1)[0])
     async with connection:
         channel = await connection.channel()
         for name in queues:
