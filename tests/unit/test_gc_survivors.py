@@ -1,7 +1,7 @@
 """Handling facts leaves nothing behind for the cyclic garbage collector.
 
 Full (generation-2) collections come when enough tracked objects survived into
-the oldest generation since the last one (benchmarks/studies/PROFILE.md §15);
+the oldest generation since the last one (PROFILE.md, "Survivors");
 each walks every tracked object alive, tens of ms in a consumer. So a bus that
 handled N facts must hold about as many tracked objects as before: no per-fact
 record, cached tuple, future or cursor kept past its step. Counted, not timed.

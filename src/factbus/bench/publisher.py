@@ -381,7 +381,7 @@ def forget_published(workloads: dict[WorkloadSpec, Workload], spec: WorkloadSpec
     each holds two tracked objects per fact (a ``Fact`` and its ``FactRef``)
     that every full collection of the publishing process walks; kept to the end,
     the peak's and warm-up's made a memory:// half-load phase's full collection
-    walk ~400,000 objects (benchmarks/studies/PROFILE.md §17). A later phase that
+    walk ~400,000 objects (PROFILE.md, "Survivors"). A later phase that
     needs the same bodies (the raw drain) builds them again, outside its timed
     window."""
     workloads.pop(spec, None)

@@ -120,7 +120,7 @@ def build_workload(spec: WorkloadSpec) -> Workload:
         order = _with_late_duplicates(facts, spec.duplicates, spec.seed)
     # Read through to_wire(), not Fact.fields: its read-only view is made on first
     # access and kept, a tracked object per fact for the collector to walk in the
-    # bench's own process (benchmarks/studies/PROFILE.md §17).
+    # bench's own process (PROFILE.md, "Survivors").
     run = facts[0].to_wire()["fields"]["run"]
     return Workload(spec, run, order, [fact.to_wire()["fields"]["n"] for fact in order])
 

@@ -10,7 +10,7 @@ log keeps no bodies by default): a dict of strings is invisible to the garbage
 collector, so a node that handled or published millions of facts does not make
 every full collection walk them, nor does each fact count as a long-lived object
 towards the next one (a ``FactRef``, a ``NamedTuple``, stays tracked for good:
-benchmarks/studies/PROFILE.md §15). Parked facts keep their content until handled.
+PROFILE.md, "Survivors"). Parked facts keep their content until handled.
 """
 
 from __future__ import annotations

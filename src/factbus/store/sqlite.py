@@ -177,7 +177,7 @@ log insert is one of up to ``2 * _ROWS_PER_INSERT`` texts (its row count modulo
 dozen more: with 128 they evicted each other, each step compiled one afresh,
 and the evicted statements, having lived through young collections, were
 counted as long-lived objects towards the next full collection
-(benchmarks/studies/PROFILE.md §15)."""
+(PROFILE.md, "Survivors")."""
 
 
 def _insert_many(
@@ -304,7 +304,7 @@ class SqliteStore:
         ``Connection.execute`` makes a cursor per call, and the connection keeps
         a weak reference to each until its 200th next, so a step's four left
         four weak references that outlived young collections and counted as
-        long-lived objects (benchmarks/studies/PROFILE.md §15). The connection is
+        long-lived objects (PROFILE.md, "Survivors"). The connection is
         never used by two threads at once (:meth:`_idle`), nor is this cursor."""
         self._index: dict[str, int] = {}
         """``hash[:_KEY]`` -> the log row of a handled fact with that prefix."""
