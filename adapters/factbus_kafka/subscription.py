@@ -16,7 +16,7 @@ the collector's oldest generation and made its full collections come twice as
 often: benchmarks/studies/PROFILE.md §16).
 
 Back-pressure: the subscription holds at most ``max_buffered`` received
-deliveries (in its buffer or on their way to it). When full, the thread stops
+records (in its buffer or on their way to it). When full, the thread stops
 taking records from librdkafka and waits (up to ``heartbeat_interval``) for
 ``next_batch`` to make room for a ``fetch_batch``; librdkafka's own queue,
 bounded by ``prefetch_kbytes``, then fills and its fetching stops. Only when
@@ -83,7 +83,9 @@ class _Partition:
         self.owner = owner
         self.alive = True
         self.unsettled: collections.deque[KafkaDelivery] = collections.deque()
-        """Received deliveries not yet passed by the watermark, in offset order."""
+        """Deliveries handed out by ``next_batch`` (:meth:`KafkaSubscription._take`)
+        and not yet passed by the watermark, in offset order; records still
+        buffered are not here (they have higher offsets than any taken)."""
         self.next_offset = -1
         """One past the highest offset received in this assignment."""
         self.nacked: dict[int, KafkaDelivery] = {}
@@ -93,8 +95,9 @@ class _Partition:
 class KafkaDelivery(SettleOnce):
     """One received Kafka record. ``ack``/``nack`` only touch local state (no I/O).
 
-    ``body`` is read from the record when it arrives (every delivery's body is
-    read once, by the pipeline); headers are decoded on first access.
+    ``body`` is read from the record when the delivery is made, as ``next_batch``
+    hands it out (every delivery's body is read once, by the pipeline); headers
+    are decoded on first access.
 
     One of these is made per received record, on the event loop, so it is kept
     small: five slots are written when it is made; ``_state`` alone says
