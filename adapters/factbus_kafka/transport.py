@@ -199,12 +199,45 @@ def _settle_all(calls: list[_Confirmations]) -> None:
         call.settle()
 
 
+_LOOP_SERVED_MAX: Final = 256
+"""Calls of fewer messages than this are served by the event loop (see
+:class:`_ProducerThread`); larger ones by the poller thread, whose prompt
+wake-up on their last report sets the rate of one big call after another,
+and whose cost per wake-up is spread over many messages (PROFILE.md §18)."""
+
+_TICK: Final = 0.001
+"""The event loop polls the producer this often while it serves calls (s)."""
+
+_IDLE_TICKS: Final = 4
+"""Ticks the event loop goes on polling once its calls are settled, so that a
+paced publisher's next call finds it still serving (no hand-back to the thread)."""
+
+_WATCHDOG: Final = 0.025
+"""While the event loop serves, the poller thread wakes this often (s): it
+checks deadlines and, when the loop has not polled for this long (a busy or
+stopped loop), serves the reports itself."""
+
+
 class _ProducerThread:
     """An idempotent producer and the thread that polls it for delivery reports.
 
     Calls in flight are listed in ``pending`` (oldest first; the event loop
-    appends, this thread removes); those whose last report came in a ``poll``
-    round are handed to their event loop together right after it.
+    appends, this thread removes, failing those past their deadline). Reports
+    are served (``poll``) by one thread at a time, under ``_serving``:
+
+    - **the poller thread**, blocked in ``poll``, wakes on each report round
+      and hands the calls completed in it to their event loop together (one
+      ``call_soon_threadsafe`` per round): while a call of
+      ``_LOOP_SERVED_MAX`` messages or more (or one from another event loop)
+      is in flight, and whenever no call is;
+    - **the event loop**, while only smaller calls of its own are in flight:
+      it polls without blocking every ``_TICK`` and settles the completed
+      calls in place, with no thread wake-up or GIL hand-off per round (the
+      cost of a paced publisher's small calls, PROFILE.md §18). The poller
+      thread then only wakes every ``_WATCHDOG`` to check deadlines, and
+      serves the reports itself whenever the loop has not polled for that
+      long: reports are never left unserved, librdkafka's error and log
+      callbacks keep being served, and a call still fails at its deadline.
     """
 
     def __init__(self, config: KafkaConfig) -> None:
@@ -217,8 +250,23 @@ class _ProducerThread:
             raise TransportError(f"cannot create a Kafka producer: {exc}") from exc
         self.fatal: KafkaError | None = None
         self.settled: list[_Confirmations] = []
-        """Calls whose last report came in the current ``poll`` round (this thread only)."""
+        """Calls whose last report came in the current ``poll`` round (the serving thread)."""
         self.pending: collections.deque[_Confirmations] = collections.deque()
+        self.closed = False
+        """The producer is closed: nobody polls it any more (set under ``_serving``)."""
+        self._serving = threading.Lock()
+        """Held by whoever serves reports (``poll``, ``flush``): one thread at a time."""
+        self._threads_calls: collections.deque[_Confirmations] = collections.deque()
+        """Calls in flight that the poller thread serves (event loop appends)."""
+        self._loop_calls: collections.deque[_Confirmations] = collections.deque()
+        """Calls in flight that the event loop serves (event loop only)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The event loop serving reports, while ``_timer`` is armed."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = 0
+        self._ticked = 0.0
+        """When the serving event loop last ran its tick (``time.monotonic``)."""
+        self._wake = threading.Event()
         self._flush_timeout = config.publish_timeout
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -226,29 +274,109 @@ class _ProducerThread:
         )
         self._thread.start()
 
+    # -- the event loop's side ---------------------------------------------------------
+
+    def track(self, call: _Confirmations) -> None:
+        """List a call about to be produced (event loop): its deadline, and who serves it."""
+        self.pending.append(call)
+        loop = call.loop
+        if call.count < _LOOP_SERVED_MAX and (self._loop is None or self._loop is loop):
+            self._loop_calls.append(call)
+            if self._timer is None:
+                self._loop = loop
+                self._idle = 0
+                self._ticked = time.monotonic()
+                self._timer = loop.call_later(_TICK, self._tick)
+        else:
+            self._threads_calls.append(call)
+            self._wake.set()  # the poller thread may be waiting as the loop's watchdog
+
+    def _tick(self) -> None:
+        """Serve reports from the event loop (non-blocking ``poll``), settle the
+        completed calls, and go on while the loop's calls are in flight."""
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        self._ticked = time.monotonic()
+        calls: list[_Confirmations] = []
+        if self._serving.acquire(blocking=False):  # else the poller thread serves
+            try:
+                if not self.closed:
+                    self.producer.poll(0)
+                    if self.settled:
+                        calls = self.settled[:]
+                        self.settled.clear()
+            finally:
+                self._serving.release()
+        if calls:
+            self._hand_over(calls, loop)
+        waiting = self._loop_calls
+        while waiting and (waiting[0].remaining == 0 or waiting[0].future.done()):
+            waiting.popleft()
+        if waiting:
+            self._idle = 0
+        elif self._idle < _IDLE_TICKS and not self.closed:
+            self._idle += 1
+        else:
+            self._loop = None  # the poller thread goes back to blocking polls
+            return
+        self._timer = loop.call_later(_TICK, self._tick)
+
+    # -- the poller thread ---------------------------------------------------------------
+
+    def _loop_serves(self) -> bool:
+        """The event loop serves every call in flight (poller thread)."""
+        if self._loop is None:
+            return False
+        theirs = self._threads_calls
+        while theirs and (theirs[0].remaining == 0 or theirs[0].future.done()):
+            theirs.popleft()
+        return not theirs
+
     def _run(self) -> None:
         producer = self.producer
         settled = self.settled
         pending = self.pending
+        serving = self._serving
         while not self._stop.is_set():
-            producer.poll(0.1)
-            if settled:
-                self._hand_over()
+            timeout = 0.1
+            if self._loop_serves():
+                self._wake.wait(_WATCHDOG)
+                self._wake.clear()
+                if pending:
+                    self._expire(time.monotonic())
+                if self._loop_serves() and time.monotonic() - self._ticked < _WATCHDOG:
+                    continue
+                timeout = 0.0 if self._loop_serves() else 0.1  # a late loop: serve for it
+            calls: list[_Confirmations] = []
+            with serving:
+                producer.poll(timeout)
+                if settled:
+                    calls = settled[:]
+                    settled.clear()
+            if calls:
+                self._hand_over(calls, None)
             if pending:
                 self._expire(time.monotonic())
-        # Deliver what is queued (or let it expire): every pending publish gets its report.
-        producer.flush(self._flush_timeout)
-        # Destroy the librdkafka handle now: left to the garbage collector (error_cb makes a
-        # reference cycle) its threads would keep connections and metadata refreshes alive.
-        producer.close()
-        if settled:
-            self._hand_over()
+        calls = []
+        with serving:
+            # Deliver what is queued (or let it expire): every pending publish gets its report.
+            producer.flush(self._flush_timeout)
+            # Destroy the librdkafka handle now: left to the garbage collector (error_cb makes
+            # a reference cycle) its threads would keep connections and metadata refreshes alive.
+            producer.close()
+            self.closed = True
+            if settled:
+                calls = settled[:]
+                settled.clear()
+        if calls:
+            self._hand_over(calls, None)
         self._expire(math.inf)  # no report can come any more
 
-    def _hand_over(self) -> None:
-        """Settle the calls completed in this ``poll`` round: one wake-up per event loop."""
-        calls = self.settled[:]
-        self.settled.clear()
+    @staticmethod
+    def _hand_over(calls: list[_Confirmations], here: asyncio.AbstractEventLoop | None) -> None:
+        """Settle calls completed in one ``poll`` round: in place for those of
+        ``here`` (the serving event loop), with one wake-up per other event loop."""
         loop = calls[0].loop
         if any(call.loop is not loop for call in calls):
             by_loop: dict[asyncio.AbstractEventLoop, list[_Confirmations]] = {}
@@ -257,6 +385,9 @@ class _ProducerThread:
         else:
             by_loop = {loop: calls}
         for target, group in by_loop.items():
+            if target is here:
+                _settle_all(group)
+                continue
             with contextlib.suppress(RuntimeError):  # the event loop is gone
                 target.call_soon_threadsafe(_settle_all, group)
 
@@ -286,10 +417,11 @@ class _ProducerThread:
     def stop(self) -> None:
         """Ask the poller to flush (bounded by ``publish_timeout``) and end."""
         self._stop.set()
+        self._wake.set()
 
     async def aclose(self) -> None:
         """Flush (bounded by ``publish_timeout``) and stop the poller."""
-        self._stop.set()
+        self.stop()
         await asyncio.to_thread(self._thread.join)
 
 
@@ -517,7 +649,7 @@ class KafkaTransport(TransportBase):
         shared: Mapping[str, str] | None = None
         headers: HeaderList = []
         last = 0
-        thread.pending.append(confirmations)
+        thread.track(confirmations)
         try:
             for start in range(0, len(messages), _YIELD_EVERY):
                 if start:

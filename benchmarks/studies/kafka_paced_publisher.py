@@ -51,7 +51,9 @@ async def _poll_task(bus: Bus) -> None:
             # The reports only count; the poller settles the completed calls
             # after its poll round (PROFILE.md §17): do it here instead.
             if thread.settled:
-                thread._hand_over()
+                calls = thread.settled[:]
+                thread.settled.clear()
+                thread._hand_over(calls, None)
         await asyncio.sleep(0.001)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -404,6 +405,83 @@ class TestKafkaTransport(TransportConformance):
         for expected, found in checks:
             assert found >= expected
         assert checks[-1][1] == 1 + sum(sizes)
+
+    async def test_reports_are_served_while_the_event_loop_is_blocked(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """Small calls are served by the event loop's own polls (PROFILE.md §18);
+        while the loop is blocked the poller thread serves their reports itself,
+        and the calls return once the loop runs again."""
+        topic = ctx.name("t")
+        transport = await ctx.transport()
+        assert isinstance(transport, KafkaTransport)
+        await transport.publish(topic, messages(1, prefix="warm"))
+        thread = transport._producer
+        assert thread is not None
+        calls = [
+            asyncio.create_task(transport.publish(topic, messages(3, prefix=f"c{i}")))
+            for i in range(4)
+        ]
+        await asyncio.sleep(0)  # the calls produce, then await their reports
+        tracked = list(thread.pending)[-4:]
+        assert [call.count for call in tracked] == [3, 3, 3, 3]
+        deadline = time.monotonic() + 20
+        # Block the event loop (no tick can run) until the thread counted every report.
+        while any(call.remaining for call in tracked) and time.monotonic() < deadline:
+            time.sleep(0.05)  # noqa: ASYNC251 - blocking the loop is the point
+        assert [call.remaining for call in tracked] == [0, 0, 0, 0]
+        assert not any(call.future.done() for call in tracked)  # settled on the loop only
+        await asyncio.wait_for(asyncio.gather(*calls), 10)
+        await transport.publish(topic, messages(2, prefix="after"))  # the loop serves again
+
+    async def test_calls_complete_while_the_event_loop_is_busy(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """Small and large calls in flight together while another task keeps the
+        loop busy in 2 ms slices: every call returns, each with its own messages."""
+        topic = ctx.name("t")
+        transport = await ctx.transport()
+        stop = asyncio.Event()
+
+        async def hog() -> None:
+            while not stop.is_set():
+                time.sleep(0.002)  # noqa: ASYNC251 - a busy event loop is the point
+                await asyncio.sleep(0)
+
+        busy = asyncio.create_task(hog())
+        try:
+            sizes = [1, 2, 3, 600, 1, 5, 8, 1, 300, 2] * 3
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        transport.publish(topic, messages(size, prefix=f"c{i}"))
+                        for i, size in enumerate(sizes)
+                    )
+                ),
+                60,
+            )
+        finally:
+            stop.set()
+            await busy
+        subscription = await transport.subscribe(topic, ctx.name("g"))
+        received = await collect(subscription, sum(sizes), ctx.timeout)
+        assert len(set(bodies(received))) == sum(sizes)
+
+    async def test_close_settles_the_calls_in_flight(self, ctx: ConformanceContext) -> None:
+        """Closing the transport while small calls await their reports flushes
+        them: every call returns (delivered), none is left waiting."""
+        topic = ctx.name("t")
+        transport = open_transport(ctx.url)
+        await transport.connect()
+        await transport.publish(topic, messages(1, prefix="warm"))
+        calls = [
+            asyncio.create_task(transport.publish(topic, messages(2, prefix=f"c{i}")))
+            for i in range(10)
+        ]
+        await asyncio.sleep(0)  # the calls produce, then await their reports
+        await transport.aclose()
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+        assert outcomes == [None] * 10
 
     async def test_close_releases_the_librdkafka_clients(self, ctx: ConformanceContext) -> None:
         def os_threads() -> int:
