@@ -11,12 +11,16 @@ topic's history.
 
 Publishing: one idempotent producer per transport (``acks=all``); ``publish``
 hands every message to librdkafka, then awaits all delivery reports together.
-A background thread polls the producer; after each ``poll`` round it resolves
-the futures of every call whose last report came in that round, with one
-wake-up of the event loop (not one per call, nor per message). It also fails a
-call whose reports have not all come within ``publish_timeout`` +
-``request_timeout`` (librdkafka itself reports every message within
-``publish_timeout``), so a call awaits its future with no timer of its own.
+While only small calls (fewer than 256 messages) of one event loop are in
+flight, that loop polls the producer itself (non-blocking, every millisecond)
+and settles the calls completed in place; otherwise a background thread polls
+it and, after each ``poll`` round, resolves the futures of every call whose
+last report came in that round, with one wake-up of the event loop (not one
+per call, nor per message). The thread also fails a call whose reports have
+not all come within ``publish_timeout`` + ``request_timeout`` (librdkafka
+itself reports every message within ``publish_timeout``), so a call awaits its
+future with no timer of its own, and serves the reports itself whenever the
+serving loop has not polled for 25 ms (see :class:`_ProducerThread`).
 Messages with a key are partitioned by key; the key-less messages of one call
 all go to one partition (chosen round-robin per call), so they keep their
 order. Kafka has no message id: it travels in header ``x-factbus-message-id``.
@@ -106,15 +110,17 @@ _CAPABILITIES = Capabilities(
 
 
 class _Confirmations:
-    """The delivery reports of one ``publish`` call, counted on the poller thread.
+    """The delivery reports of one ``publish`` call, counted by whoever polls.
 
-    ``report`` (librdkafka's delivery callback, poller thread) counts the call's
-    reports; the last one hands the call to its poller, which settles every
-    call completed in one ``poll`` round with a single wake-up of the event
-    loop (:meth:`_ProducerThread._hand_over`). The poller also fails a call
-    whose reports have not all come by its ``deadline`` (a safety net:
-    librdkafka reports every message within ``message.timeout.ms``), so the
-    caller awaits the future alone, with no timer of its own.
+    ``report`` (librdkafka's delivery callback, run by the poller thread or the
+    serving event loop, one at a time) counts the call's reports; the last one
+    lists the call as settled, and the poller settles every call completed in
+    one ``poll`` round together (:meth:`_ProducerThread._hand_over`: in place on
+    the serving loop, else with a single wake-up of the call's event loop).
+    The poller thread also fails a call whose reports have not all come by its
+    ``deadline`` (a safety net: librdkafka reports every message within
+    ``message.timeout.ms``), so the caller awaits the future alone, with no
+    timer of its own.
     """
 
     __slots__ = (
