@@ -209,7 +209,7 @@ _LOOP_SERVED_MAX: Final = 256
 """Calls of fewer messages than this are served by the event loop (see
 :class:`_ProducerThread`); larger ones by the poller thread, whose prompt
 wake-up on their last report sets the rate of one big call after another,
-and whose cost per wake-up is spread over many messages (PROFILE.md §18)."""
+and whose cost per wake-up is spread over many messages (PROFILE.md §19)."""
 
 _TICK: Final = 0.001
 """The event loop polls the producer this often while it serves calls (s)."""
@@ -239,7 +239,7 @@ class _ProducerThread:
     - **the event loop**, while only smaller calls of its own are in flight:
       it polls without blocking every ``_TICK`` and settles the completed
       calls in place, with no thread wake-up or GIL hand-off per round (the
-      cost of a paced publisher's small calls, PROFILE.md §18). The poller
+      cost of a paced publisher's small calls, PROFILE.md §19). The poller
       thread then only wakes every ``_WATCHDOG`` to check deadlines, and
       serves the reports itself whenever the loop has not polled for that
       long: reports are never left unserved, librdkafka's error and log

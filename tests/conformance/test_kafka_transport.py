@@ -409,7 +409,7 @@ class TestKafkaTransport(TransportConformance):
     async def test_reports_are_served_while_the_event_loop_is_blocked(
         self, ctx: ConformanceContext
     ) -> None:
-        """Small calls are served by the event loop's own polls (PROFILE.md §18);
+        """Small calls are served by the event loop's own polls (PROFILE.md §19);
         while the loop is blocked the poller thread serves their reports itself,
         and the calls return once the loop runs again."""
         topic = ctx.name("t")
