@@ -434,6 +434,33 @@ class TestKafkaTransport(TransportConformance):
         await asyncio.wait_for(asyncio.gather(*calls), 10)
         await transport.publish(topic, messages(2, prefix="after"))  # the loop serves again
 
+    async def test_small_calls_are_served_by_the_event_loop_large_by_the_thread(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """Who polls the producer (PROFILE.md §19): a small call is served by the
+        event loop, which hands serving back to the poller thread a few ticks
+        after its last call settled; a large call is listed for the thread."""
+        topic = ctx.name("t")
+        transport = await ctx.transport()
+        assert isinstance(transport, KafkaTransport)
+        await transport.publish(topic, messages(300, prefix="warm"))
+        thread = transport._producer
+        assert thread is not None
+        loop = asyncio.get_running_loop()
+        await transport.publish(topic, messages(3, prefix="small"))
+        assert thread._loop is loop  # still serving: its idle ticks
+        for _ in range(100):
+            if thread._loop is None:
+                break
+            await asyncio.sleep(0.01)
+        assert thread._loop is None
+        big = asyncio.create_task(transport.publish(topic, messages(300, prefix="big")))
+        await asyncio.sleep(0)
+        assert thread._loop is None  # no tick armed: the thread serves it
+        assert thread._timer is None
+        assert not thread._loop_calls
+        await big
+
     async def test_calls_complete_while_the_event_loop_is_busy(
         self, ctx: ConformanceContext
     ) -> None:
