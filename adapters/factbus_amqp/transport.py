@@ -558,17 +558,7 @@ class AmqpTransport(TransportBase):
                             results = [await _publish_one(channel, exchange, pending[0], mandatory)]
                         else:
                             results = await asyncio.gather(
-                                *(
-                                    channel.basic_publish(
-                                        body,
-                                        exchange=exchange,
-                                        routing_key=key,
-                                        properties=properties,
-                                        mandatory=mandatory,
-                                        wait=False,
-                                    )
-                                    for body, key, properties in pending
-                                ),
+                                *(_send(channel, exchange, item, mandatory) for item in pending),
                                 return_exceptions=True,
                             )
                     except TOPOLOGY_ERRORS as error:
@@ -793,6 +783,25 @@ class AmqpTransport(TransportBase):
         return f"AmqpTransport({redact(self._url)!r})"
 
 
+def _send(
+    channel: aiormq.Channel,
+    exchange: str,
+    item: tuple[bytes, str, spec.Basic.Properties],
+    mandatory: bool,
+) -> Awaitable[object]:
+    """The ``basic_publish`` of one pending message (body, routing key,
+    properties), not yet awaited: its confirm (publisher confirms are on)."""
+    body, key, properties = item
+    return channel.basic_publish(
+        body,
+        exchange=exchange,
+        routing_key=key,
+        properties=properties,
+        mandatory=mandatory,
+        wait=False,
+    )
+
+
 async def _publish_one(
     channel: aiormq.Channel,
     exchange: str,
@@ -805,16 +814,8 @@ async def _publish_one(
     turns of the loop per call). A cancellation of the calling task (its
     ``publish_timeout``) propagates; a confirm cancelled under it (its channel
     closed) is returned like the other errors."""
-    body, key, properties = item
     try:
-        return await channel.basic_publish(
-            body,
-            exchange=exchange,
-            routing_key=key,
-            properties=properties,
-            mandatory=mandatory,
-            wait=False,
-        )
+        return await _send(channel, exchange, item, mandatory)
     except asyncio.CancelledError as error:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
