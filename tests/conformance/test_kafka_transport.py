@@ -510,6 +510,49 @@ class TestKafkaTransport(TransportConformance):
         outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
         assert outcomes == [None] * 10
 
+    async def test_a_call_waiting_for_room_fails_with_librdkafkas_reason(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """A call larger than librdkafka's local queue (10 messages here) waits for
+        room while the producer reaches no broker (port 1): librdkafka times out
+        each message after ``publish_timeout`` (1 s), making room for the next
+        ten. The call's deadline must not run while it is still handing messages
+        over: it fails with librdkafka's own reason for all of them, not with
+        "did not confirm ... within 2s" raised ~4 s later for the messages it
+        handed over after it had failed."""
+        transport = open_transport(
+            kafka_url(f"{TEST_OPTIONS}&publish_timeout=1&request_timeout=1")
+            + "&producer.bootstrap.servers=127.0.0.1:1"
+            + "&producer.queue.buffering.max.messages=10"
+        )
+        await transport.connect()
+        try:
+            with pytest.raises(PublishError) as raised:
+                await transport.publish(ctx.name("t"), messages(40))
+        finally:
+            await transport.aclose()
+        assert "of 40 message(s)" in str(raised.value)
+        assert "timed out" in str(raised.value).lower()
+
+    async def test_a_call_cut_off_by_close_raises_a_transport_error(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """A call still handing messages to librdkafka (its local queue holds 50)
+        when the transport closes either completes or raises PublishError or
+        TransportError naming the problem, never confluent-kafka's bare
+        RuntimeError("Producer has been closed")."""
+        topic = ctx.name("t")
+        transport = open_transport(
+            kafka_url(f"{TEST_OPTIONS}&producer.queue.buffering.max.messages=50")
+        )
+        await transport.connect()
+        await transport.publish(topic, messages(1, prefix="warm"))
+        call = asyncio.ensure_future(transport.publish(topic, messages(5000)))
+        await asyncio.sleep(0.05)
+        await transport.aclose()
+        outcome = (await asyncio.gather(call, return_exceptions=True))[0]
+        assert outcome is None or isinstance(outcome, PublishError | TransportError), repr(outcome)
+
     async def test_close_releases_the_librdkafka_clients(self, ctx: ConformanceContext) -> None:
         def os_threads() -> int:
             # librdkafka names its threads "rdk:..."; counting only those keeps
