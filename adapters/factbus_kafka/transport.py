@@ -17,18 +17,25 @@ and settles the calls completed in place; otherwise a background thread polls
 it and, after each ``poll`` round, resolves the futures of every call whose
 last report came in that round, with one wake-up of the event loop (not one
 per call, nor per message). The thread also fails a call whose reports have
-not all come within ``publish_timeout`` + ``request_timeout`` (librdkafka
-itself reports every message within ``publish_timeout``), so a call awaits its
-future with no timer of its own, and serves the reports itself whenever the
-serving loop has not polled for 25 ms (see :class:`_ProducerThread`).
+not all come within ``publish_timeout`` + ``request_timeout`` of its last
+message's hand-over (a safety net: librdkafka times a message out
+``message.timeout.ms`` after its hand-over, which is ``publish_timeout``
+unless ``producer.message.timeout.ms`` overrides it; a call larger than
+librdkafka's local queue waits for room first, without deadline, and its
+early messages may time out meanwhile), so a call awaits its future with no
+timer of its own; the thread serves the reports itself whenever the serving
+loop has not polled for 25 ms (see :class:`_ProducerThread`). A call cut off
+by the producer's end (``aclose``, a replacement after a fatal error, a
+failure of the poller thread) raises ``PublishError`` naming that cause.
 Messages with a key are partitioned by key; the key-less messages of one call
 all go to one partition (chosen round-robin per call), so they keep their
 order. Kafka has no message id: it travels in header ``x-factbus-message-id``.
 
 Reconnection: librdkafka reconnects by itself and retries unconfirmed messages
 until ``publish_timeout``; consumers rejoin their group and resume from the last
-committed offset. A producer that hits a fatal error is replaced on the next
-publish. See :mod:`factbus_kafka.config` for every URL option and
+committed offset. A producer that hits a fatal error, or whose poller thread
+failed, is replaced on the next publish (``aclose`` waits for the old one's
+flush, bounded). See :mod:`factbus_kafka.config` for every URL option and
 :mod:`factbus_kafka.subscription` for acknowledgement and nack semantics.
 """
 
@@ -118,9 +125,10 @@ class _Confirmations:
     one ``poll`` round together (:meth:`_ProducerThread._hand_over`: in place on
     the serving loop, else with a single wake-up of the call's event loop).
     The poller thread also fails a call whose reports have not all come by its
-    ``deadline`` (a safety net: librdkafka reports every message within
-    ``message.timeout.ms``), so the caller awaits the future alone, with no
-    timer of its own.
+    ``deadline``, set once the call's last message was handed to librdkafka
+    (a safety net: librdkafka reports every message ``message.timeout.ms``
+    after its hand-over), or when the poller ends first, so the caller awaits
+    the future alone, with no timer of its own.
     """
 
     __slots__ = (
@@ -153,7 +161,8 @@ class _Confirmations:
         self.failed_key: str | bytes | None = None
         self.topic = topic
         self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
+        self.deadline = math.inf
+        """Set by :meth:`_ProducerThread.watch` once the call's messages are handed over."""
         self.settled = settled
 
     def report(self, error: KafkaError | None, message: KafkaMessage) -> None:
@@ -172,28 +181,37 @@ class _Confirmations:
         future = self.future
         if future.done():  # cancelled by the caller, or refused locally
             return
-        error = self.error
-        if error is None:
+        if self.error is None:
             future.set_result(None)
             return
+        future.set_exception(PublishError(f"kafka {self._refused()}"))
+
+    def _refused(self) -> str:
+        error = self.error
+        assert error is not None
         key = self.failed_key
         first = "" if key is None else f" (the first: key {_text(key)!r})"
-        future.set_exception(
-            PublishError(
-                f"kafka refused {self.failed} of {self.count} message(s) to {self.topic!r}"
-                f"{first}: {error.str()}"
-            )
+        return (
+            f"refused {self.failed} of {self.count} message(s) to {self.topic!r}{first}: "
+            f"{error.str()}"
         )
 
-    def expire(self) -> None:
-        """Fail the call: its reports did not all come in time (event loop)."""
-        if not self.future.done():
-            self.future.set_exception(
-                PublishError(
-                    f"kafka did not confirm {self.remaining} message(s) to {self.topic!r} "
-                    f"within {self.timeout:.0f}s"
-                )
-            )
+    def expire(self, cause: str | None = None) -> None:
+        """Fail the call (event loop): its reports did not all come by its
+        deadline, or ``cause`` (the producer ended) says why none can come.
+        librdkafka's reason for the reports that failed, if any, is kept."""
+        if self.future.done():
+            return
+        why = f"within {self.timeout:.0f}s" if cause is None else f"before {cause}"
+        text = f"kafka did not confirm {self.remaining} message(s) to {self.topic!r} {why}"
+        if self.error is not None:
+            text += f"; it {self._refused()}"
+        self.future.set_exception(PublishError(text))
+
+
+class _CutOff(Exception):
+    """A call stops handing messages over: it was failed meanwhile, or its
+    producer ended (:meth:`_ProducerThread.watch` then says why)."""
 
 
 def _text(key: str | bytes) -> str:
@@ -227,8 +245,11 @@ stopped loop), serves the reports itself."""
 class _ProducerThread:
     """An idempotent producer and the thread that polls it for delivery reports.
 
-    Calls in flight are listed in ``pending`` (oldest first; the event loop
-    appends, this thread removes, failing those past their deadline). Reports
+    Calls in flight are listed in ``pending`` once handed over, in deadline
+    order (the event loop appends, this thread removes, failing those past
+    their deadline). When the thread ends (``stop``, or an exception: a
+    backstop), it sets ``ended`` and fails every call still waiting, naming
+    that cause; a call handed over later fails at once (:meth:`watch`). Reports
     are served (``poll``) by one thread at a time, under ``_serving``:
 
     - **the poller thread**, blocked in ``poll``, wakes on each report round
@@ -275,6 +296,10 @@ class _ProducerThread:
         self._wake = threading.Event()
         self._flush_timeout = config.publish_timeout
         self._stop = threading.Event()
+        self._cause = "its producer was closed"
+        """Why the thread stops when asked to (``stop``)."""
+        self.ended: str | None = None
+        """Why the thread ended (``its producer was closed``...); None while it runs."""
         self._thread = threading.Thread(
             target=self._run, name="factbus-kafka-producer", daemon=True
         )
@@ -283,8 +308,7 @@ class _ProducerThread:
     # -- the event loop's side ---------------------------------------------------------
 
     def track(self, call: _Confirmations) -> None:
-        """List a call about to be produced (event loop): its deadline, and who serves it."""
-        self.pending.append(call)
+        """List a call about to be produced (event loop): who serves its reports."""
         loop = call.loop
         if call.count < _LOOP_SERVED_MAX and (self._loop is None or self._loop is loop):
             self._loop_calls.append(call)
@@ -296,6 +320,24 @@ class _ProducerThread:
         else:
             self._threads_calls.append(call)
             self._wake.set()  # the poller thread may be waiting as the loop's watchdog
+
+    def watch(self, call: _Confirmations) -> None:
+        """Start a call's deadline once its messages are handed over (event loop);
+        fail it at once if the thread has already ended."""
+        call.deadline = time.monotonic() + call.timeout
+        self.pending.append(call)
+        # The thread sets ``ended`` before failing what ``pending`` holds: either
+        # it sees this call there, or this sees ``ended``.
+        ended = self.ended
+        if ended is not None and call.remaining:
+            call.expire(ended)
+
+    def cut_off(self, topic: str, error: RuntimeError) -> Exception:
+        """What ``produce``'s ``error`` means (event loop): the producer ended
+        (``_CutOff``: :meth:`watch` fails the call naming why), else a refusal."""
+        if self.closed or self._stop.is_set() or self.ended is not None:
+            return _CutOff()
+        return PublishError(f"kafka refused a message for {topic!r}: {error}")
 
     def _tick(self) -> None:
         """Serve reports from the event loop (non-blocking ``poll``), settle the
@@ -340,6 +382,37 @@ class _ProducerThread:
         return not theirs
 
     def _run(self) -> None:
+        """Serve reports until stopped, then flush and close; whatever ends the
+        thread, every call still waiting fails naming the cause."""
+        cause = self._cause
+        try:
+            self._serve()
+            cause = self._cause
+        except BaseException as exc:
+            cause = f"its producer's poller thread failed ({exc!r})"
+            log.exception("kafka producer poller failed; it is replaced on the next publish")
+            self._abandon()
+        finally:
+            self.ended = cause
+            self._expire(math.inf, cause)  # no report can come any more
+
+    def _abandon(self) -> None:
+        """After a failure of the thread: close the producer (nobody polls it any
+        more) and settle the calls whose last report came in the last round."""
+        calls: list[_Confirmations] = []
+        with self._serving:
+            if not self.closed:
+                with contextlib.suppress(Exception):
+                    self.producer.close()
+                self.closed = True
+            if self.settled:
+                calls = self.settled[:]
+                self.settled.clear()
+        if calls:
+            with contextlib.suppress(Exception):
+                self._hand_over(calls, None)
+
+    def _serve(self) -> None:
         producer = self.producer
         settled = self.settled
         pending = self.pending
@@ -377,7 +450,6 @@ class _ProducerThread:
                 settled.clear()
         if calls:
             self._hand_over(calls, None)
-        self._expire(math.inf)  # no report can come any more
 
     @staticmethod
     def _hand_over(calls: list[_Confirmations], here: asyncio.AbstractEventLoop | None) -> None:
@@ -397,8 +469,9 @@ class _ProducerThread:
             with contextlib.suppress(RuntimeError):  # the event loop is gone
                 target.call_soon_threadsafe(_settle_all, group)
 
-    def _expire(self, now: float) -> None:
-        """Forget settled calls at the head of ``pending``; fail those past their deadline."""
+    def _expire(self, now: float, cause: str | None = None) -> None:
+        """Forget settled calls at the head of ``pending``; fail those past their
+        deadline (``cause``: why, when not the deadline)."""
         pending = self.pending
         late: list[_Confirmations] = []
         while pending:
@@ -411,7 +484,7 @@ class _ProducerThread:
                 late.append(call)
         for call in late:
             with contextlib.suppress(RuntimeError):  # the event loop is gone
-                call.loop.call_soon_threadsafe(call.expire)
+                call.loop.call_soon_threadsafe(call.expire, cause)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -420,15 +493,19 @@ class _ProducerThread:
         else:
             log.debug("kafka producer connection event", error=str(error))
 
-    def stop(self) -> None:
-        """Ask the poller to flush (bounded by ``publish_timeout``) and end."""
+    def stop(self, cause: str = "its producer was closed") -> None:
+        """Ask the poller to flush (bounded by ``publish_timeout``) and end;
+        calls still unconfirmed then fail naming ``cause``."""
+        self._cause = cause
         self._stop.set()
         self._wake.set()
 
-    async def aclose(self) -> None:
-        """Flush (bounded by ``publish_timeout``) and stop the poller."""
-        self.stop()
-        await asyncio.to_thread(self._thread.join)
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Flush (bounded by ``publish_timeout``) and stop the poller; wait for
+        the thread at most ``timeout`` seconds (None: until it ends)."""
+        if not self._stop.is_set():
+            self.stop("the transport was closed")
+        await asyncio.to_thread(self._thread.join, timeout)
 
 
 class _Admin:
@@ -468,6 +545,9 @@ class KafkaTransport(TransportBase):
         self._url = url
         self.config = KafkaConfig.from_url(url)
         self._producer: _ProducerThread | None = None
+        self._retired: list[_ProducerThread] = []
+        """Producers replaced (fatal error, failed poller) whose threads may still
+        be flushing: ``aclose`` waits for them."""
         self._admin: _Admin | None = None
         self._topics: dict[str, asyncio.Future[int]] = {}
         self._partitions: dict[str, int] = {}
@@ -522,10 +602,14 @@ class KafkaTransport(TransportBase):
         producer, admin = self._producer, self._admin
         assert producer is not None
         assert admin is not None
-        if producer.fatal is not None:
-            # An idempotent producer can hit a fatal error (e.g. fenced sequence numbers):
-            # replace it; messages it had not confirmed were already reported as failed.
-            producer.stop()
+        if producer.fatal is not None or producer.ended is not None:
+            # An idempotent producer can hit a fatal error (e.g. fenced sequence numbers),
+            # its poller thread can fail: replace it; messages it had not confirmed were
+            # reported as failed or fail naming the cause.
+            if producer.ended is None:
+                producer.stop(f"its producer was replaced after a fatal error ({producer.fatal})")
+            self._retired = [p for p in self._retired if p.ended is None]
+            self._retired.append(producer)
             producer = self._producer = _ProducerThread(self.config)
         return admin, producer
 
@@ -539,8 +623,13 @@ class KafkaTransport(TransportBase):
         self._subscriptions.clear()
         await asyncio.gather(*(s.aclose() for s in subscriptions), return_exceptions=True)
         producer, self._producer = self._producer, None
-        if producer is not None:
-            await producer.aclose()
+        retired, self._retired = self._retired, []
+        # A replaced producer flushes for up to publish_timeout too: wait for it, bounded.
+        bound = self.config.publish_timeout + self.config.request_timeout
+        await asyncio.gather(
+            *([] if producer is None else [producer.aclose()]),
+            *(old.aclose(bound) for old in retired),
+        )
         for future in self._topics.values():
             future.cancel()
         self._topics.clear()
@@ -620,15 +709,23 @@ class KafkaTransport(TransportBase):
 
         :raises PublishError: a delivery report failed (after librdkafka's retries,
             bounded by ``publish_timeout``; the error names how many failed, the
-            first one's key and librdkafka's reason) or a message was refused
-            locally (too large); others of the batch may have been delivered.
+            first one's key and librdkafka's reason), a message was refused
+            locally (too large), reports did not come by the call's deadline, or
+            the producer ended first (``aclose``, replaced, its thread failed: the
+            error names it); others of the batch may have been delivered.
         :raises TransportError: the topic could not be created.
         """
         if not messages:
             return
         producer = self._producer
         count = self._partitions.get(topic)
-        if count is None or producer is None or producer.fatal is not None or self._closed:
+        if (
+            count is None
+            or producer is None
+            or producer.fatal is not None
+            or producer.ended is not None
+            or self._closed
+        ):
             admin, producer = await self._ready()
             count = await self._ensure_topic(admin, topic, self.config.partitions)
         await self._produce(producer, topic, messages, next(self._round_robin) % count)
@@ -660,6 +757,8 @@ class KafkaTransport(TransportBase):
             for start in range(0, len(messages), _YIELD_EVERY):
                 if start:
                     await asyncio.sleep(0)  # a huge batch must not hold the event loop
+                    if confirmations.future.done() or thread.ended is not None:
+                        raise _CutOff
                 for message in messages[start : start + _YIELD_EVERY]:
                     if message.headers is not shared:
                         shared = message.headers
@@ -673,36 +772,43 @@ class KafkaTransport(TransportBase):
                         produce(topic, message.body, key, partition, report, None, 0, headers)
                     except BufferError:  # librdkafka's local queue is full
                         await self._produce_when_room(
-                            produce, topic, message.body, key, partition, report, headers
+                            thread,
+                            confirmations,
+                            (topic, message.body, key, partition, report, None, 0, headers),
                         )
+                    except RuntimeError as exc:  # "Producer has been closed"
+                        raise thread.cut_off(topic, exc) from exc
                     except (KafkaException, ValueError, TypeError) as exc:
                         raise PublishError(f"kafka refused a message for {topic!r}: {exc}") from exc
+        except _CutOff:
+            pass  # failed meanwhile, or the producer ended: watch() fails it naming why
         except BaseException:
             confirmations.future.cancel()  # nobody awaits it: the poller forgets it
             raise
+        thread.watch(confirmations)  # its deadline starts now that it is handed over
         await confirmations.future
 
     @staticmethod
     async def _produce_when_room(
-        produce: Any,
-        topic: str,
-        value: bytes,
-        key: str | None,
-        partition: int,
-        report: Any,
-        headers: HeaderList,
+        thread: _ProducerThread, call: _Confirmations, arguments: tuple[Any, ...]
     ) -> None:
-        """``produce`` one message once librdkafka's local queue has room (the poller
-        drains it)."""
+        """``produce`` one message of ``call`` once librdkafka's local queue has
+        room (the poller drains it), unless the call is failed or the producer
+        ends meanwhile (:class:`_CutOff`)."""
+        produce = thread.producer.produce
         while True:
             await asyncio.sleep(0.005)
+            if call.future.done() or thread.ended is not None:
+                raise _CutOff
             try:
-                produce(topic, value, key, partition, report, None, 0, headers)
+                produce(*arguments)
                 return
             except BufferError:
                 continue
+            except RuntimeError as exc:  # "Producer has been closed"
+                raise thread.cut_off(arguments[0], exc) from exc
             except (KafkaException, ValueError, TypeError) as exc:
-                raise PublishError(f"kafka refused a message for {topic!r}: {exc}") from exc
+                raise PublishError(f"kafka refused a message for {arguments[0]!r}: {exc}") from exc
 
     # -- subscribing ----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import broker_url
@@ -552,6 +552,95 @@ class TestKafkaTransport(TransportConformance):
         await transport.aclose()
         outcome = (await asyncio.gather(call, return_exceptions=True))[0]
         assert outcome is None or isinstance(outcome, PublishError | TransportError), repr(outcome)
+
+    async def test_calls_left_at_close_fail_naming_the_close(self, ctx: ConformanceContext) -> None:
+        """A call whose messages librdkafka still holds when the transport closes
+        (no broker at port 1, ``producer.message.timeout.ms`` longer than the
+        close's flush of ``publish_timeout``) fails with PublishError naming the
+        close as the cause, not a deadline it never reached (``within 6s``)."""
+        transport = open_transport(
+            kafka_url(f"{TEST_OPTIONS}&publish_timeout=1&request_timeout=5")
+            + "&producer.bootstrap.servers=127.0.0.1:1&producer.message.timeout.ms=10000"
+        )
+        await transport.connect()
+        call = asyncio.ensure_future(transport.publish(ctx.name("t"), messages(300)))
+        await asyncio.sleep(0.2)  # handed over, waiting for reports that cannot come yet
+        await transport.aclose()
+        with pytest.raises(PublishError) as raised:
+            await asyncio.wait_for(call, 30)
+        assert "did not confirm 300 message(s)" in str(raised.value)
+        assert "before the transport was closed" in str(raised.value)
+
+    async def test_a_failed_poller_thread_fails_its_calls_and_is_replaced(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """If the producer's poller thread dies (forced here: the producer is
+        closed under the thread's feet, so its next ``poll`` raises), the call
+        it was to settle fails at once with PublishError naming that failure
+        instead of hanging, and the next publish gets a new producer."""
+        topic = ctx.name("t")
+        stuck = open_transport(
+            kafka_url(f"{TEST_OPTIONS}&publish_timeout=30")
+            + "&producer.bootstrap.servers=127.0.0.1:1"
+        )
+        assert isinstance(stuck, KafkaTransport)
+        await stuck.connect()
+        try:
+            call = asyncio.ensure_future(stuck.publish(topic, messages(300)))
+            await asyncio.sleep(0.2)  # handed over: no broker, no report for 30 s
+            dying = stuck._producer
+            assert dying is not None
+            with dying._serving:
+                dying.producer.close()
+            with pytest.raises(PublishError) as raised:
+                await asyncio.wait_for(call, 10)
+            assert "poller thread failed" in str(raised.value)
+            assert "did not confirm 300 message(s)" in str(raised.value)
+        finally:
+            await stuck.aclose()
+
+        transport = open_transport(ctx.url)
+        assert isinstance(transport, KafkaTransport)
+        await transport.connect()
+        try:
+            await transport.publish(topic, messages(300, prefix="warm"))  # the thread serves
+            dead = transport._producer
+            assert dead is not None
+            with dead._serving:
+                dead.producer.close()
+            for _ in range(100):
+                if dead.ended is not None:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.wait_for(transport.publish(topic, messages(300, prefix="after")), 30)
+            assert transport._producer is not dead
+        finally:
+            await transport.aclose()
+
+    async def test_close_waits_for_a_producer_replaced_after_a_fatal_error(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """A producer replaced after a fatal error (forced here by setting the
+        error its ``error_cb`` would have set) flushes its calls for up to
+        ``publish_timeout`` on its own thread: ``aclose`` waits for that thread,
+        and the call it held fails with librdkafka's reason."""
+        transport = open_transport(
+            kafka_url(f"{TEST_OPTIONS}&publish_timeout=2&request_timeout=2")
+            + "&producer.bootstrap.servers=127.0.0.1:1"
+        )
+        assert isinstance(transport, KafkaTransport)
+        await transport.connect()
+        call = asyncio.ensure_future(transport.publish(ctx.name("t"), messages(300)))
+        await asyncio.sleep(0.2)  # handed over to a producer that reaches no broker
+        old = transport._producer
+        assert old is not None
+        old.fatal = KafkaError(KafkaError._FATAL, "forced by the test", fatal=True)
+        _, new = await transport._ready()
+        assert new is not old
+        await transport.aclose()
+        assert not old._thread.is_alive()
+        with pytest.raises(PublishError, match="timed out"):
+            await asyncio.wait_for(call, 10)
 
     async def test_close_releases_the_librdkafka_clients(self, ctx: ConformanceContext) -> None:
         def os_threads() -> int:
