@@ -384,21 +384,22 @@ class _ProducerThread:
     def _run(self) -> None:
         """Serve reports until stopped, then flush and close; whatever ends the
         thread, every call still waiting fails naming the cause."""
-        cause = self._cause
         try:
             self._serve()
-            cause = self._cause
         except BaseException as exc:
             cause = f"its producer's poller thread failed ({exc!r})"
             log.exception("kafka producer poller failed; it is replaced on the next publish")
+            self.ended = cause  # before failing the calls listed: see watch()
+            self._expire(math.inf, cause)
             self._abandon()
-        finally:
-            self.ended = cause
-            self._expire(math.inf, cause)  # no report can come any more
+        else:
+            self.ended = self._cause
+        self._expire(math.inf, self.ended)  # no report can come any more
 
     def _abandon(self) -> None:
-        """After a failure of the thread: close the producer (nobody polls it any
-        more) and settle the calls whose last report came in the last round."""
+        """After a failure of the thread: close the producer (confluent-kafka's
+        ``close`` waits for librdkafka's last reports, at most
+        ``message.timeout.ms``) and settle the calls completed meanwhile."""
         calls: list[_Confirmations] = []
         with self._serving:
             if not self.closed:

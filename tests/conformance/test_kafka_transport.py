@@ -31,6 +31,7 @@ from factbus.transport import Message, ack_all, open_transport
 from factbus.urls import redact
 from factbus_kafka import HEADER_MESSAGE_ID, KafkaConfig, KafkaTransport
 from factbus_kafka.subscription import KafkaDelivery, KafkaSubscription
+from factbus_kafka.transport import _Confirmations
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
 
@@ -553,67 +554,59 @@ class TestKafkaTransport(TransportConformance):
         outcome = (await asyncio.gather(call, return_exceptions=True))[0]
         assert outcome is None or isinstance(outcome, PublishError | TransportError), repr(outcome)
 
-    async def test_calls_left_at_close_fail_naming_the_close(self, ctx: ConformanceContext) -> None:
-        """A call whose messages librdkafka still holds when the transport closes
-        (no broker at port 1, ``producer.message.timeout.ms`` longer than the
-        close's flush of ``publish_timeout``) fails with PublishError naming the
-        close as the cause, not a deadline it never reached (``within 6s``)."""
+    async def test_a_call_cut_off_by_close_names_the_close(self, ctx: ConformanceContext) -> None:
+        """A call still waiting for room in librdkafka's local queue (10 messages)
+        when the transport closes fails with PublishError naming the close as
+        the cause of the messages left unconfirmed."""
+        topic = ctx.name("t")
         transport = open_transport(
-            kafka_url(f"{TEST_OPTIONS}&publish_timeout=1&request_timeout=5")
-            + "&producer.bootstrap.servers=127.0.0.1:1&producer.message.timeout.ms=10000"
+            kafka_url(f"{TEST_OPTIONS}&producer.queue.buffering.max.messages=10")
         )
         await transport.connect()
-        call = asyncio.ensure_future(transport.publish(ctx.name("t"), messages(300)))
-        await asyncio.sleep(0.2)  # handed over, waiting for reports that cannot come yet
+        await transport.publish(topic, messages(1, prefix="warm"))
+        # 2,000 messages, 10 at a time: seconds of hand-over (5 ms between tries).
+        call = asyncio.ensure_future(transport.publish(topic, messages(2000)))
+        await asyncio.sleep(0.1)
         await transport.aclose()
         with pytest.raises(PublishError) as raised:
             await asyncio.wait_for(call, 30)
-        assert "did not confirm 300 message(s)" in str(raised.value)
+        assert "message(s) to" in str(raised.value)
         assert "before the transport was closed" in str(raised.value)
 
     async def test_a_failed_poller_thread_fails_its_calls_and_is_replaced(
         self, ctx: ConformanceContext
     ) -> None:
-        """If the producer's poller thread dies (forced here: the producer is
-        closed under the thread's feet, so its next ``poll`` raises), the call
-        it was to settle fails at once with PublishError naming that failure
-        instead of hanging, and the next publish gets a new producer."""
-        topic = ctx.name("t")
-        stuck = open_transport(
-            kafka_url(f"{TEST_OPTIONS}&publish_timeout=30")
-            + "&producer.bootstrap.servers=127.0.0.1:1"
-        )
-        assert isinstance(stuck, KafkaTransport)
-        await stuck.connect()
-        try:
-            call = asyncio.ensure_future(stuck.publish(topic, messages(300)))
-            await asyncio.sleep(0.2)  # handed over: no broker, no report for 30 s
-            dying = stuck._producer
-            assert dying is not None
-            with dying._serving:
-                dying.producer.close()
-            with pytest.raises(PublishError) as raised:
-                await asyncio.wait_for(call, 10)
-            assert "poller thread failed" in str(raised.value)
-            assert "did not confirm 300 message(s)" in str(raised.value)
-        finally:
-            await stuck.aclose()
+        """If the producer's poller thread dies (forced here: a delivery callback
+        that raises, which makes its ``poll`` raise), a call still waiting for
+        reports fails at once with PublishError naming that failure instead of
+        hanging, and the next publish gets a new producer."""
 
+        class Poison(Exception):
+            pass
+
+        def poison(error: object, message: object) -> None:
+            raise Poison("forced by the test")
+
+        topic = ctx.name("t")
         transport = open_transport(ctx.url)
         assert isinstance(transport, KafkaTransport)
         await transport.connect()
         try:
             await transport.publish(topic, messages(300, prefix="warm"))  # the thread serves
-            dead = transport._producer
-            assert dead is not None
-            with dead._serving:
-                dead.producer.close()
-            for _ in range(100):
-                if dead.ended is not None:
-                    break
-                await asyncio.sleep(0.02)
+            dying = transport._producer
+            assert dying is not None
+            # A call the thread serves (300 messages) whose reports are still due.
+            waiting = _Confirmations(asyncio.get_running_loop(), 300, topic, 60.0, dying.settled)
+            dying.track(waiting)
+            dying.watch(waiting)
+            dying.producer.produce(topic, b"poison", on_delivery=poison)
+            with pytest.raises(PublishError) as raised:
+                await asyncio.wait_for(waiting.future, 10)
+            assert "did not confirm 300 message(s)" in str(raised.value)
+            assert "poller thread failed (Poison('forced by the test'))" in str(raised.value)
+            assert dying.ended is not None
             await asyncio.wait_for(transport.publish(topic, messages(300, prefix="after")), 30)
-            assert transport._producer is not dead
+            assert transport._producer is not dying
         finally:
             await transport.aclose()
 
