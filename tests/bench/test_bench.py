@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from factbus.bench import BenchConfig, BenchResult, Latency, run_bench
-from factbus.bench.publisher import PublishReport, merge_stamps
+from factbus.bench.publisher import PublishReport, _set_aside, forget_published, merge_stamps
 from factbus.bench.report import markdown, replace_section
 from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.cli import main
@@ -344,6 +344,30 @@ async def test_gc_freeze_is_the_commands_choice_not_the_librarys(
         add_arguments(parser)
         assert config_from(parser.parse_args(["--facts", "10"])).gc_freeze is False
         assert config_from(parser.parse_args(["--gc-freeze"])).gc_freeze is True
+    finally:
+        gc.unfreeze()  # the test process's collector as it was
+
+
+def test_a_paced_publisher_process_sets_its_workloads_aside_from_the_collector() -> None:
+    """While a publisher process publishes a paced job, what was alive at its start
+    (the workloads) is frozen, so a full collection in the phase does not walk it
+    (PROFILE.md §20); a workload forgotten meanwhile is still freed, and afterwards
+    the collector is as before. Unpaced jobs freeze nothing."""
+    gc.unfreeze()
+    try:
+        spec = WorkloadSpec(facts=2_000, seed=7)
+        workloads = {spec: build_workload(spec)}
+        with _set_aside(paced=False):
+            assert gc.get_freeze_count() == 0
+        tracked = len(gc.get_objects())
+        with _set_aside(paced=True):
+            assert gc.get_freeze_count() >= tracked  # the workload too
+            assert len(gc.get_objects()) < 100  # a full collection walks none of it
+            before = gc.get_freeze_count()
+            forget_published(workloads, spec)
+            assert before - gc.get_freeze_count() >= 2 * 2_000  # a Fact and a FactRef per fact
+        assert gc.get_freeze_count() == 0
+        assert len(gc.get_objects()) > 1_000  # back in the collector's walks
     finally:
         gc.unfreeze()  # the test process's collector as it was
 
