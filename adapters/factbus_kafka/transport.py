@@ -218,6 +218,14 @@ def _text(key: str | bytes) -> str:
     return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
 
 
+def _drop_finished(calls: collections.deque[_Confirmations]) -> bool:
+    """Drop the settled or cancelled calls at the head of ``calls``; True if
+    any call is left (one still waiting is at the head)."""
+    while calls and (calls[0].remaining == 0 or calls[0].future.done()):
+        calls.popleft()
+    return bool(calls)
+
+
 def _settle_all(calls: list[_Confirmations]) -> None:
     for call in calls:
         call.settle()
@@ -351,17 +359,12 @@ class _ProducerThread:
             try:
                 if not self.closed:
                     self.producer.poll(0)
-                    if self.settled:
-                        calls = self.settled[:]
-                        self.settled.clear()
+                    calls = self._take_settled()
             finally:
                 self._serving.release()
         if calls:
             self._hand_over(calls, loop)
-        waiting = self._loop_calls
-        while waiting and (waiting[0].remaining == 0 or waiting[0].future.done()):
-            waiting.popleft()
-        if waiting:
+        if _drop_finished(self._loop_calls):
             self._idle = 0
         elif self._idle < _IDLE_TICKS and not self.closed:
             self._idle += 1
@@ -374,12 +377,7 @@ class _ProducerThread:
 
     def _loop_serves(self) -> bool:
         """The event loop serves every call in flight (poller thread)."""
-        if self._loop is None:
-            return False
-        theirs = self._threads_calls
-        while theirs and (theirs[0].remaining == 0 or theirs[0].future.done()):
-            theirs.popleft()
-        return not theirs
+        return self._loop is not None and not _drop_finished(self._threads_calls)
 
     def _run(self) -> None:
         """Serve reports until stopped, then flush and close; whatever ends the
@@ -406,16 +404,13 @@ class _ProducerThread:
                 with contextlib.suppress(Exception):
                     self.producer.close()
                 self.closed = True
-            if self.settled:
-                calls = self.settled[:]
-                self.settled.clear()
+            calls = self._take_settled()
         if calls:
             with contextlib.suppress(Exception):
                 self._hand_over(calls, None)
 
     def _serve(self) -> None:
         producer = self.producer
-        settled = self.settled
         pending = self.pending
         serving = self._serving
         while not self._stop.is_set():
@@ -428,17 +423,13 @@ class _ProducerThread:
                 if self._loop_serves() and time.monotonic() - self._ticked < _WATCHDOG:
                     continue
                 timeout = 0.0 if self._loop_serves() else 0.1  # a late loop: serve for it
-            calls: list[_Confirmations] = []
             with serving:
                 producer.poll(timeout)
-                if settled:
-                    calls = settled[:]
-                    settled.clear()
+                calls = self._take_settled()
             if calls:
                 self._hand_over(calls, None)
             if pending:
                 self._expire(time.monotonic())
-        calls = []
         with serving:
             # Deliver what is queued (or let it expire): every pending publish gets its report.
             producer.flush(self._flush_timeout)
@@ -446,11 +437,15 @@ class _ProducerThread:
             # a reference cycle) its threads would keep connections and metadata refreshes alive.
             producer.close()
             self.closed = True
-            if settled:
-                calls = settled[:]
-                settled.clear()
+            calls = self._take_settled()
         if calls:
             self._hand_over(calls, None)
+
+    def _take_settled(self) -> list[_Confirmations]:
+        """The calls completed in this ``poll`` round, taken (under ``_serving``)."""
+        calls = self.settled[:]
+        self.settled.clear()
+        return calls
 
     @staticmethod
     def _hand_over(calls: list[_Confirmations], here: asyncio.AbstractEventLoop | None) -> None:
