@@ -335,7 +335,7 @@ class Bus(AsyncLifecycle):
         if not self._started:
             if self._connected:
                 self._connected = False
-                await self._flush_published()
+                await self._record_published(closing=True)
                 await self.transport.aclose()
                 await self.store.aclose()
                 self._uninstrument()
@@ -359,7 +359,7 @@ class Bus(AsyncLifecycle):
         if self._subscription is not None:
             await self._subscription.aclose()
             self._subscription = None
-        await self._flush_published()
+        await self._record_published(closing=True)
         await self.transport.aclose()
         await self.store.aclose()
         self._uninstrument()
@@ -375,6 +375,13 @@ class Bus(AsyncLifecycle):
         fact's ancestors, given as :class:`Fact` objects, that this node has not
         published before; ``ancestors=False`` ships exactly the facts given.
         Returns once the broker confirmed every envelope.
+
+        Once the broker confirmed, the facts are published and their refs are
+        returned even if recording them in the store fails: the refs stay in
+        ``pipeline.pending_published`` (:meth:`published` answers from there),
+        the failure is logged and counted
+        (``stats.publish_record_failures``), and the next publish, pipeline
+        step or :meth:`aclose` writes them again.
 
         :raises PublishError: the broker did not confirm (some may have arrived).
         """
@@ -410,7 +417,7 @@ class Bus(AsyncLifecycle):
         self._published.add_all(shipped)
         self.pipeline.pending_published.extend(shipped)
         if not self._store_lock.locked():
-            await self._flush_published()
+            await self._record_published()
         return refs
 
     def _messages(self, chains: Sequence[list[Fact]], headers: dict[str, str]) -> list[Message]:
@@ -465,6 +472,31 @@ class Bus(AsyncLifecycle):
         if rest:
             known |= await self.store.published(rest)
         return known
+
+    async def _record_published(self, *, closing: bool = False) -> None:
+        """Write the waiting published refs; a store failure is logged and counted,
+        never raised: their facts are on the broker, so the publish (or the close)
+        that writes them succeeded. The refs stay waiting for the next attempt;
+        on ``closing`` there is none, and this node forgets having published
+        them (a later publish may ship them again as ancestors: consumers drop
+        the duplicates)."""
+        try:
+            await self._flush_published()
+        except Exception as error:
+            self.pipeline.stats.publish_record_failures += 1
+            waiting = len(self.pipeline.pending_published)
+            if closing:
+                self._log.error(
+                    "published refs not recorded in the store; forgotten on close",
+                    refs=waiting,
+                    error=repr(error),
+                )
+            else:
+                self._log.warning(
+                    "published refs not recorded in the store; kept to retry",
+                    refs=waiting,
+                    error=repr(error),
+                )
 
     async def _flush_published(self) -> None:
         pending = self.pipeline.pending_published

@@ -18,6 +18,7 @@ factbus_facts_parked_total             counter
 factbus_facts_released_total           counter
 factbus_facts_rejected_total           counter    ``reason`` (the envelope error code)
 factbus_facts_failed_total             counter    handler failed on every attempt
+factbus_publish_record_failures_total  counter    published refs not recorded (retried)
 factbus_facts_waiting                  gauge      parked right now
 factbus_consumer_lag                   gauge      ``partition`` (Kafka) or ``queue``
 factbus_handler_duration_seconds       histogram  ``fact_type``
@@ -106,6 +107,11 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("factbus_facts_parked", "parked", "Facts parked to wait for predecessors."),
     ("factbus_facts_released", "released", "Parked facts released once predecessors arrived."),
     ("factbus_facts_failed", "failed", "Facts dead-lettered: a handler failed on every attempt."),
+    (
+        "factbus_publish_record_failures",
+        "publish_record_failures",
+        "Failed attempts to record confirmed publishes' refs in the store (retried).",
+    ),
 )
 REJECTED = "factbus_facts_rejected"
 WAITING = "factbus_facts_waiting"

@@ -60,6 +60,9 @@ class PipelineStats:
     """Facts dead-lettered because a handler failed on every attempt."""
     waiting: int = 0
     """Facts parked in the store right now."""
+    publish_record_failures: int = 0
+    """Failed attempts to record published refs in the store after the broker
+    confirmed them (the publish succeeded; the refs wait for the next attempt)."""
     steps: int = 0
     last_step_at: float = field(default=0.0)
 

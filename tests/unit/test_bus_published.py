@@ -7,7 +7,9 @@ until the test releases it (no timing)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
+from pathlib import Path
 
 from factbus import Bus, Fact, FactRef
 
@@ -61,3 +63,59 @@ async def test_published_answers_while_a_step_holds_the_store() -> None:
             order.ref,
         }
         assert await bus.published([customer.ref, order.ref]) == {customer.ref, order.ref}
+
+
+async def test_a_confirmed_publish_returns_its_refs_when_recording_them_fails(
+    tmp_path: Path,
+) -> None:
+    """The broker confirmed: ``publish`` returns the refs although the SQLite store
+    refuses to record them (a trigger aborts every insert into its published
+    table); the failure is counted, ``published`` answers from the waiting refs,
+    and the next publish records them once the store accepts writes again."""
+    topic = f"published-fail-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "node.db"
+    bus = Bus(f"memory://{topic}", f"sqlite:///{path}", topic=topic, node="n", consume=False)
+    customer = Fact("Shop.Customer", {"email": "ada@example.com"})
+    order = Fact("Shop.Order", {"number": 1}, {"customer": customer})
+    later = Fact("Shop.Customer", {"email": "bob@example.com"})
+    async with bus:
+        with sqlite3.connect(path) as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON factbus_published "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        assert await bus.publish(order) == [order.ref]
+        assert bus.stats.publish_record_failures == 1
+        assert await bus.store.published([customer.ref, order.ref]) == set()
+        assert set(bus.pipeline.pending_published) == {customer.ref, order.ref}
+        assert await bus.published([customer.ref, order.ref]) == {customer.ref, order.ref}
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TRIGGER refuse")
+        assert await bus.publish(later) == [later.ref]
+        assert bus.stats.publish_record_failures == 1
+        assert bus.pipeline.pending_published == []
+        assert await bus.store.published([customer.ref, order.ref, later.ref]) == {
+            customer.ref,
+            order.ref,
+            later.ref,
+        }
+
+
+async def test_close_does_not_raise_when_it_cannot_record_the_refs(tmp_path: Path) -> None:
+    """Closing while the store refuses the waiting refs does not raise and closes
+    transport and store anyway (the refs are forgotten; a second failure counted)."""
+    topic = f"published-close-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "node.db"
+    bus = Bus(f"memory://{topic}", f"sqlite:///{path}", topic=topic, node="n", consume=False)
+    fact = Fact("Shop.Customer", {"email": "ada@example.com"})
+    await bus.publish(fact)  # publish-only use: connects
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON factbus_published "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
+    await bus.publish(Fact("Shop.Customer", {"email": "bob@example.com"}))
+    await bus.aclose()
+    assert bus.stats.publish_record_failures == 2
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM factbus_published").fetchone()[0] == 1
