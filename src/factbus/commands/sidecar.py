@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 
 from factbus.errors import ConfigError
 from factbus.gc_freeze import freeze_after_start
@@ -64,7 +65,11 @@ async def _serve(config: object, listen: str | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, sidecar.stop)
     try:
-        await sidecar.start()
+        try:
+            await sidecar.start()
+        except OSError as error:  # the listen address is taken or cannot be resolved
+            print(f"factbus sidecar: {error}", file=sys.stderr, flush=True)
+            return 1
         freeze_after_start()  # full collections no longer walk the start-up's objects
         print(
             f"factbus sidecar: listening on {sidecar.url} "

@@ -157,7 +157,7 @@ def open_views_db(store_url: str) -> ViewsDb:
         return PostgresViewsDb(store_url)
     raise ConfigError(
         f"factbus.store: the sidecar's views need a sqlite:/// or postgresql:// store, "
-        f"not {scheme or store_url!r}://"
+        f"not {f'{scheme}://' if scheme else repr(store_url)}"
     )
 
 
@@ -536,6 +536,10 @@ class PostgresViewsDb:
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
+        """Connect.
+
+        :raises ConfigError: no schema of the URL's ``search_path`` exists.
+        """
         if self._pool is not None:
             return
         import asyncpg
@@ -549,6 +553,17 @@ class PostgresViewsDb:
             command_timeout=config.command_timeout,
             server_settings={"application_name": "factbus-sidecar", "jit": "off"},
         )
+        # The views and the outbox are unqualified: they go to the first schema of
+        # the search_path that exists. None existing would fail later, at the first
+        # CREATE TABLE, with PostgreSQL's "no schema has been selected to create in".
+        if await self._pool.fetchval("SELECT current_schema()") is None:
+            search_path = await self._pool.fetchval("SHOW search_path")
+            await self.aclose()
+            raise ConfigError(
+                f"factbus.store: the views and the outbox go to the first schema of the "
+                f"search_path ({search_path}), and none of them exists: create the schema "
+                f"(CREATE SCHEMA ...) or name an existing one in the URL (?search_path=...)"
+            )
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
