@@ -196,8 +196,13 @@ def parse_config(mapping: Mapping[str, Any]) -> SidecarConfig:
 
     listen = _string(sidecar.get("listen", "127.0.0.1:8081"), "sidecar.listen")
     match = _LISTEN.match(listen)
-    if match is None or not 0 < int(match.group(2)) < 65536:
+    if match is None:
         raise ConfigError(f"sidecar.listen: {listen!r} is not host:port (e.g. 127.0.0.1:8081)")
+    if not 0 < int(match.group(2)) < 65536:
+        raise ConfigError(
+            f"sidecar.listen: port {match.group(2)} is not from 1 to 65535 "
+            f"(any free port, 0, only with --listen)"
+        )
     jinaga = _optional_string(sidecar.get("jinaga"), "sidecar.jinaga")
     if jinaga is not None and (not jinaga.startswith("/") or jinaga == "/"):
         raise ConfigError(f"sidecar.jinaga: {jinaga!r} must be a path prefix such as /jinaga")
