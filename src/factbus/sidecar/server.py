@@ -271,7 +271,7 @@ class _Api:
         name: str = request.path_params["name"]
         try:
             limit = _limit(request.query_params.get("limit"), TABLE_LIMIT)
-            after = request.query_params.get("after") or None
+            after = _row_cursor(request.query_params.get("after"))
             rows = await self.sidecar.views.rows(name, limit=limit, after=after)
         except RequestError as error:
             return error_response(error)
@@ -419,6 +419,25 @@ def _cursor(given: str | None) -> int:
             "after",
         )
     return int(given)
+
+
+def _row_cursor(given: str | None) -> str | None:
+    """A table page's ``after``: a row's hash (the previous page's ``next``), or none.
+
+    Anything else would page from an arbitrary place; a hash whose ``+`` was not
+    URL-encoded arrives with a space instead and would repeat a row.
+    """
+    if given is None or given == "":
+        return None
+    if not is_hash(given):
+        raise RequestError(
+            400,
+            "invalid-cursor",
+            f"after={given!r}: use the 'next' value of the previous page (a row's hash, "
+            f"URL-encoded: + as %2B, / as %2F, = as %3D)",
+            "after",
+        )
+    return given
 
 
 def _unknown_table(sidecar: SidecarHost, name: str) -> RequestError:
