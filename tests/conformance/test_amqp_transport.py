@@ -20,7 +20,7 @@ import pytest
 
 from conftest import broker_url
 from factbus.errors import ConfigError, PublishError, TransportError
-from factbus.testing.brokers import remove_topics, with_options
+from factbus.testing.brokers import remove_topics, unavailable, with_options
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect, messages
 from factbus.testing.faultproxy import FaultProxy, through, upstream_of
 from factbus.transport import Message, Subscription, open_transport
@@ -154,7 +154,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A throw-away CA and a client certificate it signed (made with the openssl command)."""
     command = shutil.which("openssl")
     if command is None:
-        pytest.skip("the openssl command is needed to make test certificates")
+        unavailable("the openssl command is needed to make test certificates")
     root = tmp_path_factory.mktemp("tls")
     files = {name: root / name for name in ("ca.pem", "ca.key", "client.pem", "client.key")}
     csr = root / "client.csr"
