@@ -339,6 +339,8 @@ class Supervisor:
             mode = "line" if self.out.isatty() else "log"
         self.progress = mode
         self._last_line = 0.0
+        self._line_at = time.monotonic()
+        self._line_handled = 0
         self._rate = 0.0
         self._rate_at = time.monotonic()
         self._rate_handled = 0
@@ -569,12 +571,22 @@ class Supervisor:
             instant = (totals["handled"] - self._rate_handled) / elapsed
             self._rate = instant if self._rate == 0 else 0.5 * self._rate + 0.5 * instant
             self._rate_at, self._rate_handled = now, totals["handled"]
+        due = self.progress == "line" or final or now - self._last_line >= self.args.progress_every
+        if not due:
+            return
+        rate = self._rate  # the live line: a moving average over about a second
+        if self.progress != "line":
+            # A line every --progress-every seconds: the average since the previous
+            # line (the moving average would show the last second only: ~0 after a burst).
+            since = now - self._line_at
+            rate = (totals["handled"] - self._line_handled) / since if since > 0 else 0.0
+            self._line_at, self._line_handled = now, totals["handled"]
         up = sum(1 for slot in self.slots if slot.state == "running")
         restarts = sum(slot.restarts for slot in self.slots)
         state = "stopping" if self.stopping and not final else ("stopped" if final else "")
         line = (
             f"factbus worker: {up}/{len(self.slots)} up | "
-            f"{self._rate:,.0f} handled/s | handled {totals['handled']:,} | "
+            f"{rate:,.0f} handled/s | handled {totals['handled']:,} | "
             f"dup {totals['duplicates']:,} | parked {totals['parked']:,} | "
             f"failed {totals['failed']:,} | rejected {totals['rejected']:,} | "
             f"restarts {restarts}"
@@ -586,6 +598,6 @@ class Supervisor:
         if self.progress == "line":
             end = "\n" if final else ""
             print(f"\r{line}\x1b[K", end=end, file=self.out, flush=True)
-        elif final or now - self._last_line >= self.args.progress_every:
+        else:
             self._last_line = now
             print(line, file=self.out, flush=True)
