@@ -79,3 +79,38 @@ def test_the_readme_library_snippet_runs_as_printed(tmp_path: Path) -> None:
     again = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert again.stdout == "", again.stdout
+
+
+def _option_rows(section: str) -> dict[str, str]:
+    """``{option: default}`` from the table under ``## `section`…`` of docs/stores.md."""
+    text = (ROOT / "docs" / "stores.md").read_text(encoding="utf-8")
+    part = text.split(f"## `{section}")[1].split("\n## ")[0]
+    rows: dict[str, str] = {}
+    for names, defaults in re.findall(r"^\| (`[^|]+`) \| (`[^|]+`) \|", part, re.M):
+        for name, default in zip(
+            re.findall(r"`([^`]+)`", names), re.findall(r"`([^`]+)`", defaults), strict=True
+        ):
+            rows[name] = default
+    return rows
+
+
+def test_the_store_options_in_docs_are_the_code_s() -> None:
+    from factbus.store.postgres_config import PostgresConfig
+    from factbus.store.sqlite import SqliteStore
+
+    sqlite = _option_rows("sqlite")
+    assert set(sqlite) == {"commit_thread", "keep_bodies"}, sqlite
+    plain = SqliteStore("sqlite:///:memory:")
+    for name, default in sqlite.items():
+        assert getattr(plain, name) is (default == "1"), name
+        assert getattr(SqliteStore(f"sqlite:///:memory:?{name}=1"), name) is True
+
+    postgres = _option_rows("postgresql")
+    assert len(postgres) == 8, postgres
+    defaults = PostgresConfig.from_url("postgresql://u@h/d")
+    for name, default in postgres.items():
+        value = getattr(defaults, name)
+        shown = str(value).lower() if isinstance(value, bool | str) else f"{value:g}"
+        assert shown == default, (name, value, default)
+        given = PostgresConfig.from_url(f"postgresql://u@h/d?{name}={default}&sslmode=disable")
+        assert name not in given.dsn and "sslmode=disable" in given.dsn, given.dsn
