@@ -182,7 +182,8 @@ async def catch_up(
                 break
             fetch = asyncio.ensure_future(export.page(following))
             page = verify(wire_facts, pipeline.limits, f"{shown} page after {cursor!r}")
-            positions = {key: int(following)} if following.isdigit() else {}
+            digits = following.isascii() and following.isdigit()
+            positions = {key: int(following)} if digits else {}
             await pipeline.ingest(page, positions)
             pages += 1
             facts += len(page)

@@ -276,6 +276,10 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
             assert later["bookmark"] != first["bookmark"]
             bad = await http.get(f"/feeds/{feeds[1]}", params={"b": "soon"})
             assert bad.status_code == 404 and "bookmark" in bad.json()["message"]
+            # this archive's tag, a cursor past what its 64-bit seq holds: refused, not a 500
+            tag = first["bookmark"].partition(".")[2]
+            huge = await http.get(f"/feeds/{feeds[1]}", params={"b": f"{2**63}.{tag}"})
+            assert huge.status_code == 404 and "bookmark" in huge.json()["message"]
 
 
 def _ref(fact: Fact) -> dict[str, str]:

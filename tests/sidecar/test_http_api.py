@@ -136,6 +136,12 @@ async def test_refusals_are_specific_and_change_nothing(
         ("GET", f"/tables/orders?after={'A+' * 43}==", None, 400, "invalid-cursor", "after"),
         ("GET", "/facts?after=-1", None, 400, "invalid-cursor", "after"),
         ("GET", "/facts?limit=99999", None, 400, "invalid-limit", "limit"),
+        # digits int() refuses, or an SQL integer cannot hold: a 400, never a 500
+        ("GET", "/facts?after=%C2%B2", None, 400, "invalid-cursor", "after"),
+        ("GET", f"/facts?after={2**63}", None, 400, "invalid-cursor", "after"),
+        ("GET", f"/facts?after={'9' * 5000}", None, 400, "invalid-cursor", "after"),
+        ("GET", "/facts?limit=%C2%B2", None, 400, "invalid-limit", "limit"),
+        ("GET", f"/tables/orders?limit={'9' * 5000}", None, 400, "invalid-limit", "limit"),
         ("GET", "/nothing-here", None, 404, "not-found", None),
         ("DELETE", "/facts", None, 405, "method-not-allowed", None),
     ]

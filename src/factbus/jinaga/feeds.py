@@ -54,6 +54,8 @@ from factbus.jinaga.spec import (
 PAGE: Final = 1000
 MAX_FEED_ID_CHARS: Final = 16 * 1024
 MAX_FEED_TEXT: Final = 64 * 1024
+MAX_SEQ: Final = 2**63 - 1
+"""The largest archive cursor a bookmark may carry (``seq`` is a 64-bit integer)."""
 
 
 class Archive(Protocol):
@@ -270,7 +272,8 @@ def parse_bookmark(text: str, tag: str) -> int:
     if text == "":
         return 0
     cursor, dot, their_tag = text.partition(".")
-    if not dot or not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19:
+    digits = cursor.isascii() and cursor.isdigit() and len(cursor) <= 19
+    if not (dot and digits) or int(cursor) > MAX_SEQ:
         raise SpecificationSyntaxError(f"bookmark {text[:40]!r} is not one this server issued")
     return int(cursor) if their_tag == tag else 0
 

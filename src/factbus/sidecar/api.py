@@ -67,7 +67,7 @@ async def read_body(chunks: AsyncIterable[bytes], limit: int, declared: str | No
 
     :raises RequestError: 413 ``too-large``.
     """
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, "too-large", f"the body of {declared} bytes exceeds {limit} bytes")
     parts: list[bytes] = []
     size = 0

@@ -69,6 +69,9 @@ TABLE_LIMIT: Final = (100, 1000)
 EXPORT_LIMIT: Final = (500, 5000)
 """Default and maximum ``limit`` of ``GET /facts`` (the catch-up export)."""
 MAX_BODY: Final = 4 * 1024 * 1024
+MAX_CURSOR: Final = 2**63 - 1
+"""The largest export cursor: the archive's ``seq`` is a 64-bit integer in SQLite
+and PostgreSQL alike; beyond it a query could not even be sent."""
 """Largest ``POST /facts`` body, in bytes."""
 HEARTBEAT: Final = 15.0
 """Seconds between keep-alive comments on an event stream."""
@@ -401,17 +404,27 @@ def _limit(given: str | None, bounds: tuple[int, int]) -> int:
     default, maximum = bounds
     if given is None or given == "":
         return default
-    if not given.isdigit() or not 1 <= int(given) <= maximum:
+    if not 1 <= _number(given, maximum) <= maximum:
         raise RequestError(
             400, "invalid-limit", f"limit={given!r}: use an integer from 1 to {maximum}", "limit"
         )
     return int(given)
 
 
+def _number(text: str, maximum: int) -> int:
+    """``text`` as a whole number if it is ASCII digits for one up to ``maximum``,
+    else -1 (``str.isdigit`` also takes ``²``, which ``int`` refuses, and ``int``
+    refuses more than 4,300 digits)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(maximum)):
+        return -1
+    number = int(text)
+    return number if number <= maximum else -1
+
+
 def _cursor(given: str | None) -> int:
     if given is None or given == "":
         return 0
-    if not given.isdigit():
+    if _number(given, MAX_CURSOR) < 0:
         raise RequestError(
             400,
             "invalid-cursor",
