@@ -244,6 +244,9 @@ _IDLE_TICKS: Final = 4
 """Ticks the event loop goes on polling once its calls are settled, so that a
 paced publisher's next call finds it still serving (no hand-back to the thread)."""
 
+_PURGED_REPORTS: Final = 1.0
+"""A closing producer serves its purged messages' reports for at most this long (s)."""
+
 _WATCHDOG: Final = 0.025
 """While the event loop serves, the poller thread wakes this often (s): it
 checks deadlines and, when the loop has not polled for this long (a busy or
@@ -395,14 +398,13 @@ class _ProducerThread:
         self._expire(math.inf, self.ended)  # no report can come any more
 
     def _abandon(self) -> None:
-        """After a failure of the thread: close the producer (confluent-kafka's
-        ``close`` waits for librdkafka's last reports, at most
-        ``message.timeout.ms``) and settle the calls completed meanwhile."""
+        """After a failure of the thread: close the producer (bounded, see
+        :meth:`_close`) and settle the calls completed meanwhile."""
         calls: list[_Confirmations] = []
         with self._serving:
             if not self.closed:
                 with contextlib.suppress(Exception):
-                    self.producer.close()
+                    self._close()
                 self.closed = True
             calls = self._take_settled()
         if calls:
@@ -431,15 +433,37 @@ class _ProducerThread:
             if pending:
                 self._expire(time.monotonic())
         with serving:
-            # Deliver what is queued (or let it expire): every pending publish gets its report.
-            producer.flush(self._flush_timeout)
             # Destroy the librdkafka handle now: left to the garbage collector (error_cb makes
             # a reference cycle) its threads would keep connections and metadata refreshes alive.
-            producer.close()
+            self._close()
             self.closed = True
             calls = self._take_settled()
         if calls:
             self._hand_over(calls, None)
+
+    def _close(self) -> None:
+        """Flush for up to ``publish_timeout``, purge what is still unconfirmed, and
+        close the producer (poller thread, under ``_serving``).
+
+        confluent-kafka's ``close()`` flushes without a bound of its own, so with
+        ``producer.message.timeout.ms`` above ``publish_timeout`` it could last
+        that long. Purged messages (logged with their count) are lost to this
+        transport: those still queued were never sent, those in flight may or
+        may not be in the log; their calls raise ``PublishError`` with
+        librdkafka's purge reason, or naming the producer's end.
+        """
+        producer = self.producer
+        left = producer.flush(self._flush_timeout)
+        if left:
+            log.warning(
+                "kafka producer closing with unconfirmed messages; purged (their publish "
+                "calls fail; whether those in flight reached the log is unknown)",
+                messages=left,
+                waited=self._flush_timeout,
+            )
+            producer.purge(in_queue=True, in_flight=True)
+            producer.flush(_PURGED_REPORTS)  # serve the purged messages' reports
+        producer.close()
 
     def _take_settled(self) -> list[_Confirmations]:
         """The calls completed in this ``poll`` round, taken (under ``_serving``)."""

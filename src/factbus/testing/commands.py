@@ -5,11 +5,16 @@ it listens (:func:`start_sidecar`), and ``factbus worker`` with its log lines
 collected as they come (:class:`WorkerCommand`).
 
 Needs ``psutil`` (the ``bench`` extra) only for :meth:`WorkerCommand.children`.
+:class:`WorkerCommand` starts the command in a session of its own and ends the
+whole process group on exit; it finds the group's live processes in ``/proc``
+(Linux), elsewhere it can only tell that the group is empty from ``killpg``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import sys
 import time
@@ -20,6 +25,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import psutil
 
+
+GRACE = 10.0
+"""Seconds :meth:`WorkerCommand.terminate` waits after SIGTERM before SIGKILL."""
 
 LISTENING = "factbus sidecar: listening on "
 """How the first line ``factbus sidecar`` prints on stdout begins (the URL follows)."""
@@ -91,8 +99,9 @@ class WorkerCommand:
 
     Its stderr lines (with ``merge_stdout``, its stdout and stderr as one stream)
     are collected in :attr:`lines`; without ``merge_stdout`` its stdout is this
-    process's. As an async context manager it is started on entry and killed on
-    exit if it still runs.
+    process's. It runs in a session (and process group) of its own, with its
+    worker processes. As an async context manager it is started on entry and,
+    on exit, its whole group is ended (:meth:`terminate`): no worker outlives it.
     """
 
     def __init__(
@@ -103,6 +112,7 @@ class WorkerCommand:
         env: Mapping[str, str],
         every: float | None = 0.5,
         merge_stdout: bool = False,
+        grace: float = GRACE,
     ) -> None:
         progress = ["off"] if every is None else ["log", "--progress-every", str(every)]
         self.argv = factbus_argv(
@@ -110,6 +120,7 @@ class WorkerCommand:
         )
         self.env = dict(env)
         self.merge_stdout = merge_stdout
+        self.grace = grace
         self.lines: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -122,6 +133,7 @@ class WorkerCommand:
             env=self.env,
             stdout=pipe if self.merge_stdout else None,
             stderr=merged if self.merge_stdout else pipe,
+            start_new_session=True,  # its group: the supervisor and its workers
         )
         self._reader = asyncio.create_task(self._read())
 
@@ -141,9 +153,23 @@ class WorkerCommand:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.terminate()
+
+    async def terminate(self) -> None:
+        """End the command's whole process group, the supervisor and every worker
+        (also those a supervisor that already exited left behind): SIGTERM to the
+        group, then SIGKILL to what is still alive after :attr:`grace` seconds;
+        returns once none of them is alive and every line is collected."""
         process = self._started()
-        if process.returncode is None:
-            process.kill()
+        group = process.pid  # the session leader's pid is its group's id
+        deadline: float | None = None
+        while _group_alive(group):
+            if deadline is None:  # once: a second SIGTERM makes the supervisor kill
+                _signal_group(group, signal.SIGTERM)
+                deadline = time.monotonic() + self.grace
+            elif time.monotonic() >= deadline:
+                _signal_group(group, signal.SIGKILL)
+            await asyncio.sleep(0.05)
         await process.wait()
         if self._reader is not None:
             await self._reader
@@ -197,8 +223,9 @@ class WorkerCommand:
         return status
 
     async def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM (a graceful stop), then its exit status; killed if it has not
-        exited within ``timeout`` seconds (the TimeoutError goes on)."""
+        """SIGTERM to the supervisor (a graceful stop: it stops its workers), then
+        its exit status; its whole group is killed if it has not exited within
+        ``timeout`` seconds (the TimeoutError goes on)."""
         process = self._started()
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -206,7 +233,7 @@ class WorkerCommand:
             return await self.exit_status(timeout)
         finally:
             if process.returncode is None:
-                process.kill()
+                _signal_group(process.pid, signal.SIGKILL)
                 await process.wait()
                 if self._reader is not None:
                     await self._reader
@@ -224,6 +251,45 @@ class WorkerCommand:
             return psutil.Process(self.pid).children()
         except psutil.NoSuchProcess:
             return []
+
+
+def group_members(group: int) -> list[int] | None:
+    """The pids of the live (not zombie) processes of process group ``group``, from
+    ``/proc``; None where there is no ``/proc``."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    members: list[int] = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                text = stat.read()
+        except OSError:  # gone meanwhile
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        fields = text[text.rindex(b")") + 2 :].split()
+        if fields[0] != b"Z" and int(fields[2]) == group:
+            members.append(int(entry))
+    return members
+
+
+def _group_alive(group: int) -> bool:
+    members = group_members(group)
+    if members is not None:
+        return bool(members)
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signum)
 
 
 def handled_in(line: str) -> int:
