@@ -54,9 +54,11 @@ class Fact:
 
     Memory: a fact keeps its fields, its reference (type and hash: no other
     copy of either) and the flags that choose its canonical writer; the
-    read-only views of ``fields`` and ``predecessors`` are made on first
-    access, the canonical bytes are rewritten when asked for
-    (:attr:`canonical`), and :meth:`wire_bytes` keeps a right-sized copy
+    read-only views of ``fields`` and ``predecessors`` are made on each
+    access and not kept (a view is an object the garbage collector tracks:
+    kept, it was one survivor per fact whose fields a handler read, while a
+    received fact is otherwise untracked), the canonical bytes are rewritten
+    when asked for (:attr:`canonical`), and :meth:`wire_bytes` keeps a right-sized copy
     (orjson's own output reserves 4 KB). A fact decoded from an envelope keeps
     the parsed fields dict and freezes nested lists and objects in it when
     :attr:`fields` is first read.
@@ -76,7 +78,10 @@ class Fact:
     )
 
     _fields: dict[str, Any]
-    _fields_view: Mapping[str, Any] | None
+    _fields_view: None
+    """Unused, always None: kept so that the native helper's slot table
+    (native/src/lib.rs) still fits builds made before :attr:`fields` stopped
+    keeping its view (docs/decisions.md); dropped with the next native change."""
     _predecessors: dict[str, PredecessorValue]
     _ancestors: tuple[Fact, ...]
     _ref: FactRef
@@ -205,15 +210,15 @@ class Fact:
 
     @property
     def fields(self) -> Mapping[str, Any]:
-        """Read-only; nested objects are read-only mappings and lists are tuples."""
-        view = self._fields_view
-        if view is None:
-            if self._writer & 4:
-                # Received and verified: freezing cannot fail (no depth limit here).
-                self._fields = freeze(self._fields, path="fields", max_depth=1 << 30).value
-                self._writer &= ~4
-            view = self._fields_view = MappingProxyType(self._fields)
-        return view
+        """Read-only; nested objects are read-only mappings and lists are tuples.
+
+        A new view on each read (not kept by the fact: see the class's
+        "Memory"); a loop that reads many fields may read this once."""
+        if self._writer & 4:
+            # Received and verified: freezing cannot fail (no depth limit here).
+            self._fields = freeze(self._fields, path="fields", max_depth=1 << 30).value
+            self._writer &= ~4
+        return MappingProxyType(self._fields)
 
     @property
     def predecessors(self) -> Mapping[str, PredecessorValue]:

@@ -28,5 +28,6 @@ def quiet_bus() -> Bus:
 
 
 def stuck_bus() -> Bus:
-    asyncio.get_running_loop().call_later(0.2, time.sleep, STUCK_FOR)
+    # Stuck from the loop's next round: before the worker reports to its supervisor.
+    asyncio.get_running_loop().call_soon(time.sleep, STUCK_FOR)
     return quiet_bus()
