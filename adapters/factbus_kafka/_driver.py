@@ -4,6 +4,7 @@ says exactly what to ``pip install`` (:class:`~factbus.errors.MissingDriver`).""
 from __future__ import annotations
 
 from factbus.errors import MissingDriver
+from factbus.headers import HEADER_MESSAGE_ID
 
 try:
     from confluent_kafka import (
@@ -40,6 +41,22 @@ def decode_headers(raw: object) -> dict[str, str]:
     return decoded
 
 
+def decode_record_headers(record: Message) -> dict[str, str]:
+    """A consumed record's headers (:func:`decode_headers`), with
+    ``x-factbus-message-id`` read from the record's key where the record
+    carries no such header: the producer leaves it out when a message's id is
+    its key (docs/decisions.md, "Kafka records: the message id as the key"),
+    so every record, older ones included, reads with the same headers."""
+    headers = decode_headers(record.headers())
+    if HEADER_MESSAGE_ID not in headers:
+        key = record.key()
+        if key is not None:
+            headers[HEADER_MESSAGE_ID] = (
+                key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+            )
+    return headers
+
+
 __all__ = [
     "AdminClient",
     "Consumer",
@@ -53,4 +70,5 @@ __all__ = [
     "Producer",
     "TopicPartition",
     "decode_headers",
+    "decode_record_headers",
 ]

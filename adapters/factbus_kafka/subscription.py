@@ -59,7 +59,7 @@ from factbus_kafka._driver import (
     KafkaException,
     Message,
     TopicPartition,
-    decode_headers,
+    decode_record_headers,
 )
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class KafkaDelivery(SettleOnce):
         try:
             return self._headers
         except AttributeError:
-            headers = self._headers = decode_headers(self._message.headers())
+            headers = self._headers = decode_record_headers(self._message)
             return headers
 
     @property

@@ -29,7 +29,10 @@ by the producer's end (``aclose``, a replacement after a fatal error, a
 failure of the poller thread) raises ``PublishError`` naming that cause.
 Messages with a key are partitioned by key; the key-less messages of one call
 all go to one partition (chosen round-robin per call), so they keep their
-order. Kafka has no message id: it travels in header ``x-factbus-message-id``.
+order. Kafka has no message id: it travels as the record's key when it is the
+key (every message ``Bus.publish`` makes), else in header
+``x-factbus-message-id``; a consumed record reads with that header either way
+(``KafkaDelivery.headers`` takes a missing one from the key).
 
 Reconnection: librdkafka reconnects by itself and retries unconfirmed messages
 until ``publish_timeout``; consumers rejoin their group and resume from the last
@@ -763,14 +766,20 @@ class KafkaTransport(TransportBase):
         report = confirmations.report
         produce = thread.producer.produce
         # The messages of one publish call share one headers mapping: its pairs
-        # are listed (and encoded: librdkafka takes bytes as they are) once, into
-        # one list whose last pair, the message id, each message replaces
-        # (librdkafka copies the headers during produce()). Arguments are passed
-        # by position (topic, value, key, partition, on_delivery, callback alias,
-        # timestamp 0 = now, headers): confluent-kafka parses keywords by name,
-        # ~0.4 µs a message (PROFILE.md §17).
+        # are listed (and encoded: librdkafka takes bytes as they are) once. A
+        # message whose id is its key (every message ``Bus.publish`` makes: the
+        # head fact's hash is both) carries no id header: receivers read the
+        # key for it (``KafkaDelivery.headers``; docs/decisions.md, PROFILE.md
+        # §22). Any other message's id goes in header x-factbus-message-id, the
+        # last pair of a second list that each such message replaces
+        # (librdkafka copies the headers during produce()). Arguments are
+        # passed by position (topic, value, key, partition, on_delivery,
+        # callback alias, timestamp 0 = now, headers): confluent-kafka parses
+        # keywords by name, ~0.4 µs a message (PROFILE.md §17).
         shared: Mapping[str, str] | None = None
-        headers: HeaderList = []
+        pairs: HeaderList | None = None
+        with_id: HeaderList = []
+        headers: HeaderList | None
         last = 0
         thread.track(confirmations)
         try:
@@ -782,11 +791,17 @@ class KafkaTransport(TransportBase):
                 for message in messages[start : start + _YIELD_EVERY]:
                     if message.headers is not shared:
                         shared = message.headers
-                        headers = [(name, value.encode()) for name, value in shared.items()]
-                        last = len(headers)
-                        headers.append((HEADER_MESSAGE_ID, b""))
-                    headers[last] = (HEADER_MESSAGE_ID, message.message_id.encode())
+                        with_id = [(name, value.encode()) for name, value in shared.items()]
+                        pairs = with_id[:] or None
+                        last = len(with_id)
+                        with_id.append((HEADER_MESSAGE_ID, b""))
                     key = message.key
+                    message_id = message.message_id
+                    if message_id == key:
+                        headers = pairs
+                    else:
+                        with_id[last] = (HEADER_MESSAGE_ID, message_id.encode())
+                        headers = with_id
                     partition = keyless if key is None else -1
                     try:
                         produce(topic, message.body, key, partition, report, None, 0, headers)

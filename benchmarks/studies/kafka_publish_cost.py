@@ -21,7 +21,11 @@ the main thread, no event loop):
   (producer, published-at, message id), keyword arguments and a new header
   list per message (the adapter before PROFILE.md §17).
 * ``+ 3 headers, by position``: ``produce()``'s arguments by position and one
-  header list per call, its last pair replaced per message (the adapter now).
+  header list per call, its last pair replaced per message (the adapter
+  before PROFILE.md §22).
+* ``+ 2 headers (no message id), by position``: the call's two constant
+  headers only, one list per call, the id travelling as the key (the adapter
+  since §22, for messages whose id is their key).
 * ``+ only errors``: and ``delivery.report.only.error=true`` (confluent-kafka
   then skips the Python callback for a delivered message).
 * ``+ no callback``: and no callback at all (failures unseen: a floor, not a
@@ -35,7 +39,7 @@ process's CPU per message at that rhythm.
 factbus (on an event loop, the adapter's poller thread):
 
 * ``KafkaTransport.publish``: of ready ``Message`` objects (one headers
-  mapping per call, as ``Bus.publish`` gives them).
+  mapping per call, id = key, as ``Bus.publish`` gives them).
 * ``Bus.publish``: of the prebuilt facts, ``ancestors=False``, a publish-only
   bus with the memory store, as the bench's publisher.
 
@@ -154,6 +158,7 @@ class RawVariants:
         producer: Any = None,
         callback: bool = True,
         by_position: bool = False,
+        message_id: bool = True,
     ) -> None:
         producer = producer or self.producer
         produce, topic, bodies, keys = producer.produce, self.topic, self.bodies, self.keys
@@ -164,7 +169,10 @@ class RawVariants:
         for call in self.calls:
             for i in call:
                 key = keys[i]
-                if by_position:
+                if by_position and not message_id:
+                    # The call's constant headers only (the id is the key).
+                    produce(topic, bodies[i], key, -1, report, None, 0, pairs)
+                elif by_position:
                     # As the adapter calls it: one list per call, by position.
                     listed[last] = (HEADER_MESSAGE_ID, key.encode())
                     produce(topic, bodies[i], key, -1, report, None, 0, listed if headers else None)
@@ -190,6 +198,9 @@ class RawVariants:
             "raw per call": lambda: self.per_call(False),
             "raw per call + 3 headers": lambda: self.per_call(True),
             "raw per call + 3 headers, by position": lambda: self.per_call(True, by_position=True),
+            "raw per call + 2 headers (no message id), by position": lambda: self.per_call(
+                True, by_position=True, message_id=False
+            ),
             "raw per call + 3 headers, by position + only errors": lambda: self.per_call(
                 True, self.only_errors, by_position=True
             ),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import broker_url
@@ -180,6 +180,59 @@ class TestKafkaTransport(TransportConformance):
         assert delivery.headers[HEADER_MESSAGE_ID] == "the-head-hash"
         assert delivery.headers["x-a"] == "1"
         assert delivery.redelivered is False
+
+    async def test_a_message_id_equal_to_its_key_travels_as_the_key(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """A message whose id is its key (every message ``Bus.publish`` makes)
+        carries no id header; receivers read the key for it, as they read the
+        header of older records that carry one (docs/decisions.md)."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        shared = {"x-a": "1"}
+        await transport.publish(
+            topic,
+            [
+                Message(b"same", "head-1", "head-1", shared),
+                Message(b"other", "id-2", "key-2", shared),
+                Message(b"same-again", "head-3", "head-3", shared),
+            ],
+        )
+        # An older producer's record: the id header and the same key.
+        host = broker_url("kafka").split("://", 1)[1].split("?", 1)[0]
+        older = Producer({"bootstrap.servers": host})
+        older.produce(
+            topic, b"older", b"head-4", headers=[("x-a", b"1"), (HEADER_MESSAGE_ID, b"head-4")]
+        )
+        assert await asyncio.to_thread(older.flush, 30) == 0
+        received = {d.body: d for d in await collect(subscription, 4, ctx.timeout)}
+        assert set(received) == {b"same", b"other", b"same-again", b"older"}
+
+        def record_headers(delivery: Any) -> list[tuple[str, bytes]]:
+            return list(delivery._message.headers() or [])
+
+        # On the wire: the id header only where the id is not the key.
+        assert record_headers(received[b"same"]) == [("x-a", b"1")]
+        assert record_headers(received[b"same-again"]) == [("x-a", b"1")]
+        assert record_headers(received[b"other"]) == [
+            ("x-a", b"1"),
+            (HEADER_MESSAGE_ID, b"id-2"),
+        ]
+        # As read: every record has its id, whichever way it travelled.
+        for body, message_id in [
+            (b"same", "head-1"),
+            (b"other", "id-2"),
+            (b"same-again", "head-3"),
+            (b"older", "head-4"),
+        ]:
+            assert dict(received[body].headers) == {"x-a": "1", HEADER_MESSAGE_ID: message_id}
+        # A dead letter of a record without the header keeps the id (the key).
+        delivery = received[b"same"]
+        await transport.dead_letter(topic, delivery.body, delivery.headers, "bad")
+        [letter] = await transport.read_dead_letters(topic, 10)
+        assert letter.headers[HEADER_MESSAGE_ID] == "head-1"
+        assert letter.body == b"same"
 
     async def test_keyless_batch_shares_a_partition_and_keys_route_stably(
         self, ctx: ConformanceContext
