@@ -772,10 +772,11 @@ class KafkaTransport(TransportBase):
         # key for it (``KafkaDelivery.headers``; docs/decisions.md, PROFILE.md
         # §22). Any other message's id goes in header x-factbus-message-id, the
         # last pair of a second list that each such message replaces
-        # (librdkafka copies the headers during produce()). Arguments are
-        # passed by position (topic, value, key, partition, on_delivery,
-        # callback alias, timestamp 0 = now, headers): confluent-kafka parses
-        # keywords by name, ~0.4 µs a message (PROFILE.md §17).
+        # (librdkafka copies the headers during produce()); an id header in the
+        # mapping (a replayed dead letter's) gives way to the message's own.
+        # Arguments are passed by position (topic, value, key, partition,
+        # on_delivery, callback alias, timestamp 0 = now, headers):
+        # confluent-kafka parses keywords by name, ~0.4 µs a message (§17).
         shared: Mapping[str, str] | None = None
         pairs: HeaderList | None = None
         with_id: HeaderList = []
@@ -791,7 +792,11 @@ class KafkaTransport(TransportBase):
                 for message in messages[start : start + _YIELD_EVERY]:
                     if message.headers is not shared:
                         shared = message.headers
-                        with_id = [(name, value.encode()) for name, value in shared.items()]
+                        with_id = [
+                            (name, value.encode())
+                            for name, value in shared.items()
+                            if name != HEADER_MESSAGE_ID  # the message's own id wins
+                        ]
                         pairs = with_id[:] or None
                         last = len(with_id)
                         with_id.append((HEADER_MESSAGE_ID, b""))

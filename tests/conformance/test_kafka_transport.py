@@ -197,6 +197,10 @@ class TestKafkaTransport(TransportConformance):
                 Message(b"same", "head-1", "head-1", shared),
                 Message(b"other", "id-2", "key-2", shared),
                 Message(b"same-again", "head-3", "head-3", shared),
+                # A mapping with an id header of its own (a replayed dead letter's):
+                # the message's id wins.
+                Message(b"replayed", "head-5", "head-5", {"x-a": "1", HEADER_MESSAGE_ID: "old"}),
+                Message(b"replayed-2", "id-6", None, {"x-a": "1", HEADER_MESSAGE_ID: "old"}),
             ],
         )
         # An older producer's record: the id header and the same key.
@@ -206,8 +210,15 @@ class TestKafkaTransport(TransportConformance):
             topic, b"older", b"head-4", headers=[("x-a", b"1"), (HEADER_MESSAGE_ID, b"head-4")]
         )
         assert await asyncio.to_thread(older.flush, 30) == 0
-        received = {d.body: d for d in await collect(subscription, 4, ctx.timeout)}
-        assert set(received) == {b"same", b"other", b"same-again", b"older"}
+        received = {d.body: d for d in await collect(subscription, 6, ctx.timeout)}
+        assert set(received) == {
+            b"same",
+            b"other",
+            b"same-again",
+            b"replayed",
+            b"replayed-2",
+            b"older",
+        }
 
         def record_headers(delivery: Any) -> list[tuple[str, bytes]]:
             return list(delivery._message.headers() or [])
@@ -215,6 +226,11 @@ class TestKafkaTransport(TransportConformance):
         # On the wire: the id header only where the id is not the key.
         assert record_headers(received[b"same"]) == [("x-a", b"1")]
         assert record_headers(received[b"same-again"]) == [("x-a", b"1")]
+        assert record_headers(received[b"replayed"]) == [("x-a", b"1")]
+        assert record_headers(received[b"replayed-2"]) == [
+            ("x-a", b"1"),
+            (HEADER_MESSAGE_ID, b"id-6"),
+        ]
         assert record_headers(received[b"other"]) == [
             ("x-a", b"1"),
             (HEADER_MESSAGE_ID, b"id-2"),
@@ -224,6 +240,8 @@ class TestKafkaTransport(TransportConformance):
             (b"same", "head-1"),
             (b"other", "id-2"),
             (b"same-again", "head-3"),
+            (b"replayed", "head-5"),
+            (b"replayed-2", "id-6"),
             (b"older", "head-4"),
         ]:
             assert dict(received[body].headers) == {"x-a": "1", HEADER_MESSAGE_ID: message_id}

@@ -119,3 +119,28 @@ async def test_close_does_not_raise_when_it_cannot_record_the_refs(tmp_path: Pat
     assert bus.stats.publish_record_failures == 2
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM factbus_published").fetchone()[0] == 1
+
+
+async def test_a_memory_store_answers_for_more_refs_than_the_cache_holds() -> None:
+    """On a memory store the bus keeps no recent-published cache in front of it
+    (PROFILE.md §22): the store answers, for every ref ever shipped."""
+    topic = f"published-{uuid.uuid4().hex[:8]}"
+    url = f"memory://{topic}"
+    received: list[str] = []
+    reader = Bus(url, "memory://", topic=topic, node="reader")
+    reader.handler("*")(lambda fact: received.append(fact.hash))
+    bus = Bus(url, "memory://", topic=topic, node="n", consume=False, handled_cache=2)
+    customer = Fact("Shop.Customer", {"email": "ada@example.com"})
+    others = [Fact("Shop.Customer", {"email": f"c{i}@example.com"}) for i in range(5)]
+    order = Fact("Shop.Order", {"number": 1}, {"customer": customer})
+    async with reader, bus:
+        await bus.publish(customer)
+        await bus.publish(*others)
+        await bus.publish(order)  # the customer, given as a Fact, is known published
+        await reader.drain()
+        assert await bus.published([customer.ref, order.ref, GATE_REF]) == {
+            customer.ref,
+            order.ref,
+        }
+    assert sorted(received) == sorted([customer.hash, *(o.hash for o in others), order.hash])
+    assert reader.stats.facts_received == 7  # 8 if the customer had travelled again
