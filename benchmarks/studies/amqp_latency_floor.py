@@ -38,8 +38,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-import aio_pika
-import orjson
+from _common import amqp_connect, pct, raw_arrivals
 
 from factbus import Bus
 from factbus.bench.publisher import PublisherProcesses, PublishJob, merge_stamps
@@ -47,12 +46,6 @@ from factbus.bench.result import latencies
 from factbus.bench.runner import FACT_TYPES, Recorder
 from factbus.bench.workload import WorkloadSpec
 from factbus_amqp.config import AmqpConfig
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))] if ordered else 0.0
-
 
 QUEUE_ARGUMENTS: dict[str, dict[str, Any]] = {
     "raw": {},
@@ -65,35 +58,12 @@ factbus declares it), a classic queue version 2, a quorum queue."""
 
 async def _raw_consumer(
     url: str, topic: str, facts: int, arguments: dict[str, Any]
-) -> tuple[Any, Any, array[float]]:
+) -> tuple[Any, asyncio.Event, array[float]]:
     """A raw aio-pika consumer on ``<topic>.raw`` (bound before publishing)."""
-    config = AmqpConfig.from_url(url)
-    connection = await aio_pika.connect(
-        host=config.host,
-        port=config.port,
-        login=config.username,
-        password=config.password,
-        virtualhost=config.vhost,
-    )
+    connection = await amqp_connect(url)
     channel = await connection.channel()
-    await channel.set_qos(prefetch_count=config.prefetch)
-    exchange = await channel.declare_exchange(topic, aio_pika.ExchangeType.TOPIC, durable=True)
-    queue = await channel.declare_queue(f"{topic}.raw", durable=True, arguments=arguments)
-    await queue.bind(exchange, "#")
-    received = array("d", bytes(8 * facts))
-    done = asyncio.Event()
-    count = [0]
-
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        n = orjson.loads(message.body)["facts"][-1]["fields"]["n"]
-        if not received[n]:
-            received[n] = time.perf_counter()
-            count[0] += 1
-        await message.ack()
-        if count[0] >= facts:
-            done.set()
-
-    await queue.consume(on_message)
+    await channel.set_qos(prefetch_count=AmqpConfig.from_url(url).prefetch)
+    _, _, done, received = await raw_arrivals(channel, topic, facts, arguments)
     return connection, done, received
 
 
@@ -136,8 +106,8 @@ async def one_round(
     values = [v * 1e3 for v in latencies(stamps, received)]
     return {
         "variant": variant,
-        "p50": round(_pct(values, 0.5), 1),
-        "p99": round(_pct(values, 0.99), 1),
+        "p50": round(pct(values, 0.5), 1),
+        "p99": round(pct(values, 0.99), 1),
         "max": round(max(values), 1),
         "publish_lag_p99_ms": max(r.lag_p99_ms for r in reports),
         "load": [round(x, 2) for x in os.getloadavg()],

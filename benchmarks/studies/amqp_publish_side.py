@@ -51,32 +51,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import aio_pika
-import orjson
+from _common import amqp_connect, pct, raw_arrivals
 
 from factbus import Bus
 from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.envelope import encode_one
 from factbus.headers import HEADER_PRODUCER, HEADER_PUBLISHED_AT
 from factbus.transport.base import Message
-from factbus_amqp.config import AmqpConfig
 from factbus_amqp.transport import AmqpTransport, _properties
-
-
-def _pct(values: list[float] | array[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))] if ordered else 0.0
-
-
-async def _connect(url: str) -> Any:
-    config = AmqpConfig.from_url(url)
-    return await aio_pika.connect(
-        host=config.host,
-        port=config.port,
-        login=config.username,
-        password=config.password,
-        virtualhost=config.vhost,
-    )
-
 
 # -- the consumer (a process of its own) ---------------------------------------------
 
@@ -86,26 +68,10 @@ def _consumer_main(conn: Connection, url: str, topic: str, messages: int) -> Non
 
 
 async def _consume(conn: Connection, url: str, topic: str, messages: int) -> None:
-    connection = await _connect(url)
+    connection = await amqp_connect(url)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=1000)
-    exchange = await channel.declare_exchange(topic, aio_pika.ExchangeType.TOPIC, durable=True)
-    queue = await channel.declare_queue(f"{topic}.raw", durable=True)
-    await queue.bind(exchange, "#")
-    received = array("d", bytes(8 * messages))
-    count = [0]
-    done = asyncio.Event()
-
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        n = orjson.loads(message.body)["facts"][-1]["fields"]["n"]
-        if not received[n]:
-            received[n] = time.perf_counter()
-            count[0] += 1
-        await message.ack()
-        if count[0] >= messages:
-            done.set()
-
-    await queue.consume(on_message)
+    queue, exchange, done, received = await raw_arrivals(channel, topic, messages)
     conn.send("ready")
     await asyncio.to_thread(conn.recv)  # the round's publishing began
     try:
@@ -158,7 +124,7 @@ class Publisher:
                 assert link is not None
                 self._channel = await link.publish_channel(await link.live())
         else:
-            self._connection = await _connect(self.url)
+            self._connection = await amqp_connect(self.url)
             channel = await self._connection.channel(publisher_confirms=True)
             self._exchange = await channel.declare_exchange(
                 self.topic, aio_pika.ExchangeType.TOPIC, durable=True
@@ -275,13 +241,13 @@ async def _paced(publisher: Publisher, messages: int, rate: float) -> dict[str, 
         "stamps": stamps,
         "publisher_cpu_us_per_msg": round(cpu / (messages - 1) * 1e6, 1),
         "achieved_per_s": round((messages - 1) / elapsed, 1),
-        "lag_p99_ms": round(_pct(lags, 0.99), 2),
-        "call_p50_ms": round(_pct(calls, 0.5), 2),
-        "call_p99_ms": round(_pct(calls, 0.99), 2),
-        "inflight_p50": _pct(samples, 0.5),
-        "inflight_p99": _pct(samples, 0.99),
+        "lag_p99_ms": round(pct(lags, 0.99), 2),
+        "call_p50_ms": round(pct(calls, 0.5), 2),
+        "call_p99_ms": round(pct(calls, 0.99), 2),
+        "inflight_p50": pct(samples, 0.5),
+        "inflight_p99": pct(samples, 0.99),
         "inflight_max": max(samples) if samples else 0,
-        "ticker_late_p99_ms": round(_pct(late, 0.99), 2),
+        "ticker_late_p99_ms": round(pct(late, 0.99), 2),
         "write_queue_max": queued[0],
         "write_buffer_max_bytes": write_buffer[0],
         "blocked_ticks": blocked[0],
@@ -323,8 +289,8 @@ async def one_round(
             "variant": variant,
             "rate": rate,
             "arrived": len(values),
-            "latency_p50_ms": round(_pct(values, 0.5), 2),
-            "latency_p99_ms": round(_pct(values, 0.99), 2),
+            "latency_p50_ms": round(pct(values, 0.5), 2),
+            "latency_p99_ms": round(pct(values, 0.99), 2),
             "latency_max_ms": round(max(values), 2) if values else 0.0,
             "load": [round(x, 2) for x in os.getloadavg()],
         }

@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+from _common import TICK, thread_schedstats
 
 from factbus.bench.runner import BenchConfig, run_bench
-
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _broker() -> psutil.Process | None:
@@ -118,12 +117,8 @@ def _loop_schedstat() -> tuple[float, float]:
     """(seconds on a CPU, seconds runnable but waiting for one) of the event-loop
     thread (/proc/self/task/<tid>/schedstat)."""
     main = threading.main_thread().native_id
-    try:
-        with open(f"/proc/self/task/{main}/schedstat", encoding="ascii") as stat:
-            ran, waited, _ = stat.read().split()
-    except OSError:
-        return 0.0, 0.0
-    return int(ran) / 1e9, int(waited) / 1e9
+    _, ran, waited = thread_schedstats().get(main, ("", 0, 0))
+    return ran / 1e9, waited / 1e9
 
 
 @dataclass

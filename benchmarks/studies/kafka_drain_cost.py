@@ -56,6 +56,8 @@ import time
 import uuid
 from typing import Any
 
+from _common import thread_schedstats
+
 from factbus import Bus, pipeline
 from factbus.bench.runner import FACT_TYPES
 from factbus.bench.workload import WorkloadSpec, build_workload
@@ -72,15 +74,7 @@ def _threads() -> dict[int, tuple[str, int, int]]:
     names = {t.native_id: t.name for t in threading.enumerate()}
     main = threading.main_thread().native_id
     result: dict[int, tuple[str, int, int]] = {}
-    for entry in os.listdir("/proc/self/task"):
-        tid = int(entry)
-        try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                on_cpu, waiting, _ = (int(x) for x in f.read().split())
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
+    for tid, (comm, on_cpu, waiting) in thread_schedstats().items():
         if tid == main:
             kind = "loop"
         elif comm.startswith("rdk:"):

@@ -46,41 +46,13 @@ import uuid
 from array import array
 from typing import Any
 
+from _common import KAFKA_BROKER, machine_jiffies, pct, process_cpu
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from factbus_kafka.config import KafkaConfig
 
 STAMP = struct.Struct("<dq")
-
-
-def _pct(values: Any, q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))] if ordered else 0.0
-
-
-def _cpu_busy() -> tuple[float, float]:
-    with open("/proc/stat") as f:
-        parts = [float(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + parts[4]
-    return sum(parts), idle
-
-
-def _broker_cpu() -> float:
-    """CPU seconds the Kafka broker's JVM (``kafka.Kafka`` on this machine) has used."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"kafka.Kafka" not in f.read():
-                    continue
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
 
 
 def _requests(stats: str) -> int:
@@ -279,14 +251,14 @@ def one_round(args: argparse.Namespace, name: str, settings: dict[str, str]) -> 
     load_before = os.getloadavg()
     process.start()
     child.close()
-    busy_before = _cpu_busy()
-    broker_before = _broker_cpu()
+    busy_before = machine_jiffies()
+    broker_before = process_cpu(KAFKA_BROKER)
     report = parent.recv()
     process.join(30)
     thread.join(30)
     stop.set()
-    busy_after = _cpu_busy()
-    broker_cpu = _broker_cpu() - broker_before
+    busy_after = machine_jiffies()
+    broker_cpu = process_cpu(KAFKA_BROKER) - broker_before
     consumer.close()
     admin.delete_topics([topic])
     total = busy_after[0] - busy_before[0]
@@ -302,11 +274,11 @@ def one_round(args: argparse.Namespace, name: str, settings: dict[str, str]) -> 
         "achieved_per_s": round(args.messages / report["seconds"]),
         "received": len(got),
         "latency_ms": {
-            "p50": round(_pct(got, 0.5), 2),
-            "p99": round(_pct(got, 0.99), 2),
+            "p50": round(pct(got, 0.5), 2),
+            "p99": round(pct(got, 0.99), 2),
             "max": round(max(got), 2) if got else None,
         },
-        "ack_ms": {"p50": round(_pct(ack, 0.5), 2), "p99": round(_pct(ack, 0.99), 2)},
+        "ack_ms": {"p50": round(pct(ack, 0.5), 2), "p99": round(pct(ack, 0.99), 2)},
         "producer_cpu_us_per_msg": round(report["cpu_s"] / args.messages * 1e6, 2),
         "broker_cpu_us_per_msg": round(broker_cpu / args.messages * 1e6, 2),
         "consumer_thread_cpu_us_per_msg": round(cpu_thread[0] / args.messages * 1e6, 2),

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _common import KAFKA_BROKER, machine_jiffies, pct, process_cpu, thread_schedstats
 
 from factbus.bench import publisher as bench_publisher
 from factbus.bench import runner as bench_runner
@@ -115,42 +116,20 @@ class Trace:
         """Machine CPU (``/proc/stat``: busy and total jiffies) and, for this
         process's threads, time on a CPU and time runnable but waiting for one
         (``/proc/self/task/*/schedstat``, ns)."""
-        with open("/proc/stat") as f:
-            parts = [float(x) for x in f.readline().split()[1:]]
+        total, idle = machine_jiffies()
         on_cpu = waiting = 0.0
         threads: dict[str, float] = {}
-        for task in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{task}/schedstat") as f:
-                    run, wait, _ = f.read().split()
-                with open(f"/proc/self/task/{task}/comm") as f:
-                    name = f.read().strip()
-            except OSError:
-                continue
-            on_cpu += float(run)
-            waiting += float(wait)
+        for name, run, wait in thread_schedstats().values():
+            on_cpu += run
+            waiting += wait
             # librdkafka names its threads rdk:<role>; group them per role.
             key = name.split("/")[0] if name.startswith("rdk:") else name
-            threads[key] = threads.get(key, 0.0) + float(run)
-        broker = 0.0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"kafka.Kafka" not in f.read():
-                        continue
-                with open(f"/proc/{pid}/stat") as f:
-                    stat = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            broker = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-            break
+            threads[key] = threads.get(key, 0.0) + run
         return {
             "t": now(),
-            "broker_cpu_s": broker,
-            "total": sum(parts),
-            "idle": parts[3] + parts[4],
+            "broker_cpu_s": process_cpu(KAFKA_BROKER),
+            "total": total,
+            "idle": idle,
             "on_cpu_ns": on_cpu,
             "waiting_ns": waiting,
             "threads": threads,
@@ -495,15 +474,10 @@ _original_child_main = bench_publisher._child_main
 # -- the analysis ---------------------------------------------------------------------
 
 
-def _pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))] if ordered else 0.0
-
-
 def _summary(values: Sequence[float]) -> dict[str, float]:
     return {
-        "p50": round(_pct(values, 0.5), 2),
-        "p99": round(_pct(values, 0.99), 2),
+        "p50": round(pct(values, 0.5), 2),
+        "p99": round(pct(values, 0.99), 2),
         "max": round(max(values), 2) if values else 0.0,
         "n": len(values),
     }
@@ -611,7 +585,7 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
         reverse=True,
     )
     # The tail: of the facts at or above the p99 latency, where their time went.
-    p99 = _pct([r["latency"] for r in rows], 0.99)
+    p99 = pct([r["latency"] for r in rows], 0.99)
     tail = [r for r in rows if r["latency"] >= p99]
     tail_split = {
         "p99_ms": round(p99, 1),
@@ -629,10 +603,10 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
         {
             "t_s": k * 0.5,
             "published": len(v),
-            "latency_p50": round(_pct([r["latency"] for r in v], 0.5), 1),
+            "latency_p50": round(pct([r["latency"] for r in v], 0.5), 1),
             "latency_max": round(max(r["latency"] for r in v), 1),
-            "publish_to_arrival_p50": round(_pct([r["publish_to_arrival"] for r in v], 0.5), 1),
-            "confirm_p50": round(_pct([r["confirm"] or 0.0 for r in v], 0.5), 1),
+            "publish_to_arrival_p50": round(pct([r["publish_to_arrival"] for r in v], 0.5), 1),
+            "confirm_p50": round(pct([r["confirm"] or 0.0 for r in v], 0.5), 1),
         }
         for k, v in sorted(buckets.items())
     ]

@@ -34,6 +34,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from _common import pct
+
 from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.dispatcher import Dispatcher
 from factbus.envelope import CodecLimits, decode
@@ -43,6 +45,7 @@ from factbus.store.base import StoreBatch
 from factbus.store.memory import MemoryStore
 from factbus.store.sqlite import SqliteStore
 
+NAN = float("nan")
 STEP = 512
 VARIANTS: Mapping[str, str] = {"thread": "?commit_thread=1", "loop": ""}
 """SQLite URL option of each variant."""
@@ -147,11 +150,6 @@ async def commit_durations(facts: list[Fact], path: Path) -> dict[str, list[floa
     return out
 
 
-def _pct(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else float("nan")
-
-
 async def main(facts_count: int, repeats: int, growth: int) -> None:
     bodies = build_workload(WorkloadSpec(facts_count, seed=7)).bodies
     facts = [f for body in bodies for f in decode(body)]
@@ -192,10 +190,10 @@ async def main(facts_count: int, repeats: int, growth: int) -> None:
             print("|---|---:|---:|---:|---:|---:|")
             for name, values in durations.items():
                 label = name if name == "checkpoint" else f"COMMIT, {name}"
+                p50, p90, p99 = (pct(values, q, NAN) for q in (0.5, 0.9, 0.99))
                 print(
-                    f"| {label} | {len(values)} | {_pct(values, 0.5):.2f} | "
-                    f"{_pct(values, 0.9):.2f} | {_pct(values, 0.99):.2f} | "
-                    f"{max(values, default=float('nan')):.2f} |"
+                    f"| {label} | {len(values)} | {p50:.2f} | {p90:.2f} | {p99:.2f} | "
+                    f"{max(values, default=NAN):.2f} |"
                 )
 
 
