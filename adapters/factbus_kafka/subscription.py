@@ -8,12 +8,14 @@ to ``poll_interval`` for one message, then takes what librdkafka has queued,
 up to ``fetch_batch``; never waits for a full batch), serves rebalance
 callbacks, stores acknowledged offsets, seeks for nacks, holds back when the
 buffer is full and finally commits and closes. Batches reach the event loop with one
-``call_soon_threadsafe`` each and are buffered as librdkafka's records;
-``next_batch`` hands them out, making each record's :class:`KafkaDelivery` then,
-so that a delivery lives for one pipeline step, not also while it waits in the
-buffer (a delivery and its record waiting among thousands were both promoted to
-the collector's oldest generation and made its full collections come twice as
-often: benchmarks/studies/PROFILE.md §16).
+``call_soon_threadsafe`` each and are buffered as librdkafka's records.
+``take_batch`` (what ``Bus`` consumes with) hands them out as one
+:class:`KafkaBatch`: their bodies as one list, and per run of records of one
+partition one :class:`_Run` that the batch's single ack settles; a record gets
+a :class:`KafkaDelivery` of its own only when the step asks for it (a rejected
+envelope) or the batch is nacked (benchmarks/studies/PROFILE.md §21).
+``next_batch`` hands records out as deliveries, each made then, so that a
+delivery lives for one step, not also while it waits in the buffer (§16).
 
 Back-pressure: the subscription holds at most ``max_buffered`` received
 records (in its buffer or on their way to it). When full, the thread stops
@@ -27,10 +29,12 @@ did) fetched most of a backlog twice. A rebalance that comes while the thread
 waits is served up to ``heartbeat_interval`` later.
 
 Acknowledgement: Kafka commits a position, not single messages. Each assigned
-partition keeps its unsettled deliveries in offset order; an ack marks one and
-moves the partition's watermark past every leading acked delivery, and only
-that watermark (``offset + 1``) is stored, so an out-of-order ack never skips a
-message that is still unsettled. Stored offsets are committed every
+partition keeps what was handed out and is unsettled in offset order: single
+deliveries, and runs of a batch (a run is settled once every record in it is:
+by the batch's ack, or by the acks of the deliveries made from it); an ack
+moves the partition's watermark past every leading settled one, and only that
+watermark (the last offset + 1) is stored, so an out-of-order ack never skips
+a message that is still unsettled. Stored offsets are committed every
 ``commit_interval`` (librdkafka's auto commit of stored offsets), synchronously
 when partitions are revoked, and when the subscription closes.
 
@@ -52,6 +56,7 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 
 from factbus.errors import FatalTransportError, TransportError
+from factbus.transport.base import DeliveryBatch
 from factbus.transport.buffered import BufferedSubscription, SettleOnce
 from factbus_kafka._driver import (
     Consumer,
@@ -82,14 +87,64 @@ class _Partition:
         self.number = number
         self.owner = owner
         self.alive = True
-        self.unsettled: collections.deque[KafkaDelivery] = collections.deque()
+        self.unsettled: collections.deque[KafkaDelivery | _Run] = collections.deque()
         """Deliveries handed out by ``next_batch`` (:meth:`KafkaSubscription._take`)
-        and not yet passed by the watermark, in offset order; records still
-        buffered are not here (they have higher offsets than any taken)."""
+        and runs of batches (:meth:`KafkaSubscription._take_batch`) not yet passed
+        by the watermark, in offset order; records still buffered are not here
+        (they have higher offsets than any taken)."""
         self.next_offset = -1
         """One past the highest offset received in this assignment."""
         self.nacked: dict[int, KafkaDelivery] = {}
         """Nacked deliveries waiting for their record to come again after the seek."""
+
+
+class _Run:
+    """Consecutive records of one partition in one :class:`KafkaBatch`, settled as
+    one: ``_state`` becomes acked once ``pending`` (its records not yet acked)
+    reaches 0. ``offset`` is its last record's, as a delivery's is its own, so
+    the watermark treats both alike (:meth:`KafkaSubscription._advance`)."""
+
+    __slots__ = (
+        "_state",
+        "children",
+        "end",
+        "offset",
+        "partition",
+        "pending",
+        "rest_acked",
+        "start",
+        "unhanded",
+    )
+
+    def __init__(self, partition: _Partition, start: int) -> None:
+        self.partition = partition
+        self._state = _PENDING
+        self.start = start
+        """Its first record's index in the batch."""
+        self.end = start
+        """One past its last record's index in the batch."""
+        self.offset = -1
+        self.pending = 0
+        """Its records not yet acked."""
+        self.unhanded = 0
+        """Its records the batch has not handed out as deliveries (the batch's ack
+        acks those)."""
+        self.rest_acked = False
+        """The batch acked (its records not handed out are)."""
+        self.children: list[KafkaDelivery] = []
+        """The deliveries handed out from it (made by ``KafkaBatch.delivery``)."""
+
+    def resume_at(self) -> int:
+        """Once :attr:`rest_acked` and not yet settled: the lowest offset of its
+        handed-out deliveries still unsettled (the partition's commit may go up
+        to it, not past it)."""
+        return min(c.offset for c in self.children if c._state != _ACKED)
+
+    def acked(self, count: int) -> None:
+        """``count`` more of its records were acked."""
+        self.pending -= count
+        if self.pending <= 0:
+            self._state = _ACKED
 
 
 class KafkaDelivery(SettleOnce):
@@ -106,17 +161,31 @@ class KafkaDelivery(SettleOnce):
     properties that fall back to their defaults).
     """
 
-    __slots__ = ("_headers", "_message", "_partition", "_redelivered", "_state", "body", "offset")
+    __slots__ = (
+        "_headers",
+        "_message",
+        "_partition",
+        "_redelivered",
+        "_run",
+        "_state",
+        "body",
+        "offset",
+    )
 
     _headers: dict[str, str]
     _redelivered: bool
 
-    def __init__(self, message: Message, partition: _Partition, offset: int) -> None:
+    def __init__(
+        self, message: Message, partition: _Partition, offset: int, run: _Run | None = None
+    ) -> None:
         self._message = message
         self._partition = partition
         self._state = _PENDING
         self.body: bytes = message.value() or b""
         self.offset = offset
+        self._run = run
+        """The batch's run it was made from (its ack counts there; the run, not
+        the delivery, is in the partition's ``unsettled``), else ``None``."""
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -174,6 +243,8 @@ class KafkaDelivery(SettleOnce):
                 if delivery._state != _PENDING:
                     raise TransportError("delivery already acked or nacked")
                 delivery._state = _ACKED
+                if delivery._run is not None:
+                    delivery._run.acked(1)
                 partition = delivery._partition
                 if partition is not last:  # records come in runs per partition
                     touched[partition] = None
@@ -192,6 +263,106 @@ class KafkaDelivery(SettleOnce):
         self._redelivered = True
         with contextlib.suppress(AttributeError):
             del self._headers
+
+
+class KafkaBatch(DeliveryBatch):
+    """What :meth:`KafkaSubscription.take_batch` hands out: the records' bodies,
+    the records themselves (for :meth:`delivery`: headers, a nack), and the runs
+    of records per partition that :meth:`ack` settles with one count each.
+    Records redelivered after a nack come as the deliveries they already are
+    (their own place in ``unsettled``); the batch settles them like the rest."""
+
+    __slots__ = ("_done", "_handed", "_items", "_owner", "_redelivered", "_runs")
+
+    def __init__(
+        self,
+        owner: KafkaSubscription,
+        bodies: list[bytes],
+        items: list[Message | KafkaDelivery],
+        runs: list[_Run],
+        redelivered: dict[int, KafkaDelivery],
+    ) -> None:
+        super().__init__(bodies)
+        self._owner = owner
+        self._items = items
+        self._runs = runs
+        self._redelivered = redelivered
+        self._handed: dict[int, KafkaDelivery] = {}
+        self._done = False
+
+    def delivery(self, index: int) -> KafkaDelivery:
+        handed = self._handed.get(index)
+        if handed is not None:
+            return handed
+        item = self._items[index]
+        if isinstance(item, KafkaDelivery):
+            handed = item
+        else:
+            run = next(r for r in self._runs if r.start <= index < r.end)
+            run.unhanded -= 1
+            handed = KafkaDelivery(item, run.partition, item.offset(), run)  # type: ignore[arg-type]
+            run.children.append(handed)
+        self._handed[index] = handed
+        return handed
+
+    def extend(self, more: DeliveryBatch) -> None:
+        if not more:
+            return
+        if not isinstance(more, KafkaBatch) or more._owner is not self._owner:
+            raise TypeError("a KafkaBatch extends only with one of the same subscription")
+        shift = len(self._items)
+        for run in more._runs:
+            run.start += shift
+            run.end += shift
+        self.bodies += more.bodies
+        self._items += more._items
+        self._runs += more._runs
+        self._redelivered.update({i + shift: d for i, d in more._redelivered.items()})
+
+    def _settling(self) -> None:
+        if self._done:
+            raise TransportError("batch already acked or nacked")
+        self._done = True
+
+    async def ack(self) -> None:
+        self.ack_inline()
+
+    def ack_inline(self) -> None:
+        """:meth:`ack` as a plain call (it does no I/O): each run's records not
+        handed out count as acked, each partition's watermark moves once.
+
+        :raises TransportError: the batch was acked or nacked before, or a
+            redelivered record in it was settled by other means.
+        """
+        self._settling()
+        touched: dict[_Partition, None] = {}
+        handed = self._handed
+        for index, delivery in self._redelivered.items():
+            if index in handed:
+                continue
+            if delivery._state != _PENDING:
+                raise TransportError("delivery already acked or nacked")
+            delivery._state = _ACKED
+            if delivery._run is not None:
+                delivery._run.acked(1)
+            touched[delivery._partition] = None
+        for run in self._runs:
+            run.rest_acked = True
+            if run.unhanded:
+                run.acked(run.unhanded)
+                run.unhanded = 0
+            touched[run.partition] = None
+        advance = self._owner._advance
+        for partition in touched:
+            advance(partition)
+
+    async def nack(self, requeue: bool = True) -> None:
+        self._settling()
+        settle = self._owner._settle
+        for index in range(len(self._items)):
+            delivery = self.delivery(index)
+            if delivery._state == _PENDING:
+                settle(delivery, _NACKED if requeue else _ACKED)
 
 
 _Buffered = Message | KafkaDelivery
@@ -315,21 +486,27 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
                 if current is None or offset < current:
                     self._seeks[partition.number] = offset
             return
+        if delivery._run is not None:
+            delivery._run.acked(1)
         self._advance(partition)
 
     def _advance(self, partition: _Partition) -> None:
-        """Move ``partition``'s watermark past its leading acked deliveries and
-        have the thread store it."""
+        """Move ``partition``'s watermark past its leading acked deliveries and runs,
+        and have the thread store it."""
         if not partition.alive or self._closed:
             return  # the partition went to another member; it redelivers from the last commit
         unsettled = partition.unsettled
-        if not unsettled or unsettled[0]._state != _ACKED:
-            return
-        last = unsettled.popleft()
+        at = -1
         while unsettled and unsettled[0]._state == _ACKED:
-            last = unsettled.popleft()
-        with self._lock:
-            self._to_store[partition.number] = last.offset + 1
+            at = unsettled.popleft().offset + 1
+        if unsettled:
+            head = unsettled[0]
+            if type(head) is _Run and head.rest_acked:
+                # Acked but for records handed out and unsettled: up to the first.
+                at = head.resume_at()
+        if at >= 0:
+            with self._lock:
+                self._to_store[partition.number] = at
 
     # -- events from the thread (event loop) ---------------------------------------
 
@@ -431,6 +608,58 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         if self._occupancy() <= self._low:
             self._room.set()  # the thread may be waiting for room
         return batch
+
+    def _take_batch(self, count: int) -> KafkaBatch:
+        """Hand out ``count`` buffered records as one :class:`KafkaBatch`: no
+        delivery object per record, one :class:`_Run` per run of records of one
+        partition, joining its partition's ``unsettled`` here (records of one
+        partition leave the buffer in offset order, as for :meth:`_take`)."""
+        popleft = self._records().popleft
+        partitions = self._partitions
+        bodies: list[bytes] = []
+        body = bodies.append
+        items: list[Message | KafkaDelivery] = []
+        item_ = items.append
+        runs: list[_Run] = []
+        redelivered: dict[int, KafkaDelivery] = {}
+        run: _Run | None = None
+        number = -1
+        last: Message | None = None
+        for _ in range(count):
+            item = popleft()
+            if isinstance(item, KafkaDelivery):  # redelivered: already in unsettled
+                if run is not None and last is not None:
+                    run.end = len(items)
+                    run.offset = last.offset()  # type: ignore[assignment]
+                run = None
+                redelivered[len(items)] = item
+                item_(item)
+                body(item.body)
+                continue
+            at: int = item.partition()  # type: ignore[assignment]
+            if at != number or run is None:
+                if run is not None and last is not None:
+                    run.end = len(items)
+                    run.offset = last.offset()  # type: ignore[assignment]
+                number = at
+                partition = partitions.get(number)
+                if partition is None:  # revoked meanwhile (withdrawn: never here)
+                    run = None
+                    continue
+                run = _Run(partition, len(items))
+                partition.unsettled.append(run)
+                runs.append(run)
+            last = item
+            item_(item)
+            body(item.value() or b"")
+        if run is not None and last is not None:
+            run.end = len(items)
+            run.offset = last.offset()  # type: ignore[assignment]
+        for run in runs:
+            run.pending = run.unhanded = run.end - run.start
+        if self._occupancy() <= self._low:
+            self._room.set()  # the thread may be waiting for room
+        return KafkaBatch(self, bodies, items, runs, redelivered)
 
     def _revoked(self, numbers: list[int]) -> None:
         gone = set()

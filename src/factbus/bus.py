@@ -33,7 +33,14 @@ from factbus.pipeline import Pipeline, PipelineStats, RefCache
 from factbus.store import Store, StoreBatch, open_store
 from factbus.store.base import owner_of
 from factbus.store.memory import MemoryStore
-from factbus.transport import LogReader, Message, Subscription, Transport, open_transport
+from factbus.transport import (
+    LogReader,
+    Message,
+    Subscription,
+    Transport,
+    open_transport,
+    take_batch,
+)
 from factbus.urls import redact
 
 if TYPE_CHECKING:
@@ -561,7 +568,7 @@ class Bus(AsyncLifecycle):
         last_sweep = time.monotonic()
         while not self._stopping.is_set():
             try:
-                batch = list(await subscription.next_batch(batch_size, timeout=IDLE_TICK))
+                batch = await take_batch(subscription, batch_size, timeout=IDLE_TICK)
             except FatalTransportError as error:
                 self._log.error("receiving failed for good; the bus stops", error=str(error))
                 raise
@@ -585,7 +592,7 @@ class Bus(AsyncLifecycle):
             if linger and len(batch) < batch_size:
                 await asyncio.sleep(linger)
                 with contextlib.suppress(Exception):
-                    batch.extend(await subscription.next_batch(batch_size - len(batch), timeout=0))
+                    batch.extend(await take_batch(subscription, batch_size - len(batch), timeout=0))
             observer = self._instrumentation
             started = time.perf_counter()
             try:
@@ -602,9 +609,8 @@ class Bus(AsyncLifecycle):
                     "pipeline step failed; deliveries go back to the broker"
                     + ("; the bus stops" if fatal else "")
                 )
-                for delivery in batch:
-                    with contextlib.suppress(Exception):  # already settled, or connection gone
-                        await delivery.nack(requeue=True)
+                with contextlib.suppress(Exception):  # already settled, or connection gone
+                    await batch.nack(requeue=True)
                 if fatal:
                     raise
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))

@@ -1,12 +1,16 @@
 """The receive pipeline: verify -> dedup -> causal buffer -> dispatch -> record -> ack.
 
-One :meth:`Pipeline.step` takes a batch of deliveries and, in one store
-transaction, settles every fact in them: each is handled (its handlers ran and
-it is recorded as handled), recognised as a duplicate, parked (durably, with the
-predecessors it misses), or dead-lettered (its handlers failed; its dependants
-stay parked). Only then are the deliveries acked. A crash at any instant
-therefore loses nothing: unacked deliveries come again and dedup absorbs what
-was already recorded (DESIGN.md §4).
+One :meth:`Pipeline.step` takes a batch of deliveries (a
+:class:`~factbus.transport.DeliveryBatch`: the bodies as one list, one ack for
+the batch) and, in one store transaction, settles every fact in them: each is
+handled (its handlers ran and it is recorded as handled), recognised as a
+duplicate, parked (durably, with the predecessors it misses), or dead-lettered
+(its handlers failed; its dependants stay parked). Only then is the batch
+acked. A body that is not a valid envelope is taken out of the batch as a
+delivery of its own, dead-lettered with its reason and acked before that; no
+other record gets a delivery object. A crash at any instant therefore loses
+nothing: unacked deliveries come again and dedup absorbs what was already
+recorded (DESIGN.md §4).
 
 Causal order: a fact is dispatched only when each of its predecessors is
 handled on this node. Parked facts live in the store, not in memory; the only
@@ -34,7 +38,13 @@ from factbus.fact import Fact, FactRef, predecessors_of, ref_of
 from factbus.headers import HEADER_DEAD_LETTER_REASON
 from factbus.observer import PipelineObserver
 from factbus.store.base import FactState, ParkedFact, Store, StoreBatch
-from factbus.transport.base import Delivery, Transport, ack_all, delivery_position
+from factbus.transport.base import (
+    Delivery,
+    DeliveryBatch,
+    DeliveryList,
+    Transport,
+    ack_all,
+)
 
 log = structlog.get_logger("factbus.pipeline")
 
@@ -169,26 +179,38 @@ class Pipeline:
         self.stats.waiting = counts["parked"]
         await self.sweep()
 
-    async def step(self, deliveries: Sequence[Delivery]) -> None:
-        """Settle ``deliveries`` and ack them (see the module docstring)."""
-        self.stats.messages += len(deliveries)
-        facts, accepted = await self._decode(deliveries)
+    async def step(self, batch: DeliveryBatch | Sequence[Delivery]) -> None:
+        """Settle ``batch`` and ack it (see the module docstring). A sequence of
+        deliveries is settled as a :class:`~factbus.transport.DeliveryList`."""
+        if not isinstance(batch, DeliveryBatch):
+            batch = DeliveryList(batch)
+        self.stats.messages += len(batch)
+        positions = self._positions(batch)
+        if self.observer is not None:
+            # The observer reads each record's headers: the per-delivery path.
+            facts, accepted = await self._decode(batch.deliveries())
+            self.stats.facts_received += len(facts)
+            await self._settle(accepted, facts, from_store=(), positions=positions)
+            return
+        decoded, errors = decode_each(batch.bodies, self.limits)
+        for i, error in errors.items():
+            await self._reject(batch.delivery(i), error)
+        facts = list(chain.from_iterable(decoded))
         self.stats.facts_received += len(facts)
-        await self._settle(accepted, facts, from_store=(), positions=self._positions(deliveries))
+        await self._settle(batch, facts, from_store=(), positions=positions)
 
-    def _positions(self, deliveries: Sequence[Delivery]) -> dict[str, int]:
+    def _positions(self, batch: DeliveryBatch) -> dict[str, int]:
         """The log position to record with this step (none unless read from a log)."""
         if self.position_key is None:
             return {}
-        at = [p for p in map(delivery_position, deliveries) if p is not None]
-        return {self.position_key: max(at)} if at else {}
+        at = batch.position
+        return {self.position_key: at} if at is not None else {}
 
     async def _decode(self, deliveries: Sequence[Delivery]) -> tuple[list[Fact], list[Delivery]]:
-        """The facts of the well-formed deliveries; the others are dead-lettered and acked."""
+        """The facts of the well-formed ``deliveries`` (handed out: each is this
+        step's to settle); the others are dead-lettered and acked."""
         decoded, errors = decode_each(map(_body, deliveries), self.limits)
         observer = self.observer
-        if not errors and observer is None:
-            return list(chain.from_iterable(decoded)), list(deliveries)
         facts: list[Fact] = []
         accepted: list[Delivery] = []
         for i, (delivery, each) in enumerate(zip(deliveries, decoded, strict=True)):
@@ -222,18 +244,22 @@ class Pipeline:
 
     async def _settle(
         self,
-        deliveries: Sequence[Delivery],
+        deliveries: DeliveryBatch | Sequence[Delivery],
         facts: list[Fact],
         *,
         from_store: Iterable[FactRef],
         positions: dict[str, int] | None = None,
     ) -> None:
         """Sort ``facts`` causally, dispatch and record what is ready, park the
-        rest, all in one transaction; then ack ``deliveries``. What the step
+        rest, all in one transaction; then ack ``deliveries`` (a batch: what it
+        did not hand out; a sequence: each). What the step
         releases beyond :attr:`release_batch` facts is handed on afterwards, in
         further transactions (:meth:`sweep`)."""
         buffer, handled, parked, cut = await self._round(facts, from_store, positions)
-        await ack_all(deliveries)
+        if isinstance(deliveries, DeliveryBatch):
+            await deliveries.ack()
+        else:
+            await ack_all(deliveries)
         if self.shared_store:
             await self._follow_up(handled, [*parked, *buffer.still_parked])
         if cut:

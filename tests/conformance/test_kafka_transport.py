@@ -26,12 +26,13 @@ from factbus.testing.conformance import (
     collect,
     messages,
     settle_quietly,
+    take_all,
 )
 from factbus.testing.polling import eventually
 from factbus.transport import Message, ack_all, open_transport
 from factbus.urls import redact
 from factbus_kafka import HEADER_MESSAGE_ID, KafkaConfig, KafkaTransport
-from factbus_kafka.subscription import KafkaDelivery, KafkaSubscription
+from factbus_kafka.subscription import KafkaBatch, KafkaDelivery, KafkaSubscription
 from factbus_kafka.transport import _Confirmations
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"
@@ -170,6 +171,97 @@ class TestKafkaTransport(TransportConformance):
         again = await collect(reopened, 6, ctx.timeout)
         assert bodies(again) == [f"m-{i}".encode() for i in range(4, 10)]
         assert await settle_quietly(reopened, 1.0) == []
+
+    async def test_a_batch_makes_no_delivery_and_its_ack_commits_only_what_it_took(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """``take_batch`` hands records out as one ``KafkaBatch``: no
+        ``KafkaDelivery`` is made for them (only for one asked for with
+        ``delivery(i)``), and the batch's ack commits past what it took only:
+        the records still buffered come again after a close."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        assert isinstance(subscription, KafkaSubscription)
+
+        def made() -> list[KafkaDelivery]:
+            return [
+                o
+                for o in gc.get_objects()
+                if isinstance(o, KafkaDelivery) and o._partition.owner is subscription
+            ]
+
+        await transport.publish(topic, messages(10))  # key-less: one partition, in order
+        async with asyncio.timeout(ctx.timeout):
+            while len(subscription._buffer) < 10:  # noqa: ASYNC110 - the thread fills it
+                await asyncio.sleep(0.02)
+        batch = await subscription.take_batch(4)
+        assert isinstance(batch, KafkaBatch)
+        assert batch.bodies == [f"m-{i}".encode() for i in range(4)]
+        assert made() == []
+        await batch.ack()
+        assert made() == []
+        await subscription.aclose()
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        again = await collect(reopened, 6, ctx.timeout)
+        assert bodies(again) == [f"m-{i}".encode() for i in range(4, 10)]
+        assert await settle_quietly(reopened, 1.0) == []
+
+    async def test_a_batch_ack_stops_the_commit_at_a_handed_out_unacked_record(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """Offsets are committed only up to the leading acked records: a record
+        handed out with ``delivery(i)`` and not acked holds the partition's
+        commit there, though the batch acked every record after it; once it is
+        acked, the commit moves past the whole batch."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(10))
+        batch = await take_all(subscription, 10, ctx.timeout)
+        assert batch.bodies == [f"m-{i}".encode() for i in range(10)]
+        held = batch.delivery(3)
+        await batch.ack()
+        await subscription.aclose()
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        again = await collect(reopened, 7, ctx.timeout)
+        assert bodies(again) == [f"m-{i}".encode() for i in range(3, 10)]
+        assert await settle_quietly(reopened, 1.0) == []
+        await reopened.aclose()
+        # The same with the held record acked: nothing comes again.
+        topic, group = ctx.name("t"), ctx.name("g")
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(10))
+        batch = await take_all(subscription, 10, ctx.timeout)
+        held = batch.delivery(3)
+        await batch.ack()
+        await held.ack()
+        await subscription.aclose()
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        assert await settle_quietly(reopened, 2.0) == []
+
+    async def test_a_nacked_batch_comes_again_marked_redelivered_and_then_commits(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """A nacked batch (a failed step) is read again from its first unsettled
+        record; only its unsettled records come again, each ``redelivered``, and
+        acking them (as a batch) lets the commit pass the whole run."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(8))
+        batch = await take_all(subscription, 6, ctx.timeout)
+        assert batch.bodies == [f"m-{i}".encode() for i in range(6)]
+        await batch.delivery(0).ack()
+        await batch.nack(requeue=True)
+        again = await take_all(subscription, 7, ctx.timeout)
+        assert sorted(again.bodies) == sorted(f"m-{i}".encode() for i in range(1, 8))
+        flags = {again.bodies[i]: again.delivery(i).redelivered for i in range(len(again))}
+        assert flags == {f"m-{i}".encode(): i < 6 for i in range(1, 8)}
+        await again.nack(requeue=False)  # without requeue: settled, as an ack
+        await subscription.aclose()
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        assert await settle_quietly(reopened, 2.0) == []
 
     async def test_message_id_travels_in_a_header(self, ctx: ConformanceContext) -> None:
         topic, group = ctx.name("t"), ctx.name("g")

@@ -26,15 +26,18 @@ from typing import Any, ClassVar
 
 import pytest
 
+from factbus.errors import TransportError
 from factbus.transport import (
     Capabilities,
     Delivery,
+    DeliveryBatch,
     LogReader,
     Message,
     Subscription,
     Transport,
     delivery_position,
     open_transport,
+    take_batch,
 )
 
 
@@ -126,6 +129,29 @@ async def settle_quietly(subscription: Subscription, quiet: float) -> list[Deliv
         for delivery in batch:
             await delivery.ack()
         extra.extend(batch)
+
+
+async def take_all(subscription: Subscription, expected: int, timeout: float) -> DeliveryBatch:
+    """``take_batch`` until ``expected`` records are in one batch (or ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    batch = await take_batch(subscription, expected, timeout=timeout)
+    while len(batch) < expected and (left := deadline - loop.time()) > 0:
+        batch.extend(await take_batch(subscription, expected - len(batch), min(left, 1.0)))
+    return batch
+
+
+async def settle_quietly_for(
+    subscription: Subscription, wanted: set[bytes], timeout: float, quiet: float = 1.0
+) -> list[Delivery]:
+    """Receive and ack until every body of ``wanted`` arrived (or ``timeout``), then
+    whatever else comes until ``quiet`` seconds pass with nothing."""
+    received = await collect(subscription, 1, timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not wanted <= set(bodies(received)) and loop.time() < deadline:
+        received += await collect(subscription, 1, deadline - loop.time())
+    return received + await settle_quietly(subscription, quiet)
 
 
 def bodies(deliveries: Sequence[Delivery]) -> list[bytes]:
@@ -307,6 +333,52 @@ class TransportConformance:
                 break
             seen.update(bodies(batch))
         assert seen == {m.body for m in sent}
+
+    async def test_a_batch_acks_what_it_did_not_hand_out_and_nack_gives_back_the_rest(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """``take_batch``: the batch's ack settles every record but the one handed
+        out with ``delivery(i)`` (its taker's); that one, unsettled, comes again
+        after a close, the acked ones before it do not. A nacked batch gives back
+        its unsettled records, handed out or not, and not an acked one."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(6, headers={"x-n": "1"}))
+        batch = await take_all(subscription, 6, ctx.timeout)
+        assert sorted(batch.bodies) == [f"m-{i}".encode() for i in range(6)]
+        index = batch.bodies.index(b"m-2")
+        held = batch.delivery(index)
+        assert batch.delivery(index) is held
+        assert held.body == b"m-2"
+        assert held.headers["x-n"] == "1"
+        await batch.ack()
+        with pytest.raises(TransportError, match="already acked or nacked"):
+            await batch.ack()
+        await subscription.aclose()
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        back = set(bodies(await settle_quietly_for(reopened, {b"m-2"}, ctx.timeout)))
+        assert b"m-2" in back
+        # Acked before the held one: never again (a log broker commits up to it).
+        assert not back & {b"m-0", b"m-1"}
+        await reopened.aclose()
+
+        if not ctx.capabilities.redelivers_nacked:
+            return
+        topic, group = ctx.name("t"), ctx.name("g")
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(4))
+        batch = await take_all(subscription, 4, ctx.timeout)
+        acked = batch.bodies.index(b"m-0")
+        await batch.delivery(acked).ack()
+        batch.delivery(batch.bodies.index(b"m-1"))  # handed out, left unsettled
+        await batch.nack(requeue=True)
+        with pytest.raises(TransportError, match="already acked or nacked"):
+            await batch.ack()
+        again = await take_all(subscription, 3, ctx.timeout)
+        assert sorted(again.bodies) == [b"m-1", b"m-2", b"m-3"]
+        await again.ack()
+        assert await settle_quietly(subscription, 0.5) == []
 
     async def test_close_is_idempotent_and_concurrent(self, ctx: ConformanceContext) -> None:
         transport = await ctx.transport()

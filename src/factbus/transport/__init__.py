@@ -17,6 +17,8 @@ from factbus.transport.base import (
     Capabilities,
     DeadLetter,
     Delivery,
+    DeliveryBatch,
+    DeliveryList,
     LogReader,
     Message,
     Subscription,
@@ -25,6 +27,7 @@ from factbus.transport.base import (
     ack_all,
     dead_letter_topic,
     delivery_position,
+    take_batch,
 )
 from factbus.urls import redact
 
@@ -32,6 +35,8 @@ __all__ = [
     "Capabilities",
     "DeadLetter",
     "Delivery",
+    "DeliveryBatch",
+    "DeliveryList",
     "LogReader",
     "Message",
     "Subscription",
@@ -41,6 +46,7 @@ __all__ = [
     "dead_letter_topic",
     "delivery_position",
     "open_transport",
+    "take_batch",
     "transport_class",
 ]
 

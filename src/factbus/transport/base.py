@@ -21,11 +21,13 @@ exception is treated as transient.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import NamedTuple, Protocol, Self, runtime_checkable
 
+from factbus.errors import TransportError
 from factbus.headers import dead_letter_reason
 from factbus.lifecycle import AsyncLifecycle
 
@@ -102,8 +104,10 @@ class Delivery(Protocol):
 class Subscription(Protocol):
     """A live subscription of one group to one topic.
 
-    Iterating yields deliveries one at a time; :meth:`next_batch` is the fast
-    path the pipeline uses. Only one task may consume a subscription.
+    Iterating yields deliveries one at a time; :meth:`next_batch` takes several
+    at once, and :meth:`take_batch` takes them as one :class:`DeliveryBatch`
+    (what ``Bus`` consumes with, a pipeline step per batch). Only one task may
+    consume a subscription.
     """
 
     def __aiter__(self) -> AsyncIterator[Delivery]: ...
@@ -123,11 +127,154 @@ class Subscription(Protocol):
         """
         ...
 
+    async def take_batch(self, max_messages: int, timeout: float | None = None) -> DeliveryBatch:
+        """:meth:`next_batch` as one :class:`DeliveryBatch` (what ``Bus`` consumes
+        with: no delivery object per record). Same waiting, same errors; an empty
+        batch where :meth:`next_batch` returns ``[]``. Every adapter built on
+        :class:`~factbus.transport.buffered.BufferedSubscription` has it (by
+        default a :class:`DeliveryList` of :meth:`next_batch`'s deliveries); for a
+        subscription without it, :func:`take_batch` makes that default."""
+        ...
+
     async def aclose(self) -> None:
         """Stop receiving. Unacknowledged deliveries go back to the group.
         Idempotent; safe to call concurrently with :meth:`next_batch`, which then
         returns ``[]``; a later :meth:`next_batch` raises
         :class:`~factbus.errors.FatalTransportError`."""
+
+
+class DeliveryBatch:
+    """The records one receive took, as one object: what a pipeline step settles.
+
+    ``bodies`` holds each record's body, in the order received. The step acks the
+    batch once (:meth:`ack`), after its store transaction; a record that needs
+    handling of its own (a rejected envelope: dead-lettered with its headers,
+    then acked) is taken out with :meth:`delivery`, which makes its
+    :class:`Delivery` then: a transport that can settle a batch without a
+    delivery object per record (Kafka: one watermark per partition) makes them
+    only for those. Exactly one of :meth:`ack` / :meth:`nack` is called, once,
+    from the consuming task, as for a delivery; unacked records go back to the
+    group when the subscription closes.
+
+    This base class is the contract; :class:`DeliveryList` is the default every
+    transport gets, and an adapter may specialise it (the Kafka adapter does).
+    """
+
+    __slots__ = ("bodies",)
+
+    def __init__(self, bodies: list[bytes]) -> None:
+        self.bodies = bodies
+        """Each record's body, in the order received (read, never changed)."""
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def delivery(self, index: int) -> Delivery:
+        """The record at ``index`` as a :class:`Delivery` of its own (its headers,
+        its ``redelivered``), handed out: the caller settles it, and :meth:`ack`
+        no longer covers it (:meth:`nack` does, while it is unsettled). Asking
+        again for the same index returns the same delivery."""
+        raise NotImplementedError
+
+    def deliveries(self) -> list[Delivery]:
+        """Every record as :meth:`delivery` hands it out (then the caller acks each:
+        the per-record path, for observers that read every record's headers)."""
+        return [self.delivery(i) for i in range(len(self))]
+
+    @property
+    def position(self) -> int | None:
+        """The highest ``position`` of its records where they come from a
+        :class:`LogReader` subscription (see :func:`delivery_position`), else ``None``."""
+        return None
+
+    def extend(self, more: DeliveryBatch) -> None:
+        """Append ``more``, taken later from the same subscription and untouched
+        (no :meth:`delivery`, :meth:`ack` or :meth:`nack` yet), as if one receive
+        had taken both (``Bus``'s linger); an empty ``more`` of any kind changes
+        nothing."""
+        raise NotImplementedError
+
+    async def ack(self) -> None:
+        """Settle every record not handed out by :meth:`delivery` (those are their
+        taker's): they will not come again to this group.
+
+        :raises TransportError: the batch was acked or nacked before.
+        """
+        raise NotImplementedError
+
+    async def nack(self, requeue: bool = True) -> None:
+        """Give back every record not yet settled, handed out or not, as
+        ``Delivery.nack`` would each (the pipeline step failed); a record that
+        cannot be given back (already settled, its connection gone) is skipped.
+
+        :raises TransportError: the batch was acked or nacked before.
+        """
+        raise NotImplementedError
+
+
+class DeliveryList(DeliveryBatch):
+    """The default :class:`DeliveryBatch`: a list of deliveries received one by one."""
+
+    __slots__ = ("_done", "_handed", "items")
+
+    def __init__(self, deliveries: Sequence[Delivery]) -> None:
+        items = list(deliveries)
+        super().__init__([d.body for d in items])
+        self.items = items
+        """The deliveries, in order."""
+        self._handed: set[int] = set()
+        self._done = False
+
+    def delivery(self, index: int) -> Delivery:
+        self._handed.add(index)
+        return self.items[index]
+
+    def deliveries(self) -> list[Delivery]:
+        self._handed.update(range(len(self.items)))
+        return list(self.items)
+
+    @property
+    def position(self) -> int | None:
+        at = [p for p in map(delivery_position, self.items) if p is not None]
+        return max(at) if at else None
+
+    def extend(self, more: DeliveryBatch) -> None:
+        if not more:
+            return
+        if not isinstance(more, DeliveryList):
+            raise TypeError(f"cannot extend a DeliveryList with {type(more).__name__}")
+        self.items += more.items
+        self.bodies += more.bodies
+
+    def _settling(self) -> None:
+        if self._done:
+            raise TransportError("batch already acked or nacked")
+        self._done = True
+
+    async def ack(self) -> None:
+        self._settling()
+        handed = self._handed
+        await ack_all(
+            self.items if not handed else [d for i, d in enumerate(self.items) if i not in handed]
+        )
+
+    async def nack(self, requeue: bool = True) -> None:
+        self._settling()
+        for delivery in self.items:
+            with contextlib.suppress(Exception):  # already settled, or connection gone
+                await delivery.nack(requeue)
+
+
+async def take_batch(
+    subscription: Subscription, max_messages: int, timeout: float | None = None
+) -> DeliveryBatch:
+    """``subscription.take_batch(...)``, or for a subscription without one the
+    default: a :class:`DeliveryList` of its :meth:`~Subscription.next_batch`."""
+    take = getattr(type(subscription), "take_batch", None)
+    if take is not None:
+        batch: DeliveryBatch = await subscription.take_batch(max_messages, timeout)
+        return batch
+    return DeliveryList(await subscription.next_batch(max_messages, timeout))
 
 
 @runtime_checkable

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from factbus.errors import FatalTransportError, TransportError
+from factbus.transport.base import Delivery, DeliveryBatch, DeliveryList
 
 __all__ = ["BufferedSubscription", "SettleOnce"]
 
@@ -51,7 +52,8 @@ class BufferedSubscription(Generic[D]):
     may run concurrently and makes a waiting ``next_batch`` return ``[]`` (and
     any later one raise :class:`~factbus.errors.FatalTransportError`).
     Subclasses implement ``aclose`` (calling :meth:`_close_buffer`) and may
-    override :meth:`_take` (to wrap what they buffered).
+    override :meth:`_take` (to wrap what they buffered) and :meth:`_take_batch`
+    (to hand out a batch without a delivery object per record).
     """
 
     _iterate_batch = 1
@@ -108,6 +110,11 @@ class BufferedSubscription(Generic[D]):
         popleft = buffer.popleft
         return [popleft() for _ in range(count)]
 
+    def _take_batch(self, count: int) -> DeliveryBatch:
+        """Hand out ``count`` buffered deliveries as one batch (``count <= len(buffer)``);
+        by default a :class:`~factbus.transport.DeliveryList` of :meth:`_take`'s."""
+        return DeliveryList(cast("list[Delivery]", self._take(count)))
+
     def _closed_meanwhile(self) -> bool:
         """Whether the subscription closed while ``next_batch`` waited (a method, so
         that the type checker does not take ``_closed`` as fixed across the wait)."""
@@ -133,6 +140,26 @@ class BufferedSubscription(Generic[D]):
         :raises FatalTransportError: the subscription is closed.
         :raises TransportError: the subscription failed (see :meth:`_fail`).
         """
+        if not await self._wait(timeout):
+            return []
+        batch = self._take(max(min(max_messages, len(self._buffer)), 0))
+        if self._buffer:
+            self._readable.set()  # a sibling subscriber (memory) may take the rest
+        return batch
+
+    async def take_batch(self, max_messages: int, timeout: float | None = None) -> DeliveryBatch:
+        """:meth:`next_batch` as one :class:`~factbus.transport.DeliveryBatch`
+        (empty where it returns ``[]``): see :meth:`_take_batch`. Same errors."""
+        if not await self._wait(timeout):
+            return DeliveryList(())
+        batch = self._take_batch(max(min(max_messages, len(self._buffer)), 0))
+        if self._buffer:
+            self._readable.set()
+        return batch
+
+    async def _wait(self, timeout: float | None) -> bool:
+        """Wait until something is buffered (``True``), or ``timeout`` passes or the
+        subscription closes meanwhile (``False``); raise as :meth:`next_batch` does."""
         if self._closed:
             raise FatalTransportError("the subscription is closed")
         while not self._buffer:
@@ -143,10 +170,7 @@ class BufferedSubscription(Generic[D]):
                 async with asyncio.timeout(timeout):
                     await self._readable.wait()
             except TimeoutError:
-                return []
+                return False
             if self._closed_meanwhile():
-                return []
-        batch = self._take(max(min(max_messages, len(self._buffer)), 0))
-        if self._buffer:
-            self._readable.set()  # a sibling subscriber (memory) may take the rest
-        return batch
+                return False
+        return True
