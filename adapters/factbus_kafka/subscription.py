@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
@@ -365,6 +366,26 @@ class KafkaBatch(DeliveryBatch):
                 settle(delivery, _NACKED if requeue else _ACKED)
 
 
+_value_of = Message.value
+_partition_of = Message.partition
+
+
+def _runs_of(numbers: list[int]) -> list[tuple[int, int, int]]:
+    """``(partition, start, end)`` of each run of equal ``numbers``, in order."""
+    if not numbers:
+        return []
+    first = numbers[0]
+    if numbers.count(first) == len(numbers):  # one partition: the usual case
+        return [(first, 0, len(numbers))]
+    bounds: list[tuple[int, int, int]] = []
+    start = 0
+    for number, group in itertools.groupby(numbers):
+        end = start + sum(1 for _ in group)
+        bounds.append((number, start, end))
+        start = end
+    return bounds
+
+
 _Buffered = Message | KafkaDelivery
 """What the buffer holds: records as received, and deliveries redelivered after a
 nack (already made; see :meth:`KafkaSubscription._take`)."""
@@ -431,6 +452,9 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         """Records the thread handed to the event loop (written by the thread only)."""
         self._arrived = 0
         """Records of those the event loop took in (written by the loop only)."""
+        self._again_buffered = 0
+        """Redelivered records (deliveries already) in the buffer (loop only): while
+        there are none, :meth:`_take_batch` takes its fast path."""
         self._owned: set[int] = set()
         self._seek_attempts: dict[int, int] = {}
         self._thread = threading.Thread(
@@ -548,6 +572,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
                 if again is not None:
                     again._again(message)
                     append(again)
+                    self._again_buffered += 1
                 continue
             append(message)
             next_offset = offset + 1
@@ -593,6 +618,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         for _ in range(count):
             item = popleft()
             if isinstance(item, KafkaDelivery):  # redelivered: already in unsettled
+                self._again_buffered -= 1
                 append(item)
                 continue
             at: int = item.partition()  # type: ignore[assignment]
@@ -613,7 +639,53 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         """Hand out ``count`` buffered records as one :class:`KafkaBatch`: no
         delivery object per record, one :class:`_Run` per run of records of one
         partition, joining its partition's ``unsettled`` here (records of one
-        partition leave the buffer in offset order, as for :meth:`_take`)."""
+        partition leave the buffer in offset order, as for :meth:`_take`).
+
+        With no redelivered record buffered (nearly always), bodies and
+        partitions are read with one C-level ``map`` each and runs are found
+        from the partition numbers alone; otherwise record by record."""
+        buffer = self._records()
+        if self._again_buffered or count <= 0:
+            batch = self._take_batch_slowly(count)
+        else:
+            if count >= len(buffer):
+                items: list[Message] = list(buffer)  # type: ignore[arg-type]
+                buffer.clear()
+            else:
+                popleft = buffer.popleft
+                items = [popleft() for _ in range(count)]  # type: ignore[misc]
+            batch = self._batch_of(items)
+        if self._occupancy() <= self._low:
+            self._room.set()  # the thread may be waiting for room
+        return batch
+
+    def _batch_of(self, items: list[Message]) -> KafkaBatch:
+        """The batch of ``items``, records only (see :meth:`_take_batch`)."""
+        numbers: list[int] = list(map(_partition_of, items))  # type: ignore[arg-type]
+        partitions = self._partitions
+        bounds = _runs_of(numbers)
+        if any(number not in partitions for number, _, _ in bounds):
+            # Revoked since they were buffered (withdrawn then: never here).
+            kept = [i for i, number in enumerate(numbers) if number in partitions]
+            items = [items[i] for i in kept]
+            numbers = [numbers[i] for i in kept]
+            bounds = _runs_of(numbers)
+        bodies: list[bytes] = list(map(_value_of, items))  # type: ignore[arg-type]
+        if None in bodies:  # a record without a value
+            bodies = [body or b"" for body in bodies]
+        runs: list[_Run] = []
+        for number, start, end in bounds:
+            partition = partitions[number]
+            run = _Run(partition, start)
+            run.end = end
+            run.offset = items[end - 1].offset()  # type: ignore[assignment]
+            run.pending = run.unhanded = end - start
+            partition.unsettled.append(run)
+            runs.append(run)
+        return KafkaBatch(self, bodies, items, runs, {})  # type: ignore[arg-type]
+
+    def _take_batch_slowly(self, count: int) -> KafkaBatch:
+        """:meth:`_take_batch` record by record (redelivered records buffered)."""
         popleft = self._records().popleft
         partitions = self._partitions
         bodies: list[bytes] = []
@@ -628,6 +700,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
         for _ in range(count):
             item = popleft()
             if isinstance(item, KafkaDelivery):  # redelivered: already in unsettled
+                self._again_buffered -= 1
                 if run is not None and last is not None:
                     run.end = len(items)
                     run.offset = last.offset()  # type: ignore[assignment]
@@ -657,8 +730,6 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
             run.offset = last.offset()  # type: ignore[assignment]
         for run in runs:
             run.pending = run.unhanded = run.end - run.start
-        if self._occupancy() <= self._low:
-            self._room.set()  # the thread may be waiting for room
         return KafkaBatch(self, bodies, items, runs, redelivered)
 
     def _revoked(self, numbers: list[int]) -> None:
@@ -670,6 +741,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
                 gone.add(number)
         if gone:
             self._withdraw(lambda item: _number(item) not in gone)
+            self._again_buffered = sum(isinstance(i, KafkaDelivery) for i in self._records())
             if self._occupancy() <= self._low:
                 self._room.set()
 
