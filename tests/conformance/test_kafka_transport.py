@@ -17,6 +17,8 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import broker_url
+from factbus import Bus, Fact
+from factbus.envelope import encode
 from factbus.errors import ConfigError, PublishError, TransportError
 from factbus.testing.brokers import with_options
 from factbus.testing.conformance import (
@@ -262,6 +264,38 @@ class TestKafkaTransport(TransportConformance):
         await subscription.aclose()
         reopened = await (await ctx.transport()).subscribe(topic, group)
         assert await settle_quietly(reopened, 2.0) == []
+
+    async def test_a_bus_step_dead_letters_a_rejected_record_and_commits_the_whole_batch(
+        self, ctx: ConformanceContext, tmp_path: Path
+    ) -> None:
+        """Through ``Bus`` (one ``KafkaBatch`` per step): a body that is no
+        envelope, between good ones of the same partition, is dead-lettered with
+        its reason and its own headers; the others are handled; and the group's
+        commit passes all of them (a new member of the group gets nothing)."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        good = [Fact("Batch.Item", {"i": i}, {}) for i in range(6)]
+        wire = [
+            Message(encode([fact]), fact.hash, None, {"x-n": str(i)}) for i, fact in enumerate(good)
+        ]
+        bad = Message(b"not an envelope", "bad", None, {"x-n": "bad"})
+        handled: list[int] = []
+        bus = Bus(ctx.url, f"sqlite:///{tmp_path}/store.db", topic=topic, group=group)
+        bus.handler("Batch.Item")(lambda fact: handled.append(fact.fields["i"]))
+        async with bus:
+            # One publish call, key-less: one partition, in this order, one step.
+            await transport.publish(topic, [*wire[:3], bad, *wire[3:]])
+            async with asyncio.timeout(ctx.timeout):
+                while len(handled) < 6 or bus.stats.rejected < 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            assert bus.stats.messages == 7
+            assert sorted(handled) == list(range(6))
+        [letter] = await transport.read_dead_letters(topic, 10)
+        assert letter.body == b"not an envelope"
+        assert letter.reason.startswith("malformed: not valid JSON")
+        assert letter.headers["x-n"] == "bad"
+        subscription = await transport.subscribe(topic, group)
+        assert await settle_quietly(subscription, 2.0) == []
 
     async def test_message_id_travels_in_a_header(self, ctx: ConformanceContext) -> None:
         topic, group = ctx.name("t"), ctx.name("g")
