@@ -265,6 +265,26 @@ class TestKafkaTransport(TransportConformance):
         reopened = await (await ctx.transport()).subscribe(topic, group)
         assert await settle_quietly(reopened, 2.0) == []
 
+    async def test_a_batch_handed_out_whole_is_acked_per_delivery_and_commits(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """The per-delivery path of a batch (``deliveries()``, as a pipeline with
+        an observer takes it): acking those deliveries in one ``ack_all`` settles
+        the batch's runs, so the commit passes them; one left unacked holds it."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, messages(8))
+        batch = await take_all(subscription, 8, ctx.timeout)
+        taken = batch.deliveries()
+        assert [d.body for d in taken] == batch.bodies
+        await ack_all([d for d in taken if d.body != b"m-5"])
+        await subscription.aclose()
+        reopened = await (await ctx.transport()).subscribe(topic, group)
+        again = await collect(reopened, 3, ctx.timeout)
+        assert bodies(again) == [b"m-5", b"m-6", b"m-7"]
+        assert await settle_quietly(reopened, 1.0) == []
+
     async def test_a_bus_step_dead_letters_a_rejected_record_and_commits_the_whole_batch(
         self, ctx: ConformanceContext, tmp_path: Path
     ) -> None:
