@@ -136,10 +136,10 @@ class _Run:
         """The deliveries handed out from it (made by ``KafkaBatch.delivery``)."""
 
     def resume_at(self) -> int:
-        """Once :attr:`rest_acked` and not yet settled: the lowest offset of its
-        handed-out deliveries still unsettled (the partition's commit may go up
-        to it, not past it)."""
-        return min(c.offset for c in self.children if c._state != _ACKED)
+        """Once :attr:`rest_acked` (or every record handed out) and not yet
+        settled: the lowest offset of its handed-out deliveries still unsettled
+        (the partition's commit may go up to it, not past it)."""
+        return min((c.offset for c in self.children if c._state != _ACKED), default=self.offset + 1)
 
     def acked(self, count: int) -> None:
         """``count`` more of its records were acked."""
@@ -525,8 +525,9 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
             at = unsettled.popleft().offset + 1
         if unsettled:
             head = unsettled[0]
-            if type(head) is _Run and head.rest_acked:
-                # Acked but for records handed out and unsettled: up to the first.
+            if type(head) is _Run and (head.rest_acked or not head.unhanded):
+                # Every record not handed out is acked (or none is left): up to
+                # the first handed-out one still unsettled.
                 at = head.resume_at()
         if at >= 0:
             with self._lock:
