@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from http_support import shop_document, wire
+from http_support import running, shop_document, wire
 
 from factbus import Fact
 from factbus.jinaga.graph import fact_record
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
+from factbus.testing.polling import eventually
 
 GATE = "Test.Gate"
 
@@ -97,3 +100,42 @@ async def test_a_fact_written_while_a_step_holds_the_store_is_a_known_predecesso
         await sidecar.bus.drain()
         recorded = await sidecar.bus.store.published([customer.ref, order.ref, line.ref])
         assert recorded == {customer.ref, order.ref, line.ref}
+
+
+async def test_a_write_the_broker_confirmed_is_201_when_the_store_cannot_record_it(
+    tmp_path: Path,
+) -> None:
+    """The store refuses to record published refs (a trigger aborts every insert
+    into the SQLite store's published table): ``POST /facts`` still answers 201
+    with the hashes, since the broker confirmed; the fact is a known predecessor
+    at once, the failure shows in ``/metrics``, and the refs are recorded once
+    the store accepts writes again."""
+    document = _document(tmp_path)
+    customer = Fact("Shop.Customer", {"email": f"{uuid.uuid4().hex}@example.com"})
+    order = Fact("Shop.Order", {"number": 1}, {"customer": customer})
+    async with running(document) as (sidecar, client):
+        with sqlite3.connect(tmp_path / "app.db") as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON factbus_published "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        created = await client.post("/facts", json={"facts": [wire(customer)]})
+        assert created.status_code == 201, created.text
+        assert created.json() == {"hashes": [customer.hash]}
+        named = await client.post("/facts", json={"facts": [wire(order)]})
+        assert named.status_code == 201, named.text
+        metrics = (await client.get("/metrics")).text
+        failures = re.search(
+            r"^factbus_publish_record_failures_total\{[^}]*\} (\S+)$", metrics, re.M
+        )
+        assert failures is not None, metrics
+        assert float(failures.group(1)) >= 1
+        assert await sidecar.bus.store.published([customer.ref]) == set()
+        with sqlite3.connect(tmp_path / "app.db") as db:
+            db.execute("DROP TRIGGER refuse")
+
+        async def recorded() -> bool:
+            refs = [customer.ref, order.ref]
+            return await sidecar.bus.store.published(refs) == set(refs)
+
+        await eventually(recorded, 30, "the published refs recorded")
