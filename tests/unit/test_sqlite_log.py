@@ -94,6 +94,42 @@ async def test_a_shared_prefix_is_not_a_match(store: SqliteStore) -> None:
     assert await store.states([lookalike, a.ref]) == {a.ref: FactState.HANDLED}
 
 
+async def test_facts_sharing_an_index_key_by_chance_stay_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The index key is a 64-bit string hash: a collision is all but impossible,
+    # so a key of 64 values stands in for one, and every path that meets a key
+    # held by another row (a step's new facts, a later step, a duplicate, the
+    # rebuild on open, another connection's rows) must still tell the facts apart.
+    monkeypatch.setattr(sqlite_store, "_key", lambda fact_hash: ord(fact_hash[0]))
+    url = f"sqlite:///{tmp_path}/node.db"
+    store, other = SqliteStore(url), SqliteStore(url)
+    await store.open()
+    await other.open()
+    try:
+        facts = [_fact(n) for n in range(400)]
+        await _record(store, StoreBatch(handled=facts[:150]))
+        await _record(store, StoreBatch(handled=[*facts[100:250], facts[0]]))
+        await _record(other, StoreBatch(handled=facts[250:300]))
+        fresh = [f.ref for f in facts[300:]]
+        assert await store.states([f.ref for f in facts]) == dict.fromkeys(
+            [f.ref for f in facts[:300]], FactState.HANDLED
+        )
+        await _record(store, StoreBatch(handled=facts))
+        assert await store.states(fresh) == dict.fromkeys(fresh, FactState.HANDLED)
+        rows = _log_rows(store.path)
+        assert sorted(rows) == sorted((f.hash, f.type) for f in facts)
+        await store.aclose()
+        await store.open()  # rebuilt from the log, every key shared many times
+        assert (await store.counts())["handled"] == 400
+        assert len(await store.states([f.ref for f in facts])) == 400
+        await _record(store, StoreBatch(handled=facts[::-1]))
+        assert len(_log_rows(store.path)) == 400
+    finally:
+        await other.aclose()
+        await store.aclose()
+
+
 async def test_rolled_back_writes_leave_no_index_entry(store: SqliteStore) -> None:
     a, b = _fact(1), _fact(2)
     with pytest.raises(RuntimeError):

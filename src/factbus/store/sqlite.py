@@ -4,8 +4,9 @@ Layout (schema 2, docs/decisions.md "SQLite store: a fact log"): handled facts
 are appended to ``factbus_log`` (a rowid table, written once, never updated),
 so recording a step appends to the end of one B-tree whatever the store's
 size. Which identities are handled is known from an index kept in memory
-(``hash[:22]`` -> log row, about 134 bytes per handled fact), rebuilt from the
-log on :meth:`SqliteStore.open`; a hit is confirmed against the log row. Parked
+(``hash(fact_hash)``, Python's cached 64-bit string hash, -> log row, about 100
+bytes per handled fact), rebuilt from the log on :meth:`SqliteStore.open`; a hit
+is confirmed against the log row. Parked
 facts live in the small ``factbus_parked`` table (with their wait lists) until
 handled, then move to the log. ``factbus_facts`` is a read-only view with
 schema 1's columns. A schema 1 file is migrated on open.
@@ -44,7 +45,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from itertools import chain
+from itertools import chain, tee
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
@@ -81,9 +82,13 @@ SQLite restarts the WAL only once every frame is copied, so right after a commit
 the store copies the few frames committed meanwhile (in the writer thread, on
 its own connection, before its next transaction; the next write then restarts
 the WAL)."""
-_KEY: Final = 22
-"""Characters of the base64 hash that key the in-memory index (132 bits); a hit is
-confirmed against the log row, so a shared prefix never merges two facts."""
+_key: Final = hash
+"""The in-memory index's key of a fact hash: Python's 64-bit hash of the string,
+which the string caches (the pipeline's sets and dicts of refs computed it
+already), so a key costs no slice, no new string and no hashing, and keeps 36
+bytes per handled fact instead of a 22-character prefix's 71. Per process
+(``PYTHONHASHSEED``): the index lives in memory and is rebuilt on open. A hit is
+confirmed against the log row, so two facts sharing a key are never merged."""
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS factbus_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -306,14 +311,14 @@ class SqliteStore:
         four weak references that outlived young collections and counted as
         long-lived objects (PROFILE.md, "Survivors"). The connection is
         never used by two threads at once (:meth:`_idle`), nor is this cursor."""
-        self._index: dict[str, int] = {}
-        """``hash[:_KEY]`` -> the log row of a handled fact with that prefix."""
+        self._index: dict[int, int] = {}
+        """``_key(hash)`` -> the log row of a handled fact with that key."""
         self._overflow: dict[FactRef, int] = {}
-        """Handled facts whose prefix the index gives to another row (same hash of
-        another type, or a prefix shared by chance): exact refs -> log row."""
+        """Handled facts whose key the index gives to another row (same hash of
+        another type, or a 64-bit key shared by chance): exact refs -> log row."""
         self._last_id = 0
         """The highest log row this connection knows of (its own and others')."""
-        self._journal: list[str | list[str] | FactRef] = []
+        self._journal: list[int | list[int] | FactRef] = []
         """Index entries added by the open transaction (a key, a step's keys, an
         overflow ref), undone if it rolls back."""
         self._data_version = -1
@@ -429,25 +434,28 @@ class SqliteStore:
         """Index the log rows above :attr:`_last_id` (all of them on open)."""
         index, overflow = self._index, self._overflow
         if not index and not overflow:
-            # The whole log: one C-level dict update, then the few shared prefixes.
+            # The whole log: one C-level dict update (tee splits each row into its
+            # key and its id), then the few rows sharing a key.
             count, top = db.execute(
                 "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM factbus_log"
             ).fetchone()
-            index.update(db.execute(f"SELECT substr(hash, 1, {_KEY}), id FROM factbus_log"))
-            if len(index) < count:  # a later row took a shared prefix's slot
-                index_shared = db.execute(
-                    "SELECT id, hash, type FROM factbus_log WHERE substr(hash, 1, ?) IN "
-                    "(SELECT substr(hash, 1, ?) FROM factbus_log GROUP BY 1 HAVING COUNT(*) > 1) "
-                    "ORDER BY id",
-                    (_KEY, _KEY),
-                )
-                first: set[str] = set()
-                for row_id, fact_hash, fact_type in index_shared:
-                    key = fact_hash[:_KEY]
-                    if key in first:
+            rows, same_rows = tee(
+                db.execute("SELECT hash, id FROM factbus_log WHERE id <= ?", (top,))
+            )
+            index.update(
+                zip(map(_key, map(itemgetter(0), rows)), map(itemgetter(1), same_rows), strict=True)
+            )
+            if len(index) < count:  # a later row took the slot of a key shared
+                index.clear()
+                # Rare (the same hash of two types, or a 64-bit key shared by
+                # chance): the first row of a key in the index, the others exact.
+                for row_id, fact_hash, fact_type in db.execute(
+                    "SELECT id, hash, type FROM factbus_log WHERE id <= ? ORDER BY id", (top,)
+                ):
+                    key = _key(fact_hash)
+                    if key in index:
                         overflow[FactRef(fact_type, fact_hash)] = row_id
                     else:
-                        first.add(key)
                         index[key] = row_id
             self._last_id = top
             return
@@ -455,7 +463,7 @@ class SqliteStore:
             "SELECT id, hash, type FROM factbus_log WHERE id > ? ORDER BY id", (self._last_id,)
         )
         for row_id, fact_hash, fact_type in rows:
-            key = fact_hash[:_KEY]
+            key = _key(fact_hash)
             if key in index:
                 overflow[FactRef(fact_type, fact_hash)] = row_id
             else:
@@ -493,15 +501,15 @@ class SqliteStore:
 
     def _handled(self, refs: Iterable[FactRef]) -> dict[FactRef, int]:
         """The log row of each of ``refs`` that is handled: the index proposes a row
-        by prefix, the row's own hash and type confirm it (one query per chunk)."""
+        by key, the row's own hash and type confirm it (one query per chunk)."""
         index, overflow = self._index, self._overflow
         refs = refs if isinstance(refs, Collection) else list(refs)
         out: dict[FactRef, int] = {}
-        if not overflow and index.keys().isdisjoint([h[:_KEY] for _, h in refs]):
+        if not overflow and index.keys().isdisjoint(map(_key, map(itemgetter(1), refs))):
             return out  # none indexed: every new fact's look-up (no query)
         proposed: dict[int, list[FactRef]] = {}
         for ref in refs:
-            row_id = index.get(ref.hash[:_KEY])
+            row_id = index.get(_key(ref.hash))
             if row_id is not None:
                 proposed.setdefault(row_id, []).append(ref)
         if overflow:
@@ -699,11 +707,12 @@ class SqliteStore:
         self._waiting_rows += max(added.rowcount, 0)
 
     def _append_new(self, db: sqlite3.Connection, facts: list[Fact], refs: list[FactRef]) -> bool:
-        """The common case in C-level steps: no prefix of ``refs`` is indexed and no
+        """The common case in C-level steps: no key of ``refs`` is indexed and no
         two of them share one (all new facts). Appends them and returns True;
         returns False, having changed nothing, otherwise."""
         index = self._index
-        keys = [fact_hash[:_KEY] for _, fact_hash in refs]
+        hashes = list(map(itemgetter(1), refs))
+        keys = list(map(_key, hashes))
         if not keys:
             return True
         if not index.keys().isdisjoint(keys):
@@ -712,14 +721,14 @@ class SqliteStore:
         first = self._last_id + 1
         ids = range(first, first + len(keys))
         index.update(zip(keys, ids, strict=True))
-        if len(index) != size + len(keys):  # two of them share a prefix
+        if len(index) != size + len(keys):  # two of them share a key
             for key in keys:
                 index.pop(key, None)
             return False
         self._journal.append(keys)
         # Ids are the log's next rowids, given explicitly: under BEGIN IMMEDIATE
         # (refreshed) nobody else appends, so they are what the index holds.
-        hashes, types = map(itemgetter(1), refs), map(itemgetter(0), refs)
+        types = map(itemgetter(0), refs)
         if self.keep_bodies:
             bodies = map(fact_to_bytes, facts)
             _insert_many(
@@ -734,15 +743,15 @@ class SqliteStore:
         self, db: sqlite3.Connection, facts: list[Fact], refs: list[FactRef]
     ) -> None:
         """Append those of ``facts`` not handled yet, each confirmed against the log
-        when its prefix is indexed (a duplicate, another type's fact of the same
-        hash, a shared prefix)."""
+        when its key is indexed (a duplicate, another type's fact of the same
+        hash, a shared key)."""
         index, journal = self._index, self._journal
         keep = self.keep_bodies
         rows: list[tuple[int, str, str, bytes | None]] = []
-        suspects: list[Fact] = []  # their prefix is indexed: handled already, or not
+        suspects: list[Fact] = []  # their key is indexed: handled already, or not
         row_id = self._last_id
         for fact, (fact_type, fact_hash) in zip(facts, refs, strict=True):
-            key = fact_hash[:_KEY]
+            key = _key(fact_hash)
             if key in index:
                 suspects.append(fact)
                 continue
