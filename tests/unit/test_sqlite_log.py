@@ -130,6 +130,29 @@ async def test_facts_sharing_an_index_key_by_chance_stay_apart(
         await store.aclose()
 
 
+async def test_log_ids_left_to_sqlite_are_reindexed_if_not_the_expected(
+    store: SqliteStore,
+) -> None:
+    # SQLite gives appended rows the largest rowid plus one, which the index
+    # expects; should another tool cut rows off the log's end, the ids SQLite
+    # gives are not the expected ones, and the index takes SQLite's.
+    old = [_fact(n) for n in range(4)]
+    await _record(store, StoreBatch(handled=old))
+    with sqlite3.connect(store.path) as other:
+        other.execute("DELETE FROM factbus_log WHERE id > 2")
+    a, b = _fact(10), Fact("Log.Other", {"n": 10})  # b: same hash, another type
+    await _record(store, StoreBatch(handled=[a]))
+    await _record(store, StoreBatch(handled=[b, old[0], _fact(11)]))
+    rows = _log_rows(store.path)
+    assert rows[:3] == [(f.hash, f.type) for f in [*old[:2], a]]
+    assert sorted(rows[3:]) == sorted([(b.hash, b.type), (_fact(11).hash, "Log.Fact")])
+    wanted = [a.ref, b.ref, _fact(11).ref, old[0].ref, old[3].ref]
+    assert await store.states(wanted) == dict.fromkeys(wanted[:4], FactState.HANDLED)
+    await store.aclose()
+    await store.open()
+    assert await store.states(wanted) == dict.fromkeys(wanted[:4], FactState.HANDLED)
+
+
 async def test_rolled_back_writes_leave_no_index_entry(store: SqliteStore) -> None:
     a, b = _fact(1), _fact(2)
     with pytest.raises(RuntimeError):

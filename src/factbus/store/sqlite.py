@@ -173,8 +173,12 @@ def sqlite_path(url: str) -> str:
 _ROWS_PER_INSERT: Final = 128
 """Rows per multi-row ``INSERT ... VALUES (...), (...)``: about a third less CPU
 per row than ``executemany`` (one statement step per 128 rows, not per row)."""
-_LOG_WITH_BODY: Final = "INSERT INTO factbus_log (id, hash, type, body) VALUES "
-_LOG_WITHOUT_BODY: Final = "INSERT INTO factbus_log (id, hash, type) VALUES "
+_LOG_WITH_BODY: Final = "INSERT INTO factbus_log (hash, type, body) VALUES "
+_LOG_WITHOUT_BODY: Final = "INSERT INTO factbus_log (hash, type) VALUES "
+"""The log inserts leave the id to SQLite (the largest rowid plus one: the ids
+the index was given, which the last rowid confirms, see :meth:`SqliteStore._renumber`):
+one value less to bind per row, and SQLite appends a row whose rowid it chose
+without first seeking that rowid (PROFILE.md §23)."""
 _CACHED_STATEMENTS: Final = 512
 """Prepared statements the connection keeps (sqlite3's default: 128). A step's
 log insert is one of up to ``2 * _ROWS_PER_INSERT`` texts (its row count modulo
@@ -187,11 +191,12 @@ counted as long-lived objects towards the next full collection
 
 def _insert_many(
     db: sqlite3.Cursor, insert: str, width: int, rows: Iterable[tuple[Any, ...]]
-) -> None:
+) -> int | None:
     """``insert`` (``INSERT INTO t (c1, ...) VALUES ``) of ``rows`` of ``width``
     values each, :data:`_ROWS_PER_INSERT` rows per statement (full ones reuse
     one cached statement; a partial one, one of the ``_ROWS_PER_INSERT - 1``
-    others, each cached too: see :data:`_CACHED_STATEMENTS`)."""
+    others, each cached too: see :data:`_CACHED_STATEMENTS`). Returns the rowid
+    of the last row inserted (None if no row was)."""
     values = list(chain.from_iterable(rows))
     step = _ROWS_PER_INSERT * width
     full = insert + ",".join(["(" + ",".join("?" * width) + ")"] * _ROWS_PER_INSERT)
@@ -202,6 +207,7 @@ def _insert_many(
         else:
             rows_left = len(part) // width
             db.execute(insert + ",".join(["(" + ",".join("?" * width) + ")"] * rows_left), part)
+    return db.lastrowid if values else None
 
 
 async def _wait_out(pending: asyncio.Future[None], *, reraise: bool = False) -> bool:
@@ -264,7 +270,7 @@ class SqliteTransaction(CommitHooks):
     async def savepoint(self) -> AsyncIterator[None]:
         self._savepoints += 1
         name = f"factbus_sp{self._savepoints}"
-        mark = self._store._undo_mark()
+        mark, last_id = self._store._undo_mark(), self._store._last_id
         self._db.execute(f"SAVEPOINT {name}")
         try:
             yield
@@ -272,6 +278,7 @@ class SqliteTransaction(CommitHooks):
             self._db.execute(f"ROLLBACK TO {name}")
             self._db.execute(f"RELEASE {name}")
             self._store._undo(mark)
+            self._store._last_id = last_id  # the log's rows after it went too
             raise
         self._db.execute(f"RELEASE {name}")
 
@@ -726,18 +733,43 @@ class SqliteStore:
                 index.pop(key, None)
             return False
         self._journal.append(keys)
-        # Ids are the log's next rowids, given explicitly: under BEGIN IMMEDIATE
-        # (refreshed) nobody else appends, so they are what the index holds.
+        # Under BEGIN IMMEDIATE (refreshed) nobody else appends: SQLite gives the
+        # rows the ids the index holds, which the last rowid confirms.
         types = map(itemgetter(0), refs)
         if self.keep_bodies:
             bodies = map(fact_to_bytes, facts)
-            _insert_many(
-                self.cursor, _LOG_WITH_BODY, 4, zip(ids, hashes, types, bodies, strict=True)
+            last = _insert_many(
+                self.cursor, _LOG_WITH_BODY, 3, zip(hashes, types, bodies, strict=True)
             )
         else:
-            _insert_many(self.cursor, _LOG_WITHOUT_BODY, 3, zip(ids, hashes, types, strict=True))
+            last = _insert_many(self.cursor, _LOG_WITHOUT_BODY, 2, zip(hashes, types, strict=True))
         self._last_id = first + len(keys) - 1
+        if last != self._last_id:
+            self._renumber(keys, last)
         return True
+
+    def _renumber(self, entries: Sequence[int | FactRef], last: int | None) -> None:
+        """Give ``entries`` (index keys and overflow refs, in the order of their
+        log rows) the ids SQLite gave those rows, ``last`` the final one, when
+        they are not the ids this store expected: the log's largest rowid was
+        not :attr:`_last_id` (rows removed from the log's end by another tool).
+        Rows are appended in order, so they run contiguously up to ``last``."""
+        if last is None:
+            raise RuntimeError("sqlite store: the log insert reported no row")
+        first = last - len(entries) + 1
+        log.warning(
+            "sqlite store: the log's ids were not the ones expected; reindexed",
+            path=self.path,
+            expected=self._last_id,
+            got=last,
+        )
+        index, overflow = self._index, self._overflow
+        for row_id, entry in enumerate(entries, first):
+            if isinstance(entry, FactRef):
+                overflow[entry] = row_id
+            else:
+                index[entry] = row_id
+        self._last_id = last
 
     def _append_checked(
         self, db: sqlite3.Connection, facts: list[Fact], refs: list[FactRef]
@@ -747,7 +779,8 @@ class SqliteStore:
         hash, a shared key)."""
         index, journal = self._index, self._journal
         keep = self.keep_bodies
-        rows: list[tuple[int, str, str, bytes | None]] = []
+        rows: list[tuple[str, str, bytes | None]] = []
+        entries: list[int | FactRef] = []  # the rows' index keys or overflow refs
         suspects: list[Fact] = []  # their key is indexed: handled already, or not
         row_id = self._last_id
         for fact, (fact_type, fact_hash) in zip(facts, refs, strict=True):
@@ -758,10 +791,11 @@ class SqliteStore:
             row_id += 1
             index[key] = row_id
             journal.append(key)
-            rows.append((row_id, fact_hash, fact_type, fact_to_bytes(fact) if keep else None))
+            entries.append(key)
+            rows.append((fact_hash, fact_type, fact_to_bytes(fact) if keep else None))
         if suspects:
             # Rows of this call are not written yet: their refs confirm them.
-            written = {(r[1], r[2]) for r in rows}
+            written = {(r[0], r[1]) for r in rows}
             done = self._handled(s.ref for s in suspects)
             for fact in suspects:
                 ref = fact.ref
@@ -770,11 +804,14 @@ class SqliteStore:
                 row_id += 1
                 self._overflow[ref] = row_id
                 journal.append(ref)
+                entries.append(ref)
                 written.add((ref.hash, ref.type))
-                rows.append((row_id, ref.hash, ref.type, fact_to_bytes(fact) if keep else None))
+                rows.append((ref.hash, ref.type, fact_to_bytes(fact) if keep else None))
         if rows:
-            _insert_many(self.cursor, _LOG_WITH_BODY, 4, rows)
+            last = _insert_many(self.cursor, _LOG_WITH_BODY, 3, rows)
             self._last_id = row_id
+            if last != row_id:
+                self._renumber(entries, last)
 
     def _append(self, db: sqlite3.Connection, facts: list[Fact]) -> None:
         """Append the facts not handled yet to the log and index them; unpark them
