@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from factbus.bench.report import markdown, plot
+from factbus.bench.report import markdown, native_summary, plot
 from factbus.bench.result import BenchResult, machine
 from factbus.urls import redact
 
@@ -457,6 +457,17 @@ def standing(picked: dict[str, BenchResult]) -> list[str]:
     return lines
 
 
+def native_md(runs: dict[str, list[BenchResult]]) -> str:
+    """One line: whether the native helper (`make native`) verified the received
+    envelopes in every run of the matrix, and which runs it did not (and why)."""
+    every = [r for results in runs.values() for r in results]
+    line = f"Receive path — {native_summary(every)} (all {len(every)} runs"
+    off = sorted({name for name, results in runs.items() for r in results if r.native is not True})
+    if off and len(off) < len(runs):
+        line += "; not on in: " + ", ".join(off)
+    return line + "; `factbus_native`, built by `make native`)."
+
+
 def results_md(
     chosen: list[Cell],
     picked: dict[str, BenchResult],
@@ -485,6 +496,8 @@ def results_md(
         " generated output, not kept in git.)",
         "",
         markdown([picked[c.name] for c in chosen if c.name in picked]),
+        "",
+        native_md(runs),
         "",
         "publish msgs/s: all publishers together, broker-confirmed, in parentheses the ratio to "
         "the raw producer. p50/p95/p99: publish call → handler, per fact, at peak (includes the "

@@ -100,29 +100,31 @@ class _Native(Protocol):
     def canonical_forms(self, body: bytes, max_depth: int) -> list[tuple[bytes, str]] | None: ...
 
 
-def _load_native() -> _Native | None:
-    """The native helper, set up with this module's classes, or ``None``: not
-    installed, turned off (``FACTBUS_NATIVE=0``), or built for another
-    factbus (logged as a warning)."""
+def _load_native() -> tuple[_Native | None, str]:
+    """The native helper, set up with this module's classes, and ``""``; or
+    ``None`` and why not: not installed, turned off (``FACTBUS_NATIVE=0``),
+    or built for another factbus (also logged as a warning)."""
     if os.environ.get("FACTBUS_NATIVE", "1").strip() == "0":
-        return None
+        return None, "turned off (FACTBUS_NATIVE=0)"
     try:
         module = cast(_Native, importlib.import_module("factbus_native"))
-    except ImportError:
-        return None
+    except ImportError as error:
+        return None, f"not installed (make native): {error}"
     try:
         module.setup(Fact, FactRef, _TYPES, _NO_PREDECESSORS)
     except (AttributeError, TypeError, KeyError) as error:
         logging.getLogger("factbus.envelope").warning(
             "factbus_native does not fit this factbus (%s); using the Python receive path", error
         )
-        return None
-    return module
+        return None, f"does not fit this factbus: {error}"
+    return module, ""
 
 
-_native: Final = _load_native()
+_native, _native_reason = _load_native()
 NATIVE: Final[bool] = _native is not None
 """Whether the native helper verifies received envelopes (else pure Python)."""
+NATIVE_REASON: Final[str] = _native_reason
+"""Why the native helper is not in use (``""`` when :data:`NATIVE`)."""
 
 
 def topological(facts: Iterable[Fact]) -> list[Fact]:

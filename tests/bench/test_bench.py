@@ -6,10 +6,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from factbus import envelope
 from factbus.bench import BenchConfig, BenchResult, Latency, run_bench
 from factbus.bench.publisher import PublishReport, _set_aside, forget_published, merge_stamps
 from factbus.bench.report import markdown, replace_section
@@ -410,3 +414,55 @@ def test_publish_inflight_is_refused_where_publish_order_is_causal(shape: str) -
     with pytest.raises(ConfigError, match="at least 1"):
         BenchConfig(publish_inflight=0)
     assert BenchConfig(shape=shape, reorder=True, publish_inflight=2).publish_inflight == 2  # type: ignore[arg-type]
+
+
+def _tiny_cli_args(json_path: Path) -> list[str]:
+    return [
+        "bench",
+        "--facts",
+        "100",
+        "--warmup",
+        "10",
+        "--store",
+        "memory://",
+        "--no-half-load",
+        "--no-drain",
+        "--no-baseline",
+        "--quiet",
+        "--json",
+        str(json_path),
+    ]
+
+
+def test_json_and_table_say_whether_the_native_helper_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    assert main(_tiny_cli_args(out)) == 0
+    data = json.loads(out.read_text())
+    assert data["native"] is envelope.NATIVE
+    assert data["native_reason"] == envelope.NATIVE_REASON
+    assert (data["native_reason"] == "") is envelope.NATIVE
+    title = " ".join(capsys.readouterr().out.split())
+    assert ("native helper: on" if envelope.NATIVE else "native helper: off") in title
+    assert BenchResult.from_json(data).native is envelope.NATIVE
+
+
+def test_a_bench_on_the_python_receive_path_says_so_and_why(tmp_path: Path) -> None:
+    """FACTBUS_NATIVE=0 stands for any fallback: the run must not look native."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "factbus", *_tiny_cli_args(out)],
+        env={**os.environ, "FACTBUS_NATIVE": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(out.read_text())
+    assert data["native"] is False
+    assert "FACTBUS_NATIVE=0" in data["native_reason"]
+    shown = " ".join(done.stdout.split())
+    assert "native helper: off, Python receive path (turned off (FACTBUS_NATIVE=0))" in shown
+    assert "(no native helper)" in markdown([BenchResult.from_json(data)])

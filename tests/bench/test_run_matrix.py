@@ -98,3 +98,32 @@ def test_standing_says_cpu_bound_only_when_the_process_was_busy(share: float) ->
     (line, *_rest) = matrix.standing({"memory": result})
     assert ("CPU-bound" in line) is (share >= 0.8)
     assert f"{share:.0%} of a core" in line
+
+
+async def test_results_md_says_whether_the_native_helper_ran_in_each_run() -> None:
+    matrix = _run_matrix()
+    from factbus import envelope
+
+    run = await run_bench(BenchConfig(store="memory://", half_load=False, drain=False, **TINY))
+    assert run.native is envelope.NATIVE
+    on = dataclasses.replace(run, native=True, native_reason="")
+    off = dataclasses.replace(run, native=False, native_reason="not installed (make native)")
+    old = dataclasses.replace(run, native=None, native_reason="")
+
+    assert matrix.native_md({"memory": [on, on], "kafka": [on]}).startswith(
+        "Receive path — native helper: on (all 3 runs;"
+    )
+    mixed = matrix.native_md({"memory": [on, on], "kafka": [off]})
+    assert "on in 2 run(s), off in 1 (not installed (make native))" in mixed
+    assert "not on in: kafka" in mixed
+    assert "off, Python receive path" in matrix.native_md({"memory": [off]})
+    assert "not recorded" in matrix.native_md({"memory": [old]})
+
+    text = matrix.results_md(
+        [matrix.Cell("memory", "memory://", 300, "any", None, None)],
+        {"memory": off},
+        {"memory": [off]},
+        {},
+        1,
+    )
+    assert "Receive path — native helper: off" in text

@@ -44,6 +44,27 @@ def _cpu_pair(r: BenchResult) -> str:
     )
 
 
+def native_summary(results: Sequence[BenchResult]) -> str:
+    """Whether the native helper verified the received envelopes in these
+    runs: ``native helper: on``, ``native helper: off (why)``, mixed
+    (``on in 2 runs, off in 1 (why)``) or ``not recorded`` (older results)."""
+    on = [r for r in results if r.native is True]
+    off = [r for r in results if r.native is False]
+    unknown = len(results) - len(on) - len(off)
+    reasons = "; ".join(sorted({r.native_reason for r in off if r.native_reason}))
+    why = f" ({reasons})" if reasons else ""
+    if not on and not off:
+        return "native helper: not recorded"
+    if not off and not unknown:
+        return "native helper: on"
+    if not on and not unknown:
+        return f"native helper: off, Python receive path{why}"
+    parts = [f"on in {len(on)} run(s)"] if on else []
+    parts += [f"off in {len(off)}{why}"] if off else []
+    parts += [f"not recorded in {unknown}"] if unknown else []
+    return "native helper: " + ", ".join(parts)
+
+
 def rows(results: Sequence[BenchResult]) -> list[list[str]]:
     """One row of :data:`COLUMNS` per result."""
     out = []
@@ -54,7 +75,8 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
                 ("memory://" if r.scheme == "memory" else r.transport)
                 + (" (memory store)" if r.store.startswith("memory") else "")
                 + (f" (pack {r.pack})" if r.pack > 1 else "")
-                + (f" (in flight {r.publish_inflight})" if r.publish_inflight > 1 else ""),
+                + (f" (in flight {r.publish_inflight})" if r.publish_inflight > 1 else "")
+                + (" (no native helper)" if r.native is False else ""),
                 f"{_rate(r.publish_per_s)} ({_ratio(r.publish_ratio)})",
                 _rate(r.facts_per_s),
                 _rate(r.baseline_per_s),
@@ -80,8 +102,9 @@ def rows(results: Sequence[BenchResult]) -> list[list[str]]:
 
 
 def table(results: Sequence[BenchResult], title: str = "factbus bench") -> Table:
-    """A rich table: the figures of each result and its ratio to the baseline."""
-    view = Table(title=title)
+    """A rich table: the figures of each result and its ratio to the baseline;
+    the title says whether the native helper was in use (:func:`native_summary`)."""
+    view = Table(title=f"{title} ({native_summary(results)})")
     for i, column in enumerate(COLUMNS):
         view.add_column(column, justify="left" if i == 0 else "right")
     for row in rows(results):

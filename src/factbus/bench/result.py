@@ -142,6 +142,13 @@ class BenchResult:
     """Publish calls each publisher kept in flight in the warm-up, peak and
     drain backlog (``--publish-inflight``; 1: each call awaited its confirms
     before the next). The raw producer is unchanged by it."""
+    native: bool | None = None
+    """The native helper verified received envelopes in the consuming process
+    (:data:`factbus.envelope.NATIVE`); ``False``: the plain Python receive
+    path; ``None``: not recorded (results from before the field)."""
+    native_reason: str = ""
+    """Why the native helper was not in use (:data:`factbus.envelope.NATIVE_REASON`;
+    ``""`` when it was, or not recorded)."""
     pipeline: dict[str, Any] = field(default_factory=dict)
     """The consuming bus's counters (duplicates, parked, released, steps, ...)."""
     machine: dict[str, Any] = field(default_factory=dict)

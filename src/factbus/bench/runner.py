@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from factbus import envelope
 from factbus.bench.baseline import Baseline, baseline_for
 from factbus.bench.floor import floor_measure, memory_per_fact
 from factbus.bench.publisher import (
@@ -421,6 +422,8 @@ class _Run:
             publish_batch=config.publish_batch,
             warmup=config.warmup,
             publish_inflight=config.publish_inflight,
+            native=envelope.NATIVE,
+            native_reason=envelope.NATIVE_REASON,
             publish_per_s=peak.publish_per_s,
             facts_per_s=peak.facts / peak.elapsed,
             messages_per_s=peak.messages_per_s,
