@@ -146,6 +146,58 @@ async def test_top_once_shows_the_node(busy_node: tuple[MetricsServer, str]) -> 
     assert "Dash.Root" in out and "Dash.Boom" in out  # slowest handlers
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split("[│┃]", line)]
+
+
+@pytest.mark.parametrize("width", [80, 132])
+async def test_top_fits_the_terminal_and_cuts_no_number(
+    busy_node: tuple[MetricsServer, str], width: int
+) -> None:
+    """At 80 and 132 columns: no line wider, nothing cut with an ellipsis, every
+    figure shown whole (less important columns give way first: whole URLs,
+    reasons beside the count, duplicates, parked; see top.LAYOUTS)."""
+    server, topic = busy_node
+    dead = "http://127.0.0.1:9/metrics"
+    argv = [sys.executable, "-m", "factbus", "top", "--metrics", server.url, dead, "--once"]
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*argv, "--interval", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"COLUMNS": str(width), "PATH": "/usr/bin:/bin"},
+    )
+    out = result.stdout
+    assert result.returncode == 1, result.stderr
+    assert "…" not in out, out
+    assert max(len(line) for line in out.splitlines()) <= width, out
+    lines = out.splitlines()
+    header = _cells(next(line for line in lines if "handled/s" in line))
+    row = next(_cells(line) for line in lines if "dash-node" in line and "│" in line)
+    shown = dict(zip(header, row, strict=True))
+    assert shown["node"] == "dash-node"
+    for column, figure in {"handled": "2", "waiting": "0", "lag": "0"}.items():
+        assert shown[column] == figure, shown
+    assert shown.get("dead letters", shown.get("dead", "")).split()[0] == "2", shown
+    if width >= 132:  # one endpoint live, one not: every number column has room
+        assert (shown["dup"], shown["parked"]) == ("1", "1"), shown
+        assert "recv/s" in shown
+    assert topic in out
+    # The reasons: beside the count, or one row each in their own table.
+    flat = " ".join(out.split())
+    inline = "(malformed 1, handler 1)" in flat
+    by_reason = {
+        cells[-2]: cells[-1]
+        for cells in (_cells(line) for line in lines)
+        if len(cells) >= 3 and cells[-2] in ("malformed", "handler")
+    }
+    assert inline or by_reason == {"malformed": "1", "handler": "1"}, out
+    assert dead in out and ("ConnectionRefusedError" in flat or "Connection refused" in flat)
+    assert "Dash.Root" in out and "Dash.Boom" in out
+
+
 def test_top_refuses_a_bad_interval() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "factbus", "top", "--metrics", "http://x", "--interval", "0"],
