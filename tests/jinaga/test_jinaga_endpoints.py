@@ -274,12 +274,32 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
             later = (await http.get(f"/feeds/{feeds[1]}", params={"b": first["bookmark"]})).json()
             assert [r["hash"] for r in later["references"]] == [store.hash, order4.hash]
             assert later["bookmark"] != first["bookmark"]
-            bad = await http.get(f"/feeds/{feeds[1]}", params={"b": "soon"})
-            assert bad.status_code == 404 and "bookmark" in bad.json()["message"]
-            # this archive's tag, a cursor past what its 64-bit seq holds: refused, not a 500
+            # A bookmark this server did not issue: 400 naming it (the feed exists; a 404
+            # would say it does not), polling and streaming alike; jinaga-server answers 500.
+            stream = {"accept": "application/x-jinaga-feed-stream"}
             tag = first["bookmark"].partition(".")[2]
-            huge = await http.get(f"/feeds/{feeds[1]}", params={"b": f"{2**63}.{tag}"})
-            assert huge.status_code == 404 and "bookmark" in huge.json()["message"]
+            # this archive's tag, a cursor past what its 64-bit seq holds: refused, not a 500
+            for bookmark in ("soon", f"{2**63}.{tag}", "12", "-1.x"):
+                for headers in ({}, stream):
+                    bad = await http.get(
+                        f"/feeds/{feeds[1]}", params={"b": bookmark}, headers=headers
+                    )
+                    assert bad.status_code == 400, (bookmark, bad.text)
+                    assert bad.json()["error"]["code"] == "invalid-bookmark"
+                    assert (
+                        f"bookmark {bookmark!r} is not one this server issued"
+                        in (bad.json()["message"])
+                    )
+            # An unknown feed stays a 404, whatever its bookmark.
+            unknown = await http.get("/feeds/not-a-feed", params={"b": "soon"})
+            assert unknown.status_code == 404
+            assert unknown.json()["error"]["code"] == "unknown-feed"
+            # Another replica's well-formed bookmark starts the feed over.
+            other = await http.get(f"/feeds/{feeds[1]}", params={"b": "3.otherTag"})
+            assert other.status_code == 200
+            assert {r["hash"] for r in other.json()["references"]} == {
+                r["hash"] for r in first["references"]
+            } | {order4.hash}
 
 
 def _ref(fact: Fact) -> dict[str, str]:

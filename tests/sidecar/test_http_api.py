@@ -160,6 +160,35 @@ async def test_refusals_are_specific_and_change_nothing(
     assert (await client.get(fact_path(stranger))).status_code == 404
 
 
+async def test_a_claimed_hash_that_is_not_a_string_is_named_as_such(
+    api: tuple[Sidecar, httpx.AsyncClient],
+) -> None:
+    """``"hash": 5`` is a type problem, not a mismatch: 400 naming the field and the
+    type; nothing of the request is published (the first fact is fine)."""
+    sidecar, client = api
+    before = await state(sidecar, client)
+    for claimed, named in ((5, "a number"), (True, "a boolean"), ([CUSTOMER.hash], "an array")):
+        body = {"facts": [wire(Fact("Shop.Customer", {"email": "y"})), {**wire(CUSTOMER)}]}
+        body["facts"][1]["hash"] = claimed
+        response = await client.post("/facts", json=body)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid-fact", "facts[1].hash"), error
+        assert (
+            error["message"]
+            == f"facts[1].hash: must be a string (the fact's base64 SHA-512 hash), not {named}"
+        )
+        assert "not the hash of this content" not in response.text
+    # Nested (a predecessor given as a whole fact) the same.
+    order = wire(ORDER)
+    order["predecessors"]["customer"] = {**wire(CUSTOMER), "hash": 5}
+    response = await client.post("/facts", json={"facts": [order]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == "facts[0].predecessors.customer.hash"
+    assert "must be a string" in response.json()["error"]["message"]
+    assert await state(sidecar, client) == before
+
+
 async def test_event_stream_sends_added_changed_removed(
     api: tuple[Sidecar, httpx.AsyncClient],
 ) -> None:

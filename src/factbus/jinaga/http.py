@@ -19,7 +19,10 @@ then saves, loads and queries facts that travel over the bus:
 - ``GET /feeds/{id}?b=bookmark``: ``{"references": [...], "bookmark": "..."}``;
   with ``Accept: application/x-jinaga-feed-stream`` the same objects as JSON
   lines, a new line whenever the archive holds new results, until the client
-  disconnects or the sidecar closes.
+  disconnects or the sidecar closes. An unknown feed id is a 404
+  ``unknown-feed``; a bookmark this server did not issue (not
+  ``<cursor>.<tag>``, or a cursor past 64 bits) a 400 ``invalid-bookmark``
+  naming it (another replica's well-formed bookmark starts the feed over).
 
 Errors are JSON ``{"message": ..., "error": {"code": ..., "message": ...}}``
 (jinaga.js shows ``message``; ``error`` is the sidecar API's shape).
@@ -211,9 +214,13 @@ class _Endpoints:
     async def feed(self, request: HttpRequest) -> Response:
         try:
             feed = parse_feed_id(request.path_params["feed"])
-            bookmark = parse_bookmark(request.query_params.get("b", ""), self.tag)
         except SpecificationError as error:
             return _Refused(404, "unknown-feed", error.message).response()
+        try:
+            bookmark = parse_bookmark(request.query_params.get("b", ""), self.tag)
+        except SpecificationError as error:
+            # 400, not 404: the feed exists, the bookmark is bad (docs/decisions.md).
+            return _Refused(400, "invalid-bookmark", error.message).response()
         archive = self.sidecar.archive
         if CONTENT_TYPE_FEED_STREAM in request.headers.get("accept", ""):
             closing: asyncio.Event | None = getattr(self.sidecar, "closing", None)

@@ -236,6 +236,15 @@ def _fact(value: Any, path: str, parsed: ParsedFacts, max_depth: int) -> Fact:
         raise RequestError(
             400, "invalid-fact", f"{path}.predecessors: must be an object", f"{path}.predecessors"
         )
+    claimed = value.get("hash")
+    if claimed is not None and not isinstance(claimed, str):
+        raise RequestError(
+            400,
+            "invalid-fact",
+            f"{path}.hash: must be a string (the fact's base64 SHA-512 hash), "
+            f"not {_json_type(claimed)}",
+            f"{path}.hash",
+        )
     predecessors: dict[str, Fact | FactRef | list[Fact | FactRef]] = {}
     for role, item in given.items():
         role_path = f"{path}.predecessors.{role}"
@@ -251,7 +260,6 @@ def _fact(value: Any, path: str, parsed: ParsedFacts, max_depth: int) -> Fact:
     except InvalidFact as error:
         where = f"{path}.{error.field}"
         raise RequestError(400, "invalid-value", f"{where}: {error.reason}", where) from None
-    claimed = value.get("hash")
     if claimed is not None and claimed != fact.hash:
         raise RequestError(
             400,
@@ -260,6 +268,19 @@ def _fact(value: Any, path: str, parsed: ParsedFacts, max_depth: int) -> Fact:
             f"{path}.hash",
         )
     return fact
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type (``a number``, ``an object``...)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
 
 
 def _predecessor(value: Any, path: str, parsed: ParsedFacts, max_depth: int) -> Fact | FactRef:
