@@ -38,6 +38,19 @@ def _utf16(text: str) -> bytes:
     return text.encode("utf-16-be", "surrogatepass")
 
 
+def _fields_mapping(fields: Any) -> Mapping[str, Any]:
+    """A fact's fields as given, ``None`` read as no fields (``{}``): what both
+    :class:`Fact` and :meth:`Fact._from_wire` take.
+
+    :raises InvalidFact: ``fields`` is not a mapping.
+    """
+    if fields is None:
+        return {}
+    if not isinstance(fields, Mapping):
+        raise InvalidFact("fields", f"must be an object (a mapping), not {fields!r}")
+    return fields
+
+
 def _ref_sort_key(ref: FactRef) -> tuple[bytes, bytes]:
     # jinaga.js sorts a predecessor list by hash, then type, with JavaScript's `<`.
     return (_utf16(ref.hash), _utf16(ref.type))
@@ -101,10 +114,8 @@ class Fact:
     ) -> None:
         if type.__class__ is not str or not type:
             raise InvalidFact("type", f"must be a non-empty string, not {type!r}")
-        if fields is None:
-            fields = {}
-        elif not isinstance(fields, Mapping):
-            raise InvalidFact("fields", f"must be an object (a mapping), not {fields!r}")
+        if fields.__class__ is not dict:
+            fields = _fields_mapping(fields)
         frozen = freeze(fields, path="fields", max_depth=max_depth)
         python_writer = frozen.needs_python_writer
         preds: dict[str, PredecessorValue] = {}
@@ -172,10 +183,7 @@ class Fact:
         reused for it only when it is exactly what would be hashed (two keys per
         reference, lists in hash order), else the references are rewritten."""
         if fields.__class__ is not dict:  # what orjson gives; else as Fact() takes it
-            if fields is None:
-                fields = {}
-            elif not isinstance(fields, Mapping):
-                raise InvalidFact("fields", f"must be an object (a mapping), not {fields!r}")
+            fields = _fields_mapping(fields)
         frozen = freeze(fields, path="fields", max_depth=max_depth)
         python_writer = frozen.needs_python_writer
         refs: dict[str, PredecessorValue] = {}
