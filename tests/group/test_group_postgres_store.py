@@ -15,7 +15,7 @@ from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
 from factbus.store import FactState, ParkedFact, Store, StoreBatch, open_store
 from factbus.testing.brokers import broker_url, drop_schema, unique, with_options
-from factbus.testing.store_suite import StoreConformance
+from factbus.testing.store_suite import StoreConformance, opened, reopener
 from factbus_postgres import PostgresConfig, PostgresStore
 
 
@@ -38,19 +38,12 @@ async def store_url(pg_schema: tuple[str, str]) -> str:
 class TestPostgresStore(StoreConformance):
     @pytest.fixture
     async def store(self, store_url: str) -> AsyncIterator[Store]:
-        store = PostgresStore(store_url)
-        await store.open()
-        yield store
-        await store.aclose()
+        async with opened(PostgresStore(store_url)) as store:
+            yield store
 
     @pytest.fixture
     def reopen(self, store_url: str) -> Callable[[], Awaitable[Store]]:
-        async def again() -> Store:
-            store = PostgresStore(store_url)
-            await store.open()
-            return store
-
-        return again
+        return reopener(lambda: PostgresStore(store_url))
 
 
 # -- configuration -------------------------------------------------------------

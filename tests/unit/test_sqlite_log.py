@@ -18,6 +18,7 @@ from factbus.fact import Fact, FactRef
 from factbus.store import sqlite as sqlite_store
 from factbus.store.base import FactState, ParkedFact, StoreBatch, fact_to_bytes
 from factbus.store.sqlite import CHECKPOINT_EVERY, SCHEMA_1, SCHEMA_VERSION, SqliteStore
+from factbus.testing.store_suite import opened
 
 
 def _fact(n: int, fact_type: str = "Log.Fact") -> Fact:
@@ -31,10 +32,8 @@ async def _record(store: SqliteStore, batch: StoreBatch) -> None:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(f"sqlite:///{tmp_path}/node.db")
-    await opened.open()
-    yield opened
-    await opened.aclose()
+    async with opened(SqliteStore(f"sqlite:///{tmp_path}/node.db")) as store:
+        yield store
 
 
 def _log_rows(path: str) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from factbus.pipeline import Pipeline
 from factbus.store import sqlite as sqlite_store
 from factbus.store.base import FactState, StoreBatch
 from factbus.store.sqlite import SqliteStore
+from factbus.testing.store_suite import opened
 from factbus.transport import Message
 from factbus.transport.memory import MemoryDelivery, MemoryTransport
 
@@ -45,10 +46,8 @@ def _logged(path: str, fact: Fact) -> bool:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(f"sqlite:///{tmp_path}/node.db?commit_thread=1")
-    await opened.open()
-    yield opened
-    await opened.aclose()
+    async with opened(SqliteStore(f"sqlite:///{tmp_path}/node.db?commit_thread=1")) as store:
+        yield store
 
 
 @contextmanager

@@ -10,16 +10,14 @@ import pytest
 from factbus.store import Store, open_store
 from factbus.store.memory import MemoryStore
 from factbus.store.sqlite import SqliteStore
-from factbus.testing.store_suite import StoreConformance
+from factbus.testing.store_suite import StoreConformance, opened, reopener
 
 
 class TestMemoryStore(StoreConformance):
     @pytest.fixture
     async def store(self) -> AsyncIterator[Store]:
-        store = MemoryStore()
-        await store.open()
-        yield store
-        await store.aclose()
+        async with opened(MemoryStore()) as store:
+            yield store
 
 
 class TestSqliteStore(StoreConformance):
@@ -28,19 +26,12 @@ class TestSqliteStore(StoreConformance):
 
     @pytest.fixture
     async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
-        store = SqliteStore(f"sqlite:///{tmp_path}/node.db{self.option}")
-        await store.open()
-        yield store
-        await store.aclose()
+        async with opened(SqliteStore(f"sqlite:///{tmp_path}/node.db{self.option}")) as store:
+            yield store
 
     @pytest.fixture
     def reopen(self, tmp_path: Path) -> Callable[[], Awaitable[Store]]:
-        async def again() -> Store:
-            store = SqliteStore(f"sqlite:///{tmp_path}/node.db{self.option}")
-            await store.open()
-            return store
-
-        return again
+        return reopener(lambda: SqliteStore(f"sqlite:///{tmp_path}/node.db{self.option}"))
 
 
 class TestSqliteStoreCommitThread(TestSqliteStore):

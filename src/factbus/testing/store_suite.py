@@ -6,20 +6,53 @@ an opened store on an empty database::
     class TestMyStore(StoreConformance):
         @pytest.fixture
         async def store(self):
-            s = MyStore(url); await s.open(); yield s; await s.aclose()
+            async with opened(MyStore(url)) as store:
+                yield store
+
+        @pytest.fixture
+        def reopen(self):
+            return reopener(lambda: MyStore(url))
 
 ``reopen`` (optional) must return a new store object on the same database;
-persistence tests skip without it.
+persistence tests skip without it. :func:`opened` and :func:`reopener` serve
+any test that opens a store, not only the suite's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import pytest
 
 from factbus.fact import Fact, FactRef
 from factbus.store.base import FactState, ParkedFact, Store, StoreBatch
+
+S = TypeVar("S", bound=Store)
+
+
+@asynccontextmanager
+async def opened(store: S) -> AsyncIterator[S]:
+    """``store``, opened, for the block; closed when the block is left (also on an
+    error). A failed ``open`` propagates and nothing is closed."""
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def reopener(make: Callable[[], Store]) -> Callable[[], Awaitable[Store]]:
+    """A ``reopen`` fixture's value: each call opens and returns a new store that
+    ``make`` builds (on the same database); the caller closes it."""
+
+    async def again() -> Store:
+        store = make()
+        await store.open()
+        return store
+
+    return again
 
 
 def _chain(n: int, tag: str = "s") -> list[Fact]:
