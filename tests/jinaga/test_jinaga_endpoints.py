@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from graph_fuzz import GRAPH_TOKENS, mutate
 from jinaga_harness import node_json
 from test_jinaga_spec import jinaga_specs
 
@@ -328,43 +329,17 @@ def _two_givens(store: Fact) -> str:
 
 def _mutations(seed: bytes, count: int) -> list[bytes]:
     rng = random.Random(20261129)
-    tokens = [
-        b"\n",
-        b"\n\n",
-        b"PK0",
-        b'"',
-        b"{",
-        b"}",
-        b"[",
-        b"]",
-        b"0",
-        b"1",
-        b"99",
-        b"-1",
-        b"null",
-        b'"T"',
-        b'{"p":0}',
-        b"NaN",
-        b"1e999",
-        b"\\",
-        b"\xff",
-        b"\r",
-        b"\x00",
-    ]
     out = []
     for _ in range(count):
-        body = bytearray(seed)
+        body = seed
         for _ in range(rng.randint(1, 4)):
             pos = rng.randint(0, len(body))
             op = rng.randint(0, 2)
-            chunk = rng.choice(tokens) if rng.random() < 0.7 else rng.randbytes(rng.randint(1, 3))
-            if op == 0:
-                body[pos:pos] = chunk
-            elif op == 1:
-                del body[pos : pos + len(chunk)]
-            else:
-                body[pos : pos + len(chunk)] = chunk
-        out.append(bytes(body))
+            chunk = (
+                rng.choice(GRAPH_TOKENS) if rng.random() < 0.7 else rng.randbytes(rng.randint(1, 3))
+            )
+            body = mutate(body, [(op, pos, chunk)])
+        out.append(body)
     return out
 
 

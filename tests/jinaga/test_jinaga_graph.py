@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from graph_fuzz import GRAPH_TOKENS, mutate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -209,47 +210,7 @@ _SEED = write_graph(chain()) + b'PK0\n"k"\n\n"T"\n{"a":0}\n{"x":[1,{"y":null}]}\
 _counts = {"valid": 0, "refused": 0}
 
 
-def _mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
-    out = bytearray(data)
-    for kind, pos, chunk in edits:
-        pos = pos % (len(out) + 1)
-        if kind == 0:
-            out[pos:pos] = chunk
-        elif kind == 1:
-            del out[pos : pos + len(chunk)]
-        else:
-            out[pos : pos + len(chunk)] = chunk
-    return bytes(out)
-
-
-_tokens = st.sampled_from(
-    [
-        b"\n",
-        b"\n\n",
-        b"PK0",
-        b"PK9",
-        b'"',
-        b"{",
-        b"}",
-        b"[",
-        b"]",
-        b"0",
-        b"-1",
-        b"99",
-        b"null",
-        b'"T"',
-        b"{}",
-        b'{"p":0}',
-        b"NaN",
-        b"1e400",
-        b"\\",
-        b"\xff",
-        b"\r",
-        b"\x00",
-        b":",
-        b",",
-    ]
-)
+_tokens = st.sampled_from(GRAPH_TOKENS)
 _edits = st.lists(
     st.tuples(
         st.integers(0, 2), st.integers(0, 10_000), _tokens | st.binary(min_size=1, max_size=4)
@@ -262,7 +223,7 @@ _edits = st.lists(
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(_edits)
 def test_fuzz_mutated_graphs_never_crash(edits: list[tuple[int, int, bytes]]) -> None:
-    body = _mutate(_SEED, edits)
+    body = mutate(_SEED, edits)
     try:
         facts = parse_graph(body)
     except JinagaFormatError:
