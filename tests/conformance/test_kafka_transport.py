@@ -317,6 +317,43 @@ class TestKafkaTransport(TransportConformance):
         subscription = await transport.subscribe(topic, group)
         assert await settle_quietly(subscription, 2.0) == []
 
+    async def test_a_failed_bus_step_nacks_its_batch_which_comes_again_and_is_handled_once(
+        self, ctx: ConformanceContext, tmp_path: Path
+    ) -> None:
+        """A step that fails before its transaction (the store refuses once) gives
+        its ``KafkaBatch`` back (``nack``): the records come again, each fact is
+        handled once, and the group's commit then passes them all."""
+        topic, group = ctx.name("t"), ctx.name("g")
+        transport = await ctx.transport()
+        facts = [Fact("Batch.Again", {"i": i}, {}) for i in range(20)]
+        handled: list[int] = []
+        bus = Bus(ctx.url, f"sqlite:///{tmp_path}/store.db", topic=topic, group=group)
+        bus.handler("Batch.Again")(lambda fact: handled.append(fact.fields["i"]))
+        failures = 0
+        async with bus:
+            store = bus.store
+            inner = store.transaction
+
+            @contextlib.asynccontextmanager
+            async def refusing_once() -> AsyncIterator[Any]:
+                nonlocal failures
+                if failures == 0:
+                    failures += 1
+                    raise RuntimeError("the store refuses this once")
+                async with inner() as tx:
+                    yield tx
+
+            store.transaction = refusing_once  # type: ignore[method-assign]
+            await transport.publish(topic, [Message(encode([f]), f.hash) for f in facts])
+            async with asyncio.timeout(ctx.timeout):
+                while len(handled) < 20:  # noqa: ASYNC110 - the bus handles them
+                    await asyncio.sleep(0.05)
+            await bus.drain(ctx.timeout)
+        assert failures == 1
+        assert sorted(handled) == list(range(20))  # each once
+        subscription = await transport.subscribe(topic, group)
+        assert await settle_quietly(subscription, 2.0) == []
+
     async def test_message_id_travels_in_a_header(self, ctx: ConformanceContext) -> None:
         topic, group = ctx.name("t"), ctx.name("g")
         transport = await ctx.transport()
