@@ -39,7 +39,15 @@ from factbus import Bus, Fact
 from factbus.store.sqlite import SqliteStore
 from factbus.testing.node_process import die, serve
 from factbus.testing.scenario import random_dag, shuffled_with_duplicates
-from factbus.transport import Delivery, LogReader, Subscription, Transport, delivery_position
+from factbus.transport import (
+    Delivery,
+    DeliveryBatch,
+    LogReader,
+    Subscription,
+    Transport,
+    delivery_position,
+    take_batch,
+)
 
 SCENARIO_TYPES = ("Scenario.Independent", "Scenario.Chains", "Scenario.FanIn")
 
@@ -122,6 +130,43 @@ class TrippingDelivery:
         await self._inner.nack(requeue)
 
 
+class TrippingBatch(DeliveryBatch):
+    """A subscription's own batch (``take_batch``: the bus's path, Kafka's
+    ``KafkaBatch``) with the ``ack`` crash point; the records it hands out are
+    tripping deliveries."""
+
+    __slots__ = ("_inner", "_wire")
+
+    def __init__(self, inner: DeliveryBatch, wire: Tripwire) -> None:
+        super().__init__(inner.bodies)
+        self._inner = inner
+        self._wire = wire
+
+    def delivery(self, index: int) -> Delivery:
+        return TrippingDelivery(self._inner.delivery(index), self._wire)
+
+    def deliveries(self) -> list[Delivery]:
+        return [TrippingDelivery(d, self._wire) for d in self._inner.deliveries()]
+
+    @property
+    def position(self) -> int | None:
+        return self._inner.position
+
+    def extend(self, more: DeliveryBatch) -> None:
+        self._inner.extend(more._inner if isinstance(more, TrippingBatch) else more)
+        self.bodies = self._inner.bodies
+
+    async def ack(self) -> None:
+        # One hit per record, as when each was acked alone, so that a crash
+        # point counted in acks is reached as often; it falls before the batch's ack.
+        for _ in range(len(self)):
+            self._wire.hit("ack")
+        await self._inner.ack()
+
+    async def nack(self, requeue: bool = True) -> None:
+        await self._inner.nack(requeue)
+
+
 class TrippingSubscription:
     def __init__(self, inner: Subscription, wire: Tripwire) -> None:
         self._inner = inner
@@ -133,6 +178,9 @@ class TrippingSubscription:
     async def next_batch(self, max_messages: int, timeout: float | None = None) -> list[Any]:
         batch = await self._inner.next_batch(max_messages, timeout)
         return [TrippingDelivery(d, self._wire) for d in batch]
+
+    async def take_batch(self, max_messages: int, timeout: float | None = None) -> DeliveryBatch:
+        return TrippingBatch(await take_batch(self._inner, max_messages, timeout), self._wire)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
