@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import pytest
 
 from factbus.testing.brokers import DEFAULT_URLS, broker_url
 from factbus.transport import Transport
 
-__all__ = ["DEFAULT_URLS", "broker_url"]
+__all__ = ["DEFAULT_URLS", "broker_url", "connected"]
+
+T = TypeVar("T", bound=Transport)
 
 
 @pytest.fixture
@@ -24,3 +27,11 @@ async def transports() -> AsyncIterator[list[Transport]]:
     for transport in made:
         with contextlib.suppress(Exception):
             await transport.aclose()
+
+
+async def connected(transports: list[T], transport: T) -> T:
+    """``transport``, put in ``transports`` (the fixture's list: closed after the
+    test, also when ``connect`` fails) and then connected."""
+    transports.append(transport)
+    await transport.connect()
+    return transport

@@ -18,7 +18,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from conftest import broker_url
+from conftest import broker_url, connected
 from factbus.errors import ConfigError, PublishError, TransportError
 from factbus.testing.brokers import remove_topics, unavailable, with_options
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect, messages
@@ -66,10 +66,7 @@ def fresh(names: list[str], prefix: str) -> str:
 
 
 async def open_amqp(made: list[AmqpTransport], url: str) -> AmqpTransport:
-    transport = AmqpTransport(url)
-    made.append(transport)
-    await transport.connect()
-    return transport
+    return await connected(made, AmqpTransport(url))
 
 
 # -- URL options, reprs, driver ---------------------------------------------------------

@@ -23,7 +23,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
-from conftest import broker_url
+from conftest import broker_url, connected
 from factbus import Bus, Fact
 from factbus.errors import ConfigError, FatalTransportError, TransportError
 from factbus.testing.brokers import unavailable, with_options
@@ -146,10 +146,7 @@ def fresh(names: Names, prefix: str) -> str:
 
 async def open_kombu(made: list[KombuTransport], url: str, names: Names) -> KombuTransport:
     names.url = url
-    transport = KombuTransport(url)
-    made.append(transport)
-    await transport.connect()
-    return transport
+    return await connected(made, KombuTransport(url))
 
 
 # -- URL options, capabilities, reprs, driver (no broker) ------------------------------
