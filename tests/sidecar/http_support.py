@@ -184,3 +184,33 @@ def nested(fact: Fact) -> dict[str, Any]:
         parts = [nested(given[r]) if r in given else {"type": r.type, "hash": r.hash} for r in refs]
         body["predecessors"][role] = parts[0] if isinstance(value, FactRef) else parts
     return body
+
+
+async def readyz_waits_for_the_backlog(
+    document: dict[str, Any], backlog: int, quiet: float
+) -> None:
+    """A sidecar on ``document`` whose node has ``backlog`` Shop.Customer facts
+    waiting on its topic, and a handler that holds them: ``/healthz`` answers 200
+    at once, ``/readyz`` 503 "not ready" after ``quiet`` seconds (longer than the
+    readiness quiet period) and 200 once the handler is let go, every fact then
+    archived."""
+    sidecar = Sidecar(parse_config(document), listen="127.0.0.1:0")
+    gate = asyncio.Event()
+
+    @sidecar.bus.handler("Shop.Customer")
+    async def hold(fact: Fact) -> None:
+        await gate.wait()  # the backlog cannot be handled until the test says so
+
+    async with sidecar, httpx.AsyncClient(base_url=str(sidecar.url)) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        await asyncio.sleep(quiet)
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["status"] == "not ready"
+        gate.set()
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready, what="/readyz to answer 200", timeout=60)
+        assert await sidecar.archive.count() == backlog

@@ -19,6 +19,7 @@ from http_support import (
     fact_path,
     nested,
     next_event,
+    readyz_waits_for_the_backlog,
     rows,
     running,
     shop_document,
@@ -283,28 +284,7 @@ async def test_healthz_and_readyz_flip(document: dict[str, Any]) -> None:
         settings["transport"], "memory://", topic=settings["topic"], node="till", consume=False
     ) as till:
         await till.publish(*facts)
-    gate = asyncio.Event()
-    from factbus.sidecar.config import parse_config
-
-    sidecar = Sidecar(parse_config(document), listen="127.0.0.1:0")
-
-    @sidecar.bus.handler("Shop.Customer")
-    async def hold(fact: Fact) -> None:
-        await gate.wait()  # the backlog cannot be handled until the test says so
-
-    async with sidecar, httpx.AsyncClient(base_url=str(sidecar.url)) as client:
-        assert (await client.get("/healthz")).status_code == 200
-        await asyncio.sleep(1.0)  # longer than the readiness quiet period
-        response = await client.get("/readyz")
-        assert response.status_code == 503
-        assert response.json()["status"] == "not ready"
-        gate.set()
-
-        async def ready() -> bool:
-            return (await client.get("/readyz")).status_code == 200
-
-        await eventually(ready, what="/readyz to answer 200")
-        assert await sidecar.archive.count() == len(facts)
+    await readyz_waits_for_the_backlog(document, len(facts), quiet=1.0)
 
 
 async def test_event_streams_end_when_the_sidecar_stops(

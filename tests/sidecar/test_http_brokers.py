@@ -4,7 +4,6 @@ on memory."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import uuid
@@ -14,10 +13,16 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from http_support import exercise_api, fresh_database, rows, running, shop_document
+from http_support import (
+    exercise_api,
+    fresh_database,
+    readyz_waits_for_the_backlog,
+    rows,
+    running,
+    shop_document,
+)
 
 from factbus import Bus, Fact
-from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
 from factbus.testing.brokers import broker_url, remove_topic, unique
 from factbus.testing.polling import eventually
@@ -99,20 +104,7 @@ async def test_kafka_readyz_waits_for_the_backlog(tmp_path: Path) -> None:
         async with Bus(url, "memory://", topic=topic, node=unique("till"), consume=False) as till:
             await till.publish(*facts)  # Kafka keeps them: the new node's backlog
         document = shop_document(url, f"sqlite:///{tmp_path / 'app.db'}", topic, unique("n"))
-        sidecar = Sidecar(parse_config(document), listen="127.0.0.1:0")
-        gate = asyncio.Event()
-
-        @sidecar.bus.handler("Shop.Customer")
-        async def hold(fact: Fact) -> None:
-            await gate.wait()  # the backlog cannot be handled until the test says so
-
-        async with sidecar, httpx.AsyncClient(base_url=str(sidecar.url)) as client:
-            assert (await client.get("/healthz")).status_code == 200
-            await asyncio.sleep(2.0)  # well past the readiness quiet period
-            assert (await client.get("/readyz")).status_code == 503
-            gate.set()
-            await _ready(client)
-            assert await sidecar.archive.count() == len(facts)
+        await readyz_waits_for_the_backlog(document, len(facts), quiet=2.0)
 
 
 @contextlib.asynccontextmanager
