@@ -22,16 +22,12 @@ import asyncio
 
 from factbus.bus import Bus
 from factbus.catchup import PAGE_LIMIT, CatchUpError
-from factbus.commands.worker import load_bus
+from factbus.commands.worker import add_bus_arguments, load_bus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "target",
-        metavar="MODULE:ATTR",
-        help="the node's bus: a module and the name of a Bus in it, or of a function returning one",
-    )
+    add_bus_arguments(parser, "the node's bus")
     parser.add_argument(
         "--from",
         dest="peers",
@@ -42,11 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit", type=int, default=PAGE_LIMIT, help=f"facts per page (default {PAGE_LIMIT})"
-    )
-    parser.add_argument(
-        "--app-dir",
-        default=".",
-        help="directory put first on the import path (default: the current directory)",
     )
 
 

@@ -70,17 +70,8 @@ COUNTERS = ("handled", "duplicates", "parked", "released", "failed", "rejected",
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "target",
-        metavar="MODULE:ATTR",
-        help="the bus: a module and the name of a Bus in it, or of a function returning one",
-    )
+    add_bus_arguments(parser, "the bus")
     parser.add_argument("--workers", "-w", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument(
-        "--app-dir",
-        default=".",
-        help="directory put first on the import path (default: the current directory)",
-    )
     parser.add_argument(
         "--grace",
         type=float,
@@ -140,6 +131,21 @@ def _split_target(target: str) -> tuple[str, str]:
     if not sep or not module or not attr:
         raise ConfigError(f"{target!r}: give the bus as MODULE:ATTR (e.g. myapp.worker:bus)")
     return module, attr
+
+
+def add_bus_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The arguments :func:`load_bus` takes: ``target`` (``MODULE:ATTR``, described
+    as ``what``) and ``--app-dir`` (``args.target``, ``args.app_dir``)."""
+    parser.add_argument(
+        "target",
+        metavar="MODULE:ATTR",
+        help=f"{what}: a module and the name of a Bus in it, or of a function returning one",
+    )
+    parser.add_argument(
+        "--app-dir",
+        default=".",
+        help="directory put first on the import path (default: the current directory)",
+    )
 
 
 def load_bus(target: str, app_dir: str) -> Bus:
