@@ -21,7 +21,13 @@ import pytest
 from conftest import broker_url, connected
 from factbus.errors import ConfigError, PublishError, TransportError
 from factbus.testing.brokers import remove_topics, unavailable, with_options
-from factbus.testing.conformance import ConformanceContext, TransportConformance, collect, messages
+from factbus.testing.conformance import (
+    ConformanceContext,
+    TransportConformance,
+    collect,
+    dead_letters,
+    messages,
+)
 from factbus.testing.faultproxy import FaultProxy, through, upstream_of
 from factbus.transport import Message, Subscription, open_transport
 from factbus_amqp import AmqpTransport
@@ -315,12 +321,7 @@ async def test_nack_without_requeue_dead_letters_natively(
     await received[0].ack()
     await received[1].nack(requeue=False)
     await received[2].ack()
-    letters: list[Any] = []
-    for _ in range(50):
-        letters = await transport.read_dead_letters(topic, 10)
-        if letters:
-            break
-        await asyncio.sleep(0.1)
+    letters = await dead_letters(transport, topic)
     assert [letter.body for letter in letters] == [received[1].body]
     assert letters[0].reason == "broker: rejected"
     assert letters[0].headers["x-trace"] == "t1"

@@ -32,6 +32,7 @@ from factbus.testing.conformance import (
     TransportConformance,
     bodies,
     collect,
+    dead_letters,
     messages,
     settle_quietly,
 )
@@ -488,12 +489,7 @@ async def test_amqp_nack_without_requeue_dead_letters_natively(
     names: Names, transports: list[KombuTransport]
 ) -> None:
     transport, topic, _ = await nack_first_of_two("kombu_amqp", names, transports)
-    letters: list[Any] = []
-    for _ in range(50):
-        letters = await transport.read_dead_letters(topic, 10)
-        if letters:
-            break
-        await asyncio.sleep(0.1)
+    letters = await dead_letters(transport, topic)
     assert [letter.body for letter in letters] == [b"m-0"]
     assert await transport.purge_dead_letters(topic) == 1
 

@@ -29,6 +29,7 @@ import pytest
 from factbus.errors import TransportError
 from factbus.transport import (
     Capabilities,
+    DeadLetter,
     Delivery,
     DeliveryBatch,
     LogReader,
@@ -156,6 +157,21 @@ async def settle_quietly_for(
 
 def bodies(deliveries: Sequence[Delivery]) -> list[bytes]:
     return [d.body for d in deliveries]
+
+
+async def dead_letters(
+    transport: Transport, topic: str, at_least: int = 1, pause: float = 0.1
+) -> list[DeadLetter]:
+    """Up to 10 of ``topic``'s dead letters, read again ``pause`` seconds apart
+    (50 reads at most) until there are ``at_least``; else what the last read gave
+    (the caller's assertion then says what is missing)."""
+    letters: list[DeadLetter] = []
+    for _ in range(50):
+        letters = await transport.read_dead_letters(topic, 10)
+        if len(letters) >= at_least:
+            break
+        await asyncio.sleep(pause)
+    return letters
 
 
 class TransportConformance:
@@ -517,12 +533,7 @@ class TransportConformance:
         topic = ctx.name("t")
         await transport.dead_letter(topic, b"not json", {"x-a": "1"}, "malformed: not valid JSON")
         await transport.dead_letter(topic, b"\x00\x01", {}, "hash-mismatch: tampered")
-        letters: list[Any] = []
-        for _ in range(50):
-            letters = await transport.read_dead_letters(topic, 10)
-            if len(letters) >= 2:
-                break
-            await asyncio.sleep(0.2)
+        letters = await dead_letters(transport, topic, at_least=2, pause=0.2)
         assert [letter.body for letter in letters] == [b"not json", b"\x00\x01"]
         assert [letter.reason for letter in letters] == [
             "malformed: not valid JSON",
