@@ -206,7 +206,7 @@ async def test_archive_reads(kind: str, tmp_path: Path) -> None:
 
 def test_views_need_the_bus_store_and_an_sql_store(tmp_path: Path) -> None:
     config = shop_config()
-    with pytest.raises(ConfigError, match=r"sqlite:/// or postgresql:// store, not 'memory'"):
+    with pytest.raises(ConfigError, match=r"sqlite:/// or postgresql:// store, not memory://"):
         Views(config, store_url="memory://")
     views = Views(config, store_url=f"sqlite:///{tmp_path / 'a.db'}")
     bus = Bus("memory://x", f"sqlite:///{tmp_path / 'b.db'}", node="n")
