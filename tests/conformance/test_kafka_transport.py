@@ -8,7 +8,7 @@ import contextlib
 import gc
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,19 @@ from conftest import broker_url
 from factbus import Bus, Fact
 from factbus.envelope import encode
 from factbus.errors import ConfigError, PublishError, TransportError
-from factbus.testing.brokers import with_options
+from factbus.testing.brokers import kafka_bootstrap, with_options
 from factbus.testing.conformance import (
     ConformanceContext,
     TransportConformance,
     bodies,
     collect,
     messages,
+    publish_with_retry,
     settle_quietly,
     take_all,
 )
 from factbus.testing.polling import eventually
-from factbus.transport import Message, ack_all, open_transport
+from factbus.transport import Delivery, Message, Subscription, Transport, ack_all, open_transport
 from factbus.urls import redact
 from factbus_kafka import HEADER_MESSAGE_ID, KafkaConfig, KafkaTransport
 from factbus_kafka.subscription import KafkaBatch, KafkaDelivery, KafkaSubscription
@@ -62,6 +63,99 @@ def _delete(admin: AdminClient, topics: set[str], groups: set[str]) -> None:
             future.result()
 
 
+async def _subscribed(ctx: ConformanceContext) -> tuple[str, str, Transport, Subscription]:
+    """A fresh topic and group, a transport of the test's, and that group's
+    subscription to that topic on it."""
+    topic, group = ctx.name("t"), ctx.name("g")
+    transport = await ctx.transport()
+    return topic, group, transport, await transport.subscribe(topic, group)
+
+
+async def _reopened(
+    ctx: ConformanceContext, subscription: Subscription, topic: str, group: str
+) -> Subscription:
+    """``subscription`` closed, then ``group`` subscribed to ``topic`` again on a
+    new transport (a new member of the group, reading from its commit)."""
+    await subscription.aclose()
+    return await (await ctx.transport()).subscribe(topic, group)
+
+
+async def _again(
+    ctx: ConformanceContext, subscription: Subscription, topic: str, group: str, count: int
+) -> tuple[list[bytes], list[Delivery]]:
+    """After :func:`_reopened`: the bodies of the first ``count`` records that
+    come again (acked), and whatever else comes until 1 s passes with nothing;
+    the reopened subscription is closed then."""
+    reopened = await _reopened(ctx, subscription, topic, group)
+    again = bodies(await collect(reopened, count, ctx.timeout))
+    extra = await settle_quietly(reopened, 1.0)
+    await reopened.aclose()
+    return again, extra
+
+
+def _made(subscription: Subscription) -> list[KafkaDelivery]:
+    """Every ``KafkaDelivery`` alive for a record of ``subscription``."""
+    return [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, KafkaDelivery) and o._partition.owner is subscription
+    ]
+
+
+async def _buffered(subscription: KafkaSubscription, count: int, timeout: float) -> None:
+    """Wait until ``subscription``'s consumer thread has put ``count`` records in
+    its buffer (AssertionError after ``timeout`` seconds)."""
+
+    async def full() -> bool:
+        return len(subscription._buffer) >= count
+
+    await eventually(full, timeout, f"{count} records buffered", interval=0.02)
+
+
+async def _take_slowly(
+    subscription: Subscription,
+    received: list[Delivery],
+    count: int,
+    timeout: float,
+    *,
+    one_by_one: bool = False,
+    each: Callable[[], None] | None = None,
+) -> None:
+    """Take records 5 at a time, 2 ms apart, into ``received`` until it holds
+    ``count`` (AssertionError "stalled" when none came within ``timeout``
+    seconds). Each batch is acked with ``ack_all`` (``one_by_one``: one
+    ``ack()`` per delivery), then ``each()`` is called."""
+    while len(received) < count:
+        batch = await subscription.next_batch(5, timeout=timeout)
+        assert batch, "stalled"
+        if one_by_one:
+            for delivery in batch:
+                await delivery.ack()
+        else:
+            await ack_all(batch)
+        received.extend(batch)
+        if each is not None:
+            each()
+        await asyncio.sleep(0.002)
+
+
+async def _cut_off_by_close(
+    ctx: ConformanceContext, *, queue: int, count: int, after: float
+) -> asyncio.Future[None]:
+    """A transport whose librdkafka local queue holds ``queue`` messages, warmed
+    up with one publish; a call of ``count`` messages started on it, and the
+    transport closed ``after`` seconds later: that call (to await)."""
+    topic = ctx.name("t")
+    transport = await ctx.transport(
+        kafka_url(f"{TEST_OPTIONS}&producer.queue.buffering.max.messages={queue}")
+    )
+    await transport.publish(topic, messages(1, prefix="warm"))
+    call = asyncio.ensure_future(transport.publish(topic, messages(count)))
+    await asyncio.sleep(after)
+    await transport.aclose()
+    return call
+
+
 class TestKafkaTransport(TransportConformance):
     restart_command = ("bash", str(BROKERS_SH), "restart", "kafka")
     timeout = 30.0
@@ -69,7 +163,7 @@ class TestKafkaTransport(TransportConformance):
     @pytest.fixture
     async def ctx(self) -> AsyncIterator[ConformanceContext]:
         url = kafka_url()
-        admin = AdminClient({"bootstrap.servers": url.split("://", 1)[1].split("?", 1)[0]})
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap(url)})
         before = await asyncio.to_thread(_topics, admin)
         context = ConformanceContext(url, self.restart_command, self.timeout)
         try:
@@ -89,28 +183,22 @@ class TestKafkaTransport(TransportConformance):
     async def test_out_of_order_acks_never_skip_an_unacked_message(
         self, ctx: ConformanceContext
     ) -> None:
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         await transport.publish(topic, messages(10))  # key-less: one partition, in order
         first = await collect(subscription, 10, ctx.timeout, ack=False)
         assert len(first) == 10
         for delivery in reversed(first):  # acks in reverse order, all but m-3
             if delivery.body != b"m-3":
                 await delivery.ack()
-        await subscription.aclose()
-        reopened = await (await ctx.transport()).subscribe(topic, group)
-        again = await collect(reopened, 7, ctx.timeout)
+        again, extra = await _again(ctx, subscription, topic, group, 7)
         # The committed position stopped at m-3: it and everything after come again.
-        assert bodies(again) == [f"m-{i}".encode() for i in range(3, 10)]
-        assert await settle_quietly(reopened, 1.0) == []
+        assert again == [f"m-{i}".encode() for i in range(3, 10)]
+        assert extra == []
 
     async def test_nack_redelivers_only_the_nacked_and_commits_after(
         self, ctx: ConformanceContext
     ) -> None:
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         await transport.publish(topic, messages(10))
         first = await collect(subscription, 10, ctx.timeout, ack=False)
         for delivery in first:
@@ -122,21 +210,18 @@ class TestKafkaTransport(TransportConformance):
         assert bodies(again) == [b"m-2", b"m-6"]
         assert all(d.redelivered for d in again)
         assert await settle_quietly(subscription, 1.0) == []
-        await subscription.aclose()
         # Everything was acked in the end: a new member of the group gets nothing.
-        reopened = await (await ctx.transport()).subscribe(topic, group)
+        reopened = await _reopened(ctx, subscription, topic, group)
         assert await settle_quietly(reopened, 2.0) == []
 
     async def test_nacked_message_survives_a_close(self, ctx: ConformanceContext) -> None:
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         await transport.publish(topic, messages(5))
         first = await collect(subscription, 5, ctx.timeout, ack=False)
         for delivery in first:
             await (delivery.nack() if delivery.body == b"m-1" else delivery.ack())
-        await subscription.aclose()  # before the nacked message came back
-        reopened = await (await ctx.transport()).subscribe(topic, group)
+        # Closed before the nacked message came back.
+        reopened = await _reopened(ctx, subscription, topic, group)
         again = await collect(reopened, 4, ctx.timeout)
         assert bodies(again)[0] == b"m-1"
 
@@ -147,32 +232,20 @@ class TestKafkaTransport(TransportConformance):
         for each when ``next_batch`` hands it out (so it lives one pipeline step,
         not also while buffered). Acking the taken ones commits past them only:
         the records still buffered come again after a close."""
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         assert isinstance(subscription, KafkaSubscription)
-
-        def made() -> list[KafkaDelivery]:
-            return [
-                o
-                for o in gc.get_objects()
-                if isinstance(o, KafkaDelivery) and o._partition.owner is subscription
-            ]
-
         await transport.publish(topic, messages(10))  # key-less: one partition, in order
-        async with asyncio.timeout(ctx.timeout):
-            while len(subscription._buffer) < 10:  # noqa: ASYNC110 - the thread fills it
-                await asyncio.sleep(0.02)
-        assert made() == []
+        await _buffered(subscription, 10, ctx.timeout)
+        assert _made(subscription) == []
         first = await subscription.next_batch(4)
         assert bodies(first) == [f"m-{i}".encode() for i in range(4)]
-        assert sorted(made(), key=lambda d: d.offset) == sorted(first, key=lambda d: d.offset)
+        assert sorted(_made(subscription), key=lambda d: d.offset) == sorted(
+            first, key=lambda d: d.offset
+        )
         await ack_all(first)
-        await subscription.aclose()
-        reopened = await (await ctx.transport()).subscribe(topic, group)
-        again = await collect(reopened, 6, ctx.timeout)
-        assert bodies(again) == [f"m-{i}".encode() for i in range(4, 10)]
-        assert await settle_quietly(reopened, 1.0) == []
+        again, extra = await _again(ctx, subscription, topic, group, 6)
+        assert again == [f"m-{i}".encode() for i in range(4, 10)]
+        assert extra == []
 
     async def test_a_batch_makes_no_delivery_and_its_ack_commits_only_what_it_took(
         self, ctx: ConformanceContext
@@ -181,33 +254,19 @@ class TestKafkaTransport(TransportConformance):
         ``KafkaDelivery`` is made for them (only for one asked for with
         ``delivery(i)``), and the batch's ack commits past what it took only:
         the records still buffered come again after a close."""
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         assert isinstance(subscription, KafkaSubscription)
-
-        def made() -> list[KafkaDelivery]:
-            return [
-                o
-                for o in gc.get_objects()
-                if isinstance(o, KafkaDelivery) and o._partition.owner is subscription
-            ]
-
         await transport.publish(topic, messages(10))  # key-less: one partition, in order
-        async with asyncio.timeout(ctx.timeout):
-            while len(subscription._buffer) < 10:  # noqa: ASYNC110 - the thread fills it
-                await asyncio.sleep(0.02)
+        await _buffered(subscription, 10, ctx.timeout)
         batch = await subscription.take_batch(4)
         assert isinstance(batch, KafkaBatch)
         assert batch.bodies == [f"m-{i}".encode() for i in range(4)]
-        assert made() == []
+        assert _made(subscription) == []
         await batch.ack()
-        assert made() == []
-        await subscription.aclose()
-        reopened = await (await ctx.transport()).subscribe(topic, group)
-        again = await collect(reopened, 6, ctx.timeout)
-        assert bodies(again) == [f"m-{i}".encode() for i in range(4, 10)]
-        assert await settle_quietly(reopened, 1.0) == []
+        assert _made(subscription) == []
+        again, extra = await _again(ctx, subscription, topic, group, 6)
+        assert again == [f"m-{i}".encode() for i in range(4, 10)]
+        assert extra == []
 
     async def test_a_batch_ack_stops_the_commit_at_a_handed_out_unacked_record(
         self, ctx: ConformanceContext
@@ -216,20 +275,15 @@ class TestKafkaTransport(TransportConformance):
         handed out with ``delivery(i)`` and not acked holds the partition's
         commit there, though the batch acked every record after it; once it is
         acked, the commit moves past the whole batch."""
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         await transport.publish(topic, messages(10))
         batch = await take_all(subscription, 10, ctx.timeout)
         assert batch.bodies == [f"m-{i}".encode() for i in range(10)]
         held = batch.delivery(3)
         await batch.ack()
-        await subscription.aclose()
-        reopened = await (await ctx.transport()).subscribe(topic, group)
-        again = await collect(reopened, 7, ctx.timeout)
-        assert bodies(again) == [f"m-{i}".encode() for i in range(3, 10)]
-        assert await settle_quietly(reopened, 1.0) == []
-        await reopened.aclose()
+        again, extra = await _again(ctx, subscription, topic, group, 7)
+        assert again == [f"m-{i}".encode() for i in range(3, 10)]
+        assert extra == []
         # The same with the held record acked: nothing comes again.
         topic, group = ctx.name("t"), ctx.name("g")
         subscription = await transport.subscribe(topic, group)
@@ -238,8 +292,7 @@ class TestKafkaTransport(TransportConformance):
         held = batch.delivery(3)
         await batch.ack()
         await held.ack()
-        await subscription.aclose()
-        reopened = await (await ctx.transport()).subscribe(topic, group)
+        reopened = await _reopened(ctx, subscription, topic, group)
         assert await settle_quietly(reopened, 2.0) == []
 
     async def test_a_nacked_batch_comes_again_marked_redelivered_and_then_commits(
@@ -248,9 +301,7 @@ class TestKafkaTransport(TransportConformance):
         """A nacked batch (a failed step) is read again from its first unsettled
         record; only its unsettled records come again, each ``redelivered``, and
         acking them (as a batch) lets the commit pass the whole run."""
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         await transport.publish(topic, messages(8))
         batch = await take_all(subscription, 6, ctx.timeout)
         assert batch.bodies == [f"m-{i}".encode() for i in range(6)]
@@ -261,8 +312,7 @@ class TestKafkaTransport(TransportConformance):
         flags = {again.bodies[i]: again.delivery(i).redelivered for i in range(len(again))}
         assert flags == {f"m-{i}".encode(): i < 6 for i in range(1, 8)}
         await again.nack(requeue=False)  # without requeue: settled, as an ack
-        await subscription.aclose()
-        reopened = await (await ctx.transport()).subscribe(topic, group)
+        reopened = await _reopened(ctx, subscription, topic, group)
         assert await settle_quietly(reopened, 2.0) == []
 
     async def test_a_batch_handed_out_whole_is_acked_per_delivery_and_commits(
@@ -271,19 +321,15 @@ class TestKafkaTransport(TransportConformance):
         """The per-delivery path of a batch (``deliveries()``, as a pipeline with
         an observer takes it): acking those deliveries in one ``ack_all`` settles
         the batch's runs, so the commit passes them; one left unacked holds it."""
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         await transport.publish(topic, messages(8))
         batch = await take_all(subscription, 8, ctx.timeout)
         taken = batch.deliveries()
         assert [d.body for d in taken] == batch.bodies
         await ack_all([d for d in taken if d.body != b"m-5"])
-        await subscription.aclose()
-        reopened = await (await ctx.transport()).subscribe(topic, group)
-        again = await collect(reopened, 3, ctx.timeout)
-        assert bodies(again) == [b"m-5", b"m-6", b"m-7"]
-        assert await settle_quietly(reopened, 1.0) == []
+        again, extra = await _again(ctx, subscription, topic, group, 3)
+        assert again == [b"m-5", b"m-6", b"m-7"]
+        assert extra == []
 
     async def test_a_bus_step_dead_letters_a_rejected_record_and_commits_the_whole_batch(
         self, ctx: ConformanceContext, tmp_path: Path
@@ -355,9 +401,7 @@ class TestKafkaTransport(TransportConformance):
         assert await settle_quietly(subscription, 2.0) == []
 
     async def test_message_id_travels_in_a_header(self, ctx: ConformanceContext) -> None:
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         await transport.publish(topic, [Message(b"body", "the-head-hash", "k", {"x-a": "1"})])
         [delivery] = await collect(subscription, 1, ctx.timeout)
         assert delivery.headers[HEADER_MESSAGE_ID] == "the-head-hash"
@@ -370,9 +414,7 @@ class TestKafkaTransport(TransportConformance):
         """A message whose id is its key (every message ``Bus.publish`` makes)
         carries no id header; receivers read the key for it, as they read the
         header of older records that carry one (docs/decisions.md)."""
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         shared = {"x-a": "1"}
         await transport.publish(
             topic,
@@ -387,8 +429,7 @@ class TestKafkaTransport(TransportConformance):
             ],
         )
         # An older producer's record: the id header and the same key.
-        host = broker_url("kafka").split("://", 1)[1].split("?", 1)[0]
-        older = Producer({"bootstrap.servers": host})
+        older = Producer({"bootstrap.servers": kafka_bootstrap(ctx.url)})
         older.produce(
             topic, b"older", b"head-4", headers=[("x-a", b"1"), (HEADER_MESSAGE_ID, b"head-4")]
         )
@@ -438,9 +479,7 @@ class TestKafkaTransport(TransportConformance):
     async def test_keyless_batch_shares_a_partition_and_keys_route_stably(
         self, ctx: ConformanceContext
     ) -> None:
-        topic, group = ctx.name("t"), ctx.name("g")
-        transport = await ctx.transport()
-        subscription = await transport.subscribe(topic, group)
+        topic, group, transport, subscription = await _subscribed(ctx)
         keyed = [Message(f"k-{i}".encode(), f"k-{i}", f"key-{i % 4}") for i in range(40)]
         await transport.publish(topic, messages(60))
         await transport.publish(topic, keyed)
@@ -461,15 +500,11 @@ class TestKafkaTransport(TransportConformance):
     async def test_topics_are_created_with_the_configured_partitions(
         self, ctx: ConformanceContext
     ) -> None:
-        transport = open_transport(kafka_url(f"{TEST_OPTIONS}&partitions=3"))
-        await transport.connect()
-        try:
-            topic = ctx.name("t")
-            await transport.publish(topic, messages(1))
-            await transport.dead_letter(topic, b"x", {}, "test")
-        finally:
-            await transport.aclose()
-        admin = AdminClient({"bootstrap.servers": kafka_url("").split("://", 1)[1]})
+        transport = await ctx.transport(kafka_url(f"{TEST_OPTIONS}&partitions=3"))
+        topic = ctx.name("t")
+        await transport.publish(topic, messages(1))
+        await transport.dead_letter(topic, b"x", {}, "test")
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap(ctx.url)})
         metadata = await asyncio.to_thread(admin.list_topics, timeout=10)  # before cleanup
         assert len(metadata.topics[topic].partitions) == 3
         assert len(metadata.topics[f"{topic}.dead-letter"].partitions) == 1
@@ -479,23 +514,13 @@ class TestKafkaTransport(TransportConformance):
     ) -> None:
         topic, group = ctx.name("t"), ctx.name("g")
         publisher = await ctx.transport()
-        consumer = open_transport(kafka_url(f"{TEST_OPTIONS}&max_buffered=20&fetch_batch=7"))
-        await consumer.connect()
-        try:
-            subscription = await consumer.subscribe(topic, group)
-            sent = messages(300)
-            await publisher.publish(topic, sent)
-            received = []
-            while len(received) < len(sent):
-                batch = await subscription.next_batch(5, timeout=ctx.timeout)
-                assert batch, "stalled"
-                for delivery in batch:
-                    await delivery.ack()
-                received.extend(batch)
-                await asyncio.sleep(0.002)
-            assert bodies(received) == [m.body for m in sent]
-        finally:
-            await consumer.aclose()
+        consumer = await ctx.transport(kafka_url(f"{TEST_OPTIONS}&max_buffered=20&fetch_batch=7"))
+        subscription = await consumer.subscribe(topic, group)
+        sent = messages(300)
+        await publisher.publish(topic, sent)
+        received: list[Delivery] = []
+        await _take_slowly(subscription, received, len(sent), ctx.timeout, one_by_one=True)
+        assert bodies(received) == [m.body for m in sent]
 
     async def test_a_full_buffer_holds_back_and_pauses_only_when_it_stays_full(
         self, ctx: ConformanceContext
@@ -506,38 +531,28 @@ class TestKafkaTransport(TransportConformance):
         ``heartbeat_interval`` gets its partitions paused; nothing is lost."""
         topic, group = ctx.name("t"), ctx.name("g")
         publisher = await ctx.transport()
-        consumer = open_transport(
+        consumer = await ctx.transport(
             kafka_url("session_timeout=6&heartbeat_interval=1.5&max_buffered=20&fetch_batch=7")
         )
-        await consumer.connect()
-        try:
-            subscription = await consumer.subscribe(topic, group)
-            assert isinstance(subscription, KafkaSubscription)
-            sent = messages(300)
-            await publisher.publish(topic, sent)  # one call, no key: one partition, in order
-            received: list[Any] = []
-            most = 0
+        subscription = await consumer.subscribe(topic, group)
+        assert isinstance(subscription, KafkaSubscription)
+        sent = messages(300)
+        await publisher.publish(topic, sent)  # one call, no key: one partition, in order
+        received: list[Delivery] = []
+        most = 0
 
-            async def take(count: int) -> None:
-                nonlocal most
-                while len(received) < count:
-                    batch = await subscription.next_batch(5, timeout=ctx.timeout)
-                    assert batch, "stalled"
-                    await ack_all(batch)
-                    received.extend(batch)
-                    most = max(most, subscription._occupancy())
-                    await asyncio.sleep(0.002)
-
-            await take(100)
-            assert subscription.pauses == 0
-            await asyncio.sleep(2.5)  # stop taking for longer than heartbeat_interval
+        def watch() -> None:
+            nonlocal most
             most = max(most, subscription._occupancy())
-            assert subscription.pauses >= 1
-            await take(len(sent))
-            assert most <= 20
-            assert bodies(received) == [m.body for m in sent]
-        finally:
-            await consumer.aclose()
+
+        await _take_slowly(subscription, received, 100, ctx.timeout, each=watch)
+        assert subscription.pauses == 0
+        await asyncio.sleep(2.5)  # stop taking for longer than heartbeat_interval
+        most = max(most, subscription._occupancy())
+        assert subscription.pauses >= 1
+        await _take_slowly(subscription, received, len(sent), ctx.timeout, each=watch)
+        assert most <= 20
+        assert bodies(received) == [m.body for m in sent]
 
     async def test_dead_letters_oldest_first_limited_and_purged(
         self, ctx: ConformanceContext
@@ -576,7 +591,7 @@ class TestKafkaTransport(TransportConformance):
         and the broker's reason; a call in flight at the same time (another
         partition) returns normally, and the producer goes on working."""
         topic = ctx.name("t")
-        admin = AdminClient({"bootstrap.servers": kafka_url("").split("://", 1)[1]})
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap(ctx.url)})
         created = admin.create_topics(
             [NewTopic(topic, num_partitions=6, config={"max.message.bytes": "4000"})]
         )
@@ -611,18 +626,14 @@ class TestKafkaTransport(TransportConformance):
         ``publish_timeout + request_timeout`` after the hand-over. Behaviour
         bounds only: how much later than the deadline it fails depends on the
         machine's load (pytest's timeout bounds it)."""
-        transport = open_transport(
+        transport = await ctx.transport(
             kafka_url(f"{TEST_OPTIONS}&publish_timeout=1&request_timeout=3")
             + "&producer.bootstrap.servers=127.0.0.1:1&producer.message.timeout.ms=120000"
         )
-        await transport.connect()
-        try:
-            started = time.monotonic()
-            with pytest.raises(PublishError, match=r"did not confirm 1 message\(s\) .* within 4s"):
-                await transport.publish(ctx.name("t"), messages(1))
-            assert time.monotonic() - started >= 4.0  # the deadline counts from the hand-over
-        finally:
-            await transport.aclose()
+        started = time.monotonic()
+        with pytest.raises(PublishError, match=r"did not confirm 1 message\(s\) .* within 4s"):
+            await transport.publish(ctx.name("t"), messages(1))
+        assert time.monotonic() - started >= 4.0  # the deadline counts from the hand-over
 
     async def test_aclose_is_bounded_when_message_timeout_exceeds_publish_timeout(
         self, ctx: ConformanceContext
@@ -668,7 +679,7 @@ class TestKafkaTransport(TransportConformance):
         transport = await ctx.transport()
         await transport.publish(topic, messages(1, prefix="warm"))
         reader = Consumer(
-            {"bootstrap.servers": kafka_url("").split("://", 1)[1], "group.id": ctx.name("g")}
+            {"bootstrap.servers": kafka_bootstrap(ctx.url), "group.id": ctx.name("g")}
         )
 
         def records() -> int:
@@ -791,8 +802,7 @@ class TestKafkaTransport(TransportConformance):
         """Closing the transport while small calls await their reports flushes
         them: every call returns (delivered), none is left waiting."""
         topic = ctx.name("t")
-        transport = open_transport(ctx.url)
-        await transport.connect()
+        transport = await ctx.transport()
         await transport.publish(topic, messages(1, prefix="warm"))
         calls = [
             asyncio.create_task(transport.publish(topic, messages(2, prefix=f"c{i}")))
@@ -813,17 +823,13 @@ class TestKafkaTransport(TransportConformance):
         over: it fails with librdkafka's own reason for all of them, not with
         "did not confirm ... within 2s" raised ~4 s later for the messages it
         handed over after it had failed."""
-        transport = open_transport(
+        transport = await ctx.transport(
             kafka_url(f"{TEST_OPTIONS}&publish_timeout=1&request_timeout=1")
             + "&producer.bootstrap.servers=127.0.0.1:1"
             + "&producer.queue.buffering.max.messages=10"
         )
-        await transport.connect()
-        try:
-            with pytest.raises(PublishError) as raised:
-                await transport.publish(ctx.name("t"), messages(40))
-        finally:
-            await transport.aclose()
+        with pytest.raises(PublishError) as raised:
+            await transport.publish(ctx.name("t"), messages(40))
         assert "of 40 message(s)" in str(raised.value)
         assert "timed out" in str(raised.value).lower()
 
@@ -834,15 +840,7 @@ class TestKafkaTransport(TransportConformance):
         when the transport closes either completes or raises PublishError or
         TransportError naming the problem, never confluent-kafka's bare
         RuntimeError("Producer has been closed")."""
-        topic = ctx.name("t")
-        transport = open_transport(
-            kafka_url(f"{TEST_OPTIONS}&producer.queue.buffering.max.messages=50")
-        )
-        await transport.connect()
-        await transport.publish(topic, messages(1, prefix="warm"))
-        call = asyncio.ensure_future(transport.publish(topic, messages(5000)))
-        await asyncio.sleep(0.05)
-        await transport.aclose()
+        call = await _cut_off_by_close(ctx, queue=50, count=5000, after=0.05)
         outcome = (await asyncio.gather(call, return_exceptions=True))[0]
         assert outcome is None or isinstance(outcome, PublishError | TransportError), repr(outcome)
 
@@ -850,16 +848,8 @@ class TestKafkaTransport(TransportConformance):
         """A call still waiting for room in librdkafka's local queue (10 messages)
         when the transport closes fails with PublishError naming the close as
         the cause of the messages left unconfirmed."""
-        topic = ctx.name("t")
-        transport = open_transport(
-            kafka_url(f"{TEST_OPTIONS}&producer.queue.buffering.max.messages=10")
-        )
-        await transport.connect()
-        await transport.publish(topic, messages(1, prefix="warm"))
         # 2,000 messages, 10 at a time: seconds of hand-over (5 ms between tries).
-        call = asyncio.ensure_future(transport.publish(topic, messages(2000)))
-        await asyncio.sleep(0.1)
-        await transport.aclose()
+        call = await _cut_off_by_close(ctx, queue=10, count=2000, after=0.1)
         with pytest.raises(PublishError) as raised:
             await asyncio.wait_for(call, 30)
         assert "message(s) to" in str(raised.value)
@@ -880,27 +870,23 @@ class TestKafkaTransport(TransportConformance):
             raise Poison("forced by the test")
 
         topic = ctx.name("t")
-        transport = open_transport(ctx.url)
+        transport = await ctx.transport()
         assert isinstance(transport, KafkaTransport)
-        await transport.connect()
-        try:
-            await transport.publish(topic, messages(300, prefix="warm"))  # the thread serves
-            dying = transport._producer
-            assert dying is not None
-            # A call the thread serves (300 messages) whose reports are still due.
-            waiting = _Confirmations(asyncio.get_running_loop(), 300, topic, 60.0, dying.settled)
-            dying.track(waiting)
-            dying.watch(waiting)
-            dying.producer.produce(topic, b"poison", on_delivery=poison)
-            with pytest.raises(PublishError) as raised:
-                await asyncio.wait_for(waiting.future, 10)
-            assert "did not confirm 300 message(s)" in str(raised.value)
-            assert "poller thread failed (Poison('forced by the test'))" in str(raised.value)
-            assert dying.ended is not None
-            await asyncio.wait_for(transport.publish(topic, messages(300, prefix="after")), 30)
-            assert transport._producer is not dying
-        finally:
-            await transport.aclose()
+        await transport.publish(topic, messages(300, prefix="warm"))  # the thread serves
+        dying = transport._producer
+        assert dying is not None
+        # A call the thread serves (300 messages) whose reports are still due.
+        waiting = _Confirmations(asyncio.get_running_loop(), 300, topic, 60.0, dying.settled)
+        dying.track(waiting)
+        dying.watch(waiting)
+        dying.producer.produce(topic, b"poison", on_delivery=poison)
+        with pytest.raises(PublishError) as raised:
+            await asyncio.wait_for(waiting.future, 10)
+        assert "did not confirm 300 message(s)" in str(raised.value)
+        assert "poller thread failed (Poison('forced by the test'))" in str(raised.value)
+        assert dying.ended is not None
+        await asyncio.wait_for(transport.publish(topic, messages(300, prefix="after")), 30)
+        assert transport._producer is not dying
 
     async def test_close_waits_for_a_producer_replaced_after_a_fatal_error(
         self, ctx: ConformanceContext
@@ -910,12 +896,11 @@ class TestKafkaTransport(TransportConformance):
         ``publish_timeout`` on its own thread, then purges what is left:
         ``aclose`` waits for that thread, and the call it held fails with
         librdkafka's reason (its messages timed out, or were purged)."""
-        transport = open_transport(
+        transport = await ctx.transport(
             kafka_url(f"{TEST_OPTIONS}&publish_timeout=2&request_timeout=2")
             + "&producer.bootstrap.servers=127.0.0.1:1"
         )
         assert isinstance(transport, KafkaTransport)
-        await transport.connect()
         call = asyncio.ensure_future(transport.publish(ctx.name("t"), messages(300)))
         await asyncio.sleep(0.2)  # handed over to a producer that reaches no broker
         old = transport._producer
@@ -942,8 +927,7 @@ class TestKafkaTransport(TransportConformance):
             return count
 
         async def cycle() -> None:
-            transport = open_transport(ctx.url)
-            await transport.connect()
+            transport = await ctx.transport()
             topic = ctx.name("t")
             subscription = await transport.subscribe(topic, ctx.name("g"))
             await transport.publish(topic, messages(3))
@@ -976,17 +960,10 @@ class TestKafkaTransport(TransportConformance):
         seen = set(bodies(await collect(subscription, 50, ctx.timeout)))
         proc = await asyncio.create_subprocess_exec("bash", str(BROKERS_SH), "kill9", "kafka")
         assert await proc.wait() == 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ctx.timeout * 2
-        while True:  # the first attempts may fail while the broker comes back
-            try:
-                await publisher.publish(topic, after)
-                break
-            except TransportError:
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
+        # The first attempts may fail while the broker comes back.
+        await publish_with_retry(publisher, topic, after, ctx.timeout * 2, TransportError)
         want = {m.body for m in before + after}
+        loop = asyncio.get_running_loop()
         deadline = loop.time() + ctx.timeout * 2
         while not want <= seen and loop.time() < deadline:
             for delivery in await subscription.next_batch(200, timeout=1.0):

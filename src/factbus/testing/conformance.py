@@ -55,9 +55,10 @@ class ConformanceContext:
     """Every name :meth:`name` made, in order: what an adapter's tests delete on the
     broker once a test ends (leftover topics and queues slow a broker down)."""
 
-    async def transport(self) -> Transport:
-        """A new, connected transport; closed when the test ends."""
-        transport = open_transport(self.url)
+    async def transport(self, url: str | None = None) -> Transport:
+        """A new, connected transport for ``url`` (else :attr:`url`: e.g. the same
+        broker with other options); closed when the test ends."""
+        transport = open_transport(url or self.url)
         await transport.connect()
         self._transports.append(transport)
         return transport
@@ -559,7 +560,7 @@ class TransportConformance:
         await publisher.publish(topic, before)
         seen = set(bodies(await collect(subscription, 50, ctx.timeout)))
         await ctx.restart_broker()
-        await _publish_with_retry(publisher, topic, after, ctx.timeout * 2)
+        await publish_with_retry(publisher, topic, after, ctx.timeout * 2)
         want = {m.body for m in before + after}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ctx.timeout * 2
@@ -587,16 +588,23 @@ class TransportConformance:
         assert report.converged
 
 
-async def _publish_with_retry(
-    transport: Transport, topic: str, batch: list[Message], timeout: float
+async def publish_with_retry(
+    transport: Transport,
+    topic: str,
+    batch: list[Message],
+    timeout: float,
+    retry_on: type[Exception] = Exception,
 ) -> None:
+    """Publish ``batch``, trying again every 0.5 s while the call raises
+    ``retry_on`` (a broker coming back); the last error once ``timeout``
+    seconds have passed, any other error at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         try:
             await transport.publish(topic, batch)
             return
-        except Exception:
+        except retry_on:
             if loop.time() > deadline:
                 raise
             await asyncio.sleep(0.5)
