@@ -27,7 +27,7 @@ from factbus.testing.conformance import (
     bodies,
     collect,
     messages,
-    publish_with_retry,
+    recovers_after,
     settle_quietly,
     take_all,
 )
@@ -102,14 +102,19 @@ def _made(subscription: Subscription) -> list[KafkaDelivery]:
     ]
 
 
-async def _buffered(subscription: KafkaSubscription, count: int, timeout: float) -> None:
-    """Wait until ``subscription``'s consumer thread has put ``count`` records in
-    its buffer (AssertionError after ``timeout`` seconds)."""
+async def _ten_buffered(ctx: ConformanceContext) -> tuple[str, str, KafkaSubscription]:
+    """:func:`_subscribed`, then 10 messages published in one key-less call (one
+    partition, in order) and waited for until all wait in the subscription's
+    buffer (its consumer thread fills it; AssertionError after ``ctx.timeout``)."""
+    topic, group, transport, subscription = await _subscribed(ctx)
+    assert isinstance(subscription, KafkaSubscription)
+    await transport.publish(topic, messages(10))
 
     async def full() -> bool:
-        return len(subscription._buffer) >= count
+        return len(subscription._buffer) >= 10
 
-    await eventually(full, timeout, f"{count} records buffered", interval=0.02)
+    await eventually(full, ctx.timeout, "10 records buffered", interval=0.02)
+    return topic, group, subscription
 
 
 async def _take_slowly(
@@ -232,10 +237,7 @@ class TestKafkaTransport(TransportConformance):
         for each when ``next_batch`` hands it out (so it lives one pipeline step,
         not also while buffered). Acking the taken ones commits past them only:
         the records still buffered come again after a close."""
-        topic, group, transport, subscription = await _subscribed(ctx)
-        assert isinstance(subscription, KafkaSubscription)
-        await transport.publish(topic, messages(10))  # key-less: one partition, in order
-        await _buffered(subscription, 10, ctx.timeout)
+        topic, group, subscription = await _ten_buffered(ctx)
         assert _made(subscription) == []
         first = await subscription.next_batch(4)
         assert bodies(first) == [f"m-{i}".encode() for i in range(4)]
@@ -254,10 +256,7 @@ class TestKafkaTransport(TransportConformance):
         ``KafkaDelivery`` is made for them (only for one asked for with
         ``delivery(i)``), and the batch's ack commits past what it took only:
         the records still buffered come again after a close."""
-        topic, group, transport, subscription = await _subscribed(ctx)
-        assert isinstance(subscription, KafkaSubscription)
-        await transport.publish(topic, messages(10))  # key-less: one partition, in order
-        await _buffered(subscription, 10, ctx.timeout)
+        topic, group, subscription = await _ten_buffered(ctx)
         batch = await subscription.take_batch(4)
         assert isinstance(batch, KafkaBatch)
         assert batch.bodies == [f"m-{i}".encode() for i in range(4)]
@@ -951,25 +950,12 @@ class TestKafkaTransport(TransportConformance):
 
     @pytest.mark.faults
     async def test_recovers_after_broker_kill9(self, ctx: ConformanceContext) -> None:
-        topic, group = ctx.name("t"), ctx.name("g")
-        publisher = await ctx.transport()
-        consumer = await ctx.transport()
-        subscription = await consumer.subscribe(topic, group)
-        before, after = messages(100, "before"), messages(100, "after")
-        await publisher.publish(topic, before)
-        seen = set(bodies(await collect(subscription, 50, ctx.timeout)))
-        proc = await asyncio.create_subprocess_exec("bash", str(BROKERS_SH), "kill9", "kafka")
-        assert await proc.wait() == 0
-        # The first attempts may fail while the broker comes back.
-        await publish_with_retry(publisher, topic, after, ctx.timeout * 2, TransportError)
-        want = {m.body for m in before + after}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ctx.timeout * 2
-        while not want <= seen and loop.time() < deadline:
-            for delivery in await subscription.next_batch(200, timeout=1.0):
-                await delivery.ack()
-                seen.add(delivery.body)
-        assert want - seen == set()
+        async def kill9() -> None:
+            proc = await asyncio.create_subprocess_exec("bash", str(BROKERS_SH), "kill9", "kafka")
+            assert await proc.wait() == 0
+
+        # The first publishes after it may fail while the broker comes back.
+        await recovers_after(ctx, kill9, retry_on=TransportError, ack_errors=())
 
 
 # -- configuration (no broker needed) --------------------------------------------------

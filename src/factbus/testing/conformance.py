@@ -20,7 +20,7 @@ import contextlib
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -552,25 +552,7 @@ class TransportConformance:
         self.need(ctx, "survives_broker_restart")
         if not self.restart_command:
             pytest.skip("no restart command for this broker")
-        topic, group = ctx.name("t"), ctx.name("g")
-        publisher = await ctx.transport()
-        consumer = await ctx.transport()
-        subscription = await consumer.subscribe(topic, group)
-        before, after = messages(100, "before"), messages(100, "after")
-        await publisher.publish(topic, before)
-        seen = set(bodies(await collect(subscription, 50, ctx.timeout)))
-        await ctx.restart_broker()
-        await publish_with_retry(publisher, topic, after, ctx.timeout * 2)
-        want = {m.body for m in before + after}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ctx.timeout * 2
-        while not want <= seen and loop.time() < deadline:
-            batch = await subscription.next_batch(200, timeout=1.0)
-            for delivery in batch:
-                with contextlib.suppress(Exception):
-                    await delivery.ack()
-                seen.add(delivery.body)
-        assert want - seen == set()
+        await recovers_after(ctx, ctx.restart_broker)
 
     # -- the whole pipeline ---------------------------------------------------------
 
@@ -586,6 +568,39 @@ class TransportConformance:
         assert report.duplicated == 0
         assert report.out_of_order == 0
         assert report.converged
+
+
+async def recovers_after(
+    ctx: ConformanceContext,
+    disrupt: Callable[[], Awaitable[None]],
+    *,
+    retry_on: type[Exception] = Exception,
+    ack_errors: tuple[type[Exception], ...] = (Exception,),
+) -> None:
+    """Assert that nothing is lost across a broker outage: 100 messages published
+    and 50 of them received, ``disrupt()`` (a broker restart or kill), 100 more
+    published (tried again while that raises ``retry_on``), then all 200 received
+    within twice ``ctx.timeout``. An ack raising one of ``ack_errors`` (a
+    delivery from before the outage) is passed over; any other fails the test."""
+    topic, group = ctx.name("t"), ctx.name("g")
+    publisher = await ctx.transport()
+    consumer = await ctx.transport()
+    subscription = await consumer.subscribe(topic, group)
+    before, after = messages(100, "before"), messages(100, "after")
+    await publisher.publish(topic, before)
+    seen = set(bodies(await collect(subscription, 50, ctx.timeout)))
+    await disrupt()
+    await publish_with_retry(publisher, topic, after, ctx.timeout * 2, retry_on)
+    want = {m.body for m in before + after}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.timeout * 2
+    while not want <= seen and loop.time() < deadline:
+        batch = await subscription.next_batch(200, timeout=1.0)
+        for delivery in batch:
+            with contextlib.suppress(*ack_errors):
+                await delivery.ack()
+            seen.add(delivery.body)
+    assert want - seen == set()
 
 
 async def publish_with_retry(
