@@ -111,6 +111,9 @@ class _Counters:
         self.handoff_cpu = 0.0
         self.step_cpu = 0.0
         self.collections: collections.Counter[int] = collections.Counter()
+        self.by_thread: collections.Counter[str] = collections.Counter()
+        """Collections per ``"<loop|thread>:<generation>"``: who made the allocation
+        that triggered each one."""
         self.gc_cpu: dict[int, float] = dict.fromkeys(range(3), 0.0)
         self._started = 0.0
 
@@ -119,6 +122,8 @@ class _Counters:
             self._started = time.thread_time()
         else:
             self.collections[info["generation"]] += 1
+            who = "loop" if threading.current_thread() is threading.main_thread() else "thread"
+            self.by_thread[f"{who}:{info['generation']}"] += 1
             self.gc_cpu[info["generation"]] += time.thread_time() - self._started
 
 
@@ -198,6 +203,7 @@ async def drain_once(
             )
             await asyncio.sleep(0.5)  # py-spy attaches
         handoffs, gcs = COUNTERS.handoffs, COUNTERS.collections.copy()
+        by_thread = COUNTERS.by_thread.copy()
         handoff_cpu, gc_cpu = COUNTERS.handoff_cpu, COUNTERS.gc_cpu.copy()
         step_cpu = COUNTERS.step_cpu
         threads, cpu0, start = _threads(), time.process_time(), time.perf_counter()
@@ -229,6 +235,7 @@ async def drain_once(
         "step_us_per_msg": (COUNTERS.step_cpu - step_cpu) * per,
         "gc_us_per_msg": [(COUNTERS.gc_cpu[g] - gc_cpu[g]) * per for g in range(3)],
         "collections": collections_,
+        "collections_by_thread": dict(sorted((COUNTERS.by_thread - by_thread).items())),
         "load": os.getloadavg(),
     }
 
@@ -244,7 +251,8 @@ def _line(r: dict[str, Any]) -> str:
         f"{r['messages'] / max(r['steps'], 1):.0f}), hand-offs {r['handoffs']} "
         f"({r['handoff_us_per_msg']:.2f} µs/msg), gc {r['collections'][0]}/"
         f"{r['collections'][1]}/{r['collections'][2]} "
-        f"({'/'.join(f'{x:.2f}' for x in r['gc_us_per_msg'])} µs/msg); "
+        f"({'/'.join(f'{x:.2f}' for x in r['gc_us_per_msg'])} µs/msg; "
+        f"{' '.join(f'{k}={v}' for k, v in r['collections_by_thread'].items())}); "
         f"load {r['load'][0]:.1f}"
     )
 

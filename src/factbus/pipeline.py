@@ -196,6 +196,11 @@ class Pipeline:
         for i, error in errors.items():
             await self._reject(batch.delivery(i), error)
         facts = list(chain.from_iterable(decoded))
+        # Freed before the settle's awaits, not at the step's end: one list per
+        # envelope, freed while the collector's young count is still high, keeps
+        # its count honest (frees when it is 0 are not counted, so objects kept
+        # to the end of a step bring more collections: benchmarks/studies/PROFILE.md §24).
+        del decoded, errors
         self.stats.facts_received += len(facts)
         await self._settle(batch, facts, from_store=(), positions=positions)
 
