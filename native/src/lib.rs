@@ -49,10 +49,9 @@ const CACHE_LIMIT: usize = 4096;
 const CACHE_KEY_BYTES: usize = 64;
 
 /// The Fact slots, in this order.
-const SLOTS: [&str; 7] = [
+const SLOTS: [&str; 6] = [
     "_ancestors",
     "_fields",
-    "_fields_view",
     "_predecessors",
     "_ref",
     "_wire_bytes",
@@ -63,7 +62,7 @@ struct State {
     fact_type: Py<PyType>,
     ref_type: Py<PyType>,
     /// Byte offsets of the Fact slots (in ``SLOTS`` order) in an instance.
-    offsets: [isize; 7],
+    offsets: [isize; 6],
     types: Py<PyDict>,
     no_predecessors: Py<PyDict>,
     empty: Py<PyTuple>,
@@ -96,7 +95,7 @@ fn setup(
         )));
     }
     let member = py.import("types")?.getattr("MemberDescriptorType")?;
-    let mut offsets = [0isize; 7];
+    let mut offsets = [0isize; 6];
     for (name, offset) in SLOTS.iter().zip(offsets.iter_mut()) {
         let descr = fact_cls.getattr("__dict__")?.get_item(name)?;
         if !descr.is_exact_instance(&member) {
@@ -285,10 +284,9 @@ impl State {
         let own = self.new_ref(py, &wire.ty, &wire.hash)?;
         let writer =
             (flags.astral_key as u8) | (flags.float_layout as u8) << 1 | (flags.nested as u8) << 2;
-        let values: [Bound<'py, PyAny>; 7] = [
+        let values: [Bound<'py, PyAny>; 6] = [
             self.empty.bind(py).clone().into_any(),
             fields,
-            py.None().into_bound(py),
             preds.into_any(),
             own,
             py.None().into_bound(py),

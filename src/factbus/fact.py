@@ -83,7 +83,6 @@ class Fact:
     __slots__ = (
         "_ancestors",
         "_fields",
-        "_fields_view",
         "_predecessors",
         "_ref",
         "_wire_bytes",
@@ -91,10 +90,6 @@ class Fact:
     )
 
     _fields: dict[str, Any]
-    _fields_view: None
-    """Unused, always None: kept so that the native helper's slot table
-    (native/src/lib.rs) still fits builds made before :attr:`fields` stopped
-    keeping its view (docs/decisions.md); dropped with the next native change."""
     _predecessors: dict[str, PredecessorValue]
     _ancestors: tuple[Fact, ...]
     _ref: FactRef
@@ -156,7 +151,6 @@ class Fact:
         predecessors' wire form when the caller has it, exactly as hashed)."""
         type = _intern(type)
         self._fields = fields
-        self._fields_view = None
         self._predecessors = preds
         self._ancestors = ancestors
         self._writer = writer
@@ -313,7 +307,6 @@ def received_fact(
     fact = _new_fact(Fact)
     type = _TYPES.get(type) or _intern(type)
     fact._fields = fields
-    fact._fields_view = None
     fact._predecessors = preds or _NO_PREDECESSORS
     fact._ancestors = ()
     fact._writer = 0 if flat else 4
