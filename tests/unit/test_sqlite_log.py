@@ -129,12 +129,12 @@ async def test_facts_sharing_an_index_key_by_chance_stay_apart(
         await store.aclose()
 
 
-async def test_log_ids_left_to_sqlite_are_reindexed_if_not_the_expected(
+async def test_log_ids_left_to_sqlite_are_kept_if_not_the_expected(
     store: SqliteStore,
 ) -> None:
     # SQLite gives appended rows the largest rowid plus one, which the index
     # expects; should another tool cut rows off the log's end, the ids SQLite
-    # gives are not the expected ones, and the index takes SQLite's.
+    # gives are lower, and the rows move up to the ids the index was given.
     old = [_fact(n) for n in range(4)]
     await _record(store, StoreBatch(handled=old))
     with sqlite3.connect(store.path) as other:
@@ -150,6 +150,33 @@ async def test_log_ids_left_to_sqlite_are_reindexed_if_not_the_expected(
     await store.aclose()
     await store.open()
     assert await store.states(wanted) == dict.fromkeys(wanted[:4], FactState.HANDLED)
+
+
+async def test_rows_appended_after_a_cut_log_end_reach_the_other_connections(
+    tmp_path: Path,
+) -> None:
+    # Another connection on the file (a worker and a sidecar share one) indexes
+    # the rows above the highest id it knows of; should another tool cut rows
+    # off the log's end, a row appended next must still get an id above every
+    # id it knew of, or that connection never indexes it and takes its fact
+    # for a new one (handled again, appended twice).
+    url = f"sqlite:///{tmp_path}/node.db"
+    async with opened(SqliteStore(url)) as store, opened(SqliteStore(url)) as other:
+        old = [_fact(n) for n in range(4)]
+        await _record(store, StoreBatch(handled=old))
+        assert await other.states([old[3].ref]) == {old[3].ref: FactState.HANDLED}
+        with sqlite3.connect(store.path) as db:
+            db.execute("DELETE FROM factbus_log WHERE id > 2")
+        a, b = _fact(10), _fact(11)
+        await _record(store, StoreBatch(handled=[a]))
+        await _record(store, StoreBatch(handled=[old[0], b]))  # the checked path
+        assert await other.states([a.ref, b.ref, old[3].ref]) == {
+            a.ref: FactState.HANDLED,
+            b.ref: FactState.HANDLED,
+        }
+        await _record(other, StoreBatch(handled=[a, b, _fact(12)]))
+        assert _log_rows(store.path) == [(f.hash, f.type) for f in [*old[:2], a, b, _fact(12)]]
+        assert await store.states([_fact(12).ref]) == {_fact(12).ref: FactState.HANDLED}
 
 
 async def test_rolled_back_writes_leave_no_index_entry(store: SqliteStore) -> None:

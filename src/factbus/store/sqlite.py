@@ -176,9 +176,12 @@ per row than ``executemany`` (one statement step per 128 rows, not per row)."""
 _LOG_WITH_BODY: Final = "INSERT INTO factbus_log (hash, type, body) VALUES "
 _LOG_WITHOUT_BODY: Final = "INSERT INTO factbus_log (hash, type) VALUES "
 """The log inserts leave the id to SQLite (the largest rowid plus one: the ids
-the index was given, which the last rowid confirms, see :meth:`SqliteStore._renumber`):
+the index was given, which the last rowid confirms, see :meth:`SqliteStore._keep_ids`):
 one value less to bind per row, and SQLite appends a row whose rowid it chose
 without first seeking that rowid (PROFILE.md §23)."""
+_LOG_WITH_ID: Final = "INSERT INTO factbus_log (id, hash, type, body) VALUES "
+"""The log insert with the ids given, for the rare rows SQLite gave others
+(:meth:`SqliteStore._keep_ids`)."""
 _CACHED_STATEMENTS: Final = 512
 """Prepared statements the connection keeps (sqlite3's default: 128). A step's
 log insert is one of up to ``2 * _ROWS_PER_INSERT`` texts (its row count modulo
@@ -755,24 +758,47 @@ class SqliteStore:
             last = _insert_many(self.cursor, _LOG_WITHOUT_BODY, 2, values)
         self._last_id = first + len(keys) - 1
         if last != self._last_id:
-            self._renumber(keys, last)
+            self._keep_ids(keys, last)
         return True
 
-    def _renumber(self, entries: Sequence[int | FactRef], last: int | None) -> None:
-        """Give ``entries`` (index keys and overflow refs, in the order of their
-        log rows) the ids SQLite gave those rows, ``last`` the final one, when
-        they are not the ids this store expected: the log's largest rowid was
-        not :attr:`_last_id` (rows removed from the log's end by another tool).
-        Rows are appended in order, so they run contiguously up to ``last``."""
+    def _keep_ids(self, entries: Sequence[int | FactRef], last: int | None) -> None:
+        """Make the rows just appended (``entries``: their index keys and overflow
+        refs, in order) have the ids the index was given (up to :attr:`_last_id`)
+        when SQLite gave them others, ``last`` the final one: the log's largest
+        rowid was not the one this store knew of.
+
+        Lower ids (rows cut off the log's end by another tool): the rows move up
+        to the ids given, so that ids keep growing, as every connection on the
+        file expects (each indexes only the rows above the highest id it knows
+        of: a row given a reused id would never reach the index of one that knew
+        the cut rows, which would take its fact for a new one). Higher ids (rows
+        this store did not index, never seen): the index takes SQLite's ids."""
         if last is None:
             raise RuntimeError("sqlite store: the log insert reported no row")
-        first = last - len(entries) + 1
+        expected = self._last_id
         log.warning(
-            "sqlite store: the log's ids were not the ones expected; reindexed",
+            "sqlite store: the log's ids were not the ones expected (rows cut off its end?)",
             path=self.path,
-            expected=self._last_id,
+            expected=expected,
             got=last,
         )
+        count = len(entries)
+        first = last - count + 1
+        if last < expected:
+            cursor = self.cursor
+            rows = cursor.execute(
+                "SELECT hash, type, body FROM factbus_log WHERE id >= ? ORDER BY id", (first,)
+            ).fetchall()
+            cursor.execute("DELETE FROM factbus_log WHERE id >= ?", (first,))
+            values = _columns(
+                count,
+                range(expected - count + 1, expected + 1),
+                map(itemgetter(0), rows),
+                map(itemgetter(1), rows),
+                map(itemgetter(2), rows),
+            )
+            _insert_many(cursor, _LOG_WITH_ID, 4, values)
+            return
         index, overflow = self._index, self._overflow
         for row_id, entry in enumerate(entries, first):
             if isinstance(entry, FactRef):
@@ -821,7 +847,7 @@ class SqliteStore:
             last = _insert_many(self.cursor, _LOG_WITH_BODY, 3, list(chain.from_iterable(rows)))
             self._last_id = row_id
             if last != row_id:
-                self._renumber(entries, last)
+                self._keep_ids(entries, last)
 
     def _append(self, db: sqlite3.Connection, facts: list[Fact]) -> None:
         """Append the facts not handled yet to the log and index them; unpark them
