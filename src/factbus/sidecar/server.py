@@ -69,10 +69,10 @@ TABLE_LIMIT: Final = (100, 1000)
 EXPORT_LIMIT: Final = (500, 5000)
 """Default and maximum ``limit`` of ``GET /facts`` (the catch-up export)."""
 MAX_BODY: Final = 4 * 1024 * 1024
+"""Largest ``POST /facts`` body, in bytes."""
 MAX_CURSOR: Final = 2**63 - 1
 """The largest export cursor: the archive's ``seq`` is a 64-bit integer in SQLite
 and PostgreSQL alike; beyond it a query could not even be sent."""
-"""Largest ``POST /facts`` body, in bytes."""
 HEARTBEAT: Final = 15.0
 """Seconds between keep-alive comments on an event stream."""
 STREAM_QUEUE: Final = 10_000
