@@ -48,11 +48,15 @@ PAGE_LIMIT = 1000
 """Facts asked for per page (the peer may send fewer; S2's sidecar serves at most 5000)."""
 HTTP_TIMEOUT = 60.0
 """Seconds one page request may take."""
+MAX_POSITION = 2**63 - 1
+"""The largest cursor kept as a position: a peer's export cursor is its archive's
+64-bit ``seq``, and the stores keep positions as 64-bit integers."""
 
 
 class CatchUpError(FactbusError):
     """A peer could not be caught up from: unreachable, an HTTP error, a page
-    that is not the export format, or a fact whose hash does not verify. Pages
+    that is not the export format (a ``next`` cursor of digits past 64 bits
+    included), or a fact whose hash does not verify. Pages
     settled before it stay settled; the failing page changed nothing."""
 
 
@@ -152,6 +156,22 @@ def verify(wire_facts: list[Any], limits: CodecLimits, where: str) -> list[Fact]
         raise CatchUpError(f"{where}: {error.reason}") from None
 
 
+def _positions(key: str, following: str, where: str) -> dict[str, int]:
+    """The position to record with a page: its ``next`` cursor when that is ASCII
+    digits, else none.
+
+    :raises CatchUpError: digits past :data:`MAX_POSITION` (no store keeps it;
+        ``int`` refuses thousands of digits)."""
+    if not (following.isascii() and following.isdigit()):
+        return {}
+    if len(following) > len(str(MAX_POSITION)) or int(following) > MAX_POSITION:
+        shown = (
+            following if len(following) <= 40 else f"{following[:40]}... ({len(following)} digits)"
+        )
+        raise CatchUpError(f"{where}: the next cursor {shown} is past 64 bits")
+    return {key: int(following)}
+
+
 async def catch_up(
     pipeline: Pipeline,
     peer: str,
@@ -181,9 +201,9 @@ async def catch_up(
             if not wire_facts:
                 break
             fetch = asyncio.ensure_future(export.page(following))
-            page = verify(wire_facts, pipeline.limits, f"{shown} page after {cursor!r}")
-            digits = following.isascii() and following.isdigit()
-            positions = {key: int(following)} if digits else {}
+            where = f"{shown} page after {cursor!r}"
+            page = verify(wire_facts, pipeline.limits, where)
+            positions = _positions(key, following, where)
             await pipeline.ingest(page, positions)
             pages += 1
             facts += len(page)

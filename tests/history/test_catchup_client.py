@@ -5,6 +5,7 @@ test_catchup_peer.py."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+import uvicorn
 from structlog.testing import capture_logs
 
 from factbus import Bus, Fact
 from factbus.catchup import CatchUpError, PeerExport, position_key, verify
 from factbus.config import Settings
-from factbus.envelope import CodecLimits
+from factbus.envelope import CodecLimits, encode
 from factbus.errors import ConfigError
 
 
@@ -125,3 +127,45 @@ def test_catch_up_command_fails_with_status_1_on_an_unreachable_peer(tmp_path: P
     )
     assert done.returncode == 1, done.stderr
     assert f"{peer}: failed: GET {peer}/facts?after=0&limit=1000: peer unreachable" in done.stdout
+
+
+@pytest.mark.parametrize("cursor", ["9" * 20, "9" * 5000])
+async def test_a_peer_cursor_past_64_bits_is_refused_and_changes_nothing(
+    tmp_path: Path, cursor: str
+) -> None:
+    # A peer's ``next`` is its export cursor (the archive's 64-bit ``seq``), kept
+    # as this node's position for the peer; one past 64 bits (or of thousands of
+    # digits, which int() refuses) is no position any store can keep: a
+    # CatchUpError naming it, and the page is not settled. The peer is a real
+    # HTTP server that answers such a page (a sidecar never does).
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    root = chain()[0]
+
+    async def export(request: Request) -> JSONResponse:
+        first = request.query_params.get("after") == "0"
+        facts = orjson.loads(encode([root]))["facts"] if first else []
+        return JSONResponse({"facts": facts, "next": cursor})
+
+    app = Starlette(routes=[Route("/facts", export)])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    peer = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    bus = Bus("memory://catchup-cursor", f"sqlite:///{tmp_path}/n.db", topic="t", consume=False)
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn's own flag
+            await asyncio.sleep(0.01)
+        with pytest.raises(CatchUpError, match=r"next cursor 9{20}.* is past 64 bits"):
+            await bus.catch_up(peer)
+        assert (await bus.store.counts())["handled"] == 0
+        assert await bus.store.position(position_key(peer)) is None
+    finally:
+        await bus.aclose()
+        server.should_exit = True
+        await serving
+        sock.close()
