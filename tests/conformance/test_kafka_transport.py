@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -32,7 +33,15 @@ from factbus.testing.conformance import (
     take_all,
 )
 from factbus.testing.polling import eventually
-from factbus.transport import Delivery, Message, Subscription, Transport, ack_all, open_transport
+from factbus.transport import (
+    Delivery,
+    Message,
+    Subscription,
+    Transport,
+    ack_all,
+    open_transport,
+    take_batch,
+)
 from factbus.urls import redact
 from factbus_kafka import HEADER_MESSAGE_ID, KafkaConfig, KafkaTransport
 from factbus_kafka.subscription import KafkaBatch, KafkaDelivery, KafkaSubscription
@@ -328,6 +337,74 @@ class TestKafkaTransport(TransportConformance):
         await ack_all([d for d in taken if d.body != b"m-5"])
         again, extra = await _again(ctx, subscription, topic, group, 3)
         assert again == [b"m-5", b"m-6", b"m-7"]
+        assert extra == []
+
+    @pytest.mark.parametrize("seed", [1, 2, 3])
+    async def test_random_batch_settling_commits_up_to_the_first_unacked_record(
+        self, ctx: ConformanceContext, seed: int
+    ) -> None:
+        """Batches taken and settled at random (records handed out with
+        ``delivery(i)`` and acked, nacked or held across batches; batches acked
+        or nacked; nacked records taken again): once nothing more comes, the
+        group's commit is exactly the first record never acked, so a new member
+        gets it and everything after it, and nothing before it."""
+        rng = random.Random(seed)
+        topic, group, transport, subscription = await _subscribed(ctx)
+        count = 60
+        await transport.publish(topic, messages(count))  # key-less: one partition
+        unacked = {f"m-{i}".encode() for i in range(count)}
+        held: list[Delivery] = []
+        idle = 0
+        while idle < 2:
+            if rng.random() < 0.2:  # the per-delivery path, beside batches
+                single = await subscription.next_batch(rng.randint(1, 4), timeout=1.0)
+                idle = 0 if single else idle + 1
+                for delivery in single:
+                    roll = rng.random()
+                    if roll < 0.5:
+                        await delivery.ack()
+                        unacked.discard(delivery.body)
+                    elif roll < 0.7:
+                        await delivery.nack(requeue=True)
+                    else:
+                        held.append(delivery)
+                continue
+            batch = await take_batch(subscription, rng.randint(1, 8), timeout=1.0)
+            if not batch:
+                idle += 1
+                continue
+            idle = 0
+            if rng.random() < 0.3:  # Bus's linger: more taken into the same batch
+                batch.extend(await take_batch(subscription, rng.randint(1, 4), timeout=0.05))
+            handed: dict[int, Delivery] = {}
+            whole = rng.random() < 0.1  # an observer's step: every record handed out
+            for i in range(len(batch)):
+                if whole or rng.random() < 0.3:
+                    handed[i] = batch.delivery(i)
+            taken = set(handed)
+            for i, delivery in list(handed.items()):
+                roll = rng.random()
+                if roll < 0.3:
+                    await delivery.ack()
+                    unacked.discard(batch.bodies[i])
+                    del handed[i]
+                elif roll < 0.45:
+                    await delivery.nack(requeue=True)  # comes again
+                    del handed[i]
+            if rng.random() < 0.8:
+                await batch.ack()
+                unacked -= {b for i, b in enumerate(batch.bodies) if i not in taken}
+                held += handed.values()
+            else:
+                await batch.nack(requeue=True)  # every unsettled record comes again
+            rng.shuffle(held)
+            while held and rng.random() < 0.4:
+                delivery = held.pop()
+                await delivery.ack()
+                unacked.discard(delivery.body)
+        first = min(int(body[2:]) for body in unacked) if unacked else count
+        again, extra = await _again(ctx, subscription, topic, group, count - first)
+        assert again == [f"m-{i}".encode() for i in range(first, count)]
         assert extra == []
 
     async def test_a_bus_step_dead_letters_a_rejected_record_and_commits_the_whole_batch(
