@@ -273,7 +273,7 @@ class KafkaBatch(DeliveryBatch):
     Records redelivered after a nack come as the deliveries they already are
     (their own place in ``unsettled``); the batch settles them like the rest."""
 
-    __slots__ = ("_done", "_handed", "_items", "_owner", "_redelivered", "_runs")
+    __slots__ = ("_handed", "_items", "_owner", "_redelivered", "_runs")
 
     def __init__(
         self,
@@ -289,7 +289,6 @@ class KafkaBatch(DeliveryBatch):
         self._runs = runs
         self._redelivered = redelivered
         self._handed: dict[int, KafkaDelivery] = {}
-        self._done = False
 
     def delivery(self, index: int) -> KafkaDelivery:
         handed = self._handed.get(index)
@@ -319,11 +318,6 @@ class KafkaBatch(DeliveryBatch):
         self._items += more._items
         self._runs += more._runs
         self._redelivered.update({i + shift: d for i, d in more._redelivered.items()})
-
-    def _settling(self) -> None:
-        if self._done:
-            raise TransportError("batch already acked or nacked")
-        self._done = True
 
     async def ack(self) -> None:
         self.ack_inline()

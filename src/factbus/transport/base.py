@@ -160,14 +160,24 @@ class DeliveryBatch:
     transport gets, and an adapter may specialise it (the Kafka adapter does).
     """
 
-    __slots__ = ("bodies",)
+    __slots__ = ("_done", "bodies")
 
     def __init__(self, bodies: list[bytes]) -> None:
         self.bodies = bodies
         """Each record's body, in the order received (read, never changed)."""
+        self._done = False
 
     def __len__(self) -> int:
         return len(self.bodies)
+
+    def _settling(self) -> None:
+        """Mark the batch settled (:meth:`ack` and :meth:`nack` call it first).
+
+        :raises TransportError: it was acked or nacked before.
+        """
+        if self._done:
+            raise TransportError("batch already acked or nacked")
+        self._done = True
 
     def delivery(self, index: int) -> Delivery:
         """The record at ``index`` as a :class:`Delivery` of its own (its headers,
@@ -215,7 +225,7 @@ class DeliveryBatch:
 class DeliveryList(DeliveryBatch):
     """The default :class:`DeliveryBatch`: a list of deliveries received one by one."""
 
-    __slots__ = ("_done", "_handed", "items")
+    __slots__ = ("_handed", "items")
 
     def __init__(self, deliveries: Sequence[Delivery]) -> None:
         items = list(deliveries)
@@ -223,7 +233,6 @@ class DeliveryList(DeliveryBatch):
         self.items = items
         """The deliveries, in order."""
         self._handed: set[int] = set()
-        self._done = False
 
     def delivery(self, index: int) -> Delivery:
         self._handed.add(index)
@@ -245,11 +254,6 @@ class DeliveryList(DeliveryBatch):
             raise TypeError(f"cannot extend a DeliveryList with {type(more).__name__}")
         self.items += more.items
         self.bodies += more.bodies
-
-    def _settling(self) -> None:
-        if self._done:
-            raise TransportError("batch already acked or nacked")
-        self._done = True
 
     async def ack(self) -> None:
         self._settling()
