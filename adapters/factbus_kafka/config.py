@@ -14,11 +14,12 @@ Publishing
     ``publish_timeout`` [30.0]
         Seconds librdkafka keeps retrying a message (``message.timeout.ms``)
         before its delivery report fails and ``publish`` raises ``PublishError``.
-    Producers use ``linger.ms=1``: ``publish`` hands over its whole batch at once
+    Producers use ``linger.ms=2``: ``publish`` hands over its whole batch at once
     and then waits for its confirms, so a call's last batches wait out the linger
     before it returns. Many small calls made concurrently cost the broker a
     produce request per partition per linger period instead; such an
-    application may set ``producer.linger.ms=5`` (docs/adapters/kafka.md has
+    application may set ``producer.linger.ms=5``, one that awaits each large
+    call before the next ``producer.linger.ms=1`` (docs/adapters/kafka.md has
     the measured trade-off).
 
 Consuming
@@ -253,10 +254,11 @@ class KafkaConfig:
                 "acks": "all",
                 "message.timeout.ms": int(self.publish_timeout * 1000),
                 # publish() awaits its whole batch: a longer linger delays every call's
-                # last batches (the peak's publisher: 74k -> 45k msgs/s with 5 ms), though
-                # it would save produce requests for many small concurrent calls
-                # (docs/decisions.md, "Kafka half-load p99").
-                "linger.ms": 1,
+                # last batches (the peak's publisher: 74k -> 45k msgs/s with 5 ms), a
+                # shorter one costs small concurrent calls a produce request per
+                # partition per millisecond; 2 ms kept the peak and cut the half-load
+                # p99 (docs/decisions.md, "Kafka producer linger: 2 ms").
+                "linger.ms": 2,
                 # Topics are created explicitly (with `partitions`); a metadata refresh
                 # must never re-create a deleted one with the broker's defaults.
                 "allow.auto.create.topics": False,
