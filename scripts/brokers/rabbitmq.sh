@@ -31,7 +31,11 @@ NODE_IP_ADDRESS=127.0.0.1
 NODE_PORT=5672
 # epmd and Erlang distribution on loopback only
 export ERL_EPMD_ADDRESS=127.0.0.1
-SERVER_ADDITIONAL_ERL_ARGS=\"-kernel inet_dist_use_interface {127,0,0,1}\"" || true
+SERVER_ADDITIONAL_ERL_ARGS=\"-kernel inet_dist_use_interface {127,0,0,1}\"
+# The node's soft open-files limit up to its hard one (su resets it to 1024):
+# with 1024 a node holding ~1,000 durable queues cannot recover them on restart
+# (its boot stops at \"Recovering N queues, available file handles: 927\").
+ulimit -S -n \"\$(ulimit -H -n)\" 2>/dev/null || true" || true
     local conf="# managed by factbus scripts/brokers.sh
 listeners.tcp.default = 127.0.0.1:5672
 # guest/guest may only log in over loopback (RabbitMQ's default, kept)
