@@ -28,6 +28,20 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise MissingDriver("amqp", "amqp") from error
 
 
+async def connect_raw(config: AmqpConfig) -> Any:
+    """A plain aio-pika connection (no factbus on it) to the broker ``config``
+    names, over TLS when it says so: what the baseline and the study scripts
+    measure the raw client with."""
+    return await aio_pika.connect(
+        host=config.host,
+        port=config.port,
+        login=config.username,
+        password=config.password,
+        virtualhost=config.vhost,
+        ssl=config.tls,
+    )
+
+
 class AmqpBaseline(Arrivals):
     """See the module docstring."""
 
@@ -40,15 +54,7 @@ class AmqpBaseline(Arrivals):
         self._channel: Any = None
 
     async def _connect(self) -> Any:
-        config = self.config
-        return await aio_pika.connect(
-            host=config.host,
-            port=config.port,
-            login=config.username,
-            password=config.password,
-            virtualhost=config.vhost,
-            ssl=config.tls,
-        )
+        return await connect_raw(self.config)
 
     async def setup(self, subscribe: bool = True) -> None:
         self._connection = await self._connect()

@@ -70,19 +70,12 @@ def thread_schedstats() -> dict[int, tuple[str, int, int]]:
 
 
 async def amqp_connect(url: str) -> Any:
-    """An aio-pika connection to the broker of the ``amqp://`` URL ``url``."""
-    import aio_pika
-
+    """An aio-pika connection to the broker of the ``amqp://`` URL ``url``
+    (the raw baseline's own, :func:`factbus_amqp.baseline.connect_raw`)."""
+    from factbus_amqp.baseline import connect_raw
     from factbus_amqp.config import AmqpConfig
 
-    config = AmqpConfig.from_url(url)
-    return await aio_pika.connect(
-        host=config.host,
-        port=config.port,
-        login=config.username,
-        password=config.password,
-        virtualhost=config.vhost,
-    )
+    return await connect_raw(AmqpConfig.from_url(url))
 
 
 async def raw_arrivals(
