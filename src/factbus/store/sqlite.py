@@ -465,20 +465,14 @@ class SqliteStore:
             index.update(
                 zip(map(_key, map(itemgetter(0), rows)), map(itemgetter(1), same_rows), strict=True)
             )
-            if len(index) < count:  # a later row took the slot of a key shared
-                index.clear()
-                # Rare (the same hash of two types, or a 64-bit key shared by
-                # chance): the first row of a key in the index, the others exact.
-                for row_id, fact_hash, fact_type in db.execute(
-                    "SELECT id, hash, type FROM factbus_log WHERE id <= ? ORDER BY id", (top,)
-                ):
-                    key = _key(fact_hash)
-                    if key in index:
-                        overflow[FactRef(fact_type, fact_hash)] = row_id
-                    else:
-                        index[key] = row_id
-            self._last_id = top
-            return
+            if len(index) == count:
+                self._last_id = top
+                return
+            # Rare (the same hash of two types, or a 64-bit key shared by chance):
+            # a later row took the slot of a key shared, so index the log row by
+            # row below: the first row of a key in the index, the others exact.
+            index.clear()
+            self._last_id = 0
         rows = db.execute(
             "SELECT id, hash, type FROM factbus_log WHERE id > ? ORDER BY id", (self._last_id,)
         )
