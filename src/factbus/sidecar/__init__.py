@@ -3,7 +3,8 @@
 
 ``factbus.sidecar.config`` reads the TOML file; ``archive`` keeps every handled
 fact (with a causal ``seq``); ``views`` maintains the declared tables;
-``rebuild`` replays the archive into fresh tables.
+``rebuild`` replays the archive into fresh tables. The package's ``__all__``
+lists the sidecar's public names (the configuration's, defined in ``config``).
 """
 
 from __future__ import annotations

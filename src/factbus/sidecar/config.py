@@ -38,16 +38,6 @@ from typing import Any, Final, Literal
 from factbus.config import Settings
 from factbus.errors import ConfigError
 
-__all__ = [
-    "ColumnSpec",
-    "PropertySpec",
-    "SidecarConfig",
-    "TableSpec",
-    "UnlessSpec",
-    "load_config",
-    "parse_config",
-]
-
 IDENTIFIER: Final = re.compile(r"[a-z_][a-z0-9_]*\Z")
 """Table and column names: lower case, so they read the same unquoted in SQLite
 and PostgreSQL."""
