@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from factbus.store import Store, open_store
+from factbus.store import Store, open_store, sql_dialect
 from factbus.store.memory import MemoryStore
 from factbus.store.sqlite import SqliteStore
 from factbus.testing.store_suite import StoreConformance, opened, reopener
@@ -51,3 +51,11 @@ def test_open_store_picks_by_scheme() -> None:
     assert isinstance(open_store("sqlite:///x.db"), SqliteStore)
     with pytest.raises(ValueError, match="no store for"):
         open_store("mongodb://x")
+
+
+def test_sql_dialect_names_the_database_of_a_store_url() -> None:
+    assert sql_dialect("sqlite:///x.db") == sql_dialect("sqlite:///:memory:") == "sqlite"
+    assert sql_dialect("postgresql://u:p@h/db?schema=s") == "postgresql"
+    assert sql_dialect("postgres://h/db") == "postgresql"
+    for other in ("memory://", "mongodb://x", "x.db", ""):
+        assert sql_dialect(other) is None, other

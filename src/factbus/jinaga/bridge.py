@@ -53,6 +53,7 @@ from factbus.fact import Fact, FactRef
 from factbus.jinaga.graph import CONTENT_TYPE_GRAPH, JinagaFormatError, fact_records, write_graph
 from factbus.lifecycle import AsyncLifecycle
 from factbus.sidecar.archive import FactArchive
+from factbus.store import sql_dialect
 from factbus.urls import redact
 
 try:
@@ -391,15 +392,15 @@ class _PostgresState:
 
 
 def _open_state(store_url: str) -> _State:
-    scheme = urlsplit(store_url).scheme
-    if scheme == "sqlite":
+    dialect = sql_dialect(store_url)
+    if dialect == "sqlite":
         from factbus.store.sqlite import sqlite_path
 
         path = str(sqlite_path(store_url))
         if path == ":memory:":
             raise ConfigError("jinaga-bridge needs a store on disk, not an in-memory SQLite")
         return _SqliteState(path)
-    if scheme in ("postgresql", "postgres"):
+    if dialect == "postgresql":
         return _PostgresState(store_url)
     raise ConfigError(
         f"jinaga-bridge keeps its facts and bookmarks in a sqlite:// or postgresql:// store, "

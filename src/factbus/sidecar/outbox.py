@@ -49,6 +49,7 @@ from factbus.sidecar.api import (
     parse_fact,
     unknown_predecessor,
 )
+from factbus.store import sql_dialect
 
 if TYPE_CHECKING:
     import asyncpg
@@ -218,14 +219,14 @@ def _with_ancestors(facts: Sequence[Fact]) -> list[Fact]:
 
 
 def _backend(table: str, store_url: str) -> _Backend:
-    scheme = store_url.split(":", 1)[0]
-    if scheme == "sqlite":
+    dialect = sql_dialect(store_url)
+    if dialect == "sqlite":
         return _SqliteBackend(table, store_url)
-    if scheme in ("postgresql", "postgres"):
+    if dialect == "postgresql":
         return _PostgresBackend(table, store_url)
     raise ConfigError(
         f"[sidecar] outbox needs a sqlite:// or postgresql:// store (the app's database), "
-        f"not {scheme}://"
+        f"not {store_url.split(':', 1)[0]}://"
     )
 
 

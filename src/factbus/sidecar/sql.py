@@ -49,6 +49,7 @@ import orjson
 from factbus.errors import ConfigError
 from factbus.fact import Fact, FactRef
 from factbus.sidecar.projection import Kind, State, Writes, to_json
+from factbus.store import sql_dialect
 from factbus.store.base import fact_from_bytes
 from factbus.store.sqlite import sqlite_path
 
@@ -150,11 +151,12 @@ def open_views_db(store_url: str) -> ViewsDb:
 
     :raises ConfigError: another kind of store (the views need an SQL store).
     """
-    scheme = urlsplit(store_url).scheme
-    if scheme == "sqlite":
+    dialect = sql_dialect(store_url)
+    if dialect == "sqlite":
         return SqliteViewsDb(store_url)
-    if scheme in ("postgresql", "postgres"):
+    if dialect == "postgresql":
         return PostgresViewsDb(store_url)
+    scheme = urlsplit(store_url).scheme
     raise ConfigError(
         f"factbus.store: the sidecar's views need a sqlite:/// or postgresql:// store, "
         f"not {f'{scheme}://' if scheme else repr(store_url)}"

@@ -6,6 +6,7 @@ Stores register under the entry-point group ``factbus.stores``.
 
 from __future__ import annotations
 
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from factbus import plugins
@@ -30,6 +31,7 @@ __all__ = [
     "fact_from_bytes",
     "fact_to_bytes",
     "open_store",
+    "sql_dialect",
 ]
 
 GROUP = "factbus.stores"
@@ -40,6 +42,21 @@ _BUILTIN = {
     "postgresql": ("factbus_postgres:PostgresStore", "postgres"),
     "postgres": ("factbus_postgres:PostgresStore", "postgres"),
 }
+
+
+_SQL_DIALECTS: Final[dict[str, Literal["sqlite", "postgresql"]]] = {
+    "sqlite": "sqlite",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+}
+
+
+def sql_dialect(url: str) -> Literal["sqlite", "postgresql"] | None:
+    """The SQL database a store URL names: ``"sqlite"`` (``sqlite:///``),
+    ``"postgresql"`` (``postgresql://`` or ``postgres://``), or ``None`` for any
+    other store (``memory://``, a plugin's). Reads only the scheme; whoever
+    opens the database checks the rest of the URL."""
+    return _SQL_DIALECTS.get(urlsplit(url).scheme)
 
 
 def open_store(url: str) -> Store:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from factbus.errors import ConfigError
+from factbus.store import sql_dialect
 from factbus.urls import parse_bool, parse_duration, parse_int, redact
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*\Z")
@@ -50,7 +51,7 @@ class PostgresConfig:
         :raises ConfigError: wrong scheme, bad identifier or number.
         """
         parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres"):
+        if sql_dialect(url) != "postgresql":
             raise ConfigError(f"PostgresStore needs a postgresql:// URL, not {parts.scheme}://")
         ours: dict[str, str] = {}
         rest: list[tuple[str, str]] = []
