@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 from views_support import (
+    KINDS,
     TABLES,
     all_rows,
     databases,
+    deliver,
     dump,
     expected_rows,
     shop_config,
@@ -30,14 +32,6 @@ from factbus.sidecar.config import parse_config
 from factbus.sidecar.rebuild import rebuild
 from factbus.sidecar.views import UnknownTable, Views
 from factbus.testing.commands import run_factbus
-
-KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.broker("postgres"))]
-
-
-async def deliver(transport: str, facts: list[Fact]) -> None:
-    async with Bus(transport, "memory://", topic="shop", node="pub", consume=False) as pub:
-        for start in range(0, len(facts), 100):
-            await pub.publish(*facts[start : start + 100], ancestors=False)
 
 
 def many_facts(seeds: range) -> list[Fact]:

@@ -13,10 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from views_support import (
+    KINDS,
     TABLES,
     Database,
     all_rows,
     databases,
+    deliver,
     dump,
     expected_rows,
     shop_config,
@@ -27,12 +29,6 @@ from views_support import (
 from factbus import Bus, Fact
 from factbus.sidecar.views import Change
 from factbus.testing.scenario import shuffled_with_duplicates
-
-
-async def deliver(transport: str, order: list[Fact], per_call: int) -> None:
-    async with Bus(transport, "memory://", topic="shop", node="pub", consume=False) as pub:
-        for start in range(0, len(order), per_call):
-            await pub.publish(*order[start : start + per_call], ancestors=False)
 
 
 async def settled(bus: Bus, timeout: float = 30.0) -> None:
@@ -65,9 +61,7 @@ async def converge(kind: str, tmp: Path, facts: list[Fact], seed: int, batch: in
         assert dumps[0] == dumps[1] == dumps[2]
 
 
-@pytest.mark.parametrize(
-    "kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.broker("postgres"))]
-)
+@pytest.mark.parametrize("kind", KINDS)
 def test_views_converge_whatever_the_order(kind: str, tmp_path_factory: Any) -> None:
     examples = 12 if kind == "sqlite" else 6
 

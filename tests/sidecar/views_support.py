@@ -1,6 +1,6 @@
 """Shared pieces of the sidecar view tests: the shop configuration, a random
 shop fact set, the views computed directly from a fact set, sidecars (a Bus with
-Views attached) on SQLite or PostgreSQL, and table dumps."""
+Views attached) on SQLite or PostgreSQL, publishing to them, and table dumps."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from factbus import Bus, Fact
 from factbus.sidecar.config import SidecarConfig, parse_config
@@ -129,6 +130,10 @@ def expected_rows(facts: Sequence[Fact]) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.broker("postgres"))]
+"""The kinds of database :func:`databases` makes, as a ``kind`` parameter list."""
+
+
 @dataclass
 class Database:
     """A store URL for one sidecar: an SQLite file, or a fresh PostgreSQL schema."""
@@ -201,6 +206,14 @@ async def sidecar(
             yield bus, views
     finally:
         await views.aclose()
+
+
+async def deliver(transport: str, facts: Sequence[Fact], per_call: int = 100) -> None:
+    """Publish ``facts`` in this order to the topic of :func:`sidecar`, ``per_call``
+    facts per ``publish`` call, without their ancestors."""
+    async with Bus(transport, "memory://", topic="shop", node="pub", consume=False) as pub:
+        for start in range(0, len(facts), per_call):
+            await pub.publish(*facts[start : start + per_call], ancestors=False)
 
 
 async def all_rows(views: Views, table: str, page: int = 7) -> list[dict[str, Any]]:
