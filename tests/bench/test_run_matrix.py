@@ -47,6 +47,15 @@ async def test_floor_verdict_and_standing_come_from_the_runs_figures() -> None:
     wall_only = dataclasses.replace(memory, drain_cpu_us_per_msg=None)
     assert "wall clock only" in str(matrix._floor_figures(wall_only, 0.5)[1])
 
+    # End to end against the raw client: the rate ratio, met at the bound or above.
+    assert sqlite.ratio is not None
+    assert matrix._raw_figures(sqlite, sqlite.ratio) == (f"{sqlite.ratio:.2f}", True)
+    assert matrix._raw_figures(sqlite, sqlite.ratio + 0.01)[1] is False
+    assert matrix._raw_figures(None, 0.5) == ("-", None)
+    verdicts = "\n".join(matrix.issue15_md({"kafka": sqlite}))
+    assert f"| ≥ 0.5 of raw confluent-kafka | {sqlite.ratio:.2f} |" in verdicts
+    assert "| RabbitMQ, end to end | ≥ 0.8 of raw aio-pika | - |" in verdicts
+
     lines = matrix.standing({"memory": sqlite, "memory+memory-store": memory})
     text = "\n".join(lines)
     assert f"{sqlite.cpu_us_per_msg:.1f} CPU µs per message" in text
