@@ -112,18 +112,15 @@ wait_until() {
 
 port_open() { probe tcp 127.0.0.1 "$1"; }
 
-wait_port_closed() { # port seconds
-    local deadline=$((SECONDS + $2))
-    while port_open "$1"; do
+# wait_while <seconds> <command...>: until the command fails; 1 if it still succeeds after <seconds>
+wait_while() {
+    local deadline=$((SECONDS + $1))
+    shift
+    while "$@"; do
         [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 0.3
     done
 }
 
-wait_pid_gone() { # pid seconds
-    local deadline=$((SECONDS + $2))
-    while pid_alive "$1"; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.3
-    done
-}
+wait_port_closed() { wait_while "$2" port_open "$1"; } # port seconds
+wait_pid_gone() { wait_while "$2" pid_alive "$1"; }    # pid seconds
