@@ -15,7 +15,6 @@ import base64
 import hashlib
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -24,7 +23,7 @@ from factbus.bench.workload import WorkloadSpec, build_workload
 from factbus.bus import Bus
 from factbus.canonical import canonical_bytes, freeze
 from factbus.envelope import decode, encode
-from factbus.fact import Fact, FactRef
+from factbus.fact import Fact, FactRef, _wire_predecessors
 from factbus.store.base import StoreBatch
 from factbus.store.sqlite import SqliteStore
 from factbus.transport.base import Message
@@ -67,7 +66,9 @@ def main() -> None:
             "canonical_bytes (floats as fragments, sorted dumps)",
             best_cpu_us(
                 lambda: [
-                    canonical_bytes(f.value, _wire(p), f.needs_python_writer, f.needs_float_layout)
+                    canonical_bytes(
+                        f.value, _wire_predecessors(p), f.needs_python_writer, f.needs_float_layout
+                    )
                     for f, p in zip(frozen, preds, strict=True)
                 ],
                 n,
@@ -119,16 +120,6 @@ def main() -> None:
     print("| stage | µs per fact (best of 7, CPU time) |\n|---|---:|")
     for name, value in rows:
         print(f"| {name} | {value:.2f} |")
-
-
-def _wire(preds: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for role, value in preds.items():
-        if isinstance(value, FactRef):
-            out[role] = {"hash": value.hash, "type": value.type}
-        else:
-            out[role] = [{"hash": r.hash, "type": r.type} for r in value]
-    return out
 
 
 async def _async_rows(
