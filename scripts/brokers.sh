@@ -32,8 +32,8 @@ ALL_BROKERS=(rabbitmq redis postgres kafka)
 #   <name>_packages  Debian packages still missing (start installs every broker's in one apt-get)
 #   <name>_up        succeeds when the broker answers
 #   <name>_launch    start the server without waiting; <name>_wait: wait until it answers
-#   <name>_stop, <name>_kill9, <name>_info (URL and pid)
-#   <name>_install, <name>_start, <name>_status, <name>_env: one broker on its own
+#   <name>_stop, <name>_kill9, <name>_info (URL and pid), <name>_env (its exports)
+# and common.sh builds broker_install, broker_start and broker_status <name> on them.
 # A new broker: a file with these functions, its name in ALL_BROKERS and in parse_names.
 # shellcheck source=scripts/brokers/common.sh
 . "$HELPERS/common.sh"
@@ -170,7 +170,7 @@ cmd_kill9() {
 cmd_status() {
     parse_names "$@"
     local n rc=0
-    for n in "${NAMES[@]}"; do "${n}_status" || rc=3; done
+    for n in "${NAMES[@]}"; do broker_status "$n" || rc=3; done
     return "$rc"
 }
 

@@ -2,7 +2,7 @@
 # Apache Kafka (KRaft, one node) from Maven Central on 127.0.0.1:9092.
 # Sourced by scripts/brokers.sh (after scripts/brokers/common.sh); never run alone.
 # Defines kafka_packages, _up, _launch, _wait, _stop, _kill9, _info and
-# kafka_install, _start, _status, _env (see scripts/brokers.sh).
+# kafka_env (see scripts/brokers.sh).
 
 KAFKA_VERSION="${FACTBUS_KAFKA_VERSION:-4.3.1}"
 KAFKA_HEAP="${FACTBUS_KAFKA_HEAP:--Xms256m -Xmx1g}"
@@ -134,28 +134,6 @@ kafka_info() { echo "kafka://127.0.0.1:9092 version=$KAFKA_VERSION pid=$(kafka_p
 
 # ----------------------------------------------------------------------------- interface
 # The functions every scripts/brokers/<name>.sh defines (see scripts/brokers.sh).
-
-kafka_install() { # install this broker's missing Debian packages (start batches every broker's)
-    local pkgs; pkgs="$(kafka_packages)"
-    # shellcheck disable=SC2086
-    [ -z "$pkgs" ] || apt_install $pkgs
-}
-
-kafka_start() { # install if missing, launch if not answering, wait until it answers
-    kafka_up && return 0
-    kafka_install
-    kafka_launch
-    kafka_wait
-}
-
-kafka_status() { # one line: "up" with URL and pid, or "down" (status 3)
-    if kafka_up; then
-        printf '%-9s up    %s\n' kafka "$(kafka_info)"
-    else
-        printf '%-9s down\n' kafka
-        return 3
-    fi
-}
 
 kafka_env() { # the FACTBUS_TEST_*_URL exports of the tests that use this broker
     cat <<'EOF'

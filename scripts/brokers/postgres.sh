@@ -2,7 +2,7 @@
 # PostgreSQL 15 from Debian on 127.0.0.1:5432: database and user factbus.
 # Sourced by scripts/brokers.sh (after scripts/brokers/common.sh); never run alone.
 # Defines postgres_packages, _up, _launch, _wait, _stop, _kill9, _info and
-# postgres_install, _start, _status, _env (see scripts/brokers.sh).
+# postgres_env (see scripts/brokers.sh).
 
 PG_BIN="${FACTBUS_PG_BIN:-/usr/lib/postgresql/15/bin}"
 PG_MAJOR=15
@@ -142,28 +142,6 @@ postgres_info() { echo "$PG_URL pid=$(pg_pid || echo -)"; }
 
 # ----------------------------------------------------------------------------- interface
 # The functions every scripts/brokers/<name>.sh defines (see scripts/brokers.sh).
-
-postgres_install() { # install this broker's missing Debian packages (start batches every broker's)
-    local pkgs; pkgs="$(postgres_packages)"
-    # shellcheck disable=SC2086
-    [ -z "$pkgs" ] || apt_install $pkgs
-}
-
-postgres_start() { # install if missing, launch if not answering, wait until it answers
-    postgres_up && return 0
-    postgres_install
-    postgres_launch
-    postgres_wait
-}
-
-postgres_status() { # one line: "up" with URL and pid, or "down" (status 3)
-    if postgres_up; then
-        printf '%-9s up    %s\n' postgres "$(postgres_info)"
-    else
-        printf '%-9s down\n' postgres
-        return 3
-    fi
-}
 
 postgres_env() { # the FACTBUS_TEST_*_URL exports of the tests that use this broker
     cat <<'EOF'

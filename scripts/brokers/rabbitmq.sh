@@ -2,7 +2,7 @@
 # RabbitMQ from Debian: node rabbit@localhost on 127.0.0.1:5672.
 # Sourced by scripts/brokers.sh (after scripts/brokers/common.sh); never run alone.
 # Defines rabbitmq_packages, _up, _launch, _wait, _stop, _kill9, _info and
-# rabbitmq_install, _start, _status, _env (see scripts/brokers.sh).
+# rabbitmq_env (see scripts/brokers.sh).
 
 RABBITMQ_MANAGEMENT="${FACTBUS_RABBITMQ_MANAGEMENT:-1}"
 RABBITMQ_NODE="rabbit@localhost"
@@ -100,28 +100,6 @@ rabbitmq_info() { echo "amqp://guest:guest@127.0.0.1:5672/ node=$RABBITMQ_NODE p
 
 # ----------------------------------------------------------------------------- interface
 # The functions every scripts/brokers/<name>.sh defines (see scripts/brokers.sh).
-
-rabbitmq_install() { # install this broker's missing Debian packages (start batches every broker's)
-    local pkgs; pkgs="$(rabbitmq_packages)"
-    # shellcheck disable=SC2086
-    [ -z "$pkgs" ] || apt_install $pkgs
-}
-
-rabbitmq_start() { # install if missing, launch if not answering, wait until it answers
-    rabbitmq_up && return 0
-    rabbitmq_install
-    rabbitmq_launch
-    rabbitmq_wait
-}
-
-rabbitmq_status() { # one line: "up" with URL and pid, or "down" (status 3)
-    if rabbitmq_up; then
-        printf '%-9s up    %s\n' rabbitmq "$(rabbitmq_info)"
-    else
-        printf '%-9s down\n' rabbitmq
-        return 3
-    fi
-}
 
 rabbitmq_env() { # the FACTBUS_TEST_*_URL exports of the tests that use this broker
     cat <<'EOF'

@@ -5,7 +5,7 @@
 # loss or OS crash may lose the last second or two (docs/adapters/kombu.md).
 # Sourced by scripts/brokers.sh (after scripts/brokers/common.sh); never run alone.
 # Defines redis_packages, _up, _launch, _wait, _stop, _kill9, _info and
-# redis_install, _start, _status, _env (see scripts/brokers.sh).
+# redis_env (see scripts/brokers.sh).
 
 REDIS_DIR="$STATE_DIR/redis"
 REDIS_PIDFILE="$REDIS_DIR/redis.pid"
@@ -52,28 +52,6 @@ redis_info() { echo "redis://127.0.0.1:6379/0 pid=$(pidfile_pid "$REDIS_PIDFILE"
 
 # ----------------------------------------------------------------------------- interface
 # The functions every scripts/brokers/<name>.sh defines (see scripts/brokers.sh).
-
-redis_install() { # install this broker's missing Debian packages (start batches every broker's)
-    local pkgs; pkgs="$(redis_packages)"
-    # shellcheck disable=SC2086
-    [ -z "$pkgs" ] || apt_install $pkgs
-}
-
-redis_start() { # install if missing, launch if not answering, wait until it answers
-    redis_up && return 0
-    redis_install
-    redis_launch
-    redis_wait
-}
-
-redis_status() { # one line: "up" with URL and pid, or "down" (status 3)
-    if redis_up; then
-        printf '%-9s up    %s\n' redis "$(redis_info)"
-    else
-        printf '%-9s down\n' redis
-        return 3
-    fi
-}
 
 redis_env() { # the FACTBUS_TEST_*_URL exports of the tests that use this broker
     cat <<'EOF'
