@@ -19,7 +19,7 @@ import asyncio
 import json
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,16 @@ async def sidecar_and_node(
             await remove_topic(url, topic)
 
 
+async def archived(sidecar: Sidecar, facts: Sequence[Fact], timeout: float, what: str) -> None:
+    """Wait until the sidecar's archive holds every one of ``facts``."""
+    refs = [f.ref for f in facts]
+
+    async def all_there() -> bool:
+        return len(await sidecar.archive.get(refs)) == len(refs)
+
+    await eventually(all_there, timeout, what)
+
+
 async def jinaga_js(command: str, endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
     """``node tests/js/client.js <command> <endpoint>``: the unmodified jinaga.js client."""
     return await node_json(JS_DIR / "client.js", command, endpoint, request=request, timeout=90)
@@ -135,10 +145,7 @@ async def test_node_facts_reach_jinaga_client_query_and_subscription(
         store, facts = shop(store_id)
         await node.publish(*facts)
 
-        async def archived() -> bool:
-            return len(await sidecar.archive.get([f.ref for f in facts])) == len(facts)
-
-        await eventually(archived, 60, "the node's facts in the sidecar's archive")
+        await archived(sidecar, facts, 60, "the node's facts in the sidecar's archive")
         result = await jinaga_js("query", endpoint, {"store": store_id})
         assert result == {
             "orders": [{"number": 1, "lines": ["a", "b"]}, {"number": 3, "lines": []}]
@@ -173,10 +180,7 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
             as_json = {"facts": [fact_record(f) for f in facts[3:]]}
             assert (await http.post("/save", json=as_json)).status_code == 201
 
-            async def all_archived() -> bool:
-                return len(await sidecar.archive.get([f.ref for f in facts])) == len(facts)
-
-            await eventually(all_archived, 30, "the saved facts in the archive")
+            await archived(sidecar, facts, 30, "the saved facts in the archive")
 
             # Saved again with one new fact (jinaga.js resends closures): only that one travels.
             await node.drain()
@@ -268,10 +272,7 @@ async def test_protocol_answers_and_refusals(tmp_path: Path) -> None:
             order4 = Fact("Shop.Order", {"number": 4}, {"store": store})
             await node.publish(order4)
 
-            async def order4_archived() -> bool:
-                return bool(await sidecar.archive.get([order4.ref]))
-
-            await eventually(order4_archived, 30, "order 4 in the archive")
+            await archived(sidecar, [order4], 30, "order 4 in the archive")
             later = (await http.get(f"/feeds/{feeds[1]}", params={"b": first["bookmark"]})).json()
             assert [r["hash"] for r in later["references"]] == [store.hash, order4.hash]
             assert later["bookmark"] != first["bookmark"]
@@ -393,10 +394,7 @@ async def test_readme_snippet_works(tmp_path: Path) -> None:
         other = Fact("Shop.Order", {"number": 2}, {"store": store})  # from another node
         await node.publish(other)
 
-        async def archived() -> bool:
-            return bool(await sidecar.archive.get([other.ref]))
-
-        await eventually(archived, 30, "the other node's order in the archive")
+        await archived(sidecar, [other], 30, "the other node's order in the archive")
         script = _readme_script(f"{sidecar.url}/jinaga")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -430,10 +428,7 @@ async def test_feeds_of_each_supported_shape(tmp_path: Path) -> None:
     async with sidecar_and_node(tmp_path, "memory") as (sidecar, node, _):
         await node.publish(*facts, shipped)
 
-        async def archived() -> bool:
-            return len(await sidecar.archive.get([f.ref for f in [*facts, shipped]])) == 8
-
-        await eventually(archived, 30, "the facts in the archive")
+        await archived(sidecar, [*facts, shipped], 30, "the facts in the archive")
         expected = {
             "successors": [{store, order1, order2, order3}],
             "notExists": [{store, order2, cancelled}, {store, order1, order3}],
