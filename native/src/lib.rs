@@ -235,12 +235,7 @@ impl State {
         let hash = new_str(py, hash)?;
         // What tuple.__new__(FactRef, (ty, hash)) does, without the call.
         unsafe {
-            let tp = self.ref_type.as_ptr() as *mut ffi::PyTypeObject;
-            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
-            let obj = alloc(tp, 2);
-            if obj.is_null() {
-                return Err(PyErr::fetch(py));
-            }
+            let obj = alloc_instance(py, &self.ref_type, 2)?;
             ffi::PyTuple_SET_ITEM(obj, 0, ty.into_ptr());
             ffi::PyTuple_SET_ITEM(obj, 1, hash.into_ptr());
             // Two strings: never part of a cycle (CPython untracks such exact
@@ -296,13 +291,7 @@ impl State {
         // factbus.fact.received_fact do: the new instance is zeroed, each
         // slot takes a reference.
         unsafe {
-            let tp = self.fact_type.as_ptr() as *mut ffi::PyTypeObject;
-            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
-            let obj = alloc(tp, 0);
-            if obj.is_null() {
-                return Err(PyErr::fetch(py));
-            }
-            let obj = Bound::from_owned_ptr(py, obj);
+            let obj = Bound::from_owned_ptr(py, alloc_instance(py, &self.fact_type, 0)?);
             for (offset, value) in self.offsets.iter().zip(values) {
                 let slot = (obj.as_ptr() as *mut u8).offset(*offset) as *mut *mut ffi::PyObject;
                 *slot = value.into_ptr();
@@ -314,6 +303,28 @@ impl State {
             Ok(obj)
         }
     }
+}
+
+/// A new instance of `ty` with `items` items (a tuple's length; 0 for other
+/// types), zeroed, from the type's own `tp_alloc` as `type.__new__` makes it;
+/// the caller owns the reference and fills the instance before anyone sees it.
+///
+/// # Safety
+/// Needs the GIL (`py`); `items` must suit the type's layout.
+unsafe fn alloc_instance(
+    py: Python<'_>,
+    ty: &Py<PyType>,
+    items: ffi::Py_ssize_t,
+) -> PyResult<*mut ffi::PyObject> {
+    let tp = ty.as_ptr() as *mut ffi::PyTypeObject;
+    let obj = unsafe {
+        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+        alloc(tp, items)
+    };
+    if obj.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    Ok(obj)
 }
 
 /// The state, unless another thread holds it: building objects may run a
