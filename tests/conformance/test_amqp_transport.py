@@ -27,6 +27,7 @@ from factbus.testing.conformance import (
     collect,
     dead_letters,
     messages,
+    publish_with_retry,
 )
 from factbus.testing.faultproxy import FaultProxy, through, upstream_of
 from factbus.transport import Message, Subscription, open_transport
@@ -444,13 +445,7 @@ async def test_outage_publish_times_out_then_everything_recovers(
         after = messages(10, "after")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
-        while True:
-            try:
-                await transport.publish(topic, after)
-                break
-            except PublishError:
-                if loop.time() > deadline:
-                    raise
+        await publish_with_retry(transport, topic, after, 20, PublishError)
         want, seen = {m.body for m in after}, set[bytes]()
         while not want <= seen and loop.time() < deadline + 10:
             seen.update(d.body for d in await collect(subscription, 10, 1))
