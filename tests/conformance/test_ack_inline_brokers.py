@@ -5,12 +5,11 @@ unique topic and group names."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from conftest import broker_url
 from factbus.errors import TransportError
+from factbus.testing.brokers import unique
 from factbus.transport import Message, ack_all, open_transport
 
 KAFKA_OPTIONS = "?session_timeout=6&heartbeat_interval=0.5&commit_interval=0.5"
@@ -23,7 +22,7 @@ def _url(name: str) -> str:
 
 @pytest.mark.parametrize("name", ["kafka", "amqp"])
 async def test_ack_all_settles_broker_deliveries_without_a_coroutine_each(name: str) -> None:
-    topic = f"ack-inline-{uuid.uuid4().hex[:10]}"
+    topic = unique("ack-inline")
     group = f"{topic}.group"
     transport = open_transport(_url(name))
     await transport.connect()
@@ -63,7 +62,7 @@ async def test_kafka_ack_all_of_a_step_moves_each_partition_and_stops_at_a_settl
     partition's watermark moves past its leading acked records; a delivery
     acked before stops the call there (those before it are acked, it and
     those after it are not), as ``await delivery.ack()`` one by one would."""
-    topic = f"ack-inline-all-{uuid.uuid4().hex[:10]}"
+    topic = unique("ack-inline-all")
     transport = open_transport(_url("kafka"))
     await transport.connect()
     try:

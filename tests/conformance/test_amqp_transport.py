@@ -10,7 +10,6 @@ import shutil
 import ssl
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 
 from conftest import broker_url, connected
 from factbus.errors import ConfigError, PublishError, TransportError
-from factbus.testing.brokers import remove_topics, unavailable, with_options
+from factbus.testing.brokers import remove_topics, unavailable, unique, with_options
 from factbus.testing.conformance import (
     ConformanceContext,
     TransportConformance,
@@ -67,7 +66,7 @@ async def names() -> AsyncIterator[list[str]]:
 
 
 def fresh(names: list[str], prefix: str) -> str:
-    name = f"amqp-{prefix}-{uuid.uuid4().hex[:10]}"
+    name = unique(f"amqp-{prefix}")
     names.append(name)
     return name
 

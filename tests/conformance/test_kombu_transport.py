@@ -26,7 +26,7 @@ from kombu.transport import redis as kombu_redis
 from conftest import broker_url, connected
 from factbus import Bus, Fact
 from factbus.errors import ConfigError, FatalTransportError, TransportError
-from factbus.testing.brokers import unavailable, with_options
+from factbus.testing.brokers import unavailable, unique, with_options
 from factbus.testing.conformance import (
     ConformanceContext,
     TransportConformance,
@@ -113,7 +113,7 @@ class TestKombuAmqp(_KombuConformance):
 def prefixed_redis(options: str = "") -> str:
     """The test redis under a ``global_keyprefix`` of its own (every key kombu and the
     adapter write starts with it), plus ``options``."""
-    prefix = f"transport.global_keyprefix=factbus-test-{uuid.uuid4().hex[:8]}:"
+    prefix = f"transport.global_keyprefix={unique('factbus-test')}:"
     return with_options(broker_url("redis"), f"{prefix}&{options}" if options else prefix)
 
 
@@ -140,7 +140,7 @@ async def names() -> AsyncIterator[Names]:
 
 
 def fresh(names: Names, prefix: str) -> str:
-    name = f"kombu-{prefix}-{uuid.uuid4().hex[:10]}"
+    name = unique(f"kombu-{prefix}")
     names.append(name)
     return name
 
@@ -581,7 +581,7 @@ def redis_with_own_unacked(visibility_timeout: float, base: str = "") -> str:
     bookkeeping under keys of its own: tests running meanwhile on the same redis
     neither delay this one's restores (a restore pass of their messages holding
     kombu's mutex) nor get their messages restored early by it."""
-    keys = f"factbus.test-{uuid.uuid4().hex[:8]}"
+    keys = unique("factbus.test")
     return with_options(
         base or broker_url("redis"),
         f"transport.visibility_timeout={visibility_timeout:g}"
@@ -721,7 +721,7 @@ def sentinel_of_test_redis(tmp_path: Path) -> Iterator[tuple[str, str]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    name = f"factbus-test-{uuid.uuid4().hex[:8]}"
+    name = unique("factbus-test")
     conf = tmp_path / "sentinel.conf"
     conf.write_text(
         f"bind 127.0.0.1\nport {port}\ndir {tmp_path}\n"

@@ -18,7 +18,6 @@ import contextlib
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -88,7 +87,7 @@ async def run_group_with_kill(transport_url: str, pg: str, schema: str) -> Verdi
     table = EffectTable(schema)
     await table.create(pg)
     store = with_options(pg, schema=schema, pool_max=3)
-    topic = f"group-{uuid.uuid4().hex[:10]}"
+    topic = unique("group")
     dag = random_dag(FACTS, seed=11)
     order = shuffled_with_duplicates(dag, duplicates=0.3, seed=11)
     await prepare_group(transport_url, topic, "workers")

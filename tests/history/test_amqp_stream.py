@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,7 +14,7 @@ from structlog.testing import capture_logs
 
 from conftest import broker_url
 from factbus.errors import ConfigError
-from factbus.testing.brokers import remove_topic, remove_topics, unavailable, with_options
+from factbus.testing.brokers import remove_topic, remove_topics, unavailable, unique, with_options
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect
 from factbus.transport import Message, delivery_position
 from factbus_amqp import AmqpTransport
@@ -63,7 +62,7 @@ async def test_reading_a_truncated_stream_warns() -> None:
     if rabbitmqctl is None:
         unavailable("rabbitmqctl is not installed (scripts/brokers.sh installs RabbitMQ)")
     url = stream_url()
-    topic = f"trunc-{uuid.uuid4().hex[:10]}"
+    topic = unique("trunc")
     policy = f"factbus-test-{topic}"
     limits = '{"max-length-bytes": 3000, "stream-max-segment-size-bytes": 1000}'
     pattern = f"^{topic}\\.stream$"

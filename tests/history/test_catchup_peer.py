@@ -13,7 +13,6 @@ import random
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from fault_worker import scenario
 from conftest import broker_url
 from factbus import Bus
 from factbus.catchup import position_key
+from factbus.testing.brokers import unique
 from factbus.testing.scenario import (
     CausalChecker,
     random_dag,
@@ -42,7 +42,7 @@ TYPES = ("Scenario.Independent", "Scenario.Chains", "Scenario.FanIn")
 
 async def test_late_node_converges_through_catch_up(tmp_path: Path) -> None:
     url = broker_url("redis")
-    topic = f"late-{uuid.uuid4().hex[:10]}"
+    topic = unique("late")
     dag = random_dag(FACTS + 100, seed=29)
     before, after = dag[:FACTS], dag[FACTS:]
     checker = CausalChecker.of(dag)
@@ -87,7 +87,7 @@ def test_kill9_during_catch_up_ends_exactly_once(
     kills_wanted = int(os.environ.get("FACTBUS_CATCHUP_KILLS", "5"))
     facts = int(os.environ.get("FACTBUS_CATCHUP_KILL_FACTS", "3000"))
     url = broker_url("redis")
-    topic = f"late-{uuid.uuid4().hex[:10]}"
+    topic = unique("late")
     rng = random.Random(f"catchup-kill-{time.time()}")
     seed = rng.randint(1, 10_000)
     dag, order = scenario(facts, seed, 0.3)
@@ -137,7 +137,7 @@ def test_catch_up_command(tmp_path: Path) -> None:
     """`factbus catch-up MODULE:ATTR --from URL` pulls the peer's facts through the
     node's own handlers; run again, it only reads what is new (nothing here)."""
     url = broker_url("redis")
-    topic = f"late-{uuid.uuid4().hex[:10]}"
+    topic = unique("late")
     dag = random_dag(300, seed=3)
     app = tmp_path / "lateapp.py"
     app.write_text(

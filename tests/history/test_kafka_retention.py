@@ -5,7 +5,6 @@ is warned. Real broker; each test uses topics of its own and deletes them."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +13,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from structlog.testing import capture_logs
 
 from conftest import broker_url
-from factbus.testing.brokers import kafka_bootstrap, remove_topics
+from factbus.testing.brokers import kafka_bootstrap, remove_topics, unique
 from factbus.transport import Message
 from factbus_kafka import KafkaTransport
 
@@ -33,7 +32,7 @@ async def kafka() -> AsyncIterator[tuple[str, AdminClient, list[str]]]:
 
 
 def _name(made: list[str], prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    name = unique(prefix)
     made.append(name)
     return name
 
@@ -74,8 +73,8 @@ async def test_joining_a_topic_with_deleted_records_warns(
 
     async with KafkaTransport(f"{url}?session_timeout=6&heartbeat_interval=0.5") as transport:
         with capture_logs() as logs:
-            first = await transport.subscribe(whole, f"g-{uuid.uuid4().hex[:8]}")
-            second = await transport.subscribe(cut, f"g-{uuid.uuid4().hex[:8]}")
+            first = await transport.subscribe(whole, unique("g"))
+            second = await transport.subscribe(cut, unique("g"))
         await first.aclose()
         await second.aclose()
     warnings = [e for e in logs if e["event"] == "kafka topic lost history"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from conftest import broker_url
 from factbus import Bus
-from factbus.testing.brokers import remove_topic, with_options
+from factbus.testing.brokers import remove_topic, unique, with_options
 from factbus.testing.scenario import CausalChecker, random_dag, shuffled_with_duplicates
 
 FACTS = int(os.environ.get("FACTBUS_LATE_FACTS", "10000"))
@@ -34,7 +33,7 @@ def url_of(name: str) -> str:
 
 @pytest.fixture
 async def topic(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    name = f"late-{uuid.uuid4().hex[:10]}"
+    name = unique("late")
     yield name
     await remove_topic(url_of(request.node.callspec.params["transport"]), name)
 

@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import uvicorn
 from obs_support import scrape_until, value
 
 from factbus import Bus, Fact
 from factbus.metrics import Metrics, asgi_app
+from factbus.testing.brokers import unique
 
 
 async def test_asgi_app_serves_the_registry() -> None:
-    topic = f"obs-asgi-{uuid.uuid4().hex[:8]}"
+    topic = unique("obs-asgi")
     metrics = Metrics()
     config = uvicorn.Config(
         asgi_app(metrics), host="127.0.0.1", port=0, log_level="error", lifespan="off"

@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from obs_support import scrape, scrape_until, value
 
 from factbus import Bus, Fact, Message
 from factbus.metrics import EXPORTED, Metrics, MetricsServer
+from factbus.testing.brokers import unique
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "factbus.json"
 METRIC = re.compile(r"\bfactbus_[a-z0-9_]+")
@@ -46,7 +46,7 @@ def _queries(node: object) -> list[str]:
 @pytest.fixture
 async def busy_node() -> AsyncIterator[tuple[MetricsServer, str]]:
     """A memory bus that handled, parked, released, rejected and failed facts."""
-    topic = f"obs-{uuid.uuid4().hex[:8]}"
+    topic = unique("obs")
     metrics = Metrics(lag_interval=0.1)
     server = metrics.serve(0)
     bus = Bus(

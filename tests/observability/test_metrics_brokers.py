@@ -9,7 +9,6 @@ Each test runs on memory, RabbitMQ (amqp://), Kafka and kombu+redis.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import orjson
@@ -19,7 +18,7 @@ from obs_support import scrape, scrape_until, transport_url, value
 from factbus import Bus, Fact, Message
 from factbus.envelope import encode
 from factbus.metrics import Metrics, MetricsServer
-from factbus.testing.brokers import prepare_group, remove_topic
+from factbus.testing.brokers import prepare_group, remove_topic, unique
 from factbus.transport import open_transport
 
 KINDS = [
@@ -43,7 +42,7 @@ async def exporter() -> AsyncIterator[tuple[Metrics, MetricsServer]]:
 
 @pytest.fixture
 def topic() -> str:
-    return f"obs-{uuid.uuid4().hex[:10]}"
+    return unique("obs")
 
 
 def _bad_bodies() -> dict[str, list[bytes]]:

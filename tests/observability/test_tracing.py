@@ -16,7 +16,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import orjson
 import pytest
 from obs_support import transport_url
 
-from factbus.testing.brokers import remove_topic
+from factbus.testing.brokers import remove_topic, unique
 
 HERE = Path(__file__).resolve().parent
 NODE = str(HERE / "trace_node.py")
@@ -65,7 +64,7 @@ async def _start(*args: str) -> asyncio.subprocess.Process:
     ],
 )
 async def test_the_handler_continues_the_publishers_trace(kind: str) -> None:
-    topic = f"obs-trace-{uuid.uuid4().hex[:10]}"
+    topic = unique("obs-trace")
     url = transport_url(kind, topic)
     consumer = await _start("consume", url, topic, "1")
     publisher: asyncio.subprocess.Process | None = None
@@ -144,7 +143,7 @@ async def test_tracing_off_injects_no_trace_headers() -> None:
     from factbus import Bus, Fact
     from factbus.transport.memory import MemoryTransport
 
-    namespace = f"obs-{uuid.uuid4().hex[:8]}"
+    namespace = unique("obs")
     transport = MemoryTransport(f"memory://{namespace}")
     subscription = await transport.subscribe("t", "probe")
     bus = Bus(transport, "memory://", node="n", topic="t", consume=False, tracing=False)

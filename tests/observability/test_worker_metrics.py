@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from pathlib import Path
 
 import pytest
 from obs_support import scrape_until, transport_url, value
 
 from factbus import Bus, Fact
-from factbus.testing.brokers import remove_topic
+from factbus.testing.brokers import remove_topic, unique
 from factbus.testing.commands import WorkerCommand
 
 HERE = Path(__file__).resolve().parent
@@ -21,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.mark.broker("amqp")
 async def test_worker_serves_its_metrics() -> None:
     url = transport_url("amqp", "")
-    topic = f"obs-worker-{uuid.uuid4().hex[:8]}"
+    topic = unique("obs-worker")
     env = {
         **os.environ,
         "OBS_APP_TRANSPORT": url,

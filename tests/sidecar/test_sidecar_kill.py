@@ -30,7 +30,7 @@ import pytest
 from sidecar_worker import kill_fact_set
 from views_support import TABLES, expected_rows
 
-from factbus.testing.brokers import broker_url, with_options
+from factbus.testing.brokers import broker_url, unique, with_options
 
 pytestmark = [pytest.mark.faults, pytest.mark.broker("amqp"), pytest.mark.timeout(900)]
 
@@ -108,7 +108,7 @@ def test_kill9_sidecar_ends_with_the_exact_rows(tmp_path: Path) -> None:
     facts = kill_fact_set(SEEDS)
     assert len(facts) >= 10_000 or "FACTBUS_SIDECAR_KILL_SEEDS" in os.environ
     expected = expected_rows(facts)
-    topic, node = f"sidecar-kill-{uuid.uuid4().hex[:8]}", f"sc-{uuid.uuid4().hex[:6]}"
+    topic, node = unique("sidecar-kill"), unique("sc")
     store = tmp_path / "sidecar.db"
     log = tmp_path / "sidecar.log"
     rng = random.Random(f"{topic}")

@@ -19,7 +19,7 @@ import pytest
 from factbus import Bus, Fact
 from factbus.sidecar.config import SidecarConfig, parse_config
 from factbus.sidecar.views import Views
-from factbus.testing.brokers import broker_url, with_options
+from factbus.testing.brokers import broker_url, unique, with_options
 from factbus.testing.shop import shop_views
 
 
@@ -156,7 +156,7 @@ async def databases(kind: str, count: int, tmp: Path) -> AsyncIterator[list[Data
         yield out
         return
     base = broker_url("postgres")
-    schemas = [f"fbsc_{uuid.uuid4().hex[:10]}_{i}" for i in range(count)]
+    schemas = [f"{unique('fbsc', '_')}_{i}" for i in range(count)]
     conn = await asyncpg.connect(base)
     try:
         for schema in schemas:

@@ -14,7 +14,7 @@ import pytest
 from factbus import Bus, Fact
 from factbus.dispatcher import current_transaction
 from factbus.store import Store, StoreBatch, open_store
-from factbus.testing.brokers import broker_url, drop_schema
+from factbus.testing.brokers import broker_url, drop_schema, unique
 
 
 @pytest.fixture(
@@ -27,7 +27,7 @@ async def store(request: Any, tmp_path: Path) -> Any:
         url = f"sqlite:///{tmp_path / 'hooks.db'}"
     else:
         base = broker_url("postgres")
-        url = f"{base}?schema=fbhooks_{uuid.uuid4().hex[:10]}"
+        url = unique(f"{base}?schema=fbhooks", "_")
     opened = open_store(url)
     await opened.open()
     yield opened

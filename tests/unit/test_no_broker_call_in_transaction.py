@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from conftest import broker_url
 from factbus import Bus, Fact
 from factbus.envelope import decode, encode
 from factbus.errors import EnvelopeError
-from factbus.testing.brokers import drop_schema, with_options
+from factbus.testing.brokers import drop_schema, unique, with_options
 from factbus.transport import Message, open_transport
 
 
@@ -188,7 +187,7 @@ def check(guard: Guard) -> None:
 async def test_memory_and_sqlite(tmp_path: Path) -> None:
     from factbus.store.sqlite import SqliteStore
 
-    topic = f"guard-{uuid.uuid4().hex[:8]}"
+    topic = unique("guard")
     store = SqliteStore(f"sqlite:///{tmp_path / 'node.db'}")
     check(await exercise(f"memory://{topic}", store, topic))
 
@@ -199,8 +198,8 @@ async def test_rabbitmq_and_postgres() -> None:
 
     amqp = broker_url("amqp")
     pg = broker_url("postgres")
-    schema = f"guard_{uuid.uuid4().hex[:12]}"
-    topic = f"guard-{uuid.uuid4().hex[:8]}"
+    schema = unique("guard", "_")
+    topic = unique("guard")
     store = PostgresStore(with_options(pg, schema=schema))
     try:
         check(await exercise(amqp, store, topic))

@@ -12,7 +12,7 @@ import pytest
 from conftest import broker_url
 from factbus import Bus, Fact, StoreOwnedError
 from factbus.store.memory import MemoryStore
-from factbus.testing.brokers import drop_schema, with_options
+from factbus.testing.brokers import drop_schema, unique, with_options
 
 
 def facts(n: int, tag: str) -> list[Fact]:
@@ -60,7 +60,7 @@ async def test_another_group_is_refused_on_a_memory_store() -> None:
 @pytest.mark.broker("postgres")
 async def test_groups_on_one_postgres_store() -> None:
     pg = broker_url("postgres")
-    schema = f"owner_{uuid.uuid4().hex[:12]}"
+    schema = unique("owner", "_")
     store = with_options(pg, schema=schema)
     url, topic = f"memory://{uuid.uuid4().hex[:8]}", "owned"
     batch = facts(50, "pg")

@@ -71,6 +71,7 @@ from factbus.bus import Bus
 from factbus.errors import ConfigError
 from factbus.fact import Fact
 from factbus.gc_freeze import freeze_after_start
+from factbus.testing import names
 from factbus.urls import redact
 
 T = TypeVar("T")
@@ -267,6 +268,9 @@ async def run_bench(config: BenchConfig, observer: Observer | None = None) -> Be
     if memory and mode == "process":
         raise ConfigError("memory:// is in-process: use --publisher-mode task")
     topic = f"bench-{run_id}"
+    # In a test run, what the bench leaves on the broker is swept with the test's
+    # names (a no-op otherwise: factbus.testing.names).
+    names.record(topic)
     node = f"{topic}-consumer"
     with tempfile.TemporaryDirectory(prefix="factbus-bench-") as tmp:
         store = config.store or f"sqlite:///{Path(tmp) / 'bench.db'}"

@@ -28,6 +28,7 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
+from factbus.testing import names
 from factbus.transport import open_transport
 
 DEFAULT_URLS: Final = {
@@ -41,7 +42,9 @@ DEFAULT_URLS: Final = {
 
 def broker_url(name: str) -> str:
     """The URL of test broker ``name`` (a key of :data:`DEFAULT_URLS`); skips the
-    calling test (or, in CI, fails it) when the broker does not answer."""
+    calling test (or, in CI, fails it) when the broker does not answer. Noted in
+    the run's journal (:mod:`factbus.testing.names`): the calling test's names
+    are swept from this broker once it ends."""
     url = os.environ.get(f"FACTBUS_TEST_{name.upper()}_URL", DEFAULT_URLS[name])
     parts = urlsplit(url.split(",")[0])
     host, port = parts.hostname or "127.0.0.1", parts.port
@@ -50,14 +53,19 @@ def broker_url(name: str) -> str:
             pass
     except OSError as error:
         unavailable(f"{name} broker at {host}:{port} does not answer ({error}); run `make brokers`")
+    names.record_broker(name, url)
     return url
 
 
 def unique(prefix: str, sep: str = "-") -> str:
     """A name no other test uses, for a test's own topic, queue, node, database or
     schema on the shared brokers: ``prefix``, ``sep`` and 10 random hex digits
-    (``sep="_"`` for a name PostgreSQL takes unquoted)."""
-    return f"{prefix}{sep}{uuid.uuid4().hex[:10]}"
+    (``sep="_"`` for a name PostgreSQL takes unquoted). Noted in the run's
+    journal (:mod:`factbus.testing.names`): every broker object whose name contains
+    it is removed once the test ends (:mod:`factbus.testing.sweep`)."""
+    made = f"{prefix}{sep}{uuid.uuid4().hex[:10]}"
+    names.record(made)
+    return made
 
 
 def with_options(url: str, options: str = "", /, **named: object) -> str:

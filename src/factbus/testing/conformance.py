@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any, ClassVar
 import pytest
 
 from factbus.errors import TransportError
+from factbus.testing.brokers import unique
 from factbus.transport import (
     Capabilities,
     DeadLetter,
@@ -73,7 +73,7 @@ class ConformanceContext:
     def name(self, prefix: str) -> str:
         """A fresh topic, group or queue name, ``conf-PREFIX-<random>``, remembered
         in :attr:`names`."""
-        made = f"conf-{prefix}-{uuid.uuid4().hex[:10]}"
+        made = unique(f"conf-{prefix}")
         self.names.append(made)
         return made
 

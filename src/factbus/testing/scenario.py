@@ -152,10 +152,11 @@ async def run_convergence(
     """Publish a shuffled, duplicated DAG over ``url`` to ``nodes`` fan-out nodes,
     each with its own SQLite store, and report what each handled."""
     from factbus.bus import Bus
+    from factbus.testing.brokers import unique
 
     dag = random_dag(facts, seed=seed)
     checker = CausalChecker.of(dag)
-    topic = f"scenario-{uuid.uuid4().hex[:8]}"
+    topic = unique("scenario")
     names = [f"node-{i}-{topic}" for i in range(nodes)]
     buses = []
     for name in names:
