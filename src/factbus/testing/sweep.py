@@ -149,6 +149,20 @@ def sweep_now(brokers: Mapping[str, Collection[str]], select: Select) -> Swept:
         return pool.submit(asyncio.run, sweep(brokers, select)).result()
 
 
+def present(brokers: Mapping[str, Collection[str]], select: Select) -> list[str]:
+    """The names of the objects ``select`` picks on ``brokers`` (listed, not removed;
+    sorted; a broker that cannot be listed raises :class:`SweepError`)."""
+    seen: list[str] = []
+
+    def note(name: str) -> bool:
+        if select(name):
+            seen.append(name)
+        return False
+
+    sweep_now(brokers, note).check(busy_is_failure=True)
+    return sorted(seen)
+
+
 async def _guarded(broker: str, job: Coroutine[Any, Any, Swept]) -> Swept:
     try:
         return await job
@@ -357,34 +371,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kinds = set(args.broker or KINDS)
     brokers = configured_brokers(kinds)
-    dry: list[str] = []
-
-    def picked(select: Select) -> Select:
-        if not args.dry_run:
-            return select
-
-        def note(name: str) -> bool:
-            if select(name):
-                dry.append(name)
-            return False
-
-        return note
-
     swept = Swept()
     if args.prefix:
-        swept = sweep_now(brokers, picked(prefixed(args.prefix)))
+        if args.dry_run:
+            for name in present(brokers, prefixed(args.prefix)):
+                print(f"would remove {name!r}")
+            return 0
+        swept = sweep_now(brokers, prefixed(args.prefix))
     else:
         for journal in finished_journals():
             entries = journal.read()
             targets = Entries(brokers={k: u for k, u in entries.brokers.items() if k in kinds})
             targets.update(Entries(brokers=brokers))
-            done = sweep_now(targets.brokers, picked(containing(entries.names)))
+            if args.dry_run:
+                for name in present(targets.brokers, containing(entries.names)):
+                    print(f"{journal.path}: would remove {name!r}")
+                continue
+            done = sweep_now(targets.brokers, containing(entries.names))
             swept.update(done)
             print(f"{journal.path}: {len(entries.names)} names, {len(done.removed)} removed")
-            if not args.dry_run and not done.failed and not done.busy:
+            if not done.failed and not done.busy:
                 journal.path.unlink(missing_ok=True)
-    for line in sorted(set(dry)):
-        print(f"would remove {line!r}")
     for line in swept.removed:
         print(f"removed {line}")
     for line in [*swept.failed, *swept.busy]:

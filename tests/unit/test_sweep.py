@@ -1,0 +1,221 @@
+"""The suite's clean-up (tests/conftest.py, factbus.testing.names/sweep) on the real
+brokers: an inner pytest run with this suite's conftest makes queues, exchanges,
+topics, a group, keys, a schema and a database through the real brokers, checks
+they are there, and ends; afterwards none is left, an object of the same shape
+that the run did not name is still there, and the run's journal is gone. A
+clean-up that fails is an error of the inner test's teardown, its own result
+kept, and ``python -m factbus.testing.sweep`` removes what was left."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from factbus.testing.brokers import broker_url
+from factbus.testing.sweep import containing, prefixed, present, sweep_now
+
+pytestmark = [
+    pytest.mark.broker("amqp"),
+    pytest.mark.broker("kafka"),
+    pytest.mark.broker("redis"),
+    pytest.mark.broker("postgres"),
+]
+
+CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+INI = """[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+filterwarnings = error
+"""
+
+INNER = """
+import json, os
+import asyncpg
+from factbus.testing.brokers import broker_url, unique
+from factbus.testing.sweep import containing, present
+from factbus.transport import Message, open_transport
+
+OUT = os.environ["SWEEP_TEST_OUT"]
+
+def made(kind, name):
+    with open(OUT, "a") as out:
+        out.write(json.dumps([kind, name]) + "\\n")
+
+def there(kind, url, name):
+    return present({kind: {url}}, containing([name]))
+
+async def through_transport(kind):
+    url = broker_url(kind)
+    topic, group = unique(f"sweep-{kind}"), unique("g")
+    transport = open_transport(url)
+    await transport.connect()
+    try:
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, [Message(b"x", "m-1", None, {})])
+        if kind == "kafka":  # a committed offset: the group exists on the broker
+            batch = await subscription.next_batch(1, timeout=30)
+            for delivery in batch:
+                await delivery.ack()
+        await subscription.aclose()
+    finally:
+        await transport.aclose()
+    made(kind, topic)
+    made(kind, group)
+    return url, topic, group
+
+async def test_amqp():
+    url, topic, group = await through_transport("amqp")
+    assert f"{topic}.{group}" in there("amqp", url, topic)
+    assert topic in there("amqp", url, topic)
+
+async def test_kafka():
+    url, topic, group = await through_transport("kafka")
+    assert topic in there("kafka", url, topic)
+    assert group in there("kafka", url, group)
+
+async def test_redis():
+    url, topic, group = await through_transport("redis")
+    assert any(key.endswith(topic) for key in there("redis", url, topic))
+
+async def test_postgres():
+    url = broker_url("postgres")
+    schema, database = unique("sweep", "_"), unique("sweep_db", "_")
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(f'CREATE SCHEMA "{schema}"')
+        await connection.execute(f'CREATE TABLE "{schema}".t (x int)')
+        await connection.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await connection.close()
+    made("postgres", schema)
+    made("postgres", database)
+    assert there("postgres", url, schema) == [schema]
+    assert there("postgres", url, database) == [database]
+"""
+
+INNER_FAILING = """
+import json, os
+from factbus.testing.brokers import broker_url, unique
+from factbus.transport import open_transport
+
+async def test_makes_a_queue_then_passes():
+    url = broker_url("amqp")
+    topic = unique("sweep-fail")
+    transport = open_transport(url)
+    await transport.connect()
+    try:
+        await (await transport.subscribe(topic, "g")).aclose()
+    finally:
+        await transport.aclose()
+    with open(os.environ["SWEEP_TEST_OUT"], "a") as out:
+        out.write(json.dumps(["amqp", topic]) + "\\n")
+"""
+
+
+def _inner_run(
+    tmp_path: Path, source: str, **env: str
+) -> tuple[subprocess.CompletedProcess[str], list[tuple[str, str]], Path]:
+    """Run ``source`` as a test file under this suite's conftest in a pytest of its own;
+    (the run, the (broker, name) pairs it made, its journal directory)."""
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "conftest.py").write_text(CONFTEST.read_text())
+    (inner / "pytest.ini").write_text(INI)
+    (inner / "test_inner.py").write_text(source)
+    journals, out = tmp_path / "journals", tmp_path / "made.jsonl"
+    environ = {k: v for k, v in os.environ.items() if k != "FACTBUS_TEST_NAMES"}
+    environ |= {"FACTBUS_TEST_NAMES_DIR": str(journals), "SWEEP_TEST_OUT": str(out), **env}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_inner.py"],
+        cwd=inner,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    pairs = (
+        [tuple(json.loads(line)) for line in out.read_text().splitlines()] if out.exists() else []
+    )
+    return run, [(kind, name) for kind, name in pairs], journals
+
+
+def _decoy_queue(url: str, name: str) -> None:
+    """A queue the inner run did not name (same prefix, another random part)."""
+    import aio_pika
+
+    async def declare() -> None:
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_queue(name, durable=True)
+
+    asyncio.run(declare())
+
+
+def test_a_run_leaves_nothing_it_made_and_keeps_what_it_did_not(tmp_path: Path) -> None:
+    urls = {kind: broker_url(kind) for kind in ("amqp", "kafka", "redis", "postgres")}
+    decoy = f"sweep-amqp-{uuid.uuid4().hex[:10]}"  # not through unique(): not the run's
+    _decoy_queue(urls["amqp"], decoy)
+    try:
+        run, made, journals = _inner_run(tmp_path, INNER)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "4 passed" in run.stdout and "error" not in run.stdout, run.stdout
+        assert {kind for kind, _ in made} == {"amqp", "kafka", "redis", "postgres"}
+        for kind, name in made:
+            assert present({kind: {urls[kind]}}, containing([name])) == [], (kind, name)
+        assert present({"amqp": {urls["amqp"]}}, containing([decoy])) == [decoy]
+        assert list(journals.iterdir()) == []  # a clean run removes its journal
+    finally:
+        sweep_now({"amqp": {urls["amqp"]}}, containing([decoy])).check(busy_is_failure=True)
+
+
+def test_a_failed_clean_up_is_reported_the_result_kept_and_brokers_clean_finishes_it(
+    tmp_path: Path,
+) -> None:
+    url = broker_url("amqp")
+    run, made, journals = _inner_run(
+        tmp_path, INNER_FAILING, FACTBUS_TEST_RABBITMQ_API="http://127.0.0.1:9"
+    )
+    [(_, topic)] = made
+    try:
+        assert run.returncode != 0
+        assert "1 passed" in run.stdout and "1 error" in run.stdout, run.stdout
+        assert "management API at http://127.0.0.1:9" in run.stdout, run.stdout
+        assert f"{topic}.g" in present({"amqp": {url}}, containing([topic]))
+        [journal] = list(journals.iterdir())  # kept for make brokers-clean
+        clean = subprocess.run(
+            [sys.executable, "-m", "factbus.testing.sweep", "--broker", "amqp"],
+            env={**os.environ, "FACTBUS_TEST_NAMES_DIR": str(journals)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        assert f"rabbitmq queue '{topic}.g'" in clean.stdout
+        assert present({"amqp": {url}}, containing([topic])) == []
+        assert not journal.exists()
+    finally:
+        sweep_now({"amqp": {url}}, containing([topic]))
+
+
+def test_prefixed_picks_a_prefix_at_the_start_of_a_name_or_of_a_dotted_part() -> None:
+    select = prefixed(["proxy-"])
+    assert select("proxy-1a2b.dead-letter")
+    assert select("_kombu.binding.proxy-1a2b")
+    assert select("node-9f:_kombu.binding.proxy-1a2b")
+    assert not select("myproxy-1a2b")
+    assert not select("other.queue")
+    assert not prefixed([])("proxy-1")
+
+
+def test_containing_ignores_case_and_empty_names() -> None:
+    select = containing(["Fb_ab12", ""])
+    assert select("schema_fb_AB12_x")
+    assert not select("unrelated")
