@@ -10,12 +10,13 @@ JS     := tests/js/node_modules/.installed
 CARGO  ?= $(shell command -v cargo 2>/dev/null || ls $(HOME)/.cargo/bin/cargo 2>/dev/null)
 NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 
-.PHONY: native demo test lint typecheck unit core-only brokers brokers-stop jinaga-server jinaga-server-stop bench clean help
+.PHONY: native demo test lint typecheck unit core-only brokers brokers-stop brokers-clean jinaga-server jinaga-server-stop bench clean help
 
 help:
 	@echo "make demo     - set up a virtualenv and run 'factbus demo' (memory transport, SQLite stores)"
 	@echo "make test     - set up, start the brokers, and run lint, mypy and every test"
 	@echo "make brokers  - install (if missing) and start RabbitMQ, Kafka, Redis, PostgreSQL on loopback"
+	@echo "make brokers-clean [PREFIX='p1 p2'] - remove what finished test runs (or names with these prefixes) left on the test brokers"
 	@echo "make jinaga-server - install (npm) and start jinaga-server 3.7.5 on PostgreSQL, 127.0.0.1:8091"
 	@echo "make bench    - run the benchmark matrix (see benchmarks/RESULTS.md)"
 
@@ -54,6 +55,14 @@ brokers:
 
 brokers-stop:
 	bash scripts/brokers.sh stop
+
+# What finished (or interrupted) test runs left on the test brokers: the names in
+# their journals (a run still going on is never touched). PREFIX='conf- proxy-'
+# instead removes every object whose name starts with one of these prefixes:
+# only when no test run using them is going on. docs/brokers.md.
+brokers-clean: $(STAMP)
+	eval "$$(bash scripts/brokers.sh env)" && \
+	  $(BIN)/python -m factbus.testing.sweep $(foreach p,$(PREFIX),--prefix $(p))
 
 jinaga-server: brokers
 	bash scripts/jinaga-server.sh start

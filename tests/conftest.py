@@ -11,11 +11,13 @@ group, key, schema or database whose name contains a name made while it ran
 run (names made outside a test, e.g. by a module-scoped fixture; Kafka groups that
 still had members). A clean-up failure is an error of the test's teardown (the
 test's own outcome is kept); the journal of a run that could not remove
-everything stays for ``make brokers-clean``."""
+everything stays for ``make brokers-clean``. ``FACTBUS_TEST_SWEEP=0`` keeps what
+the tests made (to look at it after a failure), and the journal with it."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import TypeVar
 
@@ -35,6 +37,10 @@ _swept: set[str] = set()
 """Names a test's sweep removed everything of (not swept again at the end)."""
 
 
+def _sweeping() -> bool:
+    return os.environ.get("FACTBUS_TEST_SWEEP", "1") != "0"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Start the run's journal before collection (a module may make names on import)."""
     global _journal
@@ -52,7 +58,7 @@ def _sweep_run() -> Iterator[None]:
     """At the end of the run: sweep the names no test's sweep covered from every
     broker the run used; remove the journal if nothing is left."""
     yield
-    if _journal is None:
+    if _journal is None or not _sweeping():
         return
     entries = _journal.read()
     left = entries.names - _swept
@@ -67,7 +73,7 @@ def _sweep_test() -> Iterator[None]:
     """After the test (and every fixture it used) ended: remove what the names it
     made made on the brokers it used. Kafka groups still with members (a killed
     worker's) are left to ``_sweep_run``."""
-    if _journal is None:
+    if _journal is None or not _sweeping():
         yield
         return
     start = _journal.offset()

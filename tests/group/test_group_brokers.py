@@ -68,13 +68,13 @@ async def wait_up(supervisor: WorkerCommand, count: int, timeout: float) -> None
     raise AssertionError(f"workers not up in {timeout}s:\n{supervisor.tail()}")
 
 
-def _app_env(transport: str, store: str, topic: str, schema: str) -> dict[str, str]:
+def _app_env(transport: str, store: str, topic: str, group: str, schema: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         GROUP_APP_TRANSPORT=transport,
         GROUP_APP_STORE=store,
         GROUP_APP_TOPIC=topic,
-        GROUP_APP_GROUP="workers",
+        GROUP_APP_GROUP=group,
         GROUP_APP_SCHEMA=schema,
         GROUP_APP_NODE="worker",
         FACTBUS_LOG_LEVEL="error",
@@ -87,16 +87,16 @@ async def run_group_with_kill(transport_url: str, pg: str, schema: str) -> Verdi
     table = EffectTable(schema)
     await table.create(pg)
     store = with_options(pg, schema=schema, pool_max=3)
-    topic = unique("group")
+    topic, group = unique("group"), unique("workers")
     dag = random_dag(FACTS, seed=11)
     order = shuffled_with_duplicates(dag, duplicates=0.3, seed=11)
-    await prepare_group(transport_url, topic, "workers")
+    await prepare_group(transport_url, topic, group)
     supervisor = WorkerCommand(
         "group_app:build_bus",
         "--workers",
         str(WORKERS),
         app_dir=HERE,
-        env=_app_env(transport_url, store, topic, schema),
+        env=_app_env(transport_url, store, topic, group, schema),
         every=1,
     )
     publisher = Bus(transport_url, "memory://", topic=topic, node="publisher", consume=False)
@@ -158,7 +158,7 @@ async def run_group_with_kill(transport_url: str, pg: str, schema: str) -> Verdi
             await supervisor.stop(timeout=30)
         await publisher.aclose()
         await conn.close()
-        await remove_topic(transport_url, topic, ["workers"])
+        await remove_topic(transport_url, topic, [group])
 
 
 @pytest.mark.timeout(360)

@@ -27,7 +27,7 @@ KINDS = [
     pytest.param("kafka", marks=pytest.mark.broker("kafka")),
     pytest.param("redis", marks=pytest.mark.broker("redis")),
 ]
-NODE = "obs-node"
+NODE = unique("obs-node")  # a Kafka group of its own per run
 
 
 @pytest.fixture

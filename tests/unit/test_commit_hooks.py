@@ -27,7 +27,7 @@ async def store(request: Any, tmp_path: Path) -> Any:
         url = f"sqlite:///{tmp_path / 'hooks.db'}"
     else:
         base = broker_url("postgres")
-        url = unique(f"{base}?schema=fbhooks", "_")
+        url = f"{base}?schema={unique('fbhooks', '_')}"
     opened = open_store(url)
     await opened.open()
     yield opened
