@@ -48,9 +48,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Drop the journal's lock; the file stays if ``_sweep_run`` did not remove it."""
+    """Drop the journal's lock; the file stays if ``_sweep_run`` did not remove it
+    and it names something (a run that only collected names nothing)."""
     if _journal is not None:
-        _journal.close(remove=False)
+        _journal.close(remove=not _journal.read().names)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -57,21 +57,6 @@ def kafka_url(options: str = TEST_OPTIONS) -> str:
     return with_options(broker_url("kafka"), options)
 
 
-def _topics(admin: AdminClient) -> set[str]:
-    return set(admin.list_topics(timeout=30).topics)
-
-
-def _delete(admin: AdminClient, topics: set[str], groups: set[str]) -> None:
-    futures = (
-        list(admin.delete_topics(list(topics), operation_timeout=30).values()) if topics else []
-    )
-    if groups:
-        futures.extend(admin.delete_consumer_groups(list(groups), request_timeout=30).values())
-    for future in futures:
-        with contextlib.suppress(Exception):  # e.g. a group that never existed
-            future.result()
-
-
 async def _subscribed(ctx: ConformanceContext) -> tuple[str, str, Transport, Subscription]:
     """A fresh topic and group, a transport of the test's, and that group's
     subscription to that topic on it."""
@@ -176,21 +161,13 @@ class TestKafkaTransport(TransportConformance):
 
     @pytest.fixture
     async def ctx(self) -> AsyncIterator[ConformanceContext]:
-        url = kafka_url()
-        admin = AdminClient({"bootstrap.servers": kafka_bootstrap(url)})
-        before = await asyncio.to_thread(_topics, admin)
-        context = ConformanceContext(url, self.restart_command, self.timeout)
+        """The suite's context on the test Kafka (what its names made is removed by
+        tests/conftest.py)."""
+        context = ConformanceContext(kafka_url(), self.restart_command, self.timeout)
         try:
             yield context
         finally:
             await context.aclose()
-            made = set(context.names)
-            with contextlib.suppress(Exception):  # cleanup is best effort
-                new = await asyncio.to_thread(_topics, admin) - before
-                mine = {t for t in new if t.startswith("scenario-")}
-                mine |= made | {f"{name}.dead-letter" for name in made}  # missing ones fail quietly
-                groups = made | {f"node-{i}-{t}" for t in mine for i in range(3)}
-                await asyncio.to_thread(_delete, admin, mine, groups)
 
     # -- Kafka specifics ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from conftest import broker_url
 from factbus.errors import ConfigError
-from factbus.testing.brokers import remove_topic, remove_topics, unavailable, unique, with_options
+from factbus.testing.brokers import unavailable, unique, with_options
 from factbus.testing.conformance import ConformanceContext, TransportConformance, collect
 from factbus.transport import Message, delivery_position
 from factbus_amqp import AmqpTransport
@@ -37,7 +37,6 @@ class TestAmqpStreamTransport(TransportConformance):
             yield context
         finally:
             await context.aclose()
-            await remove_topics(context.url, context.names, context.names)
 
 
 def test_history_option() -> None:
@@ -90,4 +89,3 @@ async def test_reading_a_truncated_stream_warns() -> None:
     finally:
         clear = [rabbitmqctl, "clear_policy", policy]
         await asyncio.to_thread(subprocess.run, clear, capture_output=True, timeout=60)
-        await remove_topic(url, topic)
