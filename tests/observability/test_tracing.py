@@ -81,7 +81,7 @@ async def test_the_handler_continues_the_publishers_trace(kind: str) -> None:
             if process is not None and process.returncode is None:
                 process.kill()
                 await process.wait()
-        await remove_topic(url, topic, ["trace-consumer"])
+        await remove_topic(url, topic, [f"trace-consumer-{topic}"])
 
     checkout = next(s for s in sent if s["name"] == "checkout")
     publish = next(s for s in sent if s["name"] == f"publish {topic}")
@@ -104,7 +104,7 @@ async def test_the_handler_continues_the_publishers_trace(kind: str) -> None:
     assert attributes["messaging.system"] == system
     assert attributes["messaging.destination.name"] == topic
     assert attributes["messaging.operation.type"] == "process"
-    assert attributes["messaging.consumer.group.name"] == "trace-consumer"
+    assert attributes["messaging.consumer.group.name"] == f"trace-consumer-{topic}"
     assert attributes["messaging.message.id"] == head
     assert attributes["factbus.fact.type"] == "Trace.Order"
     assert handle["status"] == "UNSET"

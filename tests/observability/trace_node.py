@@ -64,7 +64,9 @@ async def main(role: str, url: str, topic: str, arg: str) -> None:
                 await bus.publish(order)
         print("HASH " + order.hash, flush=True)
     else:
-        bus = Bus(url, "memory://", topic=topic, node="trace-consumer")
+        # The topic in the node's name: a Kafka group of this test's alone, removed
+        # with the topic after it (tests/conftest.py).
+        bus = Bus(url, "memory://", topic=topic, node=f"trace-consumer-{topic}")
         done = asyncio.Event()
         seen: list[Fact] = []
 
