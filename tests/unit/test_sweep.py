@@ -4,7 +4,8 @@ topics, a group, keys, a schema and a database through the real brokers, checks
 they are there, and ends; afterwards none is left, an object of the same shape
 that the run did not name is still there, and the run's journal is gone. A
 clean-up that fails is an error of the inner test's teardown, its own result
-kept, and ``python -m factbus.testing.sweep`` removes what was left."""
+kept, and ``python -m factbus.testing.sweep`` removes what was left. A Kafka group
+that still has a member is reported busy (retried at the run's end), not failed."""
 
 from __future__ import annotations
 
@@ -219,3 +220,26 @@ def test_containing_ignores_case_and_empty_names() -> None:
     select = containing(["Fb_ab12", ""])
     assert select("schema_fb_AB12_x")
     assert not select("unrelated")
+
+
+async def test_a_kafka_group_with_a_member_is_busy_not_failed_and_goes_once_it_left() -> None:
+    from factbus.testing.brokers import unique
+    from factbus.transport import Message, open_transport
+
+    url = broker_url("kafka")
+    topic, group = unique("sweep-busy"), unique("sweep-busy-g")
+    transport = open_transport(url)
+    await transport.connect()
+    try:
+        subscription = await transport.subscribe(topic, group)
+        await transport.publish(topic, [Message(b"x", "m-1", None, {})])
+        assert len(await subscription.next_batch(1, timeout=60)) == 1  # a member now
+        busy = await asyncio.to_thread(sweep_now, {"kafka": {url}}, containing([group]))
+        assert busy.failed == [] and busy.removed == []
+        assert busy.busy == [f"kafka group {group!r}: still has members"]
+    finally:
+        await transport.aclose()
+    gone = await asyncio.to_thread(sweep_now, {"kafka": {url}}, containing([group, topic]))
+    assert gone.failed == [] and gone.busy == []
+    assert f"kafka group {group!r}" in gone.removed
+    assert await asyncio.to_thread(present, {"kafka": {url}}, containing([group, topic])) == []
