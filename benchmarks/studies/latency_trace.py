@@ -203,6 +203,14 @@ def _install_consumer_hooks() -> None:
         current[0] = now()
         return result
 
+    decode_each = pipeline_module.decode_each
+
+    def traced_decode_each(*args: Any, **kwargs: Any) -> Any:
+        # A step of a DeliveryBatch decodes its bodies here, not in _decode.
+        result = decode_each(*args, **kwargs)
+        current[0] = now()
+        return result
+
     async def traced_commit(self: Any, buffer: Any, positions: Any) -> Any:
         current[1] = now()
         result = await commit(self, buffer, positions)
@@ -221,13 +229,18 @@ def _install_consumer_hooks() -> None:
             trace.steps.add(start, end, len(deliveries), *current, index, time.thread_time() - cpu)
             if trace.run:
                 step_of = trace.step_of
-                for d in deliveries:
-                    n = trace.number(d.body)
+                # A DeliveryBatch (what Bus steps with) or a sequence of deliveries.
+                bodies = getattr(deliveries, "bodies", None)
+                if bodies is None:
+                    bodies = [d.body for d in deliveries]
+                for body in bodies:
+                    n = trace.number(body)
                     if n >= 0 and step_of[n] < 0:
                         step_of[n] = index
 
     Pipeline.step = traced_step  # type: ignore[method-assign]
     Pipeline._decode = traced_decode  # type: ignore[method-assign]
+    pipeline_module.decode_each = traced_decode_each  # type: ignore[assignment]
     Pipeline._commit = traced_commit  # type: ignore[method-assign]
 
     class TimedConnection(sqlite3.Connection):
@@ -307,7 +320,8 @@ def _install_consumer_hooks() -> None:
         call = kafka_subscription.KafkaSubscription._call
 
         def traced_call_threadsafe(self: Any, callback: Callable[..., None], *args: Any) -> None:
-            if args and isinstance(args[0], list):
+            # Records handed on (not the partition numbers of an assignment).
+            if args and getattr(callback, "__name__", "") == "_receive":
                 t = now()
                 trace.thread.add(t, len(args[0]))
                 if trace.run:

@@ -1,0 +1,186 @@
+"""Where the consuming process's middle (generation-1) collections run during a
+Kafka half load, and what each moves into the oldest generation.
+
+CPython 3.11 counts, as ``long_lived_pending``, every tracked object a
+generation-1 collection moves into generation 2, and runs a full collection at
+the tenth generation-1 collection once that count exceeds a quarter of the
+objects the last full collection kept (benchmarks/studies/PROFILE.md §18). So
+what brings the half load's full collections is what is alive at each
+generation-1 collection. This study runs :func:`factbus.bench.runner.run_bench`
+in its process (the matrix's Kafka cell without baseline and drain: warm-up,
+peak, half load) and, at each generation-1 collection of the half-load phase,
+records:
+
+- which thread ran it (the event loop, or the subscription's consumer thread,
+  whose ``consume()`` allocates librdkafka's ``Message`` objects);
+- whether a pipeline step was running, and inside ``decode_each`` (the native
+  verify, where the loop's young collections are triggered: §24), with the
+  step's size and the previous step's;
+- the subscription's buffered records and those handed over by the thread but
+  not yet taken in by the loop;
+- what the collection moved into generation 2 (the tail of
+  ``gc.get_objects(2)`` after it), in all and how many librdkafka ``Message``
+  objects among them (counted by type only).
+
+The counting itself costs ~1-2 ms per generation-1 collection (listing
+generation 2), so the phase's timing is not the bench's; the placement and
+counts are what this is for.
+
+Run (brokers up, ``eval "$(bash scripts/brokers.sh env)"``)::
+
+    .venv/bin/python benchmarks/studies/kafka_middle_collections.py --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import threading
+from typing import Any
+
+from factbus import pipeline as pipeline_module
+from factbus.bench.runner import BenchConfig, run_bench
+from factbus_kafka import subscription as kafka_subscription
+
+
+class Probe:
+    """The hooks (see the module docstring) and what they recorded."""
+
+    def __init__(self) -> None:
+        self.phase = "start-up"
+        self.subscriptions: list[Any] = []
+        self.in_step = False
+        self.decoding = False
+        self.step_size = 0
+        self.previous_size = 0
+        self.rows: list[tuple[bool, bool, bool, int, int, int, int, int, int]] = []
+        """Per generation-1 collection: on the loop, in a step, decoding, step
+        size, previous step's size, buffered, in the hand-off, moved, Messages."""
+        self.facts = 0
+        """The half load's facts (its end: the last one handled)."""
+        self._old = 0
+        self._at: tuple[bool, bool, bool, int, int, int, int] = (False,) * 3 + (0,) * 4  # type: ignore[assignment]
+
+    def note_phase(self, name: str, total: int) -> None:
+        self.phase = name
+
+    def install(self) -> None:
+        probe = self
+        init = kafka_subscription.KafkaSubscription.__init__
+
+        def traced_init(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            probe.subscriptions.append(self)
+
+        kafka_subscription.KafkaSubscription.__init__ = traced_init  # type: ignore[method-assign]
+        step = pipeline_module.Pipeline.step
+
+        async def traced_step(self: Any, batch: Any) -> None:
+            probe.in_step = probe.decoding = True
+            probe.step_size = len(batch)
+            try:
+                await step(self, batch)
+            finally:
+                probe.in_step = probe.decoding = False
+                probe.previous_size = len(batch)
+
+        pipeline_module.Pipeline.step = traced_step  # type: ignore[method-assign]
+        decode_each = pipeline_module.decode_each
+
+        def traced_decode_each(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return decode_each(*args, **kwargs)
+            finally:
+                probe.decoding = False
+
+        pipeline_module.decode_each = traced_decode_each  # type: ignore[assignment]
+        gc.callbacks.append(self.on_gc)
+
+    def on_gc(self, stage: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 1 or self.phase != "half load":
+            return
+        if stage == "start":
+            self._old = len(gc.get_objects(2))
+            sub = self.subscriptions[-1] if self.subscriptions else None
+            self._at = (
+                threading.current_thread() is threading.main_thread(),
+                self.in_step,
+                self.decoding,
+                self.step_size,
+                self.previous_size,
+                len(sub._buffer) if sub is not None else -1,
+                (sub._handed - sub._arrived) if sub is not None else -1,
+            )
+            return
+        moved = gc.get_objects(2)[self._old :]
+        messages = sum(1 for o in moved if type(o).__name__ == "Message")
+        self.rows.append((*self._at, len(moved), messages))
+        moved.clear()
+
+
+class _Observer:
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+
+    def phase(self, name: str, total: int) -> None:
+        self.probe.note_phase(name, total)
+
+    def advance(self, name: str, done: int) -> None:
+        if name == "half load" and done >= self.probe.facts:
+            self.probe.phase = "after half load"  # its last fact handled
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--transport", default="kafka://127.0.0.1:9092")
+    parser.add_argument("--facts", type=int, default=50_000)
+    parser.add_argument("--warmup", type=int, default=2_000)
+    parser.add_argument("--publish-batch", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--rows", action="store_true", help="print every collection")
+    args = parser.parse_args()
+    probe = Probe()
+    probe.install()
+    for _ in range(args.runs):
+        probe.phase, probe.rows, probe.facts = "start-up", [], args.facts
+        config = BenchConfig(
+            transport=args.transport,
+            facts=args.facts,
+            warmup=args.warmup,
+            publish_batch=args.publish_batch,
+            baseline=False,
+            drain=False,
+        )
+        result = asyncio.run(run_bench(config, _Observer(probe)))
+        half = result.half_load
+        assert half is not None
+        rows = probe.rows
+        in_decode = [r for r in rows if r[0] and r[2]]
+        on_thread = [r for r in rows if not r[0]]
+        moved = sum(r[7] for r in rows)
+        messages = sum(r[8] for r in rows)
+        sizes = [r[3] for r in in_decode]
+        print(
+            f"load {os.getloadavg()[0]:.1f}; half load {half.achieved_per_s:,.0f} msgs/s, "
+            f"p99 {half.latency_ms.p99:.1f} ms; generation-1 collections {len(rows)}: "
+            f"{len(in_decode)} in decode_each, {len(on_thread)} on the consumer thread, "
+            f"{len(rows) - len(in_decode) - len(on_thread)} elsewhere on the loop; "
+            f"moved {moved:,} ({moved / args.facts * 1000:.0f} per 1,000 facts), "
+            f"librdkafka Messages {messages:,} ({messages / max(moved, 1):.0%}); "
+            f"median step size in decode {statistics.median(sizes) if sizes else 0:.0f}",
+            flush=True,
+        )
+        if args.rows:
+            print("  loop step decoding size previous buffered hand-off | moved Messages")
+            for row in rows:
+                print("  ", row)
+
+
+if __name__ == "__main__":
+    main()
