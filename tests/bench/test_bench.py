@@ -10,18 +10,28 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from factbus import envelope
 from factbus.bench import BenchConfig, BenchResult, Latency, run_bench
-from factbus.bench.publisher import PublishReport, _set_aside, forget_published, merge_stamps
+from factbus.bench.publisher import (
+    PublishJob,
+    PublishReport,
+    _set_aside,
+    forget_published,
+    merge_stamps,
+    publish_share,
+)
 from factbus.bench.report import markdown, replace_section
 from factbus.bench.workload import WorkloadSpec, build_workload
+from factbus.bus import Bus
 from factbus.cli import main
 from factbus.commands.bench import add_arguments, config_from
-from factbus.errors import ConfigError
+from factbus.errors import ConfigError, TransportError
 from factbus.gc_freeze import ENV as GC_FREEZE_ENV
+from factbus.transport import take_batch
 
 TINY = {"facts": 300, "warmup": 30, "publish_batch": 25, "batch_size": 64, "timeout": 20.0}
 
@@ -466,3 +476,45 @@ def test_a_bench_on_the_python_receive_path_says_so_and_why(tmp_path: Path) -> N
     shown = " ".join(done.stdout.split())
     assert "native helper: off, Python receive path (turned off (FACTBUS_NATIVE=0))" in shown
     assert "(no native helper)" in markdown([BenchResult.from_json(data)])
+
+
+async def test_a_paced_job_publishes_each_message_once_and_fails_with_a_failed_call() -> None:
+    """A paced job (the half load's publisher) looks at the calls completed since its
+    last call rather than at every call in flight (PROFILE.md §25): every message is
+    still published once and stamped, and a call that fails fails the job."""
+    spec = WorkloadSpec(facts=400, seed=11)
+    workload = build_workload(spec)
+    job = PublishJob(spec=spec, publish_batch=25, rate=40_000.0)
+    bus = Bus("memory://", "memory://", topic="paced-once", node="paced-pub", consume=False)
+    await bus.start()
+    try:
+        received = await bus.transport.subscribe("paced-once", "paced-reader")
+        report = await publish_share(bus, workload, job, 0, 1)
+        assert report.messages == workload.messages
+        assert all(report.stamps[n] > 0 for n in range(spec.facts))
+        bodies: list[bytes] = []
+        while batch := await take_batch(received, 1000, timeout=0.2):
+            bodies += batch.bodies
+            await batch.ack()
+        assert sorted(bodies) == sorted(workload.bodies)  # each message once
+    finally:
+        await bus.aclose()
+
+    failing = Bus("memory://", "memory://", topic="paced-fails", node="paced-pub2", consume=False)
+    await failing.start()
+    try:
+        publish = failing.publish
+        calls = 0
+
+        async def publish_then_fail(*facts: Any, **options: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 5:  # a later call fails while others are in flight or done
+                await failing.transport.aclose()
+            return await publish(*facts, **options)
+
+        failing.publish = publish_then_fail  # type: ignore[method-assign]
+        with pytest.raises(TransportError, match="closed"):
+            await publish_share(failing, workload, PublishJob(spec, 25, rate=40_000.0), 0, 1)
+    finally:
+        await failing.aclose()
