@@ -39,6 +39,8 @@ import gc
 import os
 import statistics
 import threading
+import time
+from operator import itemgetter
 from typing import Any
 
 from factbus import pipeline as pipeline_module
@@ -59,6 +61,9 @@ class Probe:
         self.rows: list[tuple[bool, bool, bool, int, int, int, int, int, int]] = []
         """Per generation-1 collection: on the loop, in a step, decoding, step
         size, previous step's size, buffered, in the hand-off, moved, Messages."""
+        self.full: list[float] = []
+        """Wall ms of each full collection in the half load."""
+        self._full_start = 0.0
         self.facts = 0
         """The half load's facts (its end: the last one handled)."""
         self._old = 0
@@ -100,7 +105,15 @@ class Probe:
         gc.callbacks.append(self.on_gc)
 
     def on_gc(self, stage: str, info: dict[str, Any]) -> None:
-        if info["generation"] != 1 or self.phase != "half load":
+        if self.phase != "half load":
+            return
+        if info["generation"] == 2:
+            if stage == "start":
+                self._full_start = time.perf_counter()
+            else:
+                self.full.append((time.perf_counter() - self._full_start) * 1e3)
+            return
+        if info["generation"] != 1:
             return
         if stage == "start":
             self._old = len(gc.get_objects(2))
@@ -119,6 +132,61 @@ class Probe:
         messages = sum(1 for o in moved if type(o).__name__ == "Message")
         self.rows.append((*self._at, len(moved), messages))
         moved.clear()
+
+
+def records_as_tuples() -> None:
+    """The ``--tuples`` experiment (see ``main``): patches the subscription's
+    consumer and the few loop-side places that read a record."""
+    module = kafka_subscription
+    base = module.Consumer
+
+    class TupleConsumer(base):  # type: ignore[misc,valid-type]
+        def consume(self, *args: Any, **kwargs: Any) -> list[Any]:
+            return [
+                (m.value(), m.partition(), m.offset()) if m.error() is None else m
+                for m in super().consume(*args, **kwargs)
+            ]
+
+    module.Consumer = TupleConsumer  # type: ignore[misc]
+    module._value_of = itemgetter(0)  # type: ignore[assignment]
+    module._partition_of = itemgetter(1)  # type: ignore[assignment]
+
+    def receive(self: Any, messages: list[Any]) -> None:
+        self._arrived += len(messages)
+        if self._closed:
+            return
+        fresh = []
+        for message in messages:
+            if not isinstance(message, tuple):
+                self._on_message_error(message.error())
+                continue
+            number = message[1]
+            partition = self._partitions.get(number)
+            if partition is None:
+                partition = self._partitions[number] = module._Partition(number, self)
+            if message[2] < partition.next_offset:
+                continue  # no nacks in the bench: skipped as re-read
+            partition.next_offset = message[2] + 1
+            fresh.append(message)
+        self._deliver(fresh)
+
+    module.KafkaSubscription._receive = receive  # type: ignore[method-assign]
+
+    def batch_of(self: Any, items: list[Any]) -> Any:
+        numbers = list(map(module._partition_of, items))
+        bodies = list(map(module._value_of, items))
+        runs = []
+        for number, start, end in module._runs_of(numbers):
+            partition = self._partitions[number]
+            run = module._Run(partition, start)
+            run.end = end
+            run.offset = items[end - 1][2]
+            run.pending = run.unhanded = end - start
+            partition.unsettled.append(run)
+            runs.append(run)
+        return module.KafkaBatch(self, bodies, items, runs, {})
+
+    module.KafkaSubscription._batch_of = batch_of  # type: ignore[method-assign]
 
 
 class _Observer:
@@ -144,11 +212,22 @@ def main() -> None:
     parser.add_argument("--publish-batch", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--rows", action="store_true", help="print every collection")
+    parser.add_argument(
+        "--tuples",
+        action="store_true",
+        help="an experiment, not the adapter: the consumer thread hands records on as "
+        "exact tuples (value, partition, offset) instead of librdkafka Messages, "
+        "dropping their headers and keys (a rejected record's dead letter would lack "
+        "them): what the half load's collections would be without a tracked object "
+        "per record",
+    )
     args = parser.parse_args()
+    if args.tuples:
+        records_as_tuples()
     probe = Probe()
     probe.install()
     for _ in range(args.runs):
-        probe.phase, probe.rows, probe.facts = "start-up", [], args.facts
+        probe.phase, probe.rows, probe.facts, probe.full = "start-up", [], args.facts, []
         config = BenchConfig(
             transport=args.transport,
             facts=args.facts,
@@ -173,7 +252,8 @@ def main() -> None:
             f"{len(rows) - len(in_decode) - len(on_thread)} elsewhere on the loop; "
             f"moved {moved:,} ({moved / args.facts * 1000:.0f} per 1,000 facts), "
             f"librdkafka Messages {messages:,} ({messages / max(moved, 1):.0%}); "
-            f"median step size in decode {statistics.median(sizes) if sizes else 0:.0f}",
+            f"median step size in decode {statistics.median(sizes) if sizes else 0:.0f}; "
+            f"full collections {len(probe.full)} ({', '.join(f'{w:.0f}' for w in probe.full)} ms)",
             flush=True,
         )
         if args.rows:
