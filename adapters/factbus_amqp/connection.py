@@ -13,6 +13,14 @@ deadline. Topology changes and recovery hold one lock, so a consumer or a
 declaration is never lost between a connection failing and the restore that
 follows it.
 
+Work on a connection (a publish awaiting its confirms, a declaration, a
+consumer's re-attach) runs inside :meth:`Live.bound`: when that connection is
+lost, the work is interrupted at once with :class:`ConnectionLost` instead of
+waiting on it. aiormq does not wake everything that waits on a dead connection
+(a publish blocked on its full write queue when the writer stopped waits
+forever, and every publish queued behind it on the channel lock), so nothing
+here relies on it: the caller retries on the next connection.
+
 Deliveries taken on a channel that closed are void: the broker requeues them
 and delivers them again on the new channel (at-least-once); their ``ack`` and
 ``nack`` do nothing.
@@ -56,6 +64,12 @@ TOPOLOGY_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.ChannelLockedResource,
 )
 """Channel errors that retrying cannot fix: the topology conflicts with what exists."""
+
+
+class ConnectionLost(ConnectionError):
+    """Work bound to a connection (:meth:`Live.bound`) was interrupted: the
+    connection was lost meanwhile. One of ``CONNECTION_ERRORS``: retry on the next."""
+
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPError,
@@ -120,7 +134,75 @@ class Live:
     """Declarations and purges: a channel error there spares the publish channel."""
     declared: set[tuple[str, str]] = field(default_factory=set)
     alive: bool = True
+    """False once the connection is lost or closed (:meth:`lose`); never true again."""
     channel_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lost: str = "closed"
+    """Why the connection was lost (scrubbed), for errors."""
+    working: set[asyncio.Task[Any]] = field(default_factory=set)
+    """Tasks inside :meth:`bound` now."""
+    interrupted: set[asyncio.Task[Any]] = field(default_factory=set)
+    """Tasks of ``working`` cancelled by :meth:`lose`, until they leave :meth:`bound`."""
+
+    def bound(self) -> Bound:
+        """``with live.bound():`` the current task's work on this connection, which
+        raises :class:`ConnectionLost` when the connection is lost (at once if
+        it already is) rather than wait on it (see :class:`Bound`)."""
+        return Bound(self)
+
+    def lose(self, reason: str = "closed") -> None:
+        """Mark the connection dead and interrupt every task inside :meth:`bound`
+        (except the calling one, which finds out by itself). Idempotent."""
+        if not self.alive:
+            return
+        self.alive = False
+        self.lost = reason
+        current = asyncio.current_task()
+        for task in self.working:
+            if task is not current and not task.done():
+                self.interrupted.add(task)
+                task.cancel()
+
+
+class Bound:
+    """The context manager of :meth:`Live.bound`.
+
+    :meth:`Live.lose` interrupts the task with a cancellation, which this turns
+    into :class:`ConnectionLost` when it leaves the block (aiormq's futures and
+    locks clean up on cancellation: a publish not yet written gives back its
+    delivery tag). A cancellation from elsewhere (``asyncio.timeout``,
+    ``Task.cancel``) arriving too stays a cancellation: only the one
+    :meth:`Live.lose` requested is taken back (``Task.uncancel``). Cheap: a set
+    insertion and removal, no task, no future.
+    """
+
+    __slots__ = ("_live", "_task")
+
+    def __init__(self, live: Live) -> None:
+        self._live = live
+        self._task: asyncio.Task[Any] | None = None
+
+    def __enter__(self) -> None:
+        live = self._live
+        if not live.alive:
+            raise ConnectionLost(f"the amqp connection was lost ({live.lost})")
+        task = asyncio.current_task()
+        assert task is not None, "Live.bound() needs a running task"
+        self._task = task
+        live.working.add(task)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _tb: object
+    ) -> None:
+        live, task = self._live, self._task
+        assert task is not None
+        live.working.discard(task)
+        if task not in live.interrupted:
+            return
+        live.interrupted.discard(task)
+        # lose() ran while the task was suspended inside the block, so its
+        # cancellation was delivered there; take back its count.
+        if task.uncancel() == 0 and kind is asyncio.CancelledError:
+            raise ConnectionLost(f"the amqp connection was lost ({live.lost})") from None
 
 
 class RecoveringConnection:
@@ -151,6 +233,12 @@ class RecoveringConnection:
     def is_open(self) -> bool:
         return self._live is not None and not self._closing
 
+    @property
+    def ready(self) -> bool:
+        """True while a live connection is there (false while recovering, or closed)."""
+        live = self._live
+        return live is not None and live.alive and self._ready.is_set() and not self._closing
+
     async def open(self) -> None:
         """Connect once. Idempotent.
 
@@ -180,7 +268,7 @@ class RecoveringConnection:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         live, self._live = self._live, None
         if live is not None:
-            live.alive = False
+            live.lose("the transport was closed")
             await _close_quietly(live.connection)
 
     async def live(self) -> Live:
@@ -308,7 +396,7 @@ class RecoveringConnection:
             live.publish = await _open_channel(live, confirms=True)
             live.admin = await _open_channel(live, confirms=False)
         except BaseException:
-            live.alive = False
+            live.lose()
             await _close_quietly(connection)
             raise
         return live
@@ -318,8 +406,9 @@ class RecoveringConnection:
             self._lost(live, error)
 
     def _lost(self, live: Live, error: BaseException | None) -> None:
-        """``live`` is dead: void its consumers' deliveries and start the recovery."""
-        live.alive = False
+        """``live`` is dead: interrupt the work bound to it, void its consumers'
+        deliveries and start the recovery."""
+        live.lose(self.scrub(error))
         if self._closing or live is not self._live:
             return
         log.warning(
@@ -349,7 +438,7 @@ class RecoveringConnection:
                         if not live.alive:
                             raise aiormq.exceptions.ChannelInvalidStateError("lost again")
                     except BaseException:
-                        live.alive = False
+                        live.lose()
                         await _close_quietly(live.connection)
                         raise
                     self._live = live
@@ -493,7 +582,8 @@ class RecoveringConnection:
             # The channel may have closed because the queue went away: declare it again.
             live.declared.discard(("queue", queue_name(consumer.topic, consumer.group)))
             try:
-                await self._attach(live, consumer)
+                with live.bound():
+                    await self._attach(live, consumer)
             except TOPOLOGY_ERRORS as error:
                 self._give_up(consumer, error)
             except CONNECTION_ERRORS as error:

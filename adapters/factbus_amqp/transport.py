@@ -56,6 +56,7 @@ from factbus_amqp.config import AmqpConfig
 from factbus_amqp.connection import (
     CONNECTION_ERRORS,
     TOPOLOGY_ERRORS,
+    ConnectionLost,
     ConsumerCallback,
     Live,
     RecoveringConnection,
@@ -537,13 +538,20 @@ class AmqpTransport(TransportBase):
         ``declared`` is what the exchange needs declared first (``("exchange",
         topic)`` or ``("dead-letter", topic)``), once per connection. One message
         is published and confirmed in the calling task; several are written
-        together (a task each), then their confirms awaited together."""
+        together (a task each), then their confirms awaited together.
+
+        The round runs bound to its connection (:meth:`Live.bound`): if the
+        connection is lost before every confirm came, the round ends at once and
+        what was not confirmed is sent again on the next connection. A confirm
+        that fails because its channel or connection closed counts the same,
+        whatever aiormq failed it with."""
         loop = asyncio.get_running_loop()
         timeout = self.config.publish_timeout
         deadline = loop.time() + timeout
         pending = routed
         last_error: BaseException | None = None
         while True:
+            channel: aiormq.Channel | None = None
             try:
                 async with asyncio.timeout_at(deadline):
                     try:
@@ -551,16 +559,17 @@ class AmqpTransport(TransportBase):
                     except TransportError as error:  # closed meanwhile
                         raise PublishError(str(error)) from None
                     try:
-                        if declared not in live.declared:
-                            await link.declare(live, declared)
-                        channel = await link.publish_channel(live)
-                        if len(pending) == 1:
-                            results = [await _publish_one(channel, exchange, pending[0], mandatory)]
-                        else:
-                            results = await asyncio.gather(
-                                *(_send(channel, exchange, item, mandatory) for item in pending),
-                                return_exceptions=True,
-                            )
+                        with live.bound():
+                            if declared not in live.declared:
+                                await link.declare(live, declared)
+                            channel = await link.publish_channel(live)
+                            if len(pending) == 1:
+                                results = [
+                                    await _publish_one(channel, exchange, pending[0], mandatory)
+                                ]
+                            else:
+                                sends = [_send(channel, exchange, m, mandatory) for m in pending]
+                                results = await asyncio.gather(*sends, return_exceptions=True)
                     except TOPOLOGY_ERRORS as error:
                         raise PublishError(f"cannot publish to {exchange!r}: {error}") from None
                     except CONNECTION_ERRORS as error:
@@ -569,8 +578,15 @@ class AmqpTransport(TransportBase):
                 raise PublishError(
                     f"{len(pending)} of {len(routed)} messages to {exchange!r} not confirmed "
                     f"within publish_timeout={timeout}s"
-                    + (f" (last error: {link.scrub(last_error)})" if last_error else "")
+                    + (
+                        f" (last error: {link.scrub(last_error)})"
+                        if last_error
+                        else " (the connection was lost and is not back yet)"
+                        if not link.ready
+                        else ""
+                    )
                 ) from None
+            cut = not live.alive or channel is None or channel.is_closed
             failed: list[tuple[bytes, str, spec.Basic.Properties]] = []
             for item, result in zip(pending, results, strict=True):
                 if not isinstance(result, BaseException):
@@ -585,7 +601,12 @@ class AmqpTransport(TransportBase):
                     )
                 if isinstance(result, aiormq.exceptions.DeliveryError):
                     raise PublishError(f"the broker refused message {item[2].message_id!r}")
-                if isinstance(result, (*CONNECTION_ERRORS, asyncio.CancelledError)):
+                if cut or isinstance(result, (*CONNECTION_ERRORS, asyncio.CancelledError)):
+                    # Cut off: aiormq fails the confirms of a closed channel with the
+                    # close's cause, or a bare Exception() when the broker closed
+                    # the connection cleanly.
+                    if type(result) is Exception:
+                        result = ConnectionLost(f"the amqp connection was lost ({live.lost})")
                     last_error = result
                     failed.append(item)
                     continue
@@ -767,7 +788,8 @@ class AmqpTransport(TransportBase):
                 async with asyncio.timeout_at(deadline):
                     live = await link.live()
                     try:
-                        return await operation(live)
+                        with live.bound():
+                            return await operation(live)
                     except TOPOLOGY_ERRORS as error:
                         raise FatalTransportError(f"cannot {what}: {error}") from None
                     except CONNECTION_ERRORS as error:
@@ -812,8 +834,9 @@ async def _publish_one(
     or the error it failed with, as ``asyncio.gather(..., return_exceptions=True)``
     would return them, without the task and the gathering future (two more
     turns of the loop per call). A cancellation of the calling task (its
-    ``publish_timeout``) propagates; a confirm cancelled under it (its channel
-    closed) is returned like the other errors."""
+    ``publish_timeout``, or the loss of its connection: :meth:`Live.bound`)
+    propagates; a confirm cancelled under it (its channel closed) is returned
+    like the other errors."""
     try:
         return await _send(channel, exchange, item, mandatory)
     except asyncio.CancelledError as error:

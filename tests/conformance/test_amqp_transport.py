@@ -476,3 +476,61 @@ async def test_heartbeat_notices_a_silent_connection(
         assert loop.time() - started < 15
         await transport.publish(topic, messages(5))
         assert len(await collect(subscription, 5, 10)) == 5
+
+
+async def test_publish_cut_off_while_acks_fill_the_write_queue_is_sent_again(
+    names: list[str], transports: list[AmqpTransport]
+) -> None:
+    """A transport that consumes and publishes (a bus, a sidecar) loses its connection
+    in the middle of a publish burst while a run of acks goes out on it too. The
+    publish is sent again on the next connection and returns, far within
+    ``publish_timeout``, and every message arrives.
+
+    Why it could fail: aiormq's writer stops at once when the connection breaks, but
+    its channels close a few loop turns later; meanwhile the acks (one frame each,
+    no channel lock) fill the connection's write queue (10 frames), and the publish
+    holding the channel lock waits on that queue for ever. The transport used to
+    wait for its confirms until ``publish_timeout`` and raise ``PublishError`` (about
+    9 runs in 10 of this test; the connection-faults test hit the same in CI).
+    """
+    options = (
+        "publish_timeout=20&heartbeat=2&connect_timeout=2&reconnect_delay=0.1"
+        "&reconnect_max_delay=0.3&prefetch=2000"
+    )
+    direct = await open_amqp(transports, amqp_url())
+    async with behind_proxy(names, transports, options) as (proxy, transport, consumed, inbox):
+        target = fresh(names, "t")
+        receiver = await direct.subscribe(target, fresh(names, "g"))
+        await direct.publish(consumed, messages(2000, "held"))
+        held: list[Any] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(held) < 2000 and loop.time() < deadline:
+            held += await inbox.next_batch(2000, timeout=1)
+        assert len(held) == 2000
+        burst = [Message(b"%d-" % i + b"x" * 300, f"burst-{i}", None, {}) for i in range(1000)]
+
+        # Cut the connection once, 10 kB into the burst and the acks.
+        proxy.close_after(proxy.stats.bytes_forwarded + 10_000)
+
+        async def heal() -> None:
+            while proxy.stats.closed_after == 0:  # noqa: ASYNC110 - the proxy's own counter
+                await asyncio.sleep(0)
+            proxy.close_after(None)
+
+        healer = asyncio.create_task(heal())
+        started = loop.time()
+        publish = asyncio.create_task(transport.publish(target, burst))
+        await asyncio.sleep(0)
+        for delivery in held[::2]:  # the odd ones stay held: one basic.ack frame each
+            await delivery.ack()
+        await publish
+        took = loop.time() - started
+        healer.cancel()
+        assert proxy.stats.closed_after == 1
+        assert transport.link is not None and transport.link.reconnects >= 1
+        assert took < transport.config.publish_timeout / 2, took
+        want, seen = {m.body for m in burst}, set[bytes]()
+        while not want <= seen and loop.time() < deadline + 30:
+            seen.update(d.body for d in await collect(receiver, len(want), 2))
+        assert want <= seen
