@@ -196,12 +196,21 @@ class _ConsumerChannel:
         if self._flush is None:
             self._flush = asyncio.get_running_loop().create_task(self._send())
 
+    def stop(self) -> None:
+        """The channel is gone (or being replaced): its settlements are void. Ends the
+        sending task too, which could otherwise wait for ever on the write queue
+        of a dead connection (aiormq does not wake what waits there)."""
+        self.alive = False
+        flush = self._flush
+        if flush is not None and flush is not asyncio.current_task():
+            flush.cancel()
+
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout`` seconds) until every queued settlement is on its way."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout):
-                while self._flush is not None:
-                    await asyncio.shield(self._flush)
+                while (flush := self._flush) is not None:
+                    await asyncio.wait((flush,))  # not raising if stop() cancelled it
 
     async def _send(self) -> None:
         raw = self.raw
@@ -284,7 +293,7 @@ class AmqpSubscription(BufferedSubscription[AmqpDelivery]):
     def detached(self) -> None:
         state, self._channel = self._channel, None
         if state is not None:
-            state.alive = False
+            state.stop()
             self._buffer.clear()
 
     def failed(self, error: BaseException) -> None:
