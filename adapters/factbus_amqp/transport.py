@@ -592,7 +592,9 @@ class AmqpTransport(TransportBase):
                         if last_error
                         else " (the connection was lost and is not back yet)"
                         if not link.ready
-                        else ""
+                        else " (no confirm and no error came: the broker may be blocking "
+                        "publishers, or the connection went silent, which heartbeats notice "
+                        f"after about {3 * (self.config.heartbeat + 1)}s)"
                     )
                 ) from None
             cut = not live.alive or channel is None or channel.is_closed
