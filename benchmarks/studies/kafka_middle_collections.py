@@ -62,6 +62,8 @@ class Probe:
         """Per generation-1 collection: on the loop, in a step, decoding, step
         size, previous step's size, buffered, in the hand-off, moved, Messages."""
         self.full: list[float] = []
+        self.peak_full: list[float] = []
+        """Wall ms of each full collection in the peak."""
         """Wall ms of each full collection in the half load."""
         self._full_start = 0.0
         self.facts = 0
@@ -105,13 +107,14 @@ class Probe:
         gc.callbacks.append(self.on_gc)
 
     def on_gc(self, stage: str, info: dict[str, Any]) -> None:
-        if self.phase != "half load":
-            return
-        if info["generation"] == 2:
+        if info["generation"] == 2 and self.phase in ("peak", "half load"):
             if stage == "start":
                 self._full_start = time.perf_counter()
             else:
-                self.full.append((time.perf_counter() - self._full_start) * 1e3)
+                wall = (time.perf_counter() - self._full_start) * 1e3
+                (self.full if self.phase == "half load" else self.peak_full).append(wall)
+            return
+        if self.phase != "half load":
             return
         if info["generation"] != 1:
             return
@@ -227,7 +230,8 @@ def main() -> None:
     probe = Probe()
     probe.install()
     for _ in range(args.runs):
-        probe.phase, probe.rows, probe.facts, probe.full = "start-up", [], args.facts, []
+        probe.phase, probe.rows, probe.facts = "start-up", [], args.facts
+        probe.full, probe.peak_full = [], []
         config = BenchConfig(
             transport=args.transport,
             facts=args.facts,
@@ -253,7 +257,10 @@ def main() -> None:
             f"moved {moved:,} ({moved / args.facts * 1000:.0f} per 1,000 facts), "
             f"librdkafka Messages {messages:,} ({messages / max(moved, 1):.0%}); "
             f"median step size in decode {statistics.median(sizes) if sizes else 0:.0f}; "
-            f"full collections {len(probe.full)} ({', '.join(f'{w:.0f}' for w in probe.full)} ms)",
+            f"full collections {len(probe.full)} ({', '.join(f'{w:.0f}' for w in probe.full)} ms); "
+            f"peak: {result.messages_per_s:,.0f} msgs/s, consumer {result.cpu_us_per_msg} CPU "
+            f"µs/msg, full collections {len(probe.peak_full)} "
+            f"({', '.join(f'{w:.0f}' for w in probe.peak_full)} ms)",
             flush=True,
         )
         if args.rows:
