@@ -26,7 +26,7 @@ import pytest
 
 from conftest import broker_url
 from factbus import Bus, Fact, FatalTransportError
-from factbus.testing.brokers import remove_topic, unique, with_options
+from factbus.testing.brokers import unique, with_options
 from factbus.testing.commands import WorkerCommand
 
 HERE = Path(__file__).resolve().parent
@@ -51,7 +51,6 @@ async def conflicting_queue() -> AsyncIterator[tuple[str, str]]:
         yield topic, group
     finally:
         await connection.close()
-        await remove_topic(broker_url("amqp"), topic, [group])
 
 
 def error_worker(transport: str, topic: str, group: str) -> WorkerCommand:
@@ -131,7 +130,6 @@ async def test_a_consumer_cut_off_for_longer_than_its_retry_timeout_is_retried()
             assert worker.process is not None and worker.process.returncode is None
             worker.process.terminate()
             assert await worker.exit_status() == 0, worker.lines[-20:]
-    await remove_topic(broker_url("amqp"), topic, [group])
 
 
 @pytest.mark.broker("amqp")
@@ -168,4 +166,3 @@ async def test_a_queue_that_cannot_be_restored_stops_a_running_bus_with_the_erro
             run.cancel()
             with contextlib.suppress(BaseException):
                 await run
-    await remove_topic(broker_url("amqp"), topic, [group])

@@ -34,7 +34,6 @@ from factbus.testing.brokers import (
     broker_url,
     drop_schema,
     prepare_group,
-    remove_topic,
     unique,
     with_options,
 )
@@ -158,7 +157,6 @@ async def run_group_with_kill(transport_url: str, pg: str, schema: str) -> Verdi
             await supervisor.stop(timeout=30)
         await publisher.aclose()
         await conn.close()
-        await remove_topic(transport_url, topic, [group])
 
 
 @pytest.mark.timeout(360)

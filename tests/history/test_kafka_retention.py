@@ -5,7 +5,6 @@ is warned. Real broker; each test uses topics of its own and deletes them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
@@ -13,7 +12,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from structlog.testing import capture_logs
 
 from conftest import broker_url
-from factbus.testing.brokers import kafka_bootstrap, remove_topics, unique
+from factbus.testing.brokers import kafka_bootstrap, unique
 from factbus.transport import Message
 from factbus_kafka import KafkaTransport
 
@@ -21,14 +20,11 @@ pytestmark = pytest.mark.broker("kafka")
 
 
 @pytest.fixture
-async def kafka() -> AsyncIterator[tuple[str, AdminClient, list[str]]]:
+def kafka() -> tuple[str, AdminClient, list[str]]:
+    """The test Kafka's URL, an admin client, and the names a test made (their
+    topics are removed after it by tests/conftest.py)."""
     url = broker_url("kafka")
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap(url)})
-    made: list[str] = []
-    try:
-        yield url, admin, made
-    finally:
-        await remove_topics(url, made)
+    return url, AdminClient({"bootstrap.servers": kafka_bootstrap(url)}), []
 
 
 def _name(made: list[str], prefix: str) -> str:

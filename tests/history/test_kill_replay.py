@@ -12,7 +12,6 @@ between two acks. Sizes: ``FACTBUS_REPLAY_KILL_FACTS`` (default 5,000) and
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import subprocess
@@ -26,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "faults"))
 
 from fault_harness import Worker, start_run, transport_url
 
-from factbus.testing.brokers import remove_topic
-
 pytestmark = [pytest.mark.broker("amqp"), pytest.mark.timeout(600)]
 
 FACTS = int(os.environ.get("FACTBUS_REPLAY_KILL_FACTS", "5000"))
@@ -36,37 +33,34 @@ KILLS = int(os.environ.get("FACTBUS_REPLAY_KILLS", "6"))
 
 def test_kill9_during_stream_replay_ends_exactly_once() -> None:
     run = start_run("replay", "kill", FACTS)
-    topic, node, rng, dag, log = run.topic, run.node, run.rng, run.dag, run.log
+    rng, dag, log = run.rng, run.dag, run.log
     url = transport_url("amqp", "history=stream")
-    try:
-        pub = run.publisher(url, stderr=log.name)
-        assert pub.wait(timeout=300) == 0, log.read_text()[-2000:]
+    pub = run.publisher(url, stderr=log.name)
+    assert pub.wait(timeout=300) == 0, log.read_text()[-2000:]
 
-        current: Worker = run.consumer(url)
-        kills = 0
-        for _ in range(KILLS):
-            if rng.random() < 0.5:
-                point = rng.choice(("handler", "commit", "ack"))
-                at = rng.randint(1, 8) if point == "commit" else rng.randint(1, FACTS // KILLS)
-                current.kill9()
-                current = run.consumer(url, die_at=f"{point}:{at}")
-                # Else the replay ended before that point: killed from outside below.
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    current.wait(timeout=20)
-                if current.proc.returncode == -9:
-                    kills += 1
-                    current = run.consumer(url)
-                    continue
-            else:
-                current.wait_ready(60)
-                time.sleep(rng.uniform(0.2, 1.5))
-            if current.kill9():
+    current: Worker = run.consumer(url)
+    kills = 0
+    for _ in range(KILLS):
+        if rng.random() < 0.5:
+            point = rng.choice(("handler", "commit", "ack"))
+            at = rng.randint(1, 8) if point == "commit" else rng.randint(1, FACTS // KILLS)
+            current.kill9()
+            current = run.consumer(url, die_at=f"{point}:{at}")
+            # Else the replay ended before that point: killed from outside below.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                current.wait(timeout=20)
+            if current.proc.returncode == -9:
                 kills += 1
-            current = run.consumer(url)
-        seen, verdict = run.settle(current)  # its pause: a late duplicate would show then
-        print(f"replay-kill: {kills} kills, {verdict}")
-        assert seen >= len(dag)
-        assert kills >= KILLS // 2
-        assert verdict.perfect, verdict
-    finally:
-        asyncio.run(remove_topic(url, topic, [node]))
+                current = run.consumer(url)
+                continue
+        else:
+            current.wait_ready(60)
+            time.sleep(rng.uniform(0.2, 1.5))
+        if current.kill9():
+            kills += 1
+        current = run.consumer(url)
+    seen, verdict = run.settle(current)  # its pause: a late duplicate would show then
+    print(f"replay-kill: {kills} kills, {verdict}")
+    assert seen >= len(dag)
+    assert kills >= KILLS // 2
+    assert verdict.perfect, verdict

@@ -27,7 +27,7 @@ from factbus import Bus, Fact, FactRef
 from factbus.errors import ConfigError
 from factbus.jinaga.bridge import Feed, JinagaBridge, parse_bridge_config
 from factbus.sidecar.archive import FactArchive
-from factbus.testing.brokers import drop_schema, remove_topic, unique
+from factbus.testing.brokers import drop_schema, unique
 from factbus.testing.polling import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,22 +55,19 @@ async def test_jinaga_client_to_server_to_bridge_to_kafka_to_node(tmp_path: Path
     config = parse_bridge_config(
         bridge_document(server, kafka, topic, f"sqlite:///{tmp_path}/bridge.db", [feed])
     )
-    try:
-        async with reader, JinagaBridge(config) as bridge:
+    async with reader, JinagaBridge(config) as bridge:
 
-            async def all_received() -> bool:
-                return len(received) >= 4
+        async def all_received() -> bool:
+            return len(received) >= 4
 
-            await eventually(all_received, 60, "the 4 facts on the factbus node")
-            assert {ref.hash for ref in received if ref.type == "Bridge.Item"} == set(hashes[1:])
-            assert FactRef("Bridge.Root", hashes[0]) in received
-            assert received[FactRef("Bridge.Root", hashes[0])].fields == {"id": tag}
-            # what came from the server is not saved back to it (no echo)
-            assert await bridge.push_once() == 0
-            assert bridge.stats.pulled == 4
-            assert bridge.stats.pushed == 0
-    finally:
-        await remove_topic(kafka, topic)
+        await eventually(all_received, 60, "the 4 facts on the factbus node")
+        assert {ref.hash for ref in received if ref.type == "Bridge.Item"} == set(hashes[1:])
+        assert FactRef("Bridge.Root", hashes[0]) in received
+        assert received[FactRef("Bridge.Root", hashes[0])].fields == {"id": tag}
+        # what came from the server is not saved back to it (no echo)
+        assert await bridge.push_once() == 0
+        assert bridge.stats.pulled == 4
+        assert bridge.stats.pushed == 0
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
@@ -110,7 +107,6 @@ async def test_node_to_kafka_to_bridge_to_server_to_fresh_jinaga_client(
         assert sorted(r["fields"]["n"] for r in found["results"]) == [0, 1, 2]
         assert all(r["fields"]["note"] == 'a "quoted" é' for r in found["results"])
     finally:
-        await remove_topic(kafka, topic)
         if pg:
             await drop_schema(pg, schema)
 
@@ -197,7 +193,6 @@ role = "root"
         assert set(counts) == expected
         assert all(n == 1 for n in counts.values()), counts
     finally:
-        await remove_topic(kafka, topic)
         await drop_schema(pg, schema)
 
 
@@ -296,7 +291,6 @@ async def test_a_fact_whose_hash_does_not_match_is_not_published(tmp_path: Path)
     finally:
         await server_db.execute(corrupt, item_hash, "1")
         await server_db.close()
-        await remove_topic(kafka, topic)
 
 
 async def test_push_reads_the_fact_archive_and_resumes_at_its_cursor(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from factbus import Bus, Fact, FactRef
 from factbus.jinaga.graph import JinagaFormatError, fact_record, parse_graph, write_graph
 from factbus.sidecar.config import parse_config
 from factbus.sidecar.service import Sidecar
-from factbus.testing.brokers import remove_topic, unique
+from factbus.testing.brokers import unique
 from factbus.testing.polling import eventually
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,17 +70,13 @@ async def sidecar_and_node(
     node = Bus(url, f"sqlite:///{tmp_path}/node.db", topic=topic, node=unique("node"))
     node.handler("*")(lambda fact: received.setdefault(fact.ref, fact))
     sidecar = Sidecar(parse_config(document), listen="127.0.0.1:0")
-    try:
-        async with node, sidecar:
+    async with node, sidecar:
 
-            async def ready() -> bool:
-                return sidecar.ready
+        async def ready() -> bool:
+            return sidecar.ready
 
-            await eventually(ready, 60, "the sidecar to be ready")
-            yield sidecar, node, received
-    finally:
-        if transport == "kafka":
-            await remove_topic(url, topic)
+        await eventually(ready, 60, "the sidecar to be ready")
+        yield sidecar, node, received
 
 
 async def archived(sidecar: Sidecar, facts: Sequence[Fact], timeout: float, what: str) -> None:

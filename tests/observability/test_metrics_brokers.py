@@ -18,7 +18,7 @@ from obs_support import scrape, scrape_until, transport_url, value
 from factbus import Bus, Fact, Message
 from factbus.envelope import encode
 from factbus.metrics import Metrics, MetricsServer
-from factbus.testing.brokers import prepare_group, remove_topic, unique
+from factbus.testing.brokers import prepare_group, unique
 from factbus.transport import open_transport
 
 KINDS = [
@@ -78,45 +78,40 @@ async def test_scraped_counters_equal_the_workload(
     booms = [Fact("Obs.Boom", {"i": i}) for i in range(2)]
     orphan = Fact("Obs.Late", {"i": 0}, {"boom": booms[0]})
     node = {"node": NODE, "topic": topic}
-    try:
-        async with bus, publisher:
-            # Children first: parked, waiting for their roots.
-            await publisher.publish(*children, ancestors=False)
-            await scrape_until(
-                server.url, lambda s: value(s, "factbus_facts_waiting", **node) == 10
-            )
-            # Roots: handled, and they release the children.
-            await publisher.publish(*roots, ancestors=False)
-            await scrape_until(
-                server.url, lambda s: value(s, "factbus_facts_handled_total", **node) == 20
-            )
-            # Half the roots again: duplicates.
-            await publisher.publish(*roots[:5], ancestors=False)
-            # Envelopes that must be rejected, by reason.
-            bad = _bad_bodies()
-            await publisher.transport.publish(
-                topic,
-                [
-                    Message(body, f"bad-{reason}-{i}")
-                    for reason, bodies in bad.items()
-                    for i, body in enumerate(bodies)
-                ],
-            )
-            # Facts whose handler fails, then a fact that depends on one of them.
-            await publisher.publish(*booms, ancestors=False)
-            await scrape_until(
-                server.url, lambda s: value(s, "factbus_facts_failed_total", **node) == 2
-            )
-            await publisher.publish(orphan, ancestors=False)
-            samples = await scrape_until(
-                server.url,
-                lambda s: (
-                    value(s, "factbus_facts_received_total", **node) == 28
-                    and value(s, "factbus_facts_rejected_total", **node) == 6
-                ),
-            )
-    finally:
-        await remove_topic(url, topic, [NODE])
+    async with bus, publisher:
+        # Children first: parked, waiting for their roots.
+        await publisher.publish(*children, ancestors=False)
+        await scrape_until(server.url, lambda s: value(s, "factbus_facts_waiting", **node) == 10)
+        # Roots: handled, and they release the children.
+        await publisher.publish(*roots, ancestors=False)
+        await scrape_until(
+            server.url, lambda s: value(s, "factbus_facts_handled_total", **node) == 20
+        )
+        # Half the roots again: duplicates.
+        await publisher.publish(*roots[:5], ancestors=False)
+        # Envelopes that must be rejected, by reason.
+        bad = _bad_bodies()
+        await publisher.transport.publish(
+            topic,
+            [
+                Message(body, f"bad-{reason}-{i}")
+                for reason, bodies in bad.items()
+                for i, body in enumerate(bodies)
+            ],
+        )
+        # Facts whose handler fails, then a fact that depends on one of them.
+        await publisher.publish(*booms, ancestors=False)
+        await scrape_until(
+            server.url, lambda s: value(s, "factbus_facts_failed_total", **node) == 2
+        )
+        await publisher.publish(orphan, ancestors=False)
+        samples = await scrape_until(
+            server.url,
+            lambda s: (
+                value(s, "factbus_facts_received_total", **node) == 28
+                and value(s, "factbus_facts_rejected_total", **node) == 6
+            ),
+        )
 
     assert value(samples, "factbus_facts_handled_total", **node) == 20
     assert value(samples, "factbus_facts_duplicates_total", **node) == 5
@@ -179,7 +174,6 @@ async def test_lag_goes_to_zero_when_drained(
         assert sum(after.values()) == 0, after
     finally:
         await probe.aclose()
-        await remove_topic(url, topic, [NODE])
 
 
 async def test_a_closed_bus_leaves_the_registry(topic: str) -> None:

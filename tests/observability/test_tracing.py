@@ -23,7 +23,7 @@ import orjson
 import pytest
 from obs_support import transport_url
 
-from factbus.testing.brokers import remove_topic, unique
+from factbus.testing.brokers import unique
 
 HERE = Path(__file__).resolve().parent
 NODE = str(HERE / "trace_node.py")
@@ -81,7 +81,6 @@ async def test_the_handler_continues_the_publishers_trace(kind: str) -> None:
             if process is not None and process.returncode is None:
                 process.kill()
                 await process.wait()
-        await remove_topic(url, topic, [f"trace-consumer-{topic}"])
 
     checkout = next(s for s in sent if s["name"] == "checkout")
     publish = next(s for s in sent if s["name"] == f"publish {topic}")

@@ -24,19 +24,16 @@ from http_support import (
 
 from factbus import Bus, Fact
 from factbus.sidecar.service import Sidecar
-from factbus.testing.brokers import broker_url, remove_topic, unique
+from factbus.testing.brokers import broker_url, unique
 from factbus.testing.polling import eventually
 
 
 @contextlib.asynccontextmanager
 async def kafka_topic() -> AsyncIterator[tuple[str, str]]:
-    """(transport URL, a topic of its own), deleted afterwards."""
+    """(transport URL, a topic of its own; removed after the test by tests/conftest.py)."""
     url = broker_url("kafka")
     topic = unique("fbhttp")
-    try:
-        yield url, topic
-    finally:
-        await remove_topic(url, topic)
+    yield url, topic
 
 
 async def _ready(client: httpx.AsyncClient) -> None:
@@ -110,13 +107,10 @@ async def test_kafka_readyz_waits_for_the_backlog(tmp_path: Path) -> None:
 @contextlib.asynccontextmanager
 async def amqp_topic() -> AsyncIterator[tuple[str, str, str]]:
     """(transport URL, a topic of its own, a node); its exchanges and queues are
-    deleted afterwards."""
+    removed after the test by tests/conftest.py."""
     url = broker_url("amqp")
     topic, node = unique("fbhttp"), unique("n")
-    try:
-        yield url, topic, node
-    finally:
-        await remove_topic(url, topic, [node])
+    yield url, topic, node
 
 
 @pytest.mark.broker("amqp")

@@ -11,8 +11,9 @@ Also: :func:`unique` (a name of a test's own), :func:`with_options` (a URL with
 query options added), :func:`unavailable`
 (skip, or fail in CI, for want of a broker, server or command),
 :func:`prepare_group` (a group's queue made before anything is published),
-:func:`remove_topics` (best-effort clean-up of what a test's topics made on its
-broker), :func:`drop_schema` (PostgreSQL) and :func:`kafka_bootstrap`.
+:func:`remove_topics` (best-effort clean-up of what a script's topics made on its
+broker; the suite's own tests need none: :mod:`factbus.testing.sweep` removes what
+their names made), :func:`drop_schema` (PostgreSQL) and :func:`kafka_bootstrap`.
 """
 
 from __future__ import annotations
