@@ -104,8 +104,18 @@ class Journal:
         where.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = where / f"{stamp}-{os.getpid()}-{os.urandom(3).hex()}{_SUFFIX}"
-        lock = path.open("xb")
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Locked under another name, then renamed (the lock is the file's, it
+        # follows): :func:`finished_journals` never sees this journal unlocked,
+        # which would take it for a finished run's, and delete it.
+        making = path.with_name(path.name + ".new")
+        lock = making.open("xb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            making.rename(path)
+        except BaseException:
+            lock.close()
+            making.unlink(missing_ok=True)
+            raise
         os.environ[ENV] = str(path)
         return cls(path, lock)
 
