@@ -201,9 +201,13 @@ class _ConsumerChannel:
         sending task too, which could otherwise wait for ever on the write queue
         of a dead connection (aiormq does not wake what waits there)."""
         self.alive = False
+        self._intents.clear()
         flush = self._flush
         if flush is not None and flush is not asyncio.current_task():
             flush.cancel()
+            # A task cancelled before its first step never runs its ``finally``:
+            # left here, it would keep drain() looping until its timeout.
+            self._flush = None
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout`` seconds) until every queued settlement is on its way."""
