@@ -243,3 +243,28 @@ async def test_a_kafka_group_with_a_member_is_busy_not_failed_and_goes_once_it_l
     assert gone.failed == [] and gone.busy == []
     assert f"kafka group {group!r}" in gone.removed
     assert await asyncio.to_thread(present, {"kafka": {url}}, containing([group, topic])) == []
+
+
+async def test_a_redis_key_that_is_not_utf8_does_not_stop_the_sweep() -> None:
+    """Redis keys are bytes: another user's key that is not UTF-8 on the shared
+    Redis must not fail every sweep of it; such a key of the test's own goes too."""
+    import redis.asyncio as aioredis
+
+    from factbus.testing.brokers import unique
+    from factbus.testing.sweep import _redis_url
+
+    url = broker_url("redis")
+    ours, theirs = unique("sweep-bytes"), unique("sweep-bytes-theirs")
+    client = aioredis.from_url(_redis_url(url))
+    async with client:
+        await client.set(ours.encode() + b":\xff", b"1")
+        await client.set(b"\xfe" + theirs.encode(), b"1")  # not selected below
+        try:
+            swept = await asyncio.to_thread(sweep_now, {"redis": {url}}, containing([ours]))
+            assert swept.failed == [], swept.failed
+            shown = ours + ":\N{REPLACEMENT CHARACTER}"
+            assert swept.removed == [f"redis key {shown!r}"]
+            assert await client.exists(ours.encode() + b":\xff") == 0
+            assert await client.exists(b"\xfe" + theirs.encode()) == 1
+        finally:
+            await client.delete(ours.encode() + b":\xff", b"\xfe" + theirs.encode())

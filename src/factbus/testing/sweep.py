@@ -291,11 +291,17 @@ async def _sweep_redis(url: str, select: Select) -> Swept:
     swept = Swept()
     client = aioredis.from_url(url)
     async with client:
-        keys = [key async for key in client.scan_iter(count=1000) if select(key.decode())]
+        # A key is bytes: one that is not UTF-8 (anyone's, on a shared Redis) must
+        # not stop the sweep; it is read with its odd bytes replaced.
+        keys = [
+            key
+            async for key in client.scan_iter(count=1000)
+            if select(key.decode(errors="replace"))
+        ]
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             await client.delete(*chunk)
-            swept.removed += [f"redis key {key.decode()!r}" for key in chunk]
+            swept.removed += [f"redis key {key.decode(errors='replace')!r}" for key in chunk]
     return swept
 
 
