@@ -33,7 +33,8 @@ ALL_BROKERS=(rabbitmq redis postgres kafka)
 #   <name>_up        succeeds when the broker answers
 #   <name>_launch    start the server without waiting; <name>_wait: wait until it answers
 #   <name>_stop, <name>_kill9, <name>_info (URL and pid), <name>_env (its exports)
-# and common.sh builds broker_install, broker_start and broker_status <name> on them.
+# and common.sh builds broker_status <name> on them (cmd_start installs, launches and
+# waits for every broker named, with one apt-get).
 # A new broker: a file with these functions, its name in ALL_BROKERS and in parse_names.
 # shellcheck source=scripts/brokers/common.sh
 . "$HELPERS/common.sh"

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Helpers shared by the broker files: logging, probes, pid checks, apt-get, waiting, and the
-# commands for one broker alone, built on the functions each broker file defines.
+# status line of one broker, built on the functions each broker file defines.
 # Sourced by scripts/brokers.sh, which sets HELPERS, STATE_DIR and TIMEOUT first.
 
 log() { printf '[brokers] %s\n' "$*" >&2; }
@@ -127,20 +127,6 @@ wait_port_closed() { wait_while "$2" port_open "$1"; } # port seconds
 wait_pid_gone() { wait_while "$2" pid_alive "$1"; }    # pid seconds
 
 # ----------------------------------------------------------------------------- one broker
-# The same for every broker, through its <name>_packages, _up, _launch, _wait and _info.
-
-broker_install() { # name: install this broker's missing Debian packages (start batches every broker's)
-    local pkgs; pkgs="$("${1}_packages")"
-    # shellcheck disable=SC2086
-    [ -z "$pkgs" ] || apt_install $pkgs
-}
-
-broker_start() { # name: install if missing, launch if not answering, wait until it answers
-    "${1}_up" && return 0
-    broker_install "$1"
-    "${1}_launch"
-    "${1}_wait"
-}
 
 broker_status() { # name: one line, "up" with URL and pid, or "down" (status 3)
     if "${1}_up"; then
