@@ -20,26 +20,14 @@ from typing import Any
 
 from factbus.bench.baseline import Arrivals
 from factbus.errors import MissingDriver, TransportError
+from factbus_amqp import removal
 from factbus_amqp.config import AmqpConfig
+from factbus_amqp.removal import connect_raw
 
 try:
     import aio_pika
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise MissingDriver("amqp", "amqp") from error
-
-
-async def connect_raw(config: AmqpConfig) -> Any:
-    """A plain aio-pika connection (no factbus on it) to the broker ``config``
-    names, over TLS when it says so: what the baseline and the study scripts
-    measure the raw client with."""
-    return await aio_pika.connect(
-        host=config.host,
-        port=config.port,
-        login=config.username,
-        password=config.password,
-        virtualhost=config.vhost,
-        ssl=config.tls,
-    )
 
 
 class AmqpBaseline(Arrivals):
@@ -109,13 +97,14 @@ class AmqpBaseline(Arrivals):
                     break
         return last
 
-    async def teardown(self) -> None:
-        channel = self._channel
-        if channel is not None:
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(self.queue)
-                await channel.exchange_delete(self.exchange)
+    async def teardown(self, remove: bool = True) -> list[str]:
         await self._close()
+        if not remove:
+            return []
+        try:
+            return await removal.delete(self.config, [self.queue], [self.exchange])
+        except Exception as error:
+            return [f"rabbitmq queue {self.queue!r} and exchange {self.exchange!r}: {error}"]
 
     async def _close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -123,26 +112,5 @@ class AmqpBaseline(Arrivals):
             with contextlib.suppress(Exception):
                 await connection.close()
 
-    async def forget(self, topic: str, groups: Sequence[str]) -> None:
-        dead = f"{topic}.dead-letter"
-        try:
-            connection = await self._connect()
-        except Exception:
-            return
-        try:
-            for group in groups:
-                await _quietly(connection, "queue_delete", f"{topic}.{group}")
-            await _quietly(connection, "queue_delete", dead)
-            await _quietly(connection, "exchange_delete", topic)
-            await _quietly(connection, "exchange_delete", dead)
-        finally:
-            with contextlib.suppress(Exception):
-                await connection.close()
 
-
-async def _quietly(connection: Any, operation: str, name: str) -> None:
-    # A failed delete closes its channel: one channel per operation.
-    with contextlib.suppress(Exception):
-        channel = await connection.channel()
-        await getattr(channel, operation)(name)
-        await channel.close()
+__all__ = ["AmqpBaseline", "connect_raw"]

@@ -52,6 +52,7 @@ from factbus.transport.base import (
 )
 from factbus.transport.buffered import BufferedSubscription, SettleOnce
 from factbus.urls import redact
+from factbus_amqp import removal
 from factbus_amqp.config import AmqpConfig
 from factbus_amqp.connection import (
     CONNECTION_ERRORS,
@@ -756,6 +757,25 @@ class AmqpTransport(TransportBase):
             return int(result.message_count or 0)
 
         return await self._retrying(link, f"purge dead letters of {topic!r}", purge)
+
+    # -- removal -----------------------------------------------------------------------
+
+    async def remove(self, topic: str, groups: Sequence[str]) -> list[str]:
+        """Delete the queues ``<topic>.<group>`` of ``groups``, ``<topic>.dead-letter``
+        and ``<topic>.stream``, then the exchanges ``<topic>`` and
+        ``<topic>.dead-letter`` (:mod:`factbus_amqp.removal`, on a connection of its
+        own; see :class:`~factbus.transport.base.RemovesTopics`). This transport's
+        own connection remembers what it declared: use a new transport for a
+        removed topic.
+
+        :raises TransportError: the broker cannot be reached.
+        """
+        queues = [queue_name(topic, group) for group in groups]
+        queues += [dead_letter_topic(topic), stream_name(topic)]
+        try:
+            return await removal.delete(self.config, queues, [topic, dead_letter_topic(topic)])
+        except (OSError, aiormq.exceptions.AMQPError) as error:
+            raise TransportError(f"cannot remove {topic!r}: {error}") from error
 
     # -- lag (metrics) -----------------------------------------------------------------
 

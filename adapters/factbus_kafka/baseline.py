@@ -30,6 +30,7 @@ from typing import Any
 
 from factbus.bench.baseline import Arrivals
 from factbus.errors import MissingDriver, PublishError, TransportError
+from factbus_kafka import removal
 from factbus_kafka.config import KafkaConfig
 
 try:
@@ -164,23 +165,20 @@ class KafkaBaseline(Arrivals):
                 counted = True
         return counted
 
-    async def teardown(self) -> None:
+    async def teardown(self, remove: bool = True) -> list[str]:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(consumer.close)
-        await self._delete([self.topic])
-
-    async def forget(self, topic: str, groups: Sequence[str]) -> None:
-        await self._delete([topic, f"{topic}.dead-letter"])
-
-    async def _delete(self, topics: list[str]) -> None:
-        def delete() -> None:
-            admin = self._admin()
-            futures = admin.delete_topics(topics, request_timeout=10)
-            for future in futures.values():
-                with contextlib.suppress(Exception):
-                    future.result(timeout=10)
-
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(delete)
+        if not remove:
+            return []
+        try:
+            return await asyncio.to_thread(
+                removal.delete,
+                self._admin(),
+                [self.topic],
+                [self.group],
+                self.config.request_timeout,
+            )
+        except Exception as error:
+            return [f"kafka topic {self.topic!r} and group {self.group!r}: {error}"]

@@ -67,6 +67,7 @@ from factbus.transport.base import (
     dead_letter_topic,
 )
 from factbus.urls import redact
+from factbus_kafka import removal
 from factbus_kafka._driver import (
     AdminClient,
     Consumer,
@@ -1014,6 +1015,24 @@ class KafkaTransport(TransportBase):
         except KafkaException as exc:
             raise TransportError(f"cannot purge dead letters of {topic!r}: {exc}") from exc
         return sum(tp.offset - lows.get(tp.partition, 0) for tp in doomed)
+
+    async def remove(self, topic: str, groups: Sequence[str]) -> list[str]:
+        """Delete ``topic``, ``<topic>.dead-letter`` and consumer groups ``groups``
+        (:mod:`factbus_kafka.removal`; see
+        :class:`~factbus.transport.base.RemovesTopics`)."""
+        admin, _ = await self._ready()
+        for name in (topic, dead_letter_topic(topic)):
+            self._partitions.pop(name, None)
+            future = self._topics.pop(name, None)
+            if future is not None:
+                future.cancel()
+        return await asyncio.to_thread(
+            removal.delete,
+            admin.client,
+            [topic, dead_letter_topic(topic)],
+            groups,
+            self.config.request_timeout,
+        )
 
     async def lag(self, topic: str, group: str) -> dict[str, int]:
         """Per partition (``"0"``, ``"1"``...): high watermark minus ``group``'s

@@ -23,6 +23,7 @@ from typing import Any
 
 from factbus.bench.baseline import Arrivals
 from factbus.errors import MissingDriver, TransportError
+from factbus_kombu import removal
 from factbus_kombu.config import KombuConfig
 
 try:
@@ -140,28 +141,12 @@ class KombuBaseline(Arrivals):
                         connection.drain_events(timeout=0.2)
         return last
 
-    async def teardown(self) -> None:
-        def delete() -> None:
-            with self._connection() as connection:
-                channel = connection.default_channel
-                with contextlib.suppress(Exception):
-                    self.queue(channel).delete()
-                with contextlib.suppress(Exception):
-                    self.exchange(channel).delete()
-
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(delete)
-
-    async def forget(self, topic: str, groups: Sequence[str]) -> None:
-        def delete() -> None:
-            with self._connection() as connection:
-                channel = connection.default_channel
-                for name in [*(f"{topic}.{g}" for g in groups), f"{topic}.dead-letter"]:
-                    with contextlib.suppress(Exception):
-                        Queue(name, durable=True)(channel).delete()
-                for name in (topic, f"{topic}.dead-letter"):
-                    with contextlib.suppress(Exception):
-                        Exchange(name)(channel).delete()
-
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(delete)
+    async def teardown(self, remove: bool = True) -> list[str]:
+        if not remove:
+            return []
+        try:
+            return await asyncio.to_thread(
+                removal.delete, self.config, [self.queue], [self.exchange]
+            )
+        except Exception as error:
+            return [f"kombu queue {self.queue.name!r} and exchange {self.exchange.name!r}: {error}"]

@@ -22,6 +22,7 @@ from factbus.transport.base import (
     dead_letter_topic,
 )
 from factbus.urls import redact
+from factbus_kombu import removal
 from factbus_kombu.config import GENERIC_CAPABILITIES, KombuConfig
 from factbus_kombu.consumer import KombuSubscription
 from factbus_kombu.link import (
@@ -29,6 +30,8 @@ from factbus_kombu.link import (
     body_of,
     dead_letter_queue,
     dead_letter_route,
+    exchange,
+    group_queue,
     headers_of,
 )
 
@@ -266,6 +269,25 @@ class KombuTransport(TransportBase):
             return int(channel.queue_purge(queue) or 0)
 
         return await self._call(link.run, attempt, self.config.retry_timeout, f"purge {queue}")
+
+    # -- removal ----------------------------------------------------------------------
+
+    async def remove(self, topic: str, groups: Sequence[str]) -> list[str]:
+        """Delete the queues ``<topic>.<group>`` of ``groups`` and ``<topic>.dead-letter``
+        (their messages and bindings with them), then the topic's exchange and, on
+        AMQP, its dead-letter exchange (:mod:`factbus_kombu.removal`, on a connection
+        of its own; see :class:`~factbus.transport.base.RemovesTopics`).
+
+        :raises TransportError: the broker cannot be reached.
+        """
+        native = not self.config.is_virtual
+        dead = dead_letter_queue(topic, native)
+        queues = [*(group_queue(topic, group, native) for group in groups), dead]
+        exchanges = [exchange(topic), *([dead.exchange] if native else [])]
+        try:
+            return await asyncio.to_thread(removal.delete, self.config, queues, exchanges)
+        except Exception as error:
+            raise TransportError(f"cannot remove {topic!r}: {error}") from error
 
     # -- lag (metrics) ----------------------------------------------------------------
 

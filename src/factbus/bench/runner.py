@@ -55,8 +55,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import structlog
+
 from factbus import envelope
 from factbus.bench.baseline import Baseline, baseline_for
+from factbus.bench.cleanup import BenchCleanupError, Made, timed_remove
 from factbus.bench.floor import floor_measure, memory_per_fact
 from factbus.bench.publisher import (
     PublisherProcesses,
@@ -71,10 +74,10 @@ from factbus.bus import Bus
 from factbus.errors import ConfigError
 from factbus.fact import Fact
 from factbus.gc_freeze import freeze_after_start
-from factbus.testing import names
 from factbus.urls import redact
 
 T = TypeVar("T")
+log = structlog.get_logger("factbus.bench")
 
 FACT_TYPES = ("Scenario.Independent", "Scenario.Chains", "Scenario.FanIn")
 """The fact types :func:`~factbus.testing.scenario.random_dag` makes."""
@@ -133,6 +136,15 @@ class BenchConfig:
     and again once the consuming bus has started, as ``factbus worker`` does
     (``factbus bench --gc-freeze``). Default False: the consuming process is
     measured as an embedding application, whose collector a library leaves alone."""
+
+    keep: bool = False
+    """Leave what the run made on the broker (``factbus bench --keep``), to look at
+    it; by default it is removed when the run ends, also after a failure or a
+    cancellation (:mod:`factbus.bench.cleanup`)."""
+
+    name: str = ""
+    """The run's name, which every topic, queue and group it makes on the broker
+    starts with; empty: ``bench-<8 random hex digits>``."""
 
     def __post_init__(self) -> None:
         if self.publishers < 1:
@@ -267,25 +279,50 @@ async def run_bench(config: BenchConfig, observer: Observer | None = None) -> Be
         mode = "task" if memory else "process"
     if memory and mode == "process":
         raise ConfigError("memory:// is in-process: use --publisher-mode task")
-    topic = f"bench-{run_id}"
-    # In a test run, what the bench leaves on the broker is swept with the test's
-    # names (a no-op otherwise: factbus.testing.names).
-    names.record(topic)
+    topic = config.name or f"bench-{run_id}"
     node = f"{topic}-consumer"
-    with tempfile.TemporaryDirectory(prefix="factbus-bench-") as tmp:
-        store = config.store or f"sqlite:///{Path(tmp) / 'bench.db'}"
-        publishers: Publishers = (
-            PublisherTasks(config.publishers, transport, topic, config.pack)
-            if mode == "task"
-            else PublisherProcesses(config.publishers, transport, topic, config.pack)
-        )
-        run = _Run(config, observer, transport, store, topic, node, publishers)
-        try:
-            return await run.execute()
-        finally:
-            await publishers.aclose()
-            with contextlib.suppress(Exception):
-                await baseline_for(transport, f"{topic}-raw").forget(topic, [node])
+    made = Made(transport, topic, [node])
+    if config.baseline:
+        made.raw.append(f"{topic}-raw")
+        if config.drain:
+            made.raw.append(f"{topic}-raw-drain")
+    result: BenchResult | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="factbus-bench-") as tmp:
+            store = config.store or f"sqlite:///{Path(tmp) / 'bench.db'}"
+            publishers: Publishers = (
+                PublisherTasks(config.publishers, transport, topic, config.pack)
+                if mode == "task"
+                else PublisherProcesses(config.publishers, transport, topic, config.pack)
+            )
+            run = _Run(config, observer, transport, store, topic, node, publishers)
+            try:
+                result = await run.execute()
+            finally:
+                try:
+                    await run.close_buses()
+                finally:
+                    await publishers.aclose()
+    finally:
+        left = await _remove(made, config.keep, observer)
+    assert result is not None  # execute() returned, or its error went on above
+    if left:
+        raise BenchCleanupError(result, left)
+    return result
+
+
+async def _remove(made: Made, keep: bool, observer: Observer) -> list[str]:
+    """Remove what the run made (unless ``keep``) and say so; the lines of what is left."""
+    if keep:
+        observer.note(f"kept on {redact(made.transport)} (--keep): {', '.join(made.names())}")
+        return []
+    left, took = await timed_remove(made)
+    if left:
+        log.warning("bench left objects on the broker", left=left)
+        observer.note(f"NOT removed from the broker: {'; '.join(left)}")
+    else:
+        observer.note(f"removed what the run made on the broker ({made.topic}*) in {took:.2f} s")
+    return left
 
 
 class _Run:
@@ -308,6 +345,13 @@ class _Run:
         self.publishers = publishers
         self.sampler = _Sampler()
         self._buses: list[Bus] = []
+
+    async def close_buses(self) -> None:
+        """Close every consuming bus (idempotent): a Kafka group with members
+        cannot be removed."""
+        for bus in self._buses:
+            with contextlib.suppress(Exception):
+                await bus.aclose()
 
     async def execute(self) -> BenchResult:
         config, observer = self.config, self.observer
@@ -565,7 +609,7 @@ class _Run:
                 watcher.cancel()
                 self.observer.advance("raw drain", baseline.received)
         finally:
-            await baseline.teardown()
+            await baseline.teardown(remove=not self.config.keep)
         return round(messages / max(last - start, 1e-9), 1)
 
     def _watch(self, name: str, total: int, count: Callable[[], int]) -> asyncio.Task[None]:
@@ -607,7 +651,7 @@ class _Run:
                 watcher.cancel()
                 self.observer.advance("baseline", baseline.received)
         finally:
-            await baseline.teardown()
+            await baseline.teardown(remove=not self.config.keep)
         return last - start, end - start, cpu, producer_cpu
 
     async def _phase(

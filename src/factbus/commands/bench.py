@@ -30,6 +30,7 @@ from rich.progress import (
 )
 
 from factbus.bench import BenchConfig, run_bench
+from factbus.bench.cleanup import BenchCleanupError
 from factbus.bench.report import plot, table
 from factbus.bench.workload import SHAPES
 
@@ -109,6 +110,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(before the raw client's phase and once the bus has started); "
         "default: the collector of an embedding application, untouched",
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the topics, queues, exchanges, consumer groups and keys the run made on "
+        "the broker (their names are printed), to look at them; by default they are removed "
+        "when the run ends, also after a failure or Ctrl-C",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per phase")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--plot", metavar="PATH.png", help="write a throughput/latency plot")
@@ -158,6 +166,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         timeout=args.timeout,
         profile=args.profile or "",
         gc_freeze=args.gc_freeze,
+        keep=args.keep,
     )
 
 
@@ -245,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
     with progress:
         if not args.quiet:
             observer = _ProgressObserver(progress, console)
+        status = 0
         try:
             result = asyncio.run(run_bench(config, observer))
         except TimeoutError:
@@ -252,6 +262,14 @@ def run(args: argparse.Namespace) -> int:
                 f"[red]factbus bench: a phase took longer than --timeout {config.timeout:g}s[/]"
             )
             return 1
+        except KeyboardInterrupt:
+            # asyncio.run cancelled the run first: what it made was removed (or what
+            # is left was logged) before this.
+            console.print("[red]factbus bench: interrupted[/]")
+            return 130
+        except BenchCleanupError as error:
+            console.print(f"factbus bench: {error}", style="red", markup=False)
+            result, status = error.result, 2
     # Not a terminal: wide enough for every column rather than rich's default 80.
     out = Console() if sys.stdout.isatty() else Console(width=240)
     out.print(table([result]))
@@ -259,4 +277,4 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(result.as_json(), indent=2) + "\n", encoding="utf-8")
     if args.plot:
         plot([result], args.plot)
-    return 0
+    return status

@@ -397,6 +397,29 @@ class ReportsLag(Protocol):
         ...
 
 
+@runtime_checkable
+class RemovesTopics(Protocol):
+    """Optional: a transport that can delete from its broker what it made for a topic
+    (what ``factbus bench`` uses to leave nothing behind). Detected at run time;
+    every shipped adapter has it."""
+
+    async def remove(self, topic: str, groups: Sequence[str]) -> list[str]:
+        """Delete what this transport made on the broker for ``topic`` and for each
+        of ``groups`` subscribed to it: the topic itself (Kafka topic, AMQP/kombu
+        exchange, RabbitMQ stream queue), its dead-letter destination, and each
+        group's queue (AMQP, kombu: ``<topic>.<group>``) or consumer group (Kafka:
+        the group's name, committed offsets included). Nothing else, however
+        similar its name. What does not exist is no error, so calling it twice is
+        harmless. Subscriptions still open on those names should be closed first
+        (a Kafka group with members cannot be deleted).
+
+        Returns a line per object that could not be removed (naming it and why;
+        ``[]``: everything is gone); raises only for a broker that cannot be
+        reached at all (:class:`~factbus.errors.TransportError`).
+        """
+        ...
+
+
 def delivery_position(delivery: Delivery) -> int | None:
     """The ``position`` of a delivery from a :class:`LogReader` subscription, else ``None``."""
     position = getattr(delivery, "position", None)

@@ -208,6 +208,23 @@ class MemoryTransport(TransportBase):
         letters = self._space().dead_letters.pop(topic, [])
         return len(letters)
 
+    async def remove(self, topic: str, groups: Sequence[str]) -> list[str]:
+        """Forget ``topic``'s queues of ``groups`` and its dead letters in this
+        namespace (the namespace too once it holds nothing): see
+        :class:`~factbus.transport.base.RemovesTopics`."""
+        space = MemoryTransport._namespaces.get(self.namespace)
+        if space is None:
+            return []
+        queues = space.queues.get(topic, {})
+        for group in groups:
+            queues.pop(group, None)
+        if not queues:
+            space.queues.pop(topic, None)
+        space.dead_letters.pop(topic, None)
+        if not space.queues and not space.dead_letters:
+            MemoryTransport._namespaces.pop(self.namespace, None)
+        return []
+
     async def lag(self, topic: str, group: str) -> dict[str, int]:
         """``{"queue": n}``: messages waiting in ``group``'s queue (see ReportsLag)."""
         queue = self._space().queues.get(topic, {}).get(group)

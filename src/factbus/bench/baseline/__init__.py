@@ -19,7 +19,9 @@ or after it (draining a backlog: ``setup(subscribe=False)``, ``produce``,
 ``subscribe``, ``consume``) and returns the time the last message arrived;
 ``produce`` may run in another process on another instance made with the
 same URL and destination (except ``memory://``, which is in-process by
-nature); ``teardown`` removes what ``setup`` created.
+nature); ``teardown`` removes what ``setup`` and the consumer created (Kafka: the
+consumer group too), through the adapter's own removal module, as the
+transport's ``remove`` does for factbus's topics.
 A drain is timed from ``subscribe``'s return to ``consume``'s result, as the
 bench times factbus's drain from ``Bus.start()`` to the last commit (docs/
 decisions.md, "Drain measurement"): ``subscribe`` waits for what the broker
@@ -78,12 +80,13 @@ class Baseline(Protocol):
         """
         ...
 
-    async def teardown(self) -> None:
-        """Close clients and delete the destination. Idempotent; never raises."""
-
-    async def forget(self, topic: str, groups: Sequence[str]) -> None:
-        """Delete what a factbus run left on the broker for ``topic`` (its
-        groups' queues, dead letters). Best effort; never raises."""
+    async def teardown(self, remove: bool = True) -> list[str]:
+        """Close clients and, with ``remove``, delete from the broker everything
+        ``setup`` and the consumer made there (the destination, its queue or
+        consumer group); a new instance on the same URL and destination, never set
+        up, removes the same (what is already gone is no error). Idempotent; never
+        raises: returns a line per object it could not remove (``[]``: all gone)."""
+        ...
 
 
 class Arrivals:

@@ -54,10 +54,6 @@ class MemoryBaseline(Arrivals):
                 self.arrived()
         return time.perf_counter()
 
-    async def teardown(self) -> None:
+    async def teardown(self, remove: bool = True) -> list[str]:
         self._queue = None
-
-    async def forget(self, topic: str, groups: Sequence[str]) -> None:
-        from factbus.transport.memory import MemoryTransport
-
-        MemoryTransport.reset(MemoryTransport(self.url).namespace)
+        return []
