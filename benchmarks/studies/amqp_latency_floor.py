@@ -148,10 +148,9 @@ async def main() -> None:
 
 
 async def _forget(url: str, topic: str) -> None:
-    from factbus_amqp.baseline import AmqpBaseline
+    from factbus.bench.cleanup import Made, remove_made
 
-    baseline = AmqpBaseline(url, topic)
-    await baseline.forget(topic, [f"{topic}-consumer", "raw"])
+    await remove_made(Made(url, topic, [f"{topic}-consumer", "raw"]))
 
 
 if __name__ == "__main__":
