@@ -173,7 +173,7 @@ class KafkaBaseline(Arrivals):
         if not remove:
             return []
         try:
-            return await asyncio.to_thread(
+            done = await asyncio.to_thread(
                 removal.delete,
                 self._admin(),
                 [self.topic],
@@ -182,3 +182,4 @@ class KafkaBaseline(Arrivals):
             )
         except Exception as error:
             return [f"kafka topic {self.topic!r} and group {self.group!r}: {error}"]
+        return done.left

@@ -1026,13 +1026,14 @@ class KafkaTransport(TransportBase):
             future = self._topics.pop(name, None)
             if future is not None:
                 future.cancel()
-        return await asyncio.to_thread(
+        done = await asyncio.to_thread(
             removal.delete,
             admin.client,
             [topic, dead_letter_topic(topic)],
             groups,
             self.config.request_timeout,
         )
+        return done.left
 
     async def lag(self, topic: str, group: str) -> dict[str, int]:
         """Per partition (``"0"``, ``"1"``...): high watermark minus ``group``'s
