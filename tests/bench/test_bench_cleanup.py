@@ -11,12 +11,19 @@ conftest's sweep removes whatever a failing test leaves. Workloads are tiny
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 
 from factbus.bench import BenchConfig, run_bench
 from factbus.bench.cleanup import Made, remove_made
+from factbus.testing import names
 from factbus.testing.brokers import broker_url, unique
 from factbus.testing.sweep import containing, present
 from factbus.transport import open_transport
@@ -117,11 +124,14 @@ async def test_a_cancelled_run_still_removes_what_it_made() -> None:
 
 @pytest.mark.broker("amqp")
 def test_a_failed_run_still_removes_what_it_made() -> None:
-    """A phase that times out fails the run (its error is what the caller gets) and
-    what it had made is removed all the same."""
+    """The peak timing out fails the run (its error is what the caller gets), with
+    the node's queue bound and messages in it: what the run made is removed all the
+    same. (No raw baseline: it would time out first, and tear its own queue down.)"""
     url = broker_url("amqp")
     name = unique("bench")
-    config = BenchConfig(transport=url, name=name, **{**SMALL, "facts": 20_000, "timeout": 0.3})
+    config = BenchConfig(
+        transport=url, name=name, baseline=False, **{**SMALL, "facts": 20_000, "timeout": 0.5}
+    )
     with pytest.raises(TimeoutError):
         asyncio.run(run_bench(config))
     assert left("amqp", url, name) == []
@@ -134,3 +144,45 @@ async def test_a_memory_run_forgets_its_namespace() -> None:
     before = set(MemoryTransport._namespaces)
     await run_bench(BenchConfig(store="memory://", **{**SMALL, "facts": 100}))
     assert set(MemoryTransport._namespaces) <= before
+
+
+@pytest.mark.broker("kafka")
+def test_ctrl_c_on_the_command_removes_what_the_run_made() -> None:
+    """``factbus bench`` interrupted by SIGINT (Ctrl-C: sent to its process group,
+    publisher processes included) mid-run exits 130 having removed what it made.
+    The run's name is read from its first progress line."""
+    url = broker_url("kafka")
+    command = [sys.executable, "-m", "factbus", "bench", "--transport", url]
+    command += ["--facts", "50000", "--warmup", "0", "--no-half-load", "--timeout", "60"]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    name, rest = "", ""
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal's job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as process:
+        assert process.stderr is not None
+        try:
+            for line in process.stderr:
+                found = re.search(r"run (bench-[0-9a-f]{8}): ", line)
+                if found:
+                    name = found.group(1)
+                    names.record(name)  # the suite's sweep removes it if this test fails
+                if "facts as" in line:  # workloads built: the baseline phase begins
+                    break
+            assert name, "no run name on stderr"
+            time.sleep(1.5)  # the raw baseline's topic made, its group joined
+            assert process.poll() is None, "the run ended before it was interrupted"
+            os.killpg(process.pid, signal.SIGINT)
+            rest = process.stderr.read()
+            assert process.wait(timeout=120) == 130, rest
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert "interrupted" in rest
+    assert f"removed what the run made on the broker ({name}*)" in rest
+    assert left("kafka", url, name) == []

@@ -286,6 +286,10 @@ async def run_bench(config: BenchConfig, observer: Observer | None = None) -> Be
         made.raw.append(f"{topic}-raw")
         if config.drain:
             made.raw.append(f"{topic}-raw-drain")
+    observer.note(
+        f"run {topic}: what it makes on {redact(transport)} is named {topic}*"
+        + (" and is kept (--keep)" if config.keep else " and is removed when it ends")
+    )
     result: BenchResult | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="factbus-bench-") as tmp:
