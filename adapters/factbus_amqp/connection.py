@@ -171,15 +171,19 @@ class Bound:
     locks clean up on cancellation: a publish not yet written gives back its
     delivery tag). A cancellation from elsewhere (``asyncio.timeout``,
     ``Task.cancel``) arriving too stays a cancellation: only the one
-    :meth:`Live.lose` requested is taken back (``Task.uncancel``). Cheap: a set
-    insertion and removal, no task, no future.
+    :meth:`Live.lose` requested is taken back (``Task.uncancel``). As
+    ``asyncio.timeout`` does, the task's cancellation count on entry is the
+    reference: work in a task already being cancelled (clean-up in a ``finally``
+    after a ``CancelledError``, whose count stays 1) still gets
+    :class:`ConnectionLost`. Cheap: a set insertion and removal, no task, no future.
     """
 
-    __slots__ = ("_live", "_task")
+    __slots__ = ("_cancelling", "_live", "_task")
 
     def __init__(self, live: Live) -> None:
         self._live = live
         self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
 
     def __enter__(self) -> None:
         live = self._live
@@ -188,6 +192,7 @@ class Bound:
         task = asyncio.current_task()
         assert task is not None, "Live.bound() needs a running task"
         self._task = task
+        self._cancelling = task.cancelling()
         live.working.add(task)
 
     def __exit__(
@@ -200,8 +205,9 @@ class Bound:
             return
         live.interrupted.discard(task)
         # lose() ran while the task was suspended inside the block, so its
-        # cancellation was delivered there; take back its count.
-        if task.uncancel() == 0 and kind is asyncio.CancelledError:
+        # cancellation was delivered there; take back its count. A count still
+        # above the one on entry: another cancellation came too, it goes on.
+        if task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
             raise ConnectionLost(f"the amqp connection was lost ({live.lost})") from None
 
 

@@ -94,3 +94,31 @@ async def test_the_task_that_loses_the_connection_is_not_cancelled() -> None:
         link.lose()
         await asyncio.sleep(0)  # no cancellation comes
     assert not link.alive
+
+
+async def test_work_in_a_task_already_being_cancelled_still_sees_the_loss() -> None:
+    """Clean-up on the connection in a task that is being cancelled (a ``finally``
+    after a ``CancelledError``: its cancellation count stays 1, as
+    ``asyncio.timeout`` allows for) gets ``ConnectionLost`` for a lost connection,
+    like any other work, and the task still ends cancelled."""
+    link = live()
+    outcome: list[str] = []
+
+    async def clean_up_when_cancelled() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            try:
+                await wait_bound(link)
+            except ConnectionLost:
+                outcome.append("lost")
+
+    task = await started(clean_up_when_cancelled())
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation delivered: in the clean-up's block now
+    assert task in link.working and task.cancelling() == 1
+    link.lose()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert outcome == ["lost"]
+    assert not link.working and not link.interrupted
