@@ -3,6 +3,11 @@ says exactly what to ``pip install`` (:class:`~factbus.errors.MissingDriver`).""
 
 from __future__ import annotations
 
+import functools
+import importlib
+from typing import TYPE_CHECKING, Final
+
+from factbus import envelope
 from factbus.errors import MissingDriver
 from factbus.headers import HEADER_MESSAGE_ID
 
@@ -21,6 +26,9 @@ try:
     from confluent_kafka.cimpl import NewTopic
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise MissingDriver("kafka", "kafka", exc) from exc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 HeaderList = list[tuple[str, str | bytes | None]]
 """The header shape confluent-kafka takes and returns."""
@@ -57,6 +65,29 @@ def decode_record_headers(record: Message) -> dict[str, str]:
     return headers
 
 
+def _record_untracker() -> Callable[[list[Message]], int] | None:
+    """``factbus_native.untrack_records`` for librdkafka's ``Message`` type, or
+    ``None`` without the native helper (not built, ``FACTBUS_NATIVE=0``, or a
+    build older than this factbus): then records stay tracked, as before."""
+    if not envelope.NATIVE:
+        return None
+    untrack = getattr(importlib.import_module("factbus_native"), "untrack_records", None)
+    if untrack is None:
+        return None
+    return functools.partial(untrack, record_type=Message)
+
+
+untrack_records: Final = _record_untracker()
+"""Take a list's consumed records out of the cyclic garbage collector's lists
+(their number), or ``None`` when the native helper is not in use. A consumed
+record refers only to strings, bytes, a ``KafkaError`` and its headers list,
+so it cannot be part of a reference cycle and the collector need not walk it,
+nor move it through its generations while a backlog waits (docs/decisions.md,
+"Kafka records out of the cyclic collector's lists"). Callers must never call a
+record's ``set_*`` methods with anything that could refer back to it, nor put
+such a thing into the list its ``headers()`` returns."""
+
+
 __all__ = [
     "AdminClient",
     "Consumer",
@@ -71,4 +102,5 @@ __all__ = [
     "TopicPartition",
     "decode_headers",
     "decode_record_headers",
+    "untrack_records",
 ]

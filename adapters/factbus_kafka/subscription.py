@@ -8,7 +8,11 @@ to ``poll_interval`` for one message, then takes what librdkafka has queued,
 up to ``fetch_batch``; never waits for a full batch), serves rebalance
 callbacks, stores acknowledged offsets, seeks for nacks, holds back when the
 buffer is full and finally commits and closes. Batches reach the event loop with one
-``call_soon_threadsafe`` each and are buffered as librdkafka's records.
+``call_soon_threadsafe`` each and are buffered as librdkafka's records, which
+the thread first takes out of the cyclic garbage collector's lists when the
+native helper is in use (:data:`~factbus_kafka._driver.untrack_records`: a
+record cannot be part of a reference cycle, and a backlog of tracked records
+was most of what full collections walked, benchmarks/studies/PROFILE.md §25-§26).
 ``take_batch`` (what ``Bus`` consumes with) hands them out as one
 :class:`KafkaBatch`: their bodies as one list, and per run of records of one
 partition one :class:`_Run` that the batch's single ack settles; a record gets
@@ -66,6 +70,7 @@ from factbus_kafka._driver import (
     Message,
     TopicPartition,
     decode_record_headers,
+    untrack_records,
 )
 
 if TYPE_CHECKING:
@@ -770,6 +775,7 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
     def _run(self) -> None:
         consumer = self._consumer
         config = self._config
+        untrack = untrack_records
         limit, low = self._limit, self._low
         paused = False
         try:
@@ -810,6 +816,10 @@ class KafkaSubscription(BufferedSubscription[KafkaDelivery]):
                     self._stop.wait(config.poll_interval)  # librdkafka recovers by itself
                     continue
                 if messages:
+                    if untrack is not None:
+                        # Out of the collector's lists before they wait in the
+                        # buffer (benchmarks/studies/PROFILE.md §25, §26).
+                        untrack(messages)
                     self._handed += len(messages)
                     self._call(self._receive, messages)
         except BaseException as exc:  # surfaced by next_batch

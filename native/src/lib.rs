@@ -438,7 +438,14 @@ fn decode_bodies<'py>(
             _ => None,
         };
         match facts {
-            Some(list) => out.append(list)?,
+            Some(list) => {
+                // Facts only (themselves untracked, referring to nothing that
+                // could lead back), read by decode_each's callers and never
+                // added to: no cycle can pass through it (docs/decisions.md,
+                // "Kafka records out of the cyclic collector's lists").
+                unsafe { ffi::PyObject_GC_UnTrack(list.as_ptr().cast()) };
+                out.append(list)?
+            }
             None => {
                 out.append(py.None())?;
                 doubts.append(i)?;
@@ -529,6 +536,49 @@ fn _stages(py: Python<'_>, bodies: Vec<Vec<u8>>, stage: u8) -> PyResult<usize> {
     Ok(passed)
 }
 
+/// The one type whose instances :func:`untrack_records` takes out of the
+/// collector's lists: librdkafka's consumed record (a static type of
+/// confluent-kafka's C extension; docs/decisions.md, "Kafka records out of the
+/// cyclic collector's lists").
+const RECORD_TYPE: &[u8] = b"confluent_kafka.cimpl.Message";
+
+/// Take every item of ``records`` whose exact type is ``record_type`` out of
+/// the cyclic garbage collector's lists (``PyObject_GC_UnTrack``: O(1) each,
+/// nothing if already untracked); other items are left as they are. Returns
+/// how many were of that type. ``record_type`` must be confluent-kafka's
+/// ``Message`` (a static type of that name that the collector tracks), else
+/// ``TypeError``: its instances hold only strings, bytes, a ``KafkaError`` and
+/// a headers list, so cannot be part of a reference cycle unless someone calls
+/// their ``set_*`` methods with one, which the caller promises not to do.
+#[pyfunction]
+fn untrack_records(records: &Bound<'_, PyList>, record_type: &Bound<'_, PyType>) -> PyResult<usize> {
+    let tp = record_type.as_ptr() as *mut ffi::PyTypeObject;
+    // SAFETY: a type object; its name is a NUL-terminated string it owns.
+    let (name, flags) = unsafe { (std::ffi::CStr::from_ptr((*tp).tp_name), (*tp).tp_flags) };
+    if name.to_bytes() != RECORD_TYPE
+        || flags & ffi::Py_TPFLAGS_HEAPTYPE != 0
+        || flags & ffi::Py_TPFLAGS_HAVE_GC == 0
+    {
+        return Err(PyTypeError::new_err(format!(
+            "untrack_records takes confluent_kafka.cimpl.Message records only, not {}",
+            name.to_string_lossy()
+        )));
+    }
+    let list = records.as_ptr();
+    let mut untracked = 0;
+    // No Python code runs in this loop (the GIL is held), so the list cannot change.
+    for i in 0..records.len() {
+        unsafe {
+            let item = ffi::PyList_GET_ITEM(list, i as ffi::Py_ssize_t);
+            if ffi::Py_TYPE(item) == tp {
+                ffi::PyObject_GC_UnTrack(item.cast());
+                untracked += 1;
+            }
+        }
+    }
+    Ok(untracked)
+}
+
 #[pymodule]
 fn factbus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(setup, m)?)?;
@@ -536,5 +586,6 @@ fn factbus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(canonical_forms, m)?)?;
     m.add_function(wrap_pyfunction!(_stages, m)?)?;
+    m.add_function(wrap_pyfunction!(untrack_records, m)?)?;
     Ok(())
 }
