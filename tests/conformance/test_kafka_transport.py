@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import broker_url
-from factbus import Bus, Fact
+from factbus import Bus, Fact, envelope
 from factbus.envelope import encode
 from factbus.errors import ConfigError, PublishError, TransportError
 from factbus.testing.brokers import kafka_bootstrap, with_options
@@ -415,6 +415,50 @@ class TestKafkaTransport(TransportConformance):
         assert letter.headers["x-n"] == "bad"
         subscription = await transport.subscribe(topic, group)
         assert await settle_quietly(subscription, 2.0) == []
+
+    async def test_buffered_records_are_untracked_and_deliver_and_dead_letter_intact(
+        self, ctx: ConformanceContext
+    ) -> None:
+        """With the native helper the consumer thread takes each record out of the
+        cyclic collector's lists before the loop buffers it (docs/decisions.md,
+        "Kafka records out of the cyclic collector's lists"). Full collections
+        with the records waiting free nothing of them (the headers list a record
+        alone refers to included), and each is delivered, and dead-lettered,
+        with its body and headers."""
+        topic, group, transport, subscription = await _subscribed(ctx)
+        assert isinstance(subscription, KafkaSubscription)
+        sent = [
+            Message(f"u-{i}".encode(), f"id-{i}", None, {"x-n": str(i), "x-t": "é"})
+            for i in range(20)
+        ]
+        await transport.publish(topic, sent)
+
+        async def buffered() -> bool:
+            return len(subscription._buffer) >= 20
+
+        await eventually(buffered, ctx.timeout, "20 records buffered", interval=0.02)
+        records = list(subscription._buffer)
+        assert {type(r).__name__ for r in records} == {"Message"}
+        assert [gc.is_tracked(r) for r in records] == [not envelope.NATIVE] * 20
+        for record in records:
+            record.headers()  # now a list only the record refers to
+        for _ in range(3):
+            gc.collect()
+        assert [r.value() for r in records] == [m.body for m in sent]
+        assert [dict(r.headers())["x-n"] for r in records] == [str(i).encode() for i in range(20)]
+        del records
+        deliveries = await collect(subscription, 20, ctx.timeout, ack=False)
+        assert [d.body for d in deliveries] == [m.body for m in sent]
+        assert [(d.headers["x-n"], d.headers["x-t"]) for d in deliveries] == [
+            (str(i), "é") for i in range(20)
+        ]
+        assert [d.headers[HEADER_MESSAGE_ID] for d in deliveries] == [f"id-{i}" for i in range(20)]
+        rejected = deliveries[7]
+        await transport.dead_letter(topic, rejected.body, dict(rejected.headers), "rejected")
+        await ack_all(deliveries)
+        [letter] = await transport.read_dead_letters(topic, 10)
+        assert letter.body == b"u-7" and letter.reason == "rejected"
+        assert (letter.headers["x-n"], letter.headers["x-t"]) == ("7", "é")
 
     async def test_a_failed_bus_step_nacks_its_batch_which_comes_again_and_is_handled_once(
         self, ctx: ConformanceContext, tmp_path: Path
