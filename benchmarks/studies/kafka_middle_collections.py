@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import os
 import statistics
@@ -69,6 +70,8 @@ class Probe:
         self.facts = 0
         """The half load's facts (its end: the last one handled)."""
         self._old = 0
+        self.types: collections.Counter[str] = collections.Counter()
+        """The half load's moved objects by type name (``--types``)."""
         self._at: tuple[bool, bool, bool, int, int, int, int] = (False,) * 3 + (0,) * 4  # type: ignore[assignment]
 
     def note_phase(self, name: str, total: int) -> None:
@@ -133,6 +136,7 @@ class Probe:
             return
         moved = gc.get_objects(2)[self._old :]
         messages = sum(1 for o in moved if type(o).__name__ == "Message")
+        self.types.update(type(o).__name__ for o in moved)
         self.rows.append((*self._at, len(moved), messages))
         moved.clear()
 
@@ -226,6 +230,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--rows", action="store_true", help="print every collection")
     parser.add_argument(
+        "--types", action="store_true", help="print the 8 types most moved in the half load"
+    )
+    parser.add_argument(
         "--tuples",
         action="store_true",
         help="an experiment, not the adapter: the consumer thread hands records on as "
@@ -248,6 +255,7 @@ def main() -> None:
     for _ in range(args.runs):
         probe.phase, probe.rows, probe.facts = "start-up", [], args.facts
         probe.full, probe.peak_full = [], []
+        probe.types.clear()
         config = BenchConfig(
             transport=args.transport,
             facts=args.facts,
@@ -279,6 +287,10 @@ def main() -> None:
             f"({', '.join(f'{w:.0f}' for w in probe.peak_full)} ms)",
             flush=True,
         )
+        if args.types:
+            print(
+                "  moved by type:", ", ".join(f"{n} {c:,}" for n, c in probe.types.most_common(8))
+            )
         if args.rows:
             print("  loop step decoding size previous buffered hand-off | moved Messages")
             for row in rows:
