@@ -29,6 +29,7 @@ counts are what this is for.
 Run (brokers up, ``eval "$(bash scripts/brokers.sh env)"``)::
 
     .venv/bin/python benchmarks/studies/kafka_middle_collections.py --runs 3
+    .venv/bin/python benchmarks/studies/kafka_middle_collections.py --types  # what moved, by type
 """
 
 from __future__ import annotations
