@@ -559,8 +559,15 @@ fn untrack_records(records: &Bound<'_, PyList>, record_type: &Bound<'_, PyType>)
         || flags & ffi::Py_TPFLAGS_HEAPTYPE != 0
         || flags & ffi::Py_TPFLAGS_HAVE_GC == 0
     {
+        let kind = if flags & ffi::Py_TPFLAGS_HEAPTYPE != 0 {
+            " (a class defined in Python)"
+        } else if flags & ffi::Py_TPFLAGS_HAVE_GC == 0 {
+            " (not tracked by the collector)"
+        } else {
+            ""
+        };
         return Err(PyTypeError::new_err(format!(
-            "untrack_records takes confluent_kafka.cimpl.Message records only, not {}",
+            "untrack_records takes confluent_kafka.cimpl.Message records only, not {}{kind}",
             name.to_string_lossy()
         )));
     }

@@ -125,6 +125,8 @@ def test_other_record_types_are_refused() -> None:
         with pytest.raises(TypeError, match=r"confluent_kafka\.cimpl\.Message records only"):
             native.untrack_records([item], type(item))
         assert gc.is_tracked(item) is tracked
+    with pytest.raises(TypeError, match=r"not confluent_kafka\.cimpl\.Message \(a class defined"):
+        native.untrack_records([], fake)
 
 
 def test_the_adapter_untracks_with_the_native_helper_only() -> None:
