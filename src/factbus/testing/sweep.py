@@ -237,6 +237,7 @@ def _kafka_bootstrap(url: str) -> str:
 
 
 async def _sweep_kafka(bootstrap: str, select: Select) -> Swept:
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
     swept = Swept()
@@ -249,15 +250,32 @@ async def _sweep_kafka(bootstrap: str, select: Select) -> Swept:
     listed = await asyncio.wrap_future(admin.list_consumer_groups(request_timeout=30))
     groups = [g.group_id for g in listed.valid if select(g.group_id)]
 
-    if topics or groups:
-        # The adapter's own deletion (factbus_kafka.removal); a group still with
-        # members is reported busy at once, for the run-end sweep to retry.
-        from factbus_kafka.removal import delete
+    def error_code(error: BaseException) -> object:
+        if isinstance(error, KafkaException) and error.args:
+            return getattr(error.args[0], "code", lambda: None)()
+        return None
 
-        done = await asyncio.to_thread(delete, admin, topics, groups, 30.0, 0.0)
-        swept.removed += done.removed
-        swept.failed += done.failed
-        swept.busy += done.busy
+    # Its own deletion, not factbus_kafka.removal's: the core (factbus.testing
+    # included) never imports an adapter (tests/unit/test_layers.py).
+    if topics:
+        for topic, future in admin.delete_topics(topics, operation_timeout=30).items():
+            try:
+                await asyncio.wrap_future(future)
+                swept.removed.append(f"kafka topic {topic!r}")
+            except Exception as error:
+                if error_code(error) != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    swept.failed.append(f"kafka topic {topic!r}: {error}")
+    if groups:
+        for group, future in admin.delete_consumer_groups(groups, request_timeout=30).items():
+            try:
+                await asyncio.wrap_future(future)
+                swept.removed.append(f"kafka group {group!r}")
+            except Exception as error:
+                code = error_code(error)
+                if code == KafkaError.NON_EMPTY_GROUP:
+                    swept.busy.append(f"kafka group {group!r}: still has members")
+                elif code != KafkaError.GROUP_ID_NOT_FOUND:
+                    swept.failed.append(f"kafka group {group!r}: {error}")
     return swept
 
 
