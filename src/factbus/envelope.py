@@ -198,7 +198,13 @@ def decode_each(
 ) -> tuple[list[list[Fact]], dict[int, EnvelopeError]]:
     """:func:`decode` of each body (a pipeline step's): each body's facts (``[]``
     for one refused), and the error :func:`decode` raises for each refused body,
-    by its position."""
+    by its position.
+
+    With the native helper, each body's list is out of the cyclic garbage
+    collector's lists (it holds only facts, which hold no cycles; PROFILE.md
+    §26): read it or copy it, but do not make it part of a reference cycle (a
+    list holding itself, an object it holds that refers back to it), which would
+    never be freed."""
     plain, max_bytes, max_depth = _decode_plain, limits.max_bytes, limits.max_depth
     errors: dict[int, EnvelopeError] = {}
     if _native is not None:
