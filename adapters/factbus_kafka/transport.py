@@ -39,7 +39,7 @@ until ``publish_timeout``; consumers rejoin their group and resume from the last
 committed offset. A producer that hits a fatal error, or whose poller thread
 failed, is replaced on the next publish (``aclose`` waits for the old one's
 flush, bounded). See :mod:`factbus_kafka.config` for every URL option and
-:mod:`factbus_kafka.subscription` for acknowledgement and nack semantics.
+:mod:`factbus_kafka.offsets` for acknowledgement and nack semantics.
 """
 
 from __future__ import annotations

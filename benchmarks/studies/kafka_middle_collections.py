@@ -181,7 +181,7 @@ def records_as_tuples(with_headers: bool = False) -> None:
             number = message[1]
             partition = self._partitions.get(number)
             if partition is None:
-                partition = self._partitions[number] = module._Partition(number, self)
+                partition = self._partitions[number] = module.Partition(number, self)
             if message[2] < partition.next_offset:
                 continue  # no nacks in the bench: skipped as re-read
             partition.next_offset = message[2] + 1
@@ -196,7 +196,7 @@ def records_as_tuples(with_headers: bool = False) -> None:
         runs = []
         for number, start, end in module._runs_of(numbers):
             partition = self._partitions[number]
-            run = module._Run(partition, start)
+            run = module.Run(partition, start)
             run.end = end
             run.offset = items[end - 1][2]
             run.pending = run.unhanded = end - start

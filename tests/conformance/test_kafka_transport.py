@@ -44,7 +44,8 @@ from factbus.transport import (
 )
 from factbus.urls import redact
 from factbus_kafka import HEADER_MESSAGE_ID, KafkaConfig, KafkaTransport
-from factbus_kafka.subscription import KafkaBatch, KafkaDelivery, KafkaSubscription
+from factbus_kafka.delivery import KafkaBatch, KafkaDelivery
+from factbus_kafka.subscription import KafkaSubscription
 from factbus_kafka.transport import _Confirmations
 
 BROKERS_SH = Path(__file__).resolve().parents[2] / "scripts" / "brokers.sh"

@@ -82,7 +82,7 @@ def test_a_delivery_settles_once() -> None:
     [
         ("factbus.transport.memory", "MemorySubscription", "MemoryDelivery"),
         ("factbus_amqp.transport", "AmqpSubscription", "AmqpDelivery"),
-        ("factbus_kafka.subscription", "KafkaSubscription", "KafkaDelivery"),
+        ("factbus_kafka", "KafkaSubscription", "KafkaDelivery"),
         ("factbus_kombu.consumer", "KombuSubscription", "KombuDelivery"),
     ],
 )
