@@ -1,6 +1,8 @@
 """Deleting Kafka topics and consumer groups by name: what
 :meth:`KafkaTransport.remove <factbus_kafka.transport.KafkaTransport.remove>`,
-and the bench's raw baseline use to leave nothing behind.
+the bench's raw baseline and the test suite's sweep (through the entry-point
+group ``factbus.removals``: :data:`factbus.testing.sweep.REMOVALS`) use to leave
+nothing behind.
 
 A module of its own (not part of the producer or the subscription): blocking
 admin calls, run in a thread by the caller. Only the names given are touched.

@@ -2,8 +2,9 @@
 registered for it, so that a third-party package adds one without touching
 the core.
 
-Groups: ``factbus.transports``, ``factbus.stores`` and ``factbus.baselines``,
-each entry named by URL scheme (``kombu+redis://`` looks up ``kombu``) and
+Groups: ``factbus.transports``, ``factbus.stores``, ``factbus.baselines`` and
+``factbus.removals`` (a broker's deletion by name, for the test sweep), each
+entry named by URL scheme (``kombu+redis://`` looks up ``kombu``) and
 pointing at ``module:attribute``. A group's built-in table is used when
 factbus runs from a source tree whose entry points are not installed; an
 installed entry point wins over it.

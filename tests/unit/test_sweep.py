@@ -245,6 +245,24 @@ async def test_a_kafka_group_with_a_member_is_busy_not_failed_and_goes_once_it_l
     assert await asyncio.to_thread(present, {"kafka": {url}}, containing([group, topic])) == []
 
 
+def test_the_sweep_deletes_kafka_objects_through_the_adapters_removal() -> None:
+    """One deletion for product and tests: the sweep finds the Kafka adapter's
+    ``removal.delete`` through the ``factbus.removals`` entry point (installed,
+    and its built-in fallback alike), not a copy of its own."""
+    from importlib.metadata import entry_points
+
+    from factbus import plugins
+    from factbus.testing import sweep
+    from factbus_kafka import removal
+
+    installed = {ep.name: ep.value for ep in entry_points(group=sweep.REMOVALS)}
+    assert installed == {"kafka": "factbus_kafka.removal:delete"}
+    assert sweep._BUILTIN_REMOVALS["kafka"][0] == installed["kafka"]
+    found = plugins.load(sweep.REMOVALS, "kafka", sweep._BUILTIN_REMOVALS, what="removal")
+    assert found is removal.delete
+    assert "delete_topics" not in Path(sweep.__file__).read_text()
+
+
 async def test_a_redis_key_that_is_not_utf8_does_not_stop_the_sweep() -> None:
     """Redis keys are bytes: another user's key that is not UTF-8 on the shared
     Redis must not fail every sweep of it; such a key of the test's own goes too."""

@@ -14,8 +14,10 @@ What is listed and removed, per broker kind (the keys of
 - ``amqp``, ``kombu_amqp`` (RabbitMQ): queues and exchanges of the URL's vhost,
   through the management HTTP API (``http://<host>:15672``, or
   ``FACTBUS_TEST_RABBITMQ_API``; AMQP cannot list queues);
-- ``kafka``: topics and consumer groups (a group that still has members is
-  reported as busy, to be retried later, not as a failure);
+- ``kafka``: topics and consumer groups, deleted by the adapter's
+  ``removal.delete`` (found through the entry-point group :data:`REMOVALS`; a
+  group that still has members is reported as busy, to be retried later, not
+  as a failure);
 - ``redis``: keys (kombu's queues, bindings and unacked sets);
 - ``postgres``: schemas (dropped with what they hold) and databases.
 
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
+from factbus import plugins
 from factbus.testing.names import Entries, finished_journals
 
 Select = Callable[[str], bool]
@@ -50,6 +53,14 @@ API_ENV: Final = "FACTBUS_TEST_RABBITMQ_API"
 
 RABBITMQ_KINDS: Final = frozenset({"amqp", "kombu_amqp"})
 KINDS: Final = frozenset({*RABBITMQ_KINDS, "kafka", "redis", "postgres"})
+
+REMOVALS: Final = "factbus.removals"
+"""The entry-point group of each broker's deletion by name, named by URL scheme
+(``kafka``: ``factbus_kafka.removal:delete``, called with an AdminClient, the
+topics, the groups, a timeout and how long to retry a group with members; it
+returns what it ``removed``, ``failed`` and found ``busy``, a line each)."""
+
+_BUILTIN_REMOVALS: Final[plugins.Builtins] = {"kafka": ("factbus_kafka.removal:delete", "kafka")}
 
 T = TypeVar("T")
 
@@ -237,7 +248,6 @@ def _kafka_bootstrap(url: str) -> str:
 
 
 async def _sweep_kafka(bootstrap: str, select: Select) -> Swept:
-    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
     swept = Swept()
@@ -250,32 +260,16 @@ async def _sweep_kafka(bootstrap: str, select: Select) -> Swept:
     listed = await asyncio.wrap_future(admin.list_consumer_groups(request_timeout=30))
     groups = [g.group_id for g in listed.valid if select(g.group_id)]
 
-    def error_code(error: BaseException) -> object:
-        if isinstance(error, KafkaException) and error.args:
-            return getattr(error.args[0], "code", lambda: None)()
-        return None
-
-    # Its own deletion, not factbus_kafka.removal's: the core (factbus.testing
-    # included) never imports an adapter (tests/unit/test_layers.py).
-    if topics:
-        for topic, future in admin.delete_topics(topics, operation_timeout=30).items():
-            try:
-                await asyncio.wrap_future(future)
-                swept.removed.append(f"kafka topic {topic!r}")
-            except Exception as error:
-                if error_code(error) != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    swept.failed.append(f"kafka topic {topic!r}: {error}")
-    if groups:
-        for group, future in admin.delete_consumer_groups(groups, request_timeout=30).items():
-            try:
-                await asyncio.wrap_future(future)
-                swept.removed.append(f"kafka group {group!r}")
-            except Exception as error:
-                code = error_code(error)
-                if code == KafkaError.NON_EMPTY_GROUP:
-                    swept.busy.append(f"kafka group {group!r}: still has members")
-                elif code != KafkaError.GROUP_ID_NOT_FOUND:
-                    swept.failed.append(f"kafka group {group!r}: {error}")
+    if topics or groups:
+        # The adapter's own deletion, reached like a transport, through its entry
+        # point (the core never imports an adapter: tests/unit/test_layers.py); a
+        # group still with members is reported busy at once, for the run-end
+        # sweep to retry.
+        delete = plugins.load(REMOVALS, "kafka", _BUILTIN_REMOVALS, what="removal")
+        done = await asyncio.to_thread(delete, admin, topics, groups, 30.0, 0.0)
+        swept.removed += done.removed
+        swept.failed += done.failed
+        swept.busy += done.busy
     return swept
 
 
