@@ -518,3 +518,55 @@ async def test_a_paced_job_publishes_each_message_once_and_fails_with_a_failed_c
             await publish_share(failing, workload, PublishJob(spec, 25, rate=40_000.0), 0, 1)
     finally:
         await failing.aclose()
+
+
+def _closed_port() -> int:
+    """A local TCP port nobody listens on (bound, then closed again)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize(
+    ("scheme", "cause"),
+    [
+        ("amqp://guest:guest@127.0.0.1:{port}/", "Connect call failed"),
+        ("kafka://127.0.0.1:{port}?request_timeout=2", "Broker transport failure"),
+    ],
+)
+def test_an_unreachable_broker_is_one_line_naming_it_and_the_cause(scheme: str, cause: str) -> None:
+    """``factbus bench`` against a closed local port: exit 2 at once, before the run
+    makes anything, with one line naming the broker and why (no traceback, no run,
+    no clean-up of what could not have been made)."""
+    port = _closed_port()
+    url = scheme.format(port=port)
+    done = subprocess.run(
+        [sys.executable, "-m", "factbus", "bench", "--transport", url, "--facts", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("factbus bench: "), done.stderr
+    assert f"127.0.0.1:{port}" in last and cause in last and "nothing was run" in last, last
+    assert "guest:guest" not in done.stderr  # the password is redacted
+    for noise in ("Traceback", "run bench-", "NOT removed", "publisher"):
+        assert noise not in done.stderr, done.stderr
+
+
+def test_an_unknown_scheme_is_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "factbus", "bench", "--transport", "nats://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("factbus bench: no transport for nats:// (known: amqp://"), lines

@@ -71,9 +71,10 @@ from factbus.bench.publisher import (
 from factbus.bench.result import BenchResult, HalfLoad, Latency, latencies, machine
 from factbus.bench.workload import Shape, WorkloadSpec, build_workload
 from factbus.bus import Bus
-from factbus.errors import ConfigError
+from factbus.errors import ConfigError, TransportError
 from factbus.fact import Fact
 from factbus.gc_freeze import freeze_after_start
+from factbus.transport import open_transport
 from factbus.urls import redact
 
 T = TypeVar("T")
@@ -279,6 +280,8 @@ async def run_bench(config: BenchConfig, observer: Observer | None = None) -> Be
         mode = "task" if memory else "process"
     if memory and mode == "process":
         raise ConfigError("memory:// is in-process: use --publisher-mode task")
+    if not memory:
+        await _reachable(transport)
     topic = config.name or f"bench-{run_id}"
     node = f"{topic}-consumer"
     made = Made(transport, topic, [node])
@@ -313,6 +316,26 @@ async def run_bench(config: BenchConfig, observer: Observer | None = None) -> Be
     if left:
         raise BenchCleanupError(result, left)
     return result
+
+
+async def _reachable(url: str) -> None:
+    """Connect to the broker ``url`` names and close again, before the run makes
+    anything there: a broker that cannot be reached ends the run at once with
+    the transport's own reason, not half-way with what it then cannot remove.
+
+    :raises ConfigError: no transport is registered for the URL's scheme.
+    :raises TransportError: the broker did not answer (names the URL and the cause).
+    """
+    transport = open_transport(url)
+    try:
+        await transport.connect()
+    except TransportError as error:
+        # The adapters' messages mostly name the URL already (Kafka's: its hosts).
+        where = "" if redact(url) in str(error) else f"cannot reach {redact(url)}: "
+        raise TransportError(f"{where}{error} (nothing was run)") from error
+    finally:
+        with contextlib.suppress(Exception):
+            await transport.aclose()
 
 
 async def _remove(made: Made, keep: bool, observer: Observer) -> list[str]:
