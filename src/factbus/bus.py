@@ -135,10 +135,17 @@ class Bus(AsyncLifecycle):
             release_batch=settings.batch_size,
         )
         self._published = RefCache(settings.handled_cache)
-        self._cache_published = not isinstance(self.store, MemoryStore)
-        """Keep ``_published`` in front of the store: not for a memory store, which
-        answers :meth:`published` from a dict of its own (the cache would only
-        double each publish's bookkeeping, ~0.3-0.5 µs a new ref: PROFILE.md §22)."""
+        self._record_at_once = (
+            self.store.record_published if isinstance(self.store, MemoryStore) else None
+        )
+        """A memory store records published refs at once, outside a transaction (a
+        dict insert each): no recent-published cache in front of it (it answers
+        :meth:`published` from a dict of its own; the cache would only double each
+        publish's bookkeeping, ~0.3-0.5 µs a new ref: PROFILE.md §22), and no
+        store transaction per publish call (~4 µs a call, most of a small call's
+        bookkeeping: docs/decisions.md, "Published refs on a memory store:
+        recorded at once"). Other stores: the cache, and the refs wait in
+        ``pipeline.pending_published`` for the next transaction."""
         self._subscription: Subscription | None = None
         self._consumer: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
@@ -389,11 +396,13 @@ class Bus(AsyncLifecycle):
         Returns once the broker confirmed every envelope.
 
         Once the broker confirmed, the facts are published and their refs are
-        returned even if recording them in the store fails: the refs stay in
-        ``pipeline.pending_published`` (:meth:`published` answers from there),
-        the failure is logged and counted
-        (``stats.publish_record_failures``), and the next publish, pipeline
-        step or :meth:`aclose` writes them again.
+        recorded: on a memory store at once (a dict insert, no transaction);
+        on the others in a transaction of their own, or with the pipeline
+        step's that holds the store. The refs are returned even if recording
+        them fails: they stay in ``pipeline.pending_published``
+        (:meth:`published` answers from there), the failure is logged and
+        counted (``stats.publish_record_failures``), and the next publish,
+        pipeline step or :meth:`aclose` writes them again.
 
         :raises PublishError: the broker did not confirm (some may have arrived).
         """
@@ -426,8 +435,10 @@ class Bus(AsyncLifecycle):
                 await self.transport.publish(self.settings.topic, messages)
         else:
             await self.transport.publish(self.settings.topic, messages)
-        if self._cache_published:
-            self._published.add_all(shipped)
+        if self._record_at_once is not None:
+            self._record_at_once(shipped)
+            return refs
+        self._published.add_all(shipped)
         self.pipeline.pending_published.extend(shipped)
         if not self._store_lock.locked():
             await self._record_published()

@@ -1,8 +1,8 @@
 """``Bus.published``: a fact counts as published as soon as ``publish`` returned,
-also while a pipeline step holds the store (its refs wait in
-``pipeline.pending_published``) and once the recent-published cache forgot it.
-Memory transport and store; the step is held open by a handler that blocks
-until the test releases it (no timing)."""
+also while a pipeline step holds the store (on SQLite its refs wait in
+``pipeline.pending_published``; a memory store records them at once) and once
+the recent-published cache forgot it. Memory transport; the step is held open
+by a handler that blocks until the test releases it (no timing)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ GATE_REF = FactRef(GATE, Fact(GATE, {}).hash)
 """Never published: ``published`` leaves it out."""
 
 
-async def test_published_answers_while_a_step_holds_the_store() -> None:
+async def test_published_answers_while_a_step_holds_the_store(tmp_path: Path) -> None:
     topic = f"published-{uuid.uuid4().hex[:8]}"
     url = f"memory://{topic}"
     # A cache of one: the customer is forgotten by it once the next fact is published.
-    bus = Bus(url, "memory://", topic=topic, node="n", handled_cache=1)
+    bus = Bus(url, f"sqlite:///{tmp_path / 'n.db'}", topic=topic, node="n", handled_cache=1)
     entered, release = asyncio.Event(), asyncio.Event()
 
     @bus.handler(GATE)
@@ -41,18 +41,21 @@ async def test_published_answers_while_a_step_holds_the_store() -> None:
         await bus.publish(gate_fact)
         async with asyncio.timeout(30):
             await entered.wait()
-        await bus.publish(customer)
-        await bus.publish(other)
-        assert await bus.store.published([customer.ref]) == set()  # not recorded yet
-        # Publishing the order with its customer given as a Fact ships the order
-        # alone: the customer is known published although neither cache nor store has it.
-        await bus.publish(order)
-        assert await bus.published([customer.ref, other.ref, order.ref, GATE_REF]) == {
-            customer.ref,
-            other.ref,
-            order.ref,
-        }
-        release.set()
+        try:
+            await bus.publish(customer)
+            await bus.publish(other)
+            assert await bus.store.published([customer.ref]) == set()  # not recorded yet
+            assert set(bus.pipeline.pending_published) == {customer.ref, other.ref}
+            # Publishing the order with its customer given as a Fact ships the order
+            # alone: the customer is known published although neither cache nor store has it.
+            await bus.publish(order)
+            assert await bus.published([customer.ref, other.ref, order.ref, GATE_REF]) == {
+                customer.ref,
+                other.ref,
+                order.ref,
+            }
+        finally:
+            release.set()
         await bus.drain()
         await reader.drain()
         assert sorted(received) == sorted([gate_fact.hash, customer.hash, other.hash, order.hash])
@@ -144,3 +147,41 @@ async def test_a_memory_store_answers_for_more_refs_than_the_cache_holds() -> No
         }
     assert sorted(received) == sorted([customer.hash, *(o.hash for o in others), order.hash])
     assert reader.stats.facts_received == 7  # 8 if the customer had travelled again
+
+
+async def test_a_memory_store_records_published_refs_at_once_while_a_step_holds_it() -> None:
+    """On a memory store ``publish`` records what it shipped at once, without a
+    transaction (docs/decisions.md, "Published refs on a memory store: recorded
+    at once"): also while a pipeline step holds the store, nothing waits in
+    ``pipeline.pending_published``, and the step's own transaction (its handled
+    marks, applied at its commit) is not disturbed."""
+    topic = f"published-{uuid.uuid4().hex[:8]}"
+    url = f"memory://{topic}"
+    bus = Bus(url, "memory://", topic=topic, node="n", handled_cache=1)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @bus.handler(GATE)
+    async def gate(fact: Fact) -> None:
+        entered.set()
+        await release.wait()
+
+    customer = Fact("Shop.Customer", {"email": "ada@example.com"})
+    order = Fact("Shop.Order", {"number": 1}, {"customer": customer})
+    gate_fact = Fact(GATE, {"run": topic})
+    async with bus:
+        await bus.publish(gate_fact)
+        async with asyncio.timeout(30):
+            await entered.wait()
+        try:
+            assert await bus.publish(order) == [order.ref]
+            assert bus.pipeline.pending_published == []
+            assert await bus.store.published([customer.ref, order.ref, GATE_REF]) == {
+                customer.ref,
+                order.ref,
+            }
+            assert (await bus.store.counts())["handled"] == 0  # the step not committed
+        finally:
+            release.set()
+        await bus.drain()
+        assert (await bus.store.counts())["published"] == 3
+        assert await bus.store.states([gate_fact.ref]) != {}

@@ -126,12 +126,21 @@ class MemoryStore:
         if self._missing or self._waiting:
             self._unpark(refs)
         if batch.published:
-            published = self._published
-            for fact_type, fact_hash in batch.published:
-                known = published.setdefault(fact_hash, fact_type)
-                if known != fact_type:
-                    self._published_other.add(FactRef(fact_type, fact_hash))
+            self.record_published(batch.published)
         self._positions.update(batch.positions)
+
+    def record_published(self, refs: Collection[FactRef]) -> None:
+        """Record ``refs`` as published at once, outside any transaction: a dict
+        insert each, nothing to roll back or to write, and a transaction open
+        meanwhile (applied at its commit) is not affected. :class:`~factbus.Bus`
+        records what a publish shipped this way on a memory store instead of
+        one transaction per call (docs/decisions.md, "Published refs on a
+        memory store: recorded at once")."""
+        published = self._published
+        for fact_type, fact_hash in refs:
+            known = published.setdefault(fact_hash, fact_type)
+            if known != fact_type:
+                self._published_other.add(FactRef(fact_type, fact_hash))
 
     def _unpark(self, refs: list[FactRef]) -> None:
         """Handled ``refs`` no longer wait, and no longer hold up their waiters."""
