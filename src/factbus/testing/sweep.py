@@ -323,18 +323,16 @@ async def _sweep_postgres(url: str, select: Select) -> Swept:
             )
             if row["datname"] != current and select(row["datname"])
         ]
-        for schema in schemas:
-            try:
-                await connection.execute(f"DROP SCHEMA IF EXISTS {_ident(schema)} CASCADE")
-                swept.removed.append(f"postgres schema {schema!r}")
-            except Exception as error:
-                swept.failed.append(f"postgres schema {schema!r}: {error}")
-        for database in databases:
-            try:
-                await connection.execute(f"DROP DATABASE IF EXISTS {_ident(database)} WITH (FORCE)")
-                swept.removed.append(f"postgres database {database!r}")
-            except Exception as error:
-                swept.failed.append(f"postgres database {database!r}: {error}")
+        for what, names, drop in (
+            ("schema", schemas, "DROP SCHEMA IF EXISTS {} CASCADE"),
+            ("database", databases, "DROP DATABASE IF EXISTS {} WITH (FORCE)"),
+        ):
+            for name in names:
+                try:
+                    await connection.execute(drop.format(_ident(name)))
+                    swept.removed.append(f"postgres {what} {name!r}")
+                except Exception as error:
+                    swept.failed.append(f"postgres {what} {name!r}: {error}")
     finally:
         await connection.close()
     return swept
