@@ -31,27 +31,30 @@ def delete(config: KombuConfig, queues: Sequence[Any], exchanges: Sequence[Any])
     problems: list[str] = []
     with config.connection() as connection:
         connection.ensure_connection(max_retries=3)
-        for queue in queues:
-            try:
-                channel = connection.channel()
-                try:
-                    bound = queue(channel)
-                    bound.declare()
-                    bound.purge()
-                    bound.delete()
-                finally:
-                    with contextlib.suppress(Exception):
-                        channel.close()
-            except Exception as error:
-                problems.append(f"kombu queue {queue.name!r}: {error}")
-        for exchange in exchanges:
-            try:
-                channel = connection.channel()
-                try:
-                    exchange(channel).delete()
-                finally:
-                    with contextlib.suppress(Exception):
-                        channel.close()
-            except Exception as error:
-                problems.append(f"kombu exchange {exchange.name!r}: {error}")
+        for what, entities, remove in (
+            ("queue", queues, _remove_queue),
+            ("exchange", exchanges, _remove_exchange),
+        ):
+            for entity in entities:
+                try:  # one channel per entity, as the AMQP adapter's removal
+                    channel = connection.channel()
+                    try:
+                        remove(entity(channel))
+                    finally:
+                        with contextlib.suppress(Exception):
+                            channel.close()
+                except Exception as error:
+                    problems.append(f"kombu {what} {entity.name!r}: {error}")
     return problems
+
+
+def _remove_queue(bound: Any) -> None:
+    """Declared first, so that the delete removes its bindings too, and purged, so
+    that it removes its messages (see the module docstring)."""
+    bound.declare()
+    bound.purge()
+    bound.delete()
+
+
+def _remove_exchange(bound: Any) -> None:
+    bound.delete()
