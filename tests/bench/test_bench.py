@@ -559,6 +559,27 @@ def test_an_unreachable_broker_is_one_line_naming_it_and_the_cause(scheme: str, 
         assert noise not in done.stderr, done.stderr
 
 
+def test_a_store_that_cannot_be_opened_is_one_line_naming_it_and_the_cause() -> None:
+    """``--store`` naming a PostgreSQL server on a closed local port: exit 2 before
+    the run, one line with the (redacted) URL and the driver's reason."""
+    port = _closed_port()
+    store = f"postgresql://bench:secret@127.0.0.1:{port}/bench"
+    done = subprocess.run(
+        [sys.executable, "-m", "factbus", "bench", "--store", store, "--facts", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(
+        f"factbus bench: cannot open the store postgresql://bench:***@127.0.0.1:{port}/bench: "
+    ), lines
+    assert "refused" in lines[0].lower() or "connect call failed" in lines[0].lower(), lines
+
+
 def test_an_unknown_scheme_is_one_line() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "factbus", "bench", "--transport", "nats://127.0.0.1:1"],

@@ -71,9 +71,10 @@ from factbus.bench.publisher import (
 from factbus.bench.result import BenchResult, HalfLoad, Latency, latencies, machine
 from factbus.bench.workload import Shape, WorkloadSpec, build_workload
 from factbus.bus import Bus
-from factbus.errors import ConfigError, TransportError
+from factbus.errors import ConfigError, FactbusError, TransportError
 from factbus.fact import Fact
 from factbus.gc_freeze import freeze_after_start
+from factbus.store import open_store
 from factbus.transport import open_transport
 from factbus.urls import redact
 
@@ -282,6 +283,8 @@ async def run_bench(config: BenchConfig, observer: Observer | None = None) -> Be
         raise ConfigError("memory:// is in-process: use --publisher-mode task")
     if not memory:
         await _reachable(transport)
+    if config.store:
+        await _store_opens(config.store)
     topic = config.name or f"bench-{run_id}"
     node = f"{topic}-consumer"
     made = Made(transport, topic, [node])
@@ -336,6 +339,27 @@ async def _reachable(url: str) -> None:
     finally:
         with contextlib.suppress(Exception):
             await transport.aclose()
+
+
+async def _store_opens(url: str) -> None:
+    """Open the store ``url`` names and close it again, before the run makes
+    anything (as :func:`_reachable` for the broker).
+
+    :raises FactbusError: it cannot be opened (names the URL and the cause).
+    """
+    store = open_store(url)
+    try:
+        await store.open()
+    except FactbusError:
+        raise
+    except Exception as error:  # the driver's own: OSError, asyncpg's, sqlite3's
+        raise FactbusError(
+            f"cannot open the store {redact(url)}: {type(error).__name__}: {error} "
+            "(nothing was run)"
+        ) from error
+    finally:
+        with contextlib.suppress(Exception):
+            await store.aclose()
 
 
 async def _remove(made: Made, keep: bool, observer: Observer) -> list[str]:
