@@ -25,8 +25,7 @@ from factbus_kafka.offsets import ACKED, NACKED, PENDING
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from factbus_kafka.offsets import Partition, Run
-    from factbus_kafka.subscription import KafkaSubscription
+    from factbus_kafka.offsets import OffsetBook, Partition, Run
 
 
 class KafkaDelivery(SettleOnce):
@@ -158,7 +157,7 @@ class KafkaBatch(DeliveryBatch):
 
     def __init__(
         self,
-        owner: KafkaSubscription,
+        owner: OffsetBook,
         bodies: list[bytes],
         items: list[Message | KafkaDelivery],
         runs: list[Run],

@@ -36,7 +36,6 @@ from factbus_kafka._driver import Consumer, KafkaError, KafkaException, TopicPar
 
 if TYPE_CHECKING:
     from factbus_kafka.delivery import KafkaDelivery
-    from factbus_kafka.subscription import KafkaSubscription
 
 log = structlog.get_logger("factbus.kafka")
 
@@ -51,7 +50,7 @@ class Partition:
 
     __slots__ = ("alive", "nacked", "next_offset", "number", "owner", "unsettled")
 
-    def __init__(self, number: int, owner: KafkaSubscription) -> None:
+    def __init__(self, number: int, owner: OffsetBook) -> None:
         self.number = number
         self.owner = owner
         self.alive = True
