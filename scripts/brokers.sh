@@ -19,6 +19,8 @@
 #   FACTBUS_KAFKA_HEAP      Kafka JVM heap options                  default "-Xms256m -Xmx1g"
 #   FACTBUS_PG_BIN          PostgreSQL server binaries              default /usr/lib/postgresql/15/bin
 #   FACTBUS_RABBITMQ_MANAGEMENT  1 (default): management plugin, HTTP API on 127.0.0.1:15672; 0: off
+#   FACTBUS_RABBITMQ_SCHEDULERS  Erlang schedulers (+S N:N); default 1 on <= 2 cores, else Erlang's
+#                                own (one per core, also "default"); read when RabbitMQ (re)starts
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

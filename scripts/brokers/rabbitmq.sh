@@ -5,6 +5,16 @@
 # rabbitmq_env (see scripts/brokers.sh).
 
 RABBITMQ_MANAGEMENT="${FACTBUS_RABBITMQ_MANAGEMENT:-1}"
+# Erlang schedulers (+S N:N) of the node. On a machine of 2 cores or fewer the node shares
+# them with its clients (benches, test suites), and one scheduler costs it a third to a half
+# less CPU per message than one per core (fewer wake-ups between scheduler threads):
+# benchmarks/studies/PROFILE.md §27. "default": Erlang's own (one per core). Takes effect
+# when the node (re)starts. Busy-waiting is already off: RabbitMQ's rabbitmq-env passes
+# +sbwt none +sbwtdcpu none +sbwtdio none by default (Erlang's own default spins).
+RABBITMQ_SCHEDULERS="${FACTBUS_RABBITMQ_SCHEDULERS:-}"
+if [ -z "$RABBITMQ_SCHEDULERS" ]; then
+    if [ "$(nproc 2>/dev/null || echo 4)" -le 2 ]; then RABBITMQ_SCHEDULERS=1; else RABBITMQ_SCHEDULERS=default; fi
+fi
 RABBITMQ_NODE="rabbit@localhost"
 RABBITMQ_PIDFILE="/var/lib/rabbitmq/mnesia/${RABBITMQ_NODE}.pid"
 RABBITMQ_LOG="/var/log/rabbitmq/${RABBITMQ_NODE}.log"
@@ -14,7 +24,19 @@ rabbitmq_up() { probe amqp 127.0.0.1 5672; }
 rabbitmq_pid() { pidfile_pid "$RABBITMQ_PIDFILE"; }
 rabbitmq_alive() { pid_is "$(rabbitmq_pid)" 'beam'; }
 
+rabbitmq_erl_args() { # the node's SERVER_ADDITIONAL_ERL_ARGS
+    local args="-kernel inet_dist_use_interface {127,0,0,1}"
+    case "$RABBITMQ_SCHEDULERS" in
+    default) ;;
+    *[!0-9]* | '' | 0) die "rabbitmq: FACTBUS_RABBITMQ_SCHEDULERS must be a positive number or default, not '$RABBITMQ_SCHEDULERS'" ;;
+    *) args="$args +S $RABBITMQ_SCHEDULERS:$RABBITMQ_SCHEDULERS" ;;
+    esac
+    echo "$args"
+}
+
 rabbitmq_configure() {
+    local erl_args
+    erl_args="$(rabbitmq_erl_args)" || exit 1
     mkdir -p /etc/rabbitmq /var/log/rabbitmq /var/lib/rabbitmq
     chown rabbitmq:rabbitmq /var/log/rabbitmq /var/lib/rabbitmq
     # Erlang refuses a cookie readable by others; server and CLI both use the rabbitmq user's
@@ -29,9 +51,10 @@ rabbitmq_configure() {
 NODENAME=$RABBITMQ_NODE
 NODE_IP_ADDRESS=127.0.0.1
 NODE_PORT=5672
-# epmd and Erlang distribution on loopback only
+# epmd and Erlang distribution on loopback only; +S: Erlang schedulers (FACTBUS_RABBITMQ_SCHEDULERS,
+# one on a machine of 2 cores or fewer: -37 to -47 % of the broker's CPU per message, PROFILE.md §27)
 export ERL_EPMD_ADDRESS=127.0.0.1
-SERVER_ADDITIONAL_ERL_ARGS=\"-kernel inet_dist_use_interface {127,0,0,1}\"
+SERVER_ADDITIONAL_ERL_ARGS=\"$erl_args\"
 # The node's soft open-files limit up to its hard one (su resets it to 1024):
 # with 1024 a node holding ~1,000 durable queues cannot recover them on restart
 # (its boot stops at \"Recovering N queues, available file handles: 927\").
