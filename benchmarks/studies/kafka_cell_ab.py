@@ -6,7 +6,9 @@ Each variant is ``name:key=value,...`` with keys ``url`` (the transport, default
 ``kafka://127.0.0.1:9092``), ``path`` (a tree whose ``src`` and ``adapters`` go
 first on ``PYTHONPATH``: another version of factbus), ``broker`` (the broker
 JVM's pid, default: the first process running ``kafka.Kafka``), ``rate`` (pace
-the half load at this many msgs/s instead of half of the run's peak). Each run
+the half load at this many msgs/s instead of half of the run's peak), ``gclog``
+(the broker's GC log, written with ``-Xlog:gc:file=LOG:uptime``: its pauses
+inside the half-load phase are counted). Each run
 is the cell's command (``factbus bench --transport URL --facts 50000 --payload
 100 --publishers 1 --publish-batch 1000 --warmup 2000 --quiet --json F``), run
 through a wrapper that reads the broker's CPU time (``/proc/PID/stat``) at the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -50,6 +53,15 @@ def broker_cpu():
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def broker_uptime():
+    # Seconds since the broker's process started: its GC log's `uptime`
+    # decoration, give or take the JVM's own start-up.
+    with open(f"/proc/{PID}/stat") as f:
+        started = int(f.read().rsplit(")", 1)[1].split()[19]) / TICK
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0]) - started
+
+
 original = runner._Run._phase
 
 
@@ -58,7 +70,7 @@ async def phase(self, bus, recorder, name, spec, *, rate=None, profile=None):
         return await original(self, bus, recorder, name, spec, rate=rate, profile=profile)
     if RATE:
         rate = RATE
-    before, wall = broker_cpu(), time.perf_counter()
+    before, wall, up = broker_cpu(), time.perf_counter(), broker_uptime()
     measured = await original(self, bus, recorder, name, spec, rate=rate, profile=profile)
     with open(OUT, "w") as f:
         json.dump(
@@ -66,6 +78,7 @@ async def phase(self, bus, recorder, name, spec, *, rate=None, profile=None):
                 "broker_cpu_s": broker_cpu() - before,
                 "wall_s": time.perf_counter() - wall,
                 "messages": measured.messages,
+                "uptime": [up, broker_uptime()],
             },
             f,
         )
@@ -91,6 +104,22 @@ def broker_pid() -> str:
             if b"kafka.Kafka" in cmd and b"kafka-side" not in cmd:
                 return pid
     raise SystemExit("no kafka.Kafka process")
+
+
+PAUSE = re.compile(r"^\[(\d+\.\d+)s\].*Pause.* (\d+\.\d+)ms$")
+
+
+def gc_pauses(log: str | None, start: float, end: float) -> list[float]:
+    """The broker's stop-the-world pauses (ms) logged in [start, end] (its
+    uptime, seconds): needs ``-Xlog:gc:file=LOG:uptime`` on the broker."""
+    if not log:
+        return []
+    pauses = []
+    for line in Path(log).read_text().splitlines():
+        match = PAUSE.match(line)
+        if match and start <= float(match[1]) <= end:
+            pauses.append(float(match[2]))
+    return pauses
 
 
 def parse(spec: str) -> tuple[str, dict[str, str]]:
@@ -138,7 +167,11 @@ def run(name: str, options: dict[str, str], facts: int, extra: list[str]) -> dic
         bench = json.loads(out.read_text())
         broker = json.loads(side.read_text())
     half = bench["half_load"]
+    pauses = gc_pauses(options.get("gclog"), *broker["uptime"])
     return {
+        "gc_n": len(pauses),
+        "gc_max": max(pauses, default=0.0),
+        "gc_sum": sum(pauses),
         "p99": half["latency_ms"]["p99"],
         "p50": half["latency_ms"]["p50"],
         "rate": half["achieved_per_s"],
@@ -174,11 +207,12 @@ def main() -> None:
                     f"lag {figures['lag']:6.1f} "
                     f"CPU µs/msg pub {figures['pub']:5.1f} cons {figures['cons']:5.1f} "
                     f"broker {figures['broker']:5.1f} peak {figures['peak']:8.0f} "
+                    f"broker GC {figures['gc_n']} pauses max {figures['gc_max']:.0f} ms "
                     f"load {figures['load']:.1f}",
                     flush=True,
                 )
     print()
-    keys = ("p99", "p50", "rate", "lag", "pub", "cons", "broker", "peak")
+    keys = ("p99", "p50", "rate", "lag", "pub", "cons", "broker", "peak", "gc_n", "gc_max")
     print(f"{'median':>10} " + " ".join(f"{k:>8}" for k in keys) + "   p99 ≤ 50")
     for name, figures in runs.items():
         if not figures:
