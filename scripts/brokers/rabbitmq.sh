@@ -28,7 +28,7 @@ rabbitmq_erl_args() { # the node's SERVER_ADDITIONAL_ERL_ARGS
     local args="-kernel inet_dist_use_interface {127,0,0,1}"
     case "$RABBITMQ_SCHEDULERS" in
     default) ;;
-    *[!0-9]* | '' | 0) die "rabbitmq: FACTBUS_RABBITMQ_SCHEDULERS must be a positive number or default, not '$RABBITMQ_SCHEDULERS'" ;;
+    *[!0-9]* | '' | 0*) die "rabbitmq: FACTBUS_RABBITMQ_SCHEDULERS must be a positive number or default, not '$RABBITMQ_SCHEDULERS'" ;;
     *) args="$args +S $RABBITMQ_SCHEDULERS:$RABBITMQ_SCHEDULERS" ;;
     esac
     echo "$args"

@@ -55,7 +55,7 @@ def test_the_variable_overrides(value: str, cores: int, expected: str) -> None:
     assert result.stdout.strip() == LOOPBACK + expected
 
 
-@pytest.mark.parametrize("value", ["0", "two", "1:1", "-1"])
+@pytest.mark.parametrize("value", ["0", "00", "01", "two", "1:1", "-1", " 1"])
 def test_a_bad_value_is_refused_by_name(value: str) -> None:
     result = erl_args(value, 2)
     assert result.returncode != 0
