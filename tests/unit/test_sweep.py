@@ -260,6 +260,12 @@ def test_the_sweep_deletes_kafka_objects_through_the_adapters_removal() -> None:
     assert sweep._BUILTIN_REMOVALS["kafka"][0] == installed["kafka"]
     found = plugins.load(sweep.REMOVALS, "kafka", sweep._BUILTIN_REMOVALS, what="removal")
     assert found is removal.delete
+    # The fallback itself, as from a source tree whose entry points are not
+    # installed: a group nobody registered in, the same built-in table.
+    not_installed = f"{sweep.REMOVALS}.not-installed"
+    assert list(entry_points(group=not_installed)) == []
+    fallback = plugins.load(not_installed, "kafka", sweep._BUILTIN_REMOVALS, what="removal")
+    assert fallback is removal.delete
     assert "delete_topics" not in Path(sweep.__file__).read_text()
 
 
