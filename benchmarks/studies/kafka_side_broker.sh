@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A second, private Kafka broker for A/B studies of the broker's settings, so that
-# the shared broker on 9092 is never restarted (PROFILE.md, "The Kafka broker's
-# JVM and threads on 2 cores").
+# the shared broker on 9092 is never restarted (benchmarks/studies/PROFILE.md §28;
+# docs/decisions.md, "Kafka broker: JVM and threads unchanged on 2 cores").
 #
 #   kafka_side_broker.sh start DIR PORT [JVM_FLAGS] [PROPERTIES]
 #   kafka_side_broker.sh stop DIR
@@ -17,7 +17,8 @@
 set -euo pipefail
 
 cmd="${1:?start|stop|pid}"
-dir="${2:?state directory}"
+# absolute: start runs the broker from inside DIR, with paths that name DIR
+dir="$(realpath -m -- "${2:?state directory}")"
 state="${FACTBUS_BROKERS_DIR:-/var/lib/factbus}/kafka"
 version="${FACTBUS_KAFKA_VERSION:-4.3.1}"
 heap="${FACTBUS_KAFKA_HEAP:--Xms256m -Xmx1g}"
