@@ -520,6 +520,16 @@ async def test_a_paced_job_publishes_each_message_once_and_fails_with_a_failed_c
         await failing.aclose()
 
 
+def _bench_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``factbus bench ARGS`` run as a user runs it (a process of its own)."""
+    return subprocess.run(
+        [sys.executable, "-m", "factbus", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _closed_port() -> int:
     """A local TCP port nobody listens on (bound, then closed again)."""
     import socket
@@ -543,12 +553,7 @@ def test_an_unreachable_broker_is_one_line_naming_it_and_the_cause(scheme: str, 
     no clean-up of what could not have been made)."""
     port = _closed_port()
     url = scheme.format(port=port)
-    done = subprocess.run(
-        [sys.executable, "-m", "factbus", "bench", "--transport", url, "--facts", "10"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _bench_cli("--transport", url, "--facts", "10")
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     last = done.stderr.strip().splitlines()[-1]
@@ -564,12 +569,7 @@ def test_a_store_that_cannot_be_opened_is_one_line_naming_it_and_the_cause() -> 
     the run, one line with the (redacted) URL and the driver's reason."""
     port = _closed_port()
     store = f"postgresql://bench:secret@127.0.0.1:{port}/bench"
-    done = subprocess.run(
-        [sys.executable, "-m", "factbus", "bench", "--store", store, "--facts", "10"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _bench_cli("--store", store, "--facts", "10")
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
@@ -581,12 +581,7 @@ def test_a_store_that_cannot_be_opened_is_one_line_naming_it_and_the_cause() -> 
 
 
 def test_an_unknown_scheme_is_one_line() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "factbus", "bench", "--transport", "nats://127.0.0.1:1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _bench_cli("--transport", "nats://127.0.0.1:1", timeout=60)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
