@@ -128,7 +128,7 @@ class Bus(AsyncLifecycle):
             transport=self.transport,
             store=self.store,
             dispatcher=self.dispatcher,
-            limits=CodecLimits(settings.max_envelope_bytes, settings.max_depth),
+            limits=CodecLimits.of(settings),
             handled_cache=settings.handled_cache,
             shared_store=self.store.shared,
             store_lock=self._store_lock,

@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import orjson
 
@@ -57,6 +57,9 @@ from factbus.fact import (
     received_fact,
 )
 
+if TYPE_CHECKING:
+    from factbus.config import Settings
+
 _ENVELOPE_KEYS: Final = frozenset(("v", "facts"))
 _WIRE_KEYS: Final = frozenset(("type", "hash", "fields", "predecessors"))
 _SORT_STRICT: Final = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
@@ -78,6 +81,12 @@ class CodecLimits:
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
+
+    @classmethod
+    def of(cls, settings: Settings) -> CodecLimits:
+        """The limits a bus with these settings decodes with (``max_envelope_bytes``,
+        ``max_depth``): a tool reading that bus's envelopes elsewhere uses the same."""
+        return cls(settings.max_envelope_bytes, settings.max_depth)
 
 
 class _Native(Protocol):

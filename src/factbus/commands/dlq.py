@@ -144,11 +144,6 @@ async def _bounded(step: Awaitable[T], timeout: float, what: str) -> T:
         raise TransportError(f"could not {what}: {type(error).__name__}: {error}") from error
 
 
-def _limits(settings: Settings) -> CodecLimits:
-    """The envelope limits these settings give a bus: letters decode here as there."""
-    return CodecLimits(settings.max_envelope_bytes, settings.max_depth)
-
-
 async def _read(transport: Transport, topic: str, limit: int, timeout: float) -> list[DeadLetter]:
     return await _bounded(
         transport.read_dead_letters(topic, limit), timeout, f"read dead letters of {topic!r}"
@@ -195,7 +190,7 @@ async def _list(
 ) -> int:
     topic = settings.topic
     letters = await _read(transport, topic, args.limit, args.timeout)
-    limits = _limits(settings)
+    limits = CodecLimits.of(settings)
     rows = [describe(i, letter, limits) for i, letter in enumerate(letters, 1)]
     if args.json:
         for row in rows:
@@ -234,7 +229,7 @@ async def _show(
         )
         return 1
     letter = letters[args.number - 1]
-    limits = _limits(settings)
+    limits = CodecLimits.of(settings)
     facts, error = decode_letter(letter, limits)
     if args.json:
         record = describe(args.number, letter, limits)
@@ -266,7 +261,7 @@ async def _replay(
 ) -> int:
     topic = settings.topic
     letters = await _read(transport, topic, args.limit, args.timeout)
-    limits = _limits(settings)
+    limits = CodecLimits.of(settings)
     chosen = [
         letter for letter in letters if args.reason is None or letter.reason.startswith(args.reason)
     ]
