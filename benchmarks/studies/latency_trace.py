@@ -96,6 +96,7 @@ class Trace:
         self.delivers = Rows(2)  # t, count
         self.thread = Rows(2)  # t, count (Kafka: the thread hands a batch on)
         self.pauses = Rows(2)  # t, 1 paused / 0 resumed (Kafka: the thread's flow control)
+        self.idle_waits = Rows(2)  # start, end: a store call waited for its writer thread
         self.begins: list[tuple[float, str, int]] = []
         self.collections: list[tuple[int, float, float]] = []
         """Per phase: objects tracked, and a full collection's wall and CPU ms."""
@@ -139,12 +140,15 @@ class Trace:
         self.begins.append((now(), run, facts))
         self.cpu_at_begin = self.cpu_snapshot()
         self.handled_count = 0
-        # What a full collection walks now, and what one costs (measured once per phase).
-        start, cpu = now(), time.thread_time()
-        gc.collect()
-        self.collections.append(
-            (len(gc.get_objects()), (now() - start) * 1e3, (time.thread_time() - cpu) * 1e3)
-        )
+        if COLLECT_AT_PHASE_START:
+            # What a full collection walks now, and what one costs (measured once
+            # per phase; it also resets the collector's counts, so --no-collect
+            # leaves the collector's pacing as the bench's).
+            start, cpu = now(), time.thread_time()
+            gc.collect()
+            self.collections.append(
+                (len(gc.get_objects()), (now() - start) * 1e3, (time.thread_time() - cpu) * 1e3)
+            )
         if len(self.begins) == 3:
             self.run = run
             self.arrived = array("d", bytes(8 * facts))
@@ -160,6 +164,7 @@ class Trace:
 
 
 TRACE = Trace()
+COLLECT_AT_PHASE_START = True
 
 
 # -- the consuming process's hooks -------------------------------------------------
@@ -243,18 +248,31 @@ def _install_consumer_hooks() -> None:
     pipeline_module.decode_each = traced_decode_each  # type: ignore[assignment]
     Pipeline._commit = traced_commit  # type: ignore[method-assign]
 
+    def timed(run: Callable[[], sqlite3.Cursor], sql: str) -> sqlite3.Cursor:
+        start = now()
+        cursor = run()  # runs the statement's first step
+        if sql == "COMMIT":
+            trace.commits.add(start, now())
+        else:
+            loop = threading.current_thread() is threading.main_thread()
+            trace.checkpoints.add(start, now(), 1.0 if loop else 0.0)
+        return cursor
+
+    class TimedCursor(sqlite3.Cursor):
+        # The store runs a step's statements (its COMMIT included) on one cursor.
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+            if sql == "COMMIT" or sql.startswith("PRAGMA wal_checkpoint"):
+                return timed(lambda: super(TimedCursor, self).execute(sql, *args), sql)
+            return super().execute(sql, *args)
+
     class TimedConnection(sqlite3.Connection):
         def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
             if sql == "COMMIT" or sql.startswith("PRAGMA wal_checkpoint"):
-                start = now()
-                cursor = super().execute(sql, *args)  # runs the statement's first step
-                if sql == "COMMIT":
-                    trace.commits.add(start, now())
-                else:
-                    loop = threading.current_thread() is threading.main_thread()
-                    trace.checkpoints.add(start, now(), 1.0 if loop else 0.0)
-                return cursor
+                return timed(lambda: super(TimedConnection, self).execute(sql, *args), sql)
             return super().execute(sql, *args)
+
+        def cursor(self, factory: Any = None) -> Any:
+            return super().cursor(factory or TimedCursor)
 
     connect = sqlite3.connect
 
@@ -263,6 +281,22 @@ def _install_consumer_hooks() -> None:
         return connect(*args, **kwargs)
 
     sqlite3.connect = traced_connect  # type: ignore[assignment]
+
+    from factbus.store import sqlite as sqlite_module
+
+    idle = sqlite_module.SqliteStore._idle
+
+    async def traced_idle(self: Any) -> None:
+        pending = self._pending
+        if pending is None or pending.done():
+            return await idle(self)
+        start = now()
+        try:
+            return await idle(self)
+        finally:
+            trace.idle_waits.add(start, now())
+
+    sqlite_module.SqliteStore._idle = traced_idle  # type: ignore[method-assign]
 
     gc_started = array("d", [0.0])
 
@@ -485,6 +519,33 @@ def traced_child_main(*args: Any) -> None:
 _original_child_main = bench_publisher._child_main
 
 
+def _install_task_publisher_hooks(trace_dir: Path) -> None:
+    """memory:// (publishers are tasks of the consuming process): keep each paced
+    phase's stamps as the publisher processes' hook does. A fact arrives when its
+    publish call puts it in the queue, which the stamp is (a few µs before)."""
+    share = bench_publisher.publish_share
+
+    async def traced_share(
+        bus: Any, workload: Any, job: Any, publisher: int, publishers: int
+    ) -> Any:
+        report = await share(bus, workload, job, publisher, publishers)
+        if job.rate:
+            TRACE.arrived = array("d", report.stamps)
+            path = trace_dir / f"publisher-{os.getpid()}-{time.time_ns()}.pickle"
+            path.write_bytes(
+                pickle.dumps(
+                    {
+                        "calls": b"",
+                        "stamps": report.stamps.tobytes(),
+                        "cores": report.cpu_s / max(report.end - report.start, 1e-9),
+                    }
+                )
+            )
+        return report
+
+    bench_publisher.publish_share = traced_share
+
+
 # -- the analysis ---------------------------------------------------------------------
 
 
@@ -601,7 +662,9 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
     # The tail: of the facts at or above the p99 latency, where their time went.
     p99 = pct([r["latency"] for r in rows], 0.99)
     tail = [r for r in rows if r["latency"] >= p99]
+    tail_overlap = _tail_overlap(tail, window)
     tail_split = {
+        "overlap_ms": tail_overlap,
         "p99_ms": round(p99, 1),
         "facts": len(tail),
         "mostly_before_arrival": sum(1 for r in tail if r["publish_to_arrival"] > r["consumer"]),
@@ -689,6 +752,9 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
                 ),
                 reverse=True,
             ),
+            "store_idle_waits_ms": sorted(
+                (round((c[1] - c[0]) * ms, 1) for c in within(trace.idle_waits)), reverse=True
+            )[:10],
             "checkpoints_ms": sorted(
                 (
                     (round((c[1] - c[0]) * ms, 1), "loop" if c[2] else "worker")
@@ -708,6 +774,37 @@ def analyse(trace_dir: Path, slow_ms: float) -> tuple[dict[str, Any], list[dict[
         },
     }
     return report, rows
+
+
+def _tail_overlap(tail: list[dict[str, Any]], window: tuple[float, float]) -> dict[str, float]:
+    """For the facts at or above the p99: the mean ms of each one's wait (its
+    publish stamp to its handler call) that each kind of event overlapped. A
+    late tick's span counts as the loop busy for the loop thread's CPU
+    meanwhile, the rest as the loop thread off a CPU (waiting for a core or
+    the GIL)."""
+    trace = TRACE
+    kinds: dict[str, list[tuple[float, float]]] = {
+        "gc_gen2": [(g[0], g[1]) for g in trace.gcs if g[2] == 2],
+        "gc_gen0_1": [(g[0], g[1]) for g in trace.gcs if g[2] < 2],
+        "store_waits_writer": [(a, b) for a, b in trace.idle_waits],
+        "commit": [(c[0], c[1]) for c in trace.commits],
+        "checkpoint_running": [(c[0], c[1]) for c in trace.checkpoints],
+        "loop_held_on_cpu": [(t[0], t[0] + t[2]) for t in trace.ticks],
+        "loop_held_off_cpu": [(t[0] + t[2], t[1]) for t in trace.ticks if t[1] - t[0] > t[2]],
+    }
+    out: dict[str, float] = {}
+    if not tail:
+        return out
+    for kind, spans in kinds.items():
+        spans = sorted(s for s in spans if s[1] >= window[0] - 1 and s[0] <= window[1] + 1)
+        total = 0.0
+        for r in tail:
+            lo = r["stamp"]
+            hi = lo + r["latency"] / 1e3
+            total += sum(max(0.0, min(hi, b) - max(lo, a)) for a, b in spans)
+        out[kind] = round(total / len(tail) * 1e3, 2)
+    out["wait"] = round(sum(r["latency"] for r in tail) / len(tail), 2)
+    return out
 
 
 def _timeline(around: float, before: float, after: float) -> list[str]:
@@ -750,6 +847,9 @@ def _timeline(around: float, before: float, after: float) -> list[str]:
             lines.append(
                 (due, f"loop held {(woke - due) * 1e3:.1f} ms (its CPU {cpu * 1e3:.1f} ms)")
             )
+    for a, b in trace.idle_waits:
+        if lo < a < hi:
+            lines.append((a, f"store waits {(b - a) * 1e3:.1f} ms for its writer thread"))
     for c in trace.checkpoints:
         if lo < c[0] < hi:
             where = "loop" if c[2] else "worker"
@@ -803,7 +903,15 @@ async def main() -> None:
         help="publish the half-load phase at this many msgs/s instead of half of "
         "the run's peak (the same pacing; to compare runs at one rate)",
     )
+    parser.add_argument(
+        "--no-collect",
+        action="store_true",
+        help="no full collection at each phase's start (it resets the collector's "
+        "counts: without it the collector paces itself as in the bench)",
+    )
     args = parser.parse_args()
+    global COLLECT_AT_PHASE_START
+    COLLECT_AT_PHASE_START = not args.no_collect
     if args.rate:
         _fixed_half_rate(args.rate)
     if args.commit_on_loop:
@@ -812,6 +920,8 @@ async def main() -> None:
     os.environ["FACTBUS_TRACE_DIR"] = str(trace_dir)
     _install_consumer_hooks()
     bench_publisher._child_main = traced_child_main  # the publisher processes' target
+    if args.transport.startswith("memory:"):
+        _install_task_publisher_hooks(trace_dir)
     stop = asyncio.Event()
     ticker = asyncio.create_task(_ticker(stop))
     config = BenchConfig(

@@ -18,17 +18,21 @@ and indexes the log rows appended meanwhile.
 Threads: a transaction's statements, its COMMIT included, run on the
 event-loop thread (handlers write through the same connection, between
 awaits); each pipeline step makes a handful of batched statements, and its
-COMMIT appends a few pages to the WAL (~0.1 ms). What takes long runs in
-threads: WAL checkpoints, which SQLite would otherwise run inside every
-thousand pages' COMMIT (tens of ms), run in a worker thread on a connection of
-their own every :data:`CHECKPOINT_EVERY` commits; the checkpoint the store
-finishes itself past :data:`WAL_BOUND` runs in the store's writer thread; with
-``?commit_thread=1`` every COMMIT does too (a step's deliveries are still
-acked only once it returned). Every call that uses the connection first waits
-until the writer thread is done with it, so the connection is never used from
-two threads at once (docs/decisions.md, "SQLite store: the COMMIT's thread").
-``synchronous=NORMAL`` in WAL mode survives a process crash (``kill -9``);
-only a power loss can drop the last commits.
+COMMIT appends a few pages to the WAL (~0.1 ms, no fsync). What syncs the disk
+runs in threads (docs/decisions.md, "SQLite store: no fsync on the event
+loop"). WAL checkpoints, which SQLite would otherwise run inside every thousand
+pages' COMMIT (tens of ms), run in a worker thread on a connection of their own
+every :data:`CHECKPOINT_EVERY` commits; past :data:`WAL_BOUND` frames they copy
+the WAL completely, syncing the database file there. The COMMIT that then
+restarts the WAL (SQLite syncs the WAL's new header in it), the checkpoint the
+store finishes itself when the worker's could not copy everything and, with
+``?commit_thread=1``, every COMMIT run in the store's writer thread (a step's
+deliveries are still acked only once its COMMIT returned). Every call that
+uses the connection first waits until the writer thread is done with it, so
+the connection is never used from two threads at once (docs/decisions.md,
+"SQLite store: the COMMIT's thread"). ``synchronous=NORMAL`` in WAL mode
+survives a process crash (``kill -9``); only a power loss can drop the last
+commits.
 
 ``sqlite:///:memory:`` gives a private in-memory database (tests). Option
 ``?keep_bodies=1`` keeps handled facts' content for :meth:`SqliteStore.load`;
@@ -76,12 +80,20 @@ CHECKPOINT_EVERY: Final = 64
 of their own (``PRAGMA wal_checkpoint(PASSIVE)``); the store's connection does not
 checkpoint (``wal_autocheckpoint=0``), so no step's COMMIT waits for one."""
 WAL_BOUND: Final = 2000
-"""WAL frames (pages) past which the store finishes a checkpoint itself: under
-back-to-back commits the worker's checkpoint never catches the last commit, and
-SQLite restarts the WAL only once every frame is copied, so right after a commit
-the store copies the few frames committed meanwhile (in the writer thread, on
-its own connection, before its next transaction; the next write then restarts
-the WAL)."""
+"""WAL frames (pages) past which the WAL is restarted. SQLite restarts it (the next
+write starts again at its beginning) only once every frame is copied into the
+database file and that file synced, which a checkpoint does only when nothing
+was committed while it copied. Past the bound the worker's checkpoint copies
+again what was committed during its previous pass, up to
+:data:`CHECKPOINT_PASSES` passes, each shorter than the last, until one copies
+everything (the database file's fsync, of every page copied since the last
+one, then runs in the worker). Should none, right after a commit the store
+copies the few frames committed meanwhile itself (in the writer thread, on its
+own connection, before its next transaction)."""
+CHECKPOINT_PASSES: Final = 4
+"""PASSIVE checkpoints the worker runs back to back at most, past
+:data:`WAL_BOUND` (one below it: a pass that copied everything syncs the
+database file, and the WAL restarts at the next write)."""
 _key: Final = hash
 """The in-memory index's key of a fact hash: Python's 64-bit hash of the string,
 which the string caches (the pipeline's sets and dicts of refs computed it
@@ -347,7 +359,11 @@ class SqliteStore:
         self._commits = 0
         self._checkpointer: sqlite3.Connection | None = None
         self._wal_frames = 0
-        """WAL size in frames that the last worker checkpoint found."""
+        """WAL size in frames that the last worker checkpoint found (0 once a
+        checkpoint copied it all: the next write restarts it)."""
+        self._restart_due = False
+        """A checkpoint copied the whole WAL: the next COMMIT restarts it and syncs
+        its new header (an fsync), so that COMMIT runs in the writer thread."""
         self._checkpoint_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         """The thread that runs the checkpoint past WAL_BOUND (and, with
@@ -577,7 +593,8 @@ class SqliteStore:
             self._roll_back(db, last_id)
             raise
         cancelled = False
-        if self.commit_thread:
+        restarts, self._restart_due = self._restart_due, False
+        if self.commit_thread or restarts:
             # The loop runs on meanwhile (other tasks, not this one: it resumes,
             # and its deliveries are acked, once COMMIT returned).
             commit = self._in_writer(self._commit)
@@ -637,8 +654,9 @@ class SqliteStore:
 
     def _commit(self) -> None:
         """COMMIT (writer thread). With ``synchronous=NORMAL`` in WAL mode it appends
-        the transaction's pages to the WAL, no fsync: milliseconds, but tens of ms
-        when the disk is busy (another process, the worker's checkpoint)."""
+        the transaction's pages to the WAL, no fsync (but the WAL's new header's
+        when it restarts the WAL): milliseconds, but tens of ms when the disk is
+        busy (another process, the worker's checkpoint)."""
         self.cursor.execute("COMMIT")
 
     def _finish_checkpoint(self) -> None:
@@ -646,14 +664,18 @@ class SqliteStore:
         thread, between two transactions; see :data:`WAL_BOUND`). A failure is
         logged: the next one retries."""
         try:
-            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            [(busy, frames, copied)] = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            if not busy and copied >= frames:
+                self._restart_due = True
         except sqlite3.Error:
             log.warning("sqlite WAL checkpoint failed", path=self.path, exc_info=True)
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file (worker thread). PASSIVE: it neither
         waits for nor blocks the store's writes; what it cannot copy yet, the next
-        one does. A failure is logged: the WAL then grows until one succeeds."""
+        one does. Past :data:`WAL_BOUND` frames it copies again what was committed
+        meanwhile (see there). A failure is logged: the WAL then grows until one
+        succeeds."""
         with self._checkpoint_lock:
             if self._db is None:
                 return  # closed meanwhile
@@ -662,12 +684,30 @@ class SqliteStore:
                     self._checkpointer = sqlite3.connect(
                         self.path, isolation_level=None, check_same_thread=False
                     )
-                # fetchall: a statement left unfinished would hold a read lock on
-                # the WAL, and SQLite would never restart it.
-                [row] = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self._wal_frames = int(row[1])
+                self._wal_frames = self._copy_wal(self._checkpointer)
             except sqlite3.Error:
                 log.warning("sqlite WAL checkpoint failed", path=self.path, exc_info=True)
+
+    def _copy_wal(self, db: sqlite3.Connection) -> int:
+        """The worker's checkpoint passes (see :data:`WAL_BOUND`) on its connection
+        ``db``; returns the WAL's frames (0 when a pass copied them all)."""
+        copied_before = -1
+        for _ in range(CHECKPOINT_PASSES):
+            # fetchall: a statement left unfinished would hold a read lock on
+            # the WAL, and SQLite would never restart it.
+            [(busy, frames, copied)] = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            if busy or copied < frames:
+                return int(frames)  # a reader holds frames: the next time
+            if frames == copied_before:
+                # Nothing committed since the last pass began: it copied every
+                # frame and synced the database file; the next write restarts the
+                # WAL.
+                self._restart_due = True
+                return 0
+            if frames <= WAL_BOUND:
+                return int(frames)
+            copied_before = copied
+        return int(frames)
 
     def _undo_mark(self) -> int:
         return len(self._journal)
