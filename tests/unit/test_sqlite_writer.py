@@ -98,33 +98,111 @@ async def _check_threads(store: SqliteStore, *, in_writer: bool) -> None:
     assert (commits[0] != loop_thread) is in_writer
 
 
+def _wal_restarts(path: str) -> int:
+    """How many times the WAL restarted from its beginning: the checkpoint sequence
+    number in its header, which SQLite writes with a restarted WAL's first frame.
+    (Read without a lock: SQLite locks the -shm file, not the WAL.)"""
+    wal = Path(f"{path}-wal")
+    if not wal.exists():
+        return 0
+    with wal.open("rb") as f:
+        header = f.read(32)
+    return int.from_bytes(header[12:16], "big") if len(header) == 32 else 0
+
+
+async def _commit_threads(
+    store: SqliteStore,
+    steps: int,
+    pause: float,
+    tag: str = "step",
+    statements: list[tuple[int, str]] | None = None,
+) -> list[tuple[int, bool]]:
+    """Record ``steps`` transactions of 20 facts, ``pause`` s apart; per COMMIT, the
+    thread that ran it and whether it restarted the WAL. Every statement on the
+    store's connection, with its thread, goes to ``statements``."""
+    commits: list[int] = []
+    seen = statements if statements is not None else []
+
+    def trace(sql: str) -> None:
+        seen.append((threading.get_ident(), sql))
+        if sql == "COMMIT":
+            commits.append(threading.get_ident())
+
+    store.db.set_trace_callback(trace)
+    out: list[tuple[int, bool]] = []
+    handled = (await store.counts())["handled"]
+    try:
+        for n in range(steps):
+            before = _wal_restarts(store.path)
+            commits.clear()
+            async with store.transaction() as tx:
+                await tx.record(StoreBatch(handled=_facts(20, f"{tag}{n}")))
+            [thread] = commits
+            out.append((thread, _wal_restarts(store.path) != before))
+            await asyncio.sleep(pause)  # the worker's checkpoint runs meanwhile
+        assert (await store.counts())["handled"] == handled + 20 * steps
+    finally:
+        store.db.set_trace_callback(None)
+    return out
+
+
+async def test_the_commit_that_restarts_the_wal_runs_in_the_writer_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past WAL_BOUND the worker's checkpoint copies the whole WAL (a pass while
+    nothing is committed); the next COMMIT restarts the WAL, and SQLite syncs its
+    new header in it: that COMMIT runs in the writer thread, the others on the
+    loop (the default store; sizes scaled down: a checkpoint every 2 commits, a
+    bound of 8 frames)."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(sqlite_store, "WAL_BOUND", 8)
+    store = SqliteStore(f"sqlite:///{tmp_path}/node.db")
+    await store.open()
+    try:
+        commits = await _commit_threads(store, 40, pause=0.03)
+    finally:
+        await store.aclose()
+    loop_thread = threading.get_ident()
+    restarting = [thread for thread, restarted in commits if restarted]
+    assert len(restarting) >= 2, commits  # the WAL restarted, and more than once
+    assert loop_thread not in restarting
+    # Every other COMMIT stayed on the loop (nothing else was predicted to restart).
+    assert all(thread == loop_thread for thread, restarted in commits if not restarted)
+
+
 async def test_the_store_s_own_checkpoint_runs_in_the_writer_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past WAL_BOUND the store finishes the worker's checkpoint on its own
-    connection: in the writer thread, between two transactions (the default
-    store: its COMMITs stay on the loop)."""
+    """When the worker's checkpoint leaves frames past WAL_BOUND (here: another
+    connection reads an old snapshot, so no checkpoint may copy past it), the
+    store finishes the checkpoint on its own connection, in the writer thread,
+    between two transactions; once it copies everything (the reader gone), the
+    COMMIT that restarts the WAL runs there too, every other on the loop."""
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 1)
     monkeypatch.setattr(sqlite_store, "WAL_BOUND", 0)
     store = SqliteStore(f"sqlite:///{tmp_path}/node.db")
     await store.open()
     statements: list[tuple[int, str]] = []
-    store.db.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
+    reader = sqlite3.connect(store.path, isolation_level=None)
     try:
-        for n in range(30):
-            async with store.transaction() as tx:
-                await tx.record(StoreBatch(handled=_facts(20, f"bound{n}")))
-            await asyncio.sleep(0.01)  # the worker's checkpoint finds frames
-        assert (await store.counts())["handled"] == 600
+        async with store.transaction() as tx:
+            await tx.record(StoreBatch(handled=_facts(20, "first")))
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM factbus_log").fetchall()  # holds its snapshot
+        held = await _commit_threads(store, 10, 0.02, "held", statements)
+        reader.execute("COMMIT")
+        released = await _commit_threads(store, 10, 0.02, "released", statements)
     finally:
-        store.db.set_trace_callback(None)
+        reader.close()
         await store.aclose()
     loop_thread = threading.get_ident()
     checkpoints = [thread for thread, sql in statements if "wal_checkpoint" in sql]
-    commits = [thread for thread, sql in statements if sql == "COMMIT"]
     assert checkpoints, "the store never finished a checkpoint"
     assert loop_thread not in checkpoints
-    assert set(commits) == {loop_thread}
+    assert not any(restarted for _, restarted in held)  # the reader kept the WAL
+    assert any(restarted for _, restarted in released)
+    commits = held + released
+    assert all((thread != loop_thread) == restarted for thread, restarted in commits), commits
 
 
 async def test_the_loop_runs_on_while_a_commit_waits(store: SqliteStore) -> None:
@@ -278,6 +356,29 @@ class _Probe:
 
 
 async def test_a_step_acks_its_deliveries_only_after_its_commit(store: SqliteStore) -> None:
+    await _check_acks_after_commit(store)
+
+
+async def test_a_step_whose_commit_restarts_the_wal_acks_only_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default store (COMMITs on the loop) once a checkpoint copied the whole
+    WAL: the next step's COMMIT restarts the WAL in the writer thread, and the
+    step acks its deliveries only once it returned."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 1)
+    async with opened(SqliteStore(f"sqlite:///{tmp_path}/node.db")) as store:
+        async with store.transaction() as tx:
+            await tx.record(StoreBatch(handled=_facts(20, "before")))
+        await _until(lambda: store._restart_due, "a checkpoint to copy the whole WAL")
+        before = _wal_restarts(store.path)
+        await _check_acks_after_commit(store)
+        assert _wal_restarts(store.path) == before + 1
+
+
+async def _check_acks_after_commit(store: SqliteStore) -> None:
+    """A pipeline step over 40 deliveries whose COMMIT waits for the writer thread
+    (held): the handlers ran, nothing is acked; released: each delivery is acked
+    with the step's facts committed (as another connection sees them)."""
     topic = f"writer-{uuid.uuid4().hex[:8]}"
     transport = MemoryTransport(f"memory://{topic}")
     await transport.connect()

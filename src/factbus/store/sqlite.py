@@ -361,6 +361,9 @@ class SqliteStore:
         self._wal_frames = 0
         """WAL size in frames that the last worker checkpoint found (0 once a
         checkpoint copied it all: the next write restarts it)."""
+        self._commit_count = 0
+        """COMMITs made (counted in the thread that ran each, right after it): the
+        worker's checkpoint tells by it whether one landed while it copied."""
         self._restart_due = False
         """A checkpoint copied the whole WAL: the next COMMIT restarts it and syncs
         its new header (an fsync), so that COMMIT runs in the writer thread."""
@@ -658,6 +661,7 @@ class SqliteStore:
         when it restarts the WAL): milliseconds, but tens of ms when the disk is
         busy (another process, the worker's checkpoint)."""
         self.cursor.execute("COMMIT")
+        self._commit_count += 1
 
     def _finish_checkpoint(self) -> None:
         """Copy the frames committed since the worker's last checkpoint (writer
@@ -666,7 +670,7 @@ class SqliteStore:
         try:
             [(busy, frames, copied)] = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             if not busy and copied >= frames:
-                self._restart_due = True
+                self._restart_due = frames > 0
         except sqlite3.Error:
             log.warning("sqlite WAL checkpoint failed", path=self.path, exc_info=True)
 
@@ -691,22 +695,20 @@ class SqliteStore:
     def _copy_wal(self, db: sqlite3.Connection) -> int:
         """The worker's checkpoint passes (see :data:`WAL_BOUND`) on its connection
         ``db``; returns the WAL's frames (0 when a pass copied them all)."""
-        copied_before = -1
         for _ in range(CHECKPOINT_PASSES):
+            commits = self._commit_count
             # fetchall: a statement left unfinished would hold a read lock on
             # the WAL, and SQLite would never restart it.
             [(busy, frames, copied)] = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             if busy or copied < frames:
                 return int(frames)  # a reader holds frames: the next time
-            if frames == copied_before:
-                # Nothing committed since the last pass began: it copied every
-                # frame and synced the database file; the next write restarts the
-                # WAL.
-                self._restart_due = True
+            if self._commit_count == commits:
+                # Nothing committed while it ran: it copied every frame and synced
+                # the database file; the next write restarts the WAL.
+                self._restart_due = frames > 0
                 return 0
             if frames <= WAL_BOUND:
                 return int(frames)
-            copied_before = copied
         return int(frames)
 
     def _undo_mark(self) -> int:
