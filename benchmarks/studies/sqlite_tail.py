@@ -115,15 +115,32 @@ async def paced(store: Any, facts: list[Fact], step: int, rate: float) -> dict[s
     }
 
 
+CATCH_UPS: list[float] = []
+"""Wall ms of each checkpoint the store finished itself (in its writer thread)."""
+
+
+def _count_catch_ups() -> None:
+    finish = SqliteStore._finish_checkpoint
+
+    def timed(self: SqliteStore) -> None:
+        start = now()
+        finish(self)
+        CATCH_UPS.append((now() - start) * 1e3)
+
+    SqliteStore._finish_checkpoint = timed  # type: ignore[method-assign]
+
+
 async def one_round(
     facts: list[Fact], step: int, rate: float, tmp: Path, name: str, memory: bool
 ) -> dict[str, Any]:
     path = tmp / f"{name}.db"
     store: Any = MemoryStore() if memory else SqliteStore(f"sqlite:///{path}")
     await store.open()
+    CATCH_UPS.clear()
     try:
         result = await paced(store, facts, step, rate)
         if not memory:
+            result["catch_ups_ms"] = [round(v, 1) for v in CATCH_UPS]
             wal = Path(f"{path}-wal")
             result["restarts"] = _wal_restarts(path)
             result["wal_mb"] = round(wal.stat().st_size / 1e6, 1) if wal.exists() else 0.0
@@ -145,6 +162,7 @@ async def main() -> None:
     bodies = build_workload(WorkloadSpec(args.facts, seed=11)).bodies
     facts = [f for body in bodies for f in decode(body)]
     label = "memory" if args.memory else os.environ.get("STUDY_LABEL", "sqlite")
+    _count_catch_ups()
     with tempfile.TemporaryDirectory(prefix="sqlite-tail-") as tmp:
         for run in range(args.rounds):
             result = await one_round(

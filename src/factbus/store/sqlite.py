@@ -90,10 +90,14 @@ everything (the database file's fsync, of every page copied since the last
 one, then runs in the worker). Should none, right after a commit the store
 copies the few frames committed meanwhile itself (in the writer thread, on its
 own connection, before its next transaction)."""
-CHECKPOINT_PASSES: Final = 4
-"""PASSIVE checkpoints the worker runs back to back at most, past
-:data:`WAL_BOUND` (one below it: a pass that copied everything syncs the
-database file, and the WAL restarts at the next write)."""
+CHECKPOINT_PASSES: Final = 8
+"""PASSIVE checkpoints the worker runs at most, past :data:`WAL_BOUND` (one below
+it: a pass that copied everything syncs the database file, and the WAL restarts
+at the next write). Each pass after the first begins right after a COMMIT (or
+after :data:`COMMIT_WAIT` without one), so that it has the whole gap until the
+next COMMIT to copy in."""
+COMMIT_WAIT: Final = 0.05
+"""Seconds a checkpoint pass waits for a COMMIT to begin after."""
 _key: Final = hash
 """The in-memory index's key of a fact hash: Python's 64-bit hash of the string,
 which the string caches (the pipeline's sets and dicts of refs computed it
@@ -364,6 +368,8 @@ class SqliteStore:
         self._commit_count = 0
         """COMMITs made (counted in the thread that ran each, right after it): the
         worker's checkpoint tells by it whether one landed while it copied."""
+        self._committed = threading.Event()
+        """Set by each COMMIT: the worker's checkpoint passes begin right after one."""
         self._restart_due = False
         """A checkpoint copied the whole WAL: the next COMMIT restarts it and syncs
         its new header (an fsync), so that COMMIT runs in the writer thread."""
@@ -662,6 +668,7 @@ class SqliteStore:
         busy (another process, the worker's checkpoint)."""
         self.cursor.execute("COMMIT")
         self._commit_count += 1
+        self._committed.set()
 
     def _finish_checkpoint(self) -> None:
         """Copy the frames committed since the worker's last checkpoint (writer
@@ -695,7 +702,13 @@ class SqliteStore:
     def _copy_wal(self, db: sqlite3.Connection) -> int:
         """The worker's checkpoint passes (see :data:`WAL_BOUND`) on its connection
         ``db``; returns the WAL's frames (0 when a pass copied them all)."""
-        for _ in range(CHECKPOINT_PASSES):
+        frames = 0
+        for attempt in range(CHECKPOINT_PASSES):
+            if attempt:
+                # Begin right after a COMMIT, so that the pass has the whole gap
+                # until the next one to copy in (or at once if none comes).
+                self._committed.clear()
+                self._committed.wait(COMMIT_WAIT)
             commits = self._commit_count
             # fetchall: a statement left unfinished would hold a read lock on
             # the WAL, and SQLite would never restart it.
