@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import struct
 import tempfile
 import time
@@ -62,6 +61,12 @@ def _wal_restarts(path: Path) -> int:
     with wal.open("rb") as f:
         header = f.read(32)
     return struct.unpack(">I", header[12:16])[0] if len(header) == 32 else 0
+
+
+def _wal_mb(path: Path) -> float:
+    """The WAL file's size, MB (0 if there is none)."""
+    wal = Path(f"{path}-wal")
+    return round(wal.stat().st_size / 1e6, 1) if wal.exists() else 0.0
 
 
 async def paced(store: Any, facts: list[Fact], step: int, rate: float) -> dict[str, Any]:
@@ -141,9 +146,8 @@ async def one_round(
         result = await paced(store, facts, step, rate)
         if not memory:
             result["catch_ups_ms"] = [round(v, 1) for v in CATCH_UPS]
-            wal = Path(f"{path}-wal")
             result["restarts"] = _wal_restarts(path)
-            result["wal_mb"] = round(wal.stat().st_size / 1e6, 1) if wal.exists() else 0.0
+            result["wal_mb"] = _wal_mb(path)
     finally:
         await store.aclose()
     result["load"] = round(os.getloadavg()[0], 2)
@@ -165,15 +169,12 @@ async def main() -> None:
     _count_catch_ups()
     with tempfile.TemporaryDirectory(prefix="sqlite-tail-") as tmp:
         for run in range(args.rounds):
-            result = await one_round(
-                facts, args.step, args.rate, Path(tmp), f"r{run}", args.memory
-            )
+            result = await one_round(facts, args.step, args.rate, Path(tmp), f"r{run}", args.memory)
             result["label"] = label
             print(json.dumps(result), flush=True)
             if args.json:
                 with open(args.json, "a") as f:  # noqa: ASYNC230
                     f.write(json.dumps(result) + "\n")
-    _ = statistics  # (medians are taken by the reader of --json)
 
 
 if __name__ == "__main__":
