@@ -370,6 +370,7 @@ class SqliteStore:
         worker's checkpoint tells by it whether one landed while it copied."""
         self._committed = threading.Event()
         """Set by each COMMIT: the worker's checkpoint passes begin right after one."""
+        self._closing = False
         self._restart_due = False
         """A checkpoint copied the whole WAL: the next COMMIT restarts it and syncs
         its new header (an fsync), so that COMMIT runs in the writer thread."""
@@ -421,6 +422,7 @@ class SqliteStore:
             db.close()
             raise
         self._db = db
+        self._closing = False
         self._cursor = db.cursor()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="factbus-sqlite-writer")
         self._pending = None
@@ -526,6 +528,8 @@ class SqliteStore:
         """Close the connections (waits for a COMMIT or checkpoint under way); the
         last connection to the file closing checkpoints the WAL completely."""
         await self._idle()
+        self._closing = True
+        self._committed.set()  # a checkpoint pass waiting for a COMMIT stops
         if self._writer is not None:
             self._writer.shutdown()
             self._writer = None
@@ -709,6 +713,8 @@ class SqliteStore:
                 # until the next one to copy in (or at once if none comes).
                 self._committed.clear()
                 self._committed.wait(COMMIT_WAIT)
+                if self._closing:
+                    return int(frames)  # aclose waits for this thread: no more passes
             commits = self._commit_count
             # fetchall: a statement left unfinished would hold a read lock on
             # the WAL, and SQLite would never restart it.
