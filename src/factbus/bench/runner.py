@@ -610,6 +610,7 @@ class _Run:
         )
         async with asyncio.timeout(self.config.timeout):
             reports = await self.publishers.publish(job)
+        self.publishers.release(spec)  # before the drain's window
         self.observer.advance("backlog", sum(r.messages for r in reports))
         phase = recorder.begin(summary.run, spec.facts)
         watcher = self._watch("drain", spec.facts, lambda: phase.count)
@@ -751,6 +752,7 @@ class _Run:
             cpu = process_cpu() - cpu_before
             if profiler:
                 profiler.stop()
+            self.publishers.release(spec)  # after the phase's window
         finally:
             watcher.cancel()
             self.observer.advance(name, phase.count)
