@@ -301,8 +301,10 @@ class PublisherTasks:
 
         Not forgotten here: these publishers share the consuming process's event
         loop, and freeing a workload (~100,000 objects per 50,000 facts) holds
-        that loop 20-45 ms while the phase's last facts are still being received
-        (PROFILE.md §29): the bench's own bookkeeping inside the measured window."""
+        that loop 20-45 ms while the phase's last facts are still being received:
+        the bench's own bookkeeping inside the measured window (memory:// SQLite
+        cell, 3 pairs at load 0.7-0.8: half-load max 8.4-13.8 against 24.0-25.7 ms;
+        not in PROFILE.md, whose §29 is the SQLite store's fsyncs)."""
         workload = self.workload(job.spec)
         count = len(self._buses)
         return list(
