@@ -178,7 +178,10 @@ async def test_the_store_s_own_checkpoint_runs_in_the_writer_thread(
     store finishes the checkpoint on its own connection, in the writer thread,
     between two transactions; once it copies everything (the reader gone), the
     COMMIT that restarts the WAL runs there too, every other on the loop."""
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 1)
+    # No checkpoint after the first transaction: one racing the reader's BEGIN
+    # could copy the whole WAL before the reader pins its frames (then the WAL
+    # restarts while "held"); from the reader's snapshot on, one after each COMMIT.
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 10**9)
     monkeypatch.setattr(sqlite_store, "WAL_BOUND", 0)
     store = SqliteStore(f"sqlite:///{tmp_path}/node.db")
     await store.open()
@@ -189,6 +192,7 @@ async def test_the_store_s_own_checkpoint_runs_in_the_writer_thread(
             await tx.record(StoreBatch(handled=_facts(20, "first")))
         reader.execute("BEGIN")
         reader.execute("SELECT COUNT(*) FROM factbus_log").fetchall()  # holds its snapshot
+        monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 1)
         held = await _commit_threads(store, 10, 0.02, "held", statements)
         reader.execute("COMMIT")
         released = await _commit_threads(store, 10, 0.02, "released", statements)

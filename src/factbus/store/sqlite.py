@@ -712,7 +712,10 @@ class SqliteStore:
                 # Begin right after a COMMIT, so that the pass has the whole gap
                 # until the next one to copy in (or at once if none comes).
                 self._committed.clear()
-                self._committed.wait(COMMIT_WAIT)
+                # aclose sets _closing before the event: checked after clear(),
+                # a close is seen here or wakes the wait at once.
+                if not self._closing:
+                    self._committed.wait(COMMIT_WAIT)
                 if self._closing:
                     return int(frames)  # aclose waits for this thread: no more passes
             commits = self._commit_count
