@@ -477,12 +477,13 @@ class Bus(AsyncLifecycle):
         answers it (ancestors shipped once, the sidecar's known predecessors).
 
         Read contract: a ref counts from the moment a :meth:`publish` that
-        shipped it returned, whether or not the store has recorded it yet. While
-        a pipeline step holds the store, published refs wait in
-        ``pipeline.pending_published`` and are written with that step's
-        transaction or the next flush; a ref leaves that list only once its
-        transaction committed, so it is always in memory or in the store. The
-        recent-published cache and the waiting refs answer first, the store
+        shipped it returned, whether or not the store has recorded it yet. A
+        memory store records them as :meth:`publish` returns (no transaction).
+        With the other stores, while a pipeline step holds the store, published
+        refs wait in ``pipeline.pending_published`` and are written with that
+        step's transaction or the next flush; a ref leaves that list only once
+        its transaction committed, so it is always in memory or in the store.
+        The recent-published cache and the waiting refs answer first, the store
         answers for the rest. (What the store persists, and when, is unchanged:
         see :class:`~factbus.store.base.StoreBatch`.)
         """
